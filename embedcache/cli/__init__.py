@@ -1,0 +1,74 @@
+"""The ``embedcache`` command line: thin click commands over the library.
+
+Each command parses its options, calls one library function and prints the
+result. Errors are turned into one line here, in one place
+(:class:`_Group`): library errors and OS errors (read-only or full disk) give
+``Error: ...`` on stderr and a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+import click
+
+from embedcache import __version__
+from embedcache.errors import EmbedcacheError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except EmbedcacheError as exc:
+            self._fail(ctx, str(exc), exc.exit_code, exc)
+        except OSError as exc:
+            self._fail(ctx, _describe_os_error(exc), 1, exc)
+        except KeyboardInterrupt as exc:
+            self._fail(ctx, "interrupted; run the same command again to resume where it stopped", 130, exc)
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, code: int, exc: BaseException):
+        if ctx.obj and ctx.obj.get("debug"):
+            raise exc
+        click.echo(f"Error: {message}", err=True)
+        sys.exit(code)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device{where}; free some space or choose another --out, then run again to resume"
+    if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"cannot write{where}: permission denied or read-only file system; choose a writable location"
+    if exc.errno == errno.ENOENT:
+        return f"no such file or directory{where}"
+    return f"{exc.strerror or exc}{where}"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="embedcache")
+@click.pass_context
+def main(ctx: click.Context, debug: bool):
+    """Frozen encoders over pathology tiles, cached once; decoders, probes and
+    nuclei metrics trained and scored from the cache."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register():
+    # Command modules import heavy libraries (torch, timm) lazily inside the
+    # commands, so `embedcache --help` stays fast.
+    from embedcache.cli import data_cmds, extract_cmds  # noqa: F401
+
+    try:
+        from embedcache.cli import evaluate_cmds  # noqa: F401
+    except ImportError:  # pragma: no cover - only while the metrics module is absent
+        pass
+
+
+_register()

@@ -1,0 +1,72 @@
+"""Datasets: tiles, label maps, fixed variants and synthetic demo data.
+
+Readers give a :class:`TileDataset`; :func:`open_dataset` picks one by
+looking at the folder (``--format auto``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedcache.datasets.base import CONIC_CLASSES, PANNUKE_CLASSES, TileDataset, TileIndex
+from embedcache.datasets.labels import LabelSet, read_label_maps
+from embedcache.datasets.variants import Variant, resolve_variants
+from embedcache.errors import DataError
+
+FORMATS = ("auto", "pannuke", "conic", "folder")
+
+
+def detect_format(path: Path, labels_only: bool = False) -> str:
+    """The layout of ``path``: pannuke, conic or folder.
+
+    ``labels_only`` accepts prediction folders that hold labels without
+    images.
+    """
+    from embedcache.datasets.folder import list_images
+    from embedcache.datasets.stacks import pannuke_fold_dirs
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: expected a folder (PanNuke, CoNIC or image folder layout)")
+    if (path / "masks.npy").exists():
+        return "pannuke"
+    if (path / "labels.npy").exists() or (path / "images.npy").exists():
+        return "conic"
+    if list_images(path) or (labels_only and any(path.glob("*_inst.*"))):
+        return "folder"
+    if pannuke_fold_dirs(path):
+        return "pannuke"
+    raise DataError(f"{path}: cannot tell the layout (no masks.npy, labels.npy, images.npy or image files); "
+                    "see `embedcache extract --help` for the layouts, or pass --format")
+
+
+def open_dataset(path, format: str = "auto", tile_size: int = 256) -> TileDataset:
+    """Open a dataset for extraction.
+
+    Parameters
+    ----------
+    path : str or Path
+    format : {"auto", "pannuke", "conic", "folder"}
+    tile_size : int
+        Tile side for the folder layout (stacks keep their own tile size).
+    """
+    from embedcache.datasets.folder import FolderDataset
+    from embedcache.datasets.stacks import ConicDataset, PanNukeDataset
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if format not in FORMATS:
+        raise DataError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    layout = detect_format(path) if format == "auto" else format
+    if layout == "pannuke":
+        return PanNukeDataset(path)
+    if layout == "conic":
+        return ConicDataset(path)
+    return FolderDataset(path, tile_size=tile_size)
+
+
+__all__ = [
+    "CONIC_CLASSES", "FORMATS", "PANNUKE_CLASSES", "LabelSet", "TileDataset", "TileIndex", "Variant",
+    "detect_format", "open_dataset", "read_label_maps", "resolve_variants",
+]

@@ -1,0 +1,184 @@
+"""What every dataset reader provides: tiles of one size, labels, provenance.
+
+A :class:`TileDataset` is a sequence of equally sized RGB tiles, optionally
+with an instance map and a type map per tile. Readers differ only in where
+the pixels come from (``.npy`` stacks, image files cut into tiles, slides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from embedcache.errors import DataError
+
+PANNUKE_CLASSES = {1: "neoplastic", 2: "inflammatory", 3: "connective", 4: "dead", 5: "epithelial"}
+CONIC_CLASSES = {1: "neutrophil", 2: "epithelial", 3: "lymphocyte", 4: "plasma", 5: "eosinophil", 6: "connective"}
+
+
+@dataclass(frozen=True)
+class TileIndex:
+    """Where each tile comes from.
+
+    Attributes
+    ----------
+    source : (N,) ndarray of int
+        Index of the source image (into ``source_names``) of every tile.
+    offset : (N, 2) ndarray of int
+        Pixel (row, col) of the tile's top-left corner in its source image.
+    valid : (N, 2) ndarray of int
+        Height and width of the part of the tile covered by the source image;
+        the rest is padding (see the reader's documentation).
+    source_names : list of str
+        One name per source image (file stem, or the stack's row number).
+    """
+
+    source: np.ndarray
+    offset: np.ndarray
+    valid: np.ndarray
+    source_names: list[str]
+
+    @classmethod
+    def one_per_source(cls, n: int, tile_shape: tuple[int, int], names: Sequence[str] | None = None) -> "TileIndex":
+        return cls(
+            source=np.arange(n, dtype=np.int64),
+            offset=np.zeros((n, 2), dtype=np.int64),
+            valid=np.tile(np.asarray(tile_shape, dtype=np.int64), (n, 1)),
+            source_names=list(names) if names is not None else [str(i) for i in range(n)],
+        )
+
+
+class TileDataset:
+    """Base class of the readers.
+
+    Subclasses set ``layout``, ``path``, ``tile_shape``, ``tiles``
+    (:class:`TileIndex`), ``has_labels``, ``class_names``, ``tissue`` and
+    ``folds``, and implement :meth:`_read_images`, :meth:`_read_labels` and
+    :meth:`_source_files`.
+    """
+
+    layout: str = ""
+    path: Path
+    tile_shape: tuple[int, int]
+    tiles: TileIndex
+    has_labels: bool = False
+    class_names: dict[int, str] | None = None
+    tissue: list[str] | None = None
+    folds: np.ndarray | None = None
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.tiles.source.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_tiles
+
+    def images(self, idx) -> np.ndarray:
+        """RGB tiles, ``(n, H, W, 3) ndarray of uint8``, for indices or a slice."""
+        return self._read_images(_as_indices(idx, self.n_tiles))
+
+    def labels(self, idx) -> np.ndarray:
+        """Instance and type maps, ``(n, H, W, 2) ndarray of int32``.
+
+        Channel 0 holds instance ids (0 = background, unique within a tile),
+        channel 1 type ids (0 = background or unknown type).
+        """
+        if not self.has_labels:
+            raise DataError(f"{self.path}: this dataset has no labels")
+        return self._read_labels(_as_indices(idx, self.n_tiles))
+
+    def fingerprint(self) -> str:
+        """A content hash of the source files and of how they are tiled.
+
+        Two datasets with the same fingerprint give the same tiles; a store
+        refuses to be extended from a dataset with another fingerprint.
+        """
+        h = hashlib.sha256()
+        h.update(f"{self.layout}:{self.tile_shape}:{self.n_tiles}".encode())
+        for f in self._source_files():
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        """Plain-data description recorded in a store's attributes."""
+        return {
+            "layout": self.layout,
+            "path": str(self.path),
+            "n_tiles": self.n_tiles,
+            "tile_shape": list(self.tile_shape),
+            "n_sources": len(self.tiles.source_names),
+            "has_labels": self.has_labels,
+            "class_names": {str(k): v for k, v in (self.class_names or {}).items()},
+        }
+
+    # -- for subclasses --------------------------------------------------
+    def _read_images(self, idx: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _read_labels(self, idx: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _source_files(self) -> list[Path]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _as_indices(idx, n: int) -> np.ndarray:
+    if isinstance(idx, slice):
+        return np.arange(n)[idx]
+    arr = np.atleast_1d(np.asarray(idx, dtype=np.int64))
+    if arr.size and (arr.min() < -n or arr.max() >= n):
+        raise IndexError(f"tile index out of range for {n} tiles")
+    return np.where(arr < 0, arr + n, arr)
+
+
+def to_uint8_rgb(array: np.ndarray, where: str) -> np.ndarray:
+    """Validate RGB pixels and return them as uint8.
+
+    Accepts uint8, or integer/float arrays holding whole numbers in 0..255
+    (PanNuke ships float64); a fully opaque alpha channel is dropped.
+
+    Parameters
+    ----------
+    array : (..., H, W, C) ndarray
+    where : str
+        File and index named in the error message.
+    """
+    if array.ndim < 3:
+        raise DataError(f"{where}: expected an RGB image (H, W, 3), got shape {array.shape}")
+    if array.shape[-1] == 4:
+        if array[..., 3].min() < 255 and array.dtype == np.uint8:
+            raise DataError(f"{where}: image has a transparent alpha channel; save it as RGB")
+        array = array[..., :3]
+    if array.shape[-1] != 3:
+        raise DataError(f"{where}: expected 3 colour channels (RGB), got {array.shape[-1]} (shape {array.shape})")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"{where}: pixels must be numbers, got dtype {array.dtype}")
+    lo, hi = float(array.min()), float(array.max())
+    if lo < 0 or hi > 255:
+        raise DataError(f"{where}: pixel values must lie in 0..255, found {lo:g}..{hi:g}")
+    if array.dtype.kind == "f" and hi <= 1.0 and hi > 0:
+        raise DataError(f"{where}: pixels look scaled to 0..1; embedcache expects 0..255")
+    return np.rint(array).astype(np.uint8)
+
+
+def check_label_map(array: np.ndarray, where: str) -> np.ndarray:
+    """Validate an integer label map (instance or type ids) and return int32."""
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.rint(array)):
+            raise DataError(f"{where}: labels must be whole numbers")
+    elif array.dtype.kind not in "iu":
+        raise DataError(f"{where}: labels must be integers, got dtype {array.dtype}")
+    if array.size and array.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0, found {array.min()}")
+    if array.size and array.max() > np.iinfo(np.int32).max:
+        raise DataError(f"{where}: label ids exceed int32")
+    return array.astype(np.int32, copy=False)

@@ -1,0 +1,114 @@
+"""Label maps alone, at each image's own size: what ``evaluate`` compares.
+
+Truth and predictions are read the same way. Tile stacks (PanNuke, CoNIC)
+give one map per tile; the folder layout gives one map per file, whole,
+at its own size (no tiling), with or without the images beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from embedcache.datasets.base import check_label_map
+from embedcache.datasets.folder import LABEL_SUFFIXES, find_label_file, read_image_file
+from embedcache.errors import DataError
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Instance and type maps of a set of images.
+
+    Attributes
+    ----------
+    layout : str
+        ``"pannuke"``, ``"conic"`` or ``"folder"``.
+    names : list of str
+        One per image: the tile's row number, or the file stem.
+    instances : sequence of (H, W) ndarray of int32
+        Instance ids, 0 = background; ids are as stored (not relabelled).
+    types : sequence of (H, W) ndarray of int32, or None
+        Type ids, 0 = background; None when the layout has no types.
+    tissue : list of str, or None
+        Tissue name per image (PanNuke ``types.npy``).
+    class_names : dict of int to str, or None
+        Type id to name when the layout defines it.
+    """
+
+    layout: str
+    names: list[str]
+    instances: Sequence[np.ndarray]
+    types: Sequence[np.ndarray] | None
+    tissue: list[str] | None
+    class_names: dict[int, str] | None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def read_label_maps(path, format: str = "auto") -> LabelSet:
+    """Read the label maps of a dataset or of a prediction folder.
+
+    Parameters
+    ----------
+    path : str or Path
+        A PanNuke folder (``masks.npy``), a CoNIC folder (``labels.npy``) or
+        a folder of ``NAME_inst.png`` [+ ``NAME_type.png``] files.
+    format : {"auto", "pannuke", "conic", "folder"}
+
+    Examples
+    --------
+    >>> labels = read_label_maps("predictions/")          # doctest: +SKIP
+    >>> labels.instances[0].shape                         # doctest: +SKIP
+    (256, 256)
+    """
+    from embedcache.datasets import detect_format
+    from embedcache.datasets.stacks import ConicDataset, PanNukeDataset
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    layout = detect_format(path, labels_only=True) if format == "auto" else format
+    if layout in ("pannuke", "conic"):
+        ds = (PanNukeDataset if layout == "pannuke" else ConicDataset)(path, require_images=False)
+        if not ds.has_labels:
+            raise DataError(f"{path}: no labels.npy found (CoNIC layout)")
+        maps = ds.labels(slice(None))
+        has_types = layout == "pannuke" or bool(maps[..., 1].any())
+        return LabelSet(
+            layout=layout,
+            names=[str(i) for i in range(len(maps))],
+            instances=[m for m in maps[..., 0]],
+            types=[m for m in maps[..., 1]] if has_types else None,
+            tissue=ds.tissue,
+            class_names=ds.class_names,
+        )
+    if layout == "folder":
+        return _read_folder_labels(path)
+    raise DataError(f"unknown format {format!r}; use auto, pannuke, conic or folder")
+
+
+def _read_folder_labels(path: Path) -> LabelSet:
+    inst_files = sorted(p for p in path.iterdir() if p.suffix in LABEL_SUFFIXES and p.stem.endswith("_inst"))
+    if not inst_files:
+        raise DataError(f"{path}: no NAME_inst.png label maps found")
+    names = [p.stem[: -len("_inst")] for p in inst_files]
+    type_files = [find_label_file(path, n, "type") for n in names]
+    if any(t is not None for t in type_files) and not all(t is not None for t in type_files):
+        missing = next(n for n, t in zip(names, type_files) if t is None)
+        raise DataError(f"{path}: {missing}_type.png is missing while other images have type maps")
+    instances, types = [], []
+    for p, t in zip(inst_files, type_files):
+        inst = check_label_map(read_image_file(p), str(p))
+        if inst.ndim != 2:
+            raise DataError(f"{p}: an instance map must be 2-D (H, W), got shape {inst.shape}")
+        instances.append(inst)
+        if t is not None:
+            tm = check_label_map(read_image_file(t), str(t))
+            if tm.shape != inst.shape:
+                raise DataError(f"{t}: type map of shape {tm.shape} does not match {p.name} {inst.shape}")
+            types.append(tm)
+    return LabelSet("folder", names, instances, types if types else None, None, None)
