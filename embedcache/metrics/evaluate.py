@@ -1,0 +1,182 @@
+"""Evaluate a prediction against the truth under one protocol.
+
+Reads both sides (PanNuke, CoNIC or folder layout), pairs their images,
+checks the maps agree in shape, runs the protocol and returns the summary
+and per-image rows, ready for JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from embedcache.datasets import LabelSet, read_label_maps
+from embedcache.errors import ConfigError, DataError
+from embedcache.metrics.protocols import DEFAULT_RADIUS, PROTOCOLS, classes_present
+
+SUMMARY_KEYS = {
+    "hovernet": ("dice", "aji", "aji_plus", "dq", "sq", "pq", "f1_detection", "type_f1"),
+    "pannuke": ("bpq", "mpq", "bpq_images", "mpq_images", "per_class_pq"),
+    "conic": ("bpq", "mpq_plus", "per_class_pq", "r2"),
+}
+"""Keys each protocol's summary carries at least (the published table's)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` returns.
+
+    Attributes
+    ----------
+    protocol : str
+    summary : dict
+        Dataset values (per-class ones keyed by type id), the classes used
+        and their names when known.
+    rows : list of dict
+        One per image, in the truth's order.
+    """
+
+    protocol: str
+    summary: dict
+    rows: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: NaN as None, type ids as strings, rows under ``images``."""
+        return _jsonable({**self.summary, "images": self.rows})
+
+    def write_json(self, path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return path
+
+    def write_csv(self, path) -> Path:
+        """One row per image; NaN written as ``nan``."""
+        path = Path(path)
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+        return path
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return value
+
+
+def _read(side: str, source, format: str) -> LabelSet:
+    if isinstance(source, LabelSet):
+        return source
+    try:
+        return read_label_maps(source, format)
+    except DataError as exc:
+        raise DataError(f"{side}: {exc}") from None
+
+
+def _align(truth: LabelSet, pred: LabelSet) -> list[int]:
+    """Index into ``pred`` of each truth image.
+
+    Images pair by name. When one side is a tile stack (names are row
+    numbers) and no name is shared, they pair by position.
+    """
+    stack = not (truth.layout == pred.layout == "folder")
+    if stack and len(truth) != len(pred):
+        raise DataError(f"truth has {len(truth)} images, prediction {len(pred)}")
+    where = {name: i for i, name in enumerate(pred.names)}
+    if stack and not any(n in where for n in truth.names):
+        return list(range(len(truth)))
+    missing = [n for n in truth.names if n not in where]
+    if missing:
+        raise DataError(f"prediction lacks {len(missing)} of the {len(truth)} truth images "
+                        f"(first: {missing[0]!r}); names must match, e.g. NAME_inst.png for truth NAME")
+    extra = sorted(set(pred.names) - set(truth.names))
+    if extra:
+        raise DataError(f"prediction has {len(extra)} images that the truth lacks (first: {extra[0]!r})")
+    return [where[n] for n in truth.names]
+
+
+def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float = DEFAULT_RADIUS,
+             classes: Sequence[int] | None = None) -> Evaluation:
+    """Score predicted label maps against the truth under a published protocol.
+
+    Parameters
+    ----------
+    truth, pred : str, Path or LabelSet
+        Folders in the PanNuke layout (``masks.npy`` [+ ``types.npy``]), the
+        CoNIC layout (``labels.npy``) or the folder layout
+        (``NAME_inst.png`` [+ ``NAME_type.png``]); the two may differ.
+    protocol : {"hovernet", "pannuke", "conic"}
+    format : {"auto", "pannuke", "conic", "folder"}
+        Layout of both sides; ``auto`` tells each side's from its files.
+    radius : float
+        Detection radius in pixels for ``hovernet``: 12 at 40x, 6 at 20x.
+    classes : sequence of int, optional
+        Type ids to score. Default: the truth layout's classes (PanNuke
+        1..5; CoNIC 1..6 when its ``counts.csv`` names them), else the
+        non-zero type ids present in the truth.
+
+    Returns
+    -------
+    Evaluation
+
+    Raises
+    ------
+    ConfigError
+        Unknown protocol, bad radius or classes.
+    DataError
+        Missing or unreadable files, images that do not pair up, maps of
+        different shapes, labels that are not non-negative integers, or type
+        maps missing where the protocol needs them.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    t = _read("truth", truth, format)
+    p = _read("prediction", pred, format)
+    order = _align(t, p)
+    p_inst = [p.instances[i] for i in order]
+    p_type = None if p.types is None else [p.types[i] for i in order]
+    if protocol != "hovernet":
+        for side, ls in (("truth", t), ("prediction", p)):
+            if ls.types is None:
+                raise DataError(f"the {protocol} protocol scores classes, but the {side} ({ls.layout} layout) "
+                                "has no type maps")
+    if classes is None:
+        classes = sorted(t.class_names) if t.class_names else classes_present(t.types or [])
+    kwargs = {"names": t.names, "classes": classes}
+    if protocol == "hovernet":
+        kwargs["radius"] = radius
+        if not classes:
+            kwargs["classes"] = None
+    if protocol == "pannuke":
+        kwargs["tissue"] = t.tissue
+    result = PROTOCOLS[protocol](t.instances, p_inst, t.types, p_type, **kwargs)
+    rows = result.pop("images")
+    used = sorted(result.get("per_class_pq") or result.get("type_f1") or [])
+    names = t.class_names or {}
+    result["classes"] = {c: names.get(c, str(c)) for c in used}
+    return Evaluation(protocol, result, rows)
