@@ -36,8 +36,8 @@ class Evaluation:
     ----------
     protocol : str
     summary : dict
-        Dataset values (per-class ones keyed by type id), the classes used
-        and their names when known.
+        Dataset values (per-class ones keyed by type id), ``classes`` (the
+        type ids scored) and ``class_names`` (those the layout names).
     rows : list of dict
         One per image, in the truth's order.
     """
@@ -176,7 +176,6 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
         kwargs["tissue"] = t.tissue
     result = PROTOCOLS[protocol](t.instances, p_inst, t.types, p_type, **kwargs)
     rows = result.pop("images")
-    used = sorted(result.get("per_class_pq") or result.get("type_f1") or [])
-    names = t.class_names or {}
-    result["classes"] = {c: names.get(c, str(c)) for c in used}
+    result["classes"] = sorted(result.get("per_class_pq") or result.get("type_f1") or [])
+    result["class_names"] = {c: t.class_names[c] for c in result["classes"] if c in (t.class_names or {})}
     return Evaluation(protocol, result, rows)
