@@ -325,3 +325,24 @@ def make_dataset(seed, n_tiles, size=256, n_nuclei=(50, 100), n_types=5):
     rng = np.random.default_rng(seed)
     tiles = [make_tile_pair(rng, size, n_nuclei, n_types) for _ in range(n_tiles)]
     return tuple(list(x) for x in zip(*tiles))
+
+
+def differences(fast, slow, path="") -> list[str]:
+    """Where two results differ: every key of ``slow`` is looked up in ``fast``.
+
+    Floats must be equal to the last bit (NaN equals NaN).
+    """
+    if isinstance(slow, dict):
+        out = []
+        for key, value in slow.items():
+            if key not in fast:
+                out.append(f"{path}.{key}: missing")
+            else:
+                out += differences(fast[key], value, f"{path}.{key}")
+        return out
+    if isinstance(slow, list):
+        if len(fast) != len(slow):
+            return [f"{path}: {len(fast)} items vs {len(slow)}"]
+        return [d for i, (a, b) in enumerate(zip(fast, slow)) for d in differences(a, b, f"{path}[{i}]")]
+    both_nan = isinstance(fast, float) and isinstance(slow, float) and np.isnan(fast) and np.isnan(slow)
+    return [] if both_nan or fast == slow else [f"{path}: {fast!r} vs {slow!r}"]
