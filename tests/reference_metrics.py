@@ -346,3 +346,16 @@ def differences(fast, slow, path="") -> list[str]:
         return [d for i, (a, b) in enumerate(zip(fast, slow)) for d in differences(a, b, f"{path}[{i}]")]
     both_nan = isinstance(fast, float) and isinstance(slow, float) and np.isnan(fast) and np.isnan(slow)
     return [] if both_nan or fast == slow else [f"{path}: {fast!r} vs {slow!r}"]
+
+
+def degrade(inst_maps, type_maps, seed=0, shift=(2, -1), drop=8):
+    """A prediction made from true maps: shifted by ``shift`` px, one nucleus in ``drop`` removed."""
+    rng = np.random.default_rng(seed)
+    pred, pred_types = [], []
+    for m, t in zip(inst_maps, type_maps):
+        p = np.roll(m, shift, axis=(0, 1)).copy()
+        ids = [i for i in np.unique(p) if i]
+        p[np.isin(p, rng.choice(ids, len(ids) // drop, replace=False))] = 0
+        pred.append(p)
+        pred_types.append(np.where(p > 0, np.roll(t, shift, axis=(0, 1)), 0))
+    return pred, pred_types

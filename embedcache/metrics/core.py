@@ -168,16 +168,14 @@ class Instances:
         """
         if self.n == 0:
             return np.zeros((0, 2))
-        fg = np.flatnonzero(self.index)
-        lab = self.index[fg]
-        rows, cols = np.divmod(fg, self.shape[1])
+        h, w = self.shape
         n = self.n + 1
         area = self.area.astype(np.float64)
-        r = np.bincount(lab, weights=rows, minlength=n)[1:] / area
-        c = np.bincount(lab, weights=cols, minlength=n)[1:] / area
+        r = np.bincount(self.index, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n)[1:] / area
+        c = np.bincount(self.index, weights=np.tile(np.arange(w, dtype=np.float64), h), minlength=n)[1:] / area
         return np.stack([r, c], axis=1)
 
-    def majority_type(self, type_map, name: str = "type map") -> np.ndarray:
+    def majority_type(self, type_map, name: str = "type map", window=None) -> np.ndarray:
         """Type of each instance: its most frequent non-zero type pixel.
 
         Ties go to the smaller type id; an instance with only type-0 pixels
@@ -188,6 +186,10 @@ class Instances:
         ----------
         type_map : (H, W) array_like of int
             0 = background / unknown.
+        name : str
+            What to call the map in error messages.
+        window : tuple of slice, optional
+            Only look at these pixels; instances with none there get type 0.
 
         Returns
         -------
@@ -197,11 +199,17 @@ class Instances:
         check_same_shape(self.shape, t.shape, f"instance map and {name}")
         if self.n == 0:
             return np.zeros(0, np.int64)
-        fg = np.flatnonzero(self.index)
-        tt = t.ravel()[fg]
-        kinds, tcode = np.unique(tt, return_inverse=True)
+        index = self.index
+        if window is not None:
+            index, t = index.reshape(self.shape)[window], t[window]
+        index, t = index.ravel(), t.ravel()
+        top = int(t.max(initial=0))
+        if top < 1024:
+            kinds, tcode = np.arange(top + 1), t
+        else:
+            kinds, tcode = np.unique(t, return_inverse=True)
         k = kinds.size
-        counts = np.bincount((self.index[fg] - 1) * k + tcode.reshape(-1), minlength=self.n * k).reshape(self.n, k)
+        counts = np.bincount(index * k + tcode.reshape(-1), minlength=(self.n + 1) * k).reshape(self.n + 1, k)[1:]
         if kinds[0] == 0:
             counts[:, 0] = 0
         best = np.argmax(counts, axis=1)
@@ -576,7 +584,8 @@ def aji(ov: Overlap) -> float:
 
 
 def _max_weight_pairs(ov: Overlap, weight: np.ndarray) -> np.ndarray:
-    """Positions of the pairs of a maximum-weight one-to-one assignment.
+    """Positions (in the table) of the pairs of a maximum-weight one-to-one
+    assignment, pairs of weight 0 left out.
 
     Solved on the dense (T, P) table like the reference, or, past
     ``_DENSE_CELLS``, on each connected block of overlapping instances (same
@@ -586,28 +595,22 @@ def _max_weight_pairs(ov: Overlap, weight: np.ndarray) -> np.ndarray:
     if ov.inter.size == 0:
         return np.zeros(0, np.intp)
     if T * P <= _DENSE_CELLS:
-        blocks = [(np.arange(T), np.arange(P))]
+        blocks = [(np.arange(ov.inter.size), np.arange(T), np.arange(P))]
     else:
         graph = coo_matrix((np.ones(ov.inter.size), (ov.true_index, T + ov.pred_index)), shape=(T + P, T + P))
         _, comp = connected_components(graph, directed=False)
-        touched = np.unique(comp[ov.true_index])
-        blocks = [(np.flatnonzero(comp[:T] == c), np.flatnonzero(comp[T:] == c)) for c in touched]
-    row_of = np.empty(T, np.intp)
-    col_of = np.empty(P, np.intp)
+        pair_comp = comp[ov.true_index]
+        order = np.argsort(pair_comp, kind="stable")
+        cuts = np.flatnonzero(np.diff(pair_comp[order])) + 1
+        blocks = [(pos, np.unique(ov.true_index[pos]), np.unique(ov.pred_index[pos])) for pos in np.split(order, cuts)]
+    table_code = ov.true_index * P + ov.pred_index  # sorted, as the table is
     chosen = []
-    for rows, cols in blocks:
-        row_of[rows] = np.arange(rows.size)
-        col_of[cols] = np.arange(cols.size)
-        inside = np.isin(ov.true_index, rows)
-        pos = np.flatnonzero(inside)
+    for pos, rows, cols in blocks:
         dense = np.zeros((rows.size, cols.size))
-        dense[row_of[ov.true_index[pos]], col_of[ov.pred_index[pos]]] = weight[pos]
+        dense[np.searchsorted(rows, ov.true_index[pos]), np.searchsorted(cols, ov.pred_index[pos])] = weight[pos]
         r, c = linear_sum_assignment(-dense)
         good = dense[r, c] > 0
-        # back from (row, col) to the table position: codes are sorted.
-        code = rows[r[good]] * P + cols[c[good]]
-        table_code = ov.true_index * P + ov.pred_index
-        chosen.append(np.searchsorted(table_code, code))
+        chosen.append(np.searchsorted(table_code, rows[r[good]] * P + cols[c[good]]))
     return np.concatenate(chosen)
 
 

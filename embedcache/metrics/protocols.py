@@ -306,7 +306,8 @@ def count_nuclei(inst, type_map, classes, crop: int | None = CONIC_COUNT_CROP) -
 
     Parameters
     ----------
-    inst, type_map : (H, W) array_like of int
+    inst : (H, W) array_like of int, or Instances
+    type_map : (H, W) array_like of int
     classes : sequence of int
     crop : int or None
         None counts the whole tile.
@@ -315,11 +316,8 @@ def count_nuclei(inst, type_map, classes, crop: int | None = CONIC_COUNT_CROP) -
     -------
     dict of int to int
     """
-    inst = as_label_map(inst, "instance map")
-    type_map = as_label_map(type_map, "type map")
-    check_same_shape(inst.shape, type_map.shape, "instance and type maps")
-    window = _central(inst.shape, crop)
-    types = Instances.from_map(inst[window]).majority_type(type_map[window])
+    inst = Instances.from_map(inst)
+    types = inst.majority_type(type_map, window=_central(inst.shape, crop))
     return {c: int(np.sum(types == c)) for c in classes}
 
 
@@ -365,8 +363,8 @@ def conic(true_inst: Sequence, pred_inst: Sequence, true_type: Sequence, pred_ty
         per_image.append([[s.tp, s.fp, s.fn, s.iou_sum] for s in stats.values()])
         row = {"name": name, "n_true": t.n, "n_pred": p.n, "bpq": st.scores(CONIC_DQ_EPS)[2],
                "tp": st.tp, "fp": st.fp, "fn": st.fn}
-        true_counts = count_nuclei(t.relabelled(), tt, classes, count_crop)
-        pred_counts = count_nuclei(p.relabelled(), pt, classes, count_crop)
+        true_counts = count_nuclei(t, tt, classes, count_crop)
+        pred_counts = count_nuclei(p, pt, classes, count_crop)
         row.update({f"count_true_{c}": v for c, v in true_counts.items()})
         row.update({f"count_pred_{c}": v for c, v in pred_counts.items()})
         rows.append(row)
