@@ -217,8 +217,8 @@ def test_non_integer_or_negative_labels(runner, tmp_path, tiles, bad, fragment):
     labels[0, 5, 5, 0] = bad
     (tmp_path / "p").mkdir()
     np.save(tmp_path / "p" / "labels.npy", labels)
-    res = runner.invoke(main, ["evaluate", "--protocol", "hovernet", "--truth", str(truth), "--pred", str(tmp_path / "p")])
-    one_line_error(res, fragment)
+    args = ["evaluate", "--protocol", "hovernet", "--truth", str(truth), "--pred", str(tmp_path / "p")]
+    one_line_error(runner.invoke(main, args), fragment)
 
 
 def test_class_protocols_need_type_maps(runner, tmp_path, tiles):
