@@ -14,23 +14,8 @@ See ``docs/metrics.md`` for each protocol's conventions and empty cases.
 """
 
 from embedcache.metrics.core import (
-    ClassOverlap,
-    Instances,
-    Matching,
-    Overlap,
-    PQStats,
-    aji,
-    aji_plus,
-    class_overlap,
-    detection_f1,
-    foreground_dice,
-    match,
-    overlap,
-    pair_centroids,
-    panoptic_quality,
-    r2_score,
-    relabel,
-    type_f1,
+    ClassOverlap, Instances, Matching, Overlap, PQStats, aji, aji_plus, class_overlap, detection_f1,
+    foreground_dice, match, overlap, pair_centroids, panoptic_quality, r2_score, relabel, type_f1,
 )
 from embedcache.metrics.evaluation import Evaluation, evaluate
 from embedcache.metrics.protocols import PROTOCOLS, conic, count_nuclei, hovernet, pannuke
