@@ -283,6 +283,8 @@ def test_protocol_input_errors():
         conic(a, a, a, a, classes=[0, 1])
     with pytest.raises(ConfigError, match="positive type ids"):
         pannuke(a, a, a, a, classes=[1, 1])
+    with pytest.raises(ConfigError, match="one or more"):
+        conic(a, a, a, a, classes=[])
     with pytest.raises(DataError, match="tissue"):
         pannuke(a, a, a, a, tissue=["Colon", "Lung"])
     with pytest.raises(ConfigError, match="radius"):

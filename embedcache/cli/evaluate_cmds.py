@@ -12,9 +12,12 @@ def _parse_classes(ctx, param, value):
     if value is None:
         return None
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        ids = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected type ids separated by commas, e.g. 1,2,3; got {value!r}") from None
+        ids = []
+    if not ids:
+        raise click.BadParameter(f"expected type ids separated by commas, e.g. 1,2,3; got {value!r}")
+    return ids
 
 
 @main.command("evaluate")

@@ -109,8 +109,8 @@ def classes_present(type_maps) -> tuple[int, ...]:
 
 def _check_classes(classes) -> tuple[int, ...]:
     classes = tuple(int(c) for c in classes)
-    if any(c <= 0 for c in classes) or len(set(classes)) != len(classes):
-        raise ConfigError(f"classes must be distinct positive type ids, got {list(classes)}")
+    if not classes or any(c <= 0 for c in classes) or len(set(classes)) != len(classes):
+        raise ConfigError(f"classes must be one or more distinct positive type ids, got {list(classes)}")
     return classes
 
 
@@ -201,8 +201,10 @@ def hovernet(true_inst: Sequence, pred_inst: Sequence, true_type: Sequence | Non
         if ptt.size:
             out["type_accuracy"] = float(np.mean(ptt == ppt))
         if classes is None:
-            classes = [c for c in np.unique(np.concatenate([ptt, utt])) if c != 0]
-        out["type_f1"] = {c: type_f1(ptt, ppt, utt, upt, c) for c in _check_classes(classes)}
+            classes = [int(c) for c in np.unique(np.concatenate([ptt, utt])) if c != 0]
+        else:
+            classes = _check_classes(classes)
+        out["type_f1"] = {c: type_f1(ptt, ppt, utt, upt, c) for c in classes}
     out["images"] = rows
     return out
 
@@ -377,10 +379,10 @@ def conic(true_inst: Sequence, pred_inst: Sequence, true_type: Sequence, pred_ty
     return {
         "protocol": "conic", "n_images": len(rows),
         "bpq": float(np.mean([r["bpq"] for r in rows])) if rows else float("nan"),
-        "mpq_plus": float(np.mean(list(per_class_pq.values()))) if classes else float("nan"),
+        "mpq_plus": float(np.mean(list(per_class_pq.values()))),
         "per_class_pq": per_class_pq,
         "per_class": {c: {"tp": s.tp, "fp": s.fp, "fn": s.fn, "iou_sum": s.iou_sum} for c, s in per_class.items()},
-        "r2": float(np.mean(list(r2_per_class.values()))) if classes else float("nan"),
+        "r2": float(np.mean(list(r2_per_class.values()))),
         "r2_per_class": r2_per_class,
         "count_crop": count_crop,
         "images": rows,
