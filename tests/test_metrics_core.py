@@ -1,4 +1,4 @@
-"""embedcache.metrics.core: hand-computed cases, properties, and agreement
+"""embedcache.metrics.core, .jaccard and .detection: hand-computed cases, properties, and agreement
 with the slow per-instance reference in tests/reference_metrics.py."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference_metrics as ref  # noqa: E402
 from embedcache.errors import ConfigError, DataError  # noqa: E402
-from embedcache.metrics import core  # noqa: E402
+from embedcache.metrics import core, detection, jaccard  # noqa: E402
 
 EPS = 1.0e-6
 
@@ -77,11 +77,12 @@ def test_sparse_and_dense_counting_agree(monkeypatch):
     t, _, p, _ = ref.make_tile_pair(rng, size=64, n_nuclei=(10, 20))
     dense = core.overlap(t, p)
     monkeypatch.setattr(core, "_DENSE_CELLS", 1)
+    monkeypatch.setattr(jaccard, "_DENSE_CELLS", 1)
     sparse = core.overlap(t, p)
     for field in ("true_index", "pred_index", "inter"):
         np.testing.assert_array_equal(getattr(dense, field), getattr(sparse, field))
     # the per-component assignment gives the same AJI+ here (no ties)
-    assert core.aji_plus(sparse) == pytest.approx(core.aji_plus(dense), abs=1e-12)
+    assert jaccard.aji_plus(sparse) == pytest.approx(jaccard.aji_plus(dense), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------
@@ -146,10 +147,10 @@ def test_aji_and_aji_plus_by_hand_with_a_merge():
     # true 1 and true 2 (4 px each) both take pred 6 (8 px): inter 4, union 8 each.
     # true 3 (1 px) touches nothing; pred 9 (1 px) is taken by nobody.
     # AJI = (4 + 4) / (8 + 8 + 1 + 1) = 8 / 18
-    assert core.aji(ov) == 8 / 18
+    assert jaccard.aji(ov) == 8 / 18
     # AJI+: pred 6 pairs once (true 1, the first of the tie); true 2 and 3 and
     # pred 9 are unpaired: (4) / (8 + 4 + 1 + 1) = 4 / 14
-    assert core.aji_plus(ov) == 4 / 14
+    assert jaccard.aji_plus(ov) == 4 / 14
 
 
 def test_aji_reuses_a_prediction_aji_plus_does_not():
@@ -157,25 +158,25 @@ def test_aji_reuses_a_prediction_aji_plus_does_not():
     pred = np.array([[5, 5, 5, 5]])
     ov = core.overlap(true, pred)
     # AJI: (3 + 1) / (4 + 4) = 0.5 ; AJI+: true 1 takes pred 5 (IoU 3/4): 3 / (4 + 1) = 0.6
-    assert core.aji(ov) == 0.5
-    assert core.aji_plus(ov) == 0.6
+    assert jaccard.aji(ov) == 0.5
+    assert jaccard.aji_plus(ov) == 0.6
 
 
 def test_dice_by_hand():
     true = np.array([[1, 1, 0, 2]])
     pred = np.array([[0, 4, 4, 4]])
     # foreground: true 3 px, pred 3 px, shared 2 -> 2 * 2 / 6
-    assert core.foreground_dice(core.overlap(true, pred)) == 4 / 6
+    assert jaccard.foreground_dice(core.overlap(true, pred)) == 4 / 6
 
 
 def test_aji_and_dice_empty_cases():
     empty = np.zeros((3, 3), int)
     nuc = np.eye(3, dtype=int)
     both = core.overlap(empty, empty)
-    assert math.isnan(core.aji(both)) and math.isnan(core.aji_plus(both)) and math.isnan(core.foreground_dice(both))
+    assert math.isnan(jaccard.aji(both)) and math.isnan(jaccard.aji_plus(both)) and math.isnan(jaccard.foreground_dice(both))
     for t, p in ((empty, nuc), (nuc, empty)):
         ov = core.overlap(t, p)
-        assert (core.aji(ov), core.aji_plus(ov), core.foreground_dice(ov)) == (0.0, 0.0, 0.0)
+        assert (jaccard.aji(ov), jaccard.aji_plus(ov), jaccard.foreground_dice(ov)) == (0.0, 0.0, 0.0)
 
 
 # ----------------------------------------------------------------------------
@@ -201,11 +202,11 @@ def test_pair_centroids_radius_is_inclusive():
     true = np.array([[0.0, 0.0], [100.0, 100.0], [200.0, 200.0]])
     pred = np.array([[3.0, 4.0], [112.0, 100.0], [213.0, 200.0]])
     # distances 5, 12 (kept: <= 12) and 13 (dropped)
-    pairs, ut, up = core.pair_centroids(true, pred, 12)
+    pairs, ut, up = detection.pair_centroids(true, pred, 12)
     assert pairs.tolist() == [[0, 0], [1, 1]]
     assert ut.tolist() == [2] and up.tolist() == [2]
     with pytest.raises(ConfigError):
-        core.pair_centroids(true, pred, 0)
+        detection.pair_centroids(true, pred, 0)
 
 
 def test_pair_centroids_assignment_is_optimal_not_greedy():
@@ -213,31 +214,31 @@ def test_pair_centroids_assignment_is_optimal_not_greedy():
     # true 1 unpaired; the assignment minimises the total: 2 + 2 < 1 + 20
     true = np.array([[0.0, 0.0], [0.0, 4.0]])
     pred = np.array([[0.0, 2.0], [0.0, -2.0]])
-    pairs, _, _ = core.pair_centroids(true, pred, 12)
+    pairs, _, _ = detection.pair_centroids(true, pred, 12)
     assert sorted(map(tuple, pairs.tolist())) == [(0, 1), (1, 0)]
 
 
 def test_detection_and_type_f1_by_hand():
-    assert core.detection_f1(8, 2, 4) == 16 / (16 + 2 + 4)
-    assert math.isnan(core.detection_f1(0, 0, 0))
+    assert detection.detection_f1(8, 2, 4) == 16 / (16 + 2 + 4)
+    assert math.isnan(detection.detection_f1(0, 0, 0))
     # pairs (true, pred): (1,1) (1,2) (2,1) (2,2) (3,3); unpaired true: 1; unpaired pred: 1, 2
     pt, pp = [1, 1, 2, 2, 3], [1, 2, 1, 2, 3]
     # type 1: TP 1, FP 1 (2->1), FN 1 (1->2), FP_d 1, FN_d 1: 2 / (2 + 2 + 2 + 1 + 1)
-    assert core.type_f1(pt, pp, [1], [1, 2], 1) == 2 / 8
-    assert core.type_f1(pt, pp, [1], [1, 2], 3) == 1.0
-    assert math.isnan(core.type_f1(pt, pp, [1], [1, 2], 4))
+    assert detection.type_f1(pt, pp, [1], [1, 2], 1) == 2 / 8
+    assert detection.type_f1(pt, pp, [1], [1, 2], 3) == 1.0
+    assert math.isnan(detection.type_f1(pt, pp, [1], [1, 2], 4))
 
 
 def test_r2_by_hand_and_against_scikit_learn():
     # mean 2, SS_tot = 1 + 0 + 1 = 2, SS_res = 0 + 1 + 0 = 1 -> 1 - 1/2
-    assert core.r2_score([1, 2, 3], [1, 3, 3]) == 0.5
-    assert core.r2_score([2, 2, 2], [2, 2, 2]) == 1.0
-    assert core.r2_score([2, 2, 2], [2, 2, 3]) == 0.0
-    assert math.isnan(core.r2_score([4], [4]))
+    assert detection.r2_score([1, 2, 3], [1, 3, 3]) == 0.5
+    assert detection.r2_score([2, 2, 2], [2, 2, 2]) == 1.0
+    assert detection.r2_score([2, 2, 2], [2, 2, 3]) == 0.0
+    assert math.isnan(detection.r2_score([4], [4]))
     sklearn = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)
     y, yhat = rng.integers(0, 20, 30), rng.integers(0, 20, 30)
-    assert core.r2_score(y, yhat) == pytest.approx(sklearn.r2_score(y, yhat), abs=1e-12)
+    assert detection.r2_score(y, yhat) == pytest.approx(sklearn.r2_score(y, yhat), abs=1e-12)
 
 
 def test_class_overlap_splits_instances_by_pixel_type():
@@ -294,7 +295,7 @@ def test_prediction_equal_to_truth_scores_one(true):
     dq, sq, pq = st_.scores()
     assert dq == 1.0
     assert sq == pytest.approx(1.0, abs=1e-6)  # n / (n + 1e-6)
-    assert core.aji(ov) == 1.0 and core.aji_plus(ov) == 1.0 and core.foreground_dice(ov) == 1.0
+    assert jaccard.aji(ov) == 1.0 and jaccard.aji_plus(ov) == 1.0 and jaccard.foreground_dice(ov) == 1.0
 
 
 @settings(max_examples=60, deadline=None)
@@ -316,12 +317,12 @@ def test_relabelling_either_map_changes_nothing(maps, rnd):
         a, b = core.match(base).stats(), core.match(ov).stats()
         assert (a.tp, a.fp, a.fn) == (b.tp, b.fp, b.fn)
         assert a.iou_sum == pytest.approx(b.iou_sum, abs=1e-12)
-        assert nan_equal(core.foreground_dice(ov), core.foreground_dice(base))
+        assert nan_equal(jaccard.foreground_dice(ov), jaccard.foreground_dice(base))
         if keep_order:
             # AJI breaks ties between equally good predictions by id order,
             # as the reference does; ids renamed in order change nothing.
-            assert nan_equal(core.aji(ov), core.aji(base))
-            assert nan_equal(core.aji_plus(ov), core.aji_plus(base))
+            assert nan_equal(jaccard.aji(ov), jaccard.aji(base))
+            assert nan_equal(jaccard.aji_plus(ov), jaccard.aji_plus(base))
 
 
 @settings(max_examples=40, deadline=None)
@@ -335,9 +336,9 @@ def test_prediction_shifted_far_away_scores_zero(true):
     p[:, 2 * w:] = true
     ov = core.overlap(t, p)
     assert core.match(ov).stats().scores()[2] == 0.0
-    assert (core.aji(ov), core.aji_plus(ov), core.foreground_dice(ov)) == (0.0, 0.0, 0.0)
+    assert (jaccard.aji(ov), jaccard.aji_plus(ov), jaccard.foreground_dice(ov)) == (0.0, 0.0, 0.0)
     centres = [core.Instances.from_map(m).centroids() for m in (t, p)]
-    pairs, _, _ = core.pair_centroids(*centres, 1.0)
+    pairs, _, _ = detection.pair_centroids(*centres, 1.0)
     assert len(pairs) == 0
 
 
@@ -360,9 +361,9 @@ def test_merging_two_true_nuclei_costs_what_the_formula_says(true, data):
     assert s.fp == (n - 1) - s.tp and s.fn == n - s.tp
     assert s.iou_sum == pytest.approx(n - 2 + (max(area_a, area_b) / merged if matched else 0), abs=1e-12)
     # AJI: both true nuclei take the merged prediction: inter a + b, union 2 (a + b)
-    assert core.aji(ov) == pytest.approx((others + merged) / (others + 2 * merged))
+    assert jaccard.aji(ov) == pytest.approx((others + merged) / (others + 2 * merged))
     # AJI+: the merged prediction pairs once, with the bigger; the other adds its area
-    assert core.aji_plus(ov) == pytest.approx((others + max(area_a, area_b)) / (others + merged + min(area_a, area_b)))
+    assert jaccard.aji_plus(ov) == pytest.approx((others + max(area_a, area_b)) / (others + merged + min(area_a, area_b)))
 
 
 @settings(max_examples=80, deadline=None)
@@ -372,9 +373,9 @@ def test_fast_agrees_with_slow_reference_on_random_maps(maps, types):
     ov = core.overlap(true, pred)
     s = core.match(ov).stats()
     assert (s.tp, s.fp, s.fn, s.iou_sum) == ref.slow_pq_counts(true, pred)
-    assert nan_equal(core.aji(ov), ref.slow_aji(true, pred))
-    assert nan_equal(core.aji_plus(ov), ref.slow_aji_plus(true, pred))
-    assert nan_equal(core.foreground_dice(ov), ref.slow_dice(true, pred))
+    assert nan_equal(jaccard.aji(ov), ref.slow_aji(true, pred))
+    assert nan_equal(jaccard.aji_plus(ov), ref.slow_aji_plus(true, pred))
+    assert nan_equal(jaccard.foreground_dice(ov), ref.slow_dice(true, pred))
     inst = core.Instances.from_map(true)
     np.testing.assert_array_equal(inst.centroids(), ref.slow_centroids(true))
     tmap = types[: true.shape[0], : true.shape[1]]
@@ -388,9 +389,9 @@ def test_fast_agrees_with_slow_reference_on_synthetic_tiles():
         ov = core.overlap(t, p)
         s = core.match(ov).stats()
         assert (s.tp, s.fp, s.fn, s.iou_sum) == ref.slow_pq_counts(t, p)
-        assert core.aji(ov) == ref.slow_aji(t, p)
-        assert core.aji_plus(ov) == ref.slow_aji_plus(t, p)
-        a = core.pair_centroids(core.Instances.from_map(t).centroids(), core.Instances.from_map(p).centroids(), 12)
+        assert jaccard.aji(ov) == ref.slow_aji(t, p)
+        assert jaccard.aji_plus(ov) == ref.slow_aji_plus(t, p)
+        a = detection.pair_centroids(core.Instances.from_map(t).centroids(), core.Instances.from_map(p).centroids(), 12)
         b = ref.slow_pair_points(ref.slow_centroids(t), ref.slow_centroids(p), 12)
         assert a[0].tolist() == [list(x) for x in b[0]]
         for c in range(1, 6):

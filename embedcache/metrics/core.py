@@ -1,5 +1,6 @@
 """Nuclei metrics on integer label maps: one overlap table per tile, then
-matching, PQ, AJI, AJI+, Dice and centroid pairing.
+matching and PQ (AJI, AJI+ and Dice are in :mod:`embedcache.metrics.jaccard`,
+detection in :mod:`embedcache.metrics.detection`).
 
 Everything starts from :class:`Instances` (an instance map with its ids made
 contiguous, 1..N in the order of the stored ids) and :func:`overlap`, the
@@ -8,10 +9,8 @@ instance, counted in one ``bincount`` over the tile's pixels. The metrics are
 then a few array operations on that table: no loop over instances.
 
 Values follow the reference code of HoVer-Net (``metrics/stats_utils.py``:
-``get_fast_pq``, ``get_fast_aji``, ``get_fast_aji_plus``, ``get_dice_1``,
-``pair_coordinates``), including its small constants (``1e-6`` in the SQ
-denominator and in the IoU that AJI and AJI+ rank by), so that values agree
-with theirs to the last bit where the reference defines them. Where the
+``get_fast_pq``, ``remap_label``), including its ``1e-6`` in the SQ
+denominator, so that values agree with theirs to the last bit where the reference defines them. Where the
 reference divides by zero or crashes (no instance on either side), the
 functions here return NaN; each protocol in :mod:`embedcache.metrics.protocols`
 says what it does with that.
@@ -22,9 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from embedcache.datasets.base import check_label_map
 from embedcache.errors import ConfigError, DataError
@@ -35,11 +31,8 @@ MATCH_IOU = 0.5
 SQ_EPS = 1.0e-6
 """Added to TP in the SQ denominator by all three reference codes."""
 
-AJI_EPS = 1.0e-6
-"""Added to each union before AJI / AJI+ rank pairs by IoU (HoVer-Net)."""
-
-# Largest dense table (cells) used before switching to sparse counting or to
-# per-component assignment; 4M float64 cells is 32 MB.
+# Largest dense table (cells) counted with one bincount; past it the pairs
+# are counted by sorting. 4M int64 cells is 32 MB.
 _DENSE_CELLS = 1 << 22
 
 
@@ -309,7 +302,7 @@ def pair_counts(true_index: np.ndarray, pred_index: np.ndarray, n_true: int, n_p
         both &= where
     code = (true_index[both] - 1) * n_pred + (pred_index[both] - 1)
     cells = n_true * n_pred
-    if cells <= max(_DENSE_CELLS, 4 * code.size):
+    if cells <= _DENSE_CELLS:
         counts = np.bincount(code, minlength=cells)
         nz = np.flatnonzero(counts)
         inter = counts[nz]
@@ -530,226 +523,3 @@ def panoptic_quality(true, pred, dq_eps: float = 0.0) -> dict:
     st = match(overlap(true, pred)).stats()
     dq, sq, pq = st.scores(dq_eps)
     return {"dq": dq, "sq": sq, "pq": pq, "tp": st.tp, "fp": st.fp, "fn": st.fn, "iou_sum": st.iou_sum}
-
-
-# ----------------------------------------------------------------------------
-# Aggregated Jaccard index, Dice
-# ----------------------------------------------------------------------------
-
-def _aji_total(ov: Overlap, sel: np.ndarray) -> float:
-    """AJI from the chosen pairs ``sel`` (positions in the table)."""
-    if ov.n_true == 0 and ov.n_pred == 0:
-        return float("nan")
-    inter = ov.inter[sel].sum()
-    union = ov.union[sel].sum()
-    true_used = np.zeros(ov.n_true, bool)
-    true_used[ov.true_index[sel]] = True
-    pred_used = np.zeros(ov.n_pred, bool)
-    pred_used[ov.pred_index[sel]] = True
-    union += ov.true_area[~true_used].sum() + ov.pred_area[~pred_used].sum()
-    return float(inter / union)
-
-
-def _ranking_iou(ov: Overlap) -> np.ndarray:
-    # HoVer-Net ranks pairs by inter / (union + 1e-6); ties resolve on it.
-    return ov.inter / (ov.union + AJI_EPS)
-
-
-def aji(ov: Overlap) -> float:
-    """Aggregated Jaccard Index (Kumar et al. 2017).
-
-    Each true instance takes the predicted instance of largest IoU (ties:
-    the lower predicted index); a predicted instance may be taken by
-    several true ones. Predicted instances taken by none, and true
-    instances touching none, add their area to the union. Follows
-    HoVer-Net's ``get_fast_aji``.
-
-    Parameters
-    ----------
-    ov : Overlap
-
-    Returns
-    -------
-    float
-        In [0, 1]; 0 when only one side has instances, NaN when neither
-        has (the reference divides by zero).
-    """
-    if ov.inter.size == 0:
-        return _aji_total(ov, np.zeros(0, np.intp))
-    order = np.lexsort((ov.pred_index, -_ranking_iou(ov), ov.true_index))
-    ti = ov.true_index[order]
-    first = np.ones(ti.size, bool)
-    first[1:] = ti[1:] != ti[:-1]
-    return _aji_total(ov, order[first])
-
-
-def _max_weight_pairs(ov: Overlap, weight: np.ndarray) -> np.ndarray:
-    """Positions (in the table) of the pairs of a maximum-weight one-to-one
-    assignment, pairs of weight 0 left out.
-
-    Solved on the dense (T, P) table like the reference, or, past
-    ``_DENSE_CELLS``, on each connected block of overlapping instances (same
-    optimum; ties may then resolve differently).
-    """
-    T, P = ov.n_true, ov.n_pred
-    if ov.inter.size == 0:
-        return np.zeros(0, np.intp)
-    if T * P <= _DENSE_CELLS:
-        blocks = [(np.arange(ov.inter.size), np.arange(T), np.arange(P))]
-    else:
-        graph = coo_matrix((np.ones(ov.inter.size), (ov.true_index, T + ov.pred_index)), shape=(T + P, T + P))
-        _, comp = connected_components(graph, directed=False)
-        pair_comp = comp[ov.true_index]
-        order = np.argsort(pair_comp, kind="stable")
-        cuts = np.flatnonzero(np.diff(pair_comp[order])) + 1
-        blocks = [(pos, np.unique(ov.true_index[pos]), np.unique(ov.pred_index[pos])) for pos in np.split(order, cuts)]
-    table_code = ov.true_index * P + ov.pred_index  # sorted, as the table is
-    chosen = []
-    for pos, rows, cols in blocks:
-        dense = np.zeros((rows.size, cols.size))
-        dense[np.searchsorted(rows, ov.true_index[pos]), np.searchsorted(cols, ov.pred_index[pos])] = weight[pos]
-        r, c = linear_sum_assignment(-dense)
-        good = dense[r, c] > 0
-        chosen.append(np.searchsorted(table_code, rows[r[good]] * P + cols[c[good]]))
-    return np.concatenate(chosen)
-
-
-def aji_plus(ov: Overlap) -> float:
-    """AJI+: AJI with a one-to-one pairing (Graham et al. 2019).
-
-    True and predicted instances are paired by a maximum-sum assignment of
-    IoU (``linear_sum_assignment``), so no predicted instance counts twice;
-    pairs with no shared pixel are dropped. Follows HoVer-Net's
-    ``get_fast_aji_plus``. Empty cases as :func:`aji`.
-
-    Returns
-    -------
-    float
-    """
-    return _aji_total(ov, _max_weight_pairs(ov, _ranking_iou(ov)))
-
-
-def foreground_dice(ov: Overlap) -> float:
-    """Dice of the two foregrounds (every labelled pixel counts as 1).
-
-    HoVer-Net's ``get_dice_1``: 2 |T ∩ P| / (|T| + |P|) over pixels. The
-    overlap table holds all it needs: instance areas sum to the foreground.
-
-    Returns
-    -------
-    float
-        NaN when neither map has a labelled pixel.
-    """
-    total = ov.true_area.sum() + ov.pred_area.sum()
-    if total == 0:
-        return float("nan")
-    return float(2.0 * ov.inter.sum() / total)
-
-
-# ----------------------------------------------------------------------------
-# Detection: centroids paired within a radius
-# ----------------------------------------------------------------------------
-
-def pair_centroids(true_xy: np.ndarray, pred_xy: np.ndarray, radius: float):
-    """Pair two point sets by optimal assignment on Euclidean distance.
-
-    The assignment is solved on all distances, then pairs farther apart
-    than ``radius`` are dropped (HoVer-Net's ``pair_coordinates``).
-
-    Parameters
-    ----------
-    true_xy : (N, 2) ndarray of float
-    pred_xy : (M, 2) ndarray of float
-    radius : float
-        Pixels; 12 at 40x, 6 at 20x in the published tables.
-
-    Returns
-    -------
-    paired : (K, 2) ndarray of intp
-        (true index, predicted index) of each pair.
-    unpaired_true : (N - K,) ndarray of intp
-    unpaired_pred : (M - K,) ndarray of intp
-
-    Examples
-    --------
-    >>> p, ut, up = pair_centroids(np.array([[0., 0], [50, 50]]), np.array([[3., 4]]), 12)
-    >>> p.tolist(), ut.tolist(), up.tolist()
-    ([[0, 0]], [1], [])
-    """
-    if radius <= 0:
-        raise ConfigError(f"radius must be positive (pixels), got {radius}")
-    true_xy = np.asarray(true_xy, np.float64).reshape(-1, 2)
-    pred_xy = np.asarray(pred_xy, np.float64).reshape(-1, 2)
-    if len(true_xy) == 0 or len(pred_xy) == 0:
-        return np.zeros((0, 2), np.intp), np.arange(len(true_xy)), np.arange(len(pred_xy))
-    dist = np.sqrt(((true_xy[:, None, :] - pred_xy[None, :, :]) ** 2).sum(-1))
-    a, b = linear_sum_assignment(dist)
-    keep = dist[a, b] <= radius
-    a, b = a[keep], b[keep]
-    unpaired_true = np.setdiff1d(np.arange(len(true_xy)), a)
-    unpaired_pred = np.setdiff1d(np.arange(len(pred_xy)), b)
-    return np.stack([a, b], axis=1).astype(np.intp), unpaired_true, unpaired_pred
-
-
-def detection_f1(tp: int, fp: int, fn: int) -> float:
-    """F1 of detection, 2TP / (2TP + FP + FN); NaN when all three are 0."""
-    denom = 2 * tp + fp + fn
-    return float("nan") if denom == 0 else 2 * tp / denom
-
-
-def type_f1(paired_true_type, paired_pred_type, unpaired_true_type, unpaired_pred_type, type_id: int) -> float:
-    """HoVer-Net's per-type F1 over detected pairs.
-
-    Among pairs where either side has type c, TP_c both do, FP_c only the
-    prediction, FN_c only the truth; FP_d and FN_d are the unpaired
-    predictions and truths of type c::
-
-        F1_c = 2 TP_c / (2 TP_c + 2 FP_c + 2 FN_c + FP_d + FN_d)
-
-    Parameters
-    ----------
-    paired_true_type, paired_pred_type : (K,) array_like of int
-        Types of the two sides of each detected pair.
-    unpaired_true_type, unpaired_pred_type : array_like of int
-    type_id : int
-
-    Returns
-    -------
-    float
-        NaN when type c appears nowhere (0 / 0 in the reference).
-    """
-    pt, pp = np.asarray(paired_true_type), np.asarray(paired_pred_type)
-    tp = int(np.sum((pt == type_id) & (pp == type_id)))
-    fp = int(np.sum((pt != type_id) & (pp == type_id)))
-    fn = int(np.sum((pt == type_id) & (pp != type_id)))
-    fp_d = int(np.sum(np.asarray(unpaired_pred_type) == type_id))
-    fn_d = int(np.sum(np.asarray(unpaired_true_type) == type_id))
-    denom = 2 * tp + 2 * fp + 2 * fn + fp_d + fn_d
-    return float("nan") if denom == 0 else 2 * tp / denom
-
-
-# ----------------------------------------------------------------------------
-# Counts and R2 (CoNIC composition)
-# ----------------------------------------------------------------------------
-
-def r2_score(y_true, y_pred) -> float:
-    """Coefficient of determination, as ``sklearn.metrics.r2_score``.
-
-    1 - SS_res / SS_tot. A constant truth gives 1.0 when predicted exactly
-    and 0.0 otherwise (scikit-learn's ``force_finite``); fewer than two
-    samples give NaN (scikit-learn warns and returns NaN).
-
-    Parameters
-    ----------
-    y_true, y_pred : (N,) array_like of float
-    """
-    yt = np.asarray(y_true, np.float64)
-    yp = np.asarray(y_pred, np.float64)
-    check_same_shape(yt.shape, yp.shape, "true and predicted counts")
-    if yt.size < 2:
-        return float("nan")
-    ss_res = np.sum((yt - yp) ** 2)
-    ss_tot = np.sum((yt - np.mean(yt)) ** 2)
-    if ss_tot == 0:
-        return 1.0 if ss_res == 0 else 0.0
-    return float(1.0 - ss_res / ss_tot)

@@ -28,22 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from embedcache.errors import ConfigError, DataError
-from embedcache.metrics.core import (
-    Instances,
-    PQStats,
-    aji,
-    aji_plus,
-    as_label_map,
-    check_same_shape,
-    class_overlap,
-    detection_f1,
-    foreground_dice,
-    match,
-    overlap,
-    pair_centroids,
-    r2_score,
-    type_f1,
-)
+from embedcache.metrics.core import Instances, PQStats, as_label_map, check_same_shape, class_overlap, match, overlap
+from embedcache.metrics.detection import detection_f1, pair_centroids, r2_score, type_f1
+from embedcache.metrics.jaccard import aji, aji_plus, foreground_dice
 
 PANNUKE_TYPES = (1, 2, 3, 4, 5)
 """neoplastic, inflammatory, connective, dead, epithelial."""
