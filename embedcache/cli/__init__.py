@@ -61,14 +61,9 @@ def main(ctx: click.Context, debug: bool):
 
 
 def _register():
-    # Command modules import heavy libraries (torch, timm) lazily inside the
-    # commands, so `embedcache --help` stays fast.
-    from embedcache.cli import data_cmds, extract_cmds  # noqa: F401
-
-    try:
-        from embedcache.cli import evaluate_cmds  # noqa: F401
-    except ImportError:  # pragma: no cover - only while the metrics module is absent
-        pass
+    # Command modules import heavy libraries (torch, timm) inside the commands,
+    # so `embedcache --help` stays fast.
+    from embedcache.cli import data_cmds, evaluate_cmds, extract_cmds  # noqa: F401
 
 
 _register()

@@ -77,7 +77,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {path} not found")
     try:
         sd = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "weights_only" not in str(exc):
+            raise WeightsError(f"{path}: not a readable checkpoint ({exc})") from exc
         raise WeightsError(
             f"{path}: holds pickled Python objects besides tensors, which embedcache does not load "
             "(weights_only=True); re-save it with torch.save(model.state_dict(), ...) or as .safetensors"

@@ -1,0 +1,112 @@
+"""Extraction efficiency, storage and fidelity.
+
+    python benchmarks/bench_extract.py [--tiles 64] [--variants d4] [--repeats 3] [--encoders ...]
+
+For each encoder, in one run, alternating:
+  * bare: a loop of ``forward_intermediates`` over the same tile-variants,
+    same batch size and threads, inputs prepared in advance, nothing stored;
+  * ours: ``embedcache.extract`` end to end (read, variants, forward,
+    float16, compress, checksum, write, mark done), measured two ways:
+    the extraction loop, and the whole call including model load and
+    dataset fingerprint.
+Prints tile-variants/s (medians over repeats), the ratio ours/bare, bytes
+per tile-variant per layer against raw float32, and the largest difference
+between stored tokens and a live forward (float16 rounding expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedcache import open_store
+from embedcache.config import ExtractConfig
+from embedcache.datasets import open_dataset, resolve_variants
+from embedcache.datasets.synthetic import write_demo_data
+from embedcache.encoders import get_spec
+from embedcache.encoders.features import FeatureExtractor, resolve_layers
+from embedcache.encoders.load import load_encoder
+from embedcache.extract import extract
+
+
+def bare_loop(fx: FeatureExtractor, inputs: list[torch.Tensor]) -> float:
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x in inputs:
+            fx.model.forward_intermediates(x, indices=fx.indices, intermediates_only=True, output_fmt="NCHW")
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiles", type=int, default=64)
+    ap.add_argument("--variants", default="d4")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "timm:vit_small_patch16_224"])
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, tiles {args.tiles}, "
+          f"variants {args.variants}, batch {args.batch_size}")
+    work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    try:
+        write_demo_data(work / "data", n_tiles=args.tiles, seed=1)
+        ds = open_dataset(work / "data")
+        variants = resolve_variants(args.variants)
+        tiles = torch.from_numpy(ds.images(slice(None)))
+        for name in args.encoders:
+            spec = get_spec(name)
+            weights = "random" if spec.weights.startswith("hf-hub:") else None
+            cfg = ExtractConfig(encoder=name, weights=weights, variants=args.variants, batch_size=args.batch_size,
+                                device="cpu")
+            enc = load_encoder(spec, weights, device="cpu")
+            fx = FeatureExtractor(enc, resolve_layers(enc.model, spec.layers, "default"))
+            images = torch.stack([v.apply_torch(t, spatial=(0, 1)) for v in variants for t in tiles])
+            inputs = [fx.preprocess(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)]
+            n_img = len(images)
+            bare, loop, whole = [], [], []
+            bare_loop(fx, inputs[:1])  # warm-up
+            for r in range(args.repeats):
+                bare.append(n_img / bare_loop(fx, inputs))
+                out = work / f"{name.replace(':', '_')}-{r}.zarr"
+                t = time.perf_counter()
+                res = extract(work / "data", out, cfg, progress=False)
+                whole.append(n_img / (time.perf_counter() - t))
+                loop.append(n_img / res.seconds)
+                if r < args.repeats - 1:
+                    shutil.rmtree(out)
+            b, lo, wh = statistics.median(bare), statistics.median(loop), statistics.median(whole)
+            print(f"\n{name}: tile-variants/s  bare {b:.2f}  extract-loop {lo:.2f}  extract-whole-call {wh:.2f}")
+            print(f"  efficiency (median of {args.repeats}): loop {lo / b:.3f}   whole call {wh / b:.3f}")
+            print(f"  per repeat: bare {[round(x, 2) for x in bare]}  loop {[round(x, 2) for x in loop]}")
+            store = open_store(out)
+            s = store.summary()
+            print(f"  {'layer':<12} {'C x h x w':<14} {'bytes/tile-variant':>19} {'raw float32':>12} {'ratio':>6}")
+            for lname, lay in s["layers"].items():
+                print(f"  {lname:<12} {'x'.join(map(str, lay['tokens'])):<14} {lay['bytes_per_tile_variant']:>19.0f} "
+                      f"{lay['raw_float32_per_tile_variant']:>12} "
+                      f"{lay['bytes_per_tile_variant'] / lay['raw_float32_per_tile_variant']:>6.3f}")
+            # Fidelity: stored tokens of every variant against a live forward of the transformed tile.
+            worst = 0.0
+            idx = [0, args.tiles - 1]
+            for vi, v in enumerate(variants):
+                live = fx(v.apply_torch(tiles[idx], spatial=(1, 2)))
+                for lname, (tok, _) in zip(fx.names, live):
+                    stored = store.tokens(lname, idx, vi)
+                    ref = tok.numpy()
+                    rel = np.abs(stored - ref).max() / max(1e-6, np.abs(ref).max())
+                    worst = max(worst, float(rel))
+            print(f"  fidelity: max |stored - live| / max|live| over layers and variants = {worst:.2e} "
+                  f"(float16 rounding is ~4.9e-4)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

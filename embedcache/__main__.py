@@ -1,0 +1,3 @@
+from embedcache.cli import main
+
+main()

@@ -1,0 +1,127 @@
+"""``extract``, ``info``, ``verify`` and ``encoders``: build and inspect stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from embedcache.cli import main
+from embedcache.cli.options import format_option, json_option, quiet_option
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@main.command()
+@click.option("--encoder", default="efficientnet_lite0", show_default=True,
+              help="Registry name (see `embedcache encoders`) or timm:<architecture>.")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
+@format_option
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to write (a .zarr folder).")
+@click.option("--layers", default="default", show_default=True,
+              help="'default', 'all', or comma-separated layer names or indices.")
+@click.option("--variants", default="d4", show_default=True, help="none, flips, d4, d4+stain, or names.")
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Tile-variants per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+              help="Storage type of patch tokens.")
+@click.option("--weights", default=None, help="Local checkpoint (.safetensors, .pth, .bin) or 'random'.")
+@click.option("--norm", is_flag=True, help="Apply the encoder's final norm to every tapped layer.")
+@click.option("--unit-tiles", default=16, show_default=True, type=int, help="Tiles per unit of work (and shard).")
+@click.option("--workers", default=1, show_default=True, type=int, help="DataLoader workers reading tiles.")
+@click.option("--tile-size", default=256, show_default=True, type=int, help="Tile side for the folder layout.")
+@click.option("--overwrite", is_flag=True, help="Replace a store made with another configuration "
+                                                "(the old one stays until the new one is complete).")
+@quiet_option
+def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, weights, norm, unit_tiles,
+            workers, tile_size, overwrite, quiet):
+    """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
+
+    An interrupted run resumes when the same command is run again.
+    """
+    from embedcache.config import ExtractConfig
+    from embedcache.extract import extract as run_extract
+
+    config = ExtractConfig(encoder=encoder, weights=weights, layers=layers, variants=variants,
+                           batch_size=batch_size, device=device, dtype=dtype, norm=norm, unit_tiles=unit_tiles,
+                           num_workers=workers, tile_size=tile_size, format=fmt)
+    result = run_extract(data, out, config, overwrite=overwrite, progress=not quiet)
+    if result.skipped:
+        click.echo(f"{result.path} is already complete with these settings; nothing to do")
+    else:
+        click.echo(f"wrote {result.path}: {result.n_tiles} tiles x {result.n_variants} variants, "
+                   f"layers {', '.join(result.layers)} ({result.tiles_per_second:.2f} tiles/s)")
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@json_option
+def info(store, as_json):
+    """Summarise a store: tiles, variants, layers with shapes, bytes on disk, complete or not."""
+    from embedcache.store import open_store
+
+    s = open_store(store).summary()
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    state = "complete" if s["complete"] else f"INCOMPLETE ({s['units_done'][0]}/{s['units_done'][1]} units)"
+    click.echo(f"{s['path']}  [{state}]")
+    click.echo(f"  encoder   {s['encoder']} ({s['arch']}), weights {s['weights']}")
+    click.echo(f"  tiles     {s['n_tiles']} of {s['tile_shape'][0]}x{s['tile_shape'][1]}"
+               f"{', with labels' if s['labels'] else ''}")
+    click.echo(f"  variants  {len(s['variants'])}: {', '.join(s['variants'])}")
+    click.echo(f"  size      {_human(s['bytes'])} on disk")
+    click.echo(f"  {'layer':<12} {'tokens (C, h, w)':<18} {'dtype':<8} {'on disk':>10} {'per tile-variant':>17}  "
+               f"{'vs float32':>10}")
+    for name, lay in s["layers"].items():
+        shape = "x".join(str(d) for d in lay["tokens"])
+        ratio = lay["bytes_per_tile_variant"] / lay["raw_float32_per_tile_variant"]
+        click.echo(f"  {name:<12} {shape:<18} {lay['dtype']:<8} {_human(lay['bytes']):>10} "
+                   f"{_human(lay['bytes_per_tile_variant']):>17} {ratio:>10.2f}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@quiet_option
+def verify(store, quiet):
+    """Check a store is complete and every chunk decodes with a valid checksum.
+
+    Exits 1 and lists the problems when anything is wrong.
+    """
+    from tqdm.auto import tqdm
+
+    from embedcache.store import open_store, verify_store
+
+    s = open_store(store)
+    arrays = s.arrays()
+    with tqdm(total=len(arrays) - 1, unit="array", disable=quiet, desc="verify") as bar:
+        problems = verify_store(s, progress=lambda path: bar.update(1))
+    if problems:
+        for p in problems:
+            click.echo(f"{s.path}: {p}", err=True)
+        raise SystemExit(1)
+    click.echo(f"{s.path}: OK ({len(arrays)} arrays, {s.n_tiles} tiles x {len(s.variants)} variants)")
+
+
+@main.command()
+@json_option
+@click.option("--family", type=click.Choice(["general", "pathology"]), default=None, help="Only this family.")
+def encoders(as_json, family):
+    """List the registry: names, dims, default layers, patch size, weight source."""
+    from embedcache.encoders.catalogue import describe_registry
+
+    rows = [r for r in describe_registry() if family is None or r["family"] == family]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'name':<20} {'family':<10} {'dim':>5} {'patch':>5} {'fit':<7} {'default layers':<36} weights")
+    for r in rows:
+        click.echo(f"{r['name']:<20} {r['family']:<10} {r['dim']:>5} {r['patch_size'] or '-':>5} {r['fit']:<7} "
+                   f"{','.join(r['layers']):<36} {r['weights']}")

@@ -1,0 +1,33 @@
+"""A plain-data description of the registry (what ``embedcache encoders`` shows)."""
+
+from __future__ import annotations
+
+from embedcache.encoders.features import layer_names
+from embedcache.encoders.load import build_model
+from embedcache.encoders.registry import REGISTRY, EncoderSpec
+
+
+def describe_spec(spec: EncoderSpec) -> dict:
+    """Layer names come from the architecture itself, built on the meta device (no memory, no weights)."""
+    names = layer_names(build_model(spec, device="meta"))
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "arch": spec.arch,
+        "dim": spec.dims[spec.layers[-1]] if spec.layers else spec.dims[-1],
+        "dims": [spec.dims[i] for i in spec.layers],
+        "layers": [names[i] for i in spec.layers],
+        "n_layers": len(names),
+        "patch_size": spec.patch_size,
+        "fit": spec.fit,
+        "input_size": spec.input_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "weights": spec.weights,
+        "licence": spec.licence,
+        "description": spec.description,
+    }
+
+
+def describe_registry() -> list[dict]:
+    return [describe_spec(s) for s in REGISTRY.values()]

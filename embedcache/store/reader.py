@@ -1,0 +1,268 @@
+"""Read a store: tiles, labels, tokens and pooled vectors, and check it.
+
+>>> store = open_store("demo.zarr")                     # doctest: +SKIP
+>>> store.tokens(store.layers[-1], [0, 1]).shape        # doctest: +SKIP
+(2, 320, 8, 8)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embedcache.errors import StoreError
+from embedcache.store import schema
+from embedcache.store.writer import partial_path
+
+
+def _index(idx, n: int):
+    """int, slice or sequence of ints -> (selection for zarr, squeeze flag)."""
+    if isinstance(idx, (int, np.integer)):
+        i = int(idx) + (n if idx < 0 else 0)
+        if not 0 <= i < n:
+            raise IndexError(f"tile {idx} out of range for {n} tiles")
+        return [i], True
+    if isinstance(idx, slice):
+        return idx, False
+    arr = np.asarray(idx, dtype=np.int64).ravel()
+    if arr.size and (arr.min() < -n or arr.max() >= n):
+        raise IndexError(f"tile index out of range for {n} tiles")
+    return (np.where(arr < 0, arr + n, arr)).tolist(), False
+
+
+class Store:
+    """A read view of an embedding store.
+
+    Attributes
+    ----------
+    path : Path
+    n_tiles : int
+    layers : list of str
+        Tapped layer names, shallow to deep.
+    variants : list of str
+        Variant names; index 0 is the identity.
+    encoder : dict
+        The encoder spec the store was made with.
+    complete : bool
+    """
+
+    def __init__(self, path, group, attrs: dict):
+        self.path = Path(path)
+        self.group = group
+        self.attrs = attrs
+        cfg = attrs["config"]
+        self.config = cfg
+        self.n_tiles = int(cfg["n_tiles"])
+        self.layers = list(cfg["layers"])
+        self.variants = list(cfg["variants"])
+        self.encoder = dict(cfg["encoder"])
+        self.complete = bool(attrs.get("complete"))
+        self.tile_shape = tuple(cfg["tile_shape"])
+        self.tissue_names = list(attrs.get("tissue_names") or [])
+        self.class_names = {int(k): v for k, v in (attrs.get("class_names") or {}).items()}
+        self._cache = {}
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "INCOMPLETE"
+        return (f"<Store {self.path} {self.encoder['name']} {self.n_tiles} tiles x {len(self.variants)} "
+                f"variants, layers {', '.join(self.layers)} ({state})>")
+
+    def _array(self, path: str):
+        if path not in self._cache:
+            try:
+                self._cache[path] = self.group[path]
+            except KeyError:
+                raise StoreError(f"{self.path}: has no array {path!r}") from None
+        return self._cache[path]
+
+    def _variant(self, variant) -> int:
+        if isinstance(variant, str):
+            if variant not in self.variants:
+                raise StoreError(f"{self.path}: no variant {variant!r}; it has {', '.join(self.variants)}")
+            return self.variants.index(variant)
+        if not 0 <= int(variant) < len(self.variants):
+            raise StoreError(f"{self.path}: variant {variant} out of range (0..{len(self.variants) - 1})")
+        return int(variant)
+
+    def _layer(self, layer) -> str:
+        if isinstance(layer, (int, np.integer)):
+            return self.layers[int(layer)]
+        if layer not in self.layers:
+            raise StoreError(f"{self.path}: no layer {layer!r}; it has {', '.join(self.layers)}")
+        return layer
+
+    def _read(self, path: str, idx, *rest):
+        sel, squeeze = _index(idx, self.n_tiles)
+        out = self._array(path).get_orthogonal_selection((sel, *rest))
+        return out[0] if squeeze else out
+
+    @property
+    def has_labels(self) -> bool:
+        return schema.LABELS in self.group
+
+    def images(self, idx=slice(None)) -> np.ndarray:
+        """Source tiles, ``(n, H, W, 3) ndarray of uint8``."""
+        return self._read(schema.IMAGES, idx)
+
+    def labels(self, idx=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Instance and type maps, each ``(n, H, W) ndarray of int32``."""
+        if not self.has_labels:
+            raise StoreError(f"{self.path}: this store has no labels (extracted from an unlabelled dataset)")
+        lab = self._read(schema.LABELS, idx)
+        return lab[..., 0], lab[..., 1]
+
+    def tokens(self, layer, idx=slice(None), variant=0) -> np.ndarray:
+        """Patch tokens of one variant, ``(n, C, h, w) ndarray of float32``."""
+        return self._read(schema.tokens_path(self._layer(layer)), idx, self._variant(variant)).astype(np.float32)
+
+    def pooled(self, layer, idx=slice(None), variant=0, kind: str = "mean") -> np.ndarray:
+        """Pooled vectors of one variant, ``(n, D) ndarray of float32``.
+
+        ``kind`` is ``"mean"`` (mean of patch tokens), ``"cls"`` (class
+        token, ViTs) or ``"both"`` (the two concatenated).
+        """
+        layer = self._layer(layer)
+        if kind == "both":
+            return np.concatenate([self.pooled(layer, idx, variant, "mean"),
+                                   self.pooled(layer, idx, variant, "cls")], axis=-1)
+        if kind not in schema.POOLED_KINDS:
+            raise StoreError(f"pooled kind must be mean, cls or both, not {kind!r}")
+        path = schema.pooled_path(layer, kind)
+        if path not in self.group:
+            raise StoreError(f"{self.path}: encoder {self.encoder['name']} has no class token; use kind='mean'")
+        return np.asarray(self._read(path, idx, self._variant(variant)), dtype=np.float32)
+
+    def prefix(self, layer, idx=slice(None), variant=0) -> np.ndarray:
+        """Class and register tokens, ``(n, P, C) ndarray of float32`` (ViTs)."""
+        return self._read(schema.prefix_path(self._layer(layer)), idx, self._variant(variant)).astype(np.float32)
+
+    def tile_info(self) -> dict[str, np.ndarray]:
+        """Per-tile ``source``, ``offset``, ``valid``, ``fold`` and ``tissue`` arrays."""
+        return {k.split("/")[1]: np.asarray(self._array(k)[:]) for k in
+                (schema.TILE_SOURCE, schema.TILE_OFFSET, schema.TILE_VALID, schema.TILE_FOLD, schema.TILE_TISSUE)}
+
+    @property
+    def tissue(self) -> list[str] | None:
+        codes = np.asarray(self._array(schema.TILE_TISSUE)[:])
+        if not self.tissue_names:
+            return None
+        return [self.tissue_names[c] if c >= 0 else "" for c in codes]
+
+    def units_done(self) -> tuple[int, int]:
+        done = np.asarray(self._array(schema.DONE)[:])
+        return int(done.sum()), int(done.size)
+
+    def arrays(self) -> list[str]:
+        """Paths of every array in the store."""
+        out = []
+
+        def walk(group, prefix=""):
+            for name, node in group.members():
+                path = f"{prefix}{name}"
+                if hasattr(node, "shape"):
+                    out.append(path)
+                else:
+                    walk(node, path + "/")
+
+        walk(self.group)
+        return sorted(out)
+
+    def nbytes(self, path: str) -> int:
+        """Bytes on disk of one array (local stores)."""
+        folder = self.path / path
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != "zarr.json")
+
+    def summary(self) -> dict:
+        """Plain-data summary: what ``embedcache info`` prints."""
+        done, units = self.units_done()
+        layers = {}
+        for layer in self.layers:
+            arr = self._array(schema.tokens_path(layer))
+            layers[layer] = {
+                "tokens": list(arr.shape[2:]),
+                "dtype": str(arr.dtype),
+                "bytes": self.nbytes(schema.tokens_path(layer)),
+                "bytes_per_tile_variant": self.nbytes(schema.tokens_path(layer)) / max(1, self.n_tiles * len(self.variants)),
+                "raw_float32_per_tile_variant": int(np.prod(arr.shape[2:])) * 4,
+                "cls": schema.pooled_path(layer, "cls") in self.group,
+            }
+        total = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {
+            "path": str(self.path),
+            "encoder": self.encoder["name"],
+            "arch": self.encoder["arch"],
+            "weights": self.attrs["provenance"].get("weights"),
+            "weights_sha256": self.config.get("weights_sha256"),
+            "n_tiles": self.n_tiles,
+            "tile_shape": list(self.tile_shape),
+            "variants": self.variants,
+            "labels": self.has_labels,
+            "layers": layers,
+            "bytes": total,
+            "complete": self.complete and done == units,
+            "units_done": [done, units],
+            "dataset": self.attrs["provenance"].get("dataset"),
+            "created": self.attrs["provenance"].get("created"),
+        }
+
+
+def open_store(path, mode: str = "r") -> Store:
+    """Open a store for reading.
+
+    ``path`` may be a finished store or an interrupted one (``OUT.partial``).
+    When only the partial exists, it is opened (``complete`` is False).
+
+    Raises
+    ------
+    StoreError
+        No store at ``path``, or not an embedcache store.
+    """
+    import zarr
+
+    path = Path(path)
+    if not path.exists() and partial_path(path).exists():
+        path = partial_path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such store")
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+    except Exception as exc:
+        raise StoreError(f"{path}: not a Zarr store ({type(exc).__name__}: {exc})") from None
+    attrs = dict(group.attrs).get(schema.ATTRS)
+    if not attrs or attrs.get("schema") != schema.SCHEMA_VERSION:
+        raise StoreError(f"{path}: not an embedcache store of schema {schema.SCHEMA_VERSION}")
+    return Store(path, group, attrs)
+
+
+def verify_store(store: Store, progress=None) -> list[str]:
+    """Check completeness and decode every chunk (checksums); return the problems found.
+
+    ``progress`` is called with each array's path once it is checked. An
+    empty list means the store is complete and intact.
+    """
+    problems = []
+    done, units = store.units_done()
+    if done < units:
+        problems.append(f"incomplete: {units - done} of {units} units of work not written "
+                        "(run the same extract command again to resume)")
+    elif not store.complete:
+        problems.append("all units written but the store was never marked complete")
+    step = int(store.config["unit_tiles"])
+    for path in store.arrays():
+        if path == schema.DONE:
+            continue
+        arr = store._array(path)
+        for start in range(0, arr.shape[0], step):
+            stop = min(start + step, arr.shape[0])
+            try:
+                block = arr[start:stop]
+            except Exception as exc:
+                problems.append(f"{path}: tiles {start}..{stop - 1} cannot be read "
+                                f"({type(exc).__name__}: {exc}); re-extract with --overwrite")
+                continue
+            if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
+                problems.append(f"{path}: tiles {start}..{stop - 1} hold NaN or infinite values")
+        if progress:
+            progress(path)
+    return problems

@@ -1,0 +1,125 @@
+"""The command line: help, README coverage, one-line errors, the extract/info/verify flow."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_VIT
+
+from embedcache.cli import main
+from embedcache.store.writer import StoreWriter
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FAST = ["--encoder", TINY_VIT, "--weights", "random", "--variants", "flips", "--workers", "0", "--quiet"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_every_command_has_help_and_is_in_the_readme(runner):
+    readme = README.read_text()
+    for name, cmd in main.commands.items():
+        assert cmd.help and len(cmd.help.strip()) > 20, f"{name} has no help text"
+        res = runner.invoke(main, [name, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output
+        assert f"embedcache {name}" in readme, f"README does not show `embedcache {name}`"
+
+
+def test_extract_info_verify(runner, tmp_path, conic_dir):
+    out = tmp_path / "s.zarr"
+    res = runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    assert "6 tiles x 3 variants" in res.output
+    res = runner.invoke(main, ["info", str(out)])
+    assert res.exit_code == 0 and "complete" in res.output and "blocks.5" in res.output
+    summary = json.loads(runner.invoke(main, ["info", str(out), "--json"]).output)
+    assert summary["n_tiles"] == 6 and summary["complete"] is True
+    assert summary["layers"]["blocks.5"]["tokens"] == [64, 4, 4]
+    res = runner.invoke(main, ["verify", str(out), "--quiet"])
+    assert res.exit_code == 0 and "OK" in res.output
+    res = runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", str(out), *FAST])
+    assert res.exit_code == 0 and "nothing to do" in res.output
+
+
+def test_verify_fails_on_corruption(runner, tmp_path, conic_dir):
+    out = tmp_path / "s.zarr"
+    runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", str(out), *FAST])
+    shard = next((out / "images").rglob("c/0/0/0/0"))
+    shard.write_bytes(shard.read_bytes()[:-7] + b"garbage")
+    res = runner.invoke(main, ["verify", str(out), "--quiet"])
+    assert res.exit_code == 1 and "images" in res.output
+
+
+def test_encoders_lists_the_registry(runner):
+    res = runner.invoke(main, ["encoders", "--json", "--family", "pathology"])
+    rows = json.loads(res.output)
+    assert {r["name"] for r in rows} == {"virchow2", "uni", "uni2-h", "prov-gigapath"}
+    v2 = next(r for r in rows if r["name"] == "virchow2")
+    assert v2["dim"] == 1280 and v2["patch_size"] == 14 and v2["layers"][-1] == "blocks.31"
+
+
+def test_demo_data(runner, tmp_path):
+    res = runner.invoke(main, ["demo-data", str(tmp_path / "d"), "--tiles", "4", "--folds", "2"])
+    assert res.exit_code == 0 and (tmp_path / "d" / "fold2" / "masks.npy").exists()
+
+
+def _one_line_error(res, *fragments):
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "Traceback" not in res.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_bad_inputs_give_one_line(runner, tmp_path, conic_dir):
+    out = str(tmp_path / "s.zarr")
+    _one_line_error(runner.invoke(main, ["extract", "--encoder", "uni2", "--data", str(conic_dir), "--out", out]),
+                    "unknown encoder 'uni2'", "did you mean")
+    _one_line_error(runner.invoke(main, ["extract", "--data", str(tmp_path / "none"), "--out", out, *FAST]),
+                    "no such file")
+    _one_line_error(runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", out, *FAST,
+                                         "--variants", "rot45"]), "unknown variant")
+    _one_line_error(runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", out, *FAST,
+                                         "--layers", "blocks.77"]), "unknown layer")
+    _one_line_error(runner.invoke(main, ["extract", "--encoder", TINY_VIT, "--weights", str(tmp_path / "w.pth"),
+                                         "--data", str(conic_dir), "--out", out]), "not found")
+    _one_line_error(runner.invoke(main, ["info", str(tmp_path / "none.zarr")]), "no such store")
+
+
+def test_store_made_otherwise_is_refused(runner, tmp_path, conic_dir):
+    out = str(tmp_path / "s.zarr")
+    assert runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", out, *FAST]).exit_code == 0
+    res = runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", out, *FAST, "--variants", "d4"])
+    _one_line_error(res, "another configuration", "variants", "--overwrite")
+
+
+def test_full_disk_gives_one_line_and_no_complete_store(runner, tmp_path, conic_dir, monkeypatch):
+    def full(self, unit, arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(StoreWriter, "write_unit", full)
+    out = tmp_path / "s.zarr"
+    res = runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", str(out), *FAST])
+    _one_line_error(res, "no space left on device")
+    assert not out.exists()
+
+
+def test_read_only_location(runner, tmp_path, conic_dir, monkeypatch):
+    def read_only(self, unit, arrays):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "s.zarr.partial"))
+
+    monkeypatch.setattr(StoreWriter, "write_unit", read_only)
+    res = runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", str(tmp_path / "s.zarr"), *FAST])
+    _one_line_error(res, "read-only", "writable location")
+
+
+def test_debug_shows_the_traceback(runner, tmp_path):
+    res = runner.invoke(main, ["--debug", "info", str(tmp_path / "none.zarr")])
+    assert res.exit_code != 0 and res.exception is not None

@@ -1,0 +1,246 @@
+"""Extraction into a store: contents, fidelity to a live forward, resume, refusal, verify."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CNN, TINY_VIT
+
+from embedcache import open_store
+from embedcache.config import ExtractConfig
+from embedcache.datasets import open_dataset, resolve_variants
+from embedcache.encoders import get_spec
+from embedcache.encoders.features import FeatureExtractor, resolve_layers
+from embedcache.encoders.load import load_encoder
+from embedcache.errors import ConfigError, StoreError, StoreMismatchError
+from embedcache.extract import extract
+from embedcache.store import verify_store
+from embedcache.store.writer import StoreWriter, partial_path
+
+VIT = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="d4", batch_size=5,
+                    unit_tiles=4, num_workers=0, device="cpu")
+
+
+@pytest.fixture
+def vit_store(tmp_path, conic_dir):
+    res = extract(conic_dir, tmp_path / "vit.zarr", VIT, progress=False)
+    return res, open_store(res.path)
+
+
+def live_features(config, tiles_uint8, variant):
+    spec = get_spec(config.encoder)
+    enc = load_encoder(spec, config.weights, seed=config.seed)
+    fx = FeatureExtractor(enc, resolve_layers(enc.model, spec.layers, config.layers))
+    return fx, fx(torch.from_numpy(variant.apply(tiles_uint8)))
+
+
+def test_store_holds_tiles_labels_and_every_variant(vit_store, conic_dir, tiny_tiles):
+    res, store = vit_store
+    images, labels, _ = tiny_tiles
+    assert store.complete and res.units_run == res.units_total == 2
+    assert store.n_tiles == 6 and store.variants == [v.name for v in resolve_variants("d4")]
+    assert store.layers == ["blocks.1", "blocks.3", "blocks.5"]
+    assert np.array_equal(store.images(), images)
+    inst, types = store.labels([5, 0])
+    assert np.array_equal(inst, labels[[5, 0], ..., 0]) and np.array_equal(types, labels[[5, 0], ..., 1])
+    assert store.tokens("blocks.3", [0, 1]).shape == (2, 64, 4, 4)
+    assert store.tokens("blocks.3", 2).shape == (64, 4, 4)
+    assert store.pooled("blocks.5", slice(None), variant="rot90").shape == (6, 64)
+    assert store.pooled("blocks.5", [1], kind="both").shape == (1, 128)
+    assert store.encoder["name"] == TINY_VIT
+    prov = store.attrs["provenance"]
+    assert prov["versions"]["torch"] == torch.__version__ and prov["weights"] == "random"
+    assert len(store.config["dataset_fingerprint"]) == 64
+
+
+def test_stored_tokens_equal_a_live_forward_of_each_variant(vit_store, tiny_tiles):
+    _, store = vit_store
+    images = tiny_tiles[0]
+    for vi, variant in enumerate(resolve_variants("d4")):
+        fx, live = live_features(VIT, images, variant)
+        for name, (tok, pre) in zip(fx.names, live):
+            stored = store.tokens(name, slice(None), vi)
+            # float16 storage: relative rounding 2**-11.
+            np.testing.assert_allclose(stored, tok.numpy(), rtol=2e-3, atol=2e-3 * np.abs(tok.numpy()).max())
+            np.testing.assert_allclose(store.pooled(name, slice(None), vi), tok.mean((-2, -1)).numpy(),
+                                       rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(store.pooled(name, slice(None), vi, "cls"), pre[:, 0].numpy(),
+                                       rtol=1e-5, atol=1e-5)
+    # A variant's features are not those of the identity (the transform really happened).
+    assert not np.allclose(store.tokens("blocks.5", 0, 0), store.tokens("blocks.5", 0, 1))
+
+
+def test_pyramid_encoder_and_float32(tmp_path, conic_dir, tiny_tiles):
+    cfg = ExtractConfig(encoder=TINY_CNN, weights="random", variants="flips", dtype="float32", unit_tiles=3,
+                        num_workers=1, device="cpu")
+    store = open_store(extract(conic_dir, tmp_path / "cnn.zarr", cfg, progress=False).path)
+    assert [store.tokens(n, 0).shape[1:] for n in store.layers] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert store.group["tokens/" + store.layers[0]].dtype == np.float32
+    fx, live = live_features(cfg, tiny_tiles[0], resolve_variants("flips")[2])
+    for name, (tok, _) in zip(fx.names, live):
+        np.testing.assert_allclose(store.tokens(name, slice(None), "vflip"), tok.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(StoreError, match="no class token"):
+        store.pooled(store.layers[0], 0, kind="cls")
+
+
+def test_stain_variants_are_extracted(tmp_path, conic_dir, tiny_tiles):
+    cfg = VIT.__class__(**{**VIT.to_dict(), "variants": "identity,stain_a"})
+    store = open_store(extract(conic_dir, tmp_path / "s.zarr", cfg, progress=False).path)
+    fx, live = live_features(cfg, tiny_tiles[0], resolve_variants("identity,stain_a")[1])
+    np.testing.assert_allclose(store.pooled("blocks.5", slice(None), "stain_a"), live[2][0].mean((-2, -1)).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_running_again_does_nothing(vit_store, conic_dir):
+    res, _ = vit_store
+    again = extract(conic_dir, res.path, VIT, progress=False)
+    assert again.skipped and again.units_run == 0
+
+
+def test_another_configuration_is_refused_naming_the_field(vit_store, conic_dir):
+    res, _ = vit_store
+    other = VIT.__class__(**{**VIT.to_dict(), "variants": "flips"})
+    with pytest.raises(StoreMismatchError, match=r"variants.*--overwrite"):
+        extract(conic_dir, res.path, other, progress=False)
+    other = VIT.__class__(**{**VIT.to_dict(), "seed": 3})
+    with pytest.raises(StoreMismatchError, match="weights_sha256"):
+        extract(conic_dir, res.path, other, progress=False)
+    assert open_store(res.path).complete
+
+
+def test_another_dataset_is_refused(vit_store, tmp_path, tiny_tiles):
+    res, _ = vit_store
+    d = tmp_path / "other"
+    d.mkdir()
+    np.save(d / "images.npy", tiny_tiles[0][::-1].copy())
+    with pytest.raises(StoreMismatchError, match="dataset_fingerprint"):
+        extract(d, res.path, VIT, progress=False)
+
+
+def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(vit_store, conic_dir, monkeypatch):
+    res, _ = vit_store
+    before = open_store(res.path).tokens("blocks.5", slice(None))
+    other = VIT.__class__(**{**VIT.to_dict(), "variants": "flips"})
+    calls = {"n": 0}
+    real = StoreWriter.write_unit
+
+    def fail_second(self, unit, arrays):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, unit, arrays)
+
+    monkeypatch.setattr(StoreWriter, "write_unit", fail_second)
+    with pytest.raises(OSError):
+        extract(conic_dir, res.path, other, overwrite=True, progress=False)
+    old = open_store(res.path)
+    assert old.complete and old.variants[1] == "rot90"
+    np.testing.assert_array_equal(old.tokens("blocks.5", slice(None)), before)
+    partial = open_store(partial_path(res.path))
+    assert not partial.complete and partial.units_done() == (1, 2)
+    monkeypatch.setattr(StoreWriter, "write_unit", real)
+    done = extract(conic_dir, res.path, other, overwrite=True, progress=False)
+    assert open_store(done.path).variants == ["identity", "hflip", "vflip"]
+    assert not partial_path(res.path).exists()
+
+
+def test_interrupted_run_resumes_to_the_same_store(tmp_path, conic_dir, monkeypatch):
+    full = open_store(extract(conic_dir, tmp_path / "full.zarr", VIT, progress=False).path)
+    real = StoreWriter.write_unit
+
+    def stop_after_first(self, unit, arrays):
+        if self.done_units().sum() >= 1:
+            raise KeyboardInterrupt
+        return real(self, unit, arrays)
+
+    monkeypatch.setattr(StoreWriter, "write_unit", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        extract(conic_dir, tmp_path / "resumed.zarr", VIT, progress=False)
+    assert not (tmp_path / "resumed.zarr").exists()
+    monkeypatch.setattr(StoreWriter, "write_unit", real)
+    res = extract(conic_dir, tmp_path / "resumed.zarr", VIT, progress=False)
+    assert res.units_run == 1
+    resumed = open_store(res.path)
+    for path in full.arrays():
+        assert np.array_equal(full.group[path][:], resumed.group[path][:]), path
+
+
+def test_verify_passes_then_catches_a_corrupted_chunk(vit_store):
+    res, store = vit_store
+    assert verify_store(store) == []
+    shard = next((res.path / "tokens" / "blocks.3").rglob("c/*/0/0/0/0"))
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    problems = verify_store(open_store(res.path))
+    assert len(problems) == 1 and "tokens/blocks.3" in problems[0] and "tiles 0..3" in problems[0]
+
+
+def test_verify_reports_an_incomplete_store(tmp_path, conic_dir, monkeypatch):
+    def interrupt(self, unit, arrays):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StoreWriter, "write_unit", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract(conic_dir, tmp_path / "x.zarr", VIT, progress=False)
+    store = open_store(tmp_path / "x.zarr")  # finds the partial
+    assert not store.complete
+    assert any("incomplete" in p for p in verify_store(store))
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="no such store"):
+        open_store(tmp_path / "nothing.zarr")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                              "attributes": {}}))
+    with pytest.raises(StoreError, match="not an embedcache store"):
+        open_store(tmp_path / "plain")
+
+
+def test_out_that_is_not_a_store_is_left_alone(tmp_path, conic_dir):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not an embedcache store"):
+        extract(conic_dir, out, VIT, progress=False)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="batch size"):
+        ExtractConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="dtype"):
+        ExtractConfig(dtype="bfloat16")
+    with pytest.raises(ConfigError, match="unknown ExtractConfig field 'layer'"):
+        ExtractConfig.from_dict({"layer": "all"})
+
+
+def test_cuda_requested_without_gpu(tmp_path, conic_dir):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cfg = VIT.__class__(**{**VIT.to_dict(), "device": "cuda"})
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        extract(conic_dir, tmp_path / "g.zarr", cfg, progress=False)
+
+
+def test_folder_dataset_records_tile_positions(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "f"
+    d.mkdir()
+    Image.fromarray(np.full((70, 40, 3), 200, np.uint8)).save(d / "a.png")
+    cfg = VIT.__class__(**{**VIT.to_dict(), "tile_size": 32, "variants": "none"})
+    store = open_store(extract(d, tmp_path / "f.zarr", cfg, progress=False).path)
+    info = store.tile_info()
+    assert store.n_tiles == 6 and not store.has_labels
+    assert info["offset"].tolist() == [[0, 0], [0, 32], [32, 0], [32, 32], [64, 0], [64, 32]]
+    assert info["valid"][-1].tolist() == [6, 8]
+    with pytest.raises(StoreError, match="no labels"):
+        store.labels(0)
+    shutil.rmtree(tmp_path / "f.zarr")
