@@ -60,10 +60,17 @@ def main(ctx: click.Context, debug: bool):
     ctx.obj["debug"] = debug
 
 
+# One module per group of commands; each registers its commands on `main` when imported.
+COMMAND_MODULES = ("data_cmds", "extract_cmds", "evaluate_cmds")
+
+
 def _register():
     # Command modules import heavy libraries (torch, timm) inside the commands,
     # so `embedcache --help` stays fast.
-    from embedcache.cli import data_cmds, evaluate_cmds, extract_cmds  # noqa: F401
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"embedcache.cli.{name}")
 
 
 _register()

@@ -1,0 +1,1 @@
+"""Tables, statistics, plots and HTML reports built from results."""

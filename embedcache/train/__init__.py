@@ -1,0 +1,1 @@
+"""Light models trained from a store: streaming, targets, decoders, probes, training loops."""
