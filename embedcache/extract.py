@@ -149,7 +149,7 @@ class Extraction:
                 stored = tok.to(dtype)
                 if not torch.isfinite(stored).all():
                     raise StoreError(f"layer {lay.name} of {self.spec.name} overflows {self.config.dtype}; "
-                                     "use --dtype float32")
+                                     "run again with --dtype float32 --overwrite")
                 out[schema.tokens_path(lay.name)][ti, vi] = stored.cpu().numpy()
                 out[schema.pooled_path(lay.name, "mean")][ti, vi] = tok.float().mean((-2, -1)).cpu().numpy()
                 if lay.has_cls:
@@ -263,8 +263,9 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool 
         num_workers=config.num_workers, collate_fn=_collate,
         prefetch_factor=2 if config.num_workers else None, persistent_workers=False)
 
-    already = dataset.n_tiles - sum(np.diff(schema.unit_range(u, dataset.n_tiles, config.unit_tiles))[0]
-                                    for u in todo)
+    remaining = sum(stop - start for start, stop in
+                    (schema.unit_range(u, dataset.n_tiles, config.unit_tiles) for u in todo))
+    already = dataset.n_tiles - remaining
     bar = tqdm(total=dataset.n_tiles, initial=already, unit="tile", disable=not progress, dynamic_ncols=True,
                desc=f"extract {run.spec.name} x{len(run.variants)} variants")
     pending: queue.Queue = queue.Queue(maxsize=2)

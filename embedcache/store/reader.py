@@ -94,7 +94,13 @@ class Store:
 
     def _read(self, path: str, idx, *rest):
         sel, squeeze = _index(idx, self.n_tiles)
-        out = self._array(path).get_orthogonal_selection((sel, *rest))
+        try:
+            out = self._array(path).get_orthogonal_selection((sel, *rest))
+        except (IndexError, StoreError):
+            raise
+        except Exception as exc:  # a chunk that does not decode: corruption
+            raise StoreError(f"{self.path}: cannot read {path} ({type(exc).__name__}: {exc}); the store may be "
+                             "corrupted: run `embedcache verify` and re-extract with --overwrite") from exc
         return out[0] if squeeze else out
 
     @property
