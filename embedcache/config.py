@@ -49,10 +49,17 @@ class ExtractConfig(_Config):
     num_workers : int
         DataLoader workers reading tiles.
     tile_size : int
-        Tile side for the folder layout.
-    format : {"auto", "pannuke", "conic", "folder"}
+        Tile side for the folder and slides layouts (slides: pixels at ``tile_mpp``).
+    format : {"auto", "pannuke", "conic", "folder", "slides"}
     seed : int
         Seed of random initialisation with ``weights="random"``.
+    mpp : float or None
+        Slides: level-0 microns per pixel, overriding what the files record
+        (needed for slides that record none).
+    tile_mpp : float
+        Slides: microns per pixel of the tiles.
+    min_tissue : float
+        Slides: smallest tissue fraction (0..1) of a kept tile.
     """
 
     encoder: str = "efficientnet_lite0"
@@ -68,8 +75,17 @@ class ExtractConfig(_Config):
     tile_size: int = 256
     format: str = "auto"
     seed: int = 0
+    mpp: float | None = None
+    tile_mpp: float = 0.5
+    min_tissue: float = 0.5
 
     def __post_init__(self):
+        if self.mpp is not None and not self.mpp > 0:
+            raise ConfigError(f"mpp must be positive, got {self.mpp}")
+        if not self.tile_mpp > 0:
+            raise ConfigError(f"tile_mpp must be positive, got {self.tile_mpp}")
+        if not 0 <= self.min_tissue <= 1:
+            raise ConfigError(f"min_tissue must lie in 0..1, got {self.min_tissue}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.unit_tiles < 1:
@@ -80,3 +96,185 @@ class ExtractConfig(_Config):
             raise ConfigError(f"dtype must be float16 or float32, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    def dataset_options(self) -> dict:
+        """Keyword arguments of :func:`embedcache.datasets.open_dataset` besides the format."""
+        return {"tile_size": self.tile_size, "mpp": self.mpp, "tile_mpp": self.tile_mpp,
+                "min_tissue": self.min_tissue}
+
+
+FAR_FROM = ("both", "same", "other")
+
+
+def _check_pair_distances(d_near: float, d_far: float, far_from: str):
+    if not d_near > 0:
+        raise ConfigError(f"d_near must be positive (micrometres), got {d_near}")
+    if not d_far >= d_near:
+        raise ConfigError(f"d_far ({d_far} um) must be at least d_near ({d_near} um)")
+    if far_from not in FAR_FROM:
+        raise ConfigError(f"far_from must be one of {', '.join(FAR_FROM)}, not {far_from!r}")
+
+
+@dataclass(frozen=True)
+class SSLConfig(_Config):
+    """How ``fit-ssl`` learns descriptors from the spatial continuity of slides.
+
+    Near pairs (tile centres closer than ``d_near`` um on one slide) are
+    pulled together, far pairs (further than ``d_far`` um on one slide, or
+    on two slides) pushed apart, by the contrastive loss
+    ``L = (1 - y) d^2 + y max(0, margin - d)^2`` on L2-normalised
+    descriptors (y = 1 for a far pair). The defaults suit 256-px tiles at
+    0.5 um/px (128 um): near pairs are a tile's 8 neighbours, far pairs
+    2 mm or more apart.
+
+    Attributes
+    ----------
+    mode : {"head", "encoder"}
+        ``head``: an MLP on a store's pooled vectors, descriptors written
+        back into the store; ``encoder``: a siamese timm CNN on slide tiles,
+        saved as a checkpoint the encoder registry loads.
+    layer : str
+        Head: store layer (name, index or ``last``) the head reads.
+    kind : {"mean", "cls"}
+        Head: which pooled vector.
+    name : str
+        Head: name of the descriptor layer written back (``pooled/<name>/mean``).
+    dim : int
+        Descriptor size.
+    hidden : int
+        Head: hidden width of the MLP.
+    margin : float
+        Contrastive margin (descriptors are unit vectors: distances lie in 0..2).
+    d_near, d_far : float
+        Pair distances in micrometres (tile centre to centre).
+    far_from : {"both", "same", "other"}
+        Far pairs from the same slide, from other slides, or both.
+    pairs : int
+        Head: pairs per epoch (half near, half far).
+    epochs : int
+        Head: passes, each over freshly drawn pairs.
+    steps : int
+        Encoder: optimisation steps.
+    batch_size : int or None
+        Pairs per step; None: 256 (head), 8 (encoder).
+    lr : float or None
+        Adam learning rate; None: 1e-3 (head), 1e-4 (encoder).
+    holdout : float
+        Fraction of slides kept out of training (retrieval's queries).
+    augment : bool
+        Head: each side of a pair reads a random cached variant.
+    encoder : str
+        Encoder: architecture (``timm:resnet50``).
+    weights : str or None
+        Encoder: starting weights (file, ``random``, None for the registry's).
+    stain_norm : bool
+        Encoder: Reinhard normalisation of tiles in LAB space.
+    device : str
+    seed : int
+        Seeds pair sampling, initialisation and batches.
+    """
+
+    mode: str = "head"
+    layer: str = "last"
+    kind: str = "mean"
+    name: str = "ssl"
+    dim: int = 128
+    hidden: int = 512
+    margin: float = 1.0
+    d_near: float = 200.0
+    d_far: float = 2000.0
+    far_from: str = "both"
+    pairs: int = 4096
+    epochs: int = 30
+    steps: int = 200
+    batch_size: int | None = None
+    lr: float | None = None
+    holdout: float = 0.25
+    augment: bool = True
+    encoder: str = "timm:resnet50"
+    weights: str | None = None
+    stain_norm: bool = False
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("head", "encoder"):
+            raise ConfigError(f"mode must be head or encoder, not {self.mode!r}")
+        if self.kind not in ("mean", "cls"):
+            raise ConfigError(f"kind must be mean or cls, not {self.kind!r}")
+        _check_pair_distances(self.d_near, self.d_far, self.far_from)
+        for field_name in ("dim", "hidden", "pairs", "steps"):
+            if getattr(self, field_name) < 1:
+                raise ConfigError(f"{field_name} must be at least 1, got {getattr(self, field_name)}")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise ConfigError(f"batch_size must be at least 2, got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not self.margin > 0:
+            raise ConfigError(f"margin must be positive, got {self.margin}")
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"holdout must lie in 0..1 (exclusive of 1), got {self.holdout}")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"descriptor layer name {self.name!r} must be non-empty, without '/' or a leading '.'")
+
+    @property
+    def batch(self) -> int:
+        return self.batch_size or (256 if self.mode == "head" else 8)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr or (1e-3 if self.mode == "head" else 1e-4)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig(_Config):
+    """How ``retrieval`` scores descriptors: precision at k and ADDR.
+
+    Attributes
+    ----------
+    k : int
+        Neighbours per query (from slides other than the query's).
+    labels : str
+        ``tissue`` (the labels the store recorded per tile, e.g. from
+        GeoJSON) or a CSV file of ``tile,label``.
+    queries : str
+        ``auto`` (slides held out by ``fit-ssl``, else the seeded
+        ``holdout`` split), ``all``, or comma-separated slide names.
+    holdout : float
+        Fraction of slides held out when nothing recorded says which.
+    kind : {"mean", "cls"}
+        Pooled vector of extracted layers.
+    metric : {"euclidean", "cosine"}
+    d_near, d_far, far_from
+        Pairs for ADDR, as in :class:`SSLConfig`.
+    far_pairs : int
+        Far pairs drawn (seeded) for ADDR; near pairs are all counted.
+    seed : int
+    """
+
+    k: int = 10
+    labels: str = "tissue"
+    queries: str = "auto"
+    holdout: float = 0.25
+    kind: str = "mean"
+    metric: str = "euclidean"
+    d_near: float = 200.0
+    d_far: float = 2000.0
+    far_from: str = "both"
+    far_pairs: int = 20000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ConfigError(f"k must be at least 1, got {self.k}")
+        if self.metric not in ("euclidean", "cosine"):
+            raise ConfigError(f"metric must be euclidean or cosine, not {self.metric!r}")
+        if self.kind not in ("mean", "cls"):
+            raise ConfigError(f"kind must be mean or cls, not {self.kind!r}")
+        if self.far_pairs < 1:
+            raise ConfigError(f"far_pairs must be at least 1, got {self.far_pairs}")
+        if not 0 < self.holdout < 1:
+            raise ConfigError(f"holdout must lie strictly between 0 and 1, got {self.holdout}")
+        _check_pair_distances(self.d_near, self.d_far, self.far_from)

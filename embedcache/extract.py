@@ -221,7 +221,7 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool 
 
     t0 = time.perf_counter()
     out = Path(out)
-    dataset = open_dataset(data, format=config.format, tile_size=config.tile_size)
+    dataset = open_dataset(data, format=config.format, **config.dataset_options())
     if dataset.n_tiles == 0:
         raise DataError(f"{data}: the dataset has no tiles")
     torch.set_grad_enabled(False)

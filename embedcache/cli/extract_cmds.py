@@ -36,12 +36,18 @@ def _human(n: float) -> str:
 @click.option("--norm", is_flag=True, help="Apply the encoder's final norm to every tapped layer.")
 @click.option("--unit-tiles", default=16, show_default=True, type=int, help="Tiles per unit of work (and shard).")
 @click.option("--workers", default=1, show_default=True, type=int, help="DataLoader workers reading tiles.")
-@click.option("--tile-size", default=256, show_default=True, type=int, help="Tile side for the folder layout.")
+@click.option("--tile-size", default=256, show_default=True, type=int,
+              help="Tile side for the folder and slides layouts (slides: pixels at --tile-mpp).")
+@click.option("--mpp", default=None, type=float,
+              help="Slides: level-0 microns per pixel, overriding the files (for slides that record none).")
+@click.option("--tile-mpp", default=0.5, show_default=True, type=float, help="Slides: microns per pixel of the tiles.")
+@click.option("--min-tissue", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Slides: smallest tissue fraction of a kept tile.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with another configuration "
                                                 "(the old one stays until the new one is complete).")
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, weights, norm, unit_tiles,
-            workers, tile_size, overwrite, quiet):
+            workers, tile_size, mpp, tile_mpp, min_tissue, overwrite, quiet):
     """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
 
     An interrupted run resumes when the same command is run again.
@@ -51,7 +57,8 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
 
     config = ExtractConfig(encoder=encoder, weights=weights, layers=layers, variants=variants,
                            batch_size=batch_size, device=device, dtype=dtype, norm=norm, unit_tiles=unit_tiles,
-                           num_workers=workers, tile_size=tile_size, format=fmt)
+                           num_workers=workers, tile_size=tile_size, format=fmt, mpp=mpp, tile_mpp=tile_mpp,
+                           min_tissue=min_tissue)
     result = run_extract(data, out, config, overwrite=overwrite, progress=not quiet)
     if result.skipped:
         click.echo(f"{result.path} is already complete with these settings; nothing to do")

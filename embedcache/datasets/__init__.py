@@ -13,7 +13,7 @@ from embedcache.datasets.labels import LabelSet, read_label_maps
 from embedcache.datasets.variants import Variant, resolve_variants
 from embedcache.errors import DataError
 
-FORMATS = ("auto", "pannuke", "conic", "folder")
+FORMATS = ("auto", "pannuke", "conic", "folder", "slides")
 
 
 def detect_format(path: Path, labels_only: bool = False) -> str:
@@ -23,9 +23,12 @@ def detect_format(path: Path, labels_only: bool = False) -> str:
     images.
     """
     from embedcache.datasets.folder import list_images
+    from embedcache.datasets.slides import looks_like_slides
     from embedcache.datasets.stacks import pannuke_fold_dirs
 
     path = Path(path)
+    if not labels_only and looks_like_slides(path):
+        return "slides"
     if not path.is_dir():
         raise DataError(f"{path}: expected a folder (PanNuke, CoNIC or image folder layout)")
     if (path / "masks.npy").exists():
@@ -40,15 +43,20 @@ def detect_format(path: Path, labels_only: bool = False) -> str:
                     "see `embedcache extract --help` for the layouts, or pass --format")
 
 
-def open_dataset(path, format: str = "auto", tile_size: int = 256) -> TileDataset:
+def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | None = None,
+                 tile_mpp: float = 0.5, min_tissue: float = 0.5) -> TileDataset:
     """Open a dataset for extraction.
 
     Parameters
     ----------
     path : str or Path
-    format : {"auto", "pannuke", "conic", "folder"}
+    format : {"auto", "pannuke", "conic", "folder", "slides"}
     tile_size : int
-        Tile side for the folder layout (stacks keep their own tile size).
+        Tile side for the folder and slides layouts (stacks keep their own tile size).
+    mpp, tile_mpp, min_tissue
+        Slides only: level-0 microns per pixel overriding the files, microns
+        per pixel of the tiles, smallest tissue fraction of a kept tile
+        (:class:`~embedcache.datasets.slides.SlideDataset`).
     """
     from embedcache.datasets.folder import FolderDataset
     from embedcache.datasets.stacks import ConicDataset, PanNukeDataset
@@ -63,6 +71,10 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256) -> TileDatase
         return PanNukeDataset(path)
     if layout == "conic":
         return ConicDataset(path)
+    if layout == "slides":
+        from embedcache.datasets.slides import SlideDataset
+
+        return SlideDataset(path, tile_size=tile_size, tile_mpp=tile_mpp, mpp=mpp, min_tissue=min_tissue)
     return FolderDataset(path, tile_size=tile_size)
 
 
