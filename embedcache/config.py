@@ -278,3 +278,87 @@ class RetrievalConfig(_Config):
         if not 0 < self.holdout < 1:
             raise ConfigError(f"holdout must lie strictly between 0 and 1, got {self.holdout}")
         _check_pair_distances(self.d_near, self.d_far, self.far_from)
+
+
+PROBE_TILE_LABELS = ("tissue", "type", "counts")
+PROBE_PATCH_LABELS = ("nuclei", "type")
+
+
+@dataclass(frozen=True)
+class ProbeConfig(_Config):
+    """How ``probe`` reads labels and features and fits linear and kNN probes.
+
+    Attributes
+    ----------
+    labels : str
+        Tile level: ``tissue`` (PanNuke tissue types), ``type`` (dominant
+        nucleus type), ``counts`` (nuclei per type, a regression) or a CSV
+        file mapping tile id to label. Patch level: ``nuclei`` (background
+        vs nucleus) or ``type`` (majority nucleus type of each patch).
+    level : {"tile", "patch"}
+        Probe pooled vectors per tile, or every patch token.
+    layers : str
+        ``last``, ``all``, or comma-separated layer names or indices.
+    method : {"linear", "knn", "both"}
+        kNN is tile level only.
+    pooled : {"mean", "cls", "both"}
+        Which pooled vector a tile-level probe reads.
+    folds : int or None
+        Stratified k-fold with this many folds; None uses the store's folds
+        when it has several (PanNuke), else 5.
+    k : int
+        Neighbours of the cosine kNN.
+    c_grid : tuple of float
+        Inverse L2 strengths swept on the training split (ridge: alpha = 1/C).
+    augment : bool
+        Train tile-level probes on every cached variant (tests stay on the identity).
+    n_boot : int
+        Bootstrap resamples of the test tiles for the 95% intervals.
+    seed : int
+        Seeds the folds, the inner validation split and the bootstrap.
+    max_patches : int
+        Training patches in all (sampled evenly over tiles), patch level.
+    """
+
+    labels: str = "tissue"
+    level: str = "tile"
+    layers: str = "last"
+    method: str = "both"
+    pooled: str = "mean"
+    folds: int | None = None
+    k: int = 20
+    c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    augment: bool = False
+    n_boot: int = 1000
+    seed: int = 0
+    max_patches: int = 200_000
+
+    def __post_init__(self):
+        object.__setattr__(self, "c_grid", tuple(float(c) for c in self.c_grid))
+        if self.level not in ("tile", "patch"):
+            raise ConfigError(f"level must be tile or patch, not {self.level!r}")
+        if self.method not in ("linear", "knn", "both"):
+            raise ConfigError(f"method must be linear, knn or both, not {self.method!r}")
+        if self.pooled not in ("mean", "cls", "both"):
+            raise ConfigError(f"pooled must be mean, cls or both, not {self.pooled!r}")
+        if self.level == "patch":
+            if self.labels not in PROBE_PATCH_LABELS:
+                raise ConfigError(f"patch-level labels must be nuclei or type, not {self.labels!r}")
+            if self.method != "linear":
+                raise ConfigError("the patch-level probe is linear only; use --method linear")
+        elif self.labels not in PROBE_TILE_LABELS and not self.labels.lower().endswith(".csv"):
+            raise ConfigError(f"labels must be tissue, type, counts or a .csv file, not {self.labels!r}")
+        if self.folds is not None and self.folds < 2:
+            raise ConfigError(f"folds must be at least 2, got {self.folds}")
+        if self.k < 1:
+            raise ConfigError(f"k must be at least 1, got {self.k}")
+        if not self.c_grid or min(self.c_grid) <= 0:
+            raise ConfigError(f"c_grid needs positive values, got {self.c_grid}")
+        if self.n_boot < 0:
+            raise ConfigError(f"n_boot must be >= 0, got {self.n_boot}")
+        if self.max_patches < 1:
+            raise ConfigError(f"max_patches must be at least 1, got {self.max_patches}")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return ("linear", "knn") if self.method == "both" else (self.method,)

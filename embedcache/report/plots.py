@@ -1,0 +1,78 @@
+"""Plots of probe scores: score against depth, one line per encoder (matplotlib, Agg).
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so no
+window opens and no global backend is switched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embedcache.report.stats import LABELS, ScoreTable
+
+LINESTYLES = {"linear": "-", "knn": "--"}
+
+
+def plot_depth(scores: ScoreTable, path, metrics: tuple[str, ...] | None = None, dpi: int = 120) -> Path:
+    """Write a PNG of each metric against relative depth, one line per (store, method).
+
+    Depth is the layer's position among its store's tapped layers, in
+    (0, 1], so encoders with different numbers of layers share the axis.
+    Shaded bands are the 95% bootstrap intervals; layer names label points.
+
+    Parameters
+    ----------
+    scores : ScoreTable
+    path : str or Path
+        Output ``.png``.
+    metrics : tuple of str, optional
+        Metrics to draw, one panel each; default every metric of the table.
+
+    Returns
+    -------
+    Path
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metrics = metrics or scores.metrics
+    fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    stores = list(dict.fromkeys(r["store"] for r in scores.rows))
+    colours = {s: f"C{i % 10}" for i, s in enumerate(stores)}
+    for ax, metric in zip(axes, metrics):
+        for (store, method), rows in _lines(scores.rows).items():
+            x = np.array([r["depth"] for r in rows])
+            s = [r["scores"][metric] for r in rows]
+            y, lo, hi = (np.array([v[k] for v in s], dtype=float) for k in ("value", "lo", "hi"))
+            label = store if len(_methods(scores.rows)) == 1 else f"{store} ({method})"
+            ax.plot(x, y, LINESTYLES.get(method, "-"), marker="o", color=colours[store], label=label)
+            ax.fill_between(x, lo, hi, color=colours[store], alpha=0.15, linewidth=0)
+            if len(stores) == 1 and method == scores.rows[0]["method"]:
+                for xi, yi, r in zip(x, y, rows):
+                    ax.annotate(r["layer"], (xi, yi), textcoords="offset points", xytext=(0, 6),
+                                ha="center", fontsize=7)
+        ax.set_xlabel("relative depth (tapped layer / layers)")
+        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.set_xlim(0, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    source = scores.info.get("labels", {}).get("source", "")
+    fig.suptitle(f"{scores.info.get('level', 'tile')}-level probe: {Path(str(source)).name}", fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _lines(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    lines: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        lines.setdefault((r["store"], r["method"]), []).append(r)
+    return {k: sorted(v, key=lambda r: r["depth"]) for k, v in lines.items()}
+
+
+def _methods(rows: list[dict]) -> set[str]:
+    return {r["method"] for r in rows}
