@@ -1,0 +1,127 @@
+"""``fit-decoder`` and ``predict``: the nuclei decoder trained from a store, and its predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from embedcache.cli import main
+from embedcache.cli.options import format_option, quiet_option
+
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+magnification_option = click.option(
+    "--magnification", default="40x", show_default=True, type=click.Choice(["40x", "20x"]),
+    help="Post-processing defaults (nucleus sizes) and the hovernet detection radius (12 px / 6 px).")
+
+
+@main.command("fit-decoder")
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="Store with labels (from extract).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1), help="Most epochs.")
+@click.option("--val", default="auto", show_default=True,
+              help="Held-out split: auto (last fold, else frac:0.2), foldK, frac:F, tiles:I,J, sources:A,B.")
+@click.option("--train", "train_split", default="rest", show_default=True,
+              help="Training split, same syntax; rest = every tile not held out.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of weights, variant draws and order.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Tiles per step.")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW learning rate (warm-up + cosine).")
+@click.option("--patience", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Stop after this many epochs without improvement (0: never).")
+@click.option("--monitor", default="loss", show_default=True, type=click.Choice(["loss", "pq"]),
+              help="Early stopping on validation loss or validation PQ.")
+@click.option("--width", default=32, show_default=True, type=int, help="Decoder channels at stride 4.")
+@click.option("--depth", default=1, show_default=True, type=int, help="Conv blocks per decoder level.")
+@click.option("--distance", default="cisca", show_default=True, type=click.Choice(["cisca", "hovernet"]),
+              help="Distance maps: 4 directions (CISCA) or horizontal/vertical (HoVer-Net).")
+@click.option("--variants", default="all", show_default=True, help="Cached variants to draw from: all, or names.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader processes reading the store.")
+@click.option("--preload", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
+              help="Read features into RAM first (auto: when they fit in a quarter of free memory).")
+@click.option("--protocol", default="auto", show_default=True,
+              type=click.Choice(["auto", "hovernet", "pannuke", "conic"]),
+              help="Protocol scoring the best checkpoint on the held-out split (auto: by the store's classes).")
+@magnification_option
+@device_option
+@click.option("--overwrite", is_flag=True, help="Replace a run made with other settings (kept until the new one ends).")
+@quiet_option
+def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, patience, monitor, width, depth,
+                distance, variants, workers, preload, protocol, magnification, device, overwrite, quiet):
+    """Train the nuclei decoder on a store's cached features, then score it on the held-out split.
+
+    Writes RUN/best.safetensors, last.safetensors, run.json (settings, store
+    provenance, split), log.csv and eval.json. Running the same command again
+    resumes an interrupted run.
+
+    \b
+    Example:
+      embedcache fit-decoder --store demo/lite0.zarr --out demo/run --epochs 20
+    """
+    from embedcache.metrics.tables import format_evaluation
+    from embedcache.postprocess import PostprocessConfig
+    from embedcache.predict import evaluate_run, pq_scorer
+    from embedcache.train.decoder import DecoderConfig
+    from embedcache.train.loop import FitConfig, fit
+    from embedcache.train.targets import TargetConfig
+
+    config = FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, monitor=monitor, seed=seed,
+                       val=val, train=train_split, variants=variants, workers=workers, preload=preload,
+                       device=device, decoder=DecoderConfig(width=width, depth=depth),
+                       targets=TargetConfig(distance=distance))
+    post = PostprocessConfig.for_magnification(magnification)
+    scorer = pq_scorer(config.targets.directions, post, batch_size) if monitor == "pq" else None
+    result = fit(store, out, config, overwrite=overwrite, progress=not quiet, scorer=scorer)
+    if result.skipped:
+        click.echo(f"{result.path} is already trained with these settings; scoring it again")
+    else:
+        how = "stopped early" if result.stopped_early else "done"
+        click.echo(f"trained {result.path}: {result.epochs_run} epochs ({how}), best epoch {result.best_epoch} "
+                   f"(val {result.monitor} {result.best_value:.4f}), {result.seconds:.0f} s")
+    evaluation = evaluate_run(result.path, store, protocol=protocol, postprocess=post, batch_size=batch_size,
+                              device=device, magnification=magnification)
+    click.echo(format_evaluation(evaluation))
+    click.echo(f"wrote {result.path / 'eval.json'}")
+
+
+@main.command("predict")
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (fit-decoder).")
+@click.option("--store", type=click.Path(path_type=Path), help="Predict from this store's cached features.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Or run the encoder live over a dataset folder or one image file.")
+@format_option
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--split", default="all", show_default=True, type=click.Choice(["all", "val", "train"]),
+              help="With --store: all tiles, or the run's held-out (val) or training tiles.")
+@click.option("--overlap", default=None, type=click.IntRange(min=0),
+              help="Live images larger than a tile: overlap of neighbouring tiles in px (default: tile/4).")
+@magnification_option
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Tiles per pass.")
+@device_option
+@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write overlay PNGs.")
+@click.option("--geojson/--no-geojson", default=True, show_default=True, help="Write GeoJSON for QuPath.")
+@quiet_option
+def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, batch_size, device, overlays,
+                geojson, quiet):
+    """Predict nuclei instances and types with a trained decoder.
+
+    From a store (cached features) or from raw images with the encoder run live
+    through the same code; both give the same nuclei for the same tiles. Tiles
+    are written as labels.npy (CoNIC layout; plus masks.npy, PanNuke layout, for
+    PanNuke classes), images of any size as NAME_inst.png / NAME_type.png, with
+    overlays/NAME.png and geojson/NAME.geojson (QuPath) beside them.
+
+    \b
+    Example:
+      embedcache predict --run demo/run --store demo/lite0.zarr --split val --out demo/pred
+    """
+    from embedcache.errors import ConfigError
+    from embedcache.predict import predict
+
+    if (store is None) == (data is None):
+        raise ConfigError("give either --store STORE (cached features) or --data PATH (encoder run live)")
+    result = predict(run_dir, out, store=store, data=data, format=fmt, split=split, overlap=overlap,
+                     magnification=magnification, batch_size=batch_size, device=device, overlays=overlays,
+                     geojson=geojson, progress=not quiet)
+    click.echo(f"wrote {result.path}: {result.n_nuclei} nuclei in {result.n_images} images "
+               f"({result.mode} features, {result.layout} layout, {result.seconds:.1f} s)")

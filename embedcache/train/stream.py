@@ -1,0 +1,328 @@
+"""Stream training samples from a store: cached tokens of a variant, its image, its targets.
+
+Each epoch, every training tile contributes one of its cached variants,
+drawn by a generator seeded with ``(seed, epoch)``; the tile's image and
+targets are moved by the same variant (:mod:`embedcache.train.targets`).
+The draw happens in the main process (:class:`EpochBatches`), so DataLoader
+workers hold no state and a resumed run sees the same batches as an
+uninterrupted one.
+
+Splits (:func:`make_split`) are written as strings, recorded in the run:
+
+``auto``          the last fold when the store has several, else ``frac:0.2``
+``foldK``         tiles of fold K (1-based, in the order of the dataset's fold folders)
+``frac:F``        a seeded fraction F of the *source images* (tiles of one image stay together)
+``tiles:I,J,..``  tile ids
+``sources:A,B``   source image names (file stems of the folder layout)
+``rest``          every tile not in the other split (training's default)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from embedcache.datasets.variants import BY_NAME
+from embedcache.errors import ConfigError, DataError
+
+
+# ----------------------------------------------------------------------------- splits
+
+@dataclass(frozen=True)
+class Split:
+    """Training and validation tiles of a store, and how they were chosen."""
+
+    train: np.ndarray
+    val: np.ndarray
+    train_spec: str
+    val_spec: str
+
+    def to_dict(self) -> dict:
+        return {"train_spec": self.train_spec, "val_spec": self.val_spec,
+                "train": [int(t) for t in self.train], "val": [int(t) for t in self.val]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Split":
+        return cls(np.asarray(d["train"], dtype=np.int64), np.asarray(d["val"], dtype=np.int64),
+                   d["train_spec"], d["val_spec"])
+
+
+def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
+    info = store.tile_info()
+    n = store.n_tiles
+    folds = np.asarray(info["fold"])
+    source = np.asarray(info["source"])
+    spec = spec.strip()
+    if spec == "auto":
+        spec = f"fold{int(folds.max()) + 1}" if folds.max() > 0 else "frac:0.2"
+    if spec.startswith("fold"):
+        k = spec[4:].lstrip(":")
+        if not k.isdigit() or int(k) < 1:
+            raise ConfigError(f"{which} split {spec!r}: write foldK with K from 1 (the first fold)")
+        return np.flatnonzero(folds == int(k) - 1)
+    if spec.startswith("frac:") or spec.replace(".", "", 1).isdigit():
+        try:
+            frac = float(spec.split(":", 1)[-1])
+        except ValueError:
+            frac = -1.0
+        if not 0 < frac < 1:
+            raise ConfigError(f"{which} split {spec!r}: the fraction must lie strictly between 0 and 1")
+        sources = np.unique(source)
+        rng = np.random.default_rng([seed, 7])
+        k = max(1, int(round(frac * len(sources))))
+        chosen = rng.choice(sources, size=min(k, len(sources)), replace=False)
+        return np.flatnonzero(np.isin(source, chosen))
+    if spec.startswith("tiles:"):
+        try:
+            ids = np.asarray([int(s) for s in spec[6:].split(",") if s.strip()], dtype=np.int64)
+        except ValueError:
+            raise ConfigError(f"{which} split {spec!r}: tile ids must be integers, e.g. tiles:0,5,9") from None
+        bad = ids[(ids < 0) | (ids >= n)]
+        if bad.size:
+            raise ConfigError(f"{which} split {spec!r}: tile {bad[0]} does not exist (the store has 0..{n - 1})")
+        return np.unique(ids)
+    if spec.startswith("sources:"):
+        names = list(store.attrs.get("source_names") or [])
+        wanted = [s.strip() for s in spec[8:].split(",") if s.strip()]
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+            raise ConfigError(f"{which} split {spec!r}: no source image {missing[0]!r} in the store (it has {shown})")
+        return np.flatnonzero(np.isin(source, [names.index(w) for w in wanted]))
+    raise ConfigError(f"{which} split {spec!r} not understood; use auto, foldK, frac:F, tiles:I,J or sources:A,B")
+
+
+def make_split(store, val: str = "auto", train: str = "rest", seed: int = 0) -> Split:
+    """Choose validation and training tiles (module docstring for the specs).
+
+    Raises
+    ------
+    ConfigError
+        A spec that cannot be read, or a split that holds no tiles.
+    """
+    info = store.tile_info()
+    n_folds = int(np.asarray(info["fold"]).max()) + 1
+    val_ids = _select(store, val, seed, "validation")
+    if val_ids.size == 0:
+        raise ConfigError(f"the validation split {val!r} holds no tiles (the store has {store.n_tiles} tiles in "
+                          f"{n_folds} fold{'s' if n_folds > 1 else ''}); choose another --val")
+    if train == "rest":
+        train_ids = np.setdiff1d(np.arange(store.n_tiles), val_ids)
+    else:
+        train_ids = np.setdiff1d(_select(store, train, seed, "training"), val_ids)
+    if train_ids.size == 0:
+        raise ConfigError(f"the training split {train!r} holds no tiles once the validation split {val!r} is set "
+                          "aside; choose another --val or --train")
+    return Split(train_ids.astype(np.int64), val_ids.astype(np.int64), train, val)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+class EpochBatches:
+    """Batches of ``(position, variant)`` pairs, drawn again each epoch.
+
+    Parameters
+    ----------
+    tiles : (n,) ndarray of int
+        Store tile ids (positions index this array).
+    n_variants : sequence of int
+        Variant indices a tile may be shown in.
+    batch_size : int
+    seed : int
+    unit_tiles : int
+        Tiles per shard of the store. ``order="units"`` shuffles shards, then
+        tiles inside windows of ``window`` shards, so a batch reads few
+        shards (each shard index is read once per window, which matters on
+        object stores); ``order="random"`` is a plain permutation.
+    shuffle : bool
+        False for validation: every tile once, in order, variant 0.
+    """
+
+    def __init__(self, tiles, variants, batch_size: int, seed: int = 0, unit_tiles: int = 16,
+                 order: str = "units", shuffle: bool = True, window: int = 4):
+        if order not in ("units", "random"):
+            raise ConfigError(f"order must be units or random, not {order!r}")
+        self.tiles = np.asarray(tiles, dtype=np.int64)
+        self.variants = np.asarray(list(variants), dtype=np.int64)
+        self.batch_size, self.seed, self.unit_tiles = int(batch_size), int(seed), max(1, int(unit_tiles))
+        self.order, self.shuffle, self.window = order, shuffle, window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.tiles) // self.batch_size)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every ``(position, variant)`` of the epoch, in reading order."""
+        n = len(self.tiles)
+        if not self.shuffle:
+            return [(i, 0) for i in range(n)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chosen = self.variants[rng.integers(len(self.variants), size=n)]
+        if self.order == "random":
+            order = rng.permutation(n)
+        else:
+            unit = self.tiles // self.unit_tiles
+            units = rng.permutation(np.unique(unit))
+            order = []
+            for w in range(0, len(units), self.window):
+                members = np.flatnonzero(np.isin(unit, units[w:w + self.window]))
+                order.extend(rng.permutation(members).tolist())
+            order = np.asarray(order, dtype=np.int64)
+        return [(int(i), int(chosen[i])) for i in order]
+
+    def __iter__(self):
+        pairs = self.pairs()
+        for b in range(0, len(pairs), self.batch_size):
+            yield pairs[b:b + self.batch_size]
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def feature_bytes(store, n_tiles: int, n_variants: int) -> int:
+    """Bytes that ``n_tiles`` tiles x ``n_variants`` variants of every layer take in RAM (as stored)."""
+    item = np.dtype(store.config.get("dtype", "float16")).itemsize
+    per = sum(int(np.prod(v["shape"])) for v in store.attrs["layer_info"].values()) * item
+    h, w = store.tile_shape
+    return n_tiles * (n_variants * per + h * w * 3)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux ``MemAvailable``; a guess elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+class TileStream(torch.utils.data.Dataset):
+    """Samples of a store: index with a batch of ``(position, variant)`` pairs.
+
+    Parameters
+    ----------
+    store : Store
+    tiles : (n,) ndarray of int
+        Store tile ids.
+    targets : TargetCache or None
+        None: samples carry no targets (prediction).
+    preload : bool
+        Read the tiles' tokens (every variant) and images into RAM first.
+    progress : bool
+        Progress bar while preloading.
+
+    A sample is a dict: ``tokens`` (list of ``(C, h, w)`` float32 tensors),
+    ``image`` ``(H, W, 3)`` uint8 (with the variant applied, stain
+    included), ``cls3``/``types`` ``(H, W)`` int64, ``dist`` ``(D, H, W)``
+    float32, ``valid`` ``(H, W)`` bool, ``tile`` and ``variant``.
+    """
+
+    def __init__(self, store, tiles, targets=None, preload: bool = False, progress: bool = False):
+        self.store = store
+        self.path = store.path
+        self.tiles = np.asarray(tiles, dtype=np.int64)
+        self.targets = targets
+        self.layers = list(store.layers)
+        self.variants = [BY_NAME[v] for v in store.variants]
+        self._pid = os.getpid()
+        self._ram = None
+        if preload:
+            self._ram = self._preload(progress)
+
+    def _preload(self, progress: bool) -> dict:
+        from tqdm.auto import tqdm
+
+        from embedcache.store import schema
+
+        out = {"images": np.empty((len(self.tiles), *self.store.tile_shape, 3), dtype=np.uint8)}
+        for layer in self.layers:
+            arr = self.store._array(schema.tokens_path(layer))
+            out[layer] = np.empty((len(self.tiles), *arr.shape[1:]), dtype=arr.dtype)
+        order = np.argsort(self.tiles)
+        step = max(1, int(self.store.config.get("unit_tiles", 16)))
+        with tqdm(total=len(order), unit="tile", desc="preload", disable=not progress, dynamic_ncols=True) as bar:
+            for b in range(0, len(order), step):
+                pos = order[b:b + step]
+                ids = self.tiles[pos].tolist()
+                out["images"][pos] = self.store.images(ids)
+                for layer in self.layers:
+                    out[layer][pos] = self.store._array(schema.tokens_path(layer)).get_orthogonal_selection((ids,))
+                bar.update(len(pos))
+        return out
+
+    def _reader(self):
+        # A forked DataLoader worker opens its own view of the store.
+        if os.getpid() != self._pid:
+            from embedcache.store import open_store
+
+            self.store = open_store(self.path)
+            self._pid = os.getpid()
+        return self.store
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def sample(self, pos: int, variant: int) -> dict:
+        tile = int(self.tiles[pos])
+        v = self.variants[variant]
+        if self._ram is not None:
+            tokens = [self._ram[layer][pos, variant].astype(np.float32) for layer in self.layers]
+            image = self._ram["images"][pos]
+        else:
+            store = self._reader()
+            tokens = [store.tokens(layer, tile, variant) for layer in self.layers]
+            image = store.images(tile)
+        item = {"tokens": [torch.from_numpy(t) for t in tokens],
+                "image": torch.from_numpy(v.apply(image, image=True)),
+                "tile": tile, "variant": variant}
+        if self.targets is not None:
+            t = self.targets.get(tile, v)
+            item.update(cls3=torch.from_numpy(t["cls3"].astype(np.int64)),
+                        dist=torch.from_numpy(t["dist"].astype(np.float32)),
+                        types=torch.from_numpy(t["types"].astype(np.int64)),
+                        valid=torch.from_numpy(np.ascontiguousarray(t["valid"])))
+        return item
+
+    def __getitem__(self, batch):
+        return collate([self.sample(p, v) for p, v in batch])
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples into a batch (tokens stay a list, one tensor per layer)."""
+    out = {"tokens": [torch.stack(ts) for ts in zip(*(s["tokens"] for s in samples))]}
+    for key in samples[0]:
+        if key == "tokens":
+            continue
+        vals = [s[key] for s in samples]
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.as_tensor(vals)
+    return out
+
+
+def _worker_init(_):
+    # Workers only read and decompress; leave the cores to the training step.
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: TileStream, batches: EpochBatches, workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader that reads whole batches in ``workers`` processes (0: in this one)."""
+    return torch.utils.data.DataLoader(
+        dataset, sampler=batches, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None, worker_init_fn=_worker_init if workers else None)
+
+
+def check_trainable(store) -> None:
+    """Refuse stores that cannot train a decoder, saying what to do."""
+    if not store.complete:
+        raise DataError(f"{store.path}: the store is incomplete; finish it by running the same "
+                        "`embedcache extract` command again")
+    if not store.has_labels:
+        raise DataError(f"{store.path}: the store has no labels (it was extracted from an unlabelled dataset); "
+                        "extract a dataset with instance maps (PanNuke masks.npy, CoNIC labels.npy or NAME_inst.png)")
