@@ -32,6 +32,7 @@ from embedcache.encoders.features import FeatureExtractor, resolve_layers
 from embedcache.encoders.load import load_encoder
 from embedcache.errors import ConfigError, DataError, StoreError
 from embedcache.store import schema
+from embedcache.store.location import StoreLocation
 from embedcache.store.writer import StoreWriter
 
 
@@ -39,7 +40,7 @@ from embedcache.store.writer import StoreWriter
 class ExtractResult:
     """What an extraction did."""
 
-    path: Path
+    path: Path | StoreLocation  # a Path for local stores
     n_tiles: int
     n_variants: int
     units_run: int
@@ -47,6 +48,7 @@ class ExtractResult:
     seconds: float
     skipped: bool = False  # the store was already complete
     layers: list[str] = field(default_factory=list)
+    units: list[dict] = field(default_factory=list)  # distributed runs: worker and timings of each unit
 
     @property
     def tiles_per_second(self) -> float:
@@ -62,8 +64,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def read_unit(dataset: TileDataset, unit: int, unit_tiles: int, variants: tuple[Variant, ...]):
+    """A unit's tiles ``(n, H, W, 3) uint8``, labels (or None) and pixel-wise (stain) variants by name."""
+    start, stop = schema.unit_range(unit, dataset.n_tiles, unit_tiles)
+    images = dataset.images(slice(start, stop))
+    labels = dataset.labels(slice(start, stop)) if dataset.has_labels else None
+    stained = {v.name: v.apply(images, image=True) for v in variants if v.stain is not None}
+    return images, labels, stained
+
+
 class _Units(torch.utils.data.Dataset):
-    """Unit ``k`` of a list -> its tiles, labels and pixel-wise (stain) variants."""
+    """Unit ``k`` of a list -> its number, tiles, labels and pixel-wise (stain) variants."""
 
     def __init__(self, dataset: TileDataset, units: list[int], unit_tiles: int, variants: tuple[Variant, ...]):
         self.dataset, self.units, self.unit_tiles, self.variants = dataset, units, unit_tiles, variants
@@ -73,11 +84,7 @@ class _Units(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         unit = self.units[k]
-        start, stop = schema.unit_range(unit, self.dataset.n_tiles, self.unit_tiles)
-        images = self.dataset.images(slice(start, stop))
-        labels = self.dataset.labels(slice(start, stop)) if self.dataset.has_labels else None
-        stained = {v.name: v.apply(images, image=True) for v in self.variants if v.stain is not None}
-        return unit, images, labels, stained
+        return (unit, *read_unit(self.dataset, unit, self.unit_tiles, self.variants))
 
 
 def _collate(batch):
@@ -175,24 +182,94 @@ class Extraction:
         }
 
 
-def _tile_arrays(dataset: TileDataset, start: int, stop: int, tissue_codes: np.ndarray) -> dict[str, np.ndarray]:
-    ti = dataset.tiles
-    folds = dataset.folds if dataset.folds is not None else np.zeros(dataset.n_tiles, dtype=np.int64)
-    return {
-        schema.TILE_SOURCE: ti.source[start:stop],
-        schema.TILE_OFFSET: ti.offset[start:stop],
-        schema.TILE_VALID: ti.valid[start:stop],
-        schema.TILE_FOLD: folds[start:stop],
-        schema.TILE_TISSUE: tissue_codes[start:stop],
-    }
-
-
 def _versions() -> dict:
     import timm
     import zarr
 
     return {"embedcache": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "zarr": zarr.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+class ExtractionJob:
+    """A dataset and an encoder ready to run over it: the store they make, and any unit's arrays.
+
+    Built once by each process that computes units (this one, or each dask
+    worker); :meth:`compute_unit` gives the same bytes wherever it runs.
+    """
+
+    def __init__(self, data, config: ExtractConfig):
+        self.data, self.config = data, config
+        self.dataset = open_dataset(data, format=config.format, **config.dataset_options())
+        if self.dataset.n_tiles == 0:
+            raise DataError(f"{data}: the dataset has no tiles")
+        self.run = Extraction(config, self.dataset.tile_shape)
+        self.n_units = schema.n_units(self.dataset.n_tiles, config.unit_tiles)
+        ds = self.dataset
+        self.tissue_names = sorted(set(ds.tissue)) if ds.tissue else []
+        self.tissue_codes = (np.asarray([self.tissue_names.index(t) for t in ds.tissue], dtype=np.int64)
+                             if ds.tissue else np.full(ds.n_tiles, -1, dtype=np.int64))
+        self.folds = ds.folds if ds.folds is not None else np.zeros(ds.n_tiles, dtype=np.int64)
+
+    @property
+    def layers(self) -> list[str]:
+        return [lay.name for lay in self.run.layouts]
+
+    def tiles_in(self, units) -> int:
+        """How many tiles the given units hold."""
+        return sum(stop - start for start, stop in
+                   (schema.unit_range(u, self.dataset.n_tiles, self.config.unit_tiles) for u in units))
+
+    def read_unit(self, unit: int):
+        return read_unit(self.dataset, unit, self.config.unit_tiles, self.run.variants)
+
+    def unit_arrays(self, unit: int, images: np.ndarray, labels, stained) -> dict[str, np.ndarray]:
+        """Every array of one unit: features from the encoder, then tiles, labels and tile records."""
+        arrays = self.run.run_unit(images, stained)
+        start, stop = schema.unit_range(unit, self.dataset.n_tiles, self.config.unit_tiles)
+        arrays[schema.IMAGES] = images
+        if labels is not None:
+            arrays[schema.LABELS] = labels
+        ti = self.dataset.tiles
+        arrays.update({
+            schema.TILE_SOURCE: ti.source[start:stop],
+            schema.TILE_OFFSET: ti.offset[start:stop],
+            schema.TILE_VALID: ti.valid[start:stop],
+            schema.TILE_FOLD: self.folds[start:stop],
+            schema.TILE_TISSUE: self.tissue_codes[start:stop],
+        })
+        return arrays
+
+    def compute_unit(self, unit: int) -> dict[str, np.ndarray]:
+        return self.unit_arrays(unit, *self.read_unit(unit))
+
+    def open_writer(self, out, overwrite: bool = False) -> StoreWriter | None:
+        """Create or resume the store at ``out`` (path or URL); None when it is already complete."""
+        run, dataset, config = self.run, self.dataset, self.config
+        fingerprint = dataset.fingerprint()
+        specs = schema.array_specs(dataset.n_tiles, dataset.tile_shape, len(run.variants), run.layouts,
+                                   config.dtype, config.unit_tiles, dataset.has_labels)
+        provenance = {
+            "weights": run.encoder.weights,
+            "versions": _versions(),
+            "dataset": {**dataset.describe(), "fingerprint": fingerprint},
+            "device": (torch.cuda.get_device_name(run.device) if run.device.type == "cuda"
+                       else platform.processor() or "cpu"),
+            "batch_size": config.batch_size,
+            "extract_config": config.to_dict(),
+        }
+        extra = {
+            "tissue_names": self.tissue_names,
+            "class_names": {str(k): v for k, v in (dataset.class_names or {}).items()},
+            "source_names": dataset.tiles.source_names,
+            "layer_info": {lay.name: {"shape": list(lay.shape), "prefix": lay.n_prefix, "has_cls": lay.has_cls,
+                                      "stride": [dataset.tile_shape[0] / lay.shape[1],
+                                                 dataset.tile_shape[1] / lay.shape[2]]}
+                           for lay in run.layouts},
+            "variant_defs": {v.name: {"flip": v.flip, "k": v.k, "stain": list(v.stain) if v.stain else None}
+                             for v in run.variants},
+        }
+        return StoreWriter.open(out, run.store_config(dataset, fingerprint), provenance, specs, extra,
+                                overwrite=overwrite)
 
 
 def extract(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool = False,
@@ -204,70 +281,44 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool 
     data : str or Path
         A dataset folder (PanNuke, CoNIC or image-folder layout).
     out : str or Path
-        The store. Built as ``out.partial`` and renamed when complete; an
-        interrupted run is resumed by running again with the same settings.
+        The store: a local path, or an fsspec URL such as ``s3://bucket/x.zarr``
+        (credentials from the environment). A local store is built as
+        ``out.partial`` and renamed when complete; on object storage it is
+        built in place, its ``complete`` attribute set last. An interrupted
+        run is resumed by running again with the same settings.
     config : ExtractConfig
     overwrite : bool
         Replace a store (or partial store) made with another configuration.
-        The old store stays in place until the new one is complete.
+        A local old store stays in place until the new one is complete.
     progress : bool
         Show a progress bar.
 
     Returns
     -------
     ExtractResult
+
+    See Also
+    --------
+    embedcache.distributed.extract_distributed : the same on a dask cluster.
     """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    out = Path(out)
-    dataset = open_dataset(data, format=config.format, **config.dataset_options())
-    if dataset.n_tiles == 0:
-        raise DataError(f"{data}: the dataset has no tiles")
     torch.set_grad_enabled(False)
-    run = Extraction(config, dataset.tile_shape)
-    fingerprint = dataset.fingerprint()
-    store_config = run.store_config(dataset, fingerprint)
-    tissue_names = sorted(set(dataset.tissue)) if dataset.tissue else []
-    tissue_codes = (np.asarray([tissue_names.index(t) for t in dataset.tissue], dtype=np.int64)
-                    if dataset.tissue else np.full(dataset.n_tiles, -1, dtype=np.int64))
-    specs = schema.array_specs(dataset.n_tiles, dataset.tile_shape, len(run.variants), run.layouts,
-                               config.dtype, config.unit_tiles, dataset.has_labels)
-    provenance = {
-        "weights": run.encoder.weights,
-        "versions": _versions(),
-        "dataset": {**dataset.describe(), "fingerprint": fingerprint},
-        "device": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else platform.processor() or "cpu",
-        "batch_size": config.batch_size,
-        "extract_config": config.to_dict(),
-    }
-    extra = {
-        "tissue_names": tissue_names,
-        "class_names": {str(k): v for k, v in (dataset.class_names or {}).items()},
-        "source_names": dataset.tiles.source_names,
-        "layer_info": {lay.name: {"shape": list(lay.shape), "prefix": lay.n_prefix, "has_cls": lay.has_cls,
-                                  "stride": [dataset.tile_shape[0] / lay.shape[1], dataset.tile_shape[1] / lay.shape[2]]}
-                       for lay in run.layouts},
-        "variant_defs": {v.name: {"flip": v.flip, "k": v.k, "stain": list(v.stain) if v.stain else None}
-                         for v in run.variants},
-    }
-    writer = StoreWriter.open(out, store_config, provenance, specs, extra, overwrite=overwrite)
-    n_units = schema.n_units(dataset.n_tiles, config.unit_tiles)
-    names = [lay.name for lay in run.layouts]
+    job = ExtractionJob(data, config)
+    run, dataset = job.run, job.dataset
+    writer = job.open_writer(out, overwrite)
     if writer is None:
-        return ExtractResult(out, dataset.n_tiles, len(run.variants), 0, n_units, time.perf_counter() - t0,
-                             skipped=True, layers=names)
+        return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
+                             time.perf_counter() - t0, skipped=True, layers=job.layers)
     todo = writer.todo_units()
     loader = torch.utils.data.DataLoader(
         _Units(dataset, todo, config.unit_tiles, run.variants), batch_size=1, shuffle=False,
         num_workers=config.num_workers, collate_fn=_collate,
         prefetch_factor=2 if config.num_workers else None, persistent_workers=False)
 
-    remaining = sum(stop - start for start, stop in
-                    (schema.unit_range(u, dataset.n_tiles, config.unit_tiles) for u in todo))
-    already = dataset.n_tiles - remaining
-    bar = tqdm(total=dataset.n_tiles, initial=already, unit="tile", disable=not progress, dynamic_ncols=True,
-               desc=f"extract {run.spec.name} x{len(run.variants)} variants")
+    bar = tqdm(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
+               disable=not progress, dynamic_ncols=True, desc=f"extract {run.spec.name} x{len(run.variants)} variants")
     pending: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
 
@@ -289,13 +340,7 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool 
         for unit, images, labels, stained in loader:
             if failure:
                 break
-            arrays = run.run_unit(images, stained)
-            start, stop = schema.unit_range(unit, dataset.n_tiles, config.unit_tiles)
-            arrays[schema.IMAGES] = images
-            if labels is not None:
-                arrays[schema.LABELS] = labels
-            arrays.update(_tile_arrays(dataset, start, stop, tissue_codes))
-            pending.put((unit, arrays))
+            pending.put((unit, job.unit_arrays(unit, images, labels, stained)))
     finally:
         pending.put(None)
         thread.join()
@@ -304,4 +349,5 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool 
         raise failure[0]
     seconds = time.perf_counter() - t_run
     path = writer.finish()
-    return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), n_units, seconds, layers=names)
+    return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), job.n_units, seconds,
+                         layers=job.layers)

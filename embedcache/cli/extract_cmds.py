@@ -24,7 +24,9 @@ def _human(n: float) -> str:
               help="Registry name (see `embedcache encoders`) or timm:<architecture>.")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
 @format_option
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to write (a .zarr folder).")
+@click.option("--out", required=True,
+              help="Store to write: a .zarr folder or an fsspec URL (s3://bucket/x.zarr; credentials from the "
+                   "environment).")
 @click.option("--layers", default="default", show_default=True,
               help="'default', 'all', or comma-separated layer names or indices.")
 @click.option("--variants", default="d4", show_default=True, help="none, flips, d4, d4+stain, or names.")
@@ -35,7 +37,13 @@ def _human(n: float) -> str:
 @click.option("--weights", default=None, help="Local checkpoint (.safetensors, .pth, .bin) or 'random'.")
 @click.option("--norm", is_flag=True, help="Apply the encoder's final norm to every tapped layer.")
 @click.option("--unit-tiles", default=16, show_default=True, type=int, help="Tiles per unit of work (and shard).")
-@click.option("--workers", default=1, show_default=True, type=int, help="DataLoader workers reading tiles.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Run units of work on a local dask cluster of N worker processes (one per GPU when there "
+                   "are GPUs); 0 runs them in this process.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run units of work on the dask cluster whose scheduler is at ADDRESS (tcp://host:8786).")
+@click.option("--loader-workers", default=1, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader workers reading tiles (single-process runs).")
 @click.option("--tile-size", default=256, show_default=True, type=int,
               help="Tile side for the folder and slides layouts (slides: pixels at --tile-mpp).")
 @click.option("--mpp", default=None, type=float,
@@ -47,28 +55,39 @@ def _human(n: float) -> str:
                                                 "(the old one stays until the new one is complete).")
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, weights, norm, unit_tiles,
-            workers, tile_size, mpp, tile_mpp, min_tissue, overwrite, quiet):
+            workers, scheduler, loader_workers, tile_size, mpp, tile_mpp, min_tissue, overwrite, quiet):
     """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
 
-    An interrupted run resumes when the same command is run again.
+    An interrupted run resumes when the same command is run again. With
+    --workers N or --scheduler ADDRESS, units of work run as dask tasks.
     """
     from embedcache.config import ExtractConfig
-    from embedcache.extract import extract as run_extract
+    from embedcache.store.location import StoreLocation
 
+    StoreLocation.parse(out)  # a bad URL fails before any model loads
     config = ExtractConfig(encoder=encoder, weights=weights, layers=layers, variants=variants,
                            batch_size=batch_size, device=device, dtype=dtype, norm=norm, unit_tiles=unit_tiles,
-                           num_workers=workers, tile_size=tile_size, format=fmt, mpp=mpp, tile_mpp=tile_mpp,
+                           num_workers=loader_workers, tile_size=tile_size, format=fmt, mpp=mpp, tile_mpp=tile_mpp,
                            min_tissue=min_tissue)
-    result = run_extract(data, out, config, overwrite=overwrite, progress=not quiet)
+    if workers or scheduler:
+        from embedcache.distributed import extract_distributed
+
+        result = extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
+                                     overwrite=overwrite, progress=not quiet)
+    else:
+        from embedcache.extract import extract as run_extract
+
+        result = run_extract(data, out, config, overwrite=overwrite, progress=not quiet)
     if result.skipped:
         click.echo(f"{result.path} is already complete with these settings; nothing to do")
     else:
+        on = f" on {len({u['worker'] for u in result.units})} dask workers" if result.units else ""
         click.echo(f"wrote {result.path}: {result.n_tiles} tiles x {result.n_variants} variants, "
-                   f"layers {', '.join(result.layers)} ({result.tiles_per_second:.2f} tiles/s)")
+                   f"layers {', '.join(result.layers)} ({result.tiles_per_second:.2f} tiles/s{on})")
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @json_option
 def info(store, as_json):
     """Summarise a store: tiles, variants, layers with shapes, bytes on disk, complete or not."""
@@ -95,7 +114,7 @@ def info(store, as_json):
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @quiet_option
 def verify(store, quiet):
     """Check a store is complete and every chunk decodes with a valid checksum.

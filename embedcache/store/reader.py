@@ -1,5 +1,10 @@
 """Read a store: tiles, labels, tokens and pooled vectors, and check it.
 
+Stores may be local folders or fsspec URLs (``s3://bucket/cache/uni.zarr``,
+credentials from the environment, see :mod:`embedcache.store.location`).
+Over a network, :meth:`Store.read_ahead` keeps the next batches' reads in
+flight while the current one is used.
+
 >>> store = open_store("demo.zarr")                     # doctest: +SKIP
 >>> store.tokens(store.layers[-1], [0, 1]).shape        # doctest: +SKIP
 (2, 320, 8, 8)
@@ -7,13 +12,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from embedcache.errors import StoreError
 from embedcache.store import schema
-from embedcache.store.writer import partial_path
+from embedcache.store.location import StoreLocation
 
 
 def _index(idx, n: int):
@@ -36,7 +43,9 @@ class Store:
 
     Attributes
     ----------
-    path : Path
+    path : Path or StoreLocation
+        A :class:`~pathlib.Path` for local stores; the location (``str()`` is
+        the URL, ``.name`` its last part) for object storage.
     n_tiles : int
     layers : list of str
         Tapped layer names, shallow to deep.
@@ -47,8 +56,9 @@ class Store:
     complete : bool
     """
 
-    def __init__(self, path, group, attrs: dict):
-        self.path = Path(path)
+    def __init__(self, path, group, attrs: dict, location: StoreLocation | None = None):
+        self.location = location or StoreLocation.parse(path)
+        self.path = self.location.path
         self.group = group
         self.attrs = attrs
         cfg = attrs["config"]
@@ -88,9 +98,25 @@ class Store:
     def _layer(self, layer) -> str:
         if isinstance(layer, (int, np.integer)):
             return self.layers[int(layer)]
-        if layer not in self.layers:
-            raise StoreError(f"{self.path}: no layer {layer!r}; it has {', '.join(self.layers)}")
+        if layer not in self.layers and layer not in self.descriptor_layers:
+            raise StoreError(f"{self.path}: no layer {layer!r}; it has "
+                             f"{', '.join(self.layers + self.descriptor_layers)}")
         return layer
+
+    @property
+    def descriptor_layers(self) -> list[str]:
+        """Layers written back by training (``fit-ssl``): pooled vectors only, no tokens."""
+        return list(self.attrs.get("descriptors") or {})
+
+    def resolve_layer(self, layer) -> str:
+        """A layer name from a name, an index (int or digits, negative from the end) or ``last``."""
+        if layer == "last":
+            return self.layers[-1]
+        if isinstance(layer, str) and layer.lstrip("-").isdigit():
+            layer = int(layer)
+        if isinstance(layer, int) and not -len(self.layers) <= layer < len(self.layers):
+            raise StoreError(f"{self.path}: layer index {layer} out of range ({len(self.layers)} layers)")
+        return self._layer(layer)
 
     def _read(self, path: str, idx, *rest):
         sel, squeeze = _index(idx, self.n_tiles)
@@ -175,9 +201,33 @@ class Store:
         return sorted(out)
 
     def nbytes(self, path: str) -> int:
-        """Bytes on disk of one array (local stores)."""
-        folder = self.path / path
-        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != "zarr.json")
+        """Bytes stored for one array (chunks and shard indexes, not its metadata)."""
+        return self.location.nbytes(path, metadata=False)
+
+    def read_ahead(self, read: Callable, items: Iterable, depth: int = 2) -> Iterator:
+        """Yield ``read(item)`` for each item in order, with up to ``depth`` reads in flight.
+
+        For streaming from object storage: while the caller uses one batch,
+        the next ``depth`` are being fetched (zarr fetches the chunks of each
+        read concurrently too).
+
+        Examples
+        --------
+        >>> batches = [range(i, i + 8) for i in range(0, store.n_tiles, 8)]   # doctest: +SKIP
+        >>> for tok in store.read_ahead(lambda b: store.tokens("blocks.5", list(b)), batches):  # doctest: +SKIP
+        ...     train_step(tok)
+        """
+        if depth < 1:
+            yield from map(read, items)
+            return
+        with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="embedcache-read-ahead") as pool:
+            pending = deque()
+            for item in items:
+                pending.append(pool.submit(read, item))
+                if len(pending) > depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def summary(self) -> dict:
         """Plain-data summary: what ``embedcache info`` prints."""
@@ -193,7 +243,7 @@ class Store:
                 "raw_float32_per_tile_variant": int(np.prod(arr.shape[2:])) * 4,
                 "cls": schema.pooled_path(layer, "cls") in self.group,
             }
-        total = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        total = self.location.nbytes()
         return {
             "path": str(self.path),
             "encoder": self.encoder["name"],
@@ -216,29 +266,35 @@ class Store:
 def open_store(path, mode: str = "r") -> Store:
     """Open a store for reading.
 
-    ``path`` may be a finished store or an interrupted one (``OUT.partial``).
-    When only the partial exists, it is opened (``complete`` is False).
+    ``path`` is a local folder or an fsspec URL (``s3://...``). It may be a
+    finished store or an interrupted one: locally, when only ``OUT.partial``
+    exists it is opened; on object storage the store is unfinished in place.
+    Either way ``complete`` is False.
 
     Raises
     ------
     StoreError
-        No store at ``path``, or not an embedcache store.
+        No store at ``path``, not an embedcache store, or storage that
+        cannot be reached (missing credentials name the variables to set).
     """
-    import zarr
+    loc = StoreLocation.parse(path)
+    with loc.errors():
+        if loc.is_local and not loc.exists() and loc.building.exists():
+            loc = loc.building
+        if not loc.exists():
+            raise StoreError(f"{loc}: no such store")
+        try:
+            group = loc.open_group(mode)
+        except Exception as exc:
+            from zarr.errors import BaseZarrError
 
-    path = Path(path)
-    if not path.exists() and partial_path(path).exists():
-        path = partial_path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such store")
-    try:
-        group = zarr.open_group(str(path), mode=mode)
-    except Exception as exc:
-        raise StoreError(f"{path}: not a Zarr store ({type(exc).__name__}: {exc})") from None
-    attrs = dict(group.attrs).get(schema.ATTRS)
+            if not (loc.is_local or isinstance(exc, BaseZarrError)):
+                raise
+            raise StoreError(f"{loc}: not a Zarr store ({type(exc).__name__}: {exc})") from None
+        attrs = dict(group.attrs).get(schema.ATTRS)
     if not attrs or attrs.get("schema") != schema.SCHEMA_VERSION:
-        raise StoreError(f"{path}: not an embedcache store of schema {schema.SCHEMA_VERSION}")
-    return Store(path, group, attrs)
+        raise StoreError(f"{loc}: not an embedcache store of schema {schema.SCHEMA_VERSION}")
+    return Store(loc.path, group, attrs, location=loc)
 
 
 def verify_store(store: Store, progress=None) -> list[str]:

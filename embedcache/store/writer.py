@@ -1,24 +1,30 @@
 """Create, resume and finish a store; nothing the user has is damaged.
 
-A new store is built under a temporary sibling name (``OUT.partial``) and
-renamed to ``OUT`` only when every unit of work is written, so ``OUT``
+A new local store is built under a temporary sibling name (``OUT.partial``)
+and renamed to ``OUT`` only when every unit of work is written, so ``OUT``
 always holds either nothing, the previous complete store, or a new complete
-one. An interrupted run leaves ``OUT.partial``; running the same command
-again resumes it, skipping units marked done (a unit is idempotent: it
-rewrites whole shards). A store or partial store made with another
-configuration is refused, naming the first field that differs.
+one. Object storage has no rename: there the store is built in place and
+its ``complete`` attribute, set last, is the only sign that it is finished
+(``--overwrite`` removes the old store first). An interrupted run leaves the
+store incomplete; running the same command again resumes it, skipping units
+marked done (a unit is idempotent: it rewrites whole shards). A store made
+with another configuration is refused, naming the first field that differs.
+
+Units may be written by several processes at once (dask workers, each
+having :meth:`StoreWriter.attach` ed to the store): units never share an
+object, and only :meth:`StoreWriter.finish` touches the attributes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from embedcache.errors import StoreError, StoreMismatchError
 from embedcache.store import schema
+from embedcache.store.location import StoreLocation
 
 
 def partial_path(out: Path) -> Path:
@@ -44,25 +50,43 @@ def config_difference(old: dict, new: dict) -> str | None:
     return None
 
 
-def read_attrs(path: Path) -> dict | None:
-    import zarr
+def read_attrs(where) -> dict | None:
+    """The embedcache attributes of the store at ``where`` (path, URL or location); None if there is none."""
+    loc = StoreLocation.parse(where)
+    with loc.errors():
+        if not loc.exists():
+            return None
+        try:
+            group = loc.open_group("r")
+        except Exception as exc:
+            from zarr.errors import BaseZarrError
 
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception:
-        return None
-    return dict(group.attrs).get(schema.ATTRS)
+            # Locally anything unreadable is "not a store"; remotely only zarr's verdict is.
+            if loc.is_local or isinstance(exc, BaseZarrError):
+                return None
+            raise
+        return dict(group.attrs).get(schema.ATTRS)
 
 
 class StoreWriter:
-    """Writes units of work into ``OUT.partial`` and renames it on completion.
+    """Writes units of work into a store being built, and finishes it.
 
-    Use :meth:`open` rather than the constructor.
+    Use :meth:`open` (the run that creates or resumes a store) or
+    :meth:`attach` (another process adding units to it) rather than the
+    constructor.
+
+    Attributes
+    ----------
+    out : Path or StoreLocation
+        The finished store's place.
+    path : Path or StoreLocation
+        Where it is being built (``OUT.partial`` locally, ``out`` on object storage).
     """
 
-    def __init__(self, out: Path, group, config: dict):
-        self.out = out
-        self.path = partial_path(out)
+    def __init__(self, location: StoreLocation, group, config: dict):
+        self.location = location
+        self.out = location.path
+        self.path = location.building.path
         self.group = group
         self.config = config
         self.unit_tiles = int(config["unit_tiles"])
@@ -75,55 +99,78 @@ class StoreWriter:
              extra_attrs: dict | None = None, overwrite: bool = False) -> "StoreWriter | None":
         """Open for writing; returns None when ``out`` is already complete with this config.
 
+        ``out`` is a local path or an fsspec URL.
+
         Raises
         ------
         StoreMismatchError
             ``out`` (or its partial) was made with another configuration
             and ``overwrite`` is False.
+        StoreError
+            ``out`` holds something that is not a store, or cannot be reached.
         """
-        import zarr
+        loc = StoreLocation.parse(out)
+        build = loc.building
+        with loc.errors():
+            done_attrs = read_attrs(loc)
+            if done_attrs is None and not loc.is_empty():
+                raise StoreError(f"{loc} exists and is not an embedcache store; choose another --out")
+            if done_attrs is not None and not overwrite:
+                diff = config_difference(done_attrs.get("config", {}), config)
+                if diff:
+                    raise StoreMismatchError(f"{loc} was made with another configuration ({diff}); "
+                                             "use --overwrite to replace it, or another --out")
+                if done_attrs.get("complete"):
+                    return None
+                if build == loc:  # object storage: an unfinished store in place, resumed
+                    return cls(loc, build.open_group("r+"), config)
+            if build != loc:
+                part_attrs = read_attrs(build)
+                if part_attrs is not None and not overwrite:
+                    diff = config_difference(part_attrs.get("config", {}), config)
+                    if diff:
+                        raise StoreMismatchError(
+                            f"{build} (an interrupted extraction) was made with another configuration ({diff}); "
+                            "use --overwrite to start again, or another --out")
+                    return cls(loc, build.open_group("r+"), config)
+            # Locally this clears a stale partial; on object storage (no rename) the old store itself.
+            build.remove()
+            group = build.open_group("w")
+            for s in specs:
+                group.create_array(
+                    s.path, shape=s.shape, dtype=s.dtype, chunks=s.chunks, shards=s.shards,
+                    compressors=schema.compressors(s.dtype, s.compressed), fill_value=0,
+                )
+            n_units = schema.n_units(config["n_tiles"], config["unit_tiles"])
+            group.create_array(schema.DONE, shape=(n_units,), dtype="uint8", chunks=(1,),
+                               compressors=schema.compressors("uint8", "zstd"), fill_value=0)
+            attrs = {
+                "schema": schema.SCHEMA_VERSION,
+                "config": config,
+                "provenance": {**provenance, "created": _dt.datetime.now(_dt.timezone.utc).isoformat()},
+                "complete": False,
+                **(extra_attrs or {}),
+            }
+            group.attrs[schema.ATTRS] = attrs
+        return cls(loc, group, config)
 
-        out = Path(out)
-        done_attrs = read_attrs(out) if out.exists() else None
-        if out.exists() and done_attrs is None and any(out.iterdir()):
-            raise StoreError(f"{out} exists and is not an embedcache store; choose another --out")
-        if done_attrs is not None and not overwrite:
-            diff = config_difference(done_attrs.get("config", {}), config)
-            if diff:
-                raise StoreMismatchError(f"{out} was made with another configuration ({diff}); "
-                                         "use --overwrite to replace it, or another --out")
-            if done_attrs.get("complete"):
-                return None
-        part = partial_path(out)
-        part_attrs = read_attrs(part) if part.exists() else None
-        if part.exists() and part_attrs is not None and not overwrite:
-            diff = config_difference(part_attrs.get("config", {}), config)
-            if diff:
-                raise StoreMismatchError(
-                    f"{part} (an interrupted extraction) was made with another configuration ({diff}); "
-                    "use --overwrite to start again, or another --out")
-            group = zarr.open_group(str(part), mode="r+")
-            return cls(out, group, config)
-        if part.exists():
-            shutil.rmtree(part)
-        group = zarr.open_group(str(part), mode="w")
-        for s in specs:
-            group.create_array(
-                s.path, shape=s.shape, dtype=s.dtype, chunks=s.chunks, shards=s.shards,
-                compressors=schema.compressors(s.dtype, s.compressed), fill_value=0,
-            )
-        n_units = schema.n_units(config["n_tiles"], config["unit_tiles"])
-        group.create_array(schema.DONE, shape=(n_units,), dtype="uint8", chunks=(1,),
-                           compressors=schema.compressors("uint8", "zstd"), fill_value=0)
-        attrs = {
-            "schema": schema.SCHEMA_VERSION,
-            "config": config,
-            "provenance": {**provenance, "created": _dt.datetime.now(_dt.timezone.utc).isoformat()},
-            "complete": False,
-            **(extra_attrs or {}),
-        }
-        group.attrs[schema.ATTRS] = attrs
-        return cls(out, group, config)
+    @classmethod
+    def attach(cls, out) -> "StoreWriter":
+        """Write units into a store another process has :meth:`open` ed and not yet finished.
+
+        Raises
+        ------
+        StoreError
+            No store is being built at ``out``.
+        """
+        loc = StoreLocation.parse(out)
+        build = loc.building
+        with loc.errors():
+            attrs = read_attrs(build)
+            if attrs is None:
+                raise StoreError(f"{build}: no store is being built here (it was finished, removed or never "
+                                 "created)")
+            return cls(loc, build.open_group("r+"), attrs["config"])
 
     def array(self, path: str):
         if path not in self._arrays:
@@ -145,11 +192,11 @@ class StoreWriter:
             self.array(path)[start:stop] = data
         self.array(schema.DONE)[unit] = 1
 
-    def finish(self) -> Path:
-        """Mark complete and move ``OUT.partial`` to ``OUT``; returns ``OUT``.
+    def finish(self):
+        """Mark complete and, locally, move ``OUT.partial`` to ``OUT``; returns ``out``.
 
-        Refuses while any unit is missing. A previous store at ``OUT`` is
-        removed only after the new one is in place.
+        Refuses while any unit is missing. A previous local store at ``OUT``
+        is removed only after the new one is in place.
         """
         missing = int((~self.done_units()).sum())
         if missing:
@@ -158,13 +205,14 @@ class StoreWriter:
         attrs["complete"] = True
         attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         self.group.attrs[schema.ATTRS] = attrs
+        if not self.location.is_local:
+            return self.out
         old = None
         if self.out.exists():
-            old = self.out.with_name(self.out.name + ".replaced")
-            if old.exists():
-                shutil.rmtree(old)
-            self.out.rename(old)
+            old = StoreLocation.parse(self.out.with_name(self.out.name + ".replaced"))
+            old.remove()
+            self.out.rename(old.url)
         self.path.rename(self.out)
         if old is not None:
-            shutil.rmtree(old)
+            old.remove()
         return self.out

@@ -1,0 +1,194 @@
+"""Stores on object storage, through a real S3-compatible server (moto) on loopback; no client mocks."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_VIT
+
+from embedcache import open_store
+from embedcache.cli import main
+from embedcache.config import ExtractConfig
+from embedcache.datasets.synthetic import make_tiles
+from embedcache.errors import ConfigError, StoreError
+from embedcache.extract import extract
+from embedcache.store import verify_store
+from embedcache.store.location import StoreLocation
+from embedcache.store.writer import StoreWriter
+
+CFG = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="flips", batch_size=6, unit_tiles=2,
+                    num_workers=0, device="cpu")
+BUCKET = "embedcache-test"
+KEY_ID = "AKIDEMBEDCACHETEST01"
+SECRET = "s3cr3t-Embedcache-do-not-print-9f8e7d"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 and the environment that points the AWS libraries at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        S3FileSystem.clear_instance_cache()
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+    server.stop()
+    S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    images, labels, _ = make_tiles(8, seed=11, size=64)
+    d = tmp_path_factory.mktemp("s3data") / "conic"
+    d.mkdir()
+    np.save(d / "images.npy", images)
+    np.save(d / "labels.npy", labels)
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    return open_store(extract(data, tmp_path_factory.mktemp("ref") / "ref.zarr", CFG, progress=False).path)
+
+
+def assert_same_store(a, b):
+    assert a.complete and b.complete and a.arrays() == b.arrays() and a.config == b.config
+    for path in a.arrays():
+        assert np.array_equal(a.group[path][:], b.group[path][:]), path
+
+
+def stored_bytes(client, prefix: str) -> bytes:
+    """Every object under ``prefix``, concatenated with its key."""
+    out = b""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out += obj["Key"].encode() + client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+    return out
+
+
+def test_extract_to_s3_and_read_it_back(s3, data, reference, caplog, capfd):
+    caplog.set_level(logging.INFO)
+    url = f"s3://{BUCKET}/single.zarr"
+    runner = CliRunner()
+    res = runner.invoke(main, ["extract", "--data", str(data), "--out", url, "--encoder", TINY_VIT, "--weights",
+                               "random", "--layers", "1,3,5", "--variants", "flips", "--batch-size", "6",
+                               "--unit-tiles", "2", "--loader-workers", "0", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {url}:" in res.output
+    store = open_store(url)
+    assert str(store.path) == url and store.path.name == "single.zarr"
+    assert_same_store(store, reference)
+    assert verify_store(store) == []
+    # Built in place: no partial copy, no rename.
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="single")["Contents"]]
+    assert all(k.startswith("single.zarr/") for k in keys)
+    info = runner.invoke(main, ["info", url, "--json"])
+    assert info.exit_code == 0 and '"complete": true' in info.output
+    assert runner.invoke(main, ["verify", url, "--quiet"]).exit_code == 0
+    # Streaming reads with read-ahead give the same batches as direct reads.
+    batches = [[0, 1, 2], [3, 4], [5, 6, 7]]
+    got = list(store.read_ahead(lambda b: store.tokens("blocks.5", b, "hflip"), batches, depth=2))
+    for b, tok in zip(batches, got):
+        np.testing.assert_array_equal(tok, reference.tokens("blocks.5", b, "hflip"))
+    # Credentials reach neither the output, the logs nor anything stored.
+    seen = res.output + info.output + caplog.text + "".join(capfd.readouterr())
+    stored = stored_bytes(s3, "single.zarr/")
+    for secret in (KEY_ID, SECRET):
+        assert secret not in seen and secret.encode() not in stored
+
+
+def test_interrupted_store_is_incomplete_in_place_then_resumes(s3, data, reference, monkeypatch):
+    url = f"s3://{BUCKET}/resumed.zarr"
+    real = StoreWriter.write_unit
+
+    def stop_after_first(self, unit, arrays):
+        if self.done_units().sum() >= 1:
+            raise KeyboardInterrupt
+        return real(self, unit, arrays)
+
+    monkeypatch.setattr(StoreWriter, "write_unit", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        extract(data, url, CFG, progress=False)
+    half = open_store(url)  # the same URL: on object storage the flag is the only truth
+    assert not half.complete and half.units_done() == (1, 4)
+    assert any("incomplete" in p for p in verify_store(half))
+    monkeypatch.setattr(StoreWriter, "write_unit", real)
+    res = extract(data, url, CFG, progress=False)
+    assert res.units_run == 3
+    assert_same_store(open_store(url), reference)
+    again = extract(data, url, CFG, progress=False)
+    assert again.skipped
+    other = CFG.__class__(**{**CFG.to_dict(), "variants": "none"})
+    with pytest.raises(StoreError, match="variants"):
+        extract(data, url, other, progress=False)
+    assert extract(data, url, other, overwrite=True, progress=False).units_run == 4
+    assert open_store(url).variants == ["identity"]
+
+
+def test_two_dask_workers_write_to_s3(s3, data, reference, capfd):
+    from embedcache.distributed import extract_distributed
+
+    url = f"s3://{BUCKET}/dask.zarr"
+    res = extract_distributed(data, url, CFG, workers=2, progress=False)
+    assert len({u["worker"] for u in res.units}) == 2
+    assert_same_store(open_store(url), reference)
+    out, err = capfd.readouterr()  # worker processes write to the same stderr
+    assert SECRET not in out + err and KEY_ID not in out + err
+    assert SECRET.encode() not in stored_bytes(s3, "dask.zarr/")
+
+
+def test_missing_credentials_name_the_variables(s3, data, tmp_path, monkeypatch):
+    from s3fs import S3FileSystem
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(StoreError, match="no credentials.*AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+            open_store(f"s3://{BUCKET}/single.zarr")
+        res = CliRunner().invoke(main, ["extract", "--data", str(data), "--out", f"s3://{BUCKET}/x.zarr",
+                                        "--encoder", TINY_VIT, "--weights", "random", "--quiet"])
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and "AWS_SECRET_ACCESS_KEY" in res.output
+    finally:
+        S3FileSystem.clear_instance_cache()
+
+
+def test_bad_locations_get_one_line(s3, data):
+    with pytest.raises(ConfigError, match="must not carry credentials") as exc:
+        StoreLocation.parse(f"s3://{KEY_ID}:{SECRET}@{BUCKET}/x.zarr")
+    assert SECRET not in str(exc.value) and KEY_ID not in str(exc.value)
+    with pytest.raises(StoreError, match="unknown storage protocol 'foo'"):
+        StoreLocation.parse("foo://bucket/x.zarr")
+    with pytest.raises(ConfigError, match="no bucket"):
+        StoreLocation.parse("s3://")
+    with pytest.raises(StoreError, match="no such store"):
+        open_store(f"s3://{BUCKET}/nothing.zarr")
+    res = CliRunner().invoke(main, ["extract", "--data", str(data), "--out", "s3://no-such-bucket-here/x.zarr",
+                                    "--encoder", TINY_VIT, "--weights", "random", "--variants", "none", "--quiet"])
+    assert res.exit_code == 2 and "no such bucket" in res.output and "Traceback" not in res.output, res.output
+    s3.put_object(Bucket=BUCKET, Key="notes/readme.txt", Body=b"keep me")
+    with pytest.raises(StoreError, match="not an embedcache store"):
+        extract(data, f"s3://{BUCKET}/notes", CFG, progress=False)
+    assert s3.get_object(Bucket=BUCKET, Key="notes/readme.txt")["Body"].read() == b"keep me"
