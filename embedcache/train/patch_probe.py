@@ -23,8 +23,8 @@ import numpy as np
 
 from embedcache.config import ProbeConfig
 from embedcache.errors import DataError
-from embedcache.train.probes import (SEGMENTATION, ProbePrediction, fit_linear, make_folds, open_stores,
-                                     resolve_layers, store_label)
+from embedcache.train.probes import (SEGMENTATION, ProbePrediction, fit_linear, layer_depth, make_folds,
+                                     open_stores, resolve_layers, store_label)
 
 TILE_CHUNK = 32  # tiles of tokens read at once
 IGNORE = -1  # target of a patch that lies in a tile's padding
@@ -152,11 +152,11 @@ def run_patch_probes(paths: Sequence, config: ProbeConfig,
     folds = make_folds(np.zeros((stores[0].n_tiles, 1)), config.folds, store_folds, config.seed)
     predictions = []
     for s in stores:
-        for i, layer in enumerate(layers[id(s)]):
+        for layer in layers[id(s)]:
             confusion, chosen, k = probe_layer(s, layer, folds, config)
             predictions.append(ProbePrediction(
                 store=store_label(s, stores), encoder=s.encoder["name"], layer=layer,
-                depth=(i + 1) / len(layers[id(s)]), method="linear", task=SEGMENTATION, confusion=confusion,
+                depth=layer_depth(s, layer), method="linear", task=SEGMENTATION, confusion=confusion,
                 names=_class_names(stores[0], config.labels, k),
                 params={"folds": chosen}))
             if progress:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from embedcache.config import ProbeConfig
 from embedcache.errors import ConfigError, DataError
@@ -33,6 +34,7 @@ from embedcache.errors import ConfigError, DataError
 CLASSIFICATION, REGRESSION, SEGMENTATION = "classification", "regression", "segmentation"
 NO_NUCLEI = "no nuclei"
 LABEL_CHUNK = 64  # tiles of label maps read at once
+SMALL_PROBLEM = 1 << 20  # feature values below which fits run on one BLAS thread
 
 
 # ----------------------------------------------------------------------------
@@ -415,25 +417,33 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     y_pred = np.zeros_like(y, dtype=np.int64 if classify else np.float64)
     proba = np.zeros((len(y), n_classes)) if classify else None
     chosen = []
-    for f in np.unique(folds):
-        train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-        X_tr = X[train, :n_var].reshape(len(train) * n_var, -1)
-        y_tr = np.repeat(y[train], n_var, axis=0)
-        if method == "linear":
-            model = fit_linear(X_tr, y_tr, np.repeat(train, n_var), c_grid, seed)
-        else:
-            model = fit_knn(X_tr, y_tr, k)
-        chosen.append(model.best_params)
-        y_pred[test] = model.predict(X[test, 0])
-        if classify:
-            proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test, 0])
+    # BLAS threads only slow small fits down (and fight other processes for the cores).
+    with threadpool_limits(1 if X.size < SMALL_PROBLEM else None):
+        for f in np.unique(folds):
+            chosen.append(_fit_fold(X, y, folds == f, method, y_pred, proba, n_var, k, c_grid, seed))
     return ProbePrediction(store="", encoder="", layer="", depth=1.0, method=method,
                            task=CLASSIFICATION if classify else REGRESSION, y_true=y, y_pred=y_pred, proba=proba,
                            params={"folds": chosen})
 
 
+def _fit_fold(X, y, is_test, method, y_pred, proba, n_var, k, c_grid, seed) -> dict:
+    """Fit one fold's probe on its training tiles (and their variants); fill its test rows."""
+    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    X_tr = X[train, :n_var].reshape(len(train) * n_var, -1)
+    y_tr = np.repeat(y[train], n_var, axis=0)
+    if method == "linear":
+        model = fit_linear(X_tr, y_tr, np.repeat(train, n_var), c_grid, seed)
+    else:
+        model = fit_knn(X_tr, y_tr, k)
+    y_pred[test] = model.predict(X[test, 0])
+    if proba is not None:
+        proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test, 0])
+    return model.best_params
+
+
 def probe_features(features: Mapping[str, np.ndarray], labels: TileLabels, folds: np.ndarray,
                    config: ProbeConfig = ProbeConfig(), store: str = "", encoder: str = "",
+                   depths: Mapping[str, float] | None = None,
                    progress: Callable[[str], None] | None = None) -> list[ProbePrediction]:
     """Every method of ``config`` on every layer of ``features`` (shallow to deep).
 
@@ -441,6 +451,9 @@ def probe_features(features: Mapping[str, np.ndarray], labels: TileLabels, folds
     ----------
     features : mapping of layer name to (n, D) or (n, V, D) ndarray
         Or to a function returning it, so layers are read one at a time.
+    depths : mapping of layer name to float, optional
+        Relative depth of each layer (:func:`layer_depth`); default its
+        position among ``features``.
     """
     out = []
     layers = list(features)
@@ -450,7 +463,8 @@ def probe_features(features: Mapping[str, np.ndarray], labels: TileLabels, folds
         for method in config.methods:
             pred = cross_validate(X, labels.y, folds, method, k=config.k, c_grid=config.c_grid,
                                   augment=config.augment, seed=config.seed)
-            pred.store, pred.encoder, pred.layer, pred.depth = store, encoder, layer, (i + 1) / len(layers)
+            depth = depths[layer] if depths else (i + 1) / len(layers)
+            pred.store, pred.encoder, pred.layer, pred.depth = store, encoder, layer, depth
             pred.names = labels.names
             out.append(pred)
             if progress:
@@ -509,6 +523,11 @@ def resolve_layers(store, spec: str) -> list[str]:
     return sorted(set(names), key=store.layers.index)
 
 
+def layer_depth(store, layer: str) -> float:
+    """Position of ``layer`` among the store's tapped layers, in (0, 1]: the x axis of depth plots."""
+    return (store.layers.index(layer) + 1) / len(store.layers)
+
+
 def store_label(store, stores: Sequence) -> str:
     """A short name for a store in tables: its folder name without ``.zarr``."""
     name = store.path.name.removesuffix(".partial").removesuffix(".zarr")
@@ -554,7 +573,7 @@ def run_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(),
         feats = {layer: (lambda layer=layer, s=s: pooled_features(s, layer, config.pooled, config.augment))
                  for layer in layers[id(s)]}
         predictions += probe_features(feats, labels, folds, config, store_label(s, stores), s.encoder["name"],
-                                      progress)
+                                      {layer: layer_depth(s, layer) for layer in feats}, progress)
     split = "store folds" if config.folds is None and len(np.unique(store_folds)) > 1 else (
         f"{'stratified ' if labels.task == CLASSIFICATION else ''}{config.folds or 5}-fold")
     info = {"level": "tile", "labels": labels.describe(), "n_tiles": len(labels.y), "folds": split,

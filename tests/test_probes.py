@@ -1,0 +1,342 @@
+"""Tile-level probes: planted signals recovered, chance on shuffled labels, the layer
+sweep, labels from stores and CSV files, folds, and one clear error per bad input.
+
+Planted-signal tests run on arrays; store tests share one tiny store (20 tiles of
+64x64, a random tiny ViT, 3 variants) built once per test session.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedcache.config import ProbeConfig
+from embedcache.errors import ConfigError, DataError
+from embedcache.report.stats import classification_scores, score_predictions
+from embedcache.train import probes
+from embedcache.train.probes import TileLabels, cross_validate, make_folds
+
+TINY_VIT = "timm:test_vit"
+
+
+# ----------------------------------------------------------------------------
+# A tiny store, built once and shared with the CLI and patch-probe tests
+# ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def tiny_store() -> Path:
+    """20 demo tiles of 64x64 in 2 PanNuke folds, through a random tiny ViT (identity + flips)."""
+    from embedcache.config import ExtractConfig
+    from embedcache.datasets.synthetic import write_demo_data
+    from embedcache.extract import extract
+
+    root = Path(tempfile.mkdtemp(prefix="probe-store-"))
+    atexit.register(shutil.rmtree, root, True)
+    write_demo_data(root / "data", n_tiles=20, seed=1, folds=2, size=64)
+    extract(root / "data", root / "vit.zarr", ExtractConfig(encoder=TINY_VIT, weights="random", variants="flips",
+                                                            layers="all", num_workers=0, device="cpu"),
+            progress=False)
+    return root / "vit.zarr"
+
+
+def store_copy(dest: Path, **attrs) -> Path:
+    """A copy of the tiny store with some of its embedcache attributes replaced (``config`` merged)."""
+    import zarr
+
+    shutil.copytree(tiny_store(), dest)
+    group = zarr.open_group(str(dest), mode="r+")
+    meta = dict(group.attrs)["embedcache"]
+    meta["config"] = {**meta["config"], **attrs.pop("config", {})}
+    meta.update(attrs)
+    group.attrs["embedcache"] = meta
+    return dest
+
+
+# ----------------------------------------------------------------------------
+# Planted signals (arrays)
+# ----------------------------------------------------------------------------
+
+def planted(n=300, d=32, k=3, seed=0, strength=3.0):
+    """Features whose first directions carry the class linearly, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    X = rng.normal(size=(n, d))
+    X[:, :k] += strength * np.eye(k)[y]
+    return X.astype(np.float32), y
+
+
+def balanced_accuracy(pred) -> float:
+    return classification_scores(pred.y_true, pred.y_pred, pred.proba)["balanced_accuracy"]
+
+
+@pytest.mark.parametrize("method", ["linear", "knn"])
+def test_planted_signal_recovered_and_chance_when_shuffled(method):
+    X, y = planted()
+    folds = make_folds(y, 3)
+    pred = cross_validate(X, y, folds, method)
+    assert balanced_accuracy(pred) > 0.85
+    assert pred.proba.shape == (len(y), 3) and np.allclose(pred.proba.sum(1), 1)
+    shuffled = np.random.default_rng(1).permutation(y)
+    assert abs(balanced_accuracy(cross_validate(X, shuffled, make_folds(shuffled, 3), method)) - 1 / 3) < 0.12
+
+
+def test_knn_on_planted_clusters():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(4, 64)) * 3
+    y = np.repeat(np.arange(4), 40)
+    X = centres[y] + rng.normal(size=(len(y), 64))
+    pred = cross_validate(X, y, make_folds(y, 4), "knn", k=20)
+    assert balanced_accuracy(pred) > 0.95
+    assert pred.params["folds"][0] == {"k": 20}
+
+
+def test_knn_k_larger_than_training_set_is_clipped():
+    X, y = planted(n=30)
+    pred = cross_validate(X, y, make_folds(y, 3), "knn", k=100)
+    assert pred.params["folds"][0]["k"] == 20
+
+
+def test_l2_sweep_is_chosen_on_the_training_split():
+    X, y = planted(n=200, d=256, strength=1.5)
+    pred = cross_validate(X, y, make_folds(y, 4), "linear", c_grid=(1e-4, 1e-2, 1.0, 100.0))
+    chosen = [f["C"] for f in pred.params["folds"]]
+    assert len(chosen) == 4 and set(chosen) <= {1e-4, 1e-2, 1.0, 100.0}
+    # A single strength is used as given, without a validation split.
+    one = cross_validate(X, y, make_folds(y, 4), "linear", c_grid=(0.5,))
+    assert [f["C"] for f in one.params["folds"]] == [0.5] * 4
+
+
+def test_standardisation_is_fitted_on_the_training_split_only():
+    X, y = planted(n=120)
+    model = probes.fit_linear(X[:60] * 10 + 5, y[:60])
+    scaler = model[0]
+    assert np.allclose(scaler.mean_, (X[:60] * 10 + 5).mean(0), atol=1e-4)
+
+
+def test_regression_targets_linear_and_knn():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 16))
+    Y = np.stack([X[:, 0] * 3 + 5, X[:, 1] - X[:, 2]], axis=1) + 0.1 * rng.normal(size=(200, 2))
+    folds = make_folds(Y, 5)
+    for method, floor in (("linear", 0.95), ("knn", 0.2)):
+        pred = cross_validate(X, Y, folds, method)
+        assert pred.task == "regression" and pred.y_pred.shape == Y.shape
+        from sklearn.metrics import r2_score
+        assert r2_score(Y, pred.y_pred) > floor
+    assert "alpha" in cross_validate(X, Y, folds, "linear").params["folds"][0]
+
+
+def test_variants_train_only_when_augmenting_and_tests_stay_on_identity():
+    rng = np.random.default_rng(4)
+    n, d = 60, 16
+    y = np.arange(n) % 2
+    # Variants 1..3 carry the other class's signal: they outvote the identity only if training reads them.
+    centres = rng.normal(size=(2, d))
+    X = np.stack([centres[c] + 0.5 * rng.normal(size=(n, d)) for c in (y, 1 - y, 1 - y, 1 - y)], axis=1)
+    folds = make_folds(y, 5)
+    plain = cross_validate(X[:, 0], y, folds, "linear")
+    assert np.array_equal(plain.y_pred, cross_validate(X, y, folds, "linear", augment=False).y_pred)
+    assert balanced_accuracy(plain) > 0.95
+    for method in ("linear", "knn"):
+        assert balanced_accuracy(cross_validate(X, y, folds, method, augment=True)) < 0.1
+
+
+def test_layer_sweep_picks_the_planted_layer():
+    X, y = planted(n=240, d=24, strength=2.5)
+    rng = np.random.default_rng(5)
+    features = {f"blocks.{i}": rng.normal(size=X.shape) for i in range(4)}
+    features["blocks.2"] = X
+    labels = TileLabels("planted", "classification", y, ["a", "b", "c"])
+    config = ProbeConfig(method="both", c_grid=(0.01, 1.0))
+    preds = probes.probe_features(features, labels, make_folds(y, 3), config, store="s")
+    assert [(p.layer, p.method) for p in preds][:2] == [("blocks.0", "linear"), ("blocks.0", "knn")]
+    assert [p.depth for p in preds[::2]] == [0.25, 0.5, 0.75, 1.0]
+    best = score_predictions(preds, n_boot=20, n_jobs=1).best()
+    assert {(b["method"], b["layer"]) for b in best} == {("linear", "blocks.2"), ("knn", "blocks.2")}
+
+
+def test_features_read_lazily_one_layer_at_a_time():
+    X, y = planted(n=60)
+    calls = []
+    feats = {name: (lambda name=name: calls.append(name) or X) for name in ("a", "b")}
+    labels = TileLabels("planted", "classification", y, ["a", "b", "c"])
+    probes.probe_features(feats, labels, make_folds(y, 3), ProbeConfig(method="both", c_grid=(1.0,)))
+    assert calls == ["a", "b"]
+
+
+def test_mismatched_lengths_and_shapes():
+    X, y = planted(n=30)
+    with pytest.raises(DataError, match=r"features \(29\), labels \(30\) and folds \(30\) disagree"):
+        cross_validate(X[:29], y, make_folds(y, 3))
+    with pytest.raises(DataError, match=r"must be \(n, D\) or \(n, V, D\)"):
+        cross_validate(X[:, :, None, None], y, make_folds(y, 3))
+    with pytest.raises(ConfigError, match="method must be linear or knn"):
+        cross_validate(X, y, make_folds(y, 3), "svm")
+
+
+# ----------------------------------------------------------------------------
+# Folds
+# ----------------------------------------------------------------------------
+
+def test_folds_from_the_store_or_stratified():
+    y = np.array([0, 1] * 10)
+    store_folds = np.array([3] * 10 + [7] * 10)
+    assert set(make_folds(y, None, store_folds)) == {0, 1}
+    assert np.array_equal(make_folds(y, None, store_folds), (store_folds == 7).astype(int))
+    f = make_folds(y, 4, store_folds)  # explicit K wins over the store's folds
+    assert sorted(np.bincount(f)) == [5, 5, 5, 5]
+    assert all(np.bincount(y[f == k]).tolist() in ([2, 3], [3, 2]) for k in range(4))
+    assert np.array_equal(make_folds(y, 4, seed=0), make_folds(y, 4, seed=0))
+    assert set(make_folds(y, None, np.zeros(20))) == {0, 1, 2, 3, 4}  # one store fold: 5-fold
+
+
+def test_fold_errors():
+    y = np.array([0] * 10 + [1] * 2)
+    with pytest.raises(DataError, match="a class has only 2 tile\\(s\\), fewer than the 5 folds"):
+        make_folds(y, 5)
+    with pytest.raises(DataError, match="the training split of fold 0 holds a single class"):
+        make_folds(y, None, np.array([0] * 10 + [1] * 2))
+    with pytest.raises(DataError, match="6 folds for 5 tiles"):
+        make_folds(np.zeros((5, 1)), 6)
+
+
+# ----------------------------------------------------------------------------
+# Labels
+# ----------------------------------------------------------------------------
+
+def test_nuclei_per_type_and_dominant_type():
+    inst = np.zeros((3, 8, 8), int)
+    types = np.zeros((3, 8, 8), int)
+    inst[0, :2, :2], types[0, :2, :2] = 1, 2
+    inst[0, 4:, 4:], types[0, 4:, 4:] = 7, 3
+    types[0, 4, 4] = 1  # a stray pixel: the nucleus keeps its majority type 3
+    inst[0, :2, 6:], types[0, :2, 6:] = 9, 3
+    inst[1, :3, :3] = 2  # one nucleus of unknown type 0
+    counts = probes.nuclei_per_type(inst, types, 4)
+    assert counts.tolist() == [[0, 0, 1, 2], [1, 0, 0, 0], [0, 0, 0, 0]]
+    assert probes.dominant_type(counts, ["unknown", "a", "b", "c"]) == ["c", "unknown", probes.NO_NUCLEI]
+
+
+def test_csv_labels(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_text("label,tile\nA,0\nB,1\nA,img2\n")
+    assert probes.read_csv_labels(f, 3, ["img0", "img1", "img2"]) == ["A", "B", "A"]
+    f.write_text("tile,label\n0,A\n1,B\n")
+    with pytest.raises(DataError, match=r"labels missing for 1 of 3 tiles \(e.g. 2\); give every tile a label"):
+        probes.read_csv_labels(f, 3)
+    f.write_text("tile,label\n0,A\n1,B\n2,A\n7,B\nfoo,A\n")
+    with pytest.raises(DataError, match=r"2 unknown tile id\(s\), e.g. '7', 'foo'; ids are row numbers 0..2"):
+        probes.read_csv_labels(f, 3)
+    f.write_text("tile,label\n0,A\n0,B\n")
+    with pytest.raises(DataError, match=":3: tile '0' is listed twice"):
+        probes.read_csv_labels(f, 3)
+    f.write_text("just one column\n")
+    with pytest.raises(DataError, match="expected a header and rows of 'tile,label'"):
+        probes.read_csv_labels(f, 3)
+    with pytest.raises(DataError, match="no such label file"):
+        probes.read_csv_labels(tmp_path / "nope.csv", 3)
+
+
+def test_single_class_and_constant_targets():
+    with pytest.raises(DataError, match="every one of the 4 tiles has the class 'x'; a probe needs at least two"):
+        probes._encode(["x"] * 4, "f.csv")
+    with pytest.raises(DataError, match="the targets are the same for every tile"):
+        probes.check_labels(TileLabels("counts", "regression", np.ones((5, 2)), ["a", "b"]))
+
+
+# ----------------------------------------------------------------------------
+# Stores
+# ----------------------------------------------------------------------------
+
+def test_store_labels_tissue_type_counts_and_csv(tmp_path):
+    from embedcache.store.reader import open_store
+
+    store = open_store(tiny_store())
+    tissue = probes.tile_labels(store, "tissue")
+    assert tissue.task == "classification" and len(tissue.y) == 20
+    assert [tissue.names[c] for c in tissue.y] == store.tissue
+    counts = probes.tile_labels(store, "counts")
+    inst, types = store.labels([3])
+    assert counts.task == "regression" and counts.names[0] == "neoplastic"
+    assert counts.y[3].sum() == len(np.unique(inst[0][inst[0] > 0]))
+    kind = probes.tile_labels(store, "type")
+    assert kind.names[kind.y[3]] == counts.names[int(np.argmax(counts.y[3]))]
+    f = tmp_path / "l.csv"
+    f.write_text("tile,label\n" + "".join(f"{t},{'odd' if t % 2 else 'even'}\n" for t in range(20)))
+    assert probes.tile_labels(store, str(f)).names == ["even", "odd"]
+
+
+def test_run_probes_reads_only_pooled_arrays(monkeypatch):
+    from embedcache.store.reader import Store
+
+    def forbidden(*a, **k):
+        raise AssertionError("a tile-level probe read token arrays")
+
+    monkeypatch.setattr(Store, "tokens", forbidden)
+    monkeypatch.setattr(Store, "prefix", forbidden)
+    preds, info = probes.run_probes([tiny_store()], ProbeConfig(layers="0,blocks.5", c_grid=(1.0,)))
+    assert [(p.layer, p.method) for p in preds] == [("blocks.0", "linear"), ("blocks.0", "knn"),
+                                                    ("blocks.5", "linear"), ("blocks.5", "knn")]
+    assert info["folds"] == "store folds" and info["n_folds"] == 2 and info["level"] == "tile"
+    assert all(p.store == "vit" and p.encoder == TINY_VIT and len(p.y_true) == 20 for p in preds)
+    assert [p.depth for p in preds[::2]] == [1 / 6, 1.0]
+
+
+def test_pooled_kinds_and_augmentation():
+    from embedcache.store.reader import open_store
+
+    store = open_store(tiny_store())
+    assert probes.pooled_features(store, "blocks.1").shape == (20, 1, 64)
+    assert probes.pooled_features(store, "blocks.1", "both", augment=True).shape == (20, 3, 128)
+    preds, _ = probes.run_probes([tiny_store()], ProbeConfig(pooled="cls", augment=True, folds=2, c_grid=(1.0,)))
+    assert len(preds) == 2
+
+
+def test_stores_of_different_tiles_are_refused(tmp_path):
+    other = store_copy(tmp_path / "other.zarr", config={"dataset_fingerprint": "f" * 64})
+    with pytest.raises(DataError, match=r"other.zarr and .*vit.zarr hold different tiles \(dataset fingerprints "
+                                        r"ffffffffffff vs [0-9a-f]{12}\); stores compared together must be"):
+        probes.open_stores([tiny_store(), other])
+    same = store_copy(tmp_path / "same.zarr")
+    assert [s.path.name for s in probes.open_stores([tiny_store(), same])] == ["vit.zarr", "same.zarr"]
+
+
+def test_store_errors(tmp_path):
+    from embedcache.errors import StoreError
+    from embedcache.store.reader import open_store
+
+    store = open_store(tiny_store())
+    with pytest.raises(ConfigError, match=r"vit.zarr: no layer 'blocks.9'; it has blocks.0, blocks.1, "):
+        probes.resolve_layers(store, "blocks.9")
+    with pytest.raises(ConfigError, match="no layer named in ','"):
+        probes.resolve_layers(store, ",")
+    untissued = open_store(store_copy(tmp_path / "conic.zarr", tissue_names=[]))
+    with pytest.raises(DataError, match="the dataset has no tissue labels .* use --labels type, counts or a CSV"):
+        probes.tile_labels(untissued, "tissue")
+    incomplete = store_copy(tmp_path / "half.zarr", complete=False)
+    with pytest.raises(StoreError, match="half.zarr: the store is incomplete"):
+        probes.open_stores([incomplete])
+    with pytest.raises(ConfigError, match="no store given"):
+        probes.open_stores([])
+
+
+def test_probe_config_validation():
+    assert ProbeConfig.from_dict(ProbeConfig(c_grid=[1, 2]).to_dict()).c_grid == (1.0, 2.0)
+    for kwargs, message in [
+        ({"method": "svm"}, "method must be linear, knn or both"),
+        ({"labels": "organ"}, "labels must be tissue, type, counts or a .csv file"),
+        ({"level": "patch", "labels": "tissue", "method": "linear"}, "patch-level labels must be nuclei or type"),
+        ({"level": "patch", "labels": "nuclei"}, "the patch-level probe is linear only"),
+        ({"folds": 1}, "folds must be at least 2"),
+        ({"k": 0}, "k must be at least 1"),
+        ({"c_grid": (0.0,)}, "c_grid needs positive values"),
+        ({"pooled": "max"}, "pooled must be mean, cls or both"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            ProbeConfig(**kwargs)
