@@ -5,12 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from conftest import TINY_CNN
 
 from embedcache.config import ExtractConfig
 from embedcache.extract import extract
 from embedcache.train.decoder import DecoderConfig
 from embedcache.train.loop import FitConfig
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: tiny tensors gain nothing from two, and lose much on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_conic(folder: Path, n: int = 6, size: int = 64, seed: int = 3, labels: bool = True) -> Path:

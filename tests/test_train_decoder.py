@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from decoder_helpers import one_thread  # noqa: F401 (one_thread: pytestmark)
 
 from embedcache.errors import ConfigError
 from embedcache.train.decoder import (
@@ -15,6 +16,8 @@ from embedcache.train.targets import DIRECTIONS
 
 VIT_GRID = [(32, 4, 4)] * 4  # a patch-16 ViT on 64-px tiles: one 1/16 grid at four depths
 PYRAMID = [(16, 16, 16), (24, 8, 8), (40, 4, 4), (64, 2, 2)]  # 1/4 .. 1/32
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(shapes, tile=64, n_types=5, batch=2, **cfg):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from decoder_helpers import disk_instances, make_store, write_conic
+from decoder_helpers import disk_instances, make_store, one_thread, write_conic  # noqa: F401 (one_thread: pytestmark)
 
 from embedcache import open_store
 from embedcache.datasets.variants import D4, resolve_variants
@@ -13,6 +13,8 @@ from embedcache.train.targets import (
     BODY, BOUNDARY, DIRECTIONS, TargetCache, TargetConfig, boundary_mask, channel_map, distance_maps, tile_targets,
     transform_targets,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def two_touching_squares():

@@ -87,7 +87,7 @@ def feature_difference(trained: dict, store: dict, fields=FEATURE_FIELDS) -> str
     for f in fields:
         a, b = _get(trained, f), _get(store, f)
         if a != b:
-            short = lambda x: (x[:12] + "…") if isinstance(x, str) and len(x) > 16 else x  # noqa: E731
+            short = lambda x: (x[:12] + "…") if isinstance(x, str) and len(x) > 40 else x  # noqa: E731
             return f"{f}: the run was trained on {short(a)!r}, the store has {short(b)!r}"
     return None
 

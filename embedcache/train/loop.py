@@ -28,7 +28,8 @@ from embedcache.errors import ConfigError
 from embedcache.extract import resolve_device
 from embedcache.store import open_store
 from embedcache.train.checkpoint import (
-    RUN_FORMAT, RUN_VERSION, RunError, TrainingError, atomic_write_text, build_model, load_optimizer,
+    FEATURE_FIELDS, RUN_FORMAT, RUN_VERSION, RunError, TrainingError, atomic_write_text, build_model,
+    feature_difference, load_optimizer,
     load_weights, optimizer_tensors, read_meta, save_weights, store_provenance, versions, write_json,
 )
 from embedcache.train.decoder import DecoderConfig, LossConfig, NucleiLoss, type_weights
@@ -186,11 +187,8 @@ def _open_run_dir(out: Path, meta: dict, overwrite: bool) -> tuple[Path, dict | 
             if overwrite:
                 continue
             raise
-        diff = _settings_difference(old["config"], meta["config"])
-        if not diff and old["store"]["dataset_fingerprint"] != meta["store"]["dataset_fingerprint"]:
-            diff = "store: the run was trained on another dataset's store"
-        if not diff and old["store"]["weights_sha256"] != meta["store"]["weights_sha256"]:
-            diff = "store: the run was trained on features of other encoder weights"
+        diff = _settings_difference(old["config"], meta["config"]) or \
+            feature_difference(old["store"], meta["store"], FEATURE_FIELDS + ("dataset_fingerprint",))
         if not diff:
             return candidate, old
         if not overwrite:
@@ -274,6 +272,7 @@ class Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = lr
 
+            @torch.enable_grad()  # extraction in the same process may have switched gradients off
             def step():
                 b = _to(batch, self.device)
                 total, parts = self.loss(self.model(b["tokens"], b["image"]), b)
