@@ -22,9 +22,9 @@ from embedcache.extract import extract
 from embedcache.store.writer import partial_path
 
 # One tile per unit, so a run has many units and a kill lands mid-run.
-CFG = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="d4", batch_size=4, unit_tiles=1,
+CFG = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="flips", batch_size=3, unit_tiles=1,
                     num_workers=0, device="cpu")
-N_TILES = 24
+N_TILES = 16
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
     if result.skipped:
         click.echo(f"{result.path} is already complete with these settings; nothing to do")
     else:
-        on = f" on {len({u['worker'] for u in result.units})} dask workers" if result.units else ""
+        on = f", units run by {len({u['worker'] for u in result.units})} dask workers" if result.units else ""
         click.echo(f"wrote {result.path}: {result.n_tiles} tiles x {result.n_variants} variants, "
                    f"layers {', '.join(result.layers)} ({result.tiles_per_second:.2f} tiles/s{on})")
 

@@ -144,6 +144,17 @@ class StoreLocation:
         if fs.exists(root):
             fs.rm(root, recursive=True)
 
+    def write_files(self, files: dict[str, bytes]):
+        """Write small files (``relative/key`` -> bytes) under this location; remotely in one concurrent batch."""
+        if self.is_local:
+            for key, data in files.items():
+                path = Path(self.url) / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            return
+        fs, root = self._fs()
+        fs.pipe({f"{root}/{key}": data for key, data in files.items()})
+
     def nbytes(self, sub: str = "", metadata: bool = True) -> int:
         """Bytes stored under this location (or its ``sub`` folder); ``metadata``: count ``zarr.json`` files."""
         if self.is_local:
