@@ -44,7 +44,6 @@ from embedcache.config import ExtractConfig
 from embedcache.datasets.synthetic import write_demo_data
 from embedcache.distributed import extract_distributed, local_cluster
 from embedcache.extract import ExtractionJob, extract
-from embedcache.store.location import StoreLocation
 
 
 def _free_port() -> int:

@@ -68,10 +68,13 @@ class _WorkerState:
         self.compute = threading.Lock()  # a worker with several threads runs the encoder one unit at a time
         self._writer = None  # (run id, StoreWriter)
 
-    def writer(self, run_id: str):
+    def writer(self, run_id: str, opened=None):
+        """The writer of run ``run_id``: ``opened`` (by this worker's ``_prepare``), or attached on first use."""
         from embedcache.store.writer import StoreWriter
 
-        if self._writer is None or self._writer[0] != run_id:
+        if opened is not None:
+            self._writer = (run_id, opened)
+        elif self._writer is None or self._writer[0] != run_id:
             self._writer = (run_id, StoreWriter.attach(self.out))
         return self._writer[1]
 
@@ -104,7 +107,7 @@ def _prepare(job: _Job, run_id: str, overwrite: bool) -> dict:
     info = {"n_tiles": ej.dataset.n_tiles, "n_variants": len(ej.run.variants), "n_units": ej.n_units,
             "layers": ej.layers, "encoder": ej.run.spec.name, "todo": None, "tiles_todo": 0}
     if writer is not None:
-        state._writer = (run_id, writer)
+        state.writer(run_id, opened=writer)
         info["todo"] = writer.todo_units()
         info["tiles_todo"] = ej.tiles_in(info["todo"])
     return info
@@ -159,6 +162,25 @@ def fast_worker_start():
         yield
 
 
+def worker_specs(n_workers: int, gpus: int) -> tuple[dict, int | None]:
+    """Options of each local worker (dask ``SpecCluster`` style, without the class) and its torch threads.
+
+    >>> specs, threads = worker_specs(2, gpus=2)
+    >>> [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()], threads
+    (['0', '1'], None)
+    """
+    threads = None if gpus else max(1, (os.cpu_count() or 1) // n_workers)
+    base = {"nthreads": 2 if gpus else 1, "host": "127.0.0.1", "dashboard": False, "dashboard_address": None,
+            "silence_logs": logging.WARNING}
+    specs = {}
+    for i in range(n_workers):
+        pin = {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {"OMP_NUM_THREADS": str(threads)}
+        # Workers forked from the server see the environment it started with; give them ours as it is
+        # now (credentials included: process memory, never a task, a log line or the store).
+        specs[f"embedcache-{i}"] = {"options": {**base, "env": {**os.environ, **pin}, "name": f"embedcache-{i}"}}
+    return specs, threads
+
+
 @contextlib.contextmanager
 def local_cluster(n_workers: int, device: str = "auto"):
     """A dask cluster on this machine: ``n_workers`` processes, each pinned to a GPU when there are GPUs.
@@ -186,15 +208,10 @@ def local_cluster(n_workers: int, device: str = "auto"):
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
     if device == "cuda" and not gpus:
         raise ConfigError("--device cuda asked for, but no CUDA GPU is available here; use --device cpu")
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // n_workers)
-    base = {"nthreads": 2 if gpus else 1, "host": "127.0.0.1", "dashboard": False, "dashboard_address": None,
-            "memory_limit": MEMORY_LIMIT // n_workers, "silence_logs": logging.WARNING}
-    workers = {}
-    for i in range(n_workers):
-        # Workers forked from the server see the environment it started with; give them ours as it is
-        # now (credentials included: process memory, never a task, a log line or the store).
-        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {"OMP_NUM_THREADS": str(threads)})}
-        workers[f"embedcache-{i}"] = {"cls": Nanny, "options": {**base, "env": env, "name": f"embedcache-{i}"}}
+    workers, threads = worker_specs(n_workers, gpus)
+    for spec in workers.values():
+        spec["cls"] = Nanny
+        spec["options"]["memory_limit"] = MEMORY_LIMIT // n_workers
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False,
                                                "dashboard_address": None}}
     with fast_worker_start(), SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING,
@@ -336,7 +353,7 @@ def _drive(client, job: _Job, location: StoreLocation, overwrite: bool, progress
         bar.close()
     seconds = time.perf_counter() - t_run
     log.info("%d units in %.1f s", len(records), seconds)
-    path = client.submit(_finish, job, key=f"embedcache-finish-{run_id}", pure=False).result()
+    client.submit(_finish, job, key=f"embedcache-finish-{run_id}", pure=False).result()
     records.sort(key=lambda r: r["unit"])
-    return ExtractResult(path, n_tiles, info["n_variants"], len(todo), n_units, seconds, layers=layers,
+    return ExtractResult(location.path, n_tiles, info["n_variants"], len(todo), n_units, seconds, layers=layers,
                          units=records)

@@ -1,14 +1,16 @@
 """The one place that runs an encoder over a dataset into a store.
 
-Work is split into units of ``unit_tiles`` tiles. For each unit a
-DataLoader worker reads the tiles (and applies stain variants, which are
-pixel-wise); the main thread applies the dihedral variants on the device,
-runs ``forward_intermediates`` in batches of ``batch_size`` tile-variants,
-and hands the unit's arrays to a writer thread, which compresses and writes
-them while the next unit computes. A unit is marked done only after all
-its arrays are written. :func:`run_unit` is the whole computation of a
-unit, so any worker (a thread here, a dask worker elsewhere) can run any
-unit and get the same bytes.
+Work is split into units of ``unit_tiles`` tiles. :class:`ExtractionJob`
+holds a dataset and a loaded encoder and computes every array of any unit
+(:meth:`ExtractionJob.compute_unit`), so any process can run any unit and get
+the same bytes: :func:`extract` runs them here, and
+:mod:`embedcache.distributed` as dask tasks. Here, a DataLoader worker reads
+each unit's tiles (and applies stain variants, which are pixel-wise); the
+main thread applies the dihedral variants on the device, runs
+``forward_intermediates`` in batches of ``batch_size`` tile-variants, and
+hands the unit's arrays to a writer thread, which compresses and writes them
+while the next unit computes. A unit is marked done only after all its
+arrays are written.
 """
 
 from __future__ import annotations

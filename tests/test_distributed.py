@@ -7,15 +7,14 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import TINY_VIT
+from store_helpers import assert_same_store, conic_folder
 
 from embedcache import open_store
 from embedcache.cli import main
 from embedcache.config import ExtractConfig
-from embedcache.datasets.synthetic import make_tiles
 from embedcache.distributed import extract_distributed, fast_worker_start
 from embedcache.errors import ConfigError, DataError
 from embedcache.extract import extract
@@ -29,12 +28,7 @@ N_TILES = 16
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    images, labels, _ = make_tiles(N_TILES, seed=7, size=64)
-    d = tmp_path_factory.mktemp("dist") / "conic"
-    d.mkdir()
-    np.save(d / "images.npy", images)
-    np.save(d / "labels.npy", labels)
-    return d
+    return conic_folder(tmp_path_factory.mktemp("dist"), N_TILES, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +45,6 @@ def cluster():
     with fast_worker_start(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                            host="127.0.0.1") as cl, Client(cl) as client:
         yield cl, client
-
-
-def assert_same_store(a, b):
-    assert a.complete and b.complete
-    assert a.arrays() == b.arrays()
-    for path in a.arrays():
-        assert np.array_equal(a.group[path][:], b.group[path][:]), path
-    assert a.config == b.config
 
 
 def _units_done(store_dir) -> int:
@@ -130,3 +116,17 @@ def test_unreachable_or_malformed_scheduler(tmp_path, data):
     with pytest.raises(ConfigError, match="pins one GPU"):
         extract_distributed(data, tmp_path / "x.zarr", CFG.__class__(**{**CFG.to_dict(), "device": "cuda:1"}),
                             workers=2)
+
+
+def test_local_workers_are_pinned_one_per_gpu(monkeypatch):
+    from embedcache.distributed import worker_specs
+
+    monkeypatch.setenv("AWS_PROFILE", "lab")  # the driver's environment reaches forked workers
+    specs, threads = worker_specs(3, gpus=2)
+    opts = [s["options"] for s in specs.values()]
+    assert [o["env"]["CUDA_VISIBLE_DEVICES"] for o in opts] == ["0", "1", "0"] and threads is None
+    assert all(o["nthreads"] == 2 and o["env"]["AWS_PROFILE"] == "lab" for o in opts)
+    specs, threads = worker_specs(2, gpus=0)
+    assert threads == max(1, (os.cpu_count() or 1) // 2)
+    assert all(s["options"]["nthreads"] == 1 and s["options"]["env"]["OMP_NUM_THREADS"] == str(threads)
+               for s in specs.values())

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import TINY_VIT
+from store_helpers import assert_same_store, conic_folder
 
 from embedcache import open_store
 from embedcache.cli import main
 from embedcache.config import ExtractConfig
-from embedcache.datasets.synthetic import make_tiles
 from embedcache.errors import ConfigError, StoreError
-from embedcache.extract import extract
+from embedcache.extract import ExtractionJob, extract
 from embedcache.store import verify_store
 from embedcache.store.location import StoreLocation
-from embedcache.store.writer import StoreWriter
 
 CFG = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="flips", batch_size=6, unit_tiles=2,
                     num_workers=0, device="cpu")
@@ -60,12 +59,7 @@ def s3():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    images, labels, _ = make_tiles(8, seed=11, size=64)
-    d = tmp_path_factory.mktemp("s3data") / "conic"
-    d.mkdir()
-    np.save(d / "images.npy", images)
-    np.save(d / "labels.npy", labels)
-    return d
+    return conic_folder(tmp_path_factory.mktemp("s3data"), 8, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +67,8 @@ def reference(data, tmp_path_factory):
     return open_store(extract(data, tmp_path_factory.mktemp("ref") / "ref.zarr", CFG, progress=False).path)
 
 
-def assert_same_store(a, b):
-    assert a.complete and b.complete and a.arrays() == b.arrays() and a.config == b.config
-    for path in a.arrays():
-        assert np.array_equal(a.group[path][:], b.group[path][:]), path
+def _interrupt():
+    raise KeyboardInterrupt
 
 
 def stored_bytes(client, prefix: str) -> bytes:
@@ -120,20 +112,16 @@ def test_extract_to_s3_and_read_it_back(s3, data, reference, caplog, capfd):
 
 def test_interrupted_store_is_incomplete_in_place_then_resumes(s3, data, reference, monkeypatch):
     url = f"s3://{BUCKET}/resumed.zarr"
-    real = StoreWriter.write_unit
-
-    def stop_after_first(self, unit, arrays):
-        if self.done_units().sum() >= 1:
-            raise KeyboardInterrupt
-        return real(self, unit, arrays)
-
-    monkeypatch.setattr(StoreWriter, "write_unit", stop_after_first)
+    compute = ExtractionJob.unit_arrays
+    # Interrupted while computing unit 1: unit 0 is written, the rest is not.
+    monkeypatch.setattr(ExtractionJob, "unit_arrays",
+                        lambda job, unit, *rest: compute(job, unit, *rest) if unit == 0 else _interrupt())
     with pytest.raises(KeyboardInterrupt):
         extract(data, url, CFG, progress=False)
     half = open_store(url)  # the same URL: on object storage the flag is the only truth
     assert not half.complete and half.units_done() == (1, 4)
     assert any("incomplete" in p for p in verify_store(half))
-    monkeypatch.setattr(StoreWriter, "write_unit", real)
+    monkeypatch.setattr(ExtractionJob, "unit_arrays", compute)
     res = extract(data, url, CFG, progress=False)
     assert res.units_run == 3
     assert_same_store(open_store(url), reference)

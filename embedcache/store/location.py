@@ -77,8 +77,9 @@ class StoreLocation:
         parts = urlsplit(text)
         if parts.username or parts.password:
             # Not echoing the URL: it holds the secret.
+            hint = CREDENTIAL_HINTS.get(protocol, "set them in the environment")
             raise ConfigError(f"a {protocol}:// store URL must not carry credentials (user:password@); "
-                              f"remove them from the URL and {CREDENTIAL_HINTS.get(protocol, 'set them in the environment')}")
+                              f"remove them from the URL and {hint}")
         rest = rest.rstrip("/")
         if not rest:
             raise ConfigError(f"{text}: no bucket or path after {protocol}://")
@@ -208,7 +209,8 @@ class StoreLocation:
         if isinstance(exc, FileNotFoundError):
             return f"{self}: no such bucket or path ({exc})"
         if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in kind.lower() or "Endpoint" in kind:
-            return f"{self}: cannot reach the object store ({exc}); check the network and AWS_ENDPOINT_URL or its equivalent"
+            return (f"{self}: cannot reach the object store ({exc}); check the network and AWS_ENDPOINT_URL "
+                    "or its equivalent")
         return f"{self}: {kind}: {exc}"
 
 
