@@ -125,7 +125,10 @@ class SSLConfig(_Config):
     ``L = (1 - y) d^2 + y max(0, margin - d)^2`` on L2-normalised
     descriptors (y = 1 for a far pair). The defaults suit 256-px tiles at
     0.5 um/px (128 um): near pairs are a tile's 8 neighbours, far pairs
-    2 mm or more apart.
+    2 mm or more apart on the same slide. Far pairs across slides are off by
+    default: they teach the descriptors to tell slides apart (staining), and
+    on the synthetic slides such heads retrieved across slides worse than
+    the untrained head.
 
     Attributes
     ----------
@@ -144,7 +147,8 @@ class SSLConfig(_Config):
     hidden : int
         Head: hidden width of the MLP.
     margin : float
-        Contrastive margin (descriptors are unit vectors: distances lie in 0..2).
+        Contrastive margin (descriptors are unit vectors: distances lie in 0..2,
+        unrelated ones near sqrt 2).
     d_near, d_far : float
         Pair distances in micrometres (tile centre to centre).
     far_from : {"both", "same", "other"}
@@ -180,12 +184,12 @@ class SSLConfig(_Config):
     name: str = "ssl"
     dim: int = 128
     hidden: int = 512
-    margin: float = 1.0
+    margin: float = 0.5
     d_near: float = 200.0
     d_far: float = 2000.0
-    far_from: str = "both"
+    far_from: str = "same"
     pairs: int = 4096
-    epochs: int = 30
+    epochs: int = 20
     steps: int = 200
     batch_size: int | None = None
     lr: float | None = None
@@ -262,7 +266,7 @@ class RetrievalConfig(_Config):
     metric: str = "euclidean"
     d_near: float = 200.0
     d_far: float = 2000.0
-    far_from: str = "both"
+    far_from: str = "same"
     far_pairs: int = 20000
     seed: int = 0
 

@@ -12,10 +12,12 @@ or one slide file, becomes a :class:`SlideDataset`:
    ``mpp=`` overrides them for every slide; a slide that records none and
    gets none is refused, asking for ``--mpp``.
 3. **Tissue** is found on a low-resolution level (the coarsest level at
-   most :data:`MASK_MPP` um/px): Otsu's threshold on HSV saturation
-   (clipped to 0.04..0.15, so an all-tissue or all-glass thumbnail still
-   splits sensibly), then objects and holes smaller than
-   :data:`MIN_OBJECT_UM2` removed.
+   most :data:`MASK_MPP` um/px): Otsu's threshold on HSV saturation,
+   lightly smoothed (the threshold clipped to 0.04..0.1, so pale tissue, an
+   all-tissue or an all-glass thumbnail still split sensibly); specks
+   smaller than :data:`MIN_OBJECT_UM2` dropped, and holes smaller than
+   :data:`MIN_HOLE_UM2` filled: pale tissue inside tissue (fat, weak
+   staining) is tissue, at the price of counting small lumens as tissue too.
 4. **Tiling** is a grid of ``tile_size`` px tiles at ``tile_mpp`` um/px from
    the slide's top-left corner; a tile is kept when tissue covers at least
    ``min_tissue`` of it. Pixels are read from the coarsest level at least as
@@ -55,8 +57,10 @@ OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslid
 SLIDE_SUFFIXES = TIFF_SUFFIXES + OPENSLIDE_SUFFIXES
 ANNOTATION_SUFFIXES = (".geojson", ".json")
 MASK_MPP = 8.0  # um/px: tissue is found on the coarsest level at most this coarse
-MIN_OBJECT_UM2 = 5000.0  # tissue specks and holes smaller than this (um^2) are dropped
-SATURATION_CLIP = (0.04, 0.15)  # Otsu's saturation threshold is clipped to this range
+MIN_OBJECT_UM2 = 5000.0  # tissue specks smaller than this (um^2) are dropped
+MIN_HOLE_UM2 = 50000.0  # holes in tissue smaller than this (um^2, ~220 um across) are filled
+SMOOTH_UM = 4.0  # saturation is smoothed over this (um, Gaussian sigma) before thresholding
+SATURATION_CLIP = (0.04, 0.1)  # Otsu's saturation threshold is clipped to this range
 LABEL_CELLS = 8  # a tile's label is voted over LABEL_CELLS x LABEL_CELLS cells
 LABEL_KEYS = ("classification", "label", "name", "class")
 
@@ -211,7 +215,8 @@ def _reason(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------
 # Tissue and labels: arrays in, arrays out
 # ----------------------------------------------------------------------------
-def tissue_mask(rgb: np.ndarray, mpp: float, min_object_um2: float = MIN_OBJECT_UM2) -> np.ndarray:
+def tissue_mask(rgb: np.ndarray, mpp: float, min_object_um2: float = MIN_OBJECT_UM2,
+                min_hole_um2: float = MIN_HOLE_UM2) -> np.ndarray:
     """Tissue in a low-resolution RGB image.
 
     Parameters
@@ -220,7 +225,9 @@ def tissue_mask(rgb: np.ndarray, mpp: float, min_object_um2: float = MIN_OBJECT_
     mpp : float
         Microns per pixel of ``rgb`` (sets the smallest object kept).
     min_object_um2 : float
-        Objects and holes smaller than this area are removed.
+        Tissue objects smaller than this area are removed.
+    min_hole_um2 : float
+        Holes in tissue smaller than this area are filled.
 
     Returns
     -------
@@ -232,17 +239,17 @@ def tissue_mask(rgb: np.ndarray, mpp: float, min_object_um2: float = MIN_OBJECT_
     >>> int(tissue_mask(rgb, mpp=8.0).sum())
     1024
     """
+    from scipy import ndimage as ndi
     from skimage.color import rgb2hsv
     from skimage.filters import threshold_otsu
 
-    sat = rgb2hsv(rgb)[..., 1]
+    sat = ndi.gaussian_filter(rgb2hsv(rgb)[..., 1], SMOOTH_UM / mpp)
     lo, hi = SATURATION_CLIP
     if sat.max() <= lo:
         return np.zeros(sat.shape, bool)
     threshold = float(np.clip(threshold_otsu(sat), lo, hi)) if np.ptp(sat) > 0 else lo
-    min_px = int(round(min_object_um2 / mpp ** 2))
-    mask = _drop_small(sat > threshold, min_px)
-    return ~_drop_small(~mask, min_px)  # fill small holes
+    mask = _drop_small(sat > threshold, int(round(min_object_um2 / mpp ** 2)))
+    return ~_drop_small(~mask, int(round(min_hole_um2 / mpp ** 2)))  # fill small holes
 
 
 def _drop_small(mask: np.ndarray, min_px: int) -> np.ndarray:

@@ -9,9 +9,14 @@ do, so neighbouring tiles look alike and distant ones need not:
 region       look
 ===========  =================================================================
 glass        near white, faint noise (no tissue)
-normal       pink stroma with oriented fibres, sparse small dark nuclei
+normal       a patchwork (pieces of about 150 um) of three kinds: pink stroma
+             with oriented fibres and sparse small nuclei; fat (pale cells
+             with thin pink outlines); lymphoid (dense small dark nuclei)
 tumour       dense large purple nuclei, lilac cytoplasm, little stroma
 ===========  =================================================================
+
+Stain density varies over about 30 um (uneven sectioning), less than a
+region: neighbouring tiles differ in it, tissue kinds do not.
 
 Every slide gets its own staining (a seeded colour cast), so retrieval
 across slides has to look past colour. The outlines are exact: the images
@@ -36,6 +41,7 @@ from skimage.measure import points_in_poly
 
 GLASS = (242, 240, 244)
 TUMOUR, NORMAL = "tumour", "normal"
+NORMAL_KINDS = (0.5, 0.25, 0.25)  # stroma, fat, lymphoid: shares of normal tissue
 
 
 @dataclass
@@ -114,16 +120,47 @@ def _nuclei(rng, shape, density: float, sigma: float, cut: float) -> np.ndarray:
     return np.clip((field - cut) / (1 - cut), 0, 1)
 
 
+def _smooth(rng, shape, sigma: float, coarse: bool = False) -> np.ndarray:
+    """Gaussian noise blurred by ``sigma`` px, unit spread; made at 1/8 resolution (it is smooth anyway).
+
+    ``coarse`` returns the 1/8-resolution field itself.
+    """
+    h, w = shape
+    field = ndi.gaussian_filter(rng.normal(size=(h // 8 + 2, w // 8 + 2)).astype(np.float32), sigma / 8)
+    field /= field.std()
+    return field if coarse else ndi.zoom(field, 8, order=1)[:h, :w]
+
+
 def _fibres(rng, shape, wavelength: float) -> np.ndarray:
     """Wavy oriented streaks in 0..1."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, np.pi)
-    # A smooth warp, made at 1/8 resolution (blurred far beyond a pixel anyway).
-    coarse = ndi.gaussian_filter(rng.normal(size=(h // 8 + 2, w // 8 + 2)).astype(np.float32), 1.5) * 60 * 8 / 12
-    warp = ndi.zoom(coarse, 8, order=1)[:h, :w]
-    phase = (xx * np.cos(angle) + yy * np.sin(angle) + warp) * (2 * np.pi / wavelength)
+    phase = (xx * np.cos(angle) + yy * np.sin(angle) + 8 * _smooth(rng, shape, 12)) * (2 * np.pi / wavelength)
     return (0.5 + 0.5 * np.sin(phase)) ** 3
+
+
+def _membranes(rng, shape, radius: float) -> np.ndarray:
+    """Thin outlines of packed round cells of about ``radius`` px (fat), in 0..1."""
+    impulses = (rng.random(shape) < 1 / (np.pi * radius ** 2)).astype(np.float32)
+    _, (iy, ix) = ndi.distance_transform_edt(impulses == 0, return_indices=True)
+    seed_id = iy * shape[1] + ix
+    edge = (seed_id != np.roll(seed_id, 1, 0)) | (seed_id != np.roll(seed_id, 1, 1))
+    return ndi.gaussian_filter(edge.astype(np.float32), 0.8) * 2.5
+
+
+def _patchwork(rng, shape, cell: float, weights) -> np.ndarray:
+    """Kinds 0..len(weights)-1 over the slide in warped Voronoi cells about ``cell`` px across."""
+    h, w = shape
+    gh, gw = h // 8 + 2, w // 8 + 2
+    n = max(2, int(round(gh * gw * 64 / cell ** 2)))
+    seeds = rng.uniform(0, 1, (n, 2)) * (gh, gw)
+    kinds = rng.choice(len(weights), size=n, p=np.asarray(weights) / np.sum(weights))
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    yy += 0.15 * cell / 8 * _smooth(rng, shape, cell / 3, coarse=True)
+    xx += 0.15 * cell / 8 * _smooth(rng, shape, cell / 3, coarse=True)
+    nearest = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1)
+    return np.repeat(np.repeat(kinds[nearest], 8, 0), 8, 1)[:h, :w]
 
 
 def _paint(base, colour, weight) -> np.ndarray:
@@ -131,7 +168,7 @@ def _paint(base, colour, weight) -> np.ndarray:
 
 
 def make_slide(shape: tuple[int, int] = (1536, 1536), mpp: float = 0.5, seed: int = 0,
-               n_tissue: int = 1, n_tumour: int = 2) -> SyntheticSlide:
+               n_tissue: int = 1, n_tumour: int = 2, unevenness: float = 0.2) -> SyntheticSlide:
     """One synthetic slide.
 
     Parameters
@@ -145,6 +182,10 @@ def make_slide(shape: tuple[int, int] = (1536, 1536), mpp: float = 0.5, seed: in
         Pieces of tissue on the glass.
     n_tumour : int
         Tumour regions (fewer when they do not fit).
+    unevenness : float
+        Spread (standard deviation) of the local stain density, which
+        varies over about 30 um: neighbouring tiles differ in it, regions
+        do not, so it is what a descriptor should learn to ignore.
 
     Returns
     -------
@@ -161,18 +202,26 @@ def make_slide(shape: tuple[int, int] = (1536, 1536), mpp: float = 0.5, seed: in
 
     cast = rng.uniform(0.88, 1.08, 3).astype(np.float32)  # this slide's staining
     noise = rng.normal(0, 1, (*shape, 1)).astype(np.float32)
-    img = np.empty((*shape, 3), np.float32)
-    img[:] = GLASS
-    img += 2.5 * noise
-    # Normal: pink stroma, fibres, sparse small nuclei.
-    normal = np.full((*shape, 3), (236, 168, 200), np.float32)
-    normal = _paint(normal, (196, 112, 160), 0.8 * _fibres(rng, shape, wavelength=14))
-    normal = _paint(normal, (70, 40, 110), _nuclei(rng, shape, 0.0006, 2.2, 0.25))
+    img = np.full((*shape, 3), GLASS, np.float32) + 2.5 * noise
+    scale = 0.5 / mpp  # texture sizes below are in pixels at 0.5 um/px
+    # Normal tissue: a patchwork of stroma, fat and lymphoid cells (about 150 um pieces).
+    kind = _patchwork(rng, shape, 300 * scale, NORMAL_KINDS)
+    stroma = _paint(np.full((*shape, 3), (236, 168, 200), np.float32), (196, 112, 160),
+                    0.8 * _fibres(rng, shape, wavelength=14 * scale))
+    stroma = _paint(stroma, (70, 40, 110), _nuclei(rng, shape, 0.0006 / scale ** 2, 2.2 * scale, 0.25))
+    fat = _paint(np.full((*shape, 3), (222, 168, 200), np.float32), (196, 112, 160),
+                 np.clip(_membranes(rng, shape, 22 * scale), 0, 1))
+    lymph = _paint(np.full((*shape, 3), (222, 170, 205), np.float32), (52, 28, 96),
+                   _nuclei(rng, shape, 0.012 / scale ** 2, 1.6 * scale, 0.3))
+    normal = np.select([kind[..., None] == 0, kind[..., None] == 1], [stroma, fat], lymph)
     # Tumour: lilac cytoplasm, dense large nuclei.
-    tum = np.full((*shape, 3), (205, 160, 215), np.float32)
-    tum = _paint(tum, (88, 52, 138), _nuclei(rng, shape, 0.006, 4.0, 0.45))
+    tum = _paint(np.full((*shape, 3), (205, 160, 215), np.float32), (88, 52, 138),
+                 _nuclei(rng, shape, 0.006 / scale ** 2, 4.0 * scale, 0.45))
     tex = np.where(tumour[..., None], tum, normal) + 6 * noise
-    img = np.where(tissue[..., None], tex * cast, img)
+    # Uneven staining (section thickness): stain density varies over ~30 um, less than a region.
+    density = 1 + unevenness * _smooth(rng, shape, 32 * scale)[..., None]
+    stained = 255 - (255 - tex * cast) * np.clip(density, 0.75, 1.5)
+    img = np.where(tissue[..., None], stained, img)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
     regions = [(TUMOUR, [ring]) for _, ring in tumour_rings]
