@@ -223,8 +223,9 @@ class LiveFeatures:
                            f"trained on {run.store['shapes']}")
         sha = self.extraction.encoder.weights_sha256
         if sha != run.store["weights_sha256"]:
-            raise RunError(f"{run.path}: the run was trained on features of weights {run.store['weights_sha256'][:12]}…, "
-                           f"but the encoder loads {sha[:12]}… here ({self.extraction.encoder.weights}); "
+            trained = run.store["weights_sha256"][:12]
+            raise RunError(f"{run.path}: the run was trained on features of weights {trained}…, but the encoder "
+                           f"loads {sha[:12]}… here ({self.extraction.encoder.weights}); "
                            "give the same weights (extract --weights) or predict from a store")
 
     def __call__(self, keys):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_VIT
-from decoder_helpers import best_iou, disk_instances, fit_config, make_store, one_thread, oracle_maps, write_conic  # noqa: F401
+from decoder_helpers import (  # noqa: F401 (one_thread: pytestmark)
+    best_iou, disk_instances, fit_config, make_store, one_thread, oracle_maps, write_conic,
+)
 from PIL import Image
 
 from embedcache import open_store
@@ -182,7 +184,6 @@ def test_writer_layouts_read_back_and_guard_the_folder(tmp_path):
 
 
 def test_refusals(trained, tmp_path):
-    tmp = trained["tmp"]
     with pytest.raises(RunError, match="differs in encoder.name"):
         predict(trained["run"], tmp_path / "x", store=trained["big"], progress=False)
     other = make_store(write_conic(tmp_path / "o", n=2, seed=8), tmp_path / "o.zarr", encoder=TINY_VIT)

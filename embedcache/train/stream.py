@@ -218,6 +218,9 @@ class TileStream(torch.utils.data.Dataset):
         Read the tiles' tokens (every variant) and images into RAM first.
     progress : bool
         Progress bar while preloading.
+    with_tokens : bool
+        False: samples carry no tokens (an encoder computes them live from
+        the sample's image, e.g. to compare with the cache).
 
     A sample is a dict: ``tokens`` (list of ``(C, h, w)`` float32 tensors),
     ``image`` ``(H, W, 3)`` uint8 (with the variant applied, stain
@@ -225,12 +228,13 @@ class TileStream(torch.utils.data.Dataset):
     float32, ``valid`` ``(H, W)`` bool, ``tile`` and ``variant``.
     """
 
-    def __init__(self, store, tiles, targets=None, preload: bool = False, progress: bool = False):
+    def __init__(self, store, tiles, targets=None, preload: bool = False, progress: bool = False,
+                 with_tokens: bool = True):
         self.store = store
         self.path = store.path
         self.tiles = np.asarray(tiles, dtype=np.int64)
         self.targets = targets
-        self.layers = list(store.layers)
+        self.layers = list(store.layers) if with_tokens else []
         self.variants = [BY_NAME[v] for v in store.variants]
         self._pid = os.getpid()
         self._ram = None
