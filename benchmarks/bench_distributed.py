@@ -1,7 +1,7 @@
 """Distributed extraction: parallel efficiency, per-unit overhead, object storage against local disk.
 
     python benchmarks/bench_distributed.py [--tiles 32] [--encoder timm:vit_small_patch16_224]
-        [--variants flips] [--unit-tiles 4] [--repeats 3] [--sizes 1 2 4 8] [--skip-s3]
+        [--variants flips] [--unit-tiles 4] [--repeats 3] [--sizes 1 2 4 8] [--parts efficiency overhead s3]
 
 1. Parallel efficiency, same model, tiles, unit size and batch size, alternating:
    * one process with 2 torch threads: ``embedcache.extract`` (DataLoader
@@ -10,14 +10,19 @@
      cluster: ``extract_distributed``.
    Throughput of the unit loop (models loaded, store created, in both),
    and the median of the per-repeat ratios distributed / single, which
-   cancels drift on a shared machine. Cluster start is reported apart.
+   cancels drift on a shared machine. On a busy machine wall-clock time
+   also measures how the OS shares the cores, so the CPU seconds each
+   spends per tile-variant (whole call, every process: DataLoader worker;
+   dask workers, scheduler and driver) are compared too. Cluster start is
+   reported apart.
 2. Overhead per unit of work on the 2-worker cluster, for several unit
-   sizes u (tiles): each task reports its read, compute and write seconds;
-   scheduling is the workers' idle time per unit,
-   (loop wall x workers - sum of task time) / units. A line fitted to
-   scheduling + write + read against u splits a fixed cost per unit (a, ms)
-   from a cost per tile (b, ms); compute per tile is c. The unit size that
-   keeps the fixed part under 2% of a unit's compute is a / (0.02 c).
+   sizes u (tiles): each task reports its read, compute and write seconds
+   and when it started and ended; scheduling is the median time a worker
+   waits between finishing one unit and starting its next. Lines fitted to
+   write and read seconds against u split a fixed cost per unit from a
+   cost per tile; compute per tile is c. The unit size that keeps the fixed
+   costs (scheduling + fixed write + fixed read) under 2% of a unit's
+   compute is fixed / (0.02 c).
 3. Object storage: the single-process extraction into a moto S3 server (its
    own process, on loopback) against local disk, tiles/s of the unit
    loop; and the raw write throughput (MB/s of stored bytes) of the same
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -39,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from distributed import Client
 
 from embedcache.config import ExtractConfig
 from embedcache.datasets.synthetic import write_demo_data
@@ -56,54 +64,74 @@ def _tile_variants_per_s(res) -> float:
     return res.n_tiles * res.n_variants * res.units_run / res.units_total / res.seconds
 
 
-def parallel_efficiency(args, data: Path, work: Path, cfg: ExtractConfig, scheduler: str) -> None:
-    single, dist, ratios = [], [], []
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def parallel_efficiency(args, data: Path, work: Path, cfg: ExtractConfig, client, scheduler: str) -> None:
+    """Wall-clock throughput of both, and CPU seconds spent per tile-variant (robust to a busy machine)."""
+    single, dist, ratios, cpu_ratios = [], [], [], []
     for r in range(args.repeats):
         torch.set_num_threads(2)
+        cpu0, kids0 = time.process_time(), _children_cpu()
         a = extract(data, work / f"single-{r}.zarr", cfg, progress=False)
+        cpu_a = time.process_time() - cpu0 + _children_cpu() - kids0  # + the DataLoader worker
+        cpu0, w0 = time.process_time(), client.run(time.process_time)
         b = extract_distributed(data, work / f"dist-{r}.zarr", cfg, scheduler=scheduler, progress=False)
+        w1 = client.run(time.process_time)
+        cpu_b = time.process_time() - cpu0 + sum(w1[w] - w0[w] for w in w1 if w in w0)  # driver + scheduler
         single.append(_tile_variants_per_s(a))
         dist.append(_tile_variants_per_s(b))
         ratios.append(dist[-1] / single[-1])
-        print(f"  repeat {r}: single {single[-1]:.2f}, 2 workers {dist[-1]:.2f} tile-variants/s, "
-              f"ratio {ratios[-1]:.3f}")
+        cpu_ratios.append(cpu_a / cpu_b)
+        n = a.n_tiles * a.n_variants
+        print(f"  repeat {r}: single {single[-1]:.2f}, 2 workers {dist[-1]:.2f} tile-variants/s, ratio "
+              f"{ratios[-1]:.3f}; CPU per tile-variant {1e3 * cpu_a / n:.0f} vs {1e3 * cpu_b / n:.0f} ms, "
+              f"ratio {cpu_ratios[-1]:.3f}; load average {os.getloadavg()[0]:.1f}")
         shutil.rmtree(work / f"single-{r}.zarr")
         shutil.rmtree(work / f"dist-{r}.zarr")
     print(f"parallel efficiency: single process (2 threads) {statistics.median(single):.2f} tile-variants/s, "
-          f"2 single-threaded workers {statistics.median(dist):.2f}; median ratio {statistics.median(ratios):.3f} "
-          f"(target >= 0.9)")
+          f"2 single-threaded workers {statistics.median(dist):.2f}; median wall ratio "
+          f"{statistics.median(ratios):.3f}, median CPU-time ratio {statistics.median(cpu_ratios):.3f} "
+          "(target >= 0.9)")
+
+
+def _scheduling_gaps(units: list[dict]) -> list[float]:
+    """Seconds each worker waited between finishing one unit and starting its next."""
+    gaps = []
+    for worker in {u["worker"] for u in units}:
+        mine = sorted((u for u in units if u["worker"] == worker), key=lambda u: u["started"])
+        gaps += [b["started"] - a["ended"] for a, b in zip(mine, mine[1:])]
+    return gaps
 
 
 def unit_overhead(args, data: Path, work: Path, base: ExtractConfig, scheduler: str) -> None:
     rows = []
     for u in args.sizes:
-        cfg = ExtractConfig(**{**base.to_dict(), "unit_tiles": u, "batch_size": base.batch_size})
+        cfg = ExtractConfig(**{**base.to_dict(), "unit_tiles": u})
         res = extract_distributed(data, work / f"u{u}.zarr", cfg, scheduler=scheduler, progress=False)
         n = len(res.units)
-        workers = len({x["worker"] for x in res.units})
-        busy = sum(x["read_s"] + x["compute_s"] + x["write_s"] for x in res.units)
-        sched = max(0.0, res.seconds * workers - busy) / n
-        write = sum(x["write_s"] for x in res.units) / n
-        read = sum(x["read_s"] for x in res.units) / n
-        compute = sum(x["compute_s"] for x in res.units) / n
-        tiles = sum(x["tiles"] for x in res.units) / n
-        rows.append((tiles, sched, write, read, compute))
-        print(f"  unit {tiles:4.1f} tiles: {n:3d} units; per unit: scheduling {1e3 * sched:7.1f} ms, "
-              f"write {1e3 * write:7.1f} ms, read {1e3 * read:6.1f} ms, compute {1e3 * compute:8.1f} ms; "
-              f"overhead {100 * (sched + write + read) / compute:5.1f}% of compute")
+        gaps = _scheduling_gaps(res.units)
+        sched = statistics.median(gaps) if gaps else float("nan")
+        write, read, compute = (statistics.mean(x[k] for x in res.units) for k in ("write_s", "read_s", "compute_s"))
+        rows.append((u, sched, write, read, compute))
+        print(f"  unit {u:2d} tiles: {n:3d} units; per unit: scheduling {1e3 * sched:6.1f} ms (median gap between a "
+              f"worker's units), write {1e3 * write:7.1f} ms, read {1e3 * read:6.1f} ms, "
+              f"compute {1e3 * compute:8.1f} ms")
         shutil.rmtree(work / f"u{u}.zarr")
-    u = np.array([r[0] for r in rows])
-    over = np.array([r[1] + r[2] + r[3] for r in rows])
-    sched_only = np.array([r[1] for r in rows])
-    comp = np.array([r[4] for r in rows])
-    b, a = np.polyfit(u, over, 1)
-    bs, as_ = np.polyfit(u, sched_only, 1)
-    c = float(np.sum(comp) / np.sum(u))
-    print(f"overhead per unit = a + b*u: a = {1e3 * a:.1f} ms fixed (scheduling alone {1e3 * as_:.1f} ms), "
-          f"b = {1e3 * b:.2f} ms per tile (writing: compress, checksum, store); compute c = {1e3 * c:.1f} ms per tile")
-    need = a / (0.02 * c) if c > 0 else float("inf")
-    print(f"fixed overhead under 2% of a unit's compute from {max(1, int(np.ceil(need)))} tiles per unit; "
-          f"the per-tile write cost is {100 * b / c:.1f}% of compute whatever the unit size")
+    u = np.array([r[0] for r in rows], dtype=float)
+    write_b, write_a = np.polyfit(u, [r[2] for r in rows], 1)
+    read_b, read_a = np.polyfit(u, [r[3] for r in rows], 1)
+    sched = float(np.nanmedian([r[1] for r in rows]))
+    c = float(sum(r[4] for r in rows) / u.sum())
+    fixed = sched + max(0.0, write_a) + max(0.0, read_a)
+    print(f"per unit, fixed: scheduling {1e3 * sched:.1f} ms + write {1e3 * max(0.0, write_a):.1f} ms + read "
+          f"{1e3 * max(0.0, read_a):.1f} ms = {1e3 * fixed:.1f} ms; per tile: write {1e3 * write_b:.1f} ms, read "
+          f"{1e3 * read_b:.1f} ms, compute {1e3 * c:.1f} ms")
+    print(f"fixed overhead under 2% of a unit's compute from {max(1, int(np.ceil(fixed / (0.02 * c))))} tiles per "
+          f"unit; writing costs {100 * write_b / c:.1f}% of compute per tile whatever the unit size (the "
+          "single-process writer thread pays it too)")
 
 
 def object_storage(args, data: Path, work: Path, cfg: ExtractConfig) -> None:
@@ -161,7 +189,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--skip-s3", action="store_true")
+    ap.add_argument("--parts", nargs="+", default=["efficiency", "overhead", "s3"],
+                    choices=["efficiency", "overhead", "s3"])
     args = ap.parse_args()
     cfg = ExtractConfig(encoder=args.encoder, weights="random", variants=args.variants, batch_size=args.batch_size,
                         unit_tiles=args.unit_tiles, device="cpu", num_workers=1)
@@ -172,18 +201,18 @@ def main():
         write_demo_data(work / "data", n_tiles=args.tiles, seed=1)
         data = work / "data"
         t = time.perf_counter()
-        with local_cluster(2, "cpu") as (cluster, threads):
-            from distributed import Client
-
-            with Client(cluster, set_as_default=False) as client:
+        if {"efficiency", "overhead"} & set(args.parts):
+            with local_cluster(2, "cpu") as (cluster, threads), Client(cluster, set_as_default=False) as client:
                 client.run(torch.set_num_threads, threads)
                 print(f"local cluster of 2 workers started in {time.perf_counter() - t:.1f} s; torch threads per "
                       f"worker {sorted(set(client.run(torch.get_num_threads).values()))}")
                 extract_distributed(data, work / "warm.zarr", cfg, scheduler=cluster.scheduler_address,
                                     progress=False)  # workers load the encoder once
-                parallel_efficiency(args, data, work, cfg, cluster.scheduler_address)
-                unit_overhead(args, data, work, cfg, cluster.scheduler_address)
-        if not args.skip_s3:
+                if "efficiency" in args.parts:
+                    parallel_efficiency(args, data, work, cfg, client, cluster.scheduler_address)
+                if "overhead" in args.parts:
+                    unit_overhead(args, data, work, cfg, cluster.scheduler_address)
+        if "s3" in args.parts:
             object_storage(args, data, work, cfg)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -120,6 +120,7 @@ def _load(job: _Job) -> str:
 
 def _run_unit(job: _Job, run_id: str, unit: int) -> dict:
     state = _state(job)
+    started = time.time()
     t0 = time.perf_counter()
     images, labels, stained = state.job.read_unit(unit)
     t1 = time.perf_counter()
@@ -128,8 +129,8 @@ def _run_unit(job: _Job, run_id: str, unit: int) -> dict:
     t2 = time.perf_counter()
     state.writer(run_id).write_unit(unit, arrays)
     t3 = time.perf_counter()
-    return {"unit": unit, "tiles": int(images.shape[0]), "worker": _worker_address(),
-            "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2}
+    return {"unit": unit, "tiles": int(images.shape[0]), "worker": _worker_address(), "started": started,
+            "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2, "ended": time.time()}
 
 
 def _finish(job: _Job):

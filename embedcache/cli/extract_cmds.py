@@ -24,7 +24,7 @@ def _human(n: float) -> str:
               help="Registry name (see `embedcache encoders`) or timm:<architecture>.")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
 @format_option
-@click.option("--out", required=True,
+@click.option("--out", required=True, metavar="STORE",
               help="Store to write: a .zarr folder or an fsspec URL (s3://bucket/x.zarr; credentials from the "
                    "environment).")
 @click.option("--layers", default="default", show_default=True,
@@ -37,12 +37,12 @@ def _human(n: float) -> str:
 @click.option("--weights", default=None, help="Local checkpoint (.safetensors, .pth, .bin) or 'random'.")
 @click.option("--norm", is_flag=True, help="Apply the encoder's final norm to every tapped layer.")
 @click.option("--unit-tiles", default=16, show_default=True, type=int, help="Tiles per unit of work (and shard).")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), metavar="N",
               help="Run units of work on a local dask cluster of N worker processes (one per GPU when there "
                    "are GPUs); 0 runs them in this process.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run units of work on the dask cluster whose scheduler is at ADDRESS (tcp://host:8786).")
-@click.option("--loader-workers", default=1, show_default=True, type=click.IntRange(min=0),
+@click.option("--loader-workers", default=1, show_default=True, type=click.IntRange(min=0), metavar="N",
               help="DataLoader workers reading tiles (single-process runs).")
 @click.option("--tile-size", default=256, show_default=True, type=int,
               help="Tile side for the folder and slides layouts (slides: pixels at --tile-mpp).")
