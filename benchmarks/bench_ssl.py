@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -44,16 +45,16 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def retrieval_speed(n: int, n_slides: int, dim: int, k: int, seed: int = 0) -> tuple[float, int]:
-    """Seconds for precision at k over ``n`` random descriptors (a quarter of the slides as queries)."""
+def retrieval_speed(n: int, n_slides: int, dim: int, k: int, seed: int = 0) -> tuple[float, float, int]:
+    """Wall and CPU seconds of precision at k over ``n`` random descriptors (a quarter of the slides as queries)."""
     rng = np.random.default_rng(seed)
     desc = rng.normal(size=(n, dim)).astype(np.float32)
     source = rng.integers(0, n_slides, n)
     labels = np.where(rng.random(n) < 0.2, "tumour", "normal")
     queries = np.flatnonzero(source < n_slides // 4)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     retrieval.precision_at_k(desc, labels, source, queries, k=k)
-    return time.perf_counter() - t, len(queries)
+    return time.perf_counter() - t, time.process_time() - c, len(queries)
 
 
 def main():
@@ -116,9 +117,10 @@ def main():
               f"{len(summary['layers'])} layers of tokens): {full_raw / 512:,.0f}x smaller "
               f"({full_disk / max(desc_disk, 1):,.0f}x on disk)")
 
-        seconds, n_queries = retrieval_speed(args.n_desc, args.n_slides, 128, args.k)
+        seconds, cpu, n_queries = retrieval_speed(args.n_desc, args.n_slides, 128, args.k)
         print(f"retrieval over {args.n_desc:,} descriptors (128-d, {args.n_slides} slides): {n_queries:,} queries, "
-              f"k={args.k}, {seconds:.2f} s ({n_queries / seconds:,.0f} queries/s)")
+              f"k={args.k}, {seconds:.2f} s ({n_queries / seconds:,.0f} queries/s; {cpu:.1f} s of CPU), "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

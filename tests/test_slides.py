@@ -157,6 +157,18 @@ def test_tifffile_and_openslide_agree():
     assert isinstance(open_slide(path), TiffSlide)
 
 
+def test_openslide_backend_tiles_the_same(tmp_path, dataset):
+    # A vendor suffix goes straight to OpenSlide (which reads this file as a generic tiled TIFF).
+    shutil.copy(slides_dir() / "slide_001.tif", tmp_path / "slide_001.svs")
+    shutil.copy(slides_dir() / "slide_001.geojson", tmp_path / "slide_001.geojson")
+    ds = SlideDataset(tmp_path, tile_size=TILE)
+    assert isinstance(ds._slide(0), OpenSlideSlide)
+    ref = np.flatnonzero(dataset.tiles.source == 1)
+    assert np.array_equal(ds.tiles.offset, dataset.tiles.offset[ref])
+    assert ds.tissue == [dataset.tissue[i] for i in ref]
+    assert np.array_equal(ds.images([0, 7]), dataset.images(ref[[0, 7]]))
+
+
 def test_format_detection_and_pickling(tmp_path):
     assert detect_format(slides_dir()) == "slides"
     assert detect_format(slides_dir() / "slide_000.tif") == "slides"

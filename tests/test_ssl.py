@@ -111,17 +111,26 @@ def test_reinhard_matches_the_target_statistics():
     assert np.allclose(m, mean, atol=1.5) and np.allclose(s, std, rtol=0.15)
 
 
-def test_encoder_mode_checkpoint_loads_as_an_encoder(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Two torch threads spin against each other (and other processes) on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_encoder_mode_checkpoint_loads_as_an_encoder(tmp_path, one_thread):
     ckpt = tmp_path / "ssl.safetensors"
     config = SSLConfig(mode="encoder", steps=2, batch_size=4, weights="random", stain_norm=True,
                        d_near=100, d_far=150, device="cpu")
     result = ssl.fit_encoder(slides_dir(), ckpt, config, dict(tile_size=TILE, tile_mpp=1.0), progress=False)
     assert result.pairs_seen == 8 and len(result.losses) == 2 and np.isfinite(result.losses).all()
     enc = load_encoder(get_spec("timm:resnet50"), ckpt)
-    fresh = load_encoder(get_spec("timm:resnet50"), "random")
     assert enc.weights == str(ckpt) and len(enc.weights_sha256) == 64
-    trained_w, init_w = enc.model.state_dict()["conv1.weight"], fresh.model.state_dict()["conv1.weight"]
-    assert trained_w.shape == init_w.shape and not torch.equal(trained_w, init_w)
+    state = enc.model.state_dict()
+    # Two training steps: batch-norm statistics moved off their initial zeros, twice.
+    assert int(state["bn1.num_batches_tracked"]) == 2 and state["bn1.running_mean"].abs().sum() > 0
     from safetensors import safe_open
 
     with safe_open(str(ckpt), "pt") as f:

@@ -8,15 +8,17 @@
   retrieval is the tumour row).
 * **ADDR** (:func:`addr`), the average distant/near descriptor distance
   ratio: mean distance of far pairs over mean distance of near pairs,
-  pooled over slides (one global ratio). Above 1 means the descriptors keep
-  near tiles closer than far ones. Near pairs: every pair closer than
-  ``d_near`` um on a slide; far pairs: a seeded uniform sample of pairs at
-  least ``d_far`` um apart on a slide or on two slides
-  (:func:`addr_pairs`).
+  pooled over slides (one global ratio) on the query slides. Above 1 means
+  the descriptors keep near tiles closer than far ones. Near pairs: every
+  pair closer than ``d_near`` um on a slide; far pairs: a seeded uniform
+  sample of pairs at least ``d_far`` um apart on a slide (and/or pairs on
+  two slides, ``far_from``) (:func:`addr_pairs`).
 
 Arrays in, numbers out (numpy; the k-d tree of scipy for near pairs).
-Neighbours are found by blocks of queries against all candidates with one
-matrix product each, so 100,000 descriptors take seconds.
+Neighbours are exact: one matrix product per block of queries against all
+candidates, then only the few columns under a per-row bound are sorted
+(``benchmarks/bench_ssl.py`` times 25,000 queries against 100,000
+descriptors).
 
 >>> desc = np.array([[0.], [1.], [10.], [11.]])
 >>> float(addr(desc, np.array([[0, 1], [2, 3]]), np.array([[0, 2], [1, 3]])))
