@@ -96,8 +96,9 @@ class Stitcher:
         r, c = offset
         th, tw = maps.shape[1:]
         h, w = min(th, self.shape[0] - r), min(tw, self.shape[1] - c)
-        win = self._weight(offset, (th, tw))[:h, :w] > self._best[r:r + h, c:c + w]
-        self._best[r:r + h, c:c + w][win] = self._weight(offset, (th, tw))[:h, :w][win]
+        weight = self._weight(offset, (th, tw))[:h, :w]
+        win = weight > self._best[r:r + h, c:c + w]
+        self._best[r:r + h, c:c + w][win] = weight[win]
         self.maps[:, r:r + h, c:c + w][:, win] = maps[:, :h, :w][:, win]
         self.image[r:r + h, c:c + w][win] = image[:h, :w][win]
 
