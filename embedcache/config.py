@@ -312,8 +312,10 @@ class ProbeConfig(_Config):
         when it has several (PanNuke), else 5.
     k : int
         Neighbours of the cosine kNN.
-    c_grid : tuple of float
-        Inverse L2 strengths swept on the training split (ridge: alpha = 1/C).
+    l2_grid : tuple of float
+        L2 strengths per training row, swept on the training split:
+        scikit-learn's ``C = 1 / (l2 * rows)`` (ridge: ``alpha = l2 * rows``),
+        so one grid suits a hundred tiles or a hundred thousand patches.
     augment : bool
         Train tile-level probes on every cached variant (tests stay on the identity).
     n_boot : int
@@ -331,14 +333,14 @@ class ProbeConfig(_Config):
     pooled: str = "mean"
     folds: int | None = None
     k: int = 20
-    c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    l2_grid: tuple[float, ...] = (1.0, 0.1, 0.01, 1e-3, 1e-4)
     augment: bool = False
     n_boot: int = 1000
     seed: int = 0
     max_patches: int = 200_000
 
     def __post_init__(self):
-        object.__setattr__(self, "c_grid", tuple(float(c) for c in self.c_grid))
+        object.__setattr__(self, "l2_grid", tuple(float(c) for c in self.l2_grid))
         if self.level not in ("tile", "patch"):
             raise ConfigError(f"level must be tile or patch, not {self.level!r}")
         if self.method not in ("linear", "knn", "both"):
@@ -356,8 +358,8 @@ class ProbeConfig(_Config):
             raise ConfigError(f"folds must be at least 2, got {self.folds}")
         if self.k < 1:
             raise ConfigError(f"k must be at least 1, got {self.k}")
-        if not self.c_grid or min(self.c_grid) <= 0:
-            raise ConfigError(f"c_grid needs positive values, got {self.c_grid}")
+        if not self.l2_grid or min(self.l2_grid) <= 0:
+            raise ConfigError(f"l2_grid needs positive values, got {self.l2_grid}")
         if self.n_boot < 0:
             raise ConfigError(f"n_boot must be >= 0, got {self.n_boot}")
         if self.max_patches < 1:

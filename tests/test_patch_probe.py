@@ -20,7 +20,7 @@ from embedcache.train import patch_probe  # noqa: E402
 from embedcache.train.patch_probe import IGNORE, patch_targets  # noqa: E402
 from embedcache.train.probes import run_probes  # noqa: E402
 
-NUCLEI = ProbeConfig(level="patch", labels="nuclei", method="linear", c_grid=(0.1, 1.0))
+NUCLEI = ProbeConfig(level="patch", labels="nuclei", method="linear", l2_grid=(0.1, 0.001))
 
 
 def test_patch_targets_majority_ties_types_and_padding():
@@ -77,7 +77,7 @@ class PlantedStore:
 def test_planted_tokens_recovered_and_noise_at_chance(labels, classes):
     store = PlantedStore()
     folds = np.arange(store.n_tiles) % 3
-    config = ProbeConfig(level="patch", labels=labels, method="linear", c_grid=(0.1, 1.0))
+    config = ProbeConfig(level="patch", labels=labels, method="linear", l2_grid=(0.1, 0.001))
     scores = {}
     for layer in store.layers:
         confusion, chosen, k = patch_probe.probe_layer(store, layer, folds, config)
@@ -90,7 +90,7 @@ def test_planted_tokens_recovered_and_noise_at_chance(labels, classes):
 
 def test_training_patches_are_capped():
     store = PlantedStore(n=12)
-    config = ProbeConfig(level="patch", labels="nuclei", method="linear", c_grid=(1.0,), max_patches=120)
+    config = ProbeConfig(level="patch", labels="nuclei", method="linear", l2_grid=(0.01,), max_patches=120)
     seen = []
     real_fit = patch_probe.fit_linear
     patch_probe.fit_linear = lambda X, y, groups, *a: seen.append(len(X)) or real_fit(X, y, groups, *a)
@@ -108,7 +108,7 @@ def test_tiles_without_nuclei_are_refused():
 
 def test_on_a_real_store_every_patch_is_scored_once():
     preds, info = run_probes([tiny_store()], ProbeConfig(level="patch", labels="type", method="linear",
-                                                         layers="last", c_grid=(1.0,)))
+                                                         layers="last", l2_grid=(0.01,)))
     (p,) = preds
     assert p.task == "segmentation" and p.layer == "blocks.5" and p.depth == 1.0 and p.method == "linear"
     assert p.confusion.sum() == 20 * 4 * 4  # 64-px tiles, 16-px patches

@@ -102,14 +102,21 @@ def test_knn_k_larger_than_training_set_is_clipped():
     assert pred.params["folds"][0]["k"] == 20
 
 
-def test_l2_sweep_is_chosen_on_the_training_split():
+def test_l2_sweep_is_chosen_on_the_training_split(monkeypatch):
     X, y = planted(n=200, d=256, strength=1.5)
-    pred = cross_validate(X, y, make_folds(y, 4), "linear", c_grid=(1e-4, 1e-2, 1.0, 100.0))
-    chosen = [f["C"] for f in pred.params["folds"]]
-    assert len(chosen) == 4 and set(chosen) <= {1e-4, 1e-2, 1.0, 100.0}
-    # A single strength is used as given, without a validation split.
-    one = cross_validate(X, y, make_folds(y, 4), "linear", c_grid=(0.5,))
-    assert [f["C"] for f in one.params["folds"]] == [0.5] * 4
+    folds = make_folds(y, 4)
+    swept = []
+    real_split = probes._inner_split
+    monkeypatch.setattr(probes, "_inner_split", lambda yy, groups, seed: swept.append(groups) or
+                        real_split(yy, groups, seed))
+    pred = cross_validate(X, y, folds, "linear", l2_grid=(1e-4, 1e-2, 1.0, 10.0))
+    chosen = [f["l2"] for f in pred.params["folds"]]
+    assert len(chosen) == 4 and set(chosen) <= {1e-4, 1e-2, 1.0, 10.0}
+    # Each fold's sweep sees its training tiles only, never its test fold.
+    assert [sorted(g) for g in swept] == [list(np.flatnonzero(folds != f)) for f in range(4)]
+    # A single strength is used as given, without a validation split: C = 1 / (l2 x training rows).
+    model = probes.fit_linear(X[:150], y[:150], l2_grid=(0.5,))
+    assert model.best_params == {"l2": 0.5} and model[-1].C == pytest.approx(1 / 75)
 
 
 def test_standardisation_is_fitted_on_the_training_split_only():
@@ -129,7 +136,7 @@ def test_regression_targets_linear_and_knn():
         assert pred.task == "regression" and pred.y_pred.shape == Y.shape
         from sklearn.metrics import r2_score
         assert r2_score(Y, pred.y_pred) > floor
-    assert "alpha" in cross_validate(X, Y, folds, "linear").params["folds"][0]
+    assert cross_validate(X, Y, folds, "linear").params["folds"][0]["l2"] in ProbeConfig.l2_grid
 
 
 def test_variants_train_only_when_augmenting_and_tests_stay_on_identity():
@@ -153,7 +160,7 @@ def test_layer_sweep_picks_the_planted_layer():
     features = {f"blocks.{i}": rng.normal(size=X.shape) for i in range(4)}
     features["blocks.2"] = X
     labels = TileLabels("planted", "classification", y, ["a", "b", "c"])
-    config = ProbeConfig(method="both", c_grid=(0.01, 1.0))
+    config = ProbeConfig(method="both", l2_grid=(1.0, 0.01))
     preds = probes.probe_features(features, labels, make_folds(y, 3), config, store="s")
     assert [(p.layer, p.method) for p in preds][:2] == [("blocks.0", "linear"), ("blocks.0", "knn")]
     assert [p.depth for p in preds[::2]] == [0.25, 0.5, 0.75, 1.0]
@@ -166,7 +173,7 @@ def test_features_read_lazily_one_layer_at_a_time():
     calls = []
     feats = {name: (lambda name=name: calls.append(name) or X) for name in ("a", "b")}
     labels = TileLabels("planted", "classification", y, ["a", "b", "c"])
-    probes.probe_features(feats, labels, make_folds(y, 3), ProbeConfig(method="both", c_grid=(1.0,)))
+    probes.probe_features(feats, labels, make_folds(y, 3), ProbeConfig(method="both", l2_grid=(0.01,)))
     assert calls == ["a", "b"]
 
 
@@ -178,6 +185,9 @@ def test_mismatched_lengths_and_shapes():
         cross_validate(X[:, :, None, None], y, make_folds(y, 3))
     with pytest.raises(ConfigError, match="method must be linear or knn"):
         cross_validate(X, y, make_folds(y, 3), "svm")
+    X[3, 1] = np.nan
+    with pytest.raises(DataError, match="features hold NaN or infinite values; check the store"):
+        cross_validate(X, y, make_folds(y, 3))
 
 
 # ----------------------------------------------------------------------------
@@ -280,7 +290,7 @@ def test_run_probes_reads_only_pooled_arrays(monkeypatch):
 
     monkeypatch.setattr(Store, "tokens", forbidden)
     monkeypatch.setattr(Store, "prefix", forbidden)
-    preds, info = probes.run_probes([tiny_store()], ProbeConfig(layers="0,blocks.5", c_grid=(1.0,)))
+    preds, info = probes.run_probes([tiny_store()], ProbeConfig(layers="0,blocks.5", l2_grid=(0.01,)))
     assert [(p.layer, p.method) for p in preds] == [("blocks.0", "linear"), ("blocks.0", "knn"),
                                                     ("blocks.5", "linear"), ("blocks.5", "knn")]
     assert info["folds"] == "store folds" and info["n_folds"] == 2 and info["level"] == "tile"
@@ -294,7 +304,7 @@ def test_pooled_kinds_and_augmentation():
     store = open_store(tiny_store())
     assert probes.pooled_features(store, "blocks.1").shape == (20, 1, 64)
     assert probes.pooled_features(store, "blocks.1", "both", augment=True).shape == (20, 3, 128)
-    preds, _ = probes.run_probes([tiny_store()], ProbeConfig(pooled="cls", augment=True, folds=2, c_grid=(1.0,)))
+    preds, _ = probes.run_probes([tiny_store()], ProbeConfig(pooled="cls", augment=True, folds=2, l2_grid=(0.01,)))
     assert len(preds) == 2
 
 
@@ -327,7 +337,7 @@ def test_store_errors(tmp_path):
 
 
 def test_probe_config_validation():
-    assert ProbeConfig.from_dict(ProbeConfig(c_grid=[1, 2]).to_dict()).c_grid == (1.0, 2.0)
+    assert ProbeConfig.from_dict(ProbeConfig(l2_grid=[1, 2]).to_dict()).l2_grid == (1.0, 2.0)
     for kwargs, message in [
         ({"method": "svm"}, "method must be linear, knn or both"),
         ({"labels": "organ"}, "labels must be tissue, type, counts or a .csv file"),
@@ -335,7 +345,7 @@ def test_probe_config_validation():
         ({"level": "patch", "labels": "nuclei"}, "the patch-level probe is linear only"),
         ({"folds": 1}, "folds must be at least 2"),
         ({"k": 0}, "k must be at least 1"),
-        ({"c_grid": (0.0,)}, "c_grid needs positive values"),
+        ({"l2_grid": (0.0,)}, "l2_grid needs positive values"),
         ({"pooled": "max"}, "pooled must be mean, cls or both"),
     ]:
         with pytest.raises(ConfigError, match=message):

@@ -85,6 +85,7 @@ def test_parallel_and_zero_resamples(monkeypatch):
     p = noisy_prediction(40)
     serial = stats.score_predictions([p], n_boot=40, n_jobs=1).rows[0]["scores"]
     monkeypatch.setattr(stats, "RESAMPLE_CHUNK", 15)  # 3 chunks over 2 processes
+    monkeypatch.setattr(stats, "PARALLEL_MIN", 40)
     assert stats.score_predictions([p], n_boot=40, n_jobs=2).rows[0]["scores"] == serial
     none = stats.score_predictions([p], n_boot=0).rows[0]["scores"]["balanced_accuracy"]
     assert math.isnan(none["lo"]) and none["value"] == serial["balanced_accuracy"]["value"]

@@ -33,6 +33,7 @@ METRICS = {
     "segmentation": ("miou", "dice"),
 }
 RESAMPLE_CHUNK = 250  # resamples per parallel task
+PARALLEL_MIN = 2000  # resamples x probes below which starting worker processes costs more than it saves
 LABELS = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1", "auroc": "AUROC (one-vs-rest)",
           "r2": "R2 (mean over types)", "miou": "mIoU", "dice": "Dice (mean over nucleus classes)"}
 
@@ -315,7 +316,8 @@ def score_predictions(predictions: Sequence, n_boot: int = 1000, seed: int = 0, 
     jobs = [(k, c) for k in range(len(predictions)) for c in chunks]
     with _quiet():
         points = [prediction_scores(p) for p in predictions]
-    done = Parallel(n_jobs=n_jobs if len(jobs) > 1 else 1)(
+    parallel = len(jobs) > 1 and len(resamples) * len(predictions) >= PARALLEL_MIN
+    done = Parallel(n_jobs=n_jobs if parallel else 1)(
         delayed(_resampled_scores)(predictions[k], c) for k, c in jobs)
     boots: list[list[dict]] = [[] for _ in predictions]
     for (k, _), scores in zip(jobs, done):

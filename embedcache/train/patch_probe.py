@@ -115,7 +115,7 @@ def probe_layer(store, layer: str, folds: np.ndarray, config: ProbeConfig = Prob
         rows = folds[tile_of] != f
         if len(np.unique(y[rows])) < 2:
             raise DataError(f"{store.path}: the training tiles of fold {f} hold a single patch class at {layer}")
-        models[f] = fit_linear(X[rows], y[rows], tile_of[rows], config.c_grid, config.seed)
+        models[f] = fit_linear(X[rows], y[rows], tile_of[rows], config.l2_grid, config.seed)
         chosen.append(models[f].best_params)
     del X, y, tile_of
     confusion = np.zeros((store.n_tiles, n_classes, n_classes), dtype=np.int64)
