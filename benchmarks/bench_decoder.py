@@ -95,7 +95,7 @@ def io_hidden(work: Path, args) -> dict:
     batches = EpochBatches(tiles, range(len(store.variants)), 8, seed=0, unit_tiles=16)
     disk = make_loader(TileStream(store, tiles, targets), batches, workers=args.workers)
     ram = make_loader(TileStream(store, tiles, targets, preload=True), batches, workers=0)
-    step = Step(store)
+    step = Step(store, args.width)
     times = {"disk": [], "ram": []}
     for _ in range(args.repeats):
         times["ram"].append(timed_steps(step, ram, args.steps))
@@ -137,7 +137,7 @@ def cache_payoff(work: Path, args) -> dict:
     def encode(images):  # what extraction stores, computed on the fly
         return [tok.to(torch.float16).float() for tok, _ in ext.fx(images)]
 
-    step = Step(store)
+    step = Step(store, args.width)
     n = len(batches)
     times = {"cached": [], "live": []}
     for _ in range(args.repeats):
@@ -147,7 +147,7 @@ def cache_payoff(work: Path, args) -> dict:
     # FLOPs per tile: encoder forward, decoder forward + backward.
     b = next(iter(cached))
     one = {k: (v[:1] if k != "tokens" else [t[:1] for t in v]) for k, v in b.items()}
-    dec = flops(lambda: Step(store)(one))
+    dec = flops(lambda: Step(store, args.width)(one))
     vit_s, vit_l = encoder_flops("vit_small_patch16_224"), encoder_flops("vit_large_patch16_224")
     ratio = med["live"] / med["cached"]
     return {"tiles": len(tiles), "steps": n, "cached_s": med["cached"], "live_s": med["live"], "ratio": ratio,
@@ -181,13 +181,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--post-tiles", type=int, default=32)
+    ap.add_argument("--width", type=int, default=32, help="decoder width (fit-decoder --width)")
     ap.add_argument("--work", type=Path, default=None, help="keep stores here (default: a temporary folder)")
     ap.add_argument("--only", default="io,payoff,post")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-decoder-"))
     work.mkdir(parents=True, exist_ok=True)
     which = set(args.only.split(","))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 8, 256-px tiles, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder width {args.width}, batch 8, "
+          f"256-px tiles, "
           f"{args.workers} loader worker(s), repeats {args.repeats}")
     if "io" in which:
         r = io_hidden(work, args)

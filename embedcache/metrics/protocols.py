@@ -354,6 +354,8 @@ def conic(true_inst: Sequence, pred_inst: Sequence, true_type: Sequence, pred_ty
                "tp": st.tp, "fp": st.fp, "fn": st.fn}
         true_counts = count_nuclei(t, tt, classes, count_crop)
         pred_counts = count_nuclei(p, pt, classes, count_crop)
+        for c, s in stats.items():  # the pooled mPQ+ is a sum of these over images
+            row.update({f"tp_{c}": s.tp, f"fp_{c}": s.fp, f"fn_{c}": s.fn, f"iou_{c}": s.iou_sum})
         row.update({f"count_true_{c}": v for c, v in true_counts.items()})
         row.update({f"count_pred_{c}": v for c, v in pred_counts.items()})
         rows.append(row)

@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,7 +305,11 @@ def _inner_split(y: np.ndarray, groups: np.ndarray, seed: int):
 
     tiles, first = np.unique(groups, return_index=True)
     y_tile = y[first] if y.ndim == 1 else None
-    if y_tile is not None and np.bincount(np.unique(y_tile, return_inverse=True)[1]).min() >= 2:
+    n_val = math.ceil(0.2 * len(tiles))
+    n_classes = len(np.unique(y_tile)) if y_tile is not None else 0
+    # Stratifying needs two tiles of each class and room for every class on both sides.
+    if (y_tile is not None and np.bincount(np.unique(y_tile, return_inverse=True)[1]).min() >= 2
+            and n_classes <= min(n_val, len(tiles) - n_val)):
         splitter = StratifiedShuffleSplit(1, test_size=0.2, random_state=seed)
         tr, va = next(splitter.split(np.zeros(len(tiles)), y_tile))
         return [(np.flatnonzero(np.isin(groups, tiles[tr])), np.flatnonzero(np.isin(groups, tiles[va])))]

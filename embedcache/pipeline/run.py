@@ -1,0 +1,420 @@
+"""Plan and run a pipeline: extract, probe, fit, evaluate for every encoder and dataset, then the report.
+
+:func:`plan` turns a :class:`~embedcache.pipeline.spec.Pipeline` into
+:class:`~embedcache.pipeline.steps.Step` objects keyed by content (no work
+is done, beyond fingerprinting datasets: memoised by file sizes and
+times). :func:`execute` runs the steps in order, skipping those already
+done, then rebuilds the report when anything it shows has changed.
+
+Keys. A dataset is its content fingerprint (or, when the pipeline makes
+synthetic tiles, their settings). An extraction is the dataset, the
+encoder's spec and weights (a local file by its SHA-256), and the
+settings that change the store (not batch size, device or loader
+workers). Probes and fits add their settings to the store's key (not
+workers, preload or device); an evaluation adds protocol and
+magnification to the fit's. Adding an encoder adds only its own steps;
+another decoder setting re-trains without re-extracting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from embedcache.errors import ConfigError, EmbedcacheError
+from embedcache.pipeline.spec import DatasetSpec, EncoderEntry, Pipeline, describe
+from embedcache.pipeline.steps import Step, content_key, write_json_atomic
+
+STEP_KINDS = ("data", "extract", "probe", "fit", "evaluate", "report")
+RUNTIME_EXTRACT = ("batch_size", "device", "num_workers")  # change how fast, not what is stored
+RUNTIME_FIT = ("workers", "preload", "device")
+FINGERPRINTS = "fingerprints.json"
+
+
+class PipelineError(EmbedcacheError):
+    """A step of a pipeline failed; the message names the step."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Cell:
+    """The steps of one encoder on one dataset."""
+
+    dataset: str
+    encoder: str
+    extract: Step
+    probes: list[Step] = field(default_factory=list)
+    fits: dict[int, Step] = field(default_factory=dict)
+    evals: dict[int, Step] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """Every step of a pipeline, in the order they run."""
+
+    pipeline: Pipeline
+    steps: list[Step]
+    cells: list[Cell]
+    data_paths: dict[str, Path]
+    failed: dict[str, str] = field(default_factory=dict)  # encoder name -> reason
+
+    def report_key(self) -> str:
+        return content_key({
+            "pipeline": describe(self.pipeline)["report"],
+            "cells": [{"dataset": c.dataset, "encoder": c.encoder, "extract": c.extract.key,
+                       "probes": [s.key for s in c.probes],
+                       "evals": {str(k): s.key for k, s in c.evals.items()}} for c in self.cells],
+            "failed": self.failed,
+        })
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def _file_stats(path: Path) -> list:
+    if path.is_file():
+        st = path.stat()
+        return [[path.name, st.st_size, st.st_mtime_ns]]
+    out = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            st = (Path(root) / name).stat()
+            out.append([str((Path(root) / name).relative_to(path)), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def dataset_fingerprint(path: Path, options: dict, memo_file: Path | None = None) -> str:
+    """The dataset's content fingerprint, memoised by its files' sizes and modification times.
+
+    The memo (``OUT/fingerprints.json``) spares re-reading gigabytes when a
+    finished pipeline runs again; any file changed, added or removed
+    misses it and the content is hashed again.
+    """
+    from embedcache.datasets import open_dataset
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such dataset file or folder")
+    memo_key = content_key({"path": str(path.resolve()), "options": options, "files": _file_stats(path)})
+    memo = {}
+    if memo_file is not None and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}
+    if memo_key in memo:
+        return memo[memo_key]
+    fingerprint = open_dataset(path, **options).fingerprint()
+    if memo_file is not None:
+        memo[memo_key] = fingerprint
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(memo_file, memo)
+    return fingerprint
+
+
+def _weights_identity(weights: str | None) -> str | None:
+    """A local weights file by content; ``random``, None or a hub/package source as written."""
+    if weights and weights != "random":
+        from embedcache.encoders.load import sha256_file
+
+        p = Path(weights)
+        if not p.is_file():
+            raise ConfigError(f"weights file {weights} does not exist")
+        return f"sha256:{sha256_file(p)}"
+    return weights
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def plan(pipeline: Pipeline, *, progress: bool = True, workers: int = 0, scheduler: str | None = None) -> Plan:
+    """The steps of ``pipeline`` with their keys; nothing runs.
+
+    An encoder that cannot be planned (unknown name, missing weights file)
+    stops planning, or with ``on_error: skip`` is left out with the reason.
+    """
+    root = pipeline.out
+    steps: list[Step] = []
+    cells: list[Cell] = []
+    data_paths: dict[str, Path] = {}
+    failed: dict[str, str] = {}
+    for ds in pipeline.datasets:
+        data_step, data_key, data_path = _data_step(pipeline, ds, root)
+        if data_step is not None:
+            steps.append(data_step)
+        data_paths[ds.name] = data_path
+        for enc in pipeline.encoders:
+            if enc.name in failed:
+                continue
+            try:
+                cell = _cell(pipeline, ds, enc, root, data_key, data_path, data_step, progress, workers, scheduler)
+            except EmbedcacheError as exc:
+                if pipeline.on_error != "skip":
+                    raise PipelineError(f"encoder {enc.name}: {exc}", exc.exit_code) from exc
+                failed[enc.name] = str(exc)
+                continue
+            cells.append(cell)
+            steps += [cell.extract, *cell.probes]
+            for seed in pipeline.seeds:
+                steps += [cell.fits[seed], cell.evals[seed]]
+    return Plan(pipeline, steps, cells, data_paths, failed)
+
+
+def _data_step(pipeline: Pipeline, ds: DatasetSpec, root: Path):
+    if ds.synthetic is not None:
+        params = dict(ds.synthetic)
+
+        def make(d: Path) -> dict:
+            from embedcache.datasets.synthetic import write_demo_data
+
+            folds = write_demo_data(d / "data", n_tiles=params["tiles"], seed=params["seed"],
+                                    folds=params["folds"], size=params["size"])
+            return {"folds": [str(f) for f in folds], "tiles": params["tiles"]}
+
+        step = Step("data", f"make synthetic tiles for {ds.name}", {"synthetic": params}, make, root,
+                    group=f"dataset:{ds.name}")
+        return step, step.key, step.dir / "data"
+    path = Path(ds.path)
+    if not path.exists():
+        raise ConfigError(f"{pipeline.source}: datasets.{ds.name}: {path} does not exist (paths are relative to "
+                          f"the directory the command runs in)")
+    return None, None, path
+
+
+def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, data_key, data_path: Path,
+          data_step, progress: bool, workers: int, scheduler) -> Cell:
+    from embedcache.encoders.registry import get_spec
+
+    xcfg = pipeline.extract_config(ds, enc)
+    spec = get_spec(xcfg.encoder)
+    options = {"format": xcfg.format, **xcfg.dataset_options()}
+    if data_key is None:
+        data_key = dataset_fingerprint(data_path, options, root / FINGERPRINTS)
+    stored = {k: v for k, v in xcfg.to_dict().items() if k not in RUNTIME_EXTRACT}
+    stored["weights"] = _weights_identity(xcfg.weights)
+    extract_inputs = {"dataset": data_key, "dataset_options": options, "encoder_spec": spec.to_dict(),
+                      "extract": stored}
+    label = f"{enc.name} on {ds.name}"
+
+    def do_extract(d: Path) -> dict:
+        from embedcache.store import open_store
+
+        out = d / "store.zarr"
+        if workers or scheduler:
+            from embedcache.distributed import extract_distributed
+
+            r = extract_distributed(data_path, out, xcfg, workers=workers or None, scheduler=scheduler,
+                                    progress=progress)
+        else:
+            from embedcache.extract import extract
+
+            r = extract(data_path, out, xcfg, progress=progress)
+        summary = open_store(out).summary()
+        return {"store": str(out), "n_tiles": r.n_tiles, "n_variants": r.n_variants, "layers": list(r.layers),
+                "seconds": r.seconds, "tiles_per_second": r.tiles_per_second, "bytes": summary["bytes"],
+                "encoder": xcfg.encoder, "weights": xcfg.weights or spec.weights}
+
+    extract_step = Step("extract", f"extract {label}", extract_inputs, do_extract, root,
+                        deps=[data_step] if data_step else [], group=enc.name)
+    store_path = extract_step.dir / "store.zarr"
+    cell = Cell(ds.name, enc.name, extract_step)
+
+    for pcfg in pipeline.probe_configs(ds):
+        def do_probe(d: Path, pcfg=pcfg) -> dict:
+            from embedcache.report.stats import score_predictions
+            from embedcache.train.probes import run_probes
+
+            preds, info = run_probes([store_path], pcfg)
+            table = score_predictions(preds, n_boot=pcfg.n_boot, seed=pcfg.seed, info=info)
+            table.write_json(d / "probe.json")
+            return {"best": table.to_dict()["best"]}
+
+        cell.probes.append(Step("probe", f"probe {pcfg.labels} ({pcfg.level}) {label}",
+                                {"store": extract_step.key, "probe": pcfg.to_dict()}, do_probe, root,
+                                deps=[extract_step], group=enc.name))
+
+    for seed in pipeline.seeds:
+        fcfg = pipeline.fit_config(ds, seed)
+        fit_inputs = {"store": extract_step.key,
+                      "fit": {k: v for k, v in fcfg.to_dict().items() if k not in RUNTIME_FIT}}
+
+        def do_fit(d: Path, fcfg=fcfg) -> dict:
+            from embedcache.postprocess import PostprocessConfig
+            from embedcache.predict import pq_scorer
+            from embedcache.train.loop import fit
+
+            scorer = None
+            if fcfg.monitor == "pq":
+                post = PostprocessConfig.for_magnification(ds.magnification)
+                scorer = pq_scorer(fcfg.targets.directions, post, fcfg.batch_size)
+            r = fit(store_path, d / "run", fcfg, progress=progress, scorer=scorer)
+            return {"run": str(r.path), "epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
+                    "best_value": r.best_value, "monitor": r.monitor, "stopped_early": r.stopped_early,
+                    "seconds": r.seconds}
+
+        fit_step = Step("fit", f"fit decoder {label} (seed {seed})", fit_inputs, do_fit, root,
+                        deps=[extract_step], group=enc.name)
+        run_dir = fit_step.dir / "run"
+
+        def do_evaluate(d: Path, run_dir=run_dir) -> dict:
+            return evaluate_on_store(run_dir, store_path, d, ds.protocol, ds.magnification, progress)
+
+        eval_step = Step("evaluate", f"evaluate {label} (seed {seed})",
+                         {"run": fit_step.key, "store": extract_step.key, "protocol": ds.protocol,
+                          "magnification": ds.magnification}, do_evaluate, root, deps=[fit_step], group=enc.name)
+        cell.fits[seed], cell.evals[seed] = fit_step, eval_step
+    return cell
+
+
+def evaluate_on_store(run_dir: Path, store_path: Path, out: Path, protocol: str = "auto",
+                      magnification: str = "40x", progress: bool = True) -> dict:
+    """Predict a run's held-out tiles from the cache and score them; ``out/pred`` and ``out/eval.json``.
+
+    The tiles are the run's own validation split; the protocol ``auto``
+    follows the store's classes (PanNuke, CoNIC, else HoVer-Net).
+    """
+    from embedcache.metrics import evaluate
+    from embedcache.predict import auto_protocol, predict, store_jobs, store_truth
+    from embedcache.store import open_store
+    from embedcache.train.checkpoint import read_meta
+
+    store = open_store(store_path)
+    val = read_meta(Path(run_dir))["split"]["val"]
+    pred = predict(run_dir, out / "pred", store=store_path, split="val", magnification=magnification,
+                   overlays=False, geojson=False, progress=progress)
+    truth = store_truth(store, store_jobs(store, val))
+    if protocol == "auto":
+        protocol = auto_protocol(truth.class_names or {}, truth.types is not None)
+    result = evaluate(truth, out / "pred", protocol, radius=6.0 if magnification == "20x" else 12.0)
+    data = result.to_dict()
+    data["protocol"] = protocol
+    data["tiles"] = [int(t) for t in val]
+    write_json_atomic(out / "eval.json", data)
+    headline = {k: v for k, v in data.items() if isinstance(v, (int, float)) and k != "n_images"}
+    return {"protocol": protocol, "n_images": len(result.rows), "n_nuclei": pred.n_nuclei, "summary": headline}
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`execute` did."""
+
+    ran: list[str]
+    reused: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+    report: Path | None
+    report_reused: bool
+
+
+def execute(p: Plan, *, only: tuple[str, ...] = (), progress: bool = True,
+            echo: Callable[[str], None] = print) -> RunOutcome:
+    """Run every step not yet done, in order; then (re)build the report when its inputs changed.
+
+    Parameters
+    ----------
+    p : Plan
+    only : tuple of str
+        Step kinds to run (``extract``, ``fit``, ...); others are reused when
+        done and left alone otherwise. Empty: all.
+    echo : callable
+        Where one line per step goes.
+    """
+    unknown = [k for k in only if k not in STEP_KINDS]
+    if unknown:
+        raise ConfigError(f"--only {unknown[0]!r}: step kinds are {', '.join(STEP_KINDS)}")
+    root = p.pipeline.out
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(root / "pipeline.json", describe(p.pipeline))
+    ran, reused, skipped = [], [], []
+    failed = dict(p.failed)
+    for step in p.steps:
+        if step.done:
+            reused.append(step.label)
+            continue
+        if step.group in failed or any(d.group in failed for d in step.deps):
+            skipped.append(step.label)
+            continue
+        if only and step.kind not in only:
+            skipped.append(step.label)
+            continue
+        if any(not d.done for d in step.deps):
+            skipped.append(step.label)
+            echo(f"skip  {step.label}: needs {next(d.label for d in step.deps if not d.done)} first")
+            continue
+        echo(f"{'resume' if step.dir.exists() else 'run'}   {step.label}  ->  {step.dir}")
+        try:
+            step.run()
+        except EmbedcacheError as exc:
+            if p.pipeline.on_error == "skip" and step.group and not step.group.startswith("dataset:"):
+                failed[step.group] = f"{step.label}: {exc}"
+                echo(f"failed {step.label}: {exc} (skipping {step.group}'s other steps)")
+                continue
+            raise PipelineError(f"{step.label}: {exc} (finished steps are kept; run again to go on)",
+                                exc.exit_code) from exc
+        ran.append(step.label)
+    report, report_reused = None, False
+    if not only or "report" in only:
+        p.failed = failed
+        report, report_reused = _report(p, echo)
+    return RunOutcome(ran, reused, skipped, failed, report, report_reused)
+
+
+def _report(p: Plan, echo) -> tuple[Path | None, bool]:
+    from embedcache.report.study import write_study_report
+
+    root = p.pipeline.out / "report"
+    key = p.report_key()
+    stamp = root / "report.json"
+    if stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()).get("key") == key:
+                return root, True
+        except (OSError, ValueError):
+            pass
+    cells = study_cells(p)
+    if not any(c.evals or c.probes for c in cells):
+        echo("no finished evaluation or probe yet: no report")
+        return None, False
+    echo(f"report -> {root}")
+    spec = p.pipeline.report
+    write_study_report(p.pipeline.name, cells, p.failed, root, key, n_boot=spec.n_boot, seed=spec.seed,
+                       overlays=spec.overlays)
+    return root, False
+
+
+def study_cells(p: Plan):
+    """What the report reads: each cell's finished steps (an encoder shows once all its seeds are evaluated)."""
+    from embedcache.report.study import CellResult
+
+    out = []
+    for c in p.cells:
+        if c.encoder in p.failed or not c.extract.done:
+            continue
+        evals = {s: st.dir for s, st in c.evals.items() if st.done}
+        if len(evals) != len(c.evals):
+            evals = {}
+        out.append(CellResult(c.dataset, c.encoder, c.extract.dir / "store.zarr", c.extract.record()["result"],
+                              evals, {s: st.record()["result"] for s, st in c.fits.items() if st.done},
+                              {i: st.dir / "probe.json" for i, st in enumerate(c.probes) if st.done}))
+    return out
+
+
+def dry_run(p: Plan, only: tuple[str, ...] = ()) -> list[tuple[str, str, Path]]:
+    """``(state, label, directory)`` of every step: ``reuse``, ``resume``, ``run``, or ``skip`` (``--only``)."""
+    rows = []
+    for step in p.steps:
+        state = step.state()
+        if state != "reuse" and only and step.kind not in only:
+            state = "skip"
+        rows.append((state, step.label, step.dir))
+    return rows

@@ -1,0 +1,365 @@
+"""Pipeline files: a study in YAML, read into the library's config objects.
+
+Every section maps one-to-one onto a config dataclass (no class paths in
+YAML): ``extract`` onto :class:`~embedcache.config.ExtractConfig`,
+``fit`` onto :class:`~embedcache.train.loop.FitConfig` (with its nested
+``decoder``, ``targets`` and ``loss``), ``probe`` onto
+:class:`~embedcache.config.ProbeConfig`. Settings are layered: the
+defaults of each config, then the file's top-level section, then the
+dataset's, then (for extraction) the encoder's own fields.
+
+>>> p = parse_pipeline({"datasets": {"d": {"path": "data"}}, "encoders": {"lite0": {}}}, "study.yaml")
+>>> p.extract_config(p.datasets[0], p.encoders[0]).encoder
+'efficientnet_lite0'
+
+Unknown keys, duplicate keys and invalid values are refused with the file,
+line and section, and a close match when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from embedcache.config import ExtractConfig, ProbeConfig
+from embedcache.errors import ConfigError
+
+ON_ERROR = ("stop", "skip")
+PROTOCOLS = ("auto", "hovernet", "pannuke", "conic")
+MAGNIFICATIONS = ("40x", "20x")
+
+
+class _Map(dict):
+    """A YAML mapping that remembers the line of each key."""
+
+    line: int = 0
+    lines: dict
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lines = {}
+
+
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        loader.flatten_mapping(node)
+        out = _Map()
+        out.line = node.start_mark.line + 1
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in out:
+                raise ConfigError(f"line {line}: duplicate key {key!r} (first at line {out.lines[key]})")
+            out[key] = loader.construct_object(value_node, deep=True)
+            out.lines[key] = line
+        return out
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of the study.
+
+    Attributes
+    ----------
+    name : str
+    path : str or None
+        A dataset folder or slide (any layout ``extract`` reads).
+    synthetic : dict or None
+        Or synthetic tiles made by the pipeline: ``demo-data``'s ``tiles``,
+        ``seed``, ``folds``, ``size``.
+    extract, decoder : dict
+        Settings over the file's top-level ``extract`` and ``fit`` sections for this dataset.
+    probe : tuple of dict
+        Probe settings (ProbeConfig fields); empty: no probe.
+    protocol : str
+        ``auto`` (PanNuke or CoNIC for their classes, else HoVer-Net) or one protocol.
+    magnification : {"40x", "20x"}
+    """
+
+    name: str
+    path: str | None = None
+    synthetic: dict | None = None
+    extract: dict = field(default_factory=dict)
+    decoder: dict = field(default_factory=dict)
+    probe: tuple = ()
+    protocol: str = "auto"
+    magnification: str = "40x"
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """One encoder of the study: a name for the report and ExtractConfig fields (``encoder``, ``weights``, ...)."""
+
+    name: str
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The report: bootstrap resamples and seed, overlay tiles shown per dataset."""
+
+    n_boot: int = 2000
+    seed: int = 0
+    overlays: int = 4
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A parsed pipeline file. Relative paths are relative to the directory the command runs in."""
+
+    name: str
+    source: str
+    out: Path
+    datasets: tuple[DatasetSpec, ...]
+    encoders: tuple[EncoderEntry, ...]
+    seeds: tuple[int, ...] = (0,)
+    extract: dict = field(default_factory=dict)
+    decoder: dict = field(default_factory=dict)
+    report: ReportSpec = ReportSpec()
+    on_error: str = "stop"
+
+    def extract_config(self, dataset: DatasetSpec, encoder: EncoderEntry) -> ExtractConfig:
+        """Defaults, then the file's ``extract``, the dataset's, then the encoder's fields."""
+        where = f"{self.source}: extract settings of {encoder.name} on {dataset.name}"
+        return _build(ExtractConfig, {**self.extract, **dataset.extract, **encoder.settings}, where)
+
+    def fit_config(self, dataset: DatasetSpec, seed: int):
+        """Defaults, then the file's ``fit``, the dataset's, with ``seed``."""
+        from embedcache.train.loop import FitConfig
+
+        merged = _merge(self.decoder, dataset.decoder)
+        return _build(FitConfig, {**merged, "seed": seed}, f"{self.source}: fit settings of {dataset.name}")
+
+    def probe_configs(self, dataset: DatasetSpec) -> list[ProbeConfig]:
+        return [_build(ProbeConfig, p, f"{self.source}: probe of {dataset.name}") for p in dataset.probe]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on ``base``, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _build(cls, values: dict, where: str):
+    try:
+        return cls.from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _nested_fields(cls) -> dict[str, type]:
+    """Fields of a config dataclass that are config dataclasses themselves (FitConfig's decoder, ...)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        factory = f.default_factory
+        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+            out[f.name] = factory
+    return out
+
+
+class _Reader:
+    """Walks the parsed YAML with the file name at hand for messages."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def at(self, mapping, key=None) -> str:
+        line = None
+        if isinstance(mapping, _Map):
+            line = mapping.lines.get(key, mapping.line) if key is not None else mapping.line
+        return f"{self.source}:{line}" if line else self.source
+
+    def fail(self, mapping, key, message: str):
+        raise ConfigError(f"{self.at(mapping, key)}: {message}")
+
+    def mapping(self, value, where: str, parent=None, key=None) -> dict:
+        if value is None:
+            return _Map()
+        if not isinstance(value, dict):
+            self.fail(parent, key, f"{where} must be a mapping of keys to values, not {type(value).__name__}")
+        return value
+
+    def keys(self, mapping: dict, known, where: str):
+        for key in mapping:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(map(str, known)))}"
+                self.fail(mapping, key, f"unknown key {key!r} in {where}{hint}")
+
+    def config_keys(self, cls, mapping: dict, where: str):
+        """Check keys (and nested sections) against the dataclass's fields."""
+        mapping = self.mapping(mapping, where)
+        self.keys(mapping, [f.name for f in dataclasses.fields(cls)], where)
+        for name, sub in _nested_fields(cls).items():
+            if name in mapping:
+                self.config_keys(sub, self.mapping(mapping[name], f"{where}.{name}", mapping, name),
+                                 f"{where}.{name}")
+        return mapping
+
+
+TOP_KEYS = ("name", "out", "datasets", "encoders", "seeds", "extract", "fit", "probe", "evaluate", "report",
+            "on_error")
+DATASET_KEYS = ("path", "synthetic", "format", "extract", "fit", "probe", "evaluate")
+SYNTHETIC_KEYS = ("tiles", "seed", "folds", "size")
+EVALUATE_KEYS = ("protocol", "magnification")
+
+
+def load_pipeline(path) -> Pipeline:
+    """Read and validate a pipeline file.
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable file, YAML syntax errors, unknown or duplicate
+        keys, invalid values: one line naming the file, line and section.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such pipeline file")
+    try:
+        data = yaml.load(path.read_text(), Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    return parse_pipeline(data, str(path))
+
+
+def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
+    """Validate a pipeline already read from YAML (a mapping)."""
+    r = _Reader(source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a pipeline file is a mapping with datasets and encoders at the top")
+    r.keys(data, TOP_KEYS, "the pipeline")
+    for need in ("datasets", "encoders"):
+        if not data.get(need):
+            raise ConfigError(f"{source}: the pipeline needs a '{need}' section with at least one entry")
+    name = str(data.get("name") or Path(source).stem)
+    out = Path(str(data.get("out") or Path("runs") / name))
+
+    from embedcache.train.loop import FitConfig
+
+    extract = dict(r.config_keys(ExtractConfig, data.get("extract"), "extract"))
+    decoder = dict(r.config_keys(FitConfig, data.get("fit"), "fit"))
+    probe = _probe_list(r, data.get("probe"), data, "probe")
+    evaluate = _evaluate(r, data.get("evaluate"), data, "evaluate")
+    seeds = data.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        r.fail(data, "seeds", "seeds must be an integer or a list of distinct integers, e.g. [0, 1, 2]")
+    on_error = data.get("on_error", "stop")
+    if on_error not in ON_ERROR:
+        r.fail(data, "on_error", f"on_error must be stop or skip, not {on_error!r}")
+    report = r.mapping(data.get("report"), "report", data, "report")
+    r.keys(report, [f.name for f in dataclasses.fields(ReportSpec)], "report")
+    try:
+        report_spec = ReportSpec(**report)
+    except TypeError as exc:
+        r.fail(data, "report", str(exc))
+    if report_spec.n_boot < 100 or report_spec.overlays < 0:
+        r.fail(data, "report", "report.n_boot must be at least 100 and report.overlays at least 0")
+
+    datasets = _named(r, data, "datasets")
+    encoders = _named(r, data, "encoders")
+    ds_specs = []
+    for ds_name, entry in datasets:
+        where = f"datasets.{ds_name}"
+        entry = r.mapping(entry, where, data["datasets"], ds_name)
+        r.keys(entry, DATASET_KEYS, where)
+        if ("path" in entry) == ("synthetic" in entry):
+            r.fail(data["datasets"], ds_name, f"{where} needs either 'path' (a dataset folder) or 'synthetic' "
+                                              "(tiles made by the pipeline)")
+        synthetic = None
+        if "synthetic" in entry:
+            synthetic = dict(r.mapping(entry["synthetic"], f"{where}.synthetic", entry, "synthetic"))
+            r.keys(synthetic, SYNTHETIC_KEYS, f"{where}.synthetic")
+            synthetic = {"tiles": 48, "seed": 0, "folds": 3, "size": 256, **synthetic}
+        ds_extract = dict(r.config_keys(ExtractConfig, entry.get("extract"), f"{where}.extract"))
+        if "format" in entry:
+            ds_extract["format"] = entry["format"]
+        ds_decoder = dict(r.config_keys(FitConfig, entry.get("fit"), f"{where}.fit"))
+        ds_probe = _probe_list(r, entry["probe"], entry, f"{where}.probe") if "probe" in entry else probe
+        ds_eval = {**evaluate, **_evaluate(r, entry.get("evaluate"), entry, f"{where}.evaluate")}
+        ds_specs.append(DatasetSpec(ds_name, str(entry["path"]) if "path" in entry else None, synthetic,
+                                    ds_extract, ds_decoder, tuple(ds_probe), **ds_eval))
+    enc_specs = []
+    for enc_name, entry in encoders:
+        where = f"encoders.{enc_name}"
+        settings = r.config_keys(ExtractConfig, entry, where)
+        settings = {"encoder": enc_name, **settings}
+        enc_specs.append(EncoderEntry(enc_name, dict(settings)))
+
+    pipeline = Pipeline(name, source, out, tuple(ds_specs), tuple(enc_specs), tuple(seeds), extract, decoder,
+                        report_spec, on_error)
+    # Build every config now, so a bad value fails before any work starts.
+    for ds in pipeline.datasets:
+        for enc in pipeline.encoders:
+            pipeline.extract_config(ds, enc)
+        for s in pipeline.seeds:
+            pipeline.fit_config(ds, s)
+        pipeline.probe_configs(ds)
+    return pipeline
+
+
+def _named(r: _Reader, data: dict, key: str) -> list[tuple[str, Any]]:
+    """A section of named entries: a mapping ``name: {...}`` or a list of names."""
+    value = data[key]
+    if isinstance(value, list):
+        value = _Map({str(v): None for v in value}) if all(isinstance(v, str) for v in value) else None
+    if not isinstance(value, dict):
+        r.fail(data, key, f"{key} must map names to settings (or list names), e.g. '{key}: {{lite0: {{}}}}'")
+    for name in value:
+        if not isinstance(name, str) or not name or "/" in name:
+            r.fail(value, name, f"{key} names must be non-empty strings without '/', not {name!r}")
+    return list(value.items())
+
+
+def _probe_list(r: _Reader, value, parent, where: str) -> list[dict]:
+    if value is None or value is False:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        item = r.mapping(item, where, parent, where.rsplit(".", 1)[-1])
+        r.keys(item, [f.name for f in dataclasses.fields(ProbeConfig)], where)
+        out.append(dict(item))
+    return out
+
+
+def _evaluate(r: _Reader, value, parent, where: str) -> dict:
+    value = r.mapping(value, where, parent, where.rsplit(".", 1)[-1])
+    r.keys(value, EVALUATE_KEYS, where)
+    if value.get("protocol", "auto") not in PROTOCOLS:
+        r.fail(value, "protocol", f"protocol must be one of {', '.join(PROTOCOLS)}, not {value['protocol']!r}")
+    if value.get("magnification", "40x") not in MAGNIFICATIONS:
+        r.fail(value, "magnification", f"magnification must be 40x or 20x, not {value['magnification']!r}")
+    return dict(value)
+
+
+def describe(pipeline: Pipeline) -> Mapping:
+    """Plain data of a pipeline (what ``run`` records next to its outputs)."""
+    return {"name": pipeline.name, "source": pipeline.source, "out": str(pipeline.out),
+            "datasets": [dataclasses.asdict(d) for d in pipeline.datasets],
+            "encoders": [dataclasses.asdict(e) for e in pipeline.encoders],
+            "seeds": list(pipeline.seeds), "extract": pipeline.extract, "fit": pipeline.decoder,
+            "report": dataclasses.asdict(pipeline.report), "on_error": pipeline.on_error}

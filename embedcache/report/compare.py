@@ -1,0 +1,385 @@
+"""Encoder comparisons with honest uncertainty: leaderboard intervals and paired tests.
+
+A decoder's score depends on the images it is tested on and on the seed it
+was trained with. Each published protocol's headline values are computed
+again from per-image rows (:func:`summarise`), on the original images and
+on bootstrap resamples, so an interval is the protocol's own number under
+resampling, pooled metrics included (detection F1 from pooled counts,
+CoNIC's mPQ+ from pooled per-class sums, PanNuke's mean over tissues).
+
+Two-stage bootstrap (:func:`resample_plan`): each resample draws the test
+images with replacement and, independently for each encoder, its seeds
+with replacement; the statistic is the mean over the drawn seeds of the
+protocol value on the drawn images. The point estimate is the mean over
+seeds of the protocol value on all images. With one seed this is the
+ordinary percentile bootstrap over images.
+
+Paired comparisons (:func:`compare`): every encoder is scored on the *same*
+image resamples, so the difference of two encoders' resampled statistics
+keeps the pairing by image (a hard image is hard for both). The 95%
+interval of the difference is its percentile interval; the p-value tests
+"no difference" by centring the bootstrap differences on zero
+(``p = (1 + #{|d_b - d| >= |d|}) / (B + 1)``), and Holm's step-down
+correction over all pairs of a metric guards against reading one lucky
+pair among many.
+
+>>> rows = [{"name": str(i), "pq": v, "dice": v, "aji": v, "aji_plus": v, "dq": v, "sq": v,
+...          "det_tp": 1, "det_fp": 0, "det_fn": 0} for i, v in enumerate([0.5, 0.7])]
+>>> s = ImageScores.from_rows("hovernet", rows)
+>>> round(float(summarise(s, np.arange(2)[None])["pq"][0]), 3)
+0.6
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from embedcache.errors import DataError
+from embedcache.metrics.core import SQ_EPS
+from embedcache.metrics.protocols import CONIC_DQ_EPS
+
+HEADLINE = {
+    "hovernet": ("pq", "aji", "aji_plus", "dice", "dq", "sq", "f1_detection"),
+    "pannuke": ("mpq", "bpq", "mpq_images", "bpq_images"),
+    "conic": ("mpq_plus", "bpq", "r2"),
+}
+"""Metrics of each protocol on the leaderboard, the primary one first."""
+
+HIGHER_IS_BETTER = True  # every headline metric above
+
+
+@dataclass
+class ImageScores:
+    """One evaluation (one encoder, one seed): the protocol's per-image rows as columns.
+
+    Attributes
+    ----------
+    protocol : str
+    names : list of str
+        Image names, in the truth's order.
+    columns : dict of str to (n,) ndarray of float
+    tissue : (n,) ndarray of int or None
+        Tissue code of each image (PanNuke); codes index ``tissues``.
+    tissues : list of str
+    classes : tuple of int
+        Type ids scored (CoNIC's pooled mPQ+ and R2 are per class).
+    """
+
+    protocol: str
+    names: list[str]
+    columns: dict[str, np.ndarray]
+    tissue: np.ndarray | None = None
+    tissues: list[str] = field(default_factory=list)
+    classes: tuple[int, ...] = ()
+
+    @classmethod
+    def from_rows(cls, protocol: str, rows: Sequence[Mapping], classes: Sequence[int] = ()) -> "ImageScores":
+        """From :attr:`embedcache.metrics.Evaluation.rows` (or ``eval.json``'s ``images``)."""
+        if protocol not in HEADLINE:
+            raise DataError(f"unknown protocol {protocol!r}; use one of {', '.join(HEADLINE)}")
+        names = [str(r.get("name", i)) for i, r in enumerate(rows)]
+        keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) or v is None}
+        columns = {k: np.array([np.nan if r.get(k) is None else float(r[k]) for r in rows], dtype=np.float64)
+                   for k in keys}
+        tissue, tissues = None, []
+        if protocol == "pannuke":
+            labels = [str(r.get("tissue") or "all") for r in rows]
+            tissues = sorted(set(labels))
+            tissue = np.array([tissues.index(t) for t in labels], dtype=np.int64)
+        if protocol == "conic" and not classes:
+            classes = sorted(int(k[3:]) for k in keys if k.startswith("tp_") and k[3:].isdigit())
+        return cls(protocol, names, columns, tissue, tissues, tuple(int(c) for c in classes))
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    def column(self, key: str) -> np.ndarray:
+        if key not in self.columns:
+            raise DataError(f"{self.protocol} rows lack {key!r}; evaluate again with this version of embedcache")
+        return self.columns[key]
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def summarise(scores: ImageScores, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Headline values of ``scores.protocol`` on image resamples.
+
+    Parameters
+    ----------
+    scores : ImageScores
+    idx : (B, m) ndarray of int
+        Each row a set of image indices (with repeats); ``np.arange(n)[None]``
+        gives the protocol's own values on every image.
+
+    Returns
+    -------
+    dict of str to (B,) ndarray
+        One value per resample for each metric of ``HEADLINE[protocol]``;
+        NaN where the protocol leaves it undefined.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.ndim != 2:
+        raise ValueError(f"idx must be (resamples, images), got shape {idx.shape}")
+    p, col = scores.protocol, scores.column
+    out: dict[str, np.ndarray] = {}
+    if p == "hovernet":
+        for m in ("pq", "aji", "aji_plus", "dice", "dq", "sq"):
+            out[m] = _nanmean(col(m)[idx], axis=1)
+        tp, fp, fn = (col(k)[idx].sum(axis=1) for k in ("det_tp", "det_fp", "det_fn"))
+        out["f1_detection"] = _ratio(2 * tp, 2 * tp + fp + fn)
+    elif p == "pannuke":
+        t = scores.tissue[idx]
+        for m in ("bpq", "mpq"):
+            v = col(m)[idx]
+            ok = np.isfinite(v)
+            per_tissue = []
+            for k in range(len(scores.tissues)):
+                sel = ok & (t == k)
+                per_tissue.append(_ratio(np.where(sel, v, 0).sum(axis=1), sel.sum(axis=1)))
+            out[m] = _nanmean(np.stack(per_tissue), axis=0)
+            out[f"{m}_images"] = _nanmean(v, axis=1)
+    elif p == "conic":
+        out["bpq"] = col("bpq")[idx].mean(axis=1)
+        pqs, r2s = [], []
+        for c in scores.classes:
+            tp, fp, fn, iou = (col(f"{k}_{c}")[idx].sum(axis=1) for k in ("tp", "fp", "fn", "iou"))
+            pqs.append(tp / (tp + 0.5 * fp + 0.5 * fn + CONIC_DQ_EPS) * (iou / (tp + SQ_EPS)))
+            yt, yp = col(f"count_true_{c}")[idx], col(f"count_pred_{c}")[idx]
+            ss_res = ((yt - yp) ** 2).sum(axis=1)
+            ss_tot = ((yt - yt.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                              (ss_res == 0).astype(np.float64))
+            r2s.append(np.where(idx.shape[1] < 2, np.nan, r2))
+        out["mpq_plus"] = np.mean(pqs, axis=0) if pqs else np.full(len(idx), np.nan)
+        out["r2"] = np.mean(r2s, axis=0) if r2s else np.full(len(idx), np.nan)
+    return {m: np.asarray(out[m], dtype=np.float64) for m in HEADLINE[p]}
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class ResamplePlan:
+    """The image resamples every encoder shares, and how seeds are drawn.
+
+    Attributes
+    ----------
+    images : (B, n) ndarray of int
+    seed : int
+        Base seed; each encoder's seed draws come from ``(seed, crc32(name))``,
+        so an encoder's interval does not depend on which others are compared.
+    """
+
+    images: np.ndarray
+    seed: int = 0
+
+    @property
+    def n_boot(self) -> int:
+        return len(self.images)
+
+    def seed_draws(self, name: str, n_seeds: int) -> np.ndarray:
+        """(B, n_seeds) indices of the seeds drawn for encoder ``name`` in each resample."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+        if n_seeds == 1:
+            return np.zeros((self.n_boot, 1), dtype=np.int64)
+        return rng.integers(0, n_seeds, size=(self.n_boot, n_seeds))
+
+
+def resample_plan(n_images: int, n_boot: int = 2000, seed: int = 0) -> ResamplePlan:
+    """Image resamples with replacement, the same for every encoder (seeded)."""
+    if n_images < 1:
+        raise DataError("no images to resample")
+    rng = np.random.default_rng(seed)
+    return ResamplePlan(rng.integers(0, n_images, size=(n_boot, n_images)), seed)
+
+
+@dataclass
+class EncoderScores:
+    """An encoder's headline values: the point estimate and the resampled statistics."""
+
+    name: str
+    protocol: str
+    n_seeds: int
+    n_images: int
+    point: dict[str, float]
+    per_seed: dict[str, list[float]]
+    boot: dict[str, np.ndarray]
+
+    def interval(self, metric: str) -> tuple[float, float]:
+        return _percentiles(self.boot[metric])
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(v, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _check_same_images(evals: Sequence[ImageScores], ref: list[str], who: str) -> None:
+    for e in evals:
+        if e.names != ref:
+            raise DataError(f"{who}: evaluated on other images than the rest ({len(e.names)} vs {len(ref)}); "
+                            "encoders are compared on the same test images")
+
+
+def score_encoder(name: str, evaluations: Sequence[ImageScores], plan: ResamplePlan) -> EncoderScores:
+    """Point estimates and two-stage bootstrap statistics of one encoder over its seeds.
+
+    Parameters
+    ----------
+    name : str
+    evaluations : sequence of ImageScores
+        One per training seed, all on the same images and protocol.
+    plan : ResamplePlan
+    """
+    if not evaluations:
+        raise DataError(f"{name}: no evaluation to score")
+    ref = evaluations[0]
+    _check_same_images(evaluations, ref.names, name)
+    if plan.images.shape[1] != ref.n:
+        raise DataError(f"{name}: {ref.n} images, but the resamples are of {plan.images.shape[1]}")
+    full = np.arange(ref.n)[None]
+    per_seed = [summarise(e, full) for e in evaluations]
+    boots = [summarise(e, plan.images) for e in evaluations]  # each metric (B,)
+    draws = plan.seed_draws(name, len(evaluations))
+    rows = np.arange(plan.n_boot)[:, None]
+    metrics = HEADLINE[ref.protocol]
+    boot = {}
+    for m in metrics:
+        by_seed = np.stack([b[m] for b in boots], axis=1)  # (B, S)
+        boot[m] = _nanmean(by_seed[rows, draws], axis=1)
+    point = {m: float(_nanmean(np.array([s[m][0] for s in per_seed]), axis=0)) for m in metrics}
+    return EncoderScores(name, ref.protocol, len(evaluations), ref.n, point,
+                         {m: [float(s[m][0]) for s in per_seed] for m in metrics}, boot)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the input order; NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(p))
+    out = np.full(len(p), np.nan)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def compare(a: EncoderScores, b: EncoderScores, metric: str) -> dict:
+    """Paired bootstrap comparison of ``a - b`` on ``metric`` (same image resamples).
+
+    Returns
+    -------
+    dict
+        ``a, b, metric, diff`` (point), ``lo, hi`` (95% percentile
+        interval), ``p`` (two-sided, bootstrap centred on no difference).
+    """
+    d = a.point[metric] - b.point[metric]
+    db = a.boot[metric] - b.boot[metric]
+    db = db[np.isfinite(db)]
+    lo, hi = _percentiles(db)
+    if not math.isfinite(d) or db.size == 0:
+        p = math.nan
+    else:
+        p = float((1 + np.sum(np.abs(db - db.mean()) >= abs(d) - 1e-12)) / (db.size + 1))
+    return {"a": a.name, "b": b.name, "metric": metric, "diff": d, "lo": lo, "hi": hi, "p": p}
+
+
+@dataclass
+class Leaderboard:
+    """Encoders of one dataset ranked by the protocol's primary metric, and their paired comparisons.
+
+    Attributes
+    ----------
+    dataset, protocol : str
+    rows : list of dict
+        One per encoder, best first: ``encoder, n_seeds, n_images`` and for
+        each metric ``{value, lo, hi, seeds}``.
+    comparisons : list of dict
+        Every pair on every metric: :func:`compare`'s fields plus ``p_holm``
+        (over the pairs of that metric) and ``verdict``.
+    n_boot : int
+    """
+
+    dataset: str
+    protocol: str
+    rows: list[dict]
+    comparisons: list[dict]
+    n_boot: int
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return HEADLINE[self.protocol]
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+
+def _verdict(c: dict, alpha: float = 0.05) -> str:
+    if not math.isfinite(c["p_holm"]):
+        return "n/a"
+    if c["p_holm"] < alpha:
+        return f"{c['a']} better" if c["diff"] > 0 else f"{c['b']} better"
+    return "no clear difference"
+
+
+def leaderboard(dataset: str, evaluations: Mapping[str, Sequence[ImageScores]], n_boot: int = 2000,
+                seed: int = 0) -> Leaderboard:
+    """Score every encoder of one dataset and compare every pair on the same resamples.
+
+    Parameters
+    ----------
+    dataset : str
+    evaluations : mapping of encoder name to its per-seed ImageScores
+        All on the same images under the same protocol.
+    n_boot : int
+    seed : int
+    """
+    if not evaluations:
+        raise DataError(f"{dataset}: no evaluations to rank")
+    first = next(iter(evaluations.values()))[0]
+    protocols = {e.protocol for evs in evaluations.values() for e in evs}
+    if len(protocols) > 1:
+        raise DataError(f"{dataset}: evaluations under several protocols {sorted(protocols)}")
+    for name, evs in evaluations.items():
+        _check_same_images(evs, first.names, name)
+    plan = resample_plan(first.n, n_boot, seed)
+    scored = [score_encoder(name, evs, plan) for name, evs in evaluations.items()]
+    primary = HEADLINE[first.protocol][0]
+    scored.sort(key=lambda s: -s.point[primary] if math.isfinite(s.point[primary]) else math.inf)
+    rows = []
+    for s in scored:
+        row = {"encoder": s.name, "n_seeds": s.n_seeds, "n_images": s.n_images}
+        for m in HEADLINE[first.protocol]:
+            lo, hi = s.interval(m)
+            row[m] = {"value": s.point[m], "lo": lo, "hi": hi, "seeds": s.per_seed[m]}
+        rows.append(row)
+    comparisons = []
+    for m in HEADLINE[first.protocol]:
+        pairs = [compare(a, b, m) for i, a in enumerate(scored) for b in scored[i + 1:]]
+        for c, ph in zip(pairs, holm([c["p"] for c in pairs])):
+            c["p_holm"] = ph
+            c["verdict"] = _verdict(c)
+        comparisons += pairs
+    return Leaderboard(dataset, first.protocol, rows, comparisons, n_boot)

@@ -1,0 +1,427 @@
+"""The report of an encoder comparison: leaderboard, paired tests, probes, costs, overlays.
+
+:func:`write_study_report` reads what the steps left on disk (``eval.json``
+and predictions per encoder and seed, ``probe.json`` per encoder, the
+extraction records) and writes into one folder, built under a temporary
+name and renamed:
+
+- ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json``: every
+  headline metric per dataset and encoder, mean over seeds with a 95%
+  interval over seeds and images (:mod:`embedcache.report.compare`), and
+  the paired comparisons of every two encoders;
+- ``scores_<dataset>.png`` (primary metrics with intervals),
+  ``probe_<dataset>_<n>.png`` (probe score against depth), ``costs.png``
+  (bytes of cache and extraction time per tile-variant);
+- ``overlays/``: the same held-out images for every encoder, and
+  ``index.html``, a static page with all of the above.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
+
+METRIC_LABELS = {
+    "pq": "PQ", "aji": "AJI", "aji_plus": "AJI+", "dice": "Dice", "dq": "DQ", "sq": "SQ",
+    "f1_detection": "F1 det.", "mpq": "mPQ", "bpq": "bPQ", "mpq_images": "mPQ (image mean)",
+    "bpq_images": "bPQ (image mean)", "mpq_plus": "mPQ+", "r2": "R2 counts",
+}
+
+
+@dataclass
+class CellResult:
+    """What one encoder produced on one dataset (only finished steps).
+
+    Attributes
+    ----------
+    dataset, encoder : str
+    store : Path or None
+    extract : dict or None
+        The extraction record (bytes, seconds, tiles, variants).
+    evals : dict of int to Path
+        Seed -> folder holding ``eval.json`` and ``pred/``.
+    fits : dict of int to dict
+        Seed -> training record (seconds, epochs).
+    probes : dict of int to Path
+        ``probe.json`` files by the probe's place in the pipeline.
+    """
+
+    dataset: str
+    encoder: str
+    store: Path | None = None
+    extract: dict | None = None
+    evals: dict = field(default_factory=dict)
+    fits: dict = field(default_factory=dict)
+    probes: dict = field(default_factory=dict)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _interval(s: dict) -> str:
+    if not math.isfinite(s["value"]):
+        return "n/a"
+    if not math.isfinite(s["lo"]):
+        return _fmt(s["value"])
+    return f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _finite(obj):
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ----------------------------------------------------------------------------- gathering
+
+
+def read_evaluation(folder: Path) -> ImageScores:
+    """An ``eval.json`` written by a pipeline's evaluate step, as per-image columns."""
+    data = json.loads((Path(folder) / "eval.json").read_text())
+    return ImageScores.from_rows(data["protocol"], data["images"], [int(c) for c in data.get("classes") or []])
+
+
+def dataset_leaderboards(cells: list[CellResult], n_boot: int, seed: int) -> dict[str, Leaderboard]:
+    """One leaderboard per dataset, over the encoders whose every seed was evaluated."""
+    by_dataset: dict[str, dict[str, list[ImageScores]]] = {}
+    for c in cells:
+        if c.evals:
+            by_dataset.setdefault(c.dataset, {})[c.encoder] = [read_evaluation(c.evals[s]) for s in sorted(c.evals)]
+    return {ds: leaderboard(ds, evs, n_boot=n_boot, seed=seed) for ds, evs in by_dataset.items()}
+
+
+def probe_tables(cells: list[CellResult]) -> dict[tuple[str, int], dict]:
+    """Probe rows of every encoder, per (dataset, probe), with the store column naming the encoder."""
+    tables: dict[tuple[str, int], dict] = {}
+    for c in cells:
+        for i, path in sorted(c.probes.items()):
+            data = json.loads(Path(path).read_text())
+            t = tables.setdefault((c.dataset, i), {"info": data["info"], "rows": [], "best": []})
+            t["rows"] += [{**r, "store": c.encoder} for r in data["rows"]]
+            t["best"] += [{**b, "store": c.encoder} for b in data["best"]]
+    return tables
+
+
+def costs(cells: list[CellResult]) -> list[dict]:
+    """Per dataset and encoder: cache bytes and extraction and training time."""
+    out = []
+    for c in cells:
+        if not c.extract:
+            continue
+        x = c.extract
+        n = max(1, x["n_tiles"] * x["n_variants"])
+        fit_s = [f["seconds"] for f in c.fits.values() if f]
+        out.append({"dataset": c.dataset, "encoder": c.encoder, "n_tiles": x["n_tiles"],
+                    "n_variants": x["n_variants"], "bytes": x["bytes"], "bytes_per_tile_variant": x["bytes"] / n,
+                    "extract_seconds": x["seconds"], "extract_ms_per_tile_variant": 1000 * x["seconds"] / n,
+                    "fit_seconds_mean": float(np.mean(fit_s)) if fit_s else math.nan})
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def leaderboard_markdown(lb: Leaderboard) -> str:
+    seeds = lb.rows[0]["n_seeds"] if lb.rows else 0
+    n_img = lb.rows[0]["n_images"] if lb.rows else 0
+    lines = [f"## {lb.dataset}: {lb.protocol} protocol, {n_img} held-out images, {seeds} seed(s)", "",
+             f"Mean over seeds; 95% interval over seeds and images ({lb.n_boot} bootstrap resamples). "
+             f"Ranked by {METRIC_LABELS[lb.primary]}.", ""]
+    head = ["encoder"] + [METRIC_LABELS[m] for m in lb.metrics]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in lb.rows:
+        lines.append("| " + " | ".join([r["encoder"]] + [_interval(r[m]) for m in lb.metrics]) + " |")
+    pairs = [c for c in lb.comparisons if c["metric"] == lb.primary]
+    if pairs:
+        lines += ["", f"Paired comparisons on {METRIC_LABELS[lb.primary]} (same image resamples; p centred "
+                      "bootstrap, Holm-adjusted over the pairs):", "",
+                  "| a - b | difference | 95% interval | p | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
+        for c in pairs:
+            lines.append(f"| {c['a']} - {c['b']} | {c['diff']:+.3f} | [{_fmt(c['lo'])}, {_fmt(c['hi'])}] | "
+                         f"{_fmt(c['p'], 4)} | {_fmt(c['p_holm'], 4)} | {c['verdict']} |")
+    return "\n".join(lines)
+
+
+def probe_markdown(table: dict, dataset: str) -> str:
+    from embedcache.report.stats import LABELS
+
+    info = table["info"]
+    lines = [f"### Probe on {dataset}: {info.get('labels', {}).get('source', '?')} labels "
+             f"({info.get('level', 'tile')} level, {info.get('folds', '?')})", "",
+             "| encoder | method | best layer | score | 95% interval |", "|---|---|---|---|---|"]
+    for b in table["best"]:
+        lo, hi = b.get("lo"), b.get("hi")
+        ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "n/a"
+        lines.append(f"| {b['store']} | {b['method']} | {b['layer']} | {LABELS.get(b['metric'], b['metric'])} "
+                     f"{_fmt(b.get('value'))} | {ci} |")
+    return "\n".join(lines)
+
+
+def costs_markdown(rows: list[dict]) -> str:
+    lines = ["## Costs", "", "| dataset | encoder | cache | per tile-variant | extraction ms per tile-variant | "
+                             "decoder training s (mean over seeds) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['encoder']} | {_human_bytes(r['bytes'])} | "
+                     f"{_human_bytes(r['bytes_per_tile_variant'])} | {r['extract_ms_per_tile_variant']:.1f} | "
+                     f"{_fmt(r['fit_seconds_mean'], 1)} |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, boards: dict[str, Leaderboard]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["dataset", "protocol", "encoder", "metric", "value", "lo", "hi", "n_seeds", "n_images",
+                    "per_seed"])
+        for ds, lb in boards.items():
+            for r in lb.rows:
+                for m in lb.metrics:
+                    s = r[m]
+                    w.writerow([ds, lb.protocol, r["encoder"], m, *(f"{s[k]:.6g}" if math.isfinite(s[k]) else ""
+                                                                    for k in ("value", "lo", "hi")),
+                                r["n_seeds"], r["n_images"], " ".join(f"{v:.6g}" for v in s["seeds"])])
+    return path
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figure(width: float, height: float, n: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * n, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, n, squeeze=False)[0]
+
+
+def plot_scores(lb: Leaderboard, path: Path, metrics: tuple[str, ...] | None = None) -> Path:
+    """The primary metrics per encoder with their 95% intervals (one panel each)."""
+    metrics = metrics or lb.metrics[:2]
+    fig, axes = _figure(max(3.0, 0.9 * len(lb.rows) + 1.5), 3.4, len(metrics))
+    x = np.arange(len(lb.rows))
+    for ax, m in zip(axes, metrics):
+        v = np.array([r[m]["value"] for r in lb.rows], dtype=float)
+        lo = np.array([r[m]["lo"] for r in lb.rows], dtype=float)
+        hi = np.array([r[m]["hi"] for r in lb.rows], dtype=float)
+        err = np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])
+        ax.errorbar(x, v, yerr=err, fmt="o", capsize=4, color="C0")
+        for r, xi in zip(lb.rows, x):
+            ax.plot([xi] * len(r[m]["seeds"]), r[m]["seeds"], "x", color="C1", alpha=0.7)
+        ax.set_xticks(x, [r["encoder"] for r in lb.rows], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(METRIC_LABELS[m])
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{lb.dataset} ({lb.protocol}): mean over seeds (o) with 95% interval; seeds (x)", fontsize=9)
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_costs(rows: list[dict], path: Path) -> Path:
+    """Cache bytes and extraction time per tile-variant, per encoder."""
+    fig, axes = _figure(max(3.0, 0.7 * len(rows) + 1.5), 3.4, 2)
+    labels = [f"{r['encoder']}\n({r['dataset']})" for r in rows]
+    x = np.arange(len(rows))
+    axes[0].bar(x, [r["bytes_per_tile_variant"] / 1024 for r in rows], color="C2")
+    axes[0].set_ylabel("cache KB per tile-variant")
+    axes[1].bar(x, [r["extract_ms_per_tile_variant"] for r in rows], color="C3")
+    axes[1].set_ylabel("extraction ms per tile-variant")
+    for ax in axes:
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def _job_image(store, job) -> np.ndarray:
+    image = np.full((*job.shape, 3), 255, dtype=np.uint8)
+    valid = store.tile_info()["valid"]
+    for (r, c), tile in job.tiles:
+        h, w = valid[tile]
+        image[r:r + h, c:c + w] = store.images(tile)[:h, :w]
+    return image
+
+
+def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> list[dict]:
+    """The same ``n`` held-out images for every encoder (first seed): truth and each prediction outlined.
+
+    Images with the most true nuclei are shown. Returns one dict per image:
+    ``name`` and the PNG of ``truth`` and of each encoder.
+    """
+    from PIL import Image
+
+    from embedcache.datasets import read_label_maps
+    from embedcache.predict import store_jobs, store_truth
+    from embedcache.prediction_io import overlay
+    from embedcache.store import open_store
+
+    cells = [c for c in cells if c.dataset == dataset and c.evals and c.store]
+    if not cells or n == 0:
+        return []
+    first = cells[0]
+    seed0 = sorted(first.evals)[0]
+    tiles = json.loads((first.evals[seed0] / "eval.json").read_text())["tiles"]
+    store = open_store(first.store)
+    jobs = store_jobs(store, tiles)
+    truth = store_truth(store, jobs)
+    order = np.argsort([-int(len(np.unique(t)) - 1) for t in truth.instances], kind="stable")[:n]
+    out.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for k in order:
+        job = jobs[k]
+        image = _job_image(store, job)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job.name)
+        entry = {"name": job.name, "truth": f"overlays/{dataset}/{safe}_truth.png", "pred": {}}
+        (out / dataset).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(overlay(image, truth.instances[k], truth.types[k] if truth.types else None)).save(
+            out.parent / entry["truth"])
+        for c in cells:
+            pred = read_label_maps(c.evals[sorted(c.evals)[0]] / "pred")
+            idx = pred.names.index(job.name) if job.name in pred.names else int(k)
+            rel = f"overlays/{dataset}/{safe}_{c.encoder}.png"
+            Image.fromarray(overlay(image, pred.instances[idx], pred.types[idx] if pred.types else None)).save(
+                out.parent / rel)
+            entry["pred"][c.encoder] = rel
+        shown.append(entry)
+    return shown
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table_to_html(md: str) -> str:
+    """Markdown of this module (headings, paragraphs, pipe tables) as HTML."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if not line.startswith("|-")
+                     and not line.startswith("|---")]
+            out.append(_html_table(cells[0], cells[1:]))
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("### "):
+            out.append(f"<h3>{html.escape(line[4:])}</h3>")
+        elif line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+         "margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
+         "th{background:#f3f3f3}img{max-width:100%}.ov td{vertical-align:top;text-align:center}"
+         ".ov img{width:220px}")
+
+
+def write_study_report(title: str, cells: list[CellResult], failures: dict[str, str], out: Path, key: str, *,
+                       n_boot: int = 2000, seed: int = 0, overlays: int = 4) -> Path:
+    """Write the whole report into ``out`` (built as ``out.partial``, then swapped in)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    boards = dataset_leaderboards(cells, n_boot, seed)
+    probes = probe_tables(cells)
+    cost_rows = costs(cells)
+    md = [f"# {title}: encoder comparison", ""]
+    figures: dict[str, list[str]] = {}
+    for ds, lb in boards.items():
+        md += [leaderboard_markdown(lb), ""]
+        figures.setdefault(ds, []).append(plot_scores(lb, tmp / f"scores_{ds}.png").name)
+    for (ds, i), table in probes.items():
+        md += [probe_markdown(table, ds), ""]
+        from embedcache.report.plots import plot_depth
+        from embedcache.report.stats import ScoreTable
+
+        figures.setdefault(ds, []).append(
+            plot_depth(ScoreTable(table["rows"], table["info"]), tmp / f"probe_{ds}_{i}.png").name)
+    if cost_rows:
+        md += [costs_markdown(cost_rows), ""]
+        plot_costs(cost_rows, tmp / "costs.png")
+    if failures:
+        md += ["## Encoders left out", ""] + [f"- {name}: {why}" for name, why in failures.items()] + [""]
+    shown = {ds: write_overlays(cells, ds, tmp / "overlays", overlays) for ds in boards}
+    (tmp / "leaderboard.md").write_text("\n".join(md))
+    write_csv(tmp / "leaderboard.csv", boards)
+    data = {"title": title, "key": key, "n_boot": n_boot, "seed": seed,
+            "leaderboards": {ds: {"protocol": lb.protocol, "metrics": list(lb.metrics), "rows": lb.rows,
+                                  "comparisons": lb.comparisons} for ds, lb in boards.items()},
+            "probes": {f"{ds}/{i}": t for (ds, i), t in probes.items()}, "costs": cost_rows,
+            "failures": failures, "overlays": shown}
+    (tmp / "leaderboard.json").write_text(json.dumps(_finite(data), indent=2) + "\n")
+    _write_html(tmp / "index.html", title, md, figures, cost_rows, shown)
+    (tmp / "report.json").write_text(json.dumps({"key": key}) + "\n")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def _write_html(path: Path, title: str, md: list[str], figures: dict, cost_rows: list, shown: dict) -> None:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body>", _md_table_to_html("\n".join(md))]
+    for ds, names in figures.items():
+        parts.append(f"<h2>Figures: {html.escape(ds)}</h2>")
+        parts += [f"<p><img src='{html.escape(n)}' alt='{html.escape(n)}'></p>" for n in names]
+    if cost_rows:
+        parts.append("<h2>Cache and extraction cost</h2><p><img src='costs.png' alt='costs'></p>")
+    for ds, entries in shown.items():
+        if not entries:
+            continue
+        encoders = list(entries[0]["pred"])
+        parts.append(f"<h2>Held-out images: {html.escape(ds)}</h2><table class='ov'><tr><th>image</th>"
+                     "<th>truth</th>" + "".join(f"<th>{html.escape(e)}</th>" for e in encoders) + "</tr>")
+        for e in entries:
+            cells = [f"<td><img src='{html.escape(e['truth'])}'></td>"]
+            cells += [f"<td><img src='{html.escape(e['pred'][enc])}'></td>" for enc in encoders]
+            parts.append(f"<tr><td>{html.escape(e['name'])}</td>{''.join(cells)}</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts))
+
+
+__all__ = ["HEADLINE", "CellResult", "write_study_report"]
