@@ -8,9 +8,10 @@ YAML): ``extract`` onto :class:`~embedcache.config.ExtractConfig`,
 defaults of each config, then the file's top-level section, then the
 dataset's, then (for extraction) the encoder's own fields.
 
->>> p = parse_pipeline({"datasets": {"d": {"path": "data"}}, "encoders": {"lite0": {}}}, "study.yaml")
->>> p.extract_config(p.datasets[0], p.encoders[0]).encoder
-'efficientnet_lite0'
+>>> p = parse_pipeline({"datasets": {"d": {"path": "data"}},
+...                     "encoders": {"lite0": {"encoder": "efficientnet_lite0"}, "uni": {}}}, "study.yaml")
+>>> [p.extract_config(p.datasets[0], e).encoder for e in p.encoders]  # the name when no 'encoder'
+['efficientnet_lite0', 'uni']
 
 Unknown keys, duplicate keys and invalid values are refused with the file,
 line and section, and a close match when there is one.
@@ -272,10 +273,10 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
         r.fail(data, "on_error", f"on_error must be stop or skip, not {on_error!r}")
     report = r.mapping(data.get("report"), "report", data, "report")
     r.keys(report, [f.name for f in dataclasses.fields(ReportSpec)], "report")
-    try:
-        report_spec = ReportSpec(**report)
-    except TypeError as exc:
-        r.fail(data, "report", str(exc))
+    for key, value in report.items():
+        if not _is_int(value):
+            r.fail(report, key, f"report.{key} must be an integer, not {value!r}")
+    report_spec = ReportSpec(**report)
     if report_spec.n_boot < 100 or report_spec.overlays < 0:
         r.fail(data, "report", "report.n_boot must be at least 100 and report.overlays at least 0")
 
@@ -293,7 +294,15 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
         if "synthetic" in entry:
             synthetic = dict(r.mapping(entry["synthetic"], f"{where}.synthetic", entry, "synthetic"))
             r.keys(synthetic, SYNTHETIC_KEYS, f"{where}.synthetic")
+            for key, value in synthetic.items():
+                if not _is_int(value) or (key != "seed" and value < 1):
+                    r.fail(entry["synthetic"], key, f"{where}.synthetic.{key} must be "
+                                                    f"{'an integer' if key == 'seed' else 'a positive integer'}, "
+                                                    f"not {value!r}")
             synthetic = {"tiles": 48, "seed": 0, "folds": 3, "size": 256, **synthetic}
+            if synthetic["tiles"] < synthetic["folds"]:
+                r.fail(entry["synthetic"], "tiles", f"{where}.synthetic: {synthetic['tiles']} tiles are fewer "
+                                                    f"than the {synthetic['folds']} folds")
         ds_extract = dict(r.config_keys(ExtractConfig, entry.get("extract"), f"{where}.extract"))
         if "format" in entry:
             ds_extract["format"] = entry["format"]
@@ -321,13 +330,17 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
     return pipeline
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _named(r: _Reader, data: dict, key: str) -> list[tuple[str, Any]]:
     """A section of named entries: a mapping ``name: {...}`` or a list of names."""
     value = data[key]
     if isinstance(value, list):
         value = _Map({str(v): None for v in value}) if all(isinstance(v, str) for v in value) else None
     if not isinstance(value, dict):
-        r.fail(data, key, f"{key} must map names to settings (or list names), e.g. '{key}: {{lite0: {{}}}}'")
+        r.fail(data, key, f"{key} must map names to settings (or list names), e.g. '{key}: {{uni: {{}}}}'")
     for name in value:
         if not isinstance(name, str) or not name or "/" in name:
             r.fail(value, name, f"{key} names must be non-empty strings without '/', not {name!r}")
