@@ -350,3 +350,12 @@ def test_probe_config_validation():
     ]:
         with pytest.raises(ConfigError, match=message):
             ProbeConfig(**kwargs)
+
+
+def test_sweep_on_few_tiles_of_many_classes():
+    # 15 tiles of 5 classes: a stratified fifth (3 tiles) cannot hold every class,
+    # so the inner split must fall back to a plain one rather than fail.
+    X, y = planted(n=15, d=8, k=5, seed=3)
+    model = probes.fit_linear(X, y, l2_grid=(1.0, 0.1, 0.01))
+    assert model.best_params["l2"] in (1.0, 0.1, 0.01)
+    assert model.predict(X).shape == (15,)

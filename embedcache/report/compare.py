@@ -19,7 +19,7 @@ image resamples, so the difference of two encoders' resampled statistics
 keeps the pairing by image (a hard image is hard for both). The 95%
 interval of the difference is its percentile interval; the p-value tests
 "no difference" by centring the bootstrap differences on zero
-(``p = (1 + #{|d_b - d| >= |d|}) / (B + 1)``), and Holm's step-down
+(``p = (1 + #{|d_b - mean(d_b)| >= |d|}) / (B + 1)``), and Holm's step-down
 correction over all pairs of a metric guards against reading one lucky
 pair among many.
 

@@ -148,6 +148,42 @@ class Store:
         """Patch tokens of one variant, ``(n, C, h, w) ndarray of float32``."""
         return self._read(schema.tokens_path(self._layer(layer)), idx, self._variant(variant)).astype(np.float32)
 
+    def samples(self, pairs, layers) -> tuple[list[np.ndarray], np.ndarray]:
+        """Tokens and images of ``(tile, variant)`` pairs, every chunk read concurrently.
+
+        One sample is one chunk per layer (and one image chunk): reading a
+        batch chunk by chunk pays zarr's per-call cost for each; here one
+        event-loop round trip fetches and decodes them all (about five times
+        quicker for a batch of 8 tiles x 4 layers).
+
+        Returns
+        -------
+        tokens : list of (n, C, h, w) ndarray of float32, one per layer
+        images : (n, H, W, 3) ndarray of uint8
+        """
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        layers = [self._layer(layer) for layer in layers]
+        pairs = [(int(t), self._variant(v)) for t, v in pairs]
+        token_arrays = [self._array(schema.tokens_path(layer)).async_array for layer in layers]
+        image_array = self._array(schema.IMAGES).async_array
+
+        async def read_all():
+            reads = [a.getitem((t, v)) for a in token_arrays for t, v in pairs]
+            reads += [image_array.getitem((t,)) for t, _ in pairs]
+            return await asyncio.gather(*reads)
+
+        try:
+            chunks = sync(read_all())
+        except Exception as exc:  # a chunk that does not decode: corruption
+            raise StoreError(f"{self.path}: cannot read tokens ({type(exc).__name__}: {exc}); the store may be "
+                             "corrupted: run `embedcache verify` and re-extract with --overwrite") from exc
+        n = len(pairs)
+        tokens = [np.stack(chunks[k * n:(k + 1) * n]).astype(np.float32) for k in range(len(layers))]
+        return tokens, np.stack(chunks[len(layers) * n:])
+
     def pooled(self, layer, idx=slice(None), variant=0, kind: str = "mean") -> np.ndarray:
         """Pooled vectors of one variant, ``(n, D) ndarray of float32``.
 

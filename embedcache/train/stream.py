@@ -274,10 +274,13 @@ class TileStream(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def sample(self, pos: int, variant: int) -> dict:
+    def sample(self, pos: int, variant: int, read: tuple | None = None) -> dict:
+        """One sample; ``read`` gives its tokens and image already read (see :meth:`__getitem__`)."""
         tile = int(self.tiles[pos])
         v = self.variants[variant]
-        if self._ram is not None:
+        if read is not None:
+            tokens, image = read
+        elif self._ram is not None:
             tokens = [self._ram[layer][pos, variant].astype(np.float32) for layer in self.layers]
             image = self._ram["images"][pos]
         else:
@@ -296,7 +299,11 @@ class TileStream(torch.utils.data.Dataset):
         return item
 
     def __getitem__(self, batch):
-        return collate([self.sample(p, v) for p, v in batch])
+        if self._ram is not None or not self.layers:
+            return collate([self.sample(p, v) for p, v in batch])
+        # From disk: the whole batch's chunks in one concurrent read.
+        tokens, images = self._reader().samples([(int(self.tiles[p]), v) for p, v in batch], self.layers)
+        return collate([self.sample(p, v, ([t[k] for t in tokens], images[k])) for k, (p, v) in enumerate(batch)])
 
 
 def collate(samples: list[dict]) -> dict:
