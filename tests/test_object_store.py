@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import TINY_VIT
+from decoder_helpers import one_thread  # noqa: F401 (a fixture)
 from store_helpers import assert_same_store, conic_folder
 
 from embedcache import open_store
@@ -179,3 +180,24 @@ def test_bad_locations_get_one_line(s3, data):
     with pytest.raises(StoreError, match="not an embedcache store"):
         extract(data, f"s3://{BUCKET}/notes", CFG, progress=False)
     assert s3.get_object(Bucket=BUCKET, Key="notes/readme.txt")["Body"].read() == b"keep me"
+
+
+def test_decoder_and_probe_read_a_store_on_s3(s3, data, tmp_path, one_thread):
+    """Training, prediction and probes stream from the object store, through the CLI as users give URLs."""
+    url = f"s3://{BUCKET}/train.zarr"
+    extract(data, url, CFG, progress=False)
+    runner = CliRunner()
+    res = runner.invoke(main, ["fit-decoder", "--store", url, "--out", str(tmp_path / "run"), "--epochs", "1",
+                               "--batch-size", "4", "--width", "8", "--workers", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "best.safetensors").is_file() and (tmp_path / "run" / "eval.json").is_file()
+    res = runner.invoke(main, ["predict", "--run", str(tmp_path / "run"), "--store", url, "--out",
+                               str(tmp_path / "pred"), "--quiet", "--no-overlays", "--no-geojson"])
+    assert res.exit_code == 0, res.output
+    assert "cached features" in res.output
+    labels = tmp_path / "labels.csv"
+    labels.write_text("tile,label\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(8)))
+    res = runner.invoke(main, ["probe", "--store", url, "--labels", str(labels), "--folds", "2", "--bootstrap", "0",
+                               "--method", "knn", "--k", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert SECRET not in res.output and KEY_ID not in res.output

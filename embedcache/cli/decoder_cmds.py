@@ -16,7 +16,8 @@ magnification_option = click.option(
 
 
 @main.command("fit-decoder")
-@click.option("--store", required=True, type=click.Path(path_type=Path), help="Store with labels (from extract).")
+@click.option("--store", required=True, metavar="STORE",
+              help="Store with labels (from extract): a folder or an fsspec URL (s3://...).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1), help="Most epochs.")
 @click.option("--val", default="auto", show_default=True,
@@ -86,7 +87,7 @@ def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, pati
 
 @main.command("predict")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (fit-decoder).")
-@click.option("--store", type=click.Path(path_type=Path), help="Predict from this store's cached features.")
+@click.option("--store", metavar="STORE", help="Predict from this store's cached features (a folder or an fsspec URL).")
 @click.option("--data", type=click.Path(path_type=Path),
               help="Or run the encoder live over a dataset folder or one image file.")
 @format_option

@@ -12,8 +12,8 @@ from embedcache.cli.options import json_option, quiet_option
 
 
 @main.command("probe")
-@click.option("--store", "stores", required=True, multiple=True, type=click.Path(path_type=Path),
-              help="Store to probe; repeat to compare encoders (stores of the same tiles).")
+@click.option("--store", "stores", required=True, multiple=True, metavar="STORE",
+              help="Store to probe (a folder or an fsspec URL); repeat to compare encoders (stores of the same tiles).")
 @click.option("--labels", default="tissue", show_default=True,
               help="Tile level: tissue, type (dominant nucleus type), counts (nuclei per type) or FILE.csv "
                    "(tile,label). Patch level: nuclei or type.")
