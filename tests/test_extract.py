@@ -13,7 +13,7 @@ from conftest import TINY_CNN, TINY_VIT
 
 from embedcache import open_store
 from embedcache.config import ExtractConfig
-from embedcache.datasets import open_dataset, resolve_variants
+from embedcache.datasets import resolve_variants
 from embedcache.encoders import get_spec
 from embedcache.encoders.features import FeatureExtractor, resolve_layers
 from embedcache.encoders.load import load_encoder

@@ -9,14 +9,7 @@ import click
 
 from embedcache.cli import main
 from embedcache.cli.options import format_option, json_option, quiet_option
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+from embedcache.report import human_bytes
 
 
 @main.command()
@@ -103,14 +96,14 @@ def info(store, as_json):
     click.echo(f"  tiles     {s['n_tiles']} of {s['tile_shape'][0]}x{s['tile_shape'][1]}"
                f"{', with labels' if s['labels'] else ''}")
     click.echo(f"  variants  {len(s['variants'])}: {', '.join(s['variants'])}")
-    click.echo(f"  size      {_human(s['bytes'])} on disk")
+    click.echo(f"  size      {human_bytes(s['bytes'])} on disk")
     click.echo(f"  {'layer':<12} {'tokens (C, h, w)':<18} {'dtype':<8} {'on disk':>10} {'per tile-variant':>17}  "
                f"{'vs float32':>10}")
     for name, lay in s["layers"].items():
         shape = "x".join(str(d) for d in lay["tokens"])
         ratio = lay["bytes_per_tile_variant"] / lay["raw_float32_per_tile_variant"]
-        click.echo(f"  {name:<12} {shape:<18} {lay['dtype']:<8} {_human(lay['bytes']):>10} "
-                   f"{_human(lay['bytes_per_tile_variant']):>17} {ratio:>10.2f}")
+        click.echo(f"  {name:<12} {shape:<18} {lay['dtype']:<8} {human_bytes(lay['bytes']):>10} "
+                   f"{human_bytes(lay['bytes_per_tile_variant']):>17} {ratio:>10.2f}")
 
 
 @main.command()

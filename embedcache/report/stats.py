@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from embedcache.report import plain_json
+
 METRICS = {
     "classification": ("balanced_accuracy", "macro_f1", "auroc"),
     "regression": ("r2",),
@@ -244,7 +246,7 @@ class ScoreTable:
         return {r["layer"] for r in self.rows if r["store"] == row["store"]}
 
     def to_dict(self) -> dict:
-        return _finite({"info": self.info, "rows": self.rows, "best": self.best()})
+        return plain_json({"info": self.info, "rows": self.rows, "best": self.best()})
 
     def write_json(self, path) -> Path:
         path = Path(path)
@@ -274,19 +276,6 @@ def _interval(s: dict) -> str:
 
 def _csv_num(v: float) -> str:
     return f"{v:.6g}" if math.isfinite(v) else ""
-
-
-def _finite(obj):
-    """NaN -> None, tuples -> lists, numpy scalars -> Python: plain JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def score_predictions(predictions: Sequence, n_boot: int = 1000, seed: int = 0, info: dict | None = None,

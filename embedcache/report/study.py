@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedcache.report import human_bytes, plain_json
 from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
 
 METRIC_LABELS = {
@@ -75,26 +76,6 @@ def _interval(s: dict) -> str:
     if not math.isfinite(s["lo"]):
         return _fmt(s["value"])
     return f"{s['value']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # ----------------------------------------------------------------------------- gathering
@@ -186,8 +167,8 @@ def costs_markdown(rows: list[dict]) -> str:
     lines = ["## Costs", "", "| dataset | encoder | cache | per tile-variant | extraction ms per tile-variant | "
                              "decoder training s (mean over seeds) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['encoder']} | {_human_bytes(r['bytes'])} | "
-                     f"{_human_bytes(r['bytes_per_tile_variant'])} | {r['extract_ms_per_tile_variant']:.1f} | "
+        lines.append(f"| {r['dataset']} | {r['encoder']} | {human_bytes(r['bytes'])} | "
+                     f"{human_bytes(r['bytes_per_tile_variant'])} | {r['extract_ms_per_tile_variant']:.1f} | "
                      f"{_fmt(r['fit_seconds_mean'], 1)} |")
     return "\n".join(lines)
 
@@ -386,7 +367,7 @@ def write_study_report(title: str, cells: list[CellResult], failures: dict[str, 
                                   "comparisons": lb.comparisons} for ds, lb in boards.items()},
             "probes": {f"{ds}/{i}": t for (ds, i), t in probes.items()}, "costs": cost_rows,
             "failures": failures, "overlays": shown}
-    (tmp / "leaderboard.json").write_text(json.dumps(_finite(data), indent=2) + "\n")
+    (tmp / "leaderboard.json").write_text(json.dumps(plain_json(data), indent=2) + "\n")
     _write_html(tmp / "index.html", title, md, figures, cost_rows, shown)
     (tmp / "report.json").write_text(json.dumps({"key": key}) + "\n")
     if out.exists():
