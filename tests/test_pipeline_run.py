@@ -8,6 +8,7 @@ output folder, so only the steps they add actually run.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -125,7 +126,12 @@ def test_first_run_runs_every_step_and_writes_the_report(base):
     assert "| cnn |" in md and "2 seed(s)" in md
     csv = (out / "report" / "leaderboard.csv").read_text().splitlines()
     assert csv[0].startswith("dataset,protocol,encoder,metric") and len(csv) == 1 + len(board["metrics"])
-    assert "<table>" in (out / "report" / "index.html").read_text()
+    page = (out / "report" / "index.html").read_text()
+    assert "<table>" in page and "<h1>" in page
+    # every image the page shows is in the report folder
+    shown = re.findall(r"<img src='([^']+)'", page)
+    assert "scores_syn.png" in shown and any(s.startswith("overlays/") for s in shown)
+    assert all((out / "report" / s).is_file() for s in shown)
 
 
 def test_second_run_reuses_every_step_and_the_report(base):
