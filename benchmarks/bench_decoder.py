@@ -117,7 +117,9 @@ def io_hidden(work: Path, args) -> dict:
         times["ram"].append(timed_steps(step, ram, args.steps))
         times["disk"].append(timed_steps(step, disk, args.steps))
     sps = {k: args.steps / statistics.median(v) for k, v in times.items()}
+    paired = statistics.median(r / d for r, d in zip(times["ram"], times["disk"]))  # arms run back to back
     return {"disk_steps_s": sps["disk"], "ram_steps_s": sps["ram"], "ratio": sps["disk"] / sps["ram"],
+            "paired": paired,
             "bytes_per_step": sum(np.prod(store.attrs["layer_info"][k]["shape"]) for k in store.layers) * 2 * 8}
 
 
@@ -210,7 +212,8 @@ def main():
     if "io" in which:
         r = io_hidden(work, args)
         print(f"I/O hidden   efficientnet_lite0 d4: streaming from disk {r['disk_steps_s']:.3f} steps/s, "
-              f"preloaded in RAM {r['ram_steps_s']:.3f} steps/s -> ratio {r['ratio']:.2f} "
+              f"preloaded in RAM {r['ram_steps_s']:.3f} steps/s -> ratio {r['ratio']:.2f}, "
+              f"median of paired ratios {r['paired']:.2f} "
               f"({r['bytes_per_step'] / 1e6:.1f} MB of float16 tokens per step)")
     if "payoff" in which:
         r = cache_payoff(work, args)

@@ -293,7 +293,7 @@ class TileStream(torch.utils.data.Dataset):
         if self.targets is not None:
             t = self.targets.get(tile, v)
             item.update(cls3=torch.from_numpy(t["cls3"].astype(np.int64)),
-                        dist=torch.from_numpy(t["dist"].astype(np.float32)),
+                        dist=torch.from_numpy(t["dist"].astype(np.float32, copy=False)),
                         types=torch.from_numpy(t["types"].astype(np.int64)),
                         valid=torch.from_numpy(np.ascontiguousarray(t["valid"])))
         return item

@@ -204,13 +204,15 @@ def channel_map(variant: Variant, directions) -> list[tuple[int, int]]:
 def transform_targets(targets: dict[str, np.ndarray], variant: Variant, directions) -> dict[str, np.ndarray]:
     """Targets of a tile seen through a variant's geometry (module docstring).
 
-    ``targets`` holds one tile's maps as returned by :func:`tile_targets`.
+    ``targets`` holds one tile's maps as returned by :func:`tile_targets`;
+    moved distance maps come back as float32.
     """
     if variant.is_geometric_identity:
         return targets
     out = {k: variant.apply(v, spatial=(-2, -1), image=False) for k, v in targets.items()}
-    dist = out["dist"]
-    out["dist"] = np.stack([dist[j] * np.float16(s) for j, s in channel_map(variant, directions)])
+    # float32: numpy computes float16 in software, and this ran once per sample of every batch.
+    dist = out["dist"].astype(np.float32)
+    out["dist"] = np.stack([dist[j] if s > 0 else -dist[j] for j, s in channel_map(variant, directions)])
     return out
 
 
