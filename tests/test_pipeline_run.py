@@ -332,6 +332,6 @@ def test_a_seeded_split_holds_out_the_same_images_for_every_seed(copy):
     assert set(outcome.ran) == fit_eval_labels("cnn") and outcome.report_reused is False
     tiles = [json.loads((p.cells[0].evals[s].dir / "eval.json").read_text())["tiles"] for s in SEEDS]
     assert tiles[0] == tiles[1] and len(tiles[0]) == 4
-    assert "split_seed" not in p.cells[0].fits[0].inputs and p.cells[0].fits[1].inputs["split_seed"] == 0
+    assert [p.cells[0].fits[s].inputs["fit"]["split_seed"] for s in SEEDS] == [0, 0]
     (row,) = leaderboard(out)["leaderboards"]["syn"]["rows"]
     assert row["n_seeds"] == 2 and row["n_images"] == 4

@@ -14,8 +14,8 @@ workers). Probes and fits add their settings to the store's key (not
 workers, preload or device); an evaluation adds protocol and
 magnification to the fit's. Adding an encoder adds only its own steps;
 another decoder setting re-trains without re-extracting. Seeds vary the
-training, not the held-out images: a seeded split (``frac:F``) is drawn
-with :data:`SPLIT_SEED` for every seed, so leaderboards compare like with like.
+training, not the held-out images (``FitConfig.split_seed``, see
+:meth:`~embedcache.pipeline.spec.Pipeline.fit_config`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.pipeline.spec import DatasetSpec, EncoderEntry, Pipeline, describe
 from embedcache.pipeline.steps import Step, content_key, write_json_atomic
@@ -35,7 +33,6 @@ from embedcache.pipeline.steps import Step, content_key, write_json_atomic
 STEP_KINDS = ("data", "extract", "probe", "fit", "evaluate", "report")
 RUNTIME_EXTRACT = ("batch_size", "device", "num_workers")  # change how fast, not what is stored
 RUNTIME_FIT = ("workers", "preload", "device")
-SPLIT_SEED = 0  # seeds vary training, not the held-out images: every seed is tested on the same ones
 FINGERPRINTS = "fingerprints.json"
 
 
@@ -66,7 +63,6 @@ class Plan:
     pipeline: Pipeline
     steps: list[Step]
     cells: list[Cell]
-    data_paths: dict[str, Path]
     failed: dict[str, str] = field(default_factory=dict)  # encoder name -> reason
 
     def report_key(self) -> str:
@@ -150,13 +146,11 @@ def plan(pipeline: Pipeline, *, progress: bool = True, workers: int = 0, schedul
     root = pipeline.out
     steps: list[Step] = []
     cells: list[Cell] = []
-    data_paths: dict[str, Path] = {}
     failed: dict[str, str] = {}
     for ds in pipeline.datasets:
         data_step, data_key, data_path = _data_step(pipeline, ds, root)
         if data_step is not None:
             steps.append(data_step)
-        data_paths[ds.name] = data_path
         for enc in pipeline.encoders:
             if enc.name in failed:
                 continue
@@ -171,7 +165,7 @@ def plan(pipeline: Pipeline, *, progress: bool = True, workers: int = 0, schedul
             steps += [cell.extract, *cell.probes]
             for seed in pipeline.seeds:
                 steps += [cell.fits[seed], cell.evals[seed]]
-    return Plan(pipeline, steps, cells, data_paths, failed)
+    return Plan(pipeline, steps, cells, failed)
 
 
 def _data_step(pipeline: Pipeline, ds: DatasetSpec, root: Path):
@@ -251,15 +245,12 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
         fcfg = pipeline.fit_config(ds, seed)
         fit_inputs = {"store": extract_step.key,
                       "fit": {k: v for k, v in fcfg.to_dict().items() if k not in RUNTIME_FIT}}
-        if seed != SPLIT_SEED and _seeded_split(fcfg, ds):
-            fit_inputs["split_seed"] = SPLIT_SEED
 
         def do_fit(d: Path, fcfg=fcfg) -> dict:
             from embedcache.postprocess import PostprocessConfig
             from embedcache.predict import pq_scorer
             from embedcache.train.loop import fit
 
-            fcfg = _same_split(store_path, fcfg)
             scorer = None
             if fcfg.monitor == "pq":
                 post = PostprocessConfig.for_magnification(ds.magnification)
@@ -281,39 +272,6 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
                           "magnification": ds.magnification}, do_evaluate, root, deps=[fit_step], group=enc.name)
         cell.fits[seed], cell.evals[seed] = fit_step, eval_step
     return cell
-
-
-def _seeded_split(fcfg, ds: DatasetSpec) -> bool:
-    """Whether the split specs may draw tiles with the seed (``frac:F``, or ``auto`` on a single fold)."""
-    def seeded(spec: str) -> bool:
-        spec = spec.strip()
-        if spec == "auto":
-            return not (ds.synthetic is not None and ds.synthetic["folds"] > 1)
-        return spec.startswith("frac:") or spec.replace(".", "", 1).isdigit()
-
-    return seeded(fcfg.val) or seeded(fcfg.train)
-
-
-def _same_split(store_path: Path, fcfg):
-    """``fcfg`` with the split of :data:`SPLIT_SEED`, as tile ids where its own seed would draw another.
-
-    Leaderboards compare every seed and encoder on the same held-out images;
-    a seeded split (``frac:F``) would hold out other images for each seed.
-    """
-    import dataclasses
-
-    from embedcache.store import open_store
-    from embedcache.train.stream import make_split
-
-    if fcfg.seed == SPLIT_SEED:
-        return fcfg
-    store = open_store(store_path)
-    own = make_split(store, fcfg.val, fcfg.train, fcfg.seed)
-    fixed = make_split(store, fcfg.val, fcfg.train, SPLIT_SEED)
-    if np.array_equal(own.val, fixed.val) and np.array_equal(own.train, fixed.train):
-        return fcfg
-    ids = lambda a: "tiles:" + ",".join(str(int(t)) for t in a)  # noqa: E731
-    return dataclasses.replace(fcfg, val=ids(fixed.val), train=ids(fixed.train))
 
 
 def evaluate_on_store(run_dir: Path, store_path: Path, out: Path, protocol: str = "auto",

@@ -136,11 +136,17 @@ class Pipeline:
         return _build(ExtractConfig, {**self.extract, **dataset.extract, **encoder.settings}, where)
 
     def fit_config(self, dataset: DatasetSpec, seed: int):
-        """Defaults, then the file's ``fit``, the dataset's, with ``seed``."""
+        """Defaults, then the file's ``fit``, the dataset's, with ``seed``.
+
+        Seeds vary the training, not the held-out tiles: a drawn split
+        (``frac:F``) is drawn with ``split_seed`` (0 unless the file says)
+        for every seed, so every seed and encoder is tested on the same images.
+        """
         from embedcache.train.loop import FitConfig
 
         merged = _merge(self.decoder, dataset.decoder)
-        return _build(FitConfig, {**merged, "seed": seed}, f"{self.source}: fit settings of {dataset.name}")
+        return _build(FitConfig, {"split_seed": 0, **merged, "seed": seed},
+                      f"{self.source}: fit settings of {dataset.name}")
 
     def probe_configs(self, dataset: DatasetSpec) -> list[ProbeConfig]:
         return [_build(ProbeConfig, p, f"{self.source}: probe of {dataset.name}") for p in dataset.probe]

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -66,8 +67,9 @@ class Step:
     deps: list["Step"] = field(default_factory=list)
     group: str = ""
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """Hash of the kind and inputs (fixed once the step is made: ``dir``, ``done`` and reports read it often)."""
         return content_key({"kind": self.kind, **self.inputs})
 
     @property

@@ -51,8 +51,6 @@ HEADLINE = {
 }
 """Metrics of each protocol on the leaderboard, the primary one first."""
 
-HIGHER_IS_BETTER = True  # every headline metric above
-
 
 @dataclass
 class ImageScores:

@@ -269,18 +269,18 @@ def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> 
     jobs = store_jobs(store, tiles)
     truth = store_truth(store, jobs)
     order = np.argsort([-int(len(np.unique(t)) - 1) for t in truth.instances], kind="stable")[:n]
-    out.mkdir(parents=True, exist_ok=True)
+    (out / dataset).mkdir(parents=True, exist_ok=True)
+    preds = {c.encoder: read_label_maps(c.evals[sorted(c.evals)[0]] / "pred") for c in cells}
     shown = []
     for k in order:
         job = jobs[k]
         image = _job_image(store, job)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job.name)
         entry = {"name": job.name, "truth": f"overlays/{dataset}/{safe}_truth.png", "pred": {}}
-        (out / dataset).mkdir(parents=True, exist_ok=True)
         Image.fromarray(overlay(image, truth.instances[k], truth.types[k] if truth.types else None)).save(
             out.parent / entry["truth"])
         for c in cells:
-            pred = read_label_maps(c.evals[sorted(c.evals)[0]] / "pred")
+            pred = preds[c.encoder]
             idx = pred.names.index(job.name) if job.name in pred.names else int(k)
             rel = f"overlays/{dataset}/{safe}_{c.encoder}.png"
             Image.fromarray(overlay(image, pred.instances[idx], pred.types[idx] if pred.types else None)).save(
@@ -305,8 +305,7 @@ def _md_table_to_html(md: str) -> str:
 
     def flush():
         if table:
-            cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if not line.startswith("|-")
-                     and not line.startswith("|---")]
+            cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if not line.startswith("|-")]
             out.append(_html_table(cells[0], cells[1:]))
             table.clear()
 
@@ -336,6 +335,9 @@ STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}tabl
 def write_study_report(title: str, cells: list[CellResult], failures: dict[str, str], out: Path, key: str, *,
                        n_boot: int = 2000, seed: int = 0, overlays: int = 4) -> Path:
     """Write the whole report into ``out`` (built as ``out.partial``, then swapped in)."""
+    from embedcache.report.plots import plot_depth
+    from embedcache.report.stats import ScoreTable
+
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
@@ -351,9 +353,6 @@ def write_study_report(title: str, cells: list[CellResult], failures: dict[str, 
         figures.setdefault(ds, []).append(plot_scores(lb, tmp / f"scores_{ds}.png").name)
     for (ds, i), table in probes.items():
         md += [probe_markdown(table, ds), ""]
-        from embedcache.report.plots import plot_depth
-        from embedcache.report.stats import ScoreTable
-
         figures.setdefault(ds, []).append(
             plot_depth(ScoreTable(table["rows"], table["info"]), tmp / f"probe_{ds}_{i}.png").name)
     if cost_rows:

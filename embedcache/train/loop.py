@@ -60,6 +60,9 @@ class FitConfig(_Config):
     seed : int
     val, train : str
         Split specs (:mod:`embedcache.train.stream`).
+    split_seed : int or None
+        Seed of a drawn split (``frac:F``, or ``auto`` without folds); None:
+        ``seed``. Fixing it trains several seeds on the same held-out tiles.
     variants : str
         ``all`` cached variants, or comma-separated names to draw from.
     order : {"units", "random"}
@@ -84,6 +87,7 @@ class FitConfig(_Config):
     seed: int = 0
     val: str = "auto"
     train: str = "rest"
+    split_seed: int | None = None
     variants: str = "all"
     order: str = "units"
     workers: int = 1
@@ -372,7 +376,8 @@ def fit(store_path, out, config: FitConfig = FitConfig(), *, overwrite: bool = F
     check_trainable(store)
     if config.monitor == "pq" and scorer is None:
         raise ConfigError("monitor=pq needs a scorer (fit-decoder provides one); use monitor=loss")
-    split = make_split(store, config.val, config.train, config.seed)
+    split = make_split(store, config.val, config.train,
+                       config.seed if config.split_seed is None else config.split_seed)
     variants = _variant_ids(store, config.variants)
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "config": config.to_dict(),
             "store": store_provenance(store), "split": split.to_dict()}
