@@ -49,7 +49,7 @@ def build_store(work: Path, encoder: str, tiles: int, variants: str) -> Path:
         write_demo_data(data, n_tiles=tiles, seed=2, folds=1)
     out = work / f"{encoder.replace(':', '_')}-{variants}.zarr"
     weights = None if encoder == "efficientnet_lite0" else "random"
-    cfg = ExtractConfig(encoder=encoder, weights=weights, variants=variants, num_workers=0, device="cpu")
+    cfg = ExtractConfig(encoder=encoder, weights=weights, variants=variants, loader_workers=0, device="cpu")
     return extract(data, out, cfg, progress=False).path
 
 
@@ -149,7 +149,7 @@ def cache_payoff(work: Path, args) -> dict:
     live = make_loader(TileStream(store, tiles, targets, with_tokens=False), batches, workers=args.workers)
     known = {f.name for f in fields(ExtractConfig)}
     cfg = {k: v for k, v in store.attrs["provenance"]["extract_config"].items() if k in known}
-    ext = Extraction(ExtractConfig(**{**cfg, "variants": "none", "num_workers": 0, "device": "cpu"}),
+    ext = Extraction(ExtractConfig(**{**cfg, "variants": "none", "loader_workers": 0, "device": "cpu"}),
                      store.tile_shape)
 
     def encode(images):  # what extraction stores, computed on the fly

@@ -193,7 +193,7 @@ def main():
                     choices=["efficiency", "overhead", "s3"])
     args = ap.parse_args()
     cfg = ExtractConfig(encoder=args.encoder, weights="random", variants=args.variants, batch_size=args.batch_size,
-                        unit_tiles=args.unit_tiles, device="cpu", num_workers=1)
+                        unit_tiles=args.unit_tiles, device="cpu", loader_workers=1)
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {args.encoder} (random weights), {args.tiles} tiles "
           f"256x256, variants {args.variants}, unit {args.unit_tiles} tiles, batch {args.batch_size}")
     work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))

@@ -34,7 +34,8 @@ from embedcache.config import ExtractConfig, RetrievalConfig, SSLConfig
 from embedcache.datasets.synthetic_slides import write_synthetic_slides
 from embedcache.extract import extract
 from embedcache.metrics import retrieval
-from embedcache.train.ssl import fit_head, write_descriptors
+from embedcache.store.writer import add_pooled_layer
+from embedcache.train.ssl import fit_head
 
 
 def _human(n: float) -> str:
@@ -82,7 +83,7 @@ def main():
         print(f"{args.slides} synthetic slides of {args.size}x{args.size} px at 0.5 um/px "
               f"({time.perf_counter() - t:.1f} s)")
         config = ExtractConfig(encoder=args.encoder, variants=args.variants, tile_size=args.tile, format="slides",
-                               num_workers=0, device="cpu")
+                               loader_workers=0, device="cpu")
         res = extract(work / "slides", work / "slides.zarr", config, progress=False)
         store = open_store(res.path)
         print(f"extracted {res.n_tiles} tiles x {res.n_variants} variants with {args.encoder} "
@@ -95,7 +96,7 @@ def main():
         rng = np.random.default_rng(0)
         raw = np.stack([store.pooled(last, slice(None), variant=v) for v in range(len(store.variants))], 1)
         proj = rng.normal(size=(raw.shape[-1], 128)).astype(np.float32) / np.sqrt(128)
-        write_descriptors(store, "random-projection", raw @ proj, {"source_layer": last, "held_out": head.held_out})
+        add_pooled_layer(store, "random-projection", raw @ proj, {"source_layer": last, "held_out": head.held_out})
         print(f"head: {head.pairs_seen} pairs in {head.seconds:.1f} s = {head.pairs_per_second:,.0f} pairs/s "
               f"(loss {head.losses[0]:.4f} -> {head.losses[-1]:.4f}; {head.n_near} near, {head.n_far} far pairs "
               f"available; held out {', '.join(head.held_out)})")

@@ -53,7 +53,7 @@ def arm(name: str, weights, data: Path, work: Path, val: Path, args) -> dict:
     t0 = time.perf_counter()
     store = extract(data, work / f"{name}.zarr",
                     ExtractConfig(encoder="efficientnet_lite0", weights=weights, variants="d4",
-                                  num_workers=0, device="cpu"), progress=not args.quiet).path
+                                  loader_workers=0, device="cpu"), progress=not args.quiet).path
     t1 = time.perf_counter()
     config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                        val="sources:" + ",".join(VAL), seed=args.seed, workers=args.workers, device="cpu")

@@ -33,3 +33,19 @@ class StoreError(EmbedcacheError):
 
 class StoreMismatchError(StoreError):
     """Adding to a store made with another configuration."""
+
+
+class RunError(EmbedcacheError):
+    """A decoder run directory that is missing, unreadable, or made for other features."""
+
+
+class TrainingError(EmbedcacheError):
+    """Training cannot go on (NaN loss, out of memory); the last checkpoint is kept."""
+
+
+class PipelineError(EmbedcacheError):
+    """A step of a pipeline failed; the message names the step, the exit code is the step's own."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -22,64 +22,13 @@ nuclei cover a quarter of the pixels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from embedcache.config import _Config
-from embedcache.errors import ConfigError, DataError
-
-
-@dataclass(frozen=True)
-class PostprocessConfig(_Config):
-    """Parameters of :func:`instances_from_maps` (module docstring); defaults suit 40x.
-
-    Attributes
-    ----------
-    foreground : float
-        Threshold on P(body) + P(boundary).
-    marker : float
-        Threshold on P(body) - P(boundary) for marker pixels.
-    edge : float
-        Marker pixels must have a distance-map edge value below this.
-    edge_weight : float
-        Weight of the edge map in the watershed energy.
-    marker_radius : int
-        Radius of the disk that opens the markers.
-    marker_min_size, min_size, hole_area : int
-        Pixels: smallest marker, smallest nucleus, largest hole filled.
-    """
-
-    foreground: float = 0.5
-    marker: float = 0.4
-    edge: float = 0.4
-    edge_weight: float = 1.0
-    marker_radius: int = 1
-    marker_min_size: int = 8
-    min_size: int = 16
-    hole_area: int = 32
-
-    def __post_init__(self):
-        for name in ("foreground", "edge"):
-            if not 0 < getattr(self, name) < 1:
-                raise ConfigError(f"postprocess {name} threshold must lie strictly between 0 and 1")
-        if not -1 < self.marker < 1:
-            raise ConfigError("postprocess marker threshold must lie strictly between -1 and 1")
-        if min(self.marker_radius, self.marker_min_size, self.min_size, self.hole_area) < 0 or self.edge_weight < 0:
-            raise ConfigError("postprocess sizes and weights must be >= 0")
-
-    @classmethod
-    def for_magnification(cls, magnification: str = "40x", **overrides) -> "PostprocessConfig":
-        """Defaults for ``"40x"`` or ``"20x"`` (sizes scale with the square of the resolution)."""
-        presets = {
-            "40x": {},
-            "20x": {"marker_radius": 0, "marker_min_size": 3, "min_size": 5, "hole_area": 8},
-        }
-        if magnification not in presets:
-            raise ConfigError(f"magnification must be 40x or 20x, not {magnification!r}")
-        return cls(**{**presets[magnification], **overrides})
+from embedcache.config import PostprocessConfig
+from embedcache.errors import DataError
 
 
 def _check_maps(cls3: np.ndarray, dist: np.ndarray, types: np.ndarray | None):

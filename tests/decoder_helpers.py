@@ -11,8 +11,7 @@ from conftest import TINY_CNN
 
 from embedcache.config import ExtractConfig
 from embedcache.extract import extract
-from embedcache.train.decoder import DecoderConfig
-from embedcache.train.loop import FitConfig
+from embedcache.config import DecoderConfig, FitConfig
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +37,14 @@ def write_conic(folder: Path, n: int = 6, size: int = 64, seed: int = 3, labels:
 
 def make_store(data: Path, out: Path, encoder: str = TINY_CNN, variants: str = "flips", **kw) -> Path:
     """Extract a tiny store (random weights, CPU, no workers)."""
-    cfg = ExtractConfig(encoder=encoder, weights="random", variants=variants, num_workers=0, device="cpu",
+    cfg = ExtractConfig(encoder=encoder, weights="random", variants=variants, loader_workers=0, device="cpu",
                         unit_tiles=4, **kw)
     return extract(data, out, cfg, progress=False).path
 
 
 def fit_config(**overrides) -> FitConfig:
     """Small, fast settings: 2 epochs, width 8, the last two tiles held out."""
-    base = dict(epochs=2, batch_size=2, workers=0, preload="no", device="cpu", val="tiles:4,5",
+    base = dict(epochs=2, batch_size=2, loader_workers=0, preload="no", device="cpu", val="tiles:4,5",
                 decoder=DecoderConfig(width=8), warmup_epochs=0)
     return FitConfig(**{**base, **overrides})
 
@@ -63,7 +62,8 @@ def disk_instances(shape, discs) -> np.ndarray:
 
 def oracle_maps(inst: np.ndarray, types: np.ndarray, n_types: int, distance: str = "cisca") -> np.ndarray:
     """The maps a perfect decoder would give: one-hot cls3, exact distances, one-hot types."""
-    from embedcache.train.targets import TargetConfig, tile_targets
+    from embedcache.config import TargetConfig
+    from embedcache.train.targets import tile_targets
 
     t = tile_targets(inst, types, TargetConfig(distance=distance))
     parts = [np.eye(3, dtype=np.float32)[t["cls3"]].transpose(2, 0, 1), t["dist"].astype(np.float32)]

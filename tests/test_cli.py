@@ -87,7 +87,7 @@ def test_bad_inputs_give_one_line(runner, tmp_path, conic_dir):
     _one_line_error(runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", out, *FAST,
                                          "--variants", "rot45"]), "unknown variant")
     _one_line_error(runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", out, *FAST,
-                                         "--layers", "blocks.77"]), "unknown layer")
+                                         "--layers", "blocks.77"]), "no layer 'blocks.77'; it has blocks.0")
     _one_line_error(runner.invoke(main, ["extract", "--encoder", TINY_VIT, "--weights", str(tmp_path / "w.pth"),
                                          "--data", str(conic_dir), "--out", out]), "not found")
     _one_line_error(runner.invoke(main, ["info", str(tmp_path / "none.zarr")]), "no such store")

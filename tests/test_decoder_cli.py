@@ -13,7 +13,7 @@ from decoder_helpers import make_store, one_thread, write_conic  # noqa: F401
 from embedcache.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FAST = ["--width", "8", "--workers", "0", "--batch-size", "2", "--device", "cpu", "--quiet"]
+FAST = ["--width", "8", "--loader-workers", "0", "--batch-size", "2", "--device", "cpu", "--quiet"]
 
 
 @pytest.fixture

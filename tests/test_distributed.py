@@ -15,14 +15,14 @@ from store_helpers import assert_same_store, conic_folder
 from embedcache import open_store
 from embedcache.cli import main
 from embedcache.config import ExtractConfig
-from embedcache.distributed import extract_distributed, fast_worker_start
+from embedcache.extract.distributed import extract_distributed, fast_worker_start
 from embedcache.errors import ConfigError, DataError
 from embedcache.extract import extract
-from embedcache.store.writer import partial_path
+from embedcache.files import partial_path
 
 # One tile per unit, so a run has many units and a kill lands mid-run.
 CFG = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="flips", batch_size=3, unit_tiles=1,
-                    num_workers=0, device="cpu")
+                    loader_workers=0, device="cpu")
 N_TILES = 16
 
 
@@ -121,7 +121,7 @@ def test_unreachable_or_malformed_scheduler(tmp_path, data):
 
 
 def test_local_workers_are_pinned_one_per_gpu(monkeypatch):
-    from embedcache.distributed import worker_specs
+    from embedcache.extract.distributed import worker_specs
 
     monkeypatch.setenv("AWS_PROFILE", "lab")  # the driver's environment reaches forked workers
     specs, threads = worker_specs(3, gpus=2)

@@ -158,7 +158,7 @@ def test_resolve_layers_by_name_index_and_all():
     assert resolve_layers(model, (1, 3), "blocks.5,0") == [0, 5]
     assert resolve_layers(model, (1,), "-1") == [len(model.feature_info) - 1]
     assert resolve_layers(model, (1,), "all") == list(range(len(model.feature_info)))
-    with pytest.raises(ConfigError, match="unknown layer 'blocks.99'"):
+    with pytest.raises(ConfigError, match="no layer 'blocks.99'; it has blocks.0, blocks.1, "):
         resolve_layers(model, (1,), "blocks.99")
     with pytest.raises(ConfigError, match="out of range"):
         resolve_layers(model, (1,), "40")

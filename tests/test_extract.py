@@ -20,10 +20,11 @@ from embedcache.encoders.load import load_encoder
 from embedcache.errors import ConfigError, StoreError, StoreMismatchError
 from embedcache.extract import extract
 from embedcache.store import verify_store
-from embedcache.store.writer import StoreWriter, partial_path
+from embedcache.files import partial_path
+from embedcache.store.writer import StoreWriter
 
 VIT = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="d4", batch_size=5,
-                    unit_tiles=4, num_workers=0, device="cpu")
+                    unit_tiles=4, loader_workers=0, device="cpu")
 
 
 @pytest.fixture
@@ -52,10 +53,10 @@ def test_store_holds_tiles_labels_and_every_variant(vit_store, conic_dir, tiny_t
     assert store.tokens("blocks.3", 2).shape == (64, 4, 4)
     assert store.pooled("blocks.5", slice(None), variant="rot90").shape == (6, 64)
     assert store.pooled("blocks.5", [1], kind="both").shape == (1, 128)
-    assert store.encoder["name"] == TINY_VIT
-    prov = store.attrs["provenance"]
-    assert prov["versions"]["torch"] == torch.__version__ and prov["weights"] == "random"
-    assert len(store.config["dataset_fingerprint"]) == 64
+    assert store.encoder.name == TINY_VIT
+    prov = store.provenance
+    assert prov.versions["torch"] == torch.__version__ and prov.weights == "random"
+    assert len(store.config.dataset_fingerprint) == 64
 
 
 def test_stored_tokens_equal_a_live_forward_of_each_variant(vit_store, tiny_tiles):
@@ -77,7 +78,7 @@ def test_stored_tokens_equal_a_live_forward_of_each_variant(vit_store, tiny_tile
 
 def test_pyramid_encoder_and_float32(tmp_path, conic_dir, tiny_tiles):
     cfg = ExtractConfig(encoder=TINY_CNN, weights="random", variants="flips", dtype="float32", unit_tiles=3,
-                        num_workers=1, device="cpu")
+                        loader_workers=1, device="cpu")
     store = open_store(extract(conic_dir, tmp_path / "cnn.zarr", cfg, progress=False).path)
     assert [store.tokens(n, 0).shape[1:] for n in store.layers] == [(16, 16), (8, 8), (4, 4), (2, 2)]
     assert store.group["tokens/" + store.layers[0]].dtype == np.float32

@@ -21,7 +21,7 @@ from embedcache.store import verify_store
 from embedcache.store.location import StoreLocation
 
 CFG = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="flips", batch_size=6, unit_tiles=2,
-                    num_workers=0, device="cpu")
+                    loader_workers=0, device="cpu")
 BUCKET = "embedcache-test"
 KEY_ID = "AKIDEMBEDCACHETEST01"
 SECRET = "s3cr3t-Embedcache-do-not-print-9f8e7d"
@@ -136,7 +136,7 @@ def test_interrupted_store_is_incomplete_in_place_then_resumes(s3, data, referen
 
 
 def test_two_dask_workers_write_to_s3(s3, data, reference, capfd):
-    from embedcache.distributed import extract_distributed
+    from embedcache.extract.distributed import extract_distributed
 
     url = f"s3://{BUCKET}/dask.zarr"
     res = extract_distributed(data, url, CFG, workers=2, progress=False)
@@ -188,7 +188,7 @@ def test_decoder_and_probe_read_a_store_on_s3(s3, data, tmp_path, one_thread):
     extract(data, url, CFG, progress=False)
     runner = CliRunner()
     res = runner.invoke(main, ["fit-decoder", "--store", url, "--out", str(tmp_path / "run"), "--epochs", "1",
-                               "--batch-size", "4", "--width", "8", "--workers", "0", "--quiet"])
+                               "--batch-size", "4", "--width", "8", "--loader-workers", "0", "--quiet"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "best.safetensors").is_file() and (tmp_path / "run" / "eval.json").is_file()
     res = runner.invoke(main, ["predict", "--run", str(tmp_path / "run"), "--store", url, "--out",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedcache.datasets.slides import TileGeometry, near_pairs, split_slides
+from embedcache.geometry import TileGeometry, near_pairs, split_slides
 from embedcache.errors import ConfigError, DataError
 from embedcache.train.pairs import PairSampler, pair_distances, sample_pairs
 

@@ -16,9 +16,10 @@ from test_probes import store_copy, tiny_store  # noqa: E402
 from embedcache.config import ProbeConfig  # noqa: E402
 from embedcache.errors import ConfigError, DataError  # noqa: E402
 from embedcache.report.stats import prediction_scores  # noqa: E402
-from embedcache.train import patch_probe  # noqa: E402
-from embedcache.train.patch_probe import IGNORE, patch_targets  # noqa: E402
-from embedcache.train.probes import run_probes  # noqa: E402
+from embedcache.store.schema import LayerLayout  # noqa: E402
+from embedcache.probes import patch as patch_probe  # noqa: E402
+from embedcache.probes import run_probes  # noqa: E402
+from embedcache.probes.patch import IGNORE, patch_targets  # noqa: E402
 
 NUCLEI = ProbeConfig(level="patch", labels="nuclei", method="linear", l2_grid=(0.1, 0.001))
 
@@ -61,7 +62,10 @@ class PlantedStore:
         targets = patch_targets(self.inst, self.types, (grid, grid), "type")
         good = 3 * np.eye(8)[targets] + rng.normal(size=(n, grid, grid, 8))
         self._tokens = {"good": good.transpose(0, 3, 1, 2), "bad": rng.normal(size=(n, 8, grid, grid))}
-        self.attrs = {"layer_info": {k: {"shape": [8, grid, grid]} for k in self._tokens}}
+        self._layouts = {k: LayerLayout(k, (8, grid, grid)) for k in self._tokens}
+
+    def layout(self, layer):
+        return self._layouts[layer]
 
     def tokens(self, layer, idx, variant=0):
         return self._tokens[layer][idx].astype(np.float32)

@@ -19,7 +19,8 @@ from conftest import TINY_CNN, TINY_VIT
 
 from embedcache.cli import main
 from embedcache.errors import ConfigError, DataError
-from embedcache.pipeline.run import PipelineError, dry_run, execute, plan
+from embedcache.errors import PipelineError
+from embedcache.pipeline.run import dry_run, execute, plan
 from embedcache.pipeline.spec import load_pipeline
 from embedcache.pipeline.steps import STEP_RECORD
 

@@ -8,8 +8,8 @@ from decoder_helpers import best_iou, disk_instances, oracle_maps
 from scipy import ndimage as ndi
 
 from embedcache.errors import ConfigError, DataError
-from embedcache.postprocess import PostprocessConfig, edge_map, instances_from_maps
-from embedcache.train.targets import DIRECTIONS
+from embedcache.config import DIRECTIONS, PostprocessConfig
+from embedcache.postprocess import edge_map, instances_from_maps
 
 # Three nuclei in a touching chain, one overlapped by another, one alone, one tiny speck.
 DISCS = [(20, 18, 9), (20, 34, 8), (36, 26, 9), (48, 48, 6), (6, 56, 1)]

@@ -16,11 +16,16 @@ from PIL import Image
 from embedcache import open_store
 from embedcache.datasets import PANNUKE_CLASSES, read_label_maps
 from embedcache.errors import ConfigError, DataError
-from embedcache.predict import (
-    ImageJob, LiveFeatures, Predictor, cut_tile, evaluate_run, plan_tiles, predict, store_features, store_jobs,
-)
-from embedcache.prediction_io import PredictionWriter, geojson_to_instances, instances_to_geojson
-from embedcache.train.checkpoint import RunError, load_run
+from embedcache.errors import RunError
+from embedcache.geometry import TiledImage
+from embedcache.infer.evaluate import evaluate_run
+from embedcache.infer.features import LiveFeatures, store_features
+from embedcache.infer.predict import predict
+from embedcache.infer.predictor import Predictor
+from embedcache.infer.tiling import cut_tile, plan_tiles
+from embedcache.infer.writer import PredictionWriter, geojson_to_instances, instances_to_geojson
+from embedcache.store.images import source_images
+from embedcache.train.checkpoint import load_run
 from embedcache.train.loop import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,7 +101,7 @@ def stitched(inst, overlap):
     padded = np.zeros((inst.shape[0] + 64, inst.shape[1] + 64), dtype=inst.dtype)
     padded[:inst.shape[0], :inst.shape[1]] = inst
     offsets = plan_tiles(inst.shape, tile, overlap)
-    job = ImageJob("x", inst.shape, [(o, padded[o[0]:o[0] + 64, o[1]:o[1] + 64]) for o in offsets])
+    job = TiledImage("x", inst.shape, [(o, padded[o[0]:o[0] + 64, o[1]:o[1] + 64]) for o in offsets])
 
     def features(keys):
         return [np.stack(keys)], np.full((len(keys), 64, 64, 3), 200, np.uint8)
@@ -201,5 +206,5 @@ def test_evaluate_run_scores_the_held_out_split(trained):
     assert ev.protocol == "hovernet" and ev.summary["n_images"] == 2
     saved = json.loads((trained["run"] / "eval.json").read_text())
     assert saved["protocol"] == "hovernet" and len(saved["images"]) == 2
-    jobs = store_jobs(open_store(trained["big"]))
+    jobs = source_images(open_store(trained["big"]))
     assert len(jobs) == 1 and jobs[0].shape == (150, 140) and len(jobs[0].tiles) == 9

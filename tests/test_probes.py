@@ -19,8 +19,11 @@ import pytest
 from embedcache.config import ProbeConfig
 from embedcache.errors import ConfigError, DataError
 from embedcache.report.stats import classification_scores, score_predictions
-from embedcache.train import probes
-from embedcache.train.probes import TileLabels, cross_validate, make_folds
+from embedcache.probes import fit as probe_fit
+from embedcache.probes import labels as probe_labels
+from embedcache.probes import run_probes, stores, tile
+from embedcache.probes.fit import cross_validate, make_folds
+from embedcache.probes.labels import TileLabels
 
 TINY_VIT = "timm:test_vit"
 
@@ -40,7 +43,7 @@ def tiny_store() -> Path:
     atexit.register(shutil.rmtree, root, True)
     write_demo_data(root / "data", n_tiles=20, seed=1, folds=2, size=64)
     extract(root / "data", root / "vit.zarr", ExtractConfig(encoder=TINY_VIT, weights="random", variants="flips",
-                                                            layers="all", num_workers=0, device="cpu"),
+                                                            layers="all", loader_workers=0, device="cpu"),
             progress=False)
     return root / "vit.zarr"
 
@@ -106,8 +109,8 @@ def test_l2_sweep_is_chosen_on_the_training_split(monkeypatch):
     X, y = planted(n=200, d=256, strength=1.5)
     folds = make_folds(y, 4)
     swept = []
-    real_split = probes._inner_split
-    monkeypatch.setattr(probes, "_inner_split", lambda yy, groups, seed: swept.append(groups) or
+    real_split = probe_fit._inner_split
+    monkeypatch.setattr(probe_fit, "_inner_split", lambda yy, groups, seed: swept.append(groups) or
                         real_split(yy, groups, seed))
     pred = cross_validate(X, y, folds, "linear", l2_grid=(1e-4, 1e-2, 1.0, 10.0))
     chosen = [f["l2"] for f in pred.params["folds"]]
@@ -115,13 +118,13 @@ def test_l2_sweep_is_chosen_on_the_training_split(monkeypatch):
     # Each fold's sweep sees its training tiles only, never its test fold.
     assert [sorted(g) for g in swept] == [list(np.flatnonzero(folds != f)) for f in range(4)]
     # A single strength is used as given, without a validation split: C = 1 / (l2 x training rows).
-    model = probes.fit_linear(X[:150], y[:150], l2_grid=(0.5,))
+    model = probe_fit.fit_linear(X[:150], y[:150], l2_grid=(0.5,))
     assert model.best_params == {"l2": 0.5} and model[-1].C == pytest.approx(1 / 75)
 
 
 def test_standardisation_is_fitted_on_the_training_split_only():
     X, y = planted(n=120)
-    model = probes.fit_linear(X[:60] * 10 + 5, y[:60])
+    model = probe_fit.fit_linear(X[:60] * 10 + 5, y[:60])
     scaler = model[0]
     assert np.allclose(scaler.mean_, (X[:60] * 10 + 5).mean(0), atol=1e-4)
 
@@ -161,7 +164,7 @@ def test_layer_sweep_picks_the_planted_layer():
     features["blocks.2"] = X
     labels = TileLabels("planted", "classification", y, ["a", "b", "c"])
     config = ProbeConfig(method="both", l2_grid=(1.0, 0.01))
-    preds = probes.probe_features(features, labels, make_folds(y, 3), config, store="s")
+    preds = probe_fit.probe_features(features, labels, make_folds(y, 3), config, store="s")
     assert [(p.layer, p.method) for p in preds][:2] == [("blocks.0", "linear"), ("blocks.0", "knn")]
     assert [p.depth for p in preds[::2]] == [0.25, 0.5, 0.75, 1.0]
     best = score_predictions(preds, n_boot=20, n_jobs=1).best()
@@ -173,7 +176,7 @@ def test_features_read_lazily_one_layer_at_a_time():
     calls = []
     feats = {name: (lambda name=name: calls.append(name) or X) for name in ("a", "b")}
     labels = TileLabels("planted", "classification", y, ["a", "b", "c"])
-    probes.probe_features(feats, labels, make_folds(y, 3), ProbeConfig(method="both", l2_grid=(0.01,)))
+    probe_fit.probe_features(feats, labels, make_folds(y, 3), ProbeConfig(method="both", l2_grid=(0.01,)))
     assert calls == ["a", "b"]
 
 
@@ -228,36 +231,36 @@ def test_nuclei_per_type_and_dominant_type():
     types[0, 4, 4] = 1  # a stray pixel: the nucleus keeps its majority type 3
     inst[0, :2, 6:], types[0, :2, 6:] = 9, 3
     inst[1, :3, :3] = 2  # one nucleus of unknown type 0
-    counts = probes.nuclei_per_type(inst, types, 4)
+    counts = probe_labels.nuclei_per_type(inst, types, 4)
     assert counts.tolist() == [[0, 0, 1, 2], [1, 0, 0, 0], [0, 0, 0, 0]]
-    assert probes.dominant_type(counts, ["unknown", "a", "b", "c"]) == ["c", "unknown", probes.NO_NUCLEI]
+    assert probe_labels.dominant_type(counts, ["unknown", "a", "b", "c"]) == ["c", "unknown", probe_labels.NO_NUCLEI]
 
 
 def test_csv_labels(tmp_path):
     f = tmp_path / "labels.csv"
     f.write_text("label,tile\nA,0\nB,1\nA,img2\n")
-    assert probes.read_csv_labels(f, 3, ["img0", "img1", "img2"]) == ["A", "B", "A"]
+    assert probe_labels.read_csv_labels(f, 3, ["img0", "img1", "img2"]) == ["A", "B", "A"]
     f.write_text("tile,label\n0,A\n1,B\n")
     with pytest.raises(DataError, match=r"labels missing for 1 of 3 tiles \(e.g. 2\); give every tile a label"):
-        probes.read_csv_labels(f, 3)
+        probe_labels.read_csv_labels(f, 3)
     f.write_text("tile,label\n0,A\n1,B\n2,A\n7,B\nfoo,A\n")
     with pytest.raises(DataError, match=r"2 unknown tile id\(s\), e.g. '7', 'foo'; ids are row numbers 0..2"):
-        probes.read_csv_labels(f, 3)
+        probe_labels.read_csv_labels(f, 3)
     f.write_text("tile,label\n0,A\n0,B\n")
     with pytest.raises(DataError, match=":3: tile '0' is listed twice"):
-        probes.read_csv_labels(f, 3)
+        probe_labels.read_csv_labels(f, 3)
     f.write_text("just one column\n")
     with pytest.raises(DataError, match="expected a header and rows of 'tile,label'"):
-        probes.read_csv_labels(f, 3)
+        probe_labels.read_csv_labels(f, 3)
     with pytest.raises(DataError, match="no such label file"):
-        probes.read_csv_labels(tmp_path / "nope.csv", 3)
+        probe_labels.read_csv_labels(tmp_path / "nope.csv", 3)
 
 
 def test_single_class_and_constant_targets():
     with pytest.raises(DataError, match="every one of the 4 tiles has the class 'x'; a probe needs at least two"):
-        probes._encode(["x"] * 4, "f.csv")
+        probe_labels._encode(["x"] * 4, "f.csv")
     with pytest.raises(DataError, match="the targets are the same for every tile"):
-        probes.check_labels(TileLabels("counts", "regression", np.ones((5, 2)), ["a", "b"]))
+        probe_labels.check_labels(TileLabels("counts", "regression", np.ones((5, 2)), ["a", "b"]))
 
 
 # ----------------------------------------------------------------------------
@@ -268,18 +271,18 @@ def test_store_labels_tissue_type_counts_and_csv(tmp_path):
     from embedcache.store.reader import open_store
 
     store = open_store(tiny_store())
-    tissue = probes.tile_labels(store, "tissue")
+    tissue = probe_labels.tile_labels(store, "tissue")
     assert tissue.task == "classification" and len(tissue.y) == 20
     assert [tissue.names[c] for c in tissue.y] == store.tissue
-    counts = probes.tile_labels(store, "counts")
+    counts = probe_labels.tile_labels(store, "counts")
     inst, types = store.labels([3])
     assert counts.task == "regression" and counts.names[0] == "neoplastic"
     assert counts.y[3].sum() == len(np.unique(inst[0][inst[0] > 0]))
-    kind = probes.tile_labels(store, "type")
+    kind = probe_labels.tile_labels(store, "type")
     assert kind.names[kind.y[3]] == counts.names[int(np.argmax(counts.y[3]))]
     f = tmp_path / "l.csv"
     f.write_text("tile,label\n" + "".join(f"{t},{'odd' if t % 2 else 'even'}\n" for t in range(20)))
-    assert probes.tile_labels(store, str(f)).names == ["even", "odd"]
+    assert probe_labels.tile_labels(store, str(f)).names == ["even", "odd"]
 
 
 def test_run_probes_reads_only_pooled_arrays(monkeypatch):
@@ -290,7 +293,7 @@ def test_run_probes_reads_only_pooled_arrays(monkeypatch):
 
     monkeypatch.setattr(Store, "tokens", forbidden)
     monkeypatch.setattr(Store, "prefix", forbidden)
-    preds, info = probes.run_probes([tiny_store()], ProbeConfig(layers="0,blocks.5", l2_grid=(0.01,)))
+    preds, info = run_probes([tiny_store()], ProbeConfig(layers="0,blocks.5", l2_grid=(0.01,)))
     assert [(p.layer, p.method) for p in preds] == [("blocks.0", "linear"), ("blocks.0", "knn"),
                                                     ("blocks.5", "linear"), ("blocks.5", "knn")]
     assert info["folds"] == "store folds" and info["n_folds"] == 2 and info["level"] == "tile"
@@ -302,9 +305,9 @@ def test_pooled_kinds_and_augmentation():
     from embedcache.store.reader import open_store
 
     store = open_store(tiny_store())
-    assert probes.pooled_features(store, "blocks.1").shape == (20, 1, 64)
-    assert probes.pooled_features(store, "blocks.1", "both", augment=True).shape == (20, 3, 128)
-    preds, _ = probes.run_probes([tiny_store()], ProbeConfig(pooled="cls", augment=True, folds=2, l2_grid=(0.01,)))
+    assert tile.pooled_features(store, "blocks.1").shape == (20, 1, 64)
+    assert tile.pooled_features(store, "blocks.1", "both", augment=True).shape == (20, 3, 128)
+    preds, _ = run_probes([tiny_store()], ProbeConfig(pooled="cls", augment=True, folds=2, l2_grid=(0.01,)))
     assert len(preds) == 2
 
 
@@ -312,9 +315,9 @@ def test_stores_of_different_tiles_are_refused(tmp_path):
     other = store_copy(tmp_path / "other.zarr", config={"dataset_fingerprint": "f" * 64})
     with pytest.raises(DataError, match=r"other.zarr and .*vit.zarr hold different tiles \(dataset fingerprints "
                                         r"ffffffffffff vs [0-9a-f]{12}\); stores compared together must be"):
-        probes.open_stores([tiny_store(), other])
+        stores.open_stores([tiny_store(), other])
     same = store_copy(tmp_path / "same.zarr")
-    assert [s.path.name for s in probes.open_stores([tiny_store(), same])] == ["vit.zarr", "same.zarr"]
+    assert [s.path.name for s in stores.open_stores([tiny_store(), same])] == ["vit.zarr", "same.zarr"]
 
 
 def test_store_errors(tmp_path):
@@ -323,17 +326,17 @@ def test_store_errors(tmp_path):
 
     store = open_store(tiny_store())
     with pytest.raises(ConfigError, match=r"vit.zarr: no layer 'blocks.9'; it has blocks.0, blocks.1, "):
-        probes.resolve_layers(store, "blocks.9")
+        store.select_layers("blocks.9")
     with pytest.raises(ConfigError, match="no layer named in ','"):
-        probes.resolve_layers(store, ",")
+        store.select_layers(",")
     untissued = open_store(store_copy(tmp_path / "conic.zarr", tissue_names=[]))
     with pytest.raises(DataError, match="the dataset has no tissue labels .* use --labels type, counts or a CSV"):
-        probes.tile_labels(untissued, "tissue")
+        probe_labels.tile_labels(untissued, "tissue")
     incomplete = store_copy(tmp_path / "half.zarr", complete=False)
     with pytest.raises(StoreError, match="half.zarr: the store is incomplete"):
-        probes.open_stores([incomplete])
+        stores.open_stores([incomplete])
     with pytest.raises(ConfigError, match="no store given"):
-        probes.open_stores([])
+        stores.open_stores([])
 
 
 def test_probe_config_validation():
@@ -356,6 +359,6 @@ def test_sweep_on_few_tiles_of_many_classes():
     # 15 tiles of 5 classes: a stratified fifth (3 tiles) cannot hold every class,
     # so the inner split must fall back to a plain one rather than fail.
     X, y = planted(n=15, d=8, k=5, seed=3)
-    model = probes.fit_linear(X, y, l2_grid=(1.0, 0.1, 0.01))
+    model = probe_fit.fit_linear(X, y, l2_grid=(1.0, 0.1, 0.01))
     assert model.best_params["l2"] in (1.0, 0.1, 0.01)
     assert model.predict(X).shape == (15,)

@@ -15,7 +15,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, jaccard_score, ro
 from embedcache.errors import DataError
 from embedcache.report import stats
 from embedcache.report.plots import plot_depth
-from embedcache.train.probes import ProbePrediction
+from embedcache.probes.fit import ProbePrediction
 
 
 def noisy_prediction(n: int, k: int = 3, accuracy: float = 0.8, seed: int = 0, **fields) -> ProbePrediction:

@@ -15,7 +15,7 @@ from embedcache import open_store
 from embedcache.config import ExtractConfig
 from embedcache.extract import extract
 from embedcache.datasets.synthetic import make_tiles
-from embedcache.store.writer import partial_path
+from embedcache.files import partial_path
 
 ARGS = ["--encoder", TINY_VIT, "--weights", "random", "--variants", "d4", "--unit-tiles", "1",
         "--batch-size", "2", "--workers", "0", "--device", "cpu", "--quiet"]
@@ -55,7 +55,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     # The uninterrupted reference runs in this process: the same code and thread count.
     extract(data, tmp_path / "reference.zarr", ExtractConfig(
-        encoder=TINY_VIT, weights="random", variants="d4", unit_tiles=1, batch_size=2, num_workers=0, device="cpu"),
+        encoder=TINY_VIT, weights="random", variants="d4", unit_tiles=1, batch_size=2, loader_workers=0, device="cpu"),
         progress=False)
     a, b = open_store(out), open_store(tmp_path / "reference.zarr")
     assert a.complete and not partial_path(out).exists()

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from embedcache.config import RetrievalConfig
-from embedcache.datasets.slides import TileGeometry
 from embedcache.errors import ConfigError, DataError
+from embedcache.geometry import TileGeometry
 from embedcache.metrics import retrieval as R
+from embedcache.probes import retrieval as PR
 
 
 def test_precision_at_k_hand_computed():
@@ -71,40 +72,46 @@ def test_addr_pairs_are_near_and_far():
 
 
 def _fake_store(n: int, tissue=None, held=None):
-    attrs = {"descriptors": {"ssl": {"held_out": held}}} if held else {}
-    return SimpleNamespace(path="fake.zarr", n_tiles=n, tissue=tissue, attrs=attrs)
+    described = {"ssl": {"held_out": held}} if held else {}
+    return SimpleNamespace(path="fake.zarr", n_tiles=n, tissue=tissue, source_names=[],
+                           descriptor_layers=list(described), descriptor=described.get)
 
 
 def test_labels_from_the_store_or_a_csv(tmp_path):
-    assert R.read_labels(_fake_store(2, ["x", ""]), "tissue") == ["x", ""]
+    assert PR.read_labels(_fake_store(2, ["x", ""]), "tissue") == ["x", ""]
     with pytest.raises(DataError, match="no tile labels; put NAME.geojson"):
-        R.read_labels(_fake_store(2), "tissue")
+        PR.read_labels(_fake_store(2), "tissue")
     f = tmp_path / "labels.csv"
     f.write_text("tile,label\n0,tumour\n2,normal\n")
-    assert R.read_labels(_fake_store(3), str(f)) == ["tumour", "", "normal"]
+    assert PR.read_labels(_fake_store(3), str(f)) == ["tumour", "", "normal"]
+    f.write_text("0,tumour\n2,normal\n")  # the header is optional
+    assert PR.read_labels(_fake_store(3), str(f)) == ["tumour", "", "normal"]
     f.write_text("0,tumour\n9,normal\n")
-    with pytest.raises(DataError, match=r"labels\.csv:2: expected 'tile,label'"):
-        R.read_labels(_fake_store(3), str(f))
-    with pytest.raises(ConfigError, match="'tissue' or a CSV"):
-        R.read_labels(_fake_store(3), str(tmp_path / "missing.csv"))
+    with pytest.raises(DataError, match=r"labels\.csv: 1 unknown tile id\(s\), e.g. '9'; ids are row numbers 0..2"):
+        PR.read_labels(_fake_store(3), str(f))
+    f.write_text("0\n")
+    with pytest.raises(DataError, match=r"labels\.csv: expected a header and rows of 'tile,label'"):
+        PR.read_labels(_fake_store(3), str(f))
+    with pytest.raises(DataError, match="no such label file; --labels takes 'tissue' or a CSV"):
+        PR.read_labels(_fake_store(3), str(tmp_path / "missing.csv"))
 
 
 def test_queries_follow_what_fit_ssl_recorded():
     geo = TileGeometry.from_tiles(np.arange(4), np.zeros((4, 2)), (64, 64), 0.5, ["a", "b", "c", "d"])
     cfg = RetrievalConfig()
-    assert R.query_slides([_fake_store(4, held=["c"])], geo, cfg) == ["c"]
-    assert R.query_slides([_fake_store(4)], geo, cfg) == R.query_slides([_fake_store(4)], geo, cfg)
-    assert R.query_slides([_fake_store(4)], geo, RetrievalConfig(queries="b,d")) == ["b", "d"]
-    assert R.query_slides([_fake_store(4)], geo, RetrievalConfig(queries="all")) == ["a", "b", "c", "d"]
+    assert PR.query_slides([_fake_store(4, held=["c"])], geo, cfg) == ["c"]
+    assert PR.query_slides([_fake_store(4)], geo, cfg) == PR.query_slides([_fake_store(4)], geo, cfg)
+    assert PR.query_slides([_fake_store(4)], geo, RetrievalConfig(queries="b,d")) == ["b", "d"]
+    assert PR.query_slides([_fake_store(4)], geo, RetrievalConfig(queries="all")) == ["a", "b", "c", "d"]
     with pytest.raises(ConfigError, match="different held-out slides"):
-        R.query_slides([_fake_store(4, held=["a"]), _fake_store(4, held=["b"])], geo, cfg)
+        PR.query_slides([_fake_store(4, held=["a"]), _fake_store(4, held=["b"])], geo, cfg)
     with pytest.raises(ConfigError, match="no slide 'z'"):
-        R.query_slides([_fake_store(4)], geo, RetrievalConfig(queries="z"))
+        PR.query_slides([_fake_store(4)], geo, RetrievalConfig(queries="z"))
 
 
 def test_table_lists_every_row():
-    report = R.RetrievalReport(5, ["s"], [R.RetrievalRow("raw", 96, 384, 0.5, {"tumour": 0.25}, 1.2, 10, 4, 8),
-                                          R.RetrievalRow("ssl", 128, 512, 0.75, {"tumour": 0.5}, 1.5, 10, 4, 8)])
+    report = PR.RetrievalReport(5, ["s"], [PR.RetrievalRow("raw", 96, 384, 0.5, {"tumour": 0.25}, 1.2, 10, 4, 8),
+                                          PR.RetrievalRow("ssl", 128, 512, 0.75, {"tumour": 0.5}, 1.5, 10, 4, 8)])
     lines = report.table().splitlines()
     assert lines[0].split() == ["descriptors", "dim", "bytes/tile", "P@5", "P@5", "tumour", "ADDR"]
     assert lines[2].split() == ["ssl", "128", "512", "0.7500", "0.5000", "1.5000"]

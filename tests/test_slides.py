@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 
 from embedcache.datasets import detect_format, open_dataset
-from embedcache.datasets.slides import (
-    OpenSlideSlide, SlideDataset, TiffSlide, TileGeometry, box_fractions, open_slide, read_geojson, tile_labels,
-    tissue_mask,
-)
+from embedcache.datasets.annotations import read_geojson, tile_labels
+from embedcache.datasets.slides import SlideDataset
+from embedcache.datasets.wsi import OpenSlideSlide, TiffSlide, box_fractions, open_slide, tissue_mask
 from embedcache.datasets.synthetic_slides import make_slide, write_slide_tiff, write_synthetic_slides
 from embedcache.errors import ConfigError, DataError
 
@@ -51,7 +50,7 @@ def slides_store() -> Path:
 
     out = _tempdir("embedcache-slides-store-") / "slides.zarr"
     config = ExtractConfig(encoder="timm:test_resnet", weights="random", variants="none", tile_size=TILE,
-                           num_workers=0, unit_tiles=64, batch_size=96, format="slides")
+                           loader_workers=0, unit_tiles=64, batch_size=96, format="slides")
     extract(slides_dir(), out, config, progress=False)
     return out
 
@@ -138,7 +137,7 @@ def test_labels_follow_the_polygons(dataset):
 
 
 def test_geometry_is_in_micrometres(dataset):
-    geo = TileGeometry.from_dataset(dataset)
+    geo = dataset.geometry()
     i = 5
     assert np.allclose(geo.centres_um[i], (dataset.tiles.offset[i] + TILE / 2) * MPP)
 

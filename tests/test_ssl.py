@@ -16,7 +16,7 @@ from embedcache.encoders import get_spec
 from embedcache.encoders.load import load_encoder
 from embedcache.errors import ConfigError, DataError
 from embedcache.extract import extract
-from embedcache.metrics.retrieval import compare_stores
+from embedcache.probes.retrieval import compare_stores
 from embedcache.train import ssl
 
 # 64-px tiles at 0.5 um/px are 32 um: near = the 8 neighbours, far = 150 um or more apart on a slide.
@@ -64,11 +64,11 @@ def test_descriptors_live_in_the_store_without_changing_it(trained):
     desc = s.pooled("ssl")
     assert desc.shape == (s.n_tiles, 128) and np.allclose(np.linalg.norm(desc, axis=1), 1, atol=1e-5)
     assert s.descriptor_layers == ["ssl", "untrained"] and s.layers == open_store(slides_store()).layers
-    meta = s.attrs["descriptors"]["ssl"]
+    meta = s.descriptor("ssl")
     assert meta["source_layer"] == "layer4" and meta["held_out"] == ["slide_002"] and meta["dim"] == 128
     # extract still recognises the store as its own, complete, output.
     config = ExtractConfig(encoder="timm:test_resnet", weights="random", variants="none", tile_size=TILE,
-                           num_workers=0, unit_tiles=64, batch_size=96, format="slides")
+                           loader_workers=0, unit_tiles=64, batch_size=96, format="slides")
     assert extract(slides_dir(), store, config, progress=False).skipped
 
 

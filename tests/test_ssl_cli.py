@@ -37,9 +37,9 @@ def test_extract_records_positions_in_micrometres(store):
     out, output = store
     s = open_store(out)
     assert f"wrote {out}: {s.n_tiles} tiles x 1 variants" in output
-    ds = s.attrs["provenance"]["dataset"]
-    assert ds["layout"] == "slides" and ds["mpp"] == 1.0 and ds["slides"][0]["mpp"] == 0.5
-    assert s.attrs["source_names"] == ["slide_000", "slide_001", "slide_002"]
+    ds = s.provenance.dataset
+    assert s.dataset_layout == "slides" and s.tile_mpp == 1.0 and ds["slides"][0]["mpp"] == 0.5
+    assert s.source_names == ["slide_000", "slide_001", "slide_002"]
     assert {"normal", "tumour"} <= set(s.tissue) <= {"", "normal", "tumour"}  # "": tissue edge, under half labelled
     assert (s.tile_info()["offset"] % 64 == 0).all()
 
@@ -75,7 +75,7 @@ def test_slide_without_mpp(runner, tmp_path):
     _one_line_error(runner.invoke(main, args), "slide_000.tif: the slide does not record", "pass --mpp")
     res = runner.invoke(main, [*args, "--mpp", "0.5", "--tile-mpp", "1.0"])
     assert res.exit_code == 0, res.output
-    assert open_store(tmp_path / "o.zarr").attrs["provenance"]["dataset"]["slides"][0]["mpp"] == 0.5
+    assert open_store(tmp_path / "o.zarr").provenance.dataset["slides"][0]["mpp"] == 0.5
 
 
 def test_bad_input_gives_one_line(runner, store, tmp_path):

@@ -9,10 +9,8 @@ import torch.nn.functional as F
 from decoder_helpers import one_thread  # noqa: F401 (one_thread: pytestmark)
 
 from embedcache.errors import ConfigError
-from embedcache.train.decoder import (
-    DecoderConfig, LossConfig, NucleiDecoder, NucleiLoss, class_terms, plan_taps, type_weights,
-)
-from embedcache.train.targets import DIRECTIONS
+from embedcache.config import DIRECTIONS, DecoderConfig, LossConfig
+from embedcache.train.decoder import NucleiDecoder, NucleiLoss, class_terms, plan_taps, type_weights
 
 VIT_GRID = [(32, 4, 4)] * 4  # a patch-16 ViT on 64-px tiles: one 1/16 grid at four depths
 PYRAMID = [(16, 16, 16), (24, 8, 8), (40, 4, 4), (64, 2, 2)]  # 1/4 .. 1/32

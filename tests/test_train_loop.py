@@ -14,9 +14,11 @@ from safetensors.torch import load_file
 from embedcache import open_store
 from embedcache.errors import ConfigError, DataError
 from embedcache.train import loop
-from embedcache.train.checkpoint import RunError, TrainingError, load_run
+from embedcache.config import FitConfig
+from embedcache.errors import RunError, TrainingError
+from embedcache.train.checkpoint import load_run
 from embedcache.train.decoder import NucleiDecoder, NucleiLoss
-from embedcache.train.loop import FitConfig, fit
+from embedcache.train.loop import fit
 from embedcache.train.stream import EpochBatches, TileStream, collate
 from embedcache.train.targets import TargetCache
 
@@ -44,7 +46,7 @@ def test_a_few_steps_lower_the_loss(data):
     ds = TileStream(store, tiles, TargetCache(store, tiles))
     batch = ds[EpochBatches(tiles, [0, 1, 2], 4, seed=0).pairs()]
     torch.manual_seed(0)
-    shapes = [store.attrs["layer_info"][k]["shape"] for k in store.layers]
+    shapes = [store.layout(k).shape for k in store.layers]
     model = NucleiDecoder(shapes, store.tile_shape, 4, 5, fit_config().decoder)
     loss = NucleiLoss([(0, 1), (1, 0), (1, 1), (1, -1)], 5)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

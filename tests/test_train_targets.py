@@ -9,9 +9,9 @@ from decoder_helpers import disk_instances, make_store, one_thread, write_conic 
 from embedcache import open_store
 from embedcache.datasets.variants import D4, resolve_variants
 from embedcache.errors import ConfigError
+from embedcache.config import DIRECTIONS, TargetConfig
 from embedcache.train.targets import (
-    BODY, BOUNDARY, DIRECTIONS, TargetCache, TargetConfig, boundary_mask, channel_map, distance_maps, tile_targets,
-    transform_targets,
+    BODY, BOUNDARY, TargetCache, boundary_mask, channel_map, distance_maps, tile_targets, transform_targets,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,12 +7,9 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
-from embedcache.cli.options import format_option, quiet_option
-
-device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-magnification_option = click.option(
-    "--magnification", default="40x", show_default=True, type=click.Choice(["40x", "20x"]),
-    help="Post-processing defaults (nucleus sizes) and the hovernet detection radius (12 px / 6 px).")
+from embedcache.cli.options import (
+    device_option, format_option, loader_workers_option, magnification_option, quiet_option,
+)
 
 
 @main.command("fit-decoder")
@@ -36,8 +33,7 @@ magnification_option = click.option(
 @click.option("--distance", default="cisca", show_default=True, type=click.Choice(["cisca", "hovernet"]),
               help="Distance maps: 4 directions (CISCA) or horizontal/vertical (HoVer-Net).")
 @click.option("--variants", default="all", show_default=True, help="Cached variants to draw from: all, or names.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0),
-              help="DataLoader processes reading the store.")
+@loader_workers_option("the store")
 @click.option("--preload", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
               help="Read features into RAM first (auto: when they fit in a quarter of free memory).")
 @click.option("--protocol", default="auto", show_default=True,
@@ -48,7 +44,7 @@ magnification_option = click.option(
 @click.option("--overwrite", is_flag=True, help="Replace a run made with other settings (kept until the new one ends).")
 @quiet_option
 def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, patience, monitor, width, depth,
-                distance, variants, workers, preload, protocol, magnification, device, overwrite, quiet):
+                distance, variants, loader_workers, preload, protocol, magnification, device, overwrite, quiet):
     """Train the nuclei decoder on a store's cached features, then score it on the held-out split.
 
     Writes RUN/best.safetensors, last.safetensors, run.json (settings, store
@@ -59,15 +55,13 @@ def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, pati
     Example:
       embedcache fit-decoder --store demo/lite0.zarr --out demo/run --epochs 20
     """
+    from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, TargetConfig
+    from embedcache.infer.evaluate import evaluate_run, pq_scorer
     from embedcache.metrics.tables import format_evaluation
-    from embedcache.postprocess import PostprocessConfig
-    from embedcache.predict import evaluate_run, pq_scorer
-    from embedcache.train.decoder import DecoderConfig
-    from embedcache.train.loop import FitConfig, fit
-    from embedcache.train.targets import TargetConfig
+    from embedcache.train.loop import fit
 
     config = FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, monitor=monitor, seed=seed,
-                       val=val, train=train_split, variants=variants, workers=workers, preload=preload,
+                       val=val, train=train_split, variants=variants, loader_workers=loader_workers, preload=preload,
                        device=device, decoder=DecoderConfig(width=width, depth=depth),
                        targets=TargetConfig(distance=distance))
     post = PostprocessConfig.for_magnification(magnification)
@@ -117,7 +111,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, b
       embedcache predict --run demo/run --store demo/lite0.zarr --split val --out demo/pred
     """
     from embedcache.errors import ConfigError
-    from embedcache.predict import predict
+    from embedcache.infer.predict import predict
 
     if (store is None) == (data is None):
         raise ConfigError("give either --store STORE (cached features) or --data PATH (encoder run live)")

@@ -8,7 +8,10 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
-from embedcache.cli.options import format_option, json_option, quiet_option
+from embedcache.cli.options import (
+    dask_workers_option, device_option, format_option, json_option, loader_workers_option, quiet_option,
+    scheduler_option,
+)
 from embedcache.report import human_bytes
 
 
@@ -24,19 +27,15 @@ from embedcache.report import human_bytes
               help="'default', 'all', or comma-separated layer names or indices.")
 @click.option("--variants", default="d4", show_default=True, help="none, flips, d4, d4+stain, or names.")
 @click.option("--batch-size", default=32, show_default=True, type=int, help="Tile-variants per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
               help="Storage type of patch tokens.")
 @click.option("--weights", default=None, help="Local checkpoint (.safetensors, .pth, .bin) or 'random'.")
 @click.option("--norm", is_flag=True, help="Apply the encoder's final norm to every tapped layer.")
 @click.option("--unit-tiles", default=16, show_default=True, type=int, help="Tiles per unit of work (and shard).")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), metavar="N",
-              help="Run units of work on a local dask cluster of N worker processes (one per GPU when there "
-                   "are GPUs); 0 runs them in this process.")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Run units of work on the dask cluster whose scheduler is at ADDRESS (tcp://host:8786).")
-@click.option("--loader-workers", default=1, show_default=True, type=click.IntRange(min=0), metavar="N",
-              help="DataLoader workers reading tiles (single-process runs).")
+@dask_workers_option
+@scheduler_option
+@loader_workers_option("tiles (single-process runs)")
 @click.option("--tile-size", default=256, show_default=True, type=int,
               help="Tile side for the folder and slides layouts (slides: pixels at --tile-mpp).")
 @click.option("--mpp", default=None, type=float,
@@ -60,17 +59,12 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
     StoreLocation.parse(out)  # a bad URL fails before any model loads
     config = ExtractConfig(encoder=encoder, weights=weights, layers=layers, variants=variants,
                            batch_size=batch_size, device=device, dtype=dtype, norm=norm, unit_tiles=unit_tiles,
-                           num_workers=loader_workers, tile_size=tile_size, format=fmt, mpp=mpp, tile_mpp=tile_mpp,
+                           loader_workers=loader_workers, tile_size=tile_size, format=fmt, mpp=mpp, tile_mpp=tile_mpp,
                            min_tissue=min_tissue)
-    if workers or scheduler:
-        from embedcache.distributed import extract_distributed
+    from embedcache.extract import extract as run_extract
 
-        result = extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
-                                     overwrite=overwrite, progress=not quiet)
-    else:
-        from embedcache.extract import extract as run_extract
-
-        result = run_extract(data, out, config, overwrite=overwrite, progress=not quiet)
+    result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,
+                         progress=not quiet)
     if result.skipped:
         click.echo(f"{result.path} is already complete with these settings; nothing to do")
     else:

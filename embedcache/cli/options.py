@@ -1,4 +1,9 @@
-"""Option decorators shared by commands, so flags read the same everywhere."""
+"""Option decorators shared by commands, so a flag reads and means the same everywhere.
+
+``--workers N`` always means dask worker processes (extraction on a local
+cluster); ``--loader-workers N`` always means DataLoader processes reading
+tiles or a store.
+"""
 
 from __future__ import annotations
 
@@ -10,3 +15,20 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
                              help="Dataset layout (auto-detected by default).")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+magnification_option = click.option(
+    "--magnification", default="40x", show_default=True, type=click.Choice(["40x", "20x"]),
+    help="Post-processing defaults (nucleus sizes) and the hovernet detection radius (12 px / 6 px).")
+dask_workers_option = click.option(
+    "--workers", default=0, show_default=True, type=click.IntRange(min=0), metavar="N",
+    help="Run units of work on a local dask cluster of N worker processes (one per GPU when there are GPUs); "
+         "0 runs them in this process.")
+scheduler_option = click.option(
+    "--scheduler", default=None, metavar="ADDRESS",
+    help="Run units of work on the dask cluster whose scheduler is at ADDRESS (tcp://host:8786).")
+
+
+def loader_workers_option(what: str):
+    """``--loader-workers N``: DataLoader processes reading ``what``."""
+    return click.option("--loader-workers", default=1, show_default=True, type=click.IntRange(min=0), metavar="N",
+                        help=f"DataLoader worker processes reading {what} (0: in this process).")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
-from embedcache.cli.options import quiet_option
+from embedcache.cli.options import dask_workers_option, quiet_option, scheduler_option
 
 
 @main.command("run")
@@ -20,9 +20,8 @@ from embedcache.cli.options import quiet_option
               help="Skip an encoder whose step fails (the reason goes in the report) instead of stopping; "
                    "the same as 'on_error: skip' in the file.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: the file's 'out').")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), metavar="N",
-              help="Extract on a local dask cluster of N workers (one per GPU).")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="Extract on the dask cluster at ADDRESS.")
+@dask_workers_option
+@scheduler_option
 @quiet_option
 def run_cmd(pipeline_file, only, dry_run, keep_going, out, workers, scheduler, quiet):
     """Run a study: extract, probe, fit-decoder and evaluate for every encoder and dataset, then the report.

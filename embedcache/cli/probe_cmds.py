@@ -52,7 +52,7 @@ def probe(stores, labels, level, layers, method, pooled, folds, k, augment, n_bo
     """
     from embedcache.config import ProbeConfig
     from embedcache.report.stats import score_predictions
-    from embedcache.train.probes import run_probes
+    from embedcache.probes import run_probes
 
     config = ProbeConfig(labels=labels, level=level, layers=layers,
                          method=method or ("linear" if level == "patch" else "both"), pooled=pooled, folds=folds,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
-from embedcache.cli.options import json_option, quiet_option
+from embedcache.cli.options import device_option, json_option, quiet_option
 
 _pair_options = [
     click.option("--d-near", default=200.0, show_default=True, type=float,
@@ -75,7 +75,7 @@ def demo_slides(out, slides, size, mpp, seed):
 @click.option("--lr", default=None, type=float, help="Adam learning rate [head 1e-3, encoder 1e-4].")
 @click.option("--holdout", default=0.25, show_default=True, type=float,
               help="Fraction of slides kept out of training (retrieval queries).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option
 @pair_options
 @quiet_option
 def fit_ssl(mode, store, layer, kind, name, hidden, epochs, pairs, no_augment, data, out, encoder, weights, steps,
@@ -143,7 +143,7 @@ def retrieval(stores, layers, labels, k, queries, holdout, kind, metric, far_pai
     slides.
     """
     from embedcache.config import RetrievalConfig
-    from embedcache.metrics.retrieval import compare_stores
+    from embedcache.probes.retrieval import compare_stores
 
     config = RetrievalConfig(k=k, labels=labels, queries=queries, holdout=holdout, kind=kind, metric=metric,
                              d_near=d_near, d_far=d_far, far_from=far_from, far_pairs=far_pairs, seed=seed)

@@ -23,7 +23,7 @@ def detect_format(path: Path, labels_only: bool = False) -> str:
     images.
     """
     from embedcache.datasets.folder import list_images
-    from embedcache.datasets.slides import looks_like_slides
+    from embedcache.datasets.wsi import looks_like_slides
     from embedcache.datasets.stacks import pannuke_fold_dirs
 
     path = Path(path)

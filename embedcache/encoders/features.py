@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from embedcache.encoders.load import LoadedEncoder
-from embedcache.errors import ConfigError
+from embedcache.layers import select_layers
 
 
 def layer_names(model: torch.nn.Module) -> list[str]:
@@ -21,33 +21,12 @@ def layer_names(model: torch.nn.Module) -> list[str]:
 
 
 def resolve_layers(model: torch.nn.Module, default: tuple[int, ...], request: str | list | None) -> list[int]:
-    """Indices into ``feature_info`` for ``default``, ``all``, or names/indices.
+    """Indices into ``feature_info`` for ``default``, ``all``, ``last``, or names/indices.
 
-    ``request`` may be ``None``/``"default"``, ``"all"``, a comma separated
-    string, or a list of names (``blocks.11``) or indices (``11``; negative
-    counts from the end).
+    ``request`` is read by :func:`embedcache.layers.select_layers` against the
+    model's layer names (``blocks.11``; indices negative from the end).
     """
-    names = layer_names(model)
-    if request in (None, "default", "", ()):
-        return list(default)
-    if request == "all":
-        return list(range(len(names)))
-    items = [s.strip() for s in request.split(",")] if isinstance(request, str) else list(request)
-    out = []
-    for item in items:
-        if isinstance(item, int) or (isinstance(item, str) and item.lstrip("-").isdigit()):
-            i = int(item)
-            if not -len(names) <= i < len(names):
-                raise ConfigError(f"layer index {i} out of range: the encoder has {len(names)} tappable layers")
-            out.append(i % len(names))
-        elif item in names:
-            out.append(names.index(item))
-        else:
-            raise ConfigError(f"unknown layer {item!r}; this encoder has {names[0]} .. {names[-1]} "
-                              "(or use indices, 'default', 'all')")
-    if len(set(out)) != len(out):
-        raise ConfigError("a layer is listed twice")
-    return sorted(out)
+    return select_layers(request, layer_names(model), default)
 
 
 class FeatureExtractor(torch.nn.Module):

@@ -30,7 +30,7 @@ encoder takes a local file instead with ``--weights FILE``.
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from embedcache.errors import EncoderError
 
@@ -100,7 +100,9 @@ class EncoderSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncoderSpec":
-        d = dict(d)
+        """The spec a store or run recorded; fields this version does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
         for key in ("mean", "std", "layers", "dims"):
             if key in d:
                 d[key] = tuple(d[key])

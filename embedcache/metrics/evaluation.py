@@ -8,8 +8,6 @@ and per-image rows, ready for JSON and CSV.
 from __future__ import annotations
 
 import csv
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +16,7 @@ import numpy as np
 
 from embedcache.datasets import LabelSet, read_label_maps
 from embedcache.errors import ConfigError, DataError
+from embedcache.files import plain_json, write_json
 from embedcache.metrics.protocols import DEFAULT_RADIUS, PROTOCOLS, classes_present
 
 SUMMARY_KEYS = {
@@ -48,12 +47,10 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         """JSON-ready: NaN as None, type ids as strings, rows under ``images``."""
-        return _jsonable({**self.summary, "images": self.rows})
+        return plain_json({**self.summary, "images": self.rows})
 
     def write_json(self, path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        return path
+        return write_json(path, self.to_dict())
 
     def write_csv(self, path) -> Path:
         """One row per image; NaN written as ``nan``."""
@@ -67,18 +64,6 @@ class Evaluation:
             for row in self.rows:
                 writer.writerow({k: _csv_value(row.get(k)) for k in columns})
         return path
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _csv_value(value):

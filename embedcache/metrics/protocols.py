@@ -39,7 +39,7 @@ CONIC_TYPES = (1, 2, 3, 4, 5, 6)
 """neutrophil, epithelial, lymphocyte, plasma, eosinophil, connective."""
 
 DEFAULT_RADIUS = 12.0
-"""Detection radius in pixels at 40x; use 6 at 20x."""
+"""Detection radius in pixels at 40x; use 6 at 20x (:func:`detection_radius`)."""
 
 CONIC_COUNT_CROP = 224
 """CoNIC counts nuclei in the central 224x224 of each 256x256 tile."""
@@ -48,6 +48,28 @@ CONIC_DQ_EPS = 1.0e-6
 """CoNIC adds 1e-6 to the DQ denominator (so empty gives 0, not 0/0)."""
 
 INSTANCE_METRICS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
+
+
+def detection_radius(magnification: str = "40x") -> float:
+    """HoVer-Net's centroid pairing radius in pixels: 12 at 40x, 6 at 20x.
+
+    >>> detection_radius("20x")
+    6.0
+    """
+    if magnification not in ("40x", "20x"):
+        raise ConfigError(f"magnification must be 40x or 20x, not {magnification!r}")
+    return DEFAULT_RADIUS if magnification == "40x" else DEFAULT_RADIUS / 2
+
+
+def auto_protocol(class_names: dict | None, has_types: bool) -> str:
+    """``pannuke`` or ``conic`` for exactly their classes (with types on both sides), else ``hovernet``."""
+    from embedcache.datasets import CONIC_CLASSES, PANNUKE_CLASSES
+
+    if has_types and class_names == PANNUKE_CLASSES:
+        return "pannuke"
+    if has_types and class_names == CONIC_CLASSES:
+        return "conic"
+    return "hovernet"
 
 
 def nanmean(values) -> float:

@@ -26,22 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from embedcache.errors import ConfigError, EmbedcacheError
+from embedcache.errors import ConfigError, EmbedcacheError, PipelineError
 from embedcache.pipeline.spec import DatasetSpec, EncoderEntry, Pipeline, describe
-from embedcache.pipeline.steps import Step, content_key, write_json_atomic
+from embedcache.files import write_json
+from embedcache.pipeline.steps import Step, content_key
 
 STEP_KINDS = ("data", "extract", "probe", "fit", "evaluate", "report")
-RUNTIME_EXTRACT = ("batch_size", "device", "num_workers")  # change how fast, not what is stored
-RUNTIME_FIT = ("workers", "preload", "device")
+RUNTIME_EXTRACT = ("batch_size", "device", "loader_workers")  # change how fast, not what is stored
+RUNTIME_FIT = ("loader_workers", "preload", "device")
 FINGERPRINTS = "fingerprints.json"
-
-
-class PipelineError(EmbedcacheError):
-    """A step of a pipeline failed; the message names the step."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -118,7 +111,7 @@ def dataset_fingerprint(path: Path, options: dict, memo_file: Path | None = None
     if memo_file is not None:
         memo[memo_key] = fingerprint
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(memo_file, memo)
+        write_json(memo_file, memo)
     return fingerprint
 
 
@@ -207,16 +200,10 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
     def do_extract(d: Path) -> dict:
         from embedcache.store import open_store
 
+        from embedcache.extract import extract
+
         out = d / "store.zarr"
-        if workers or scheduler:
-            from embedcache.distributed import extract_distributed
-
-            r = extract_distributed(data_path, out, xcfg, workers=workers or None, scheduler=scheduler,
-                                    progress=progress)
-        else:
-            from embedcache.extract import extract
-
-            r = extract(data_path, out, xcfg, progress=progress)
+        r = extract(data_path, out, xcfg, workers=workers, scheduler=scheduler, progress=progress)
         summary = open_store(out).summary()
         return {"store": str(out), "n_tiles": r.n_tiles, "n_variants": r.n_variants, "layers": list(r.layers),
                 "seconds": r.seconds, "tiles_per_second": r.tiles_per_second, "bytes": summary["bytes"],
@@ -247,8 +234,8 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
                       "fit": {k: v for k, v in fcfg.to_dict().items() if k not in RUNTIME_FIT}}
 
         def do_fit(d: Path, fcfg=fcfg) -> dict:
-            from embedcache.postprocess import PostprocessConfig
-            from embedcache.predict import pq_scorer
+            from embedcache.config import PostprocessConfig
+            from embedcache.infer.evaluate import pq_scorer
             from embedcache.train.loop import fit
 
             scorer = None
@@ -276,30 +263,19 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
 
 def evaluate_on_store(run_dir: Path, store_path: Path, out: Path, protocol: str = "auto",
                       magnification: str = "40x", progress: bool = True) -> dict:
-    """Predict a run's held-out tiles from the cache and score them; ``out/pred`` and ``out/eval.json``.
+    """Score a run's held-out tiles from the cache (:func:`embedcache.infer.evaluate.evaluate_run`).
 
-    The tiles are the run's own validation split; the protocol ``auto``
-    follows the store's classes (PanNuke, CoNIC, else HoVer-Net).
+    Writes ``out/eval.json`` and the predictions the report shows to
+    ``out/pred``; returns what the step records.
     """
-    from embedcache.metrics import evaluate
-    from embedcache.predict import auto_protocol, predict, store_jobs, store_truth
-    from embedcache.store import open_store
-    from embedcache.train.checkpoint import read_meta
+    from embedcache.infer.evaluate import evaluate_run
 
-    store = open_store(store_path)
-    val = read_meta(Path(run_dir))["split"]["val"]
-    pred = predict(run_dir, out / "pred", store=store_path, split="val", magnification=magnification,
-                   overlays=False, geojson=False, progress=progress)
-    truth = store_truth(store, store_jobs(store, val))
-    if protocol == "auto":
-        protocol = auto_protocol(truth.class_names or {}, truth.types is not None)
-    result = evaluate(truth, out / "pred", protocol, radius=6.0 if magnification == "20x" else 12.0)
+    result = evaluate_run(run_dir, store_path, out=out, predictions=out / "pred", protocol=protocol,
+                          magnification=magnification, progress=progress)
     data = result.to_dict()
-    data["protocol"] = protocol
-    data["tiles"] = [int(t) for t in val]
-    write_json_atomic(out / "eval.json", data)
     headline = {k: v for k, v in data.items() if isinstance(v, (int, float)) and k != "n_images"}
-    return {"protocol": protocol, "n_images": len(result.rows), "n_nuclei": pred.n_nuclei, "summary": headline}
+    n_nuclei = sum(int(r.get("n_pred", 0)) for r in result.rows) if result.rows else 0
+    return {"protocol": result.protocol, "n_images": len(result.rows), "n_nuclei": n_nuclei, "summary": headline}
 
 
 # ----------------------------------------------------------------------------- running
@@ -335,7 +311,7 @@ def execute(p: Plan, *, only: tuple[str, ...] = (), progress: bool = True,
         raise ConfigError(f"--only {unknown[0]!r}: step kinds are {', '.join(STEP_KINDS)}")
     root = p.pipeline.out
     root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / "pipeline.json", describe(p.pipeline))
+    write_json(root / "pipeline.json", describe(p.pipeline))
     ran, reused, skipped = [], [], []
     failed = dict(p.failed)
     for step in p.steps:

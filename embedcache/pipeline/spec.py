@@ -2,7 +2,7 @@
 
 Every section maps one-to-one onto a config dataclass (no class paths in
 YAML): ``extract`` onto :class:`~embedcache.config.ExtractConfig`,
-``fit`` onto :class:`~embedcache.train.loop.FitConfig` (with its nested
+``fit`` onto :class:`~embedcache.config.FitConfig` (with its nested
 ``decoder``, ``targets`` and ``loss``), ``probe`` onto
 :class:`~embedcache.config.ProbeConfig`. Settings are layered: the
 defaults of each config, then the file's top-level section, then the
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from embedcache.config import ExtractConfig, ProbeConfig
+from embedcache.config import ExtractConfig, FitConfig, ProbeConfig
 from embedcache.errors import ConfigError
 
 ON_ERROR = ("stop", "skip")
@@ -142,8 +142,6 @@ class Pipeline:
         (``frac:F``) is drawn with ``split_seed`` (0 unless the file says)
         for every seed, so every seed and encoder is tested on the same images.
         """
-        from embedcache.train.loop import FitConfig
-
         merged = _merge(self.decoder, dataset.decoder)
         return _build(FitConfig, {"split_seed": 0, **merged, "seed": seed},
                       f"{self.source}: fit settings of {dataset.name}")
@@ -262,8 +260,6 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
             raise ConfigError(f"{source}: the pipeline needs a '{need}' section with at least one entry")
     name = str(data.get("name") or Path(source).stem)
     out = Path(str(data.get("out") or Path("runs") / name))
-
-    from embedcache.train.loop import FitConfig
 
     extract = dict(r.config_keys(ExtractConfig, data.get("extract"), "extract"))
     decoder = dict(r.config_keys(FitConfig, data.get("fit"), "fit"))

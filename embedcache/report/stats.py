@@ -17,7 +17,6 @@ undefined (e.g. AUROC with one class) are left out.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import warnings
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from embedcache.report import plain_json
+from embedcache.files import plain_json, write_json
 
 METRICS = {
     "classification": ("balanced_accuracy", "macro_f1", "auroc"),
@@ -249,9 +248,7 @@ class ScoreTable:
         return plain_json({"info": self.info, "rows": self.rows, "best": self.best()})
 
     def write_json(self, path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_json(path, self.to_dict())
 
     def write_csv(self, path) -> Path:
         """One row per probe: ``store, encoder, layer, depth, method`` then ``metric, metric_lo, metric_hi``."""

@@ -22,14 +22,13 @@ import csv
 import html
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from embedcache.report import human_bytes, plain_json
+from embedcache.files import staged_dir, write_json
+from embedcache.report import human_bytes
 from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
 
 METRIC_LABELS = {
@@ -237,15 +236,6 @@ def plot_costs(rows: list[dict], path: Path) -> Path:
     return Path(path)
 
 
-def _job_image(store, job) -> np.ndarray:
-    image = np.full((*job.shape, 3), 255, dtype=np.uint8)
-    valid = store.tile_info()["valid"]
-    for (r, c), tile in job.tiles:
-        h, w = valid[tile]
-        image[r:r + h, c:c + w] = store.images(tile)[:h, :w]
-    return image
-
-
 def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> list[dict]:
     """The same ``n`` held-out images for every encoder (first seed): truth and each prediction outlined.
 
@@ -255,9 +245,9 @@ def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> 
     from PIL import Image
 
     from embedcache.datasets import read_label_maps
-    from embedcache.predict import store_jobs, store_truth
-    from embedcache.prediction_io import overlay
+    from embedcache.infer.writer import overlay
     from embedcache.store import open_store
+    from embedcache.store.images import image_pixels, image_truth, source_images
 
     cells = [c for c in cells if c.dataset == dataset and c.evals and c.store]
     if not cells or n == 0:
@@ -266,15 +256,15 @@ def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> 
     seed0 = sorted(first.evals)[0]
     tiles = json.loads((first.evals[seed0] / "eval.json").read_text())["tiles"]
     store = open_store(first.store)
-    jobs = store_jobs(store, tiles)
-    truth = store_truth(store, jobs)
+    images = source_images(store, tiles)
+    truth = image_truth(store, images)
     order = np.argsort([-int(len(np.unique(t)) - 1) for t in truth.instances], kind="stable")[:n]
     (out / dataset).mkdir(parents=True, exist_ok=True)
     preds = {c.encoder: read_label_maps(c.evals[sorted(c.evals)[0]] / "pred") for c in cells}
     shown = []
     for k in order:
-        job = jobs[k]
-        image = _job_image(store, job)
+        job = images[k]
+        image = image_pixels(store, job)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job.name)
         entry = {"name": job.name, "truth": f"overlays/{dataset}/{safe}_truth.png", "pred": {}}
         Image.fromarray(overlay(image, truth.instances[k], truth.types[k] if truth.types else None)).save(
@@ -335,14 +325,17 @@ STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}tabl
 def write_study_report(title: str, cells: list[CellResult], failures: dict[str, str], out: Path, key: str, *,
                        n_boot: int = 2000, seed: int = 0, overlays: int = 4) -> Path:
     """Write the whole report into ``out`` (built as ``out.partial``, then swapped in)."""
+    out = Path(out)
+    with staged_dir(out) as tmp:
+        _write_report(tmp, title, cells, failures, key, n_boot, seed, overlays)
+    return out
+
+
+def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict[str, str], key: str, n_boot: int,
+                  seed: int, overlays: int) -> None:
     from embedcache.report.plots import plot_depth
     from embedcache.report.stats import ScoreTable
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     boards = dataset_leaderboards(cells, n_boot, seed)
     probes = probe_tables(cells)
     cost_rows = costs(cells)
@@ -368,19 +361,9 @@ def write_study_report(title: str, cells: list[CellResult], failures: dict[str, 
                                   "comparisons": lb.comparisons} for ds, lb in boards.items()},
             "probes": {f"{ds}/{i}": t for (ds, i), t in probes.items()}, "costs": cost_rows,
             "failures": failures, "overlays": shown}
-    (tmp / "leaderboard.json").write_text(json.dumps(plain_json(data), indent=2) + "\n")
+    write_json(tmp / "leaderboard.json", data)
     _write_html(tmp / "index.html", title, md, figures, cost_rows, shown)
-    (tmp / "report.json").write_text(json.dumps({"key": key}) + "\n")
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
-    return out
+    write_json(tmp / "report.json", {"key": key}, indent=None)
 
 
 def _write_html(path: Path, title: str, md: list[str], figures: dict, cost_rows: list, shown: dict) -> None:

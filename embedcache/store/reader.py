@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from embedcache.errors import StoreError
+from embedcache.errors import ConfigError, StoreError
+from embedcache.layers import select_layers
 from embedcache.store import schema
 from embedcache.store.location import StoreLocation
 
@@ -46,37 +47,109 @@ class Store:
     path : Path or StoreLocation
         A :class:`~pathlib.Path` for local stores; the location (``str()`` is
         the URL, ``.name`` its last part) for object storage.
+    attrs : StoreAttrs
+        Everything the store records (:mod:`embedcache.store.schema`); the
+        properties below are the way to read it.
+    config : StoreConfig
+        What any run adding to the store must share (dataset fingerprint,
+        dtype, unit of work, ...).
+    provenance : Provenance
+        Weights source, versions, the dataset described, device.
     n_tiles : int
     layers : list of str
         Tapped layer names, shallow to deep.
     variants : list of str
         Variant names; index 0 is the identity.
-    encoder : dict
+    encoder : EncoderSpec
         The encoder spec the store was made with.
+    tile_shape : (int, int)
+    tissue_names, source_names : list of str
+    class_names : dict of int to str
     complete : bool
     """
 
-    def __init__(self, path, group, attrs: dict, location: StoreLocation | None = None):
+    def __init__(self, path, group, attrs: schema.StoreAttrs, location: StoreLocation | None = None):
+        from embedcache.encoders.registry import EncoderSpec
+
         self.location = location or StoreLocation.parse(path)
         self.path = self.location.path
         self.group = group
         self.attrs = attrs
-        cfg = attrs["config"]
-        self.config = cfg
-        self.n_tiles = int(cfg["n_tiles"])
-        self.layers = list(cfg["layers"])
-        self.variants = list(cfg["variants"])
-        self.encoder = dict(cfg["encoder"])
-        self.complete = bool(attrs.get("complete"))
-        self.tile_shape = tuple(cfg["tile_shape"])
-        self.tissue_names = list(attrs.get("tissue_names") or [])
-        self.class_names = {int(k): v for k, v in (attrs.get("class_names") or {}).items()}
+        self.config = attrs.config
+        self.provenance = attrs.provenance
+        self.n_tiles = int(self.config.n_tiles)
+        self.layers = list(self.config.layers)
+        self.variants = list(self.config.variants)
+        self.encoder = EncoderSpec.from_dict(self.config.encoder)
+        self.complete = attrs.complete
+        self.tile_shape = tuple(self.config.tile_shape)
+        self.tissue_names = list(attrs.tissue_names)
+        self.source_names = list(attrs.source_names)
+        self.class_names = dict(attrs.class_names)
+        self._layouts = {lay.name: lay for lay in attrs.layers}
         self._cache = {}
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "INCOMPLETE"
-        return (f"<Store {self.path} {self.encoder['name']} {self.n_tiles} tiles x {len(self.variants)} "
+        return (f"<Store {self.path} {self.encoder.name} {self.n_tiles} tiles x {len(self.variants)} "
                 f"variants, layers {', '.join(self.layers)} ({state})>")
+
+    # -- what the store records -----------------------------------------------------------------
+
+    def layout(self, layer) -> schema.LayerLayout:
+        """Shape, stride and prefix tokens of an extracted layer (name or index)."""
+        name = self.resolve_layer(layer)
+        if name not in self._layouts:
+            raise StoreError(f"{self.path}: {name!r} is a descriptor layer (pooled vectors only, no tokens)")
+        return self._layouts[name]
+
+    @property
+    def dataset_layout(self) -> str | None:
+        """The layout the store was extracted from: ``pannuke``, ``conic``, ``folder``, ``slides``."""
+        return self.provenance.dataset.get("layout")
+
+    @property
+    def tile_mpp(self) -> float | None:
+        """Microns per pixel of the tiles (stores extracted from slides); None when not recorded."""
+        mpp = self.provenance.dataset.get("mpp")
+        return float(mpp) if mpp is not None else None
+
+    @property
+    def extract_config(self) -> dict:
+        """The extraction settings recorded (``ExtractConfig`` fields of the run that made the store)."""
+        return dict(self.provenance.extract_config or {})
+
+    @property
+    def descriptor_layers(self) -> list[str]:
+        """Layers written back by training (``fit-ssl``): pooled vectors only, no tokens."""
+        return list(self.attrs.descriptors)
+
+    def descriptor(self, name: str) -> dict:
+        """What made a descriptor layer: source layer, settings, held-out slides, dimension."""
+        if name not in self.attrs.descriptors:
+            raise StoreError(f"{self.path}: no descriptor layer {name!r}; it has "
+                             f"{', '.join(self.descriptor_layers) or 'none'}")
+        return dict(self.attrs.descriptors[name])
+
+    def geometry(self):
+        """Where the tiles lie on their slides (:class:`~embedcache.geometry.TileGeometry`).
+
+        Raises
+        ------
+        DataError
+            The store was not extracted from slides (no microns per pixel recorded).
+        """
+        from embedcache.errors import DataError
+        from embedcache.geometry import TileGeometry
+
+        if self.tile_mpp is None:
+            raise DataError(f"{self.path}: the store does not record microns per pixel (extracted from "
+                            f"{self.dataset_layout or 'an unknown'} layout, not slides); tile distances need slides")
+        info = self.tile_info()
+        return TileGeometry.from_tiles(info["source"], info["offset"], self.tile_shape, self.tile_mpp,
+                                       self.source_names)
+
+    # -- layers and variants ----------------------------------------------------------------------
 
     def _array(self, path: str):
         if path not in self._cache:
@@ -103,20 +176,24 @@ class Store:
                              f"{', '.join(self.layers + self.descriptor_layers)}")
         return layer
 
-    @property
-    def descriptor_layers(self) -> list[str]:
-        """Layers written back by training (``fit-ssl``): pooled vectors only, no tokens."""
-        return list(self.attrs.get("descriptors") or {})
-
     def resolve_layer(self, layer) -> str:
-        """A layer name from a name, an index (int or digits, negative from the end) or ``last``."""
-        if layer == "last":
-            return self.layers[-1]
-        if isinstance(layer, str) and layer.lstrip("-").isdigit():
-            layer = int(layer)
-        if isinstance(layer, int) and not -len(self.layers) <= layer < len(self.layers):
-            raise StoreError(f"{self.path}: layer index {layer} out of range ({len(self.layers)} layers)")
-        return self._layer(layer)
+        """One layer name from a name (extracted or descriptor), an index (negative from the end) or ``last``."""
+        if isinstance(layer, str) and layer in self.descriptor_layers:
+            return layer
+        names = self.select_layers(layer)
+        if len(names) != 1:
+            raise ConfigError(f"{self.path}: {layer!r} names {len(names)} layers; name one")
+        return names[0]
+
+    def select_layers(self, spec) -> list[str]:
+        """Extracted layers named by ``last``, ``all`` or comma-separated names or indices, shallow to deep.
+
+        Raises
+        ------
+        ConfigError
+            An unknown name or an index out of range (the message lists the layers).
+        """
+        return [self.layers[i] for i in select_layers(spec, self.layers, where=str(self.path))]
 
     def _read(self, path: str, idx, *rest):
         sel, squeeze = _index(idx, self.n_tiles)
@@ -198,7 +275,7 @@ class Store:
             raise StoreError(f"pooled kind must be mean, cls or both, not {kind!r}")
         path = schema.pooled_path(layer, kind)
         if path not in self.group:
-            raise StoreError(f"{self.path}: encoder {self.encoder['name']} has no class token; use kind='mean'")
+            raise StoreError(f"{self.path}: encoder {self.encoder.name} has no class token; use kind='mean'")
         return np.asarray(self._read(path, idx, self._variant(variant)), dtype=np.float32)
 
     def prefix(self, layer, idx=slice(None), variant=0) -> np.ndarray:
@@ -282,10 +359,10 @@ class Store:
         total = self.location.nbytes()
         return {
             "path": str(self.path),
-            "encoder": self.encoder["name"],
-            "arch": self.encoder["arch"],
-            "weights": self.attrs["provenance"].get("weights"),
-            "weights_sha256": self.config.get("weights_sha256"),
+            "encoder": self.encoder.name,
+            "arch": self.encoder.arch,
+            "weights": self.provenance.weights,
+            "weights_sha256": self.config.weights_sha256,
             "n_tiles": self.n_tiles,
             "tile_shape": list(self.tile_shape),
             "variants": self.variants,
@@ -294,8 +371,8 @@ class Store:
             "bytes": total,
             "complete": self.complete and done == units,
             "units_done": [done, units],
-            "dataset": self.attrs["provenance"].get("dataset"),
-            "created": self.attrs["provenance"].get("created"),
+            "dataset": self.provenance.dataset,
+            "created": self.provenance.created,
         }
 
 
@@ -328,9 +405,13 @@ def open_store(path, mode: str = "r") -> Store:
                 raise
             raise StoreError(f"{loc}: not a Zarr store ({type(exc).__name__}: {exc})") from None
         attrs = dict(group.attrs).get(schema.ATTRS)
-    if not attrs or attrs.get("schema") != schema.SCHEMA_VERSION:
+    if not attrs:
         raise StoreError(f"{loc}: not an embedcache store of schema {schema.SCHEMA_VERSION}")
-    return Store(loc.path, group, attrs, location=loc)
+    try:
+        record = schema.StoreAttrs.from_dict(attrs)
+    except StoreError as exc:
+        raise StoreError(f"{loc}: {exc}") from None
+    return Store(loc.path, group, record, location=loc)
 
 
 def verify_store(store: Store, progress=None) -> list[str]:
@@ -346,7 +427,7 @@ def verify_store(store: Store, progress=None) -> list[str]:
                         "(run the same extract command again to resume)")
     elif not store.complete:
         problems.append("all units written but the store was never marked complete")
-    step = int(store.config["unit_tiles"])
+    step = int(store.config.unit_tiles)
     for path in store.arrays():
         if path == schema.DONE:
             continue

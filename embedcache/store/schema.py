@@ -1,15 +1,17 @@
-"""The store's layout: the only module that knows array names, shapes and codecs.
+"""The store's layout: array names, shapes and codecs, and the attributes record.
 
-A store is a Zarr v3 group::
+This module is the only place that knows what a store's arrays and
+attributes are called; everything else asks :class:`~embedcache.store.reader.Store`
+for typed properties. A store is a Zarr v3 group::
 
-    zarr.json                       attributes["embedcache"]: schema, config, provenance, complete
+    zarr.json                       attributes["embedcache"]: the StoreAttrs record (below)
     images          (N, H, W, 3)    uint8   source tiles, stored once
     labels          (N, H, W, 2)    int32   [instance id, type id] (labelled datasets only)
     tiles/source    (N,)            int64   source image of each tile
     tiles/offset    (N, 2)          int64   (row, col) of the tile in its source
     tiles/valid     (N, 2)          int64   (height, width) not padding
     tiles/fold      (N,)            int64   fold (PanNuke folds; else 0)
-    tiles/tissue    (N,)            int64   index into attrs["tissue_names"] (-1: none)
+    tiles/tissue    (N,)            int64   index into the tissue names (-1: none)
     tokens/<layer>  (N, V, C, h, w) float16 patch tokens per variant
     prefix/<layer>  (N, V, P, C)    float16 class + register tokens (ViTs only)
     pooled/<layer>/mean (N, V, C)   float32 mean of the patch tokens
@@ -23,13 +25,31 @@ can run any unit. Inside a shard one chunk holds one tile and one variant,
 so a training sample reads one chunk per layer. Chunks are compressed with
 Blosc zstd (byte shuffle) and carry a crc32c checksum; shard indexes carry
 their own.
+
+The attributes (:class:`StoreAttrs`, one JSON object under ``embedcache``):
+
+============== ==============================================================
+schema         :data:`SCHEMA_VERSION`
+config         :class:`StoreConfig`: what any run adding to the store must share
+provenance     :class:`Provenance`: weights source, versions, dataset, device
+layer_info     per layer :class:`LayerLayout`: shape, prefix tokens, class token, stride
+variant_defs   per variant: flip, quarter turns, stain
+source_names   source image (or slide) of each ``tiles/source`` code
+tissue_names   tissue of each ``tiles/tissue`` code
+class_names    nucleus type id -> name
+descriptors    layers written back by training (``fit-ssl``): name -> what made them
+complete       set last, once every unit of work is written
+============== ==============================================================
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from embedcache.errors import StoreError
 
 SCHEMA_VERSION = 1
 ATTRS = "embedcache"
@@ -60,12 +80,150 @@ def pooled_path(layer: str, kind: str = "mean") -> str:
 
 @dataclass(frozen=True)
 class LayerLayout:
-    """What one tapped layer stores per tile and variant."""
+    """What one tapped layer stores per tile and variant.
+
+    Attributes
+    ----------
+    name : str
+    shape : (C, h, w)
+        Patch tokens of one tile and variant.
+    n_prefix : int
+        Class and register tokens (ViTs), stored apart.
+    has_cls : bool
+    stride : (float, float) or None
+        Tile pixels per token along rows and columns.
+    """
 
     name: str
-    shape: tuple[int, int, int]  # (C, h, w)
+    shape: tuple[int, int, int]
     n_prefix: int = 0
     has_cls: bool = False
+    stride: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "prefix": self.n_prefix, "has_cls": self.has_cls,
+                "stride": list(self.stride) if self.stride is not None else None}
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> "LayerLayout":
+        stride = d.get("stride")
+        return cls(name, tuple(int(v) for v in d["shape"]), int(d.get("prefix", 0)), bool(d.get("has_cls", False)),
+                   tuple(float(v) for v in stride) if stride else None)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid ``(h, w)``."""
+        return self.shape[1], self.shape[2]
+
+
+def _record(cls, d: dict, what: str):
+    """A dataclass from a mapping, naming the first missing field (a store from an older format)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in d.items() if k in names})
+    except TypeError as exc:
+        raise StoreError(f"the store's {what} attributes are incomplete ({exc}); re-create the store with "
+                         "`embedcache extract ... --overwrite`") from None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The fields a store must share with any run that adds to it (compared field by field)."""
+
+    encoder: dict
+    weights_sha256: str | None
+    layers: list
+    variants: list
+    dtype: str
+    norm: bool
+    compute: str
+    tile_shape: list
+    n_tiles: int
+    unit_tiles: int
+    dataset_fingerprint: str
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"], d["variants"], d["tile_shape"] = list(self.layers), list(self.variants), list(self.tile_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StoreConfig":
+        return _record(cls, d, "config")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a store was made: weights source, library versions, the dataset described, device."""
+
+    weights: str | None = None
+    versions: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+    device: str | None = None
+    batch_size: int | None = None
+    extract_config: dict = field(default_factory=dict)
+    created: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Provenance":
+        return _record(cls, d, "provenance")
+
+
+@dataclass(frozen=True)
+class StoreAttrs:
+    """Everything a store records about itself (module docstring): the one shape of its attributes.
+
+    ``from_dict(to_dict())`` is the identity; stores of schema 1 written by
+    any earlier version read back into it.
+    """
+
+    config: StoreConfig
+    provenance: Provenance
+    layers: tuple[LayerLayout, ...] = ()
+    variant_defs: dict = field(default_factory=dict)
+    source_names: tuple[str, ...] = ()
+    tissue_names: tuple[str, ...] = ()
+    class_names: dict = field(default_factory=dict)  # int -> str
+    descriptors: dict = field(default_factory=dict)  # name -> dict
+    complete: bool = False
+    finished: str | None = None
+    schema: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        d = {"schema": self.schema, "config": self.config.to_dict(), "provenance": self.provenance.to_dict(),
+             "complete": self.complete,
+             "tissue_names": list(self.tissue_names),
+             "class_names": {str(k): v for k, v in self.class_names.items()},
+             "source_names": list(self.source_names),
+             "layer_info": {lay.name: lay.to_dict() for lay in self.layers},
+             "variant_defs": dict(self.variant_defs)}
+        if self.descriptors:
+            d["descriptors"] = dict(self.descriptors)
+        if self.finished is not None:
+            d["finished"] = self.finished
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StoreAttrs":
+        if d.get("schema") != SCHEMA_VERSION:
+            raise StoreError(f"not an embedcache store of schema {SCHEMA_VERSION} (it records schema "
+                             f"{d.get('schema')!r})")
+        config = StoreConfig.from_dict(d.get("config") or {})
+        info = d.get("layer_info") or {}
+        layers = tuple(LayerLayout.from_dict(name, info[name]) for name in config.layers if name in info)
+        return cls(config=config, provenance=Provenance.from_dict(d.get("provenance") or {}), layers=layers,
+                   variant_defs=dict(d.get("variant_defs") or {}),
+                   source_names=tuple(d.get("source_names") or ()),
+                   tissue_names=tuple(d.get("tissue_names") or ()),
+                   class_names={int(k): v for k, v in (d.get("class_names") or {}).items()},
+                   descriptors=dict(d.get("descriptors") or {}), complete=bool(d.get("complete")),
+                   finished=d.get("finished"), schema=int(d["schema"]))
+
+    def replace(self, **changes) -> "StoreAttrs":
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

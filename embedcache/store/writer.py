@@ -13,22 +13,28 @@ with another configuration is refused, naming the first field that differs.
 Units may be written by several processes at once (dask workers, each
 having :meth:`StoreWriter.attach` ed to the store): units never share an
 object, and only :meth:`StoreWriter.finish` touches the attributes.
+
+:func:`add_pooled_layer` writes vectors computed after extraction (the
+descriptors of ``fit-ssl``) into a finished local store as a pooled layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import json
 from pathlib import Path
 
 import numpy as np
 
+from embedcache import files
 from embedcache.errors import StoreError, StoreMismatchError
 from embedcache.store import schema
 from embedcache.store.location import StoreLocation
 
 
-def partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
 
 
 def _flatten(d, prefix=""):
@@ -51,7 +57,7 @@ def config_difference(old: dict, new: dict) -> str | None:
 
 
 def read_attrs(where) -> dict | None:
-    """The embedcache attributes of the store at ``where`` (path, URL or location); None if there is none."""
+    """The raw embedcache attributes of the store at ``where`` (path, URL or location); None if there is none."""
     loc = StoreLocation.parse(where)
     with loc.errors():
         if not loc.exists():
@@ -68,8 +74,7 @@ def read_attrs(where) -> dict | None:
         return dict(group.attrs).get(schema.ATTRS)
 
 
-def _metadata_documents(specs: list[schema.ArraySpec], config: dict, provenance: dict,
-                        extra_attrs: dict | None) -> dict[str, bytes]:
+def _metadata_documents(specs: list[schema.ArraySpec], attrs: schema.StoreAttrs) -> dict[str, bytes]:
     """Every ``zarr.json`` of a new store, with the arrays' metadata consolidated into the root's.
 
     Built in memory and written in one concurrent batch: on object storage
@@ -86,16 +91,11 @@ def _metadata_documents(specs: list[schema.ArraySpec], config: dict, provenance:
     for s in specs:
         group.create_array(s.path, shape=s.shape, dtype=s.dtype, chunks=s.chunks, shards=s.shards,
                            compressors=schema.compressors(s.dtype, s.compressed), fill_value=0)
-    n_units = schema.n_units(config["n_tiles"], config["unit_tiles"])
+    n_units = schema.n_units(attrs.config.n_tiles, attrs.config.unit_tiles)
     group.create_array(schema.DONE, shape=(n_units,), dtype="uint8", chunks=(1,),
                        compressors=schema.compressors("uint8", "zstd"), fill_value=0)
-    group.attrs[schema.ATTRS] = {
-        "schema": schema.SCHEMA_VERSION,
-        "config": config,
-        "provenance": {**provenance, "created": _dt.datetime.now(_dt.timezone.utc).isoformat()},
-        "complete": False,
-        **(extra_attrs or {}),
-    }
+    created = attrs.replace(complete=False, provenance=dataclasses.replace(attrs.provenance, created=_now()))
+    group.attrs[schema.ATTRS] = created.to_dict()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec (yet)"
         zarr.consolidate_metadata(group.store)
@@ -117,23 +117,24 @@ class StoreWriter:
         Where it is being built (``OUT.partial`` locally, ``out`` on object storage).
     """
 
-    def __init__(self, location: StoreLocation, group, config: dict):
+    def __init__(self, location: StoreLocation, group, config: schema.StoreConfig):
         self.location = location
         self.out = location.path
         self.path = location.building.path
         self.group = group
         self.config = config
-        self.unit_tiles = int(config["unit_tiles"])
-        self.n_tiles = int(config["n_tiles"])
+        self.unit_tiles = int(config.unit_tiles)
+        self.n_tiles = int(config.n_tiles)
         self.n_units = schema.n_units(self.n_tiles, self.unit_tiles)
         self._arrays = {}
 
     @classmethod
-    def open(cls, out, config: dict, provenance: dict, specs: list[schema.ArraySpec],
-             extra_attrs: dict | None = None, overwrite: bool = False) -> "StoreWriter | None":
+    def open(cls, out, attrs: schema.StoreAttrs, specs: list[schema.ArraySpec],
+             overwrite: bool = False) -> "StoreWriter | None":
         """Open for writing; returns None when ``out`` is already complete with this config.
 
-        ``out`` is a local path or an fsspec URL.
+        ``out`` is a local path or an fsspec URL; ``attrs`` what the new store
+        records (its ``config`` decides whether an existing store is the same).
 
         Raises
         ------
@@ -145,7 +146,10 @@ class StoreWriter:
         """
         loc = StoreLocation.parse(out)
         build = loc.building
+        config = attrs.config.to_dict()
         with loc.errors():
+            if loc.is_local:
+                files.recover(loc.path)
             done_attrs = read_attrs(loc)
             if done_attrs is None and not loc.is_empty():
                 raise StoreError(f"{loc} exists and is not an embedcache store; choose another --out")
@@ -157,7 +161,7 @@ class StoreWriter:
                 if done_attrs.get("complete"):
                     return None
                 if build == loc:  # object storage: an unfinished store in place, resumed
-                    return cls(loc, build.open_group("r+"), config)
+                    return cls(loc, build.open_group("r+"), attrs.config)
             if build != loc:
                 part_attrs = read_attrs(build)
                 if part_attrs is not None and not overwrite:
@@ -166,12 +170,12 @@ class StoreWriter:
                         raise StoreMismatchError(
                             f"{build} (an interrupted extraction) was made with another configuration ({diff}); "
                             "use --overwrite to start again, or another --out")
-                    return cls(loc, build.open_group("r+"), config)
+                    return cls(loc, build.open_group("r+"), attrs.config)
             # Locally this clears a stale partial; on object storage (no rename) the old store itself.
             build.remove()
-            build.write_files(_metadata_documents(specs, config, provenance, extra_attrs))
+            build.write_files(_metadata_documents(specs, attrs))
             group = build.open_group("r+")
-        return cls(loc, group, config)
+        return cls(loc, group, attrs.config)
 
     @classmethod
     def attach(cls, out) -> "StoreWriter":
@@ -189,7 +193,7 @@ class StoreWriter:
             if attrs is None:
                 raise StoreError(f"{build}: no store is being built here (it was finished, removed or never "
                                  "created)")
-            return cls(loc, build.open_group("r+"), attrs["config"])
+            return cls(loc, build.open_group("r+"), schema.StoreAttrs.from_dict(attrs).config)
 
     def array(self, path: str):
         if path not in self._arrays:
@@ -220,18 +224,53 @@ class StoreWriter:
         missing = int((~self.done_units()).sum())
         if missing:
             raise StoreError(f"{self.path}: {missing} of {self.n_units} units of work are not written yet")
-        attrs = dict(self.group.attrs[schema.ATTRS])
-        attrs["complete"] = True
-        attrs["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        self.group.attrs[schema.ATTRS] = attrs
+        attrs = schema.StoreAttrs.from_dict(dict(self.group.attrs[schema.ATTRS]))
+        self.group.attrs[schema.ATTRS] = attrs.replace(complete=True, finished=_now()).to_dict()
         if not self.location.is_local:
             return self.out
-        old = None
-        if self.out.exists():
-            old = StoreLocation.parse(self.out.with_name(self.out.name + ".replaced"))
-            old.remove()
-            self.out.rename(old.url)
-        self.path.rename(self.out)
-        if old is not None:
-            old.remove()
-        return self.out
+        return files.swap_in(self.path, self.out)
+
+
+def add_pooled_layer(store, name: str, vectors: np.ndarray, meta: dict) -> None:
+    """Write ``(N, V, D)`` vectors into a finished local store as the pooled layer ``name``.
+
+    The layer is read back with ``store.pooled(name)`` and listed in
+    ``store.descriptor_layers`` with ``meta`` (and its width). It is built as
+    ``pooled/<name>.partial``, then swapped in (:func:`embedcache.files.swap_in`);
+    the attributes are updated last, so a failure leaves any earlier layer
+    of that name readable.
+
+    Raises
+    ------
+    StoreError
+        An object-storage store (no rename there), or vectors that do not
+        match the store's tiles and variants.
+    """
+    import warnings
+
+    import zarr
+
+    root = Path(str(store.path))
+    if not store.location.is_local or not root.is_dir():
+        raise StoreError(f"{store.path}: pooled layers can only be written back into a local store")
+    if name in store.layers or not name or "/" in name or name.startswith("."):
+        raise StoreError(f"{store.path}: {name!r} cannot name a new pooled layer (empty, with '/', or an "
+                         "extracted layer)")
+    if vectors.shape[:2] != (store.n_tiles, len(store.variants)):
+        raise StoreError(f"vectors of shape {vectors.shape} do not match {store.n_tiles} tiles x "
+                         f"{len(store.variants)} variants")
+    group = zarr.open_group(str(root), mode="r+")
+    stage = schema.pooled_path(name + files.PARTIAL, "mean").rsplit("/", 1)[0]
+    unit = int(store.config.unit_tiles)
+    arr = group.create_array(f"{stage}/mean", shape=vectors.shape, dtype="float32",
+                             chunks=(unit, *vectors.shape[1:]),
+                             compressors=schema.compressors("float32", "zstd-shuffle"), fill_value=0, overwrite=True)
+    arr[:] = vectors.astype(np.float32)
+    files.swap_in(root / stage, root / schema.pooled_path(name, "mean").rsplit("/", 1)[0])
+    attrs = schema.StoreAttrs.from_dict(dict(group.attrs[schema.ATTRS]))
+    described = {**attrs.descriptors, name: {**meta, "dim": int(vectors.shape[-1])}}
+    group.attrs[schema.ATTRS] = attrs.replace(descriptors=described).to_dict()
+    if "consolidated_metadata" in json.loads((root / "zarr.json").read_text()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec (yet)"
+            zarr.consolidate_metadata(str(root))  # readers list arrays from it: add the new one

@@ -17,7 +17,6 @@ renamed, so a file on disk is always whole.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,49 +24,28 @@ import numpy as np
 import torch
 
 from embedcache import __version__
-from embedcache.errors import EmbedcacheError
+from embedcache.errors import RunError
+from embedcache.files import atomic_file
 
 RUN_FORMAT = "embedcache-decoder-run"
 RUN_VERSION = 1
 
-
-class RunError(EmbedcacheError):
-    """A run directory that is missing, unreadable, or made for other features."""
-
-
-class TrainingError(EmbedcacheError):
-    """Training cannot go on (NaN loss, out of memory); the last checkpoint is kept."""
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: Path, data: dict) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
 def store_provenance(store) -> dict:
     """What a run needs to know of the store it trains on (and to refuse others)."""
-    prov = store.attrs.get("provenance", {})
     return {
         "path": str(store.path),
-        "encoder": store.encoder,
-        "weights": prov.get("weights"),
-        "weights_sha256": store.config.get("weights_sha256"),
+        "encoder": store.encoder.to_dict(),
+        "weights": store.provenance.weights,
+        "weights_sha256": store.config.weights_sha256,
         "layers": list(store.layers),
-        "shapes": {k: list(v["shape"]) for k, v in store.attrs["layer_info"].items()},
+        "shapes": {layer: list(store.layout(layer).shape) for layer in store.layers},
         "variants": list(store.variants),
         "tile_shape": list(store.tile_shape),
-        "dtype": store.config.get("dtype"),
-        "norm": store.config.get("norm"),
-        "dataset_fingerprint": store.config.get("dataset_fingerprint"),
-        "layout": (prov.get("dataset") or {}).get("layout"),
-        "extract_config": prov.get("extract_config") or {},
+        "dtype": store.config.dtype,
+        "norm": store.config.norm,
+        "dataset_fingerprint": store.config.dataset_fingerprint,
+        "layout": store.dataset_layout,
+        "extract_config": store.extract_config,
         "class_names": {str(k): v for k, v in store.class_names.items()},
     }
 
@@ -105,12 +83,10 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None
     """safetensors file, written under a temporary name and renamed."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
-    os.replace(tmp, path)
-    return path
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
+    return Path(path)
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -185,7 +161,8 @@ def read_meta(path: Path) -> dict:
 
 def build_model(meta: dict):
     """The decoder a run describes, with fresh weights."""
-    from embedcache.train.decoder import DecoderConfig, NucleiDecoder
+    from embedcache.config import DecoderConfig
+    from embedcache.train.decoder import NucleiDecoder
 
     m = meta["model"]
     cfg = DecoderConfig.from_dict(meta["config"]["decoder"])

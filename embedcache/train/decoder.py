@@ -36,38 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedcache.config import _Config
+from embedcache.config import DecoderConfig, LossConfig
 from embedcache.errors import ConfigError
 
 HEADS = ("cls3", "dist", "types")
-
-
-@dataclass(frozen=True)
-class DecoderConfig(_Config):
-    """Width and depth of the decoder.
-
-    Attributes
-    ----------
-    width : int
-        Channels at stride 4 (module docstring for the other strides).
-    depth : int
-        Conv blocks per level of the U-Net path.
-    image_branch : bool
-        Add the branch over the tile's pixels (module docstring).
-    """
-
-    width: int = 32
-    depth: int = 1
-    image_branch: bool = True
-
-    def __post_init__(self):
-        if not 8 <= self.width <= 1024:
-            raise ConfigError(f"decoder width must lie in 8..1024, got {self.width}")
-        if not 1 <= self.depth <= 8:
-            raise ConfigError(f"decoder depth must lie in 1..8, got {self.depth}")
-
-    def channels(self, stride: float) -> int:
-        return int(min(4 * self.width, max(self.width // 2, round(self.width * stride / 4))))
 
 
 @dataclass(frozen=True)
@@ -253,31 +225,6 @@ class NucleiDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- losses
-
-@dataclass(frozen=True)
-class LossConfig(_Config):
-    """Weights and shapes of the loss terms.
-
-    ``cls3``: cross-entropy + Dice; ``types``: class-weighted cross-entropy +
-    Tversky (``alpha`` weighs false positives, ``beta`` false negatives);
-    ``dist``: masked MSE (or MAE) on nucleus pixels + the gradient loss
-    (MSE of the maps' derivatives along each channel's direction).
-    """
-
-    cls3: float = 1.0
-    types: float = 1.0
-    dist: float = 1.0
-    gradient: float = 1.0
-    distance_error: str = "mse"
-    tversky_alpha: float = 0.3
-    tversky_beta: float = 0.7
-
-    def __post_init__(self):
-        if self.distance_error not in ("mse", "mae"):
-            raise ConfigError(f"distance_error must be mse or mae, not {self.distance_error!r}")
-        if min(self.cls3, self.types, self.dist, self.gradient) < 0:
-            raise ConfigError("loss weights must be >= 0")
-
 
 def type_weights(frequencies, power: float = 0.5, clip: float = 10.0) -> list[float]:
     """Inverse-frequency class weights ``(N / n_c) ** power``, mean 1 over the classes seen."""

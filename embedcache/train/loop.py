@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,107 +22,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedcache.config import _Config
-from embedcache.errors import ConfigError
-from embedcache.extract import resolve_device
+from embedcache import files
+from embedcache.config import FitConfig
+from embedcache.device import resolve_device
+from embedcache.errors import ConfigError, RunError, TrainingError
 from embedcache.store import open_store
 from embedcache.train.checkpoint import (
-    FEATURE_FIELDS, RUN_FORMAT, RUN_VERSION, RunError, TrainingError, atomic_write_text, build_model,
+    FEATURE_FIELDS, RUN_FORMAT, RUN_VERSION, build_model,
     feature_difference, load_optimizer,
-    load_weights, optimizer_tensors, read_meta, save_weights, store_provenance, versions, write_json,
+    load_weights, optimizer_tensors, read_meta, save_weights, store_provenance, versions,
 )
-from embedcache.train.decoder import DecoderConfig, LossConfig, NucleiLoss, type_weights
+from embedcache.train.decoder import NucleiLoss, type_weights
 from embedcache.train.stream import (
     EpochBatches, TileStream, available_memory, check_trainable, feature_bytes, make_loader, make_split,
 )
-from embedcache.train.targets import TargetCache, TargetConfig
-
-
-@dataclass(frozen=True)
-class FitConfig(_Config):
-    """How ``fit-decoder`` trains.
-
-    Attributes
-    ----------
-    epochs : int
-        Most epochs (each shows every training tile once, in one variant).
-    batch_size : int
-    lr, weight_decay : float
-        AdamW.
-    warmup_epochs : float
-        Linear warm-up, then cosine decay to ``lr * 0.01`` at ``epochs``.
-    patience : int
-        Stop after this many epochs without a better ``monitor`` (0: never).
-    monitor : {"loss", "pq"}
-        Validation loss (lower is better) or validation PQ (higher is
-        better; needs a scorer, which ``fit-decoder`` provides).
-    seed : int
-    val, train : str
-        Split specs (:mod:`embedcache.train.stream`).
-    split_seed : int or None
-        Seed of a drawn split (``frac:F``, or ``auto`` without folds); None:
-        ``seed``. Fixing it trains several seeds on the same held-out tiles.
-    variants : str
-        ``all`` cached variants, or comma-separated names to draw from.
-    order : {"units", "random"}
-        Reading order of training tiles.
-    workers : int
-        DataLoader worker processes reading the store.
-    preload : {"auto", "yes", "no"}
-        Read features into RAM first (``auto``: when they take under a
-        quarter of the available memory).
-    device : str
-        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    decoder, targets, loss : DecoderConfig, TargetConfig, LossConfig
-    """
-
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    patience: int = 10
-    monitor: str = "loss"
-    seed: int = 0
-    val: str = "auto"
-    train: str = "rest"
-    split_seed: int | None = None
-    variants: str = "all"
-    order: str = "units"
-    workers: int = 1
-    preload: str = "auto"
-    device: str = "auto"
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    targets: TargetConfig = field(default_factory=TargetConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
-        if self.patience < 0 or self.workers < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ConfigError("patience, workers, warmup_epochs and weight_decay must be >= 0")
-        if self.monitor not in ("loss", "pq"):
-            raise ConfigError(f"monitor must be loss or pq, not {self.monitor!r}")
-        if self.preload not in ("auto", "yes", "no"):
-            raise ConfigError(f"preload must be auto, yes or no, not {self.preload!r}")
-        if self.order not in ("units", "random"):
-            raise ConfigError(f"order must be units or random, not {self.order!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FitConfig":
-        d = dict(d)
-        for name, sub in (("decoder", DecoderConfig), ("targets", TargetConfig), ("loss", LossConfig)):
-            if isinstance(d.get(name), dict):
-                d[name] = sub.from_dict(d[name])
-        return super().from_dict(d)
+from embedcache.train.targets import TargetCache
 
 
 # Settings that may change when a run is resumed: they do not change what it computes.
-RESUMABLE = ("epochs", "patience", "workers", "preload", "device")
+# ("workers" is what runs made before loader_workers had the name recorded.)
+RESUMABLE = ("epochs", "patience", "loader_workers", "workers", "preload", "device")
 
 
 @dataclass
@@ -139,10 +57,6 @@ class FitResult:
     seconds: float
     skipped: bool = False
     history: list[dict] = field(default_factory=list)
-
-
-def _partial(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
 
 
 def _lr_at(step: int, steps_per_epoch: int, cfg: FitConfig) -> float:
@@ -181,7 +95,8 @@ def _settings_difference(old: dict, new: dict) -> str | None:
 
 def _open_run_dir(out: Path, meta: dict, overwrite: bool) -> tuple[Path, dict | None]:
     """Where to write, and the state to resume from (None: start afresh)."""
-    partial = _partial(out)
+    files.recover(out)
+    partial = files.partial_path(out)
     for candidate in (partial, out):
         if not (candidate / "run.json").exists():
             continue
@@ -198,26 +113,9 @@ def _open_run_dir(out: Path, meta: dict, overwrite: bool) -> tuple[Path, dict | 
         if not overwrite:
             raise RunError(f"{candidate} holds a run made with other settings ({diff}); "
                            "choose another --out, or pass --overwrite to replace it")
-    if partial.exists():
-        shutil.rmtree(partial)
     if out.exists() and not overwrite and any(out.iterdir()):
         raise RunError(f"{out} exists and is not a decoder run; choose another --out")
-    partial.mkdir(parents=True)
-    return partial, None
-
-
-def _finish(where: Path, out: Path) -> Path:
-    if where == out:
-        return out
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    where.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
-    return out
+    return files.fresh_partial(out), None
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
@@ -229,7 +127,7 @@ def _write_log(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path / "log.csv", buf.getvalue())
+    files.write_text(path / "log.csv", buf.getvalue())
 
 
 def _to(batch: dict, device) -> dict:
@@ -384,7 +282,7 @@ def fit(store_path, out, config: FitConfig = FitConfig(), *, overwrite: bool = F
     where, old = _open_run_dir(out, meta, overwrite)
     st = (old or {}).get("state", {})
     if st.get("done") and (st["stopped_early"] or st["epoch"] >= config.epochs):
-        return FitResult(_finish(where, out), st["epoch"], st["best_epoch"], st["best_value"], config.monitor,
+        return FitResult(files.swap_in(where, out), st["epoch"], st["best_epoch"], st["best_value"], config.monitor,
                          st["stopped_early"], time.perf_counter() - t0, skipped=True, history=st["history"])
 
     device = resolve_device(config.device)
@@ -392,11 +290,10 @@ def fit(store_path, out, config: FitConfig = FitConfig(), *, overwrite: bool = F
     n_types = _n_types(store, targets)
     weights = type_weights(targets.type_frequencies(n_types + 1)) if n_types else []
     spec = store.encoder
-    meta["model"] = {"shapes": [store.attrs["layer_info"][k]["shape"] for k in store.layers],
+    meta["model"] = {"shapes": [list(store.layout(k).shape) for k in store.layers],
                      "n_dist": len(config.targets.directions), "n_types": n_types, "type_weights": weights,
                      "directions": [list(d) for d in config.targets.directions],
-                     "mean": list(spec.get("mean", (0.485, 0.456, 0.406))),
-                     "std": list(spec.get("std", (0.229, 0.224, 0.225)))}
+                     "mean": list(spec.mean), "std": list(spec.std)}
     meta["created"] = (old or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S")
     meta["versions"] = versions()
 
@@ -410,14 +307,14 @@ def fit(store_path, out, config: FitConfig = FitConfig(), *, overwrite: bool = F
         trainer.restore(where)
         state = old["state"]
     meta["state"] = state
-    write_json(where / "run.json", meta)
+    files.write_json(where / "run.json", meta)
 
     preload = _preload_wanted(config, store, len(split.train) + len(split.val), len(store.variants))
     train_set = TileStream(store, split.train, targets, preload=preload, progress=progress)
     val_set = TileStream(store, split.val, targets, preload=preload, progress=False)
-    unit = int(store.config.get("unit_tiles", 16))
+    unit = int(store.config.unit_tiles)
     batches = EpochBatches(split.train, variants, config.batch_size, config.seed, unit, config.order)
-    train_loader = make_loader(train_set, batches, config.workers)
+    train_loader = make_loader(train_set, batches, config.loader_workers)
     val_loader = make_loader(val_set, EpochBatches(split.val, [0], config.batch_size, shuffle=False), 0)
 
     higher = config.monitor == "pq"
@@ -446,7 +343,7 @@ def fit(store_path, out, config: FitConfig = FitConfig(), *, overwrite: bool = F
         state["history"].append(row)
         state.update(epoch=epoch + 1, step=trainer.step)
         _write_log(where, state["history"])
-        write_json(where / "run.json", meta)
+        files.write_json(where / "run.json", meta)
         if progress:
             from tqdm.auto import tqdm
 
@@ -457,8 +354,8 @@ def fit(store_path, out, config: FitConfig = FitConfig(), *, overwrite: bool = F
         state["stopped_early"] = True
     state["done"] = True
     meta["config"] = config.to_dict()
-    write_json(where / "run.json", meta)
-    path = _finish(where, out)
+    files.write_json(where / "run.json", meta)
+    path = files.swap_in(where, out)
     return FitResult(path, state["epoch"], state["best_epoch"], state["best_value"], config.monitor,
                      state["stopped_early"], time.perf_counter() - t0, history=state["history"])
 

@@ -19,7 +19,7 @@ away); ``d_far = 2000`` um on the same slide (``far_from="same"``; with
 Fewer than ``min_pairs`` distinct near or far pairs is a
 :class:`~embedcache.errors.DataError` saying which distance to change.
 
->>> from embedcache.datasets.slides import TileGeometry
+>>> from embedcache.geometry import TileGeometry
 >>> offsets = np.array([[r, c] for r in range(0, 1024, 256) for c in range(0, 1024, 256)] * 2)
 >>> geo = TileGeometry.from_tiles(np.repeat([0, 1], 16), offsets, (256, 256), 0.5, ["a", "b"])
 >>> pairs = sample_pairs(geo, n_near=8, n_far=8, d_near=200, d_far=400, seed=0)
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedcache.datasets.slides import TileGeometry, near_pairs
+from embedcache.geometry import TileGeometry, near_pairs
 from embedcache.errors import DataError
 
 MIN_PAIRS = 8  # fewer distinct pairs of a kind than this cannot train anything

@@ -11,10 +11,10 @@ L2-normalised descriptors, y = 1 for a far pair). Two ways to run it:
   tiles' mean and spread, each side of a pair may read a random cached
   variant (rotations, flips), and the descriptors of every tile and variant
   are written back into the store as ``pooled/<name>/mean``, listed in the
-  store's ``descriptors`` attribute (its extraction config is untouched, so
-  ``extract`` still recognises the store). They are written under a
-  temporary name and moved into place, so an earlier layer of that name
-  survives any failure.
+  store's descriptor layers (its extraction config is untouched, so
+  ``extract`` still recognises the store), by
+  :func:`embedcache.store.writer.add_pooled_layer`: staged and swapped in,
+  so an earlier layer of that name survives any failure.
 * **encoder** (:func:`fit_encoder`): a siamese timm CNN (ResNet-50 by
   default) trained on tiles read from the slides, optionally stain
   normalised in LAB space (Reinhard, to the mean colour statistics of the
@@ -23,14 +23,13 @@ L2-normalised descriptors, y = 1 for a far pair). Two ways to run it:
   FILE`` loads (the classifier is dropped on load).
 
 Slides held out (``holdout``, the seeded split of
-:func:`~embedcache.datasets.slides.split_slides`) give no pairs, so
+:func:`~embedcache.geometry.split_slides`) give no pairs, so
 retrieval queries come from slides the descriptors never trained on.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,9 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from embedcache.config import SSLConfig
-from embedcache.datasets.slides import TileGeometry, split_slides
+from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, StoreError
-from embedcache.store import schema
+from embedcache.files import atomic_file
+from embedcache.geometry import TileGeometry, split_slides
+from embedcache.store.writer import add_pooled_layer
 from embedcache.train.pairs import PairSampler
 
 DROPOUT = 0.2  # head: on its input and hidden units
@@ -173,7 +174,7 @@ def fit_head(store_path, config: SSLConfig = SSLConfig(), progress: bool = True)
     layer = store.resolve_layer(config.layer)
     if config.name in store.layers:
         raise ConfigError(f"{config.name!r} is an extracted layer of {store.path}; choose another --name")
-    geo = TileGeometry.from_store(store)
+    geo = store.geometry()
     sampler, held = _sampler(geo, config)
     # (V, N, D): every cached variant, each side of a pair reads a random one (augment), or the identity.
     feats = np.stack([store.pooled(layer, slice(None), variant=v, kind=config.kind)
@@ -200,54 +201,8 @@ def fit_head(store_path, config: SSLConfig = SSLConfig(), progress: bool = True)
         desc = head(torch.from_numpy(feats).flatten(0, 1)).reshape(*feats.shape[:2], -1).transpose(0, 1).numpy()
     meta = {"source_layer": layer, "kind": config.kind, "config": config.to_dict(), "held_out": held,
             "pairs_seen": seen, "final_loss": losses[-1] if losses else None}
-    write_descriptors(store, config.name, desc, meta)
+    add_pooled_layer(store, config.name, desc, meta)
     return SSLResult("head", config.name, seen, seconds, losses, held, len(sampler.near), sampler.n_far)
-
-
-def write_descriptors(store, name: str, desc: np.ndarray, meta: dict) -> None:
-    """Write ``(N, V, D)`` descriptors as ``pooled/<name>/mean`` and list them in the attributes.
-
-    Built as ``pooled/<name>.partial``, then moved into place; the
-    attribute is set last, so a failure leaves any earlier layer of that
-    name readable (local stores only).
-    """
-    import zarr
-
-    root = Path(str(store.path))
-    if getattr(getattr(store, "location", None), "is_local", True) is False or not root.is_dir():
-        raise StoreError(f"{store.path}: descriptors can only be written back into a local store")
-    if desc.shape[:2] != (store.n_tiles, len(store.variants)):
-        raise StoreError(f"descriptors of shape {desc.shape} do not match {store.n_tiles} tiles x "
-                         f"{len(store.variants)} variants")
-    group = zarr.open_group(str(root), mode="r+")
-    stage = f"pooled/{name}.partial"
-    unit = int(store.config["unit_tiles"])
-    arr = group.create_array(f"{stage}/mean", shape=desc.shape, dtype="float32",
-                             chunks=(unit, *desc.shape[1:]), compressors=schema.compressors("float32", "zstd-shuffle"),
-                             fill_value=0, overwrite=True)
-    arr[:] = desc.astype(np.float32)
-    final, old = root / "pooled" / name, root / "pooled" / f"{name}.replaced"
-    if old.exists():  # left by a run stopped between the two renames below
-        shutil.rmtree(old) if final.exists() else old.rename(final)
-    if final.exists():
-        final.rename(old)
-    try:
-        (root / stage).rename(final)
-    except BaseException:
-        if old.exists() and not final.exists():
-            old.rename(final)
-        raise
-    if old.exists():
-        shutil.rmtree(old)
-    attrs = dict(group.attrs[schema.ATTRS])
-    attrs["descriptors"] = {**(attrs.get("descriptors") or {}), name: {**meta, "dim": int(desc.shape[-1])}}
-    group.attrs[schema.ATTRS] = attrs
-    if "consolidated_metadata" in json.loads((root / "zarr.json").read_text()):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec (yet)"
-            zarr.consolidate_metadata(str(root))  # readers list arrays from it: add the new one
 
 
 # ----------------------------------------------------------------------------
@@ -328,13 +283,12 @@ def fit_encoder(data, out, config: SSLConfig = SSLConfig(mode="encoder"), datase
     from embedcache.datasets import open_dataset
     from embedcache.encoders import get_spec
     from embedcache.encoders.load import load_encoder
-    from embedcache.extract import resolve_device
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"{out}: the checkpoint is written as safetensors; name it *.safetensors")
     dataset = open_dataset(data, format="slides", **(dataset_options or {}))
-    geo = TileGeometry.from_dataset(dataset)
+    geo = dataset.geometry()
     sampler, held = _sampler(geo, config)
     device = resolve_device(config.device)
     spec = get_spec(config.encoder)
@@ -375,8 +329,6 @@ def fit_encoder(data, out, config: SSLConfig = SSLConfig(mode="encoder"), datase
     meta = {"embedcache": json.dumps({"ssl_config": config.to_dict(), "held_out": held, "pairs_seen": seen,
                                       "stain_target": [t.tolist() for t in target] if target else None,
                                       "tile_mpp": dataset.tile_mpp, "tile_size": dataset.tile_shape[0]})}
-    part = out.with_name(out.name + ".partial")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(part), metadata=meta)
-    part.replace(out)
+    with atomic_file(out) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return SSLResult("encoder", str(out), seen, seconds, losses, held, len(sampler.near), sampler.n_far)

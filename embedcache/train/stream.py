@@ -85,7 +85,7 @@ def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
             raise ConfigError(f"{which} split {spec!r}: tile {bad[0]} does not exist (the store has 0..{n - 1})")
         return np.unique(ids)
     if spec.startswith("sources:"):
-        names = list(store.attrs.get("source_names") or [])
+        names = store.source_names
         wanted = [s.strip() for s in spec[8:].split(",") if s.strip()]
         missing = [w for w in wanted if w not in names]
         if missing:
@@ -186,8 +186,8 @@ class EpochBatches:
 
 def feature_bytes(store, n_tiles: int, n_variants: int) -> int:
     """Bytes that ``n_tiles`` tiles x ``n_variants`` variants of every layer take in RAM (as stored)."""
-    item = np.dtype(store.config.get("dtype", "float16")).itemsize
-    per = sum(int(np.prod(v["shape"])) for v in store.attrs["layer_info"].values()) * item
+    item = np.dtype(store.config.dtype).itemsize
+    per = sum(int(np.prod(store.layout(layer).shape)) for layer in store.layers) * item
     h, w = store.tile_shape
     return n_tiles * (n_variants * per + h * w * 3)
 
@@ -251,7 +251,7 @@ class TileStream(torch.utils.data.Dataset):
             arr = self.store._array(schema.tokens_path(layer))
             out[layer] = np.empty((len(self.tiles), *arr.shape[1:]), dtype=arr.dtype)
         order = np.argsort(self.tiles)
-        step = max(1, int(self.store.config.get("unit_tiles", 16)))
+        step = max(1, int(self.store.config.unit_tiles))
         with tqdm(total=len(order), unit="tile", desc="preload", disable=not progress, dynamic_ncols=True) as bar:
             for b in range(0, len(order), step):
                 pos = order[b:b + step]

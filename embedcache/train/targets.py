@@ -31,49 +31,14 @@ tests check it equals recomputing from the transformed labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage as ndi
 
-from embedcache.config import _Config
+from embedcache.config import DIRECTIONS, TargetConfig
 from embedcache.datasets.variants import Variant
 from embedcache.errors import ConfigError
 
-# (d_row, d_col) of each channel. Lengths do not matter: every side of every
-# nucleus is normalised to 1.
-DIRECTIONS = {
-    "cisca": ((0, 1), (1, 0), (1, 1), (1, -1)),
-    "hovernet": ((0, 1), (1, 0)),
-}
-BACKGROUND, BODY, BOUNDARY = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class TargetConfig(_Config):
-    """How label maps become training targets.
-
-    Attributes
-    ----------
-    distance : {"cisca", "hovernet"}
-        Four directional maps (horizontal, vertical, two diagonals) or
-        HoVer-Net's horizontal and vertical pair.
-    boundary_width : int
-        Pixels of each touching nucleus marked as boundary (1 at 20x and 40x).
-    """
-
-    distance: str = "cisca"
-    boundary_width: int = 1
-
-    def __post_init__(self):
-        if self.distance not in DIRECTIONS:
-            raise ConfigError(f"distance maps must be one of {', '.join(DIRECTIONS)}, not {self.distance!r}")
-        if not 0 <= self.boundary_width <= 8:
-            raise ConfigError(f"boundary_width must lie in 0..8 pixels, got {self.boundary_width}")
-
-    @property
-    def directions(self) -> tuple[tuple[int, int], ...]:
-        return DIRECTIONS[self.distance]
+BACKGROUND, BODY, BOUNDARY = 0, 1, 2  # classes of the cls3 map
 
 
 def boundary_mask(inst: np.ndarray, width: int = 1) -> np.ndarray:
@@ -246,7 +211,7 @@ class TargetCache:
         self.types = np.zeros((n, h, w), dtype=np.uint8)
         self.valid = np.zeros((n, h, w), dtype=bool)
         valid = store.tile_info()["valid"]
-        step = max(1, int(store.config.get("unit_tiles", 16)))
+        step = max(1, int(store.config.unit_tiles))
         with tqdm(total=n, unit="tile", desc="targets", disable=not progress, dynamic_ncols=True) as bar:
             for start in range(0, n, step):
                 idx = self.tiles[start:start + step]

@@ -15,7 +15,7 @@ submits, in order:
 3. ``_finish`` to one worker: check every unit is done, set ``complete``
    (and rename ``OUT.partial`` for a local store).
 
-Each worker process keeps one :class:`~embedcache.extract.ExtractionJob`
+Each worker process keeps one :class:`~embedcache.extract.job.ExtractionJob`
 (the loaded encoder) per job, built on first use, so a worker that joins
 or restarts mid-run (a nanny replacing a killed process) loads it once too.
 A worker lost mid-unit: the scheduler re-runs the unit elsewhere; the unit
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from embedcache.config import ExtractConfig
 from embedcache.errors import ConfigError
-from embedcache.extract import ExtractionJob, ExtractResult
+from embedcache.extract.job import ExtractionJob, ExtractResult
 from embedcache.store.location import StoreLocation
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def fast_worker_start():
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver",
                           "distributed.nanny.pre-spawn-environ": spawn_env}):
         ctx = get_mp_context()  # lets distributed add its own preloads first
-        ctx.set_forkserver_preload(["distributed", "embedcache.distributed"])
+        ctx.set_forkserver_preload(["distributed", "embedcache.extract.distributed"])
         yield
 
 
@@ -272,7 +272,7 @@ def _connect(workers: int | None, scheduler: str | None, device: str, timeout: f
 def extract_distributed(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int | None = None,
                         scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
                         timeout: float | None = None, worker_wait: float = 120) -> ExtractResult:
-    """:func:`embedcache.extract.extract` with units of work run as dask tasks.
+    """:func:`embedcache.extract.extract` with units of work run as dask tasks (what ``workers=`` or ``scheduler=`` runs).
 
     Parameters
     ----------

@@ -4,7 +4,7 @@ Every patch token of a layer predicts its patch's content at patch
 resolution: background vs nucleus (``nuclei``) or the majority nucleus type
 (``type``, 0 = background). A patch's target is the majority class of its
 pixels (ties go to the lower class, background first). The probe is a
-standardised logistic regression (:func:`~embedcache.train.probes.fit_linear`,
+standardised logistic regression (:func:`~embedcache.probes.fit.fit_linear`,
 L2 swept on the training tiles) fitted on patches sampled evenly over the
 training tiles; every patch of every test tile is predicted, and scored per
 tile as a confusion matrix, so intervals resample tiles, not patches.
@@ -23,8 +23,9 @@ import numpy as np
 
 from embedcache.config import ProbeConfig
 from embedcache.errors import DataError
-from embedcache.train.probes import (SEGMENTATION, ProbePrediction, fit_linear, layer_depth, make_folds,
-                                     open_stores, resolve_layers, store_label)
+from embedcache.probes.fit import ProbePrediction, fit_linear, make_folds
+from embedcache.probes.labels import SEGMENTATION
+from embedcache.probes.stores import layer_depth, open_stores, store_label
 
 TILE_CHUNK = 32  # tiles of tokens read at once
 IGNORE = -1  # target of a patch that lies in a tile's padding
@@ -62,14 +63,9 @@ def patch_targets(inst: np.ndarray, types: np.ndarray, grid: tuple[int, int], la
     return out
 
 
-def _grid(store, layer: str) -> tuple[int, int]:
-    shape = store.attrs.get("layer_info", {}).get(layer, {}).get("shape")
-    return tuple(shape[1:]) if shape else tuple(store.tokens(layer, [0]).shape[2:])
-
-
 def _chunks(store, layer: str, labels: str, valid: np.ndarray):
     """(tiles, tokens (n, h*w, C), targets (n, h*w)) over the store, TILE_CHUNK tiles at a time."""
-    grid = _grid(store, layer)
+    grid = store.layout(layer).grid
     for start in range(0, store.n_tiles, TILE_CHUNK):
         tiles = np.arange(start, min(start + TILE_CHUNK, store.n_tiles))
         tokens = store.tokens(layer, tiles)
@@ -95,7 +91,7 @@ def probe_layer(store, layer: str, folds: np.ndarray, config: ProbeConfig = Prob
     """
     valid = store.tile_info()["valid"]
     rng = np.random.default_rng(config.seed)
-    h, w = _grid(store, layer)
+    h, w = store.layout(layer).grid
     per_tile = max(1, min(h * w, config.max_patches // store.n_tiles))
     X, y, tile_of, n_classes = [], [], [], 2
     for tiles, tokens, targets in _chunks(store, layer, config.labels, valid):
@@ -140,13 +136,13 @@ def run_patch_probes(paths: Sequence, config: ProbeConfig,
 
     Folds: the store's when it has several and ``config.folds`` is None, else
     a k-fold over tiles. Returns predictions and an info dict, as
-    :func:`~embedcache.train.probes.run_probes`.
+    :func:`~embedcache.probes.tile.run_tile_probes`.
     """
     stores = open_stores(paths)
     for s in stores:
         if not s.has_labels:
             raise DataError(f"{s.path}: the store has no label maps; the patch probe needs them")
-    layers = {id(s): resolve_layers(s, config.layers) for s in stores}
+    layers = {id(s): s.select_layers(config.layers) for s in stores}
     store_folds = stores[0].tile_info()["fold"]
     # No tile-level class to stratify on: a plain k-fold over tiles (regression-style targets).
     folds = make_folds(np.zeros((stores[0].n_tiles, 1)), config.folds, store_folds, config.seed)
@@ -155,7 +151,7 @@ def run_patch_probes(paths: Sequence, config: ProbeConfig,
         for layer in layers[id(s)]:
             confusion, chosen, k = probe_layer(s, layer, folds, config)
             predictions.append(ProbePrediction(
-                store=store_label(s, stores), encoder=s.encoder["name"], layer=layer,
+                store=store_label(s, stores), encoder=s.encoder.name, layer=layer,
                 depth=layer_depth(s, layer), method="linear", task=SEGMENTATION, confusion=confusion,
                 names=_class_names(stores[0], config.labels, k),
                 params={"folds": chosen}))

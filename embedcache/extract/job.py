@@ -1,24 +1,17 @@
-"""The one place that runs an encoder over a dataset into a store.
+"""An encoder over a dataset: the arrays of any unit of work, and the store they go into.
 
 Work is split into units of ``unit_tiles`` tiles. :class:`ExtractionJob`
 holds a dataset and a loaded encoder and computes every array of any unit
 (:meth:`ExtractionJob.compute_unit`), so any process can run any unit and get
-the same bytes: :func:`extract` runs them here, and
-:mod:`embedcache.distributed` as dask tasks. Here, a DataLoader worker reads
-each unit's tiles (and applies stain variants, which are pixel-wise); the
-main thread applies the dihedral variants on the device, runs
-``forward_intermediates`` in batches of ``batch_size`` tile-variants, and
-hands the unit's arrays to a writer thread, which compresses and writes them
-while the next unit computes. A unit is marked done only after all its
-arrays are written.
+the same bytes: :mod:`embedcache.extract.local` runs them in this process,
+:mod:`embedcache.extract.distributed` as dask tasks. :class:`Extraction` is
+the encoder part alone, which live prediction reuses so that its tokens are
+the very computation that filled the store.
 """
 
 from __future__ import annotations
 
 import platform
-import queue
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +22,11 @@ from embedcache import __version__
 from embedcache.config import ExtractConfig
 from embedcache.datasets import TileDataset, open_dataset, resolve_variants
 from embedcache.datasets.variants import Variant
+from embedcache.device import resolve_device
 from embedcache.encoders import get_spec
 from embedcache.encoders.features import FeatureExtractor, resolve_layers
 from embedcache.encoders.load import load_encoder
-from embedcache.errors import ConfigError, DataError, StoreError
+from embedcache.errors import DataError, StoreError
 from embedcache.store import schema
 from embedcache.store.location import StoreLocation
 from embedcache.store.writer import StoreWriter
@@ -58,14 +52,6 @@ class ExtractResult:
         return done / self.seconds if self.seconds > 0 else float("nan")
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA GPU is available here; use --device cpu")
-    return torch.device(device)
-
-
 def read_unit(dataset: TileDataset, unit: int, unit_tiles: int, variants: tuple[Variant, ...]):
     """A unit's tiles ``(n, H, W, 3) uint8``, labels (or None) and pixel-wise (stain) variants by name."""
     start, stop = schema.unit_range(unit, dataset.n_tiles, unit_tiles)
@@ -73,24 +59,6 @@ def read_unit(dataset: TileDataset, unit: int, unit_tiles: int, variants: tuple[
     labels = dataset.labels(slice(start, stop)) if dataset.has_labels else None
     stained = {v.name: v.apply(images, image=True) for v in variants if v.stain is not None}
     return images, labels, stained
-
-
-class _Units(torch.utils.data.Dataset):
-    """Unit ``k`` of a list -> its number, tiles, labels and pixel-wise (stain) variants."""
-
-    def __init__(self, dataset: TileDataset, units: list[int], unit_tiles: int, variants: tuple[Variant, ...]):
-        self.dataset, self.units, self.unit_tiles, self.variants = dataset, units, unit_tiles, variants
-
-    def __len__(self):
-        return len(self.units)
-
-    def __getitem__(self, k):
-        unit = self.units[k]
-        return (unit, *read_unit(self.dataset, unit, self.unit_tiles, self.variants))
-
-
-def _collate(batch):
-    return batch[0]
 
 
 class Extraction:
@@ -115,8 +83,10 @@ class Extraction:
         except RuntimeError as exc:
             raise DataError(f"encoder {self.spec.name} cannot take {self.tile_shape[0]}x{self.tile_shape[1]} "
                             f"tiles: {exc}") from None
+        h, w = self.tile_shape
         return [schema.LayerLayout(name, tuple(int(s) for s in tok.shape[1:]),
-                                   int(pre.shape[1]) if pre is not None else 0, self.fx.has_cls)
+                                   int(pre.shape[1]) if pre is not None else 0, self.fx.has_cls,
+                                   (h / tok.shape[2], w / tok.shape[3]))
                 for name, (tok, pre) in zip(self.fx.names, outs)]
 
     def _forward(self, tiles: torch.Tensor):
@@ -167,21 +137,14 @@ class Extraction:
                     out[schema.prefix_path(lay.name)][ti, vi] = pre.to(dtype).cpu().numpy()
         return out
 
-    def store_config(self, dataset: TileDataset, fingerprint: str) -> dict:
+    def store_config(self, dataset: TileDataset, fingerprint: str) -> schema.StoreConfig:
         """The fields a store must share with any run that adds to it."""
-        return {
-            "encoder": self.spec.to_dict(),
-            "weights_sha256": self.encoder.weights_sha256,
-            "layers": [lay.name for lay in self.layouts],
-            "variants": [v.name for v in self.variants],
-            "dtype": self.config.dtype,
-            "norm": self.config.norm,
-            "compute": self.compute,
-            "tile_shape": list(dataset.tile_shape),
-            "n_tiles": dataset.n_tiles,
-            "unit_tiles": self.config.unit_tiles,
-            "dataset_fingerprint": fingerprint,
-        }
+        return schema.StoreConfig(
+            encoder=self.spec.to_dict(), weights_sha256=self.encoder.weights_sha256,
+            layers=[lay.name for lay in self.layouts], variants=[v.name for v in self.variants],
+            dtype=self.config.dtype, norm=self.config.norm, compute=self.compute,
+            tile_shape=list(dataset.tile_shape), n_tiles=dataset.n_tiles, unit_tiles=self.config.unit_tiles,
+            dataset_fingerprint=fingerprint)
 
 
 def _versions() -> dict:
@@ -250,106 +213,16 @@ class ExtractionJob:
         fingerprint = dataset.fingerprint()
         specs = schema.array_specs(dataset.n_tiles, dataset.tile_shape, len(run.variants), run.layouts,
                                    config.dtype, config.unit_tiles, dataset.has_labels)
-        provenance = {
-            "weights": run.encoder.weights,
-            "versions": _versions(),
-            "dataset": {**dataset.describe(), "fingerprint": fingerprint},
-            "device": (torch.cuda.get_device_name(run.device) if run.device.type == "cuda"
-                       else platform.processor() or "cpu"),
-            "batch_size": config.batch_size,
-            "extract_config": config.to_dict(),
-        }
-        extra = {
-            "tissue_names": self.tissue_names,
-            "class_names": {str(k): v for k, v in (dataset.class_names or {}).items()},
-            "source_names": dataset.tiles.source_names,
-            "layer_info": {lay.name: {"shape": list(lay.shape), "prefix": lay.n_prefix, "has_cls": lay.has_cls,
-                                      "stride": [dataset.tile_shape[0] / lay.shape[1],
-                                                 dataset.tile_shape[1] / lay.shape[2]]}
-                           for lay in run.layouts},
-            "variant_defs": {v.name: {"flip": v.flip, "k": v.k, "stain": list(v.stain) if v.stain else None}
-                             for v in run.variants},
-        }
-        return StoreWriter.open(out, run.store_config(dataset, fingerprint), provenance, specs, extra,
-                                overwrite=overwrite)
-
-
-def extract(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool = False,
-            progress: bool = True) -> ExtractResult:
-    """Run ``config.encoder`` over every tile and variant of ``data`` into a store at ``out``.
-
-    Parameters
-    ----------
-    data : str or Path
-        A dataset folder (PanNuke, CoNIC or image-folder layout).
-    out : str or Path
-        The store: a local path, or an fsspec URL such as ``s3://bucket/x.zarr``
-        (credentials from the environment). A local store is built as
-        ``out.partial`` and renamed when complete; on object storage it is
-        built in place, its ``complete`` attribute set last. An interrupted
-        run is resumed by running again with the same settings.
-    config : ExtractConfig
-    overwrite : bool
-        Replace a store (or partial store) made with another configuration.
-        A local old store stays in place until the new one is complete.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    ExtractResult
-
-    See Also
-    --------
-    embedcache.distributed.extract_distributed : the same on a dask cluster.
-    """
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    torch.set_grad_enabled(False)
-    job = ExtractionJob(data, config)
-    run, dataset = job.run, job.dataset
-    writer = job.open_writer(out, overwrite)
-    if writer is None:
-        return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
-                             time.perf_counter() - t0, skipped=True, layers=job.layers)
-    todo = writer.todo_units()
-    loader = torch.utils.data.DataLoader(
-        _Units(dataset, todo, config.unit_tiles, run.variants), batch_size=1, shuffle=False,
-        num_workers=config.num_workers, collate_fn=_collate,
-        prefetch_factor=2 if config.num_workers else None, persistent_workers=False)
-
-    bar = tqdm(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
-               disable=not progress, dynamic_ncols=True, desc=f"extract {run.spec.name} x{len(run.variants)} variants")
-    pending: queue.Queue = queue.Queue(maxsize=2)
-    failure: list[BaseException] = []
-
-    def write_loop():
-        while (item := pending.get()) is not None:
-            unit, arrays = item
-            if failure:
-                continue
-            try:
-                writer.write_unit(unit, arrays)
-                bar.update(next(iter(arrays.values())).shape[0])
-            except BaseException as exc:  # reported by the main thread
-                failure.append(exc)
-
-    thread = threading.Thread(target=write_loop, name="embedcache-writer", daemon=True)
-    thread.start()
-    t_run = time.perf_counter()
-    try:
-        for unit, images, labels, stained in loader:
-            if failure:
-                break
-            pending.put((unit, job.unit_arrays(unit, images, labels, stained)))
-    finally:
-        pending.put(None)
-        thread.join()
-        bar.close()
-    if failure:
-        raise failure[0]
-    seconds = time.perf_counter() - t_run
-    path = writer.finish()
-    return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), job.n_units, seconds,
-                         layers=job.layers)
+        provenance = schema.Provenance(
+            weights=run.encoder.weights, versions=_versions(),
+            dataset={**dataset.describe(), "fingerprint": fingerprint},
+            device=(torch.cuda.get_device_name(run.device) if run.device.type == "cuda"
+                    else platform.processor() or "cpu"),
+            batch_size=config.batch_size, extract_config=config.to_dict())
+        attrs = schema.StoreAttrs(
+            config=run.store_config(dataset, fingerprint), provenance=provenance, layers=tuple(run.layouts),
+            variant_defs={v.name: {"flip": v.flip, "k": v.k, "stain": list(v.stain) if v.stain else None}
+                          for v in run.variants},
+            source_names=tuple(dataset.tiles.source_names), tissue_names=tuple(self.tissue_names),
+            class_names=dict(dataset.class_names or {}))
+        return StoreWriter.open(out, attrs, specs, overwrite=overwrite)

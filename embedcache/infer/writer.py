@@ -25,12 +25,11 @@ existing ``OUT`` is replaced only if it is a prediction folder.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from embedcache import files
 from embedcache.errors import DataError
 
 PREDICTION_FORMAT = "embedcache-prediction"
@@ -168,12 +167,10 @@ class PredictionWriter:
     def __init__(self, out, layout: str, n_images: int, class_names: dict, pannuke: bool = False,
                  overlays: bool = True, geojson: bool = True, with_types: bool = True):
         self.out = Path(out)
-        self.partial = self.out.with_name(self.out.name + ".partial")
+        files.recover(self.out)
         if self.out.exists() and not (self.out / "prediction.json").exists() and any(self.out.iterdir()):
             raise DataError(f"{self.out} exists and is not a prediction folder; choose another --out")
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
+        self.partial = files.fresh_partial(self.out)
         self.layout, self.n, self.class_names = layout, n_images, class_names
         self.pannuke, self.overlays, self.geojson, self.with_types = pannuke, overlays, geojson, with_types
         self._labels = None
@@ -220,13 +217,5 @@ class PredictionWriter:
                     np.save(self.partial / "types.npy", np.asarray(self.tissue))
                 del self._labels
         info = {"format": PREDICTION_FORMAT, "layout": self.layout, **info, "images": self.rows}
-        (self.partial / "prediction.json").write_text(json.dumps(info, indent=2) + "\n")
-        old = self.out.with_name(self.out.name + ".old")
-        if self.out.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(self.out, old)
-        os.replace(self.partial, self.out)
-        if old.exists():
-            shutil.rmtree(old)
-        return self.out
+        files.write_json(self.partial / "prediction.json", info)
+        return files.swap_in(self.partial, self.out)

@@ -1,0 +1,62 @@
+"""Extraction: a frozen encoder over every tile and variant of a dataset, into a store.
+
+One entry point, :func:`extract`, runs the units of work in this process
+(:mod:`embedcache.extract.local`) or as dask tasks on a local or running
+cluster (:mod:`embedcache.extract.distributed`); both compute every unit
+with :class:`~embedcache.extract.job.ExtractionJob`, so the store is the
+same bytes either way.
+"""
+
+from __future__ import annotations
+
+from embedcache.config import ExtractConfig
+from embedcache.extract.job import Extraction, ExtractionJob, ExtractResult
+
+
+def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int | None = None,
+            scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
+            timeout: float | None = None) -> ExtractResult:
+    """Run ``config.encoder`` over every tile and variant of ``data`` into a store at ``out``.
+
+    Parameters
+    ----------
+    data : str or Path
+        A dataset folder (PanNuke, CoNIC, image-folder or slides layout) or one slide.
+    out : str or Path
+        The store: a local path, or an fsspec URL such as ``s3://bucket/x.zarr``
+        (credentials from the environment). A local store is built as
+        ``out.partial`` and renamed when complete; on object storage it is
+        built in place, its ``complete`` attribute set last. An interrupted
+        run is resumed by running again with the same settings.
+    config : ExtractConfig
+    workers : int, optional
+        Run the units of work on a local dask cluster of this many worker
+        processes (one per GPU when there are GPUs). None or 0: in this process.
+    scheduler : str, optional
+        Or on the running dask cluster whose scheduler is at this address
+        (``tcp://host:8786``); ``data`` and ``out`` must be reachable from
+        every worker at the same path or URL.
+    overwrite : bool
+        Replace a store (or partial store) made with another configuration.
+        A local old store stays in place until the new one is complete.
+    progress : bool
+        Show a progress bar.
+    timeout : float, optional
+        Seconds to wait to connect to ``scheduler``.
+
+    Returns
+    -------
+    ExtractResult
+        With ``units`` (worker and timings of each unit) for dask runs.
+    """
+    if workers or scheduler:
+        from embedcache.extract.distributed import extract_distributed
+
+        return extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
+                                   overwrite=overwrite, progress=progress, timeout=timeout)
+    from embedcache.extract.local import extract_local
+
+    return extract_local(data, out, config, overwrite=overwrite, progress=progress)
+
+
+__all__ = ["ExtractResult", "Extraction", "ExtractionJob", "extract"]

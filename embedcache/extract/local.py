@@ -1,0 +1,96 @@
+"""Extraction in this process: a loader worker reads units, the encoder runs, a writer thread writes.
+
+A DataLoader worker reads each unit's tiles (and applies stain variants,
+which are pixel-wise); the main thread applies the dihedral variants on the
+device, runs ``forward_intermediates`` in batches of ``batch_size``
+tile-variants, and hands the unit's arrays to a writer thread, which
+compresses and writes them while the next unit computes. A unit is marked
+done only after all its arrays are written.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import torch
+
+from embedcache.config import ExtractConfig
+from embedcache.datasets import TileDataset
+from embedcache.datasets.variants import Variant
+from embedcache.extract.job import ExtractionJob, ExtractResult, read_unit
+from embedcache.store.location import StoreLocation
+
+
+class _Units(torch.utils.data.Dataset):
+    """Unit ``k`` of a list -> its number, tiles, labels and pixel-wise (stain) variants."""
+
+    def __init__(self, dataset: TileDataset, units: list[int], unit_tiles: int, variants: tuple[Variant, ...]):
+        self.dataset, self.units, self.unit_tiles, self.variants = dataset, units, unit_tiles, variants
+
+    def __len__(self):
+        return len(self.units)
+
+    def __getitem__(self, k):
+        unit = self.units[k]
+        return (unit, *read_unit(self.dataset, unit, self.unit_tiles, self.variants))
+
+
+def _collate(batch):
+    return batch[0]
+
+
+def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool = False,
+                  progress: bool = True) -> ExtractResult:
+    """:func:`embedcache.extract.extract` in this process (``workers`` and ``scheduler`` unset)."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    torch.set_grad_enabled(False)
+    job = ExtractionJob(data, config)
+    run, dataset = job.run, job.dataset
+    writer = job.open_writer(out, overwrite)
+    if writer is None:
+        return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
+                             time.perf_counter() - t0, skipped=True, layers=job.layers)
+    todo = writer.todo_units()
+    loader = torch.utils.data.DataLoader(
+        _Units(dataset, todo, config.unit_tiles, run.variants), batch_size=1, shuffle=False,
+        num_workers=config.loader_workers, collate_fn=_collate,
+        prefetch_factor=2 if config.loader_workers else None, persistent_workers=False)
+
+    bar = tqdm(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
+               disable=not progress, dynamic_ncols=True, desc=f"extract {run.spec.name} x{len(run.variants)} variants")
+    pending: queue.Queue = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def write_loop():
+        while (item := pending.get()) is not None:
+            unit, arrays = item
+            if failure:
+                continue
+            try:
+                writer.write_unit(unit, arrays)
+                bar.update(next(iter(arrays.values())).shape[0])
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+
+    thread = threading.Thread(target=write_loop, name="embedcache-writer", daemon=True)
+    thread.start()
+    t_run = time.perf_counter()
+    try:
+        for unit, images, labels, stained in loader:
+            if failure:
+                break
+            pending.put((unit, job.unit_arrays(unit, images, labels, stained)))
+    finally:
+        pending.put(None)
+        thread.join()
+        bar.close()
+    if failure:
+        raise failure[0]
+    seconds = time.perf_counter() - t_run
+    path = writer.finish()
+    return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), job.n_units, seconds,
+                         layers=job.layers)

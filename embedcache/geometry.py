@@ -1,0 +1,110 @@
+"""Where tiles lie: images made of tiles, tile centres on slides, near pairs, the held-out slide split.
+
+Arrays in, arrays out. :class:`TiledImage` is an image and the tiles that
+cover it (a store's source image, or a picture cut for live prediction).
+Pair sampling (:mod:`embedcache.train.pairs`) and
+retrieval (:mod:`embedcache.metrics.retrieval`) share these; a store gives
+its own with :meth:`embedcache.store.reader.Store.geometry`, a slide
+dataset with :meth:`embedcache.datasets.slides.SlideDataset.geometry`.
+
+>>> geo = TileGeometry.from_tiles([0, 0, 1], [[0, 0], [0, 256], [0, 0]], (256, 256), 0.5, ["a", "b"])
+>>> geo.centres_um.tolist()
+[[64.0, 64.0], [64.0, 192.0], [64.0, 64.0]]
+>>> near_pairs(geo.source, geo.centres_um, 200.0).tolist()
+[[0, 1]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedcache.errors import ConfigError
+
+
+@dataclass
+class TiledImage:
+    """One image and the tiles covering it.
+
+    Attributes
+    ----------
+    name : str
+    shape : (int, int)
+        Image height and width in pixels.
+    tiles : list of ((row, col), key)
+        Top-left corner of each tile in the image, and what identifies the
+        tile: a store tile id, or the tile's pixels.
+    tissue : str or None
+    """
+
+    name: str
+    shape: tuple[int, int]
+    tiles: list
+    tissue: str | None = None
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """Where tiles lie: slide of each tile and its centre in micrometres.
+
+    Attributes
+    ----------
+    source : (N,) ndarray of int
+        Slide index of each tile.
+    centres_um : (N, 2) ndarray of float
+        Tile centre (row, col) in micrometres on its slide.
+    slide_names : list of str
+    mpp : float
+        Microns per pixel of the tile offsets.
+    """
+
+    source: np.ndarray
+    centres_um: np.ndarray
+    slide_names: list[str]
+    mpp: float
+
+    @classmethod
+    def from_tiles(cls, source, offset, tile_shape, mpp: float, slide_names) -> "TileGeometry":
+        """From tile offsets ``(N, 2)`` (row, col) in pixels at ``mpp`` um/px and the tile shape."""
+        centres = (np.asarray(offset, np.float64) + np.asarray(tile_shape, np.float64) / 2) * mpp
+        return cls(np.asarray(source, np.int64), centres, list(slide_names), float(mpp))
+
+
+def near_pairs(source: np.ndarray, centres_um: np.ndarray, d_near: float) -> np.ndarray:
+    """Every pair of distinct tiles on the same slide with centres closer than ``d_near`` um.
+
+    Returns
+    -------
+    (P, 2) ndarray of int
+        Tile indices ``i < j``.
+    """
+    from scipy.spatial import cKDTree
+
+    out = []
+    for s in np.unique(source):
+        members = np.flatnonzero(source == s)
+        if len(members) < 2:
+            continue
+        pairs = cKDTree(centres_um[members]).query_pairs(np.nextafter(d_near, 0), output_type="ndarray")
+        if len(pairs):
+            out.append(members[pairs])
+    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
+
+
+def split_slides(names: list[str], holdout: float = 0.25, seed: int = 0) -> list[str]:
+    """Slides held out from training, for retrieval queries: a seeded fraction, at least one.
+
+    The same names, fraction and seed always give the same slides, so
+    ``fit-ssl`` and ``retrieval`` agree without talking to each other.
+    """
+    if not names:
+        return []
+    if not 0 < holdout < 1:
+        raise ConfigError(f"holdout must lie strictly between 0 and 1, got {holdout}")
+    order = np.random.default_rng(seed).permutation(sorted(names))
+    n = max(1, int(round(holdout * len(names))))
+    if n >= len(names):
+        raise ConfigError(f"holding out {holdout:.0%} of {len(names)} slide(s) leaves none to train or "
+                          "compare with; use more slides or a smaller holdout")
+    return sorted(order[:n].tolist())

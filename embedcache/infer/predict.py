@@ -1,0 +1,193 @@
+"""``predict``: nuclei from a trained decoder, on cached features or with the encoder run live.
+
+One code path serves both. An image (a tile of a stack, or a picture of any
+size) is a :class:`~embedcache.geometry.TiledImage`; each tile's tokens come
+from a store or from the encoder (:mod:`embedcache.infer.features`); the
+:class:`~embedcache.infer.predictor.Predictor` stitches the tiles' maps and
+post-processes each image once; :class:`~embedcache.infer.writer.PredictionWriter`
+writes the nuclei where ``evaluate``, viewers and QuPath read them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from embedcache.config import PostprocessConfig
+from embedcache.errors import ConfigError, DataError
+from embedcache.geometry import TiledImage
+from embedcache.infer.features import LiveFeatures, store_features
+from embedcache.infer.predictor import Predictor
+from embedcache.infer.tiling import tile_image
+from embedcache.infer.writer import PredictionWriter
+from embedcache.store.images import source_images, stack_name
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` wrote."""
+
+    path: Path
+    n_images: int
+    n_nuclei: int
+    layout: str
+    mode: str  # "cached" or "live"
+    seconds: float
+
+
+def data_images(path, format: str, tile_shape, overlap: int) -> tuple[Iterator[TiledImage], str, int, dict]:
+    """Images of a dataset folder or one image file, cut into tiles: ``(images, layout, n_images, class_names)``."""
+    from embedcache.datasets import detect_format, open_dataset
+    from embedcache.datasets.base import to_uint8_rgb
+    from embedcache.datasets.folder import IMAGE_SUFFIXES, list_images, read_image_file
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+
+    def read(f):
+        return to_uint8_rgb(read_image_file(f), str(f))
+
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)}) or a dataset folder")
+        return iter([tile_image(path.stem, read(path), tile_shape, overlap)]), "folder", 1, {}
+    layout = detect_format(path) if format == "auto" else format
+    if layout == "folder":
+        files = list_images(path)
+        if not files:
+            raise DataError(f"{path}: no images found")
+        return (tile_image(f.stem, read(f), tile_shape, overlap) for f in files), "folder", len(files), {}
+    ds = open_dataset(path, format=layout)
+    tissue = ds.tissue
+    images = (tile_image(stack_name(i), ds.images([i])[0], tile_shape, overlap, tissue[i] if tissue else None)
+              for i in range(ds.n_tiles))
+    return images, "stack", ds.n_tiles, dict(ds.class_names or {})
+
+
+def split_tiles(run, store, split: str) -> np.ndarray | None:
+    """The store tiles of a run's ``val`` or ``train`` split (None for ``all``).
+
+    Raises
+    ------
+    ConfigError
+        An unknown split, or a split of another store's tiles.
+    """
+    if split == "all":
+        return None
+    if split not in ("val", "train"):
+        raise ConfigError(f"split must be all, val or train, not {split!r}")
+    if store.config.dataset_fingerprint != run.store.get("dataset_fingerprint"):
+        raise ConfigError(f"--split {split} names tiles of the store {run.path} was trained on; {store.path} "
+                          "holds another dataset: use --split all")
+    return np.asarray(run.meta["split"][split], dtype=np.int64)
+
+
+def prediction_writer(out, run, layout: str, n_images: int, overlays: bool, geojson: bool) -> PredictionWriter:
+    """The writer of a run's predictions (PanNuke layout too when the run's classes are PanNuke's)."""
+    from embedcache.datasets import PANNUKE_CLASSES
+
+    names = run.class_names
+    return PredictionWriter(out, layout, n_images, names, pannuke=layout == "stack" and names == PANNUKE_CLASSES,
+                            overlays=overlays, geojson=geojson, with_types=run.model.n_types > 0)
+
+
+def write_predictions(writer: PredictionWriter | None, predicted, progress_bar=None) -> tuple[list, list, int]:
+    """Write every ``(image, nuclei, pixels)`` of ``predicted`` (unless ``writer`` is None).
+
+    Returns the instance maps, the type maps and the number of nuclei.
+    """
+    insts, types, total = [], [], 0
+    for image, nuclei, pixels in predicted:
+        if writer is not None:
+            writer.add(image.name, nuclei, pixels, image.tissue)
+        insts.append(nuclei["inst"])
+        types.append(nuclei["types"])
+        total += int(nuclei["inst"].max())
+        if progress_bar is not None:
+            progress_bar.update(1)
+    return insts, types, total
+
+
+def predict(run, out, *, store=None, data=None, format: str = "auto", split: str = "all",
+            overlap: int | None = None, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
+            batch_size: int = 8, device: str = "cpu", overlays: bool = True, geojson: bool = True,
+            progress: bool = True) -> PredictResult:
+    """Predict nuclei with a trained decoder and write them (see :mod:`embedcache.infer.writer`).
+
+    Parameters
+    ----------
+    run : str or Path
+        A run directory from ``fit-decoder``.
+    out : str or Path
+        Output folder (replaced only if it is a previous prediction).
+    store : str or Path, optional
+        Predict from this store's cached features (identity variant).
+    data : str or Path, optional
+        Or run the encoder live over a dataset folder (PanNuke, CoNIC or
+        image folder) or one image file.
+    format : {"auto", "pannuke", "conic", "folder"}
+    split : {"all", "val", "train"}
+        With ``store``: the run's split of its own store.
+    overlap : int, optional
+        Live images larger than a tile: overlap of neighbouring tiles in
+        pixels (default: a quarter of the tile).
+    magnification : {"40x", "20x"}
+        Post-processing defaults (:meth:`PostprocessConfig.for_magnification`).
+    postprocess : PostprocessConfig, optional
+        Overrides ``magnification``.
+    batch_size : int
+    device : str
+    overlays, geojson : bool
+        Also write overlay PNGs and GeoJSON.
+
+    Returns
+    -------
+    PredictResult
+    """
+    from tqdm.auto import tqdm
+
+    from embedcache.device import resolve_device
+    from embedcache.store import open_store
+    from embedcache.train.checkpoint import check_features, load_run
+
+    t0 = time.perf_counter()
+    if (store is None) == (data is None):
+        raise ConfigError("give either a store (cached features) or data (the encoder runs live), not both")
+    dev = resolve_device(device)
+    loaded = load_run(run, device=str(dev))
+    post = postprocess or PostprocessConfig.for_magnification(magnification)
+    predictor = Predictor(loaded.model, loaded.directions, batch_size, post)
+    tile = tuple(loaded.store["tile_shape"])
+    if store is not None:
+        s = open_store(store)
+        check_features(loaded.store, s, loaded.path)
+        images = source_images(s, split_tiles(loaded, s, split))
+        layout = "stack" if s.dataset_layout in ("pannuke", "conic") else "folder"
+        features, n_images, mode, source = store_features(s), len(images), "cached", str(s.path)
+        images = iter(images)
+    else:
+        if split != "all":
+            raise ConfigError("--split applies to --store predictions; with --data every image is predicted")
+        overlap = min(tile) // 4 if overlap is None else overlap
+        images, layout, n_images, _ = data_images(data, format, tile, overlap)
+        features, mode, source = LiveFeatures(loaded, str(dev), batch_size), "live", str(data)
+    writer = prediction_writer(out, loaded, layout, n_images, overlays, geojson)
+    with tqdm(total=n_images, unit="image", desc=f"predict ({mode})", disable=not progress,
+              dynamic_ncols=True) as bar:
+        _, _, total = write_predictions(writer, predictor.run(images, features), bar)
+    path = writer.close(prediction_info(loaded, mode, source, split, overlap if mode == "live" else 0,
+                                        magnification, post))
+    return PredictResult(path, n_images, total, layout, mode, time.perf_counter() - t0)
+
+
+def prediction_info(run, mode: str, source: str, split: str, overlap: int, magnification: str,
+                    post: PostprocessConfig) -> dict:
+    """What a prediction folder records of how it was made (``prediction.json``)."""
+    return {"run": str(run.path), "mode": mode, "source": source, "split": split, "overlap": overlap,
+            "magnification": magnification, "postprocess": post.to_dict(),
+            "class_names": {str(k): v for k, v in run.class_names.items()}}

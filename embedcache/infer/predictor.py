@@ -1,0 +1,97 @@
+"""A trained decoder turning tiles' tokens and pixels into maps, and tiled images into nuclei.
+
+Tiles of consecutive images share the decoder's batches; each image's
+maps are stitched (:class:`~embedcache.infer.tiling.Stitcher`) and
+post-processed once (:func:`embedcache.postprocess.instances_from_maps`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from embedcache.config import PostprocessConfig
+from embedcache.errors import ConfigError
+from embedcache.geometry import TiledImage
+from embedcache.infer.tiling import Stitcher
+from embedcache.postprocess import instances_from_maps
+
+
+class Predictor:
+    """A decoder ready to turn tiles' tokens and pixels into maps, and images into nuclei.
+
+    Parameters
+    ----------
+    model : NucleiDecoder
+    directions : sequence of (d_row, d_col)
+        Of the model's distance channels.
+    batch_size : int
+        Tiles per decoder pass.
+    postprocess : PostprocessConfig
+    """
+
+    def __init__(self, model, directions, batch_size: int = 8, postprocess: PostprocessConfig = PostprocessConfig()):
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        self.model = model
+        self.directions = [tuple(d) for d in directions]
+        self.batch_size = batch_size
+        self.postprocess = postprocess
+        self.device = next(model.parameters()).device
+        self.tile_shape = tuple(model.tile_shape)
+        self.n_types = model.n_types
+        self.channels = 3 + model.n_dist + (model.n_types + 1 if model.n_types else 0)
+
+    @torch.no_grad()
+    def tile_maps(self, tokens: list[np.ndarray], images: np.ndarray) -> np.ndarray:
+        """Maps of a batch of tiles, ``(n, channels, H, W) float32``: P(cls3), distances, P(type)."""
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model([torch.from_numpy(np.ascontiguousarray(t)).to(self.device) for t in tokens],
+                         torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        self.model.train(was_training)
+        parts = [out["cls3"].softmax(1), out["dist"]]
+        if "types" in out:
+            parts.append(out["types"].softmax(1))
+        return torch.cat(parts, 1).float().cpu().numpy()
+
+    def nuclei(self, maps: np.ndarray) -> dict:
+        """Post-process one image's stitched maps."""
+        d = self.model.n_dist
+        types = maps[3 + d:] if self.n_types else None
+        return instances_from_maps(maps[:3], maps[3:3 + d], types, self.postprocess, self.directions)
+
+    def run(self, images: Iterator[TiledImage], features: Callable) -> Iterator[tuple[TiledImage, dict, np.ndarray]]:
+        """Predict every image: yields ``(image, nuclei, pixels)`` in the images' order.
+
+        ``features(keys)`` gives ``(tokens, pixels)`` of a list of tile keys
+        (:mod:`embedcache.infer.features`).
+        """
+        pending: list = []  # (entry, offset, key)
+        queue: list = []  # entries in image order: [image, stitcher, tiles left]
+
+        def flush():
+            tokens, pixels = features([key for _, _, key in pending])
+            for (entry, offset, _), m, px in zip(pending, self.tile_maps(tokens, pixels), pixels):
+                entry[1].add(offset, m, px)
+                entry[2] -= 1
+            pending.clear()
+
+        def finished():
+            while queue and queue[0][2] == 0:
+                image, stitcher, _ = queue.pop(0)
+                yield image, self.nuclei(stitcher.maps), stitcher.image
+
+        for image in images:
+            entry = [image, Stitcher(image.shape, self.channels), len(image.tiles)]
+            queue.append(entry)
+            for offset, key in image.tiles:
+                pending.append((entry, offset, key))
+                if len(pending) == self.batch_size:
+                    flush()
+                    yield from finished()
+        if pending:
+            flush()
+        yield from finished()

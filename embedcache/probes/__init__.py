@@ -1,0 +1,32 @@
+"""Probes: what each cached layer knows, by linear and kNN models on its features.
+
+``labels`` (tile labels from a store or a CSV file), ``fit`` (the probes
+themselves, arrays in, out-of-fold predictions out), ``stores`` (stores
+compared together), ``tile`` (pooled vectors per tile), ``patch`` (every
+patch token against its patch's content) and ``retrieval`` (descriptors of
+slides retrieving tissue like the query's).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from embedcache.config import ProbeConfig
+
+
+def run_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(), progress: Callable[[str], None] | None = None):
+    """The probe ``config`` asks for (tile or patch level) on every store and layer.
+
+    Returns ``(predictions, info)``; see :func:`embedcache.probes.tile.run_tile_probes`
+    and :func:`embedcache.probes.patch.run_patch_probes`.
+    """
+    if config.level == "patch":
+        from embedcache.probes.patch import run_patch_probes
+
+        return run_patch_probes(paths, config, progress)
+    from embedcache.probes.tile import run_tile_probes
+
+    return run_tile_probes(paths, config, progress)
+
+
+__all__ = ["run_probes"]

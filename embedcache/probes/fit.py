@@ -1,0 +1,299 @@
+"""Probes on features: logistic regression with an L2 sweep, and cosine kNN; arrays in, predictions out.
+
+Every tile is predicted once, by a probe fitted on the folds that do not
+hold it (out-of-fold). Each probe is a scikit-learn pipeline, so
+standardisation is fitted on the training split only, and the
+regularisation sweep (:func:`fit_linear`) holds out part of the training
+split, never the test fold. Cached variants can be added to the training
+split (``augment``); tests always use the identity variant.
+
+>>> rng = np.random.default_rng(0)
+>>> X = rng.normal(size=(200, 16)).astype(np.float32)
+>>> y = (X[:, 0] > 0).astype(int)
+>>> folds = make_folds(y, n_folds=5)
+>>> pred = cross_validate(X, y, folds, "linear")
+>>> float((pred.y_pred == y).mean()) > 0.9
+True
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from embedcache.config import ProbeConfig
+from embedcache.errors import ConfigError, DataError
+from embedcache.probes.labels import CLASSIFICATION, REGRESSION, TileLabels
+
+SMALL_PROBLEM = 1 << 20  # feature values below which fits run on one BLAS thread
+# A probe needs the ranking of strengths, not the last digit of the loss: a loose
+# tolerance halves the sweep's time at the same scores (benchmarks/bench_probe.py).
+LOGISTIC = {"max_iter": 500, "tol": 1e-3, "class_weight": "balanced"}
+
+
+@dataclass
+class ProbePrediction:
+    """Out-of-fold predictions of one probe (store, layer, method).
+
+    Attributes
+    ----------
+    store, encoder, layer, method : str
+    depth : float
+        Position of ``layer`` among the store's tapped layers, in (0, 1].
+    task : {"classification", "regression", "segmentation"}
+    y_true, y_pred : ndarray
+        ``(n,)`` class codes (classification) or ``(n, T)`` targets (regression).
+    proba : (n, K) ndarray of float, or None
+        Class probabilities (classification).
+    confusion : (n, K, K) ndarray of int64, or None
+        Per-tile confusion matrices [truth, prediction] of patches (segmentation).
+    names : list of str
+        Class names, or regression target names.
+    params : dict
+        What each fold chose (``C`` or ``alpha``), and ``k``.
+    """
+
+    store: str
+    encoder: str
+    layer: str
+    depth: float
+    method: str
+    task: str
+    y_true: np.ndarray | None = None
+    y_pred: np.ndarray | None = None
+    proba: np.ndarray | None = None
+    confusion: np.ndarray | None = None
+    names: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.confusion if self.confusion is not None else self.y_true)
+
+
+def make_folds(y: np.ndarray, n_folds: int | None = None, store_folds: np.ndarray | None = None,
+               seed: int = 0) -> np.ndarray:
+    """Test fold of every tile, ``(n,) ndarray of int``.
+
+    The store's folds when ``n_folds`` is None and it has several; else a
+    stratified k-fold (plain k-fold for ``(n, T)`` regression targets) with
+    ``n_folds`` (default 5).
+
+    Raises
+    ------
+    DataError
+        A class with fewer tiles than folds, or a training split of one class.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    y = np.asarray(y)
+    n = len(y)
+    if n_folds is None and store_folds is not None and len(np.unique(store_folds)) > 1:
+        folds = np.unique(np.asarray(store_folds), return_inverse=True)[1]
+    else:
+        k = n_folds or 5
+        if k > n:
+            raise DataError(f"{k} folds for {n} tiles; use fewer --folds")
+        folds = np.empty(n, dtype=np.int64)
+        if y.ndim == 1:
+            smallest = np.bincount(np.unique(y, return_inverse=True)[1]).min()
+            if smallest < k:
+                raise DataError(f"a class has only {smallest} tile(s), fewer than the {k} folds; "
+                                "use fewer --folds or merge rare classes")
+            splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
+        else:
+            splitter = KFold(k, shuffle=True, random_state=seed)
+        for f, (_, test) in enumerate(splitter.split(np.zeros(n), y if y.ndim == 1 else None)):
+            folds[test] = f
+    if y.ndim == 1:
+        for f in np.unique(folds):
+            if len(np.unique(y[folds != f])) < 2:
+                raise DataError(f"the training split of fold {f} holds a single class; "
+                                "use stratified folds (--folds K)")
+    return folds.astype(np.int64)
+
+
+def _inner_split(y: np.ndarray, groups: np.ndarray, seed: int):
+    """One (train, validation) split of the training rows, by tile, stratified when every class allows."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
+
+    tiles, first = np.unique(groups, return_index=True)
+    y_tile = y[first] if y.ndim == 1 else None
+    n_val = math.ceil(0.2 * len(tiles))
+    n_classes = len(np.unique(y_tile)) if y_tile is not None else 0
+    # Stratifying needs two tiles of each class and room for every class on both sides.
+    if (y_tile is not None and np.bincount(np.unique(y_tile, return_inverse=True)[1]).min() >= 2
+            and n_classes <= min(n_val, len(tiles) - n_val)):
+        splitter = StratifiedShuffleSplit(1, test_size=0.2, random_state=seed)
+        tr, va = next(splitter.split(np.zeros(len(tiles)), y_tile))
+        return [(np.flatnonzero(np.isin(groups, tiles[tr])), np.flatnonzero(np.isin(groups, tiles[va])))]
+    return list(GroupShuffleSplit(1, test_size=0.2, random_state=seed).split(np.zeros(len(y)), y, groups))
+
+
+def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
+               l2_grid: Sequence[float] = ProbeConfig.l2_grid, seed: int = 0):
+    """Standardise, then fit an L2 logistic regression (``(n,)`` labels) or ridge (``(n, T)`` targets).
+
+    The sweep is scikit-learn's own (``LogisticRegressionCV``, warm-started
+    from strong to weak penalties, or ``RidgeCV``): each strength is scored
+    on a held-out fifth of the given rows (split by ``groups``, e.g. tiles,
+    so variants or patches of a tile stay together) by balanced accuracy or
+    R2, and the best is refitted on all rows. Strengths are per row:
+    ``C = 1 / (l2 * n)``, ``alpha = l2 * n``.
+
+    Parameters
+    ----------
+    X : (n, D) ndarray of float
+    y : (n,) ndarray of int, or (n, T) ndarray of float
+    groups : (n,) ndarray of int, optional
+        Rows sharing a group are never split apart; default one row each.
+    l2_grid : sequence of float
+        One value: fitted as given, without a validation split.
+
+    Returns
+    -------
+    sklearn.pipeline.Pipeline
+        Fitted; its ``best_params`` attribute holds the ``l2`` chosen.
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(y)
+    grid = sorted(l2_grid, reverse=True)
+    sweep = len(grid) > 1
+    cv = _inner_split(y, np.arange(n) if groups is None else np.asarray(groups), seed) if sweep else None
+    if y.ndim == 1:
+        cs = [1.0 / (lam * n) for lam in grid]
+        model = (LogisticRegressionCV(Cs=cs, cv=cv, scoring="balanced_accuracy", l1_ratios=(0.0,), **LOGISTIC)
+                 if sweep else LogisticRegression(C=cs[0], **LOGISTIC))
+    else:
+        alphas = [lam * n for lam in grid]
+        model = RidgeCV(alphas=alphas, cv=cv, scoring="r2") if sweep else Ridge(alpha=alphas[0])
+    pipe = make_pipeline(StandardScaler(), model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence at a loose tolerance, and API-transition notices
+        pipe.fit(X, y)
+    if y.ndim == 1:
+        penalty = 1.0 / (n * float(np.ravel(model.C_)[0] if sweep else model.C))
+    else:
+        penalty = float(model.alpha_ if sweep else model.alpha) / n
+    pipe.best_params = {"l2": min(grid, key=lambda lam: abs(np.log(lam / penalty)))}
+    return pipe
+
+
+def fit_knn(X: np.ndarray, y: np.ndarray, k: int = 20):
+    """Standardise, then a cosine k-nearest-neighbour vote (or mean, for ``(n, T)`` targets)."""
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    knn = (KNeighborsClassifier if y.ndim == 1 else KNeighborsRegressor)(
+        n_neighbors=min(k, len(y)), metric="cosine", algorithm="brute")
+    pipe = make_pipeline(StandardScaler(), knn).fit(X, y)
+    pipe.best_params = {"k": knn.n_neighbors}
+    return pipe
+
+
+def _as_variants(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim == 2:
+        return X[:, None]
+    if X.ndim != 3:
+        raise DataError(f"features must be (n, D) or (n, V, D), got shape {X.shape}")
+    return X
+
+
+def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str = "linear", *,
+                   k: int = 20, l2_grid: Sequence[float] = ProbeConfig.l2_grid, augment: bool = False,
+                   seed: int = 0) -> ProbePrediction:
+    """Out-of-fold predictions of one probe on one set of features.
+
+    Parameters
+    ----------
+    X : (n, D) or (n, V, D) ndarray of float
+        Pooled vectors; with a variant axis, index 0 is the identity.
+    y : (n,) ndarray of int (class codes 0..K-1), or (n, T) ndarray of float
+    folds : (n,) ndarray of int
+        Test fold of each tile (:func:`make_folds`).
+    method : {"linear", "knn"}
+    augment : bool
+        Train on every variant of the training tiles; tests use variant 0.
+
+    Returns
+    -------
+    ProbePrediction
+        With ``y_true``, ``y_pred``, ``proba`` (classification) and the
+        strength chosen in each fold; store, layer and depth left blank.
+    """
+    X, y, folds = _as_variants(X), np.asarray(y), np.asarray(folds)
+    if not len(X) == len(y) == len(folds):
+        raise DataError(f"features ({len(X)}), labels ({len(y)}) and folds ({len(folds)}) disagree in length")
+    if method not in ("linear", "knn"):
+        raise ConfigError(f"method must be linear or knn, not {method!r}")
+    if not np.isfinite(X).all():
+        raise DataError("features hold NaN or infinite values; check the store with `embedcache verify`")
+    classify = y.ndim == 1
+    n_classes = int(y.max()) + 1 if classify else 0
+    n_var = X.shape[1] if augment else 1
+    y_pred = np.zeros_like(y, dtype=np.int64 if classify else np.float64)
+    proba = np.zeros((len(y), n_classes)) if classify else None
+    chosen = []
+    # BLAS threads only slow small fits down (and fight other processes for the cores).
+    with threadpool_limits(1 if X.size < SMALL_PROBLEM else None):
+        for f in np.unique(folds):
+            chosen.append(_fit_fold(X, y, folds == f, method, y_pred, proba, n_var, k, l2_grid, seed))
+    return ProbePrediction(store="", encoder="", layer="", depth=1.0, method=method,
+                           task=CLASSIFICATION if classify else REGRESSION, y_true=y, y_pred=y_pred, proba=proba,
+                           params={"folds": chosen})
+
+
+def _fit_fold(X, y, is_test, method, y_pred, proba, n_var, k, l2_grid, seed) -> dict:
+    """Fit one fold's probe on its training tiles (and their variants); fill its test rows."""
+    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    X_tr = X[train, :n_var].reshape(len(train) * n_var, -1)
+    y_tr = np.repeat(y[train], n_var, axis=0)
+    if method == "linear":
+        model = fit_linear(X_tr, y_tr, np.repeat(train, n_var), l2_grid, seed)
+    else:
+        model = fit_knn(X_tr, y_tr, k)
+    y_pred[test] = model.predict(X[test, 0])
+    if proba is not None:
+        proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test, 0])
+    return model.best_params
+
+
+def probe_features(features: Mapping[str, np.ndarray], labels: TileLabels, folds: np.ndarray,
+                   config: ProbeConfig = ProbeConfig(), store: str = "", encoder: str = "",
+                   depths: Mapping[str, float] | None = None,
+                   progress: Callable[[str], None] | None = None) -> list[ProbePrediction]:
+    """Every method of ``config`` on every layer of ``features`` (shallow to deep).
+
+    Parameters
+    ----------
+    features : mapping of layer name to (n, D) or (n, V, D) ndarray
+        Or to a function returning it, so layers are read one at a time.
+    depths : mapping of layer name to float, optional
+        Relative depth of each layer (:func:`layer_depth`); default its
+        position among ``features``.
+    """
+    out = []
+    layers = list(features)
+    for i, layer in enumerate(layers):
+        X = features[layer]
+        X = X() if callable(X) else X
+        for method in config.methods:
+            pred = cross_validate(X, labels.y, folds, method, k=config.k, l2_grid=config.l2_grid,
+                                  augment=config.augment, seed=config.seed)
+            depth = depths[layer] if depths else (i + 1) / len(layers)
+            pred.store, pred.encoder, pred.layer, pred.depth = store, encoder, layer, depth
+            pred.names = labels.names
+            out.append(pred)
+            if progress:
+                progress(f"{store} {layer} {method}")
+    return out

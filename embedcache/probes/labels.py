@@ -1,0 +1,207 @@
+"""What a probe predicts: one label per tile, from a store or a CSV file.
+
+``tissue`` (the tissue names a store recorded, e.g. PanNuke's types.npy),
+``type`` (the dominant nucleus type of each tile), ``counts`` (nuclei per
+type, a regression) or a CSV file of ``tile,label`` (:func:`read_csv_labels`,
+the one reader of tile labels: retrieval reads the same files).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from embedcache.errors import DataError
+
+CLASSIFICATION, REGRESSION, SEGMENTATION = "classification", "regression", "segmentation"
+NO_NUCLEI = "no nuclei"
+LABEL_CHUNK = 64  # tiles of label maps read at once
+
+
+@dataclass(frozen=True)
+class TileLabels:
+    """One label per tile.
+
+    Attributes
+    ----------
+    source : str
+        ``tissue``, ``type``, ``counts`` or the CSV path.
+    task : {"classification", "regression"}
+    y : ndarray
+        ``(n,)`` int class codes, or ``(n, T)`` float targets.
+    names : list of str
+        Class names (index = code), or target names.
+    """
+
+    source: str
+    task: str
+    y: np.ndarray
+    names: list[str]
+
+    def describe(self) -> dict:
+        out = {"source": self.source, "task": self.task, "names": self.names}
+        if self.task == CLASSIFICATION:
+            out["counts"] = np.bincount(self.y, minlength=len(self.names)).tolist()
+        return out
+
+
+def _encode(values: Sequence[str], source: str) -> TileLabels:
+    names, y = np.unique(np.asarray(values, dtype=str), return_inverse=True)
+    labels = TileLabels(source, CLASSIFICATION, y.astype(np.int64), [str(n) for n in names])
+    check_labels(labels)
+    return labels
+
+
+def check_labels(labels: TileLabels) -> None:
+    """Refuse labels a probe cannot learn from: one class, or constant targets."""
+    if labels.task == CLASSIFICATION:
+        if len(np.unique(labels.y)) < 2:
+            only = labels.names[int(labels.y[0])] if len(labels.y) else "none"
+            raise DataError(f"labels {labels.source!r}: every one of the {len(labels.y)} tiles has the class "
+                            f"{only!r}; a probe needs at least two classes")
+    elif np.all(np.ptp(labels.y, axis=0) == 0):
+        raise DataError(f"labels {labels.source!r}: the targets are the same for every tile; nothing to predict")
+
+
+def nuclei_per_type(inst: np.ndarray, types: np.ndarray, n_types: int) -> np.ndarray:
+    """Nuclei of each type in each tile, ``(n, n_types) ndarray of int64``.
+
+    A nucleus takes the majority type of its pixels (type 0 = unknown is
+    counted like any other).
+
+    Parameters
+    ----------
+    inst, types : (n, H, W) ndarray of int
+        Instance ids (0 = background) and type ids.
+    """
+    out = np.zeros((len(inst), n_types), dtype=np.int64)
+    for t in range(len(inst)):
+        fg = inst[t] > 0
+        if not fg.any():
+            continue
+        _, ids = np.unique(inst[t][fg], return_inverse=True)
+        votes = np.zeros((ids.max() + 1, n_types), dtype=np.int64)
+        np.add.at(votes, (ids, np.clip(types[t][fg], 0, n_types - 1)), 1)
+        out[t] = np.bincount(votes.argmax(axis=1), minlength=n_types)
+    return out
+
+
+def _store_counts(store) -> tuple[np.ndarray, list[str]]:
+    if not store.has_labels:
+        raise DataError(f"{store.path}: the store has no label maps; use --labels tissue or a CSV file")
+    names = store.class_names or {}
+    chunks = []
+    for start in range(0, store.n_tiles, LABEL_CHUNK):
+        inst, types = store.labels(slice(start, min(start + LABEL_CHUNK, store.n_tiles)))
+        chunks.append(nuclei_per_type(inst, types, max(max(names, default=0), int(types.max())) + 1))
+    n_types = max(c.shape[1] for c in chunks)
+    counts = np.concatenate([np.pad(c, ((0, 0), (0, n_types - c.shape[1]))) for c in chunks])
+    return counts, [names.get(c, f"type {c}") for c in range(n_types)]
+
+
+def dominant_type(counts: np.ndarray, names: Sequence[str]) -> list[str]:
+    """The most frequent nucleus type of each tile (ties: lowest id); ``no nuclei`` when it has none.
+
+    Type 0 (unknown) is left out unless a tile has only unknown nuclei.
+    """
+    known = counts.copy()
+    known[:, 0] = np.where(counts[:, 1:].sum(axis=1) > 0, 0, counts[:, 0])
+    return [names[int(row.argmax())] if row.any() else NO_NUCLEI for row in known]
+
+
+def read_csv_labels(path, n_tiles: int, tile_names: Sequence[str] | None = None,
+                    every_tile: bool = True) -> list[str]:
+    """Labels of tiles from a CSV file of tile id and label, one row per tile.
+
+    The header is optional: a first row whose id is not a tile id is one.
+    Columns named ``tile`` and ``label`` are used when the header has them,
+    else the first two. A tile id is the store's row number (0-based), or
+    the name of the tile's source image when ``tile_names`` gives one per
+    tile. A tile listed without a label, or not listed, has the label ``""``.
+
+    Parameters
+    ----------
+    every_tile : bool
+        Refuse a file that leaves any tile without a label (probes need one
+        for every tile; retrieval uses the labelled ones).
+
+    Raises
+    ------
+    DataError
+        Unreadable file, unknown or repeated tile ids, or (``every_tile``)
+        tiles without a label.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such label file; --labels takes 'tissue' or a CSV file of tile,label")
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
+    if not rows or len(rows[0]) < 2:
+        raise DataError(f"{path}: expected a header and rows of 'tile,label'")
+    by_name = {n: k for k, n in enumerate(tile_names or [])}
+    if len(by_name) != len(tile_names or []):
+        by_name = {}  # names repeat (several tiles per image): row numbers only
+
+    def tile_of(key: str):
+        return int(key) if key.isdigit() and int(key) < n_tiles else by_name.get(key)
+
+    header = [h.strip().lower() for h in rows[0]]
+    has_header = "tile" in header or "label" in header or (
+        tile_of(rows[0][0].strip()) is None and not rows[0][0].strip().isdigit())
+    i_id = header.index("tile") if "tile" in header else 0
+    i_label = header.index("label") if "label" in header else (1 if i_id == 0 else 0)
+    labels: dict[int, str] = {}
+    unknown = []
+    for line, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
+        if len(row) <= max(i_id, i_label):
+            raise DataError(f"{path}:{line}: expected {max(i_id, i_label) + 1} columns, got {len(row)}")
+        key, value = row[i_id].strip(), row[i_label].strip()
+        tile = tile_of(key)
+        if tile is None:
+            unknown.append(key)
+        elif tile in labels:
+            raise DataError(f"{path}:{line}: tile {key!r} is listed twice")
+        else:
+            labels[tile] = value
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} unknown tile id(s), e.g. {', '.join(map(repr, unknown[:3]))}; "
+                        f"ids are row numbers 0..{n_tiles - 1}" + (" or source image names" if by_name else ""))
+    missing = [t for t in range(n_tiles) if not labels.get(t)]
+    if missing and every_tile:
+        raise DataError(f"{path}: labels missing for {len(missing)} of {n_tiles} tiles "
+                        f"(e.g. {', '.join(map(str, missing[:5]))}); give every tile a label")
+    return [labels.get(t, "") for t in range(n_tiles)]
+
+
+def store_tile_names(store) -> list[str] | None:
+    """The source image name of every tile (what a CSV may name tiles by), or None if not recorded."""
+    if not store.source_names:
+        return None
+    return [str(store.source_names[s]) for s in np.asarray(store.tile_info()["source"])]
+
+
+def tile_labels(store, spec: str) -> TileLabels:
+    """Labels of every tile of a store: ``tissue``, ``type``, ``counts`` or a CSV path."""
+    if spec == "tissue":
+        tissue = store.tissue
+        if tissue is None:
+            raise DataError(f"{store.path}: the dataset has no tissue labels (PanNuke types.npy); "
+                            "use --labels type, counts or a CSV file")
+        missing = [k for k, t in enumerate(tissue) if not t]
+        if missing:
+            raise DataError(f"{store.path}: tissue labels missing for {len(missing)} of {len(tissue)} tiles "
+                            f"(e.g. {', '.join(map(str, missing[:5]))})")
+        return _encode(tissue, spec)
+    if spec in ("type", "counts"):
+        counts, names = _store_counts(store)
+        if spec == "type":
+            return _encode(dominant_type(counts, names), spec)
+        keep = [c for c in range(len(names)) if c > 0 or counts[:, 0].any()]
+        labels = TileLabels(spec, REGRESSION, counts[:, keep].astype(np.float64), [names[c] for c in keep])
+        check_labels(labels)
+        return labels
+    return _encode(read_csv_labels(spec, store.n_tiles, store_tile_names(store)), str(spec))

@@ -1,0 +1,70 @@
+"""A store's tiles put back together into the source images they were cut from, with their labels.
+
+Stores of large images hold a grid of tiles without overlap: each source
+image (a folder image, or one tile of a PanNuke/CoNIC stack) is a
+:class:`~embedcache.geometry.TiledImage` whose keys are store tile ids.
+Prediction, scoring and the report read held-out images through here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedcache.geometry import TiledImage
+
+WHITE = 255  # padding past an image's edge, as the folder reader pads
+
+
+def stack_name(tile: int) -> str:
+    """The name of a tile of a stack (PanNuke, CoNIC) as prediction folders write it."""
+    return f"tile{tile:05d}"
+
+
+def source_images(store, tiles=None) -> list[TiledImage]:
+    """One image per source image holding any of ``tiles`` (all tiles when None), in source order."""
+    info = store.tile_info()
+    names = store.source_names
+    tissue = store.tissue
+    chosen = np.arange(store.n_tiles) if tiles is None else np.asarray(tiles, dtype=np.int64)
+    out = []
+    for src in sorted(set(info["source"][chosen].tolist())):
+        ids = np.flatnonzero(info["source"] == src)
+        ends = info["offset"][ids] + info["valid"][ids]
+        shape = (int(ends[:, 0].max()), int(ends[:, 1].max()))
+        name = names[src] if store.dataset_layout == "folder" and src < len(names) else stack_name(int(ids[0]))
+        out.append(TiledImage(name, shape, [(tuple(int(v) for v in info["offset"][i]), int(i)) for i in ids],
+                              tissue[ids[0]] if tissue else None))
+    return out
+
+
+def image_pixels(store, image: TiledImage) -> np.ndarray:
+    """The pixels of an image, ``(H, W, 3) uint8``, assembled from its tiles."""
+    out = np.full((*image.shape, 3), WHITE, dtype=np.uint8)
+    valid = store.tile_info()["valid"]
+    for (r, c), tile in image.tiles:
+        h, w = valid[tile]
+        out[r:r + h, c:c + w] = store.images(tile)[:h, :w]
+    return out
+
+
+def image_truth(store, images: list[TiledImage]):
+    """The labels of each image assembled from its tiles, as a :class:`~embedcache.datasets.LabelSet`."""
+    from embedcache.datasets import LabelSet
+
+    insts, types = [], []
+    valid = store.tile_info()["valid"]
+    for image in images:
+        inst = np.zeros(image.shape, dtype=np.int32)
+        typ = np.zeros(image.shape, dtype=np.int32)
+        for (r, c), tile in image.tiles:
+            i, t = store.labels(tile)
+            h, w = valid[tile]
+            inst[r:r + h, c:c + w] = i[:h, :w]
+            typ[r:r + h, c:c + w] = t[:h, :w]
+        insts.append(inst)
+        types.append(typ)
+    layout = store.dataset_layout or "folder"
+    has_types = any(t.any() for t in types)
+    return LabelSet(layout if layout in ("pannuke", "conic") else "folder", [j.name for j in images], insts,
+                    types if has_types else None, [j.tissue or "" for j in images] if store.tissue else None,
+                    dict(store.class_names) or None)
