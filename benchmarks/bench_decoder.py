@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from embedcache import open_store
-from embedcache.config import ExtractConfig
+from embedcache.config import DIRECTIONS, DecoderConfig, ExtractConfig, TargetConfig
 from embedcache.datasets.synthetic import make_tiles, write_demo_data
 from embedcache.extract import Extraction, extract
 from embedcache.postprocess import instances_from_maps
-from embedcache.train.decoder import DecoderConfig, NucleiDecoder, NucleiLoss
+from embedcache.train.decoder import NucleiDecoder, NucleiLoss
 from embedcache.train.stream import EpochBatches, TileStream, make_loader
-from embedcache.train.targets import DIRECTIONS, TargetCache, TargetConfig, tile_targets
+from embedcache.train.targets import TargetCache, tile_targets
 
 VITS = "timm:vit_small_patch16_224"
 
@@ -58,7 +58,7 @@ class Step:
 
     def __init__(self, store, width: int = 32):
         torch.manual_seed(0)
-        shapes = [store.attrs["layer_info"][k]["shape"] for k in store.layers]
+        shapes = [store.layout(k).shape for k in store.layers]
         self.model = NucleiDecoder(shapes, store.tile_shape, 4, 5, DecoderConfig(width=width))
         self.loss = NucleiLoss(DIRECTIONS["cisca"], 5)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
@@ -109,7 +109,7 @@ def io_hidden(work: Path, args) -> dict:
     tiles = np.arange(store.n_tiles)
     targets = TargetCache(store, tiles)
     batches = EpochBatches(tiles, range(len(store.variants)), 8, seed=0, unit_tiles=16)
-    disk = make_loader(TileStream(store, tiles, targets), Epochs(batches), workers=args.workers)
+    disk = make_loader(TileStream(store, tiles, targets), Epochs(batches), workers=args.loader_workers)
     ram = make_loader(TileStream(store, tiles, targets, preload=True), Epochs(batches), workers=0)
     step = Step(store, args.width)
     times = {"disk": [], "ram": []}
@@ -120,7 +120,7 @@ def io_hidden(work: Path, args) -> dict:
     paired = statistics.median(r / d for r, d in zip(times["ram"], times["disk"]))  # arms run back to back
     return {"disk_steps_s": sps["disk"], "ram_steps_s": sps["ram"], "ratio": sps["disk"] / sps["ram"],
             "paired": paired,
-            "bytes_per_step": sum(np.prod(store.attrs["layer_info"][k]["shape"]) for k in store.layers) * 2 * 8}
+            "bytes_per_step": sum(np.prod(store.layout(k).shape) for k in store.layers) * 2 * 8}
 
 
 def flops(fn) -> int:
@@ -145,10 +145,10 @@ def cache_payoff(work: Path, args) -> dict:
     tiles = np.arange(store.n_tiles)
     targets = TargetCache(store, tiles)
     batches = EpochBatches(tiles, range(len(store.variants)), 8, seed=0, unit_tiles=16)
-    cached = make_loader(TileStream(store, tiles, targets), batches, workers=args.workers)
-    live = make_loader(TileStream(store, tiles, targets, with_tokens=False), batches, workers=args.workers)
+    cached = make_loader(TileStream(store, tiles, targets), batches, workers=args.loader_workers)
+    live = make_loader(TileStream(store, tiles, targets, with_tokens=False), batches, workers=args.loader_workers)
     known = {f.name for f in fields(ExtractConfig)}
-    cfg = {k: v for k, v in store.attrs["provenance"]["extract_config"].items() if k in known}
+    cfg = {k: v for k, v in store.extract_config.items() if k in known}
     ext = Extraction(ExtractConfig(**{**cfg, "variants": "none", "loader_workers": 0, "device": "cpu"}),
                      store.tile_shape)
 
@@ -197,7 +197,7 @@ def main():
     ap.add_argument("--tiles", type=int, default=32, help="tiles in each benchmark store")
     ap.add_argument("--steps", type=int, default=12, help="timed steps per arm (I/O benchmark)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--loader-workers", type=int, default=1)
     ap.add_argument("--post-tiles", type=int, default=32)
     ap.add_argument("--width", type=int, default=32, help="decoder width (fit-decoder --width)")
     ap.add_argument("--work", type=Path, default=None, help="keep stores here (default: a temporary folder)")
@@ -208,7 +208,7 @@ def main():
     which = set(args.only.split(","))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder width {args.width}, batch 8, "
           f"256-px tiles, "
-          f"{args.workers} loader worker(s), repeats {args.repeats}")
+          f"{args.loader_workers} loader worker(s), repeats {args.repeats}")
     if "io" in which:
         r = io_hidden(work, args)
         print(f"I/O hidden   efficientnet_lite0 d4: streaming from disk {r['disk_steps_s']:.3f} steps/s, "

@@ -50,7 +50,7 @@ from distributed import Client
 
 from embedcache.config import ExtractConfig
 from embedcache.datasets.synthetic import write_demo_data
-from embedcache.distributed import extract_distributed, local_cluster
+from embedcache.extract.distributed import extract_distributed, local_cluster
 from embedcache.extract import ExtractionJob, extract
 
 

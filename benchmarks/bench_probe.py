@@ -43,7 +43,8 @@ def planted(n: int, d: int, k: int = 5, seed: int = 0) -> tuple[np.ndarray, np.n
 def run_case(name: str, folds: int) -> dict:
     from embedcache.config import ProbeConfig
     from embedcache.report.stats import score_predictions
-    from embedcache.train.probes import TileLabels, cross_validate, make_folds, probe_features
+    from embedcache.probes.fit import cross_validate, make_folds, probe_features
+    from embedcache.probes.labels import TileLabels
 
     n, layers, d = CASES[name]
     X, y = planted(n, d)

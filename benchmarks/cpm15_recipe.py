@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from embedcache.config import ExtractConfig
+from embedcache.config import ExtractConfig, FitConfig
 from embedcache.extract import extract
+from embedcache.infer.predict import predict
 from embedcache.metrics import evaluate
-from embedcache.predict import predict
-from embedcache.train.loop import FitConfig, fit
+from embedcache.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ("image02", "image10", "image14")  # one 20x and two 40x images, 484 nuclei
@@ -56,7 +56,7 @@ def arm(name: str, weights, data: Path, work: Path, val: Path, args) -> dict:
                                   loader_workers=0, device="cpu"), progress=not args.quiet).path
     t1 = time.perf_counter()
     config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                       val="sources:" + ",".join(VAL), seed=args.seed, workers=args.workers, device="cpu")
+                       val="sources:" + ",".join(VAL), seed=args.seed, loader_workers=args.loader_workers, device="cpu")
     result = fit(store, work / f"{name}-run", config, progress=not args.quiet)
     t2 = time.perf_counter()
     predict(result.path, work / f"{name}-pred", data=val, overlap=args.overlap, progress=False)
@@ -75,7 +75,7 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--loader-workers", type=int, default=1)
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--quiet", action="store_true")

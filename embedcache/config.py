@@ -118,8 +118,6 @@ class ExtractConfig(_Config):
                 "min_tissue": self.min_tissue}
 
 
-# ----------------------------------------------------------------------------- decoder training
-
 # (d_row, d_col) of each channel. Lengths do not matter: every side of every
 # nucleus is normalised to 1.
 DIRECTIONS = {
@@ -284,8 +282,6 @@ class FitConfig(_Config):
             raise ConfigError(f"order must be units or random, not {self.order!r}")
 
 
-# ----------------------------------------------------------------------------- post-processing
-
 @dataclass(frozen=True)
 class PostprocessConfig(_Config):
     """Parameters of :func:`instances_from_maps` (module docstring); defaults suit 40x.
@@ -335,8 +331,6 @@ class PostprocessConfig(_Config):
             raise ConfigError(f"magnification must be 40x or 20x, not {magnification!r}")
         return cls(**{**presets[magnification], **overrides})
 
-
-# ----------------------------------------------------------------------------- slides
 
 FAR_FROM = ("both", "same", "other")
 

@@ -11,7 +11,7 @@ from embedcache.config import RetrievalConfig
 from embedcache.errors import ConfigError, DataError
 from embedcache.geometry import TileGeometry
 from embedcache.metrics import retrieval as R
-from embedcache.probes import retrieval as PR
+from embedcache.report import retrieval as PR
 
 
 def test_precision_at_k_hand_computed():

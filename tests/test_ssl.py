@@ -16,7 +16,7 @@ from embedcache.encoders import get_spec
 from embedcache.encoders.load import load_encoder
 from embedcache.errors import ConfigError, DataError
 from embedcache.extract import extract
-from embedcache.probes.retrieval import compare_stores
+from embedcache.report.retrieval import compare_stores
 from embedcache.train import ssl
 
 # 64-px tiles at 0.5 um/px are 32 um: near = the 8 neighbours, far = 150 um or more apart on a slide.

@@ -143,7 +143,7 @@ def retrieval(stores, layers, labels, k, queries, holdout, kind, metric, far_pai
     slides.
     """
     from embedcache.config import RetrievalConfig
-    from embedcache.probes.retrieval import compare_stores
+    from embedcache.report.retrieval import compare_stores
 
     config = RetrievalConfig(k=k, labels=labels, queries=queries, holdout=holdout, kind=kind, metric=metric,
                              d_near=d_near, d_far=d_far, far_from=far_from, far_pairs=far_pairs, seed=seed)

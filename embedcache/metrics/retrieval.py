@@ -15,7 +15,7 @@
   two slides, ``far_from``) (:func:`addr_pairs`).
 
 Arrays in, numbers out (numpy; the k-d tree of scipy for near pairs);
-:mod:`embedcache.probes.retrieval` scores stores' layers with these.
+:mod:`embedcache.report.retrieval` scores stores' layers with these.
 Neighbours are exact: one matrix product per block of queries against all
 candidates, then only the few columns under a per-row bound are sorted
 (``benchmarks/bench_ssl.py`` times 25,000 queries against 100,000

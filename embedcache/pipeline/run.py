@@ -217,7 +217,7 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
     for pcfg in pipeline.probe_configs(ds):
         def do_probe(d: Path, pcfg=pcfg) -> dict:
             from embedcache.report.stats import score_predictions
-            from embedcache.train.probes import run_probes
+            from embedcache.probes import run_probes
 
             preds, info = run_probes([store_path], pcfg)
             table = score_predictions(preds, n_boot=pcfg.n_boot, seed=pcfg.seed, info=info)

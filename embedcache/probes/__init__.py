@@ -2,9 +2,8 @@
 
 ``labels`` (tile labels from a store or a CSV file), ``fit`` (the probes
 themselves, arrays in, out-of-fold predictions out), ``stores`` (stores
-compared together), ``tile`` (pooled vectors per tile), ``patch`` (every
-patch token against its patch's content) and ``retrieval`` (descriptors of
-slides retrieving tissue like the query's).
+compared together), ``tile`` (pooled vectors per tile) and ``patch`` (every
+patch token against its patch's content).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``tissue`` (the tissue names a store recorded, e.g. PanNuke's types.npy),
 ``type`` (the dominant nucleus type of each tile), ``counts`` (nuclei per
 type, a regression) or a CSV file of ``tile,label`` (:func:`read_csv_labels`,
-the one reader of tile labels: retrieval reads the same files).
+the one reader of tile labels: ``retrieval`` reads the same files).
 """
 
 from __future__ import annotations

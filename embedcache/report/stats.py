@@ -139,7 +139,7 @@ def segmentation_scores(confusion: np.ndarray) -> dict:
 
 
 def prediction_scores(pred, idx: np.ndarray | None = None) -> dict:
-    """The metrics of one :class:`~embedcache.train.probes.ProbePrediction`, on tiles ``idx`` (default all)."""
+    """The metrics of one :class:`~embedcache.probes.fit.ProbePrediction`, on tiles ``idx`` (default all)."""
     sel = slice(None) if idx is None else idx
     if pred.task == "segmentation":
         return segmentation_scores(pred.confusion[sel].sum(axis=0))
@@ -282,7 +282,7 @@ def score_predictions(predictions: Sequence, n_boot: int = 1000, seed: int = 0, 
     Parameters
     ----------
     predictions : sequence of ProbePrediction
-        All on the same tiles (as :func:`~embedcache.train.probes.run_probes` gives them).
+        All on the same tiles (as :func:`~embedcache.probes.run_probes` gives them).
     n_boot : int
         Resamples; 0 gives point estimates only.
     n_jobs : int

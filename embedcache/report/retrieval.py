@@ -1,6 +1,7 @@
-"""Retrieval of stores' descriptors: precision at k and ADDR of layers on the same queries and pairs.
+"""Retrieval tables of stores' descriptors: precision at k and ADDR of layers on the same queries and pairs.
 
-The store side of :mod:`embedcache.metrics.retrieval`: which tiles are
+The store side of :mod:`embedcache.metrics.retrieval` (what ``embedcache
+retrieval`` prints): which tiles are
 queries (the slides ``fit-ssl`` held out, else a seeded split), their
 labels (recorded in the store, or a CSV file read by
 :func:`embedcache.probes.labels.read_csv_labels`), and one row per
