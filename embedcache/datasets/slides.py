@@ -29,10 +29,9 @@ import numpy as np
 
 from embedcache.datasets.annotations import ANNOTATION_SUFFIXES, read_geojson, tile_labels
 from embedcache.datasets.base import TileDataset, TileIndex
-from embedcache.datasets.wsi import (
-    MASK_MPP, SLIDE_SUFFIXES, Slide, box_fractions, list_slides, open_slide, tissue_mask,
-)
+from embedcache.datasets.wsi import MASK_MPP, SLIDE_SUFFIXES, Slide, box_fractions, list_slides, open_slide, tissue_mask
 from embedcache.errors import ConfigError, DataError
+from embedcache.geometry import TileGeometry
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,6 @@ class SlideDataset(TileDataset):
 
     def geometry(self):
         """Where the tiles lie on their slides (:class:`~embedcache.geometry.TileGeometry`)."""
-        from embedcache.geometry import TileGeometry
 
         ti = self.tiles
         return TileGeometry.from_tiles(ti.source, ti.offset, self.tile_shape, self.tile_mpp, ti.source_names)

@@ -10,7 +10,9 @@ same bytes either way.
 from __future__ import annotations
 
 from embedcache.config import ExtractConfig
-from embedcache.extract.job import Extraction, ExtractionJob, ExtractResult
+from embedcache.extract.distributed import extract_distributed
+from embedcache.extract.job import ExtractResult, Extraction, ExtractionJob
+from embedcache.extract.local import extract_local
 
 
 def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int | None = None,
@@ -50,11 +52,8 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
         With ``units`` (worker and timings of each unit) for dask runs.
     """
     if workers or scheduler:
-        from embedcache.extract.distributed import extract_distributed
-
         return extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
                                    overwrite=overwrite, progress=progress, timeout=timeout)
-    from embedcache.extract.local import extract_local
 
     return extract_local(data, out, config, overwrite=overwrite, progress=progress)
 

@@ -39,8 +39,9 @@ from pathlib import Path
 
 from embedcache.config import ExtractConfig
 from embedcache.errors import ConfigError
-from embedcache.extract.job import ExtractionJob, ExtractResult
+from embedcache.extract.job import ExtractResult, ExtractionJob
 from embedcache.store.location import StoreLocation
+from embedcache.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ class _WorkerState:
 
     def writer(self, run_id: str, opened=None):
         """The writer of run ``run_id``: ``opened`` (by this worker's ``_prepare``), or attached on first use."""
-        from embedcache.store.writer import StoreWriter
 
         if opened is not None:
             self._writer = (run_id, opened)
@@ -134,8 +134,6 @@ def _run_unit(job: _Job, run_id: str, unit: int) -> dict:
 
 
 def _finish(job: _Job):
-    from embedcache.store.writer import StoreWriter
-
     return StoreWriter.attach(job.out).finish()  # no encoder needed: any worker can finish
 
 

@@ -15,16 +15,21 @@ from pathlib import Path
 import numpy as np
 
 from embedcache.config import PostprocessConfig
+from embedcache.datasets import LabelSet
+from embedcache.device import resolve_device
 from embedcache.files import write_json
 from embedcache.infer.features import store_features
 from embedcache.infer.predict import prediction_info, prediction_writer, split_tiles, write_predictions
 from embedcache.infer.predictor import Predictor
+from embedcache.metrics import evaluate
+from embedcache.metrics.protocols import auto_protocol, detection_radius
+from embedcache.store import open_store
 from embedcache.store.images import image_truth, source_images
+from embedcache.train.checkpoint import check_features, load_run
 
 
 def _predicted(predictor: Predictor, store, images, truth, writer=None, progress_bar=None):
     """The predictions of ``images`` as a LabelSet in the truth's order (written too with a ``writer``)."""
-    from embedcache.datasets import LabelSet
 
     insts, types, n_nuclei = write_predictions(writer, predictor.run(iter(images), store_features(store)),
                                                progress_bar)
@@ -35,7 +40,6 @@ def _predicted(predictor: Predictor, store, images, truth, writer=None, progress
 
 def pq_scorer(directions, postprocess: PostprocessConfig = PostprocessConfig(), batch_size: int = 8):
     """A validation metric for :func:`embedcache.train.loop.fit`: HoVer-Net PQ over the images of ``tiles``."""
-    from embedcache.metrics import evaluate
 
     def score(model, store, tiles) -> float:
         images = source_images(store, tiles)
@@ -77,12 +81,6 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
         ``tiles`` and the ``n_nuclei`` predicted.
     """
     from tqdm.auto import tqdm
-
-    from embedcache.device import resolve_device
-    from embedcache.metrics import evaluate
-    from embedcache.metrics.protocols import auto_protocol, detection_radius
-    from embedcache.store import open_store
-    from embedcache.train.checkpoint import check_features, load_run
 
     loaded = load_run(run, device=str(resolve_device(device)))
     s = open_store(store or loaded.store["path"])

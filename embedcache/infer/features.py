@@ -14,7 +14,10 @@ from typing import Callable
 
 import numpy as np
 
+from embedcache.config import ExtractConfig
 from embedcache.errors import RunError
+from embedcache.extract import Extraction
+from embedcache.store import schema
 
 
 def store_features(store) -> Callable:
@@ -42,9 +45,6 @@ class LiveFeatures:
     """
 
     def __init__(self, run, device: str = "cpu", batch_size: int = 8):
-        from embedcache.config import ExtractConfig
-        from embedcache.extract import Extraction
-
         known = {f.name for f in fields(ExtractConfig)}
         cfg = {k: v for k, v in run.store.get("extract_config", {}).items() if k in known}
         cfg.update(variants="none", device=device, loader_workers=0, batch_size=batch_size)
@@ -62,8 +62,6 @@ class LiveFeatures:
                            "give the same weights (extract --weights) or predict from a store")
 
     def __call__(self, keys):
-        from embedcache.store import schema
-
         pixels = np.stack(keys)
         arrays = self.extraction.run_unit(pixels)
         return [arrays[schema.tokens_path(layer)][:, 0].astype(np.float32) for layer in self.layers], pixels

@@ -18,13 +18,19 @@ from typing import Iterator
 import numpy as np
 
 from embedcache.config import PostprocessConfig
+from embedcache.datasets import PANNUKE_CLASSES, detect_format, open_dataset
+from embedcache.datasets.base import to_uint8_rgb
+from embedcache.datasets.folder import IMAGE_SUFFIXES, list_images, read_image_file
+from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, DataError
 from embedcache.geometry import TiledImage
 from embedcache.infer.features import LiveFeatures, store_features
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.tiling import tile_image
 from embedcache.infer.writer import PredictionWriter
+from embedcache.store import open_store
 from embedcache.store.images import source_images, stack_name
+from embedcache.train.checkpoint import check_features, load_run
 
 
 @dataclass
@@ -41,9 +47,6 @@ class PredictResult:
 
 def data_images(path, format: str, tile_shape, overlap: int) -> tuple[Iterator[TiledImage], str, int, dict]:
     """Images of a dataset folder or one image file, cut into tiles: ``(images, layout, n_images, class_names)``."""
-    from embedcache.datasets import detect_format, open_dataset
-    from embedcache.datasets.base import to_uint8_rgb
-    from embedcache.datasets.folder import IMAGE_SUFFIXES, list_images, read_image_file
 
     path = Path(path)
     if not path.exists():
@@ -89,7 +92,6 @@ def split_tiles(run, store, split: str) -> np.ndarray | None:
 
 def prediction_writer(out, run, layout: str, n_images: int, overlays: bool, geojson: bool) -> PredictionWriter:
     """The writer of a run's predictions (PanNuke layout too when the run's classes are PanNuke's)."""
-    from embedcache.datasets import PANNUKE_CLASSES
 
     names = run.class_names
     return PredictionWriter(out, layout, n_images, names, pannuke=layout == "stack" and names == PANNUKE_CLASSES,
@@ -150,10 +152,6 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
     PredictResult
     """
     from tqdm.auto import tqdm
-
-    from embedcache.device import resolve_device
-    from embedcache.store import open_store
-    from embedcache.train.checkpoint import check_features, load_run
 
     t0 = time.perf_counter()
     if (store is None) == (data is None):

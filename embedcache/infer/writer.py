@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from embedcache import files
+from embedcache.datasets.synthetic import labels_to_pannuke_masks
 from embedcache.errors import DataError
 
 PREDICTION_FORMAT = "embedcache-prediction"
@@ -205,8 +206,6 @@ class PredictionWriter:
         self.rows.append({"name": name, "shape": list(inst.shape), "nuclei": int(inst.max())})
 
     def close(self, info: dict) -> Path:
-        from embedcache.datasets.synthetic import labels_to_pannuke_masks
-
         if self.layout == "stack":
             if len(self.rows) != self.n:
                 raise DataError(f"expected {self.n} images, got {len(self.rows)}")

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from embedcache.datasets import CONIC_CLASSES, PANNUKE_CLASSES
 from embedcache.errors import ConfigError, DataError
 from embedcache.metrics.core import Instances, PQStats, as_label_map, check_same_shape, class_overlap, match, overlap
 from embedcache.metrics.detection import detection_f1, pair_centroids, r2_score, type_f1
@@ -63,7 +64,6 @@ def detection_radius(magnification: str = "40x") -> float:
 
 def auto_protocol(class_names: dict | None, has_types: bool) -> str:
     """``pannuke`` or ``conic`` for exactly their classes (with types on both sides), else ``hovernet``."""
-    from embedcache.datasets import CONIC_CLASSES, PANNUKE_CLASSES
 
     if has_types and class_names == PANNUKE_CLASSES:
         return "pannuke"

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from embedcache.config import ProbeConfig
+from embedcache.probes.patch import run_patch_probes
+from embedcache.probes.tile import run_tile_probes
 
 
 def run_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(), progress: Callable[[str], None] | None = None):
@@ -20,10 +22,7 @@ def run_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(), progress: C
     and :func:`embedcache.probes.patch.run_patch_probes`.
     """
     if config.level == "patch":
-        from embedcache.probes.patch import run_patch_probes
-
         return run_patch_probes(paths, config, progress)
-    from embedcache.probes.tile import run_tile_probes
 
     return run_tile_probes(paths, config, progress)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from embedcache.errors import ConfigError, DataError, StoreError
+from embedcache.store.reader import open_store
 
 
 def open_stores(paths: Sequence) -> list:
@@ -17,7 +18,6 @@ def open_stores(paths: Sequence) -> list:
     StoreError
         A store missing or incomplete.
     """
-    from embedcache.store.reader import open_store
 
     if not paths:
         raise ConfigError("no store given; pass --store STORE")

@@ -20,6 +20,7 @@ from embedcache.errors import ConfigError, DataError
 from embedcache.geometry import TileGeometry, split_slides
 from embedcache.metrics.retrieval import addr, addr_pairs, precision_at_k
 from embedcache.probes.labels import read_csv_labels, store_tile_names
+from embedcache.store import open_store
 
 
 @dataclass
@@ -146,7 +147,6 @@ def compare_stores(paths, layers=("last",), config: RetrievalConfig = RetrievalC
     written by ``fit-ssl``) or ``all`` (extracted and written layers); a
     name is looked up in every store that has it and must exist in one.
     """
-    from embedcache.store import open_store
 
     stores = [open_store(p) for p in paths]
     entries = []

@@ -26,7 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
+from embedcache.errors import DataError
 from embedcache.files import plain_json, write_json
+from embedcache.metrics.tables import table
 
 METRICS = {
     "classification": ("balanced_accuracy", "macro_f1", "auroc"),
@@ -222,7 +224,6 @@ class ScoreTable:
 
     def format(self) -> str:
         """Text for the terminal: one row per probe, ``value [lo, hi]`` per metric; ``*`` marks best layers."""
-        from embedcache.metrics.tables import table
 
         best = {(b["store"], b["method"], b["layer"]) for b in self.best()}
         headers = ["store", "layer", "method"] + [LABELS[m] for m in self.metrics] + [""]
@@ -294,8 +295,6 @@ def score_predictions(predictions: Sequence, n_boot: int = 1000, seed: int = 0, 
 
     sizes = {p.n_tiles for p in predictions}
     if len(sizes) > 1:
-        from embedcache.errors import DataError
-
         raise DataError(f"predictions on different numbers of tiles {sorted(sizes)}: they cannot share resamples")
     resamples = bootstrap_indices(sizes.pop() if sizes else 0, n_boot, seed)
     chunks = [resamples[i:i + RESAMPLE_CHUNK] for i in range(0, len(resamples), RESAMPLE_CHUNK)]

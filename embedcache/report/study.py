@@ -27,9 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
+from embedcache.datasets import read_label_maps
 from embedcache.files import staged_dir, write_json
+from embedcache.infer.writer import overlay
 from embedcache.report import human_bytes
 from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
+from embedcache.report.plots import plot_depth
+from embedcache.report.stats import LABELS, ScoreTable
+from embedcache.store import open_store
+from embedcache.store.images import image_pixels, image_truth, source_images
 
 METRIC_LABELS = {
     "pq": "PQ", "aji": "AJI", "aji_plus": "AJI+", "dice": "Dice", "dq": "DQ", "sq": "SQ",
@@ -148,8 +154,6 @@ def leaderboard_markdown(lb: Leaderboard) -> str:
 
 
 def probe_markdown(table: dict, dataset: str) -> str:
-    from embedcache.report.stats import LABELS
-
     info = table["info"]
     lines = [f"### Probe on {dataset}: {info.get('labels', {}).get('source', '?')} labels "
              f"({info.get('level', 'tile')} level, {info.get('folds', '?')})", "",
@@ -244,11 +248,6 @@ def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> 
     """
     from PIL import Image
 
-    from embedcache.datasets import read_label_maps
-    from embedcache.infer.writer import overlay
-    from embedcache.store import open_store
-    from embedcache.store.images import image_pixels, image_truth, source_images
-
     cells = [c for c in cells if c.dataset == dataset and c.evals and c.store]
     if not cells or n == 0:
         return []
@@ -333,9 +332,6 @@ def write_study_report(title: str, cells: list[CellResult], failures: dict[str, 
 
 def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict[str, str], key: str, n_boot: int,
                   seed: int, overlays: int) -> None:
-    from embedcache.report.plots import plot_depth
-    from embedcache.report.stats import ScoreTable
-
     boards = dataset_leaderboards(cells, n_boot, seed)
     probes = probe_tables(cells)
     cost_rows = costs(cells)

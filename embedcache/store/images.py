@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedcache.datasets import LabelSet
 from embedcache.geometry import TiledImage
 
 WHITE = 255  # padding past an image's edge, as the folder reader pads
@@ -49,7 +50,6 @@ def image_pixels(store, image: TiledImage) -> np.ndarray:
 
 def image_truth(store, images: list[TiledImage]):
     """The labels of each image assembled from its tiles, as a :class:`~embedcache.datasets.LabelSet`."""
-    from embedcache.datasets import LabelSet
 
     insts, types = [], []
     valid = store.tile_info()["valid"]

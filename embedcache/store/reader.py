@@ -18,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from embedcache.errors import ConfigError, StoreError
+from embedcache.encoders.registry import EncoderSpec
+from embedcache.errors import ConfigError, DataError, StoreError
+from embedcache.geometry import TileGeometry
 from embedcache.layers import select_layers
 from embedcache.store import schema
 from embedcache.store.location import StoreLocation
@@ -69,8 +71,6 @@ class Store:
     """
 
     def __init__(self, path, group, attrs: schema.StoreAttrs, location: StoreLocation | None = None):
-        from embedcache.encoders.registry import EncoderSpec
-
         self.location = location or StoreLocation.parse(path)
         self.path = self.location.path
         self.group = group
@@ -139,8 +139,6 @@ class Store:
         DataError
             The store was not extracted from slides (no microns per pixel recorded).
         """
-        from embedcache.errors import DataError
-        from embedcache.geometry import TileGeometry
 
         if self.tile_mpp is None:
             raise DataError(f"{self.path}: the store does not record microns per pixel (extracted from "

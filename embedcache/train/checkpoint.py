@@ -1,7 +1,6 @@
 """A run directory: decoder weights (safetensors), ``run.json`` and the store it was trained on.
 
 Layout of ``RUN/``::
-
     run.json            settings, store provenance, split, training state and history
     best.safetensors    decoder weights of the best epoch (what ``predict`` uses)
     last.safetensors    decoder and optimiser state after the last finished epoch (resume)
@@ -24,8 +23,10 @@ import numpy as np
 import torch
 
 from embedcache import __version__
+from embedcache.config import DecoderConfig
 from embedcache.errors import RunError
 from embedcache.files import atomic_file
+from embedcache.train.decoder import NucleiDecoder
 
 RUN_FORMAT = "embedcache-decoder-run"
 RUN_VERSION = 1
@@ -161,8 +162,6 @@ def read_meta(path: Path) -> dict:
 
 def build_model(meta: dict):
     """The decoder a run describes, with fresh weights."""
-    from embedcache.config import DecoderConfig
-    from embedcache.train.decoder import NucleiDecoder
 
     m = meta["model"]
     cfg = DecoderConfig.from_dict(meta["config"]["decoder"])

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedcache.config import DecoderConfig, LossConfig
+from embedcache.encoders.registry import IMAGENET_MEAN, IMAGENET_STD
 from embedcache.errors import ConfigError
 
 HEADS = ("cls3", "dist", "types")
@@ -143,7 +144,7 @@ class NucleiDecoder(nn.Module):
     """
 
     def __init__(self, shapes, tile_shape, n_dist: int, n_types: int, config: DecoderConfig = DecoderConfig(),
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.config = config
         self.tile_shape = tuple(int(s) for s in tile_shape)

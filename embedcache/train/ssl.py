@@ -40,10 +40,14 @@ import torch
 import torch.nn.functional as F
 
 from embedcache.config import SSLConfig
+from embedcache.datasets import open_dataset
 from embedcache.device import resolve_device
+from embedcache.encoders import get_spec
+from embedcache.encoders.load import load_encoder
 from embedcache.errors import ConfigError, StoreError
 from embedcache.files import atomic_file
 from embedcache.geometry import TileGeometry, split_slides
+from embedcache.store import open_store
 from embedcache.store.writer import add_pooled_layer
 from embedcache.train.pairs import PairSampler
 
@@ -166,8 +170,6 @@ def fit_head(store_path, config: SSLConfig = SSLConfig(), progress: bool = True)
     """
     from tqdm.auto import tqdm
 
-    from embedcache.store import open_store
-
     store = open_store(store_path)
     if not store.complete:
         raise StoreError(f"{store.path}: the store is not complete; finish the extraction first")
@@ -279,10 +281,6 @@ def fit_encoder(data, out, config: SSLConfig = SSLConfig(mode="encoder"), datase
     """
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-
-    from embedcache.datasets import open_dataset
-    from embedcache.encoders import get_spec
-    from embedcache.encoders.load import load_encoder
 
     out = Path(out)
     if out.suffix != ".safetensors":

@@ -27,6 +27,7 @@ import torch
 
 from embedcache.datasets.variants import BY_NAME
 from embedcache.errors import ConfigError, DataError
+from embedcache.store import open_store, schema
 
 
 # ----------------------------------------------------------------------------- splits
@@ -244,8 +245,6 @@ class TileStream(torch.utils.data.Dataset):
     def _preload(self, progress: bool) -> dict:
         from tqdm.auto import tqdm
 
-        from embedcache.store import schema
-
         out = {"images": np.empty((len(self.tiles), *self.store.tile_shape, 3), dtype=np.uint8)}
         for layer in self.layers:
             arr = self.store._array(schema.tokens_path(layer))
@@ -265,8 +264,6 @@ class TileStream(torch.utils.data.Dataset):
     def _reader(self):
         # A forked DataLoader worker opens its own view of the store.
         if os.getpid() != self._pid:
-            from embedcache.store import open_store
-
             self.store = open_store(self.path)
             self._pid = os.getpid()
         return self.store
