@@ -17,7 +17,7 @@ from embedcache.datasets import resolve_variants
 from embedcache.encoders import get_spec
 from embedcache.encoders.features import FeatureExtractor, resolve_layers
 from embedcache.encoders.load import load_encoder
-from embedcache.errors import ConfigError, StoreError, StoreMismatchError
+from embedcache.errors import ConfigError, DataError, StoreError, StoreMismatchError
 from embedcache.extract import extract
 from embedcache.store import verify_store
 from embedcache.files import partial_path
@@ -251,3 +251,20 @@ def test_folder_dataset_records_tile_positions(tmp_path):
     with pytest.raises(StoreError, match="no labels"):
         store.labels(0)
     shutil.rmtree(tmp_path / "f.zarr")
+
+
+def test_attributes_are_one_typed_record(vit_store):
+    """What the store writes reads back into StoreAttrs and out again unchanged; properties read it."""
+    import zarr
+
+    from embedcache.store.schema import StoreAttrs
+
+    _, store = vit_store
+    raw = dict(zarr.open_group(str(store.path), mode="r").attrs)["embedcache"]
+    assert StoreAttrs.from_dict(raw).to_dict() == raw
+    lay = store.layout("blocks.3")
+    assert lay.shape == (64, 4, 4) and lay.stride == (16.0, 16.0) and lay.has_cls and lay.n_prefix == 1
+    assert store.layout(-1).name == "blocks.5" and store.dataset_layout == "conic" and store.tile_mpp is None
+    assert store.config.unit_tiles == 4 and store.extract_config["layers"] == "1,3,5"
+    with pytest.raises(DataError, match="does not record microns per pixel"):
+        store.geometry()
