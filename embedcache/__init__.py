@@ -1,4 +1,11 @@
-"""embedcache: frozen encoders, cached multi-layer embeddings, light models on top."""
+"""embedcache: frozen encoders, cached multi-layer embeddings, light models on top.
+
+Data flows one way through the subpackages: ``datasets`` -> ``encoders`` ->
+``extract`` -> ``store`` -> ``train`` and ``probes`` -> ``infer`` (with
+``postprocess`` and ``metrics``) -> ``report`` -> ``pipeline``, the ``cli`` on
+top; ``errors``, ``config``, ``files``, ``device``, ``layers`` and ``geometry``
+are shared by all.
+"""
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,10 @@
 """Datasets: tiles, label maps, fixed variants and synthetic demo data.
 
 Readers give a :class:`TileDataset`; :func:`open_dataset` picks one by
-looking at the folder (``--format auto``).
+looking at the folder (``--format auto``): ``stacks`` (PanNuke, CoNIC),
+``folder`` (images with ``NAME_inst.png``), ``slides`` (whole-slide images,
+read by ``wsi`` with their GeoJSON ``annotations``). ``labels`` reads label
+maps for scoring, ``variants`` defines the cached augmentations.
 """
 
 from __future__ import annotations
