@@ -108,8 +108,9 @@ def test_conic_layout_json_and_csv(runner, tmp_path, tiles):
     assert "mpq_plus" in res.output and "R2" in res.output
     got = json.loads(out_json.read_text())
     assert REQUIRED["conic"] <= set(got)
-    # no counts.csv naming the classes: the type ids present in the truth are scored
-    want = protocols.conic(ti, pi, tt, pt, classes=protocols.classes_present(tt))
+    # No counts.csv naming the classes: still CoNIC's six, as its own code scores them.
+    want = protocols.conic(ti, pi, tt, pt, classes=protocols.CONIC_TYPES)
+    assert got["published"] is True and sorted(got["per_class_pq"]) == ["1", "2", "3", "4", "5", "6"]
     for key in ("bpq", "mpq_plus", "r2", "per_class_pq"):
         assert got[key] == decoded(want[key])
     rows = list(csv.DictReader(out_csv.open()))
@@ -269,8 +270,16 @@ def test_real_he_nuclei_against_itself(runner, tmp_path):
     out = tmp_path / "s.json"
     run_ok(runner, "--protocol", "conic", "--truth", path, "--pred", path, "--json", out)
     got = json.loads(out.read_text())
-    assert set(got["per_class_pq"]) == {"1", "2", "3", "5"}  # opaque type ids, as present
-    assert got["mpq_plus"] == pytest.approx(1.0, abs=1e-6) and got["r2"] == 1.0
+    # CoNIC's six classes; 4 and 6 appear nowhere and score PQ 0, as in the challenge's own code.
+    assert set(got["per_class_pq"]) == {"1", "2", "3", "4", "5", "6"}
+    assert got["per_class_pq"]["4"] == got["per_class_pq"]["6"] == 0.0
+    assert got["mpq_plus"] == pytest.approx(4 / 6, abs=1e-6) and got["r2"] == 1.0 and got["published"]
+    # The classes present, asked for: scored, and said not to be the published protocol.
+    res = run_ok(runner, "--protocol", "conic", "--truth", path, "--pred", path, "--classes", "1,2,3,5",
+                 "--json", out)
+    got = json.loads(out.read_text())
+    assert got["mpq_plus"] == pytest.approx(1.0, abs=1e-6) and got["published"] is False
+    assert "NOTE: classes 1, 2, 3, 5 were asked for: not the published conic protocol" in res.output
 
 
 def test_real_cpm15_folder_layout_instance_only(tmp_path):

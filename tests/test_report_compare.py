@@ -264,3 +264,19 @@ def test_holm_by_hand():
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1, and never below an earlier step
     assert holm([0.2]) == pytest.approx([0.2])
     assert holm([]) == []
+
+
+def test_leaderboards_say_when_classes_are_not_the_protocols_and_refuse_mixed_ones():
+    from embedcache.report.study import leaderboard_markdown
+
+    rng = np.random.default_rng(4)
+    ti, pi, tt, pt = _maps(rng, 6, n_types=4)
+    six = ImageScores.from_rows("conic", conic(ti, pi, tt, pt)["images"])
+    lb = leaderboard("d", {"A": [six], "B": [six]}, n_boot=100)
+    assert lb.published and "Not the published" not in leaderboard_markdown(lb)
+    three = ImageScores.from_rows("conic", conic(ti, pi, tt, pt, classes=(1, 2, 3))["images"], classes=(1, 2, 3))
+    lb3 = leaderboard("d", {"A": [three], "B": [three]}, n_boot=100)
+    assert not lb3.published
+    assert "**Not the published conic protocol**: scored on classes 1, 2, 3" in leaderboard_markdown(lb3)
+    with pytest.raises(DataError, match=r"B was scored on classes \[1, 2, 3\], another evaluation on \[1, 2, 3, 4"):
+        leaderboard("d", {"A": [six], "B": [three]}, n_boot=100)

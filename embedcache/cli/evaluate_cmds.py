@@ -31,7 +31,8 @@ def _parse_classes(ctx, param, value):
 @click.option("--radius", default=12.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="hovernet detection radius in pixels: 12 at 40x, 6 at 20x.")
 @click.option("--classes", default=None, callback=_parse_classes,
-              help="Type ids to score, e.g. 1,2,3,5. Default: the truth layout's classes, else the ids present.")
+              help="Type ids to score, e.g. 1,2,3,5. Default: the protocol's own (pannuke 1..5, conic 1..6, "
+                   "hovernet the truth's types); another set is marked as not the published protocol.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, writable=True),
               help="Write the summary and per-image rows as JSON (NaN as null).")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False, writable=True),

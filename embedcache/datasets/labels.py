@@ -77,12 +77,12 @@ def read_label_maps(path, format: str = "auto") -> LabelSet:
         if not ds.has_labels:
             raise DataError(f"{path}: no labels.npy found (CoNIC layout)")
         maps = ds.labels(slice(None))
-        has_types = layout == "pannuke" or bool(maps[..., 1].any())
+        # Both stack layouts carry a type for every pixel: tiles without nuclei have types too (all 0).
         return LabelSet(
             layout=layout,
             names=[str(i) for i in range(len(maps))],
             instances=[m for m in maps[..., 0]],
-            types=[m for m in maps[..., 1]] if has_types else None,
+            types=[m for m in maps[..., 1]],
             tissue=ds.tissue,
             class_names=ds.class_names,
         )

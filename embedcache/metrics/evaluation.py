@@ -17,7 +17,7 @@ import numpy as np
 from embedcache.datasets import LabelSet, read_label_maps
 from embedcache.errors import ConfigError, DataError
 from embedcache.files import plain_json, write_json
-from embedcache.metrics.protocols import DEFAULT_RADIUS, PROTOCOLS, classes_present
+from embedcache.metrics.protocols import DEFAULT_RADIUS, PROTOCOLS, PUBLISHED_CLASSES
 
 SUMMARY_KEYS = {
     "hovernet": ("dice", "aji", "aji_plus", "dq", "sq", "pq", "f1_detection", "type_f1"),
@@ -121,9 +121,11 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
     radius : float
         Detection radius in pixels for ``hovernet``: 12 at 40x, 6 at 20x.
     classes : sequence of int, optional
-        Type ids to score. Default: the truth layout's classes (PanNuke
-        1..5; CoNIC 1..6 when its ``counts.csv`` names them), else the
-        non-zero type ids present in the truth.
+        Type ids to score. Default: the protocol's own, whatever the data
+        holds (PanNuke's five, CoNIC's six; HoVer-Net's code scores the
+        types its truth holds). Another set is scored as asked, and the
+        summary says it is not the published protocol (``published``
+        False, ``note``).
 
     Returns
     -------
@@ -145,22 +147,28 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
     order = _align(t, p)
     p_inst = [p.instances[i] for i in order]
     p_type = None if p.types is None else [p.types[i] for i in order]
-    if protocol != "hovernet":
-        for side, ls in (("truth", t), ("prediction", p)):
-            if ls.types is None:
+    t_type, p_type = t.types, p_type
+    if protocol == "hovernet":
+        # Instance-only data: a side whose type maps hold no type carries none (no type metrics).
+        t_type = t_type if t_type is not None and any(np.any(m) for m in t_type) else None
+        p_type = p_type if p_type is not None and any(np.any(m) for m in p_type) else None
+    else:
+        for side, types, ls in (("truth", t.types, t), ("prediction", p_type, p)):
+            if types is None:
                 raise DataError(f"the {protocol} protocol scores classes, but the {side} ({ls.layout} layout) "
                                 "has no type maps")
-    if classes is None:
-        classes = sorted(t.class_names) if t.class_names else classes_present(t.types or [])
-    kwargs = {"names": t.names, "classes": classes}
+    published = PUBLISHED_CLASSES.get(protocol)
+    kwargs = {"names": t.names, "classes": list(classes) if classes is not None else published}
     if protocol == "hovernet":
         kwargs["radius"] = radius
-        if not classes:
-            kwargs["classes"] = None
     if protocol == "pannuke":
         kwargs["tissue"] = t.tissue
-    result = PROTOCOLS[protocol](t.instances, p_inst, t.types, p_type, **kwargs)
+    result = PROTOCOLS[protocol](t.instances, p_inst, t_type, p_type, **kwargs)
     rows = result.pop("images")
     result["classes"] = sorted(result.get("per_class_pq") or result.get("type_f1") or [])
     result["class_names"] = {c: t.class_names[c] for c in result["classes"] if c in (t.class_names or {})}
+    result["published"] = classes is None or published is None or tuple(sorted(classes)) == published
+    if not result["published"]:
+        result["note"] = (f"classes {', '.join(map(str, result['classes']))} were asked for: not the published "
+                          f"{protocol} protocol, which scores {', '.join(map(str, published))}")
     return Evaluation(protocol, result, rows)

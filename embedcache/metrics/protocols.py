@@ -39,6 +39,9 @@ PANNUKE_TYPES = (1, 2, 3, 4, 5)
 CONIC_TYPES = (1, 2, 3, 4, 5, 6)
 """neutrophil, epithelial, lymphocyte, plasma, eosinophil, connective."""
 
+PUBLISHED_CLASSES = {"pannuke": PANNUKE_TYPES, "conic": CONIC_TYPES}
+"""The classes each protocol's reference code scores, whatever the data holds (HoVer-Net's: the truth's)."""
+
 DEFAULT_RADIUS = 12.0
 """Detection radius in pixels at 40x; use 6 at 20x (:func:`detection_radius`)."""
 

@@ -40,6 +40,8 @@ def format_evaluation(ev: Evaluation) -> str:
     if ev.protocol == "hovernet":
         scalar.append("type_accuracy")
     lines = [head, "", table(["metric", "value"], [[k, s[k]] for k in scalar])]
+    if not s.get("published", True):
+        lines.insert(1, f"NOTE: {s['note']}")
     if ev.protocol == "hovernet":
         lines.append(f"(detection pooled: TP {det['tp']}, FP {det['fp']}, FN {det['fn']})")
     names = s.get("class_names", {})

@@ -42,7 +42,7 @@ import numpy as np
 
 from embedcache.errors import DataError
 from embedcache.metrics.core import SQ_EPS
-from embedcache.metrics.protocols import CONIC_DQ_EPS
+from embedcache.metrics.protocols import CONIC_DQ_EPS, PUBLISHED_CLASSES
 
 HEADLINE = {
     "hovernet": ("pq", "aji", "aji_plus", "dice", "dq", "sq", "f1_detection"),
@@ -317,6 +317,8 @@ class Leaderboard:
         Every pair on every metric: :func:`compare`'s fields plus ``p_holm``
         (over the pairs of that metric) and ``verdict``.
     n_boot : int
+    classes : tuple of int
+        The classes scored (every evaluation scored the same ones).
     """
 
     dataset: str
@@ -324,6 +326,13 @@ class Leaderboard:
     rows: list[dict]
     comparisons: list[dict]
     n_boot: int
+    classes: tuple[int, ...] = ()
+
+    @property
+    def published(self) -> bool:
+        """Whether the classes are the published protocol's (always, unless a class set was asked for)."""
+        want = PUBLISHED_CLASSES.get(self.protocol)
+        return want is None or not self.classes or tuple(sorted(self.classes)) == want
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -362,6 +371,10 @@ def leaderboard(dataset: str, evaluations: Mapping[str, Sequence[ImageScores]], 
         raise DataError(f"{dataset}: evaluations under several protocols {sorted(protocols)}")
     for name, evs in evaluations.items():
         _check_same_images(evs, first.names, name)
+        for e in evs:
+            if first.protocol in PUBLISHED_CLASSES and e.classes != first.classes:
+                raise DataError(f"{dataset}: {name} was scored on classes {list(e.classes)}, another evaluation "
+                                f"on {list(first.classes)}; evaluate every encoder on the same classes")
     plan = resample_plan(first.n, n_boot, seed)
     scored = [score_encoder(name, evs, plan) for name, evs in evaluations.items()]
     primary = HEADLINE[first.protocol][0]
@@ -380,4 +393,4 @@ def leaderboard(dataset: str, evaluations: Mapping[str, Sequence[ImageScores]], 
             c["p_holm"] = ph
             c["verdict"] = _verdict(c)
         comparisons += pairs
-    return Leaderboard(dataset, first.protocol, rows, comparisons, n_boot)
+    return Leaderboard(dataset, first.protocol, rows, comparisons, n_boot, tuple(first.classes))

@@ -138,6 +138,9 @@ def leaderboard_markdown(lb: Leaderboard) -> str:
     lines = [f"## {lb.dataset}: {lb.protocol} protocol, {n_img} held-out images, {seeds} seed(s)", "",
              f"Mean over seeds; 95% interval over seeds and images ({lb.n_boot} bootstrap resamples). "
              f"Ranked by {METRIC_LABELS[lb.primary]}.", ""]
+    if not lb.published:
+        lines[-1:-1] = ["", f"**Not the published {lb.protocol} protocol**: scored on classes "
+                            f"{', '.join(map(str, lb.classes))}, not the protocol's own."]
     head = ["encoder"] + [METRIC_LABELS[m] for m in lb.metrics]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in lb.rows:
