@@ -189,6 +189,19 @@ def test_a_new_fit_setting_reuses_the_extraction(copy):
     assert outcome.ran == [] and outcome.report_reused is True
 
 
+def test_tta_is_a_new_evaluation_of_the_same_fits(copy):
+    """Evaluating with TTA re-runs only the evaluations; a store without the variants stops with one line."""
+    out = copy
+    p, _ = run(write(out.parent, study(out)))
+    plain_keys = {s.key for s in p.steps if s.kind == "evaluate"}
+    with pytest.raises(PipelineError, match=r"evaluate cnn on syn \(seed 0\): .* lacks the variants hflip, vflip "
+                                            r"that --tta flips needs \(it caches identity\)"):
+        run(write(out.parent, study(out, evaluate={"tta": "flips"})))
+    p2 = plan(load_pipeline(out.parent / "study.yaml"), progress=False)
+    assert {s.kind for s in p2.steps if not s.done} == {"evaluate"}
+    assert not plain_keys & {s.key for s in p2.steps if s.kind == "evaluate"}
+
+
 # ----------------------------------------------------------------------------- interruptions
 
 

@@ -205,6 +205,7 @@ def test_dataset_needs_path_or_synthetic_not_both(tmp_path):
     (("report: {n_boot: 200,", "report: {n_boot: many,"), "report.n_boot must be an integer, not 'many'"),
     (("{magnification: 20x}", "{magnification: 10x}"), "magnification must be 40x or 20x"),
     (("{magnification: 20x}", "{protocol: tcga}"), "protocol must be one of auto, hovernet, pannuke, conic"),
+    (("{magnification: 20x}", "{tta: d8}"), "tta must be one of none, flips, d4, not 'd8'"),
     (("{tiles: 6,", "{tiles: six,"), "datasets.syn.synthetic.tiles must be a positive integer, not 'six'"),
     (("{tiles: 6,", "{tiles: 1,"), "datasets.syn.synthetic: 1 tiles are fewer than the 2 folds"),
     (("name: study", "name: study\non_error: maybe"), "on_error must be stop or skip, not 'maybe'"),

@@ -23,6 +23,7 @@ from embedcache.infer.features import LiveFeatures, store_features
 from embedcache.infer.predict import predict
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.tiling import cut_tile, plan_tiles
+from embedcache.infer.tta import tta_variants
 from embedcache.infer.writer import PredictionWriter, geojson_to_instances, instances_to_geojson
 from embedcache.store.images import source_images
 from embedcache.train.checkpoint import load_run
@@ -208,3 +209,54 @@ def test_evaluate_run_scores_the_held_out_split(trained):
     assert saved["protocol"] == "hovernet" and len(saved["images"]) == 2
     jobs = source_images(open_store(trained["big"]))
     assert len(jobs) == 1 and jobs[0].shape == (150, 140) and len(jobs[0].tiles) == 9
+
+
+# ----------------------------------------------------------------------------- test-time augmentation
+
+def test_tta_moves_every_variant_back_exactly():
+    """A perfect decoder seen through each d4 variant, moved back and averaged, is the perfect decoder itself."""
+    inst = disk_instances((64, 64), [(12, 20, 6), (18, 30, 5), (40, 44, 8), (50, 15, 4)])  # two touch
+    variants = tta_variants("d4")
+
+    class Perfect(Predictor):
+        def tile_maps(self, tokens, images):  # tokens: the tile's own labels, as the variant shows them
+            return np.stack([oracle_maps(lab, lab * 0, 0) for lab in tokens[0]])
+
+    seen = [np.stack([v.apply(inst, spatial=(0, 1), image=False) for v in variants])[None]]  # (1, V, H, W)
+    predictor = Perfect(_Stub(), [(0, 1), (1, 0), (1, 1), (1, -1)], tta=variants)
+    merged = predictor.tta_maps(seen, np.zeros((1, 64, 64, 3), np.uint8))
+    np.testing.assert_allclose(merged[0], oracle_maps(inst, inst * 0, 0), atol=1e-6)
+    # The distance channels really are permuted and negated: moving pixels back alone is wrong.
+    rot = variants[1]
+    pixels_only = rot.invert(oracle_maps(seen[0][0, 1], inst * 0, 0), spatial=(-2, -1))
+    assert np.abs(pixels_only[3:] - oracle_maps(inst, inst * 0, 0)[3:]).max() > 0.5
+
+
+def test_cached_and_live_tta_agree_and_differ_from_plain(trained):
+    run = load_run(trained["run"])
+    store = open_store(trained["stack"])
+    flips = tta_variants("flips")
+    cached_tokens, pixels = store_features(store, flips)([3, 0])
+    live_tokens, _ = LiveFeatures(run, variants=flips)([pixels[0], pixels[1]])
+    assert cached_tokens[0].shape[1] == 3
+    for a, b in zip(cached_tokens, live_tokens):
+        np.testing.assert_array_equal(a, b)
+    predictor = Predictor(run.model, run.directions, tta=flips)
+    merged = predictor.tta_maps(cached_tokens, pixels)
+    np.testing.assert_array_equal(merged, predictor.tta_maps(live_tokens, pixels))
+    plain = Predictor(run.model, run.directions).tile_maps([t[:, 0] for t in cached_tokens], pixels)
+    assert merged.shape == plain.shape and not np.allclose(merged, plain)
+    tmp = trained["tmp"]
+    a = predict(trained["run"], tmp / "tta_cached", store=trained["stack"], tta="flips", progress=False)
+    b = predict(trained["run"], tmp / "tta_live", data=trained["conic"], tta="flips", progress=False)
+    np.testing.assert_array_equal(np.load(tmp / "tta_cached" / "labels.npy"), np.load(tmp / "tta_live" / "labels.npy"))
+    assert json.loads((a.path / "prediction.json").read_text())["tta"] == "flips" and b.mode == "live"
+
+
+def test_tta_refuses_variants_the_store_lacks(trained, tmp_path):
+    with pytest.raises(DataError, match=r"lacks the variants rot90, rot180, rot270, transpose, antitranspose that "
+                                         r"--tta d4 needs \(it caches identity, hflip, vflip\); use --tta flips"):
+        predict(trained["run"], tmp_path / "x", store=trained["stack"], tta="d4", progress=False)
+    with pytest.raises(ConfigError, match="tta must be one of none, flips, d4"):
+        predict(trained["run"], tmp_path / "x", store=trained["stack"], tta="rot", progress=False)
+    assert not (tmp_path / "x").exists()

@@ -91,12 +91,16 @@ def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, pati
 @click.option("--overlap", default=None, type=click.IntRange(min=0),
               help="Live images larger than a tile: overlap of neighbouring tiles in px (default: tile/4).")
 @magnification_option
+@click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "flips", "d4"]),
+              help="Test-time augmentation: decode every variant of a tile, move the maps back, average them. "
+                   "With --store it reads the cached variants (decoder passes only, the store must hold them); "
+                   "with --data the encoder also runs once per variant (3x or 8x the encoder time).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Tiles per pass.")
 @device_option
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write overlay PNGs.")
 @click.option("--geojson/--no-geojson", default=True, show_default=True, help="Write GeoJSON for QuPath.")
 @quiet_option
-def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, batch_size, device, overlays,
+def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, tta, batch_size, device, overlays,
                 geojson, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
@@ -116,7 +120,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, b
     if (store is None) == (data is None):
         raise ConfigError("give either --store STORE (cached features) or --data PATH (encoder run live)")
     result = predict(run_dir, out, store=store, data=data, format=fmt, split=split, overlap=overlap,
-                     magnification=magnification, batch_size=batch_size, device=device, overlays=overlays,
+                     magnification=magnification, tta=tta, batch_size=batch_size, device=device, overlays=overlays,
                      geojson=geojson, progress=not quiet)
     click.echo(f"wrote {result.path}: {result.n_nuclei} nuclei in {result.n_images} images "
                f"({result.mode} features, {result.layout} layout, {result.seconds:.1f} s)")

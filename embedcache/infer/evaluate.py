@@ -21,6 +21,7 @@ from embedcache.files import write_json
 from embedcache.infer.features import store_features
 from embedcache.infer.predict import prediction_info, prediction_writer, split_tiles, write_predictions
 from embedcache.infer.predictor import Predictor
+from embedcache.infer.tta import tta_variants
 from embedcache.metrics import evaluate
 from embedcache.metrics.protocols import auto_protocol, detection_radius
 from embedcache.store import open_store
@@ -28,11 +29,9 @@ from embedcache.store.images import image_truth, source_images
 from embedcache.train.checkpoint import check_features, load_run
 
 
-def _predicted(predictor: Predictor, store, images, truth, writer=None, progress_bar=None):
+def _predicted(predictor: Predictor, features, images, truth, writer=None, progress_bar=None):
     """The predictions of ``images`` as a LabelSet in the truth's order (written too with a ``writer``)."""
-
-    insts, types, n_nuclei = write_predictions(writer, predictor.run(iter(images), store_features(store)),
-                                               progress_bar)
+    insts, types, n_nuclei = write_predictions(writer, predictor.run(iter(images), features), progress_bar)
     pred = LabelSet(truth.layout, truth.names, insts, types if predictor.n_types else None, truth.tissue,
                     truth.class_names)
     return pred, n_nuclei
@@ -44,7 +43,8 @@ def pq_scorer(directions, postprocess: PostprocessConfig = PostprocessConfig(), 
     def score(model, store, tiles) -> float:
         images = source_images(store, tiles)
         truth = image_truth(store, images)
-        pred, _ = _predicted(Predictor(model, directions, batch_size, postprocess), store, images, truth)
+        pred, _ = _predicted(Predictor(model, directions, batch_size, postprocess), store_features(store), images,
+                             truth)
         pq = evaluate(truth, pred, "hovernet").summary["pq"]
         return float(pq) if np.isfinite(pq) else 0.0
 
@@ -52,8 +52,8 @@ def pq_scorer(directions, postprocess: PostprocessConfig = PostprocessConfig(), 
 
 
 def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str = "auto",
-                 magnification: str = "40x", postprocess: PostprocessConfig | None = None, batch_size: int = 8,
-                 device: str = "cpu", progress: bool = False):
+                 magnification: str = "40x", postprocess: PostprocessConfig | None = None, tta: str = "none",
+                 batch_size: int = 8, device: str = "cpu", progress: bool = False):
     """Score a run's best checkpoint on its held-out split; writes ``eval.json``.
 
     Parameters
@@ -73,6 +73,8 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
         Post-processing defaults and the HoVer-Net detection radius.
     postprocess : PostprocessConfig, optional
         Overrides ``magnification``'s post-processing.
+    tta : {"none", "flips", "d4"}
+        Test-time augmentation over the store's cached variants.
 
     Returns
     -------
@@ -89,17 +91,20 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
     images = source_images(s, tiles)
     truth = image_truth(s, images)
     post = postprocess or PostprocessConfig.for_magnification(magnification)
-    predictor = Predictor(loaded.model, loaded.directions, batch_size, post)
+    variants = tta_variants(tta)
+    features = store_features(s, variants)
+    predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
     layout = "stack" if s.dataset_layout in ("pannuke", "conic") else "folder"
     writer = (prediction_writer(predictions, loaded, layout, len(images), overlays=False, geojson=False)
               if predictions is not None else None)
     with tqdm(total=len(images), unit="image", desc="evaluate", disable=not progress, dynamic_ncols=True) as bar:
-        pred, n_nuclei = _predicted(predictor, s, images, truth, writer, bar)
+        pred, n_nuclei = _predicted(predictor, features, images, truth, writer, bar)
     if writer is not None:
-        writer.close(prediction_info(loaded, "cached", str(s.path), "val", 0, magnification, post))
+        writer.close(prediction_info(loaded, "cached", str(s.path), "val", 0, magnification, post, tta))
     if protocol == "auto":
         protocol = auto_protocol(loaded.class_names, truth.types is not None and pred.types is not None)
     result = evaluate(truth, pred, protocol, radius=detection_radius(magnification))
-    data = {**result.to_dict(), "protocol": protocol, "tiles": [int(t) for t in tiles], "n_nuclei": n_nuclei}
+    data = {**result.to_dict(), "protocol": protocol, "tiles": [int(t) for t in tiles], "n_nuclei": n_nuclei,
+            "tta": tta}
     write_json(Path(out or loaded.path) / "eval.json", data)
     return result

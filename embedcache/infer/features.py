@@ -2,6 +2,8 @@
 
 Both give ``features(keys) -> (tokens, pixels)``: tokens a list (one per
 layer) of ``(n, C, h, w)`` float32 arrays, pixels ``(n, H, W, 3)`` uint8.
+With test-time augmentation variants, tokens are ``(n, V, C, h, w)``: one
+set per variant of the tile (cached, or the encoder run on each).
 Live tokens are :meth:`embedcache.extract.job.Extraction.run_unit`, the
 very computation that filled the store, rounded to the store's dtype; so
 the same tiles give the same nuclei either way.
@@ -17,18 +19,30 @@ import numpy as np
 from embedcache.config import ExtractConfig
 from embedcache.errors import RunError
 from embedcache.extract import Extraction
+from embedcache.infer.tta import cached_variant_ids
 from embedcache.store import schema
 
 
-def store_features(store) -> Callable:
-    """Cached features: ``keys`` are store tile ids; tokens of the identity variant."""
+def store_features(store, variants=()) -> Callable:
+    """Cached features: ``keys`` are store tile ids; tokens of the identity, or of each of ``variants``.
+
+    Raises
+    ------
+    DataError
+        The store lacks some of ``variants``.
+    """
+    many = len(variants) > 1
+    ids_v = cached_variant_ids(store, tuple(variants)) if many else [0]
 
     def features(keys):
         ids = np.asarray(keys, dtype=np.int64)
         order = np.argsort(ids)
         back = np.argsort(order)
         ids = ids[order].tolist()
-        tokens = [store.tokens(layer, ids, 0)[back] for layer in store.layers]
+        if many:
+            tokens = [np.stack([store.tokens(layer, ids, v) for v in ids_v], axis=1)[back] for layer in store.layers]
+        else:
+            tokens = [store.tokens(layer, ids, 0)[back] for layer in store.layers]
         return tokens, store.images(ids)[back]
 
     return features
@@ -44,10 +58,12 @@ class LiveFeatures:
         (other weights, layers or token shapes).
     """
 
-    def __init__(self, run, device: str = "cpu", batch_size: int = 8):
+    def __init__(self, run, device: str = "cpu", batch_size: int = 8, variants=()):
         known = {f.name for f in fields(ExtractConfig)}
         cfg = {k: v for k, v in run.store.get("extract_config", {}).items() if k in known}
-        cfg.update(variants="none", device=device, loader_workers=0, batch_size=batch_size)
+        self.many = len(variants) > 1
+        names = ",".join(v.name for v in variants) if self.many else "none"
+        cfg.update(variants=names, device=device, loader_workers=0, batch_size=batch_size)
         self.extraction = Extraction(ExtractConfig(**cfg), tuple(run.store["tile_shape"]))
         self.layers = [lay.name for lay in self.extraction.layouts]
         shapes = {lay.name: list(lay.shape) for lay in self.extraction.layouts}
@@ -64,4 +80,5 @@ class LiveFeatures:
     def __call__(self, keys):
         pixels = np.stack(keys)
         arrays = self.extraction.run_unit(pixels)
-        return [arrays[schema.tokens_path(layer)][:, 0].astype(np.float32) for layer in self.layers], pixels
+        pick = slice(None) if self.many else 0
+        return [arrays[schema.tokens_path(layer)][:, pick].astype(np.float32) for layer in self.layers], pixels

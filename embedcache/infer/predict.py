@@ -27,6 +27,7 @@ from embedcache.geometry import TiledImage
 from embedcache.infer.features import LiveFeatures, store_features
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.tiling import tile_image
+from embedcache.infer.tta import tta_variants
 from embedcache.infer.writer import PredictionWriter
 from embedcache.store import open_store
 from embedcache.store.images import source_images, stack_name
@@ -117,7 +118,7 @@ def write_predictions(writer: PredictionWriter | None, predicted, progress_bar=N
 
 def predict(run, out, *, store=None, data=None, format: str = "auto", split: str = "all",
             overlap: int | None = None, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
-            batch_size: int = 8, device: str = "cpu", overlays: bool = True, geojson: bool = True,
+            tta: str = "none", batch_size: int = 8, device: str = "cpu", overlays: bool = True, geojson: bool = True,
             progress: bool = True) -> PredictResult:
     """Predict nuclei with a trained decoder and write them (see :mod:`embedcache.infer.writer`).
 
@@ -142,6 +143,10 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
         Post-processing defaults (:meth:`PostprocessConfig.for_magnification`).
     postprocess : PostprocessConfig, optional
         Overrides ``magnification``.
+    tta : {"none", "flips", "d4"}
+        Test-time augmentation (:mod:`embedcache.infer.tta`): on a store the
+        cached variants' tokens are decoded (decoder passes only); live, the
+        encoder also runs once per variant.
     batch_size : int
     device : str
     overlays, geojson : bool
@@ -159,33 +164,35 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
     dev = resolve_device(device)
     loaded = load_run(run, device=str(dev))
     post = postprocess or PostprocessConfig.for_magnification(magnification)
-    predictor = Predictor(loaded.model, loaded.directions, batch_size, post)
+    variants = tta_variants(tta)
+    predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
     tile = tuple(loaded.store["tile_shape"])
     if store is not None:
         s = open_store(store)
         check_features(loaded.store, s, loaded.path)
+        features = store_features(s, variants)
         images = source_images(s, split_tiles(loaded, s, split))
         layout = "stack" if s.dataset_layout in ("pannuke", "conic") else "folder"
-        features, n_images, mode, source = store_features(s), len(images), "cached", str(s.path)
+        n_images, mode, source = len(images), "cached", str(s.path)
         images = iter(images)
     else:
         if split != "all":
             raise ConfigError("--split applies to --store predictions; with --data every image is predicted")
         overlap = min(tile) // 4 if overlap is None else overlap
         images, layout, n_images, _ = data_images(data, format, tile, overlap)
-        features, mode, source = LiveFeatures(loaded, str(dev), batch_size), "live", str(data)
+        features, mode, source = LiveFeatures(loaded, str(dev), batch_size, variants), "live", str(data)
     writer = prediction_writer(out, loaded, layout, n_images, overlays, geojson)
     with tqdm(total=n_images, unit="image", desc=f"predict ({mode})", disable=not progress,
               dynamic_ncols=True) as bar:
         _, _, total = write_predictions(writer, predictor.run(images, features), bar)
     path = writer.close(prediction_info(loaded, mode, source, split, overlap if mode == "live" else 0,
-                                        magnification, post))
+                                        magnification, post, tta))
     return PredictResult(path, n_images, total, layout, mode, time.perf_counter() - t0)
 
 
 def prediction_info(run, mode: str, source: str, split: str, overlap: int, magnification: str,
-                    post: PostprocessConfig) -> dict:
+                    post: PostprocessConfig, tta: str = "none") -> dict:
     """What a prediction folder records of how it was made (``prediction.json``)."""
     return {"run": str(run.path), "mode": mode, "source": source, "split": split, "overlap": overlap,
-            "magnification": magnification, "postprocess": post.to_dict(),
+            "magnification": magnification, "postprocess": post.to_dict(), "tta": tta,
             "class_names": {str(k): v for k, v in run.class_names.items()}}

@@ -3,6 +3,8 @@
 Tiles of consecutive images share the decoder's batches; each image's
 maps are stitched (:class:`~embedcache.infer.tiling.Stitcher`) and
 post-processed once (:func:`embedcache.postprocess.instances_from_maps`).
+With test-time augmentation a tile's maps are the mean over its variants
+(:mod:`embedcache.infer.tta`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from embedcache.config import PostprocessConfig
 from embedcache.errors import ConfigError
 from embedcache.geometry import TiledImage
 from embedcache.infer.tiling import Stitcher
+from embedcache.infer.tta import to_identity
 from embedcache.postprocess import instances_from_maps
 
 
@@ -30,9 +33,14 @@ class Predictor:
     batch_size : int
         Tiles per decoder pass.
     postprocess : PostprocessConfig
+    tta : sequence of Variant, optional
+        Test-time augmentation: features then carry one set of tokens per
+        variant (``(n, V, C, h, w)``), and a tile's maps are the mean of the
+        variants' maps moved back to the tile's frame.
     """
 
-    def __init__(self, model, directions, batch_size: int = 8, postprocess: PostprocessConfig = PostprocessConfig()):
+    def __init__(self, model, directions, batch_size: int = 8, postprocess: PostprocessConfig = PostprocessConfig(),
+                 tta=()):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.model = model
@@ -43,6 +51,7 @@ class Predictor:
         self.tile_shape = tuple(model.tile_shape)
         self.n_types = model.n_types
         self.channels = 3 + model.n_dist + (model.n_types + 1 if model.n_types else 0)
+        self.tta = tuple(tta)
 
     @torch.no_grad()
     def tile_maps(self, tokens: list[np.ndarray], images: np.ndarray) -> np.ndarray:
@@ -57,6 +66,15 @@ class Predictor:
             parts.append(out["types"].softmax(1))
         return torch.cat(parts, 1).float().cpu().numpy()
 
+    def tta_maps(self, tokens: list[np.ndarray], images: np.ndarray) -> np.ndarray:
+        """Maps of a batch of tiles averaged over :attr:`tta`; ``tokens`` per layer ``(n, V, C, h, w)``."""
+        total = None
+        for k, variant in enumerate(self.tta):
+            maps = self.tile_maps([t[:, k] for t in tokens], variant.apply(images))
+            maps = to_identity(maps, variant, self.model.n_dist, self.directions)
+            total = maps if total is None else total + maps
+        return total / len(self.tta)
+
     def nuclei(self, maps: np.ndarray) -> dict:
         """Post-process one image's stitched maps."""
         d = self.model.n_dist
@@ -67,14 +85,16 @@ class Predictor:
         """Predict every image: yields ``(image, nuclei, pixels)`` in the images' order.
 
         ``features(keys)`` gives ``(tokens, pixels)`` of a list of tile keys
-        (:mod:`embedcache.infer.features`).
+        (:mod:`embedcache.infer.features`), with a variant axis when
+        :attr:`tta` holds several variants.
         """
+        maps_of = self.tta_maps if len(self.tta) > 1 else self.tile_maps
         pending: list = []  # (entry, offset, key)
         queue: list = []  # entries in image order: [image, stitcher, tiles left]
 
         def flush():
             tokens, pixels = features([key for _, _, key in pending])
-            for (entry, offset, _), m, px in zip(pending, self.tile_maps(tokens, pixels), pixels):
+            for (entry, offset, _), m, px in zip(pending, maps_of(tokens, pixels), pixels):
                 entry[1].add(offset, m, px)
                 entry[2] -= 1
             pending.clear()

@@ -86,6 +86,8 @@ class DatasetSpec:
     protocol : str
         ``auto`` (PanNuke or CoNIC for their classes, else HoVer-Net) or one protocol.
     magnification : {"40x", "20x"}
+    tta : {"none", "flips", "d4"}
+        Test-time augmentation of the evaluation over the cached variants.
     """
 
     name: str
@@ -96,6 +98,7 @@ class DatasetSpec:
     probe: tuple = ()
     protocol: str = "auto"
     magnification: str = "40x"
+    tta: str = "none"
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,8 @@ TOP_KEYS = ("name", "out", "datasets", "encoders", "seeds", "extract", "fit", "p
             "on_error")
 DATASET_KEYS = ("path", "synthetic", "format", "extract", "fit", "probe", "evaluate")
 SYNTHETIC_KEYS = ("tiles", "seed", "folds", "size")
-EVALUATE_KEYS = ("protocol", "magnification")
+EVALUATE_KEYS = ("protocol", "magnification", "tta")
+TTA = ("none", "flips", "d4")
 
 
 def load_pipeline(path) -> Pipeline:
@@ -368,6 +372,8 @@ def _evaluate(r: _Reader, value, parent, where: str) -> dict:
         r.fail(value, "protocol", f"protocol must be one of {', '.join(PROTOCOLS)}, not {value['protocol']!r}")
     if value.get("magnification", "40x") not in MAGNIFICATIONS:
         r.fail(value, "magnification", f"magnification must be 40x or 20x, not {value['magnification']!r}")
+    if value.get("tta", "none") not in TTA:
+        r.fail(value, "tta", f"tta must be one of {', '.join(TTA)}, not {value['tta']!r}")
     return dict(value)
 
 
