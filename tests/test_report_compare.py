@@ -280,3 +280,46 @@ def test_leaderboards_say_when_classes_are_not_the_protocols_and_refuse_mixed_on
     assert "**Not the published conic protocol**: scored on classes 1, 2, 3" in leaderboard_markdown(lb3)
     with pytest.raises(DataError, match=r"B was scored on classes \[1, 2, 3\], another evaluation on \[1, 2, 3, 4"):
         leaderboard("d", {"A": [six], "B": [three]}, n_boot=100)
+
+
+def test_sign_flip_test_holds_at_small_n():
+    """3 images: no p below 0.25, however large and consistent the difference; the report says so."""
+    from embedcache.report.compare import sign_flip_test
+    from embedcache.report.study import leaderboard_markdown
+
+    a, b = _hov([0.9, 0.8, 0.85]), _hov([0.1, 0.2, 0.15])
+    t = sign_flip_test(a, b, "pq")
+    assert (t["method"], t["patterns"], t["n_units"]) == ("exact", 8, 3)
+    assert t["p"] == t["min_p"] == 0.25
+    lb = leaderboard("three", {"A": [a], "B": [b]}, n_boot=200)
+    c = [c for c in lb.comparisons if c["metric"] == "pq"][0]
+    assert c["p"] == 0.25 and c["verdict"] == "no clear difference" and c["lo"] > 0
+    md = leaderboard_markdown(lb)
+    assert "exact sign-flip test over the 3 images (all 8 patterns)" in md
+    assert "**3 images: the smallest possible p is 0.25; no difference can be significant at 0.05" in md
+
+
+def test_sign_flip_test_is_exact_and_calibrated_without_a_difference():
+    from embedcache.report.compare import sign_flip_test
+
+    rng = np.random.default_rng(21)
+    ps = []
+    for _ in range(200):
+        base = rng.uniform(0.3, 0.7, 8)
+        ps.append(sign_flip_test(_hov(base + rng.normal(0, 0.05, 8)), _hov(base + rng.normal(0, 0.05, 8)), "pq")["p"])
+    ps = np.array(ps)
+    assert ps.min() >= 2 / 2 ** 8  # never below what 8 units allow
+    assert np.mean(ps < 0.05) <= 0.1 and 0.35 <= np.mean(ps < 0.5) <= 0.65  # roughly uniform
+    # A pooled metric is recomputed per pattern: swapping every image swaps the encoders, same |difference|.
+    a, b = _hov([0.5] * 4, det=(10, 1, 1)), _hov([0.5] * 4, det=(5, 6, 6))
+    t = sign_flip_test(a, b, "f1_detection")
+    assert t["p"] == pytest.approx(2 / 16)  # only "no swap" and "swap all" are as extreme
+
+
+def test_sign_flip_test_finds_a_difference_among_many_units():
+    from embedcache.report.compare import RANDOM_PATTERNS, sign_flip_test
+
+    rng = np.random.default_rng(22)
+    base = rng.uniform(0.3, 0.7, 40)
+    t = sign_flip_test(_hov(base + 0.03 + rng.normal(0, 0.03, 40)), _hov(base + rng.normal(0, 0.03, 40)), "pq")
+    assert t["method"] == "random" and t["patterns"] == RANDOM_PATTERNS + 1 and t["p"] < 0.01

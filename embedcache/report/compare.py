@@ -16,12 +16,16 @@ ordinary percentile bootstrap over images.
 
 Paired comparisons (:func:`compare`): every encoder is scored on the *same*
 image resamples, so the difference of two encoders' resampled statistics
-keeps the pairing by image (a hard image is hard for both). The 95%
-interval of the difference is its percentile interval; the p-value tests
-"no difference" by centring the bootstrap differences on zero
-(``p = (1 + #{|d_b - mean(d_b)| >= |d|}) / (B + 1)``), and Holm's step-down
-correction over all pairs of a metric guards against reading one lucky
-pair among many.
+keeps the pairing by image (a hard image is hard for both); the 95%
+interval of the difference is its percentile interval. The p-value comes
+from a sign-flip (permutation) test over the images, the independent units
+(:func:`sign_flip_test`): under "no difference" the two encoders' results on
+an image are exchangeable, so the protocol's statistic is recomputed with
+the encoders swapped on every subset of images (all ``2^n`` subsets up to
+:data:`EXACT_UNITS` images, :data:`RANDOM_PATTERNS` random ones beyond),
+pooled metrics included. It holds at every n: with 3 images no p can be
+below 0.25, and the report says so. Holm's step-down correction over all
+pairs of a metric guards against reading one lucky pair among many.
 
 >>> rows = [{"name": str(i), "pq": v, "dice": v, "aji": v, "aji_plus": v, "dq": v, "sq": v,
 ...          "det_tp": 1, "det_fp": 0, "det_fn": 0} for i, v in enumerate([0.5, 0.7])]
@@ -43,6 +47,9 @@ import numpy as np
 from embedcache.errors import DataError
 from embedcache.metrics.core import SQ_EPS
 from embedcache.metrics.protocols import CONIC_DQ_EPS, PUBLISHED_CLASSES
+
+EXACT_UNITS = 16  # up to this many images every sign pattern is enumerated (2^16 = 65,536)
+RANDOM_PATTERNS = 10_000  # beyond it, this many random patterns (p at least 1 / 10,001)
 
 HEADLINE = {
     "hovernet": ("pq", "aji", "aji_plus", "dice", "dq", "sq", "f1_detection"),
@@ -219,6 +226,7 @@ class EncoderScores:
     point: dict[str, float]
     per_seed: dict[str, list[float]]
     boot: dict[str, np.ndarray]
+    mean_scores: ImageScores | None = None  # per-image columns averaged over seeds (the sign-flip test's)
 
     def interval(self, metric: str) -> tuple[float, float]:
         return _percentiles(self.boot[metric])
@@ -266,8 +274,12 @@ def score_encoder(name: str, evaluations: Sequence[ImageScores], plan: ResampleP
         by_seed = np.stack([b[m] for b in boots], axis=1)  # (B, S)
         boot[m] = _nanmean(by_seed[rows, draws], axis=1)
     point = {m: float(_nanmean(np.array([s[m][0] for s in per_seed]), axis=0)) for m in metrics}
+    keys = set.intersection(*(set(e.columns) for e in evaluations))
+    mean = ImageScores(ref.protocol, ref.names,
+                       {k: _nanmean(np.stack([e.columns[k] for e in evaluations]), axis=0) for k in keys},
+                       ref.tissue, ref.tissues, ref.classes)
     return EncoderScores(name, ref.protocol, len(evaluations), ref.n, point,
-                         {m: [float(s[m][0]) for s in per_seed] for m in metrics}, boot)
+                         {m: [float(s[m][0]) for s in per_seed] for m in metrics}, boot, mean)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -283,24 +295,63 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
+def sign_flip_test(a: ImageScores, b: ImageScores, metric: str, seed: int = 0) -> dict:
+    """Two-sided sign-flip test of "no difference" between two encoders on the same images.
+
+    The protocol's statistic (:func:`summarise`) is recomputed with ``a``
+    and ``b`` swapped on each subset of images: every subset when there
+    are at most :data:`EXACT_UNITS` images (exact), else
+    :data:`RANDOM_PATTERNS` random ones. ``p`` is the share of patterns
+    whose difference is at least as large as the observed one (the
+    observed pattern included, so never 0).
+
+    Returns
+    -------
+    dict
+        ``p``, ``n_units`` (images), ``method`` (``exact`` or ``random``),
+        ``patterns`` and ``min_p``: the smallest p the test can give here
+        (``2 / 2^n`` exact: a pattern and its complement tie).
+    """
+    n = a.n
+    both = ImageScores(a.protocol, a.names + b.names,
+                       {k: np.concatenate([a.columns[k], b.columns[k]]) for k in set(a.columns) & set(b.columns)},
+                       None if a.tissue is None else np.concatenate([a.tissue, b.tissue]), a.tissues, a.classes)
+    if n <= EXACT_UNITS:
+        flips = (np.arange(2 ** n)[:, None] >> np.arange(n)[None]) & 1
+        method, min_p = "exact", 2.0 / 2 ** n if n else 1.0
+    else:
+        rng = np.random.default_rng([seed, zlib.crc32(f"{metric}".encode())])
+        flips = np.concatenate([np.zeros((1, n), np.int64), rng.integers(0, 2, (RANDOM_PATTERNS, n))])
+        method, min_p = "random", 1.0 / (RANDOM_PATTERNS + 1)
+    own = np.arange(n)[None]
+    d = summarise(both, own + n * flips)[metric] - summarise(both, own + n * (1 - flips))[metric]
+    observed = d[0]  # pattern 0 swaps nothing
+    if not np.isfinite(observed):
+        p = math.nan
+    else:
+        p = float(np.mean(np.abs(np.nan_to_num(d, nan=0.0)) >= abs(observed) - 1e-12))
+    return {"p": p, "n_units": n, "method": method, "patterns": int(len(flips)), "min_p": float(min_p)}
+
+
 def compare(a: EncoderScores, b: EncoderScores, metric: str) -> dict:
-    """Paired bootstrap comparison of ``a - b`` on ``metric`` (same image resamples).
+    """Paired comparison of ``a - b`` on ``metric``: bootstrap interval, sign-flip p.
 
     Returns
     -------
     dict
         ``a, b, metric, diff`` (point), ``lo, hi`` (95% percentile
-        interval), ``p`` (two-sided, bootstrap centred on no difference).
+        interval over the shared image resamples), ``p`` (two-sided,
+        :func:`sign_flip_test` over the images) with ``n_units``,
+        ``method``, ``patterns`` and ``min_p``.
     """
     d = a.point[metric] - b.point[metric]
     db = a.boot[metric] - b.boot[metric]
     db = db[np.isfinite(db)]
     lo, hi = _percentiles(db)
-    if not math.isfinite(d) or db.size == 0:
-        p = math.nan
-    else:
-        p = float((1 + np.sum(np.abs(db - db.mean()) >= abs(d) - 1e-12)) / (db.size + 1))
-    return {"a": a.name, "b": b.name, "metric": metric, "diff": d, "lo": lo, "hi": hi, "p": p}
+    test = {"p": math.nan, "n_units": a.n_images, "method": "n/a", "patterns": 0, "min_p": math.nan}
+    if math.isfinite(d) and a.mean_scores is not None and b.mean_scores is not None:
+        test = sign_flip_test(a.mean_scores, b.mean_scores, metric)
+    return {"a": a.name, "b": b.name, "metric": metric, "diff": d, "lo": lo, "hi": hi, **test}
 
 
 @dataclass

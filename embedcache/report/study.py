@@ -147,9 +147,18 @@ def leaderboard_markdown(lb: Leaderboard) -> str:
         lines.append("| " + " | ".join([r["encoder"]] + [_interval(r[m]) for m in lb.metrics]) + " |")
     pairs = [c for c in lb.comparisons if c["metric"] == lb.primary]
     if pairs:
-        lines += ["", f"Paired comparisons on {METRIC_LABELS[lb.primary]} (same image resamples; p centred "
-                      "bootstrap, Holm-adjusted over the pairs):", "",
-                  "| a - b | difference | 95% interval | p | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
+        first = pairs[0]
+        units = first["n_units"]
+        how = (f"exact sign-flip test over the {units} images (all {first['patterns']} patterns)"
+               if first["method"] == "exact" else
+               f"sign-flip test over the {units} images ({first['patterns']} random patterns)")
+        lines += ["", f"Paired comparisons on {METRIC_LABELS[lb.primary]} (95% interval over the same image "
+                      f"resamples; p: {how}, Holm-adjusted over the {len(pairs)} pair(s)):", ""]
+        if math.isfinite(first["min_p"]) and first["min_p"] * len(pairs) >= 0.05:
+            lines += [f"**{units} images: the smallest possible p is {first['min_p']:.3g}"
+                      + (f" ({min(1.0, first['min_p'] * len(pairs)):.3g} after Holm)" if len(pairs) > 1 else "")
+                      + "; no difference can be significant at 0.05 with so few. Evaluate on more images.**", ""]
+        lines += ["| a - b | difference | 95% interval | p | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
         for c in pairs:
             lines.append(f"| {c['a']} - {c['b']} | {c['diff']:+.3f} | [{_fmt(c['lo'])}, {_fmt(c['hi'])}] | "
                          f"{_fmt(c['p'], 4)} | {_fmt(c['p_holm'], 4)} | {c['verdict']} |")
