@@ -59,7 +59,9 @@ def test_verify_fails_on_corruption(runner, tmp_path, conic_dir):
 def test_encoders_lists_the_registry(runner):
     res = runner.invoke(main, ["encoders", "--json", "--family", "pathology"])
     rows = json.loads(res.output)
-    assert {r["name"] for r in rows} == {"virchow2", "uni", "uni2-h", "prov-gigapath"}
+    assert {"virchow2", "virchow", "uni", "uni2-h", "prov-gigapath", "h-optimus-0", "h-optimus-1", "h0-mini",
+            "lunit-vits8"} <= {r["name"] for r in rows}
+    assert {r["family"] for r in rows} == {"pathology"} and len(rows) == 15
     v2 = next(r for r in rows if r["name"] == "virchow2")
     assert v2["dim"] == 1280 and v2["patch_size"] == 14 and v2["layers"][-1] == "blocks.31"
 

@@ -17,14 +17,15 @@ from embedcache.errors import ConfigError, EncoderError, WeightsError
 REQUIRED = {"virchow2", "uni", "uni2-h", "prov-gigapath", "dinov2-vitl14", "vit-l16-in22k", "convnext-l-in22k",
             "swinv2-l-in22k", "vit-r50-in21k", "efficientnet_lite0"}
 # Prefix tokens per ViT: class token + registers.
-PREFIX = {"virchow2": 5, "uni2-h": 9}
+PREFIX = {"virchow2": 5, "uni2-h": 9, "h-optimus-0": 5, "h-optimus-1": 5, "h0-mini": 5, "kaiko-vitl14": 5}
 
 
 def test_registry_names_every_required_encoder():
     assert REQUIRED <= set(REGISTRY)
     assert {s.family for s in REGISTRY.values()} == {"general", "pathology"}
-    assert {n for n, s in REGISTRY.items() if s.family == "pathology"} == {"virchow2", "uni", "uni2-h",
-                                                                          "prov-gigapath"}
+    assert {n for n, s in REGISTRY.items() if s.family == "pathology"} == {
+        "virchow2", "virchow", "uni", "uni2-h", "prov-gigapath", "h-optimus-0", "h-optimus-1", "h0-mini",
+        "kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14", "lunit-vits8", "lunit-vits16"}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -39,8 +40,9 @@ def test_each_entry_builds_its_architecture_and_declared_shapes(name):
         c, h, w = d["shape"]
         assert c == spec.dims[i]
         if spec.is_vit:
-            # Patch-16 ViTs take 256 px natively, patch-14 ones are resized to 224: a 16x16 grid either way.
-            assert (h, w) == (16, 16)
+            # Patch-16 ViTs take 256 px natively, patch-14 ones are resized to 224: a 16x16 grid either way;
+            # patch-8 ones give 32x32.
+            assert (h, w) == ((16, 16) if spec.fit == "resize" else (256 // spec.patch_size,) * 2)
             assert d["prefix"] == PREFIX.get(name, 1)
         else:
             reduction = model.feature_info[i]["reduction"]
@@ -49,8 +51,8 @@ def test_each_entry_builds_its_architecture_and_declared_shapes(name):
 
 
 def test_unknown_encoder_suggests_close_names():
-    with pytest.raises(EncoderError, match="did you mean 'virchow2'"):
-        get_spec("virchow")
+    with pytest.raises(EncoderError, match="did you mean 'virchow' or 'virchow2'"):
+        get_spec("virchow3")
     with pytest.raises(EncoderError, match="timm has no architecture"):
         get_spec("timm:not_a_model_at_all")
 

@@ -296,6 +296,21 @@ def test_unloadable_encoders_are_left_out_with_their_reason(copy, tmp_path):
         execute(p, progress=False, echo=lambda _: None)
 
 
+def test_weights_are_checked_before_any_step(copy, monkeypatch):
+    """A gated model without a token stops the plan, or with on_error: skip is left out with the reason."""
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(copy.parent / "hf"))  # an empty hub cache, no stored token
+    out = copy
+    encoders = {"cnn": dict(CNN), "uni": {"encoder": "uni"}}
+    with pytest.raises(PipelineError, match=r"encoder uni: weights cannot be had here: MahmoodLab/UNI is gated: "
+                                            r"accept its terms .* and set HF_TOKEN"):
+        plan(load_pipeline(write(out.parent, study(out, encoders=encoders))), progress=False)
+    p = plan(load_pipeline(write(out.parent, study(out, encoders=encoders, on_error="skip"))), progress=False)
+    assert list(p.failed) == ["uni"] and "is gated" in p.failed["uni"]
+    assert {c.encoder for c in p.cells} == {"cnn"}
+
+
 def test_cli_keep_going(copy, tmp_path):
     out = copy
     encoders = {"cnn": dict(CNN), "missing": {"encoder": TINY_CNN, "weights": "/nonexistent.safetensors"}}

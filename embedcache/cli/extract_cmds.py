@@ -126,9 +126,26 @@ def verify(store, quiet):
 @main.command()
 @json_option
 @click.option("--family", type=click.Choice(["general", "pathology"]), default=None, help="Only this family.")
-def encoders(as_json, family):
-    """List the registry: names, dims, default layers, patch size, weight source."""
-    from embedcache.encoders.catalogue import describe_registry
+@click.option("--check", "check", multiple=True, metavar="NAME",
+              help="Say whether NAME's weights can be had here (local file, cache, package, or a hub download "
+                   "with its licence and token), without downloading; repeat for several. Exits 1 if any cannot.")
+@click.option("--weights", default=None, help="With --check: a local weights file to check instead.")
+def encoders(as_json, family, check, weights):
+    """List the registry: names, dims, default layers, patch size, weight source; or check weights (--check)."""
+    if check:
+        from embedcache.encoders import get_spec
+        from embedcache.encoders.load import weights_status
+
+        results = [weights_status(get_spec(name), weights) for name in check]
+        if as_json:
+            click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        else:
+            for r in results:
+                click.echo(f"{r.name:<20} {'ok' if r.ok else 'NO':<3} {r.line}")
+        if not all(r.ok for r in results):
+            raise SystemExit(1)
+        return
+    from embedcache.encoders.catalogue import HOW_TO_LOAD, NOT_BUILT_IN, describe_registry
 
     rows = [r for r in describe_registry() if family is None or r["family"] == family]
     if as_json:
@@ -138,3 +155,7 @@ def encoders(as_json, family):
     for r in rows:
         click.echo(f"{r['name']:<20} {r['family']:<10} {r['dim']:>5} {r['patch_size'] or '-':>5} {r['fit']:<7} "
                    f"{','.join(r['layers']):<36} {r['weights']}")
+    if family in (None, "pathology"):
+        click.echo("\nnot built in (their weights are not timm's; " + HOW_TO_LOAD + "):")
+        for name, repo, why in NOT_BUILT_IN:
+            click.echo(f"  {name:<18} {repo:<22} {why}")

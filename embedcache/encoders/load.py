@@ -243,3 +243,75 @@ def load_encoder(spec: EncoderSpec, weights: str | os.PathLike | None = None, de
     model.load_state_dict(sd, strict=True)
     return LoadedEncoder(spec, model.to(device), source if not Path(source).exists() else str(path),
                          sha256_file(path))
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Whether an encoder's weights can be had here, checked without downloading."""
+
+    name: str
+    source: str
+    ok: bool
+    line: str  # what was found, or what to do
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "ok": self.ok, "line": self.line}
+
+
+def _hf_token() -> str | None:
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:
+        return None
+
+
+def weights_status(spec: EncoderSpec, weights: str | os.PathLike | None = None) -> WeightsStatus:
+    """Where ``spec``'s weights (or ``weights``) would come from, and whether that works here.
+
+    Offline and without downloading: a local file must exist; a package must
+    be installed; a hub model is fine when it sits in the local Hugging Face
+    cache, and otherwise needs ``embedcache[hub]``, a reachable hub and, for a
+    gated model, an accepted licence and a token (which is only seen to be
+    present: whether the licence was accepted is known to the hub alone).
+    """
+    source = str(weights) if weights is not None else spec.weights
+    name = spec.name
+    if source == "random":
+        return WeightsStatus(name, source, True, "random weights (nothing to fetch)")
+    if source.startswith("package:"):
+        try:
+            path = _package_weights(source.split(":", 1)[1])
+        except WeightsError as exc:
+            return WeightsStatus(name, source, False, str(exc))
+        return WeightsStatus(name, source, True, f"installed with its package ({path})")
+    if not source.startswith("hf-hub:"):
+        path = Path(source).expanduser()
+        if path.is_file():
+            return WeightsStatus(name, source, True, f"local file {path}")
+        return WeightsStatus(name, source, False, f"{path}: no such weights file")
+    repo = source.split(":", 1)[1]
+    how = f"or download {repo} elsewhere and pass --weights FILE"
+    try:
+        import huggingface_hub
+    except ImportError:
+        return WeightsStatus(name, source, False, f"needs the Hugging Face hub ({repo}): pip install "
+                                                  f"'embedcache[hub]', {how}")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        cached = huggingface_hub.try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return WeightsStatus(name, source, True, f"in the local Hugging Face cache ({cached})")
+    gated = "gated" in spec.licence
+    if gated and not _hf_token():
+        return WeightsStatus(name, source, False, f"{repo} is gated: accept its terms at https://huggingface.co/{repo} "
+                                                  f"and set HF_TOKEN (no token found here), {how}")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        return WeightsStatus(name, source, False, f"needs a download from the Hugging Face hub ({repo}), which "
+                                                  f"cannot be reached from here{' (gated: token found)' if gated else ''}; "
+                                                  f"{how}")
+    note = " with the token found (the licence must have been accepted)" if gated else ""
+    return WeightsStatus(name, source, True, f"will be downloaded from the Hugging Face hub ({repo}){note}")

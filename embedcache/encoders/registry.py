@@ -37,6 +37,9 @@ from embedcache.errors import EncoderError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+# Normalisations the model cards publish (Bioptimus H-optimus / H0-mini; Lunit's DINO ViTs, as eva records them).
+BIOPTIMUS_MEAN, BIOPTIMUS_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
+LUNIT_MEAN, LUNIT_STD = (0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464)
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,62 @@ def _quarters(depth: int) -> tuple[int, ...]:
 
 _SWIGLU = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
 
+_GATED = "gated on the Hugging Face hub (accept the terms, set HF_TOKEN)"
+
 _SPECS = [
     # --- pathology foundation models -----------------------------------------------------------
+    EncoderSpec(
+        name="h-optimus-0", arch="vit_giant_patch14_reg4_dinov2", weights="hf-hub:bioptimus/H-optimus-0",
+        kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True},
+        mean=BIOPTIMUS_MEAN, std=BIOPTIMUS_STD, fit="resize", input_size=224, layers=_quarters(40),
+        dims=(1536,) * 40, patch_size=14, family="pathology", licence=f"Apache-2.0; {_GATED}",
+        description="Bioptimus H-optimus-0, ViT-g/14 with 4 registers, 500k slides (0.5 um/px)"),
+    EncoderSpec(
+        name="h-optimus-1", arch="vit_giant_patch14_reg4_dinov2", weights="hf-hub:bioptimus/H-optimus-1",
+        kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True},
+        mean=BIOPTIMUS_MEAN, std=BIOPTIMUS_STD, fit="resize", input_size=224, layers=_quarters(40),
+        dims=(1536,) * 40, patch_size=14, family="pathology",
+        licence=f"academic research use; {_GATED}",
+        description="Bioptimus H-optimus-1, ViT-g/14 with 4 registers, over 1M slides"),
+    EncoderSpec(
+        name="h0-mini", arch="vit_base_patch14_reg4_dinov2", weights="hf-hub:bioptimus/H0-mini",
+        kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": 4096 / 768, "global_pool": "",
+                "dynamic_img_size": True, **_SWIGLU},
+        mean=BIOPTIMUS_MEAN, std=BIOPTIMUS_STD, fit="resize", input_size=224, layers=_quarters(12),
+        dims=(768,) * 12, patch_size=14, family="pathology", licence=f"non-commercial; {_GATED}",
+        description="Bioptimus H0-mini, ViT-B/14 with 4 registers distilled from H-optimus-0"),
+    EncoderSpec(
+        name="virchow", arch="vit_huge_patch14_224", weights="hf-hub:paige-ai/Virchow",
+        kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.3375, "global_pool": "",
+                "dynamic_img_size": True, **_SWIGLU},
+        fit="resize", input_size=224, layers=_quarters(32), dims=(1280,) * 32, patch_size=14,
+        family="pathology", licence=f"Apache-2.0; {_GATED} with an institutional e-mail",
+        description="Paige Virchow, ViT-H/14, 1.5M slides"),
+    *[EncoderSpec(
+        name=f"kaiko-{tag}", arch=arch, weights=f"hf-hub:1aurent/{arch}.kaiko_ai_towards_large_pathology_fms",
+        kwargs={"dynamic_img_size": True}, mean=HALF, std=HALF, layers=_quarters(12), dims=(dim,) * 12,
+        patch_size=patch, family="pathology",
+        licence="Kaiko Non-Commercial Public License; not gated (a timm copy of kaiko.ai's release on the hub)",
+        description=f"kaiko.ai ViT-{size}/{patch} (DINO on TCGA, 'towards large-scale pathology FMs')")
+      for tag, size, arch, dim, patch in (("vits16", "S", "vit_small_patch16_224", 384, 16),
+                                          ("vits8", "S", "vit_small_patch8_224", 384, 8),
+                                          ("vitb16", "B", "vit_base_patch16_224", 768, 16),
+                                          ("vitb8", "B", "vit_base_patch8_224", 768, 8))],
+    EncoderSpec(
+        name="kaiko-vitl14", arch="vit_large_patch14_reg4_dinov2",
+        weights="hf-hub:1aurent/vit_large_patch14_reg4_dinov2.kaiko_ai_towards_large_pathology_fms",
+        kwargs={"dynamic_img_size": True}, mean=HALF, std=HALF, fit="resize", input_size=224,
+        layers=_quarters(24), dims=(1024,) * 24, patch_size=14, family="pathology",
+        licence="Kaiko Non-Commercial Public License; not gated (a timm copy of kaiko.ai's release on the hub)",
+        description="kaiko.ai ViT-L/14 with 4 registers (DINOv2 on TCGA); position embedding for 518 px"),
+    *[EncoderSpec(
+        name=f"lunit-vits{patch}", arch=f"vit_small_patch{patch}_224",
+        weights=f"hf-hub:1aurent/vit_small_patch{patch}_224.lunit_dino",
+        kwargs={"dynamic_img_size": True}, mean=LUNIT_MEAN, std=LUNIT_STD, layers=_quarters(12), dims=(384,) * 12,
+        patch_size=patch, family="pathology",
+        licence="Lunit public licence, non-commercial; not gated (a timm copy of Lunit's release on the hub)",
+        description=f"Lunit DINO ViT-S/{patch}, 19M TCGA patches ('benchmarking SSL on pathology')")
+      for patch in (8, 16)],
     EncoderSpec(
         name="virchow2", arch="vit_huge_patch14_224", weights="hf-hub:paige-ai/Virchow2",
         kwargs={"img_size": 224, "init_values": 1e-5, "reg_tokens": 4, "mlp_ratio": 5.3375,
@@ -147,6 +204,13 @@ _SPECS = [
         family="pathology", licence="Apache-2.0 (research use); gated on the Hugging Face hub",
         description="Prov-GigaPath tile encoder, ViT-g/16, 171k slides"),
     # --- general-purpose ----------------------------------------------------------------------
+    *[EncoderSpec(
+        name=f"dinov2-vit{size}14", arch=f"vit_{arch}_patch14_dinov2",
+        weights=f"hf-hub:timm/vit_{arch}_patch14_dinov2.lvd142m",
+        kwargs={"img_size": 224, "dynamic_img_size": True},
+        fit="resize", input_size=224, layers=_quarters(depth), dims=(dim,) * depth, patch_size=14,
+        licence="Apache-2.0", description=f"DINOv2 ViT-{size.upper()}/14, self-supervised on LVD-142M")
+      for size, arch, dim, depth in (("s", "small", 384, 12), ("b", "base", 768, 12), ("g", "giant", 1536, 40))],
     EncoderSpec(
         name="dinov2-vitl14", arch="vit_large_patch14_dinov2",
         weights="hf-hub:timm/vit_large_patch14_dinov2.lvd142m",
@@ -159,6 +223,23 @@ _SPECS = [
         kwargs={"img_size": 224, "dynamic_img_size": True},
         mean=HALF, std=HALF, layers=_quarters(24), dims=(1024,) * 24, patch_size=16,
         licence="Apache-2.0", description="ViT-L/16, supervised on ImageNet-22K (AugReg)"),
+    EncoderSpec(
+        name="vit-b16-in22k", arch="vit_base_patch16_224",
+        weights="hf-hub:timm/vit_base_patch16_224.augreg_in21k",
+        kwargs={"img_size": 224, "dynamic_img_size": True},
+        mean=HALF, std=HALF, layers=_quarters(12), dims=(768,) * 12, patch_size=16,
+        licence="Apache-2.0", description="ViT-B/16, supervised on ImageNet-22K (AugReg)"),
+    EncoderSpec(
+        name="convnext-b-in22k", arch="convnext_base", weights="hf-hub:timm/convnext_base.fb_in22k",
+        layers=(0, 1, 2, 3), dims=(128, 256, 512, 1024),
+        licence="Apache-2.0", description="ConvNeXt-B, supervised on ImageNet-22K; pyramid 1/4..1/32"),
+    EncoderSpec(
+        name="swinv2-b-in22k", arch="swinv2_base_window12_192",
+        weights="hf-hub:timm/swinv2_base_window12_192.ms_in22k",
+        kwargs={"img_size": 256, "window_size": 16},
+        layers=(0, 1, 2, 3), dims=(128, 256, 512, 1024),
+        licence="MIT", description="Swin-V2-B, ImageNet-22K; windows 12->16 for 256-px tiles (continuous "
+                                   "position bias); pyramid 1/4..1/32"),
     EncoderSpec(
         name="convnext-l-in22k", arch="convnext_large", weights="hf-hub:timm/convnext_large.fb_in22k",
         layers=(0, 1, 2, 3), dims=(192, 384, 768, 1536),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from embedcache.errors import ConfigError, EmbedcacheError, PipelineError
+from embedcache.errors import ConfigError, EmbedcacheError, PipelineError, WeightsError
 from embedcache.pipeline.spec import DatasetSpec, EncoderEntry, Pipeline, describe
 from embedcache.files import write_json
 from embedcache.pipeline.steps import Step, content_key
@@ -211,6 +211,13 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
 
     extract_step = Step("extract", f"extract {label}", extract_inputs, do_extract, root,
                         deps=[data_step] if data_step else [], group=enc.name)
+    if not extract_step.done:
+        # Before any step runs: a gated or unreachable model fails now, not hours into the study.
+        from embedcache.encoders.load import weights_status
+
+        status = weights_status(spec, xcfg.weights)
+        if not status.ok:
+            raise WeightsError(f"weights cannot be had here: {status.line}")
     store_path = extract_step.dir / "store.zarr"
     cell = Cell(ds.name, enc.name, extract_step)
 

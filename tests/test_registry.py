@@ -1,0 +1,146 @@
+"""Every registry entry is the published model: sizes, token layout and checkpoint keys, checked without weights.
+
+Each architecture is built on the meta device (no memory, no download) and
+compared with the figures its model card or paper publishes, written here
+with their source. A checkpoint with the published key names and shapes is
+then loaded strictly through the registry's own loader.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embedcache.encoders import REGISTRY, get_spec
+from embedcache.encoders.load import _fit_to_model, build_model
+
+# name: (published parameters, relative tolerance from the figure's rounding, counted with a 1000-class head, source)
+PUBLISHED_PARAMS = {
+    "h-optimus-0": (1.1e9, 0.05, False, "hf.co/bioptimus/H-optimus-0: 'a 1.1B parameter vision transformer'"),
+    "h-optimus-1": (1.1e9, 0.05, False, "Bioptimus launch note: 'a 1.1 billion parameter vision transformer'"),
+    "virchow": (632e6, 0.005, False, "hf.co/paige-ai/Virchow model card: 'Params (M): 632'"),
+    "virchow2": (632e6, 0.005, False, "Zimmermann et al. 2024, arXiv 2408.00738: 'a 632 million parameter ViT'"),
+    "uni": (0.3e9, 0.05, False, "Chen et al. 2024 (UNI), hf.co/MahmoodLab/UNI: ViT-L/16, 0.3B parameters"),
+    "dinov2-vits14": (21e6, 0.05, False, "Oquab et al. 2023 (DINOv2), facebookresearch/dinov2 README: 21 M"),
+    "dinov2-vitb14": (86e6, 0.02, False, "DINOv2 README: ViT-B/14 distilled, 86 M"),
+    "dinov2-vitl14": (300e6, 0.02, False, "DINOv2 README: ViT-L/14 distilled, 300 M"),
+    "dinov2-vitg14": (1100e6, 0.05, False, "DINOv2 README: ViT-g/14, 1,100 M"),
+    "vit-b16-in22k": (86e6, 0.02, False, "Dosovitskiy et al. 2021, Table 1: ViT-Base 86M"),
+    "vit-l16-in22k": (307e6, 0.02, False, "Dosovitskiy et al. 2021, Table 1: ViT-Large 307M"),
+    "convnext-b-in22k": (89e6, 0.02, True, "Liu et al. 2022 (ConvNeXt), Table 1: ConvNeXt-B 89M"),
+    "convnext-l-in22k": (198e6, 0.02, True, "Liu et al. 2022 (ConvNeXt), Table 1: ConvNeXt-L 198M"),
+    "swinv2-b-in22k": (88e6, 0.02, True, "Liu et al. 2022 (Swin V2), Table 1: SwinV2-B 88M"),
+    "swinv2-l-in22k": (197e6, 0.02, True, "Liu et al. 2022 (Swin V2), Table 1: SwinV2-L 197M"),
+    "efficientnet_lite0": (4.7e6, 0.02, True, "tensorflow/tpu EfficientNet-Lite README: Lite0 4.7M params"),
+}
+
+# name: (embedding width, blocks, class + register tokens, patch) as published (model cards, READMEs, hubconf).
+PUBLISHED_LAYOUT = {
+    "h-optimus-0": (1536, 40, 5, 14),  # GitHub bioptimus/releases: g/14, 4 registers, 40 blocks, dim 1536
+    "h-optimus-1": (1536, 40, 5, 14),  # same backbone (TRIDENT loads it strictly into these kwargs)
+    "h0-mini": (768, 12, 5, 14),  # ViT-B/14 with 4 registers (Filiot et al. 2025, arXiv 2501.16239)
+    "virchow": (1280, 32, 1, 14),  # card: ViT-H/14, layers 32, embedding 1280, SwiGLU
+    "virchow2": (1280, 32, 5, 14),  # arXiv 2408.00738: ViT-H/14 with 4 registers
+    "uni": (1024, 24, 1, 16),  # ViT-L/16
+    "uni2-h": (1536, 24, 9, 14),  # hf.co/MahmoodLab/UNI2-h README kwargs: depth 24, dim 1536, 8 registers
+    "prov-gigapath": (1536, 40, 1, 16),  # Xu et al. 2024: ViT-g/16 tile encoder
+    "kaiko-vits16": (384, 12, 1, 16),  # kaiko-ai/towards_large_pathology_fms hubconf.py
+    "kaiko-vits8": (384, 12, 1, 8),
+    "kaiko-vitb16": (768, 12, 1, 16),
+    "kaiko-vitb8": (768, 12, 1, 8),
+    "kaiko-vitl14": (1024, 24, 5, 14),  # vit_large_patch14_reg4_dinov2
+    "lunit-vits8": (384, 12, 1, 8),  # lunit-io/benchmark-ssl-pathology README: ViT-S, embed 384, heads 6
+    "lunit-vits16": (384, 12, 1, 16),
+    "dinov2-vits14": (384, 12, 1, 14),
+    "dinov2-vitb14": (768, 12, 1, 14),
+    "dinov2-vitl14": (1024, 24, 1, 14),
+    "dinov2-vitg14": (1536, 40, 1, 14),
+    "vit-b16-in22k": (768, 12, 1, 16),
+    "vit-l16-in22k": (1024, 24, 1, 16),
+}
+
+# name: published checkpoint keys and their shapes (what a wrong kwarg would break: registers, LayerScale,
+# SwiGLU widths, position embeddings with or without the prefix tokens).
+PUBLISHED_KEYS = {
+    "h-optimus-0": {"reg_token": (1, 4, 1536), "pos_embed": (1, 256, 1536), "blocks.0.ls1.gamma": (1536,),
+                    "blocks.0.mlp.fc1.weight": (8192, 1536), "blocks.39.mlp.fc2.weight": (1536, 4096)},
+    "h0-mini": {"reg_token": (1, 4, 768), "blocks.0.mlp.fc1.weight": (4096, 768),
+                "blocks.0.mlp.fc2.weight": (768, 2048), "blocks.0.ls2.gamma": (768,)},
+    "virchow": {"pos_embed": (1, 257, 1280), "blocks.0.mlp.fc1.weight": (6832, 1280),
+                "blocks.0.mlp.fc2.weight": (1280, 3416), "blocks.31.ls1.gamma": (1280,)},
+    "virchow2": {"reg_token": (1, 4, 1280), "pos_embed": (1, 261, 1280), "blocks.0.mlp.fc1.weight": (6832, 1280)},
+    "uni": {"pos_embed": (1, 197, 1024), "blocks.23.ls2.gamma": (1024,), "blocks.0.mlp.fc1.weight": (4096, 1024)},
+    "uni2-h": {"reg_token": (1, 8, 1536), "pos_embed": (1, 256, 1536), "blocks.0.mlp.fc1.weight": (8192, 1536)},
+    "kaiko-vitl14": {"reg_token": (1, 4, 1024), "pos_embed": (1, 1369, 1024)},
+    "lunit-vits8": {"pos_embed": (1, 785, 384), "patch_embed.proj.weight": (384, 3, 8, 8)},
+}
+
+
+def test_the_registry_covers_the_field():
+    assert len(REGISTRY) >= 25
+    assert set(PUBLISHED_LAYOUT) <= set(REGISTRY) and set(PUBLISHED_PARAMS) <= set(REGISTRY)
+    vits = {n for n, s in REGISTRY.items() if s.is_vit}
+    assert vits <= set(PUBLISHED_LAYOUT) | {"vit-r50-in21k"}  # every ViT's layout is checked
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_parameter_counts_are_the_published_ones(name):
+    published, tolerance, with_head, source = PUBLISHED_PARAMS[name]
+    model = build_model(get_spec(name), device="meta", **({"num_classes": 1000} if with_head else {}))
+    measured = sum(p.numel() for p in model.parameters())
+    assert measured == pytest.approx(published, rel=tolerance), f"{name}: {measured:,} vs {source}"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_LAYOUT))
+def test_token_layout_is_the_published_one(name):
+    width, depth, prefix, patch = PUBLISHED_LAYOUT[name]
+    spec = get_spec(name)
+    model = build_model(spec, device="meta")
+    assert (model.embed_dim, len(model.blocks), model.num_prefix_tokens) == (width, depth, prefix)
+    assert tuple(model.patch_embed.patch_size) == (patch, patch) and spec.patch_size == patch
+    assert spec.dims == (width,) * depth and spec.layers[-1] == depth - 1
+    # A 256-px tile meets the model whole (patch 8 or 16) or resized to 224 (patch 14): a grid of whole patches.
+    side = spec.input_size if spec.fit == "resize" else 256
+    assert side % patch == 0
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_KEYS))
+def test_a_checkpoint_with_the_published_keys_loads_strictly(name):
+    spec = get_spec(name)
+    model = build_model(spec, device="meta")
+    own = model.state_dict()
+    for key, shape in PUBLISHED_KEYS[name].items():
+        assert key in own and tuple(own[key].shape) == shape, f"{name}: {key}"
+    # The published file: the same keys and shapes (a classifier head too, which feature extraction drops).
+    checkpoint = {k: torch.empty(v.shape, device="meta") for k, v in own.items()}
+    checkpoint["head.weight"] = torch.empty((1000, model.embed_dim), device="meta")
+    fitted = _fit_to_model(checkpoint, model, f"{name}.safetensors", spec)
+    model.load_state_dict(fitted, strict=True, assign=True)
+    # One wrong width (a model built without SwiGLU or LayerScale) fails with the keys that differ.
+    broken = dict(fitted)
+    broken.pop(next(k for k in fitted if k.endswith("ls1.gamma") or k.endswith("mlp.fc1.weight")))
+    with pytest.raises(Exception, match="1 missing"):
+        _fit_to_model(broken, model, f"{name}.safetensors", spec)
+
+
+def test_encoders_check_says_what_can_be_had_here(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache and no stored token
+    runner = CliRunner()
+    ok = runner.invoke(main, ["encoders", "--check", "efficientnet_lite0"])
+    assert ok.exit_code == 0 and ok.output.startswith("efficientnet_lite0") and "installed with its package" in ok.output
+    gated = runner.invoke(main, ["encoders", "--check", "efficientnet_lite0", "--check", "h-optimus-0"])
+    assert gated.exit_code == 1
+    line = gated.output.splitlines()[1]
+    assert line.startswith("h-optimus-0") and " NO " in line
+    assert "bioptimus/H-optimus-0 is gated: accept its terms at https://huggingface.co/bioptimus/H-optimus-0" in line
+    missing = runner.invoke(main, ["encoders", "--check", "uni", "--weights", str(tmp_path / "uni.safetensors")])
+    assert missing.exit_code == 1 and "uni.safetensors: no such weights file" in missing.output
+    listing = runner.invoke(main, ["encoders"])
+    assert listing.exit_code == 0 and "h-optimus-0" in listing.output and "not built in" in listing.output
+    assert "phikon" in listing.output and "--weights FILE.safetensors" in listing.output
