@@ -323,3 +323,18 @@ def test_sign_flip_test_finds_a_difference_among_many_units():
     base = rng.uniform(0.3, 0.7, 40)
     t = sign_flip_test(_hov(base + 0.03 + rng.normal(0, 0.03, 40)), _hov(base + rng.normal(0, 0.03, 40)), "pq")
     assert t["method"] == "random" and t["patterns"] == RANDOM_PATTERNS + 1 and t["p"] < 0.01
+
+
+def test_with_several_seeds_p_never_ignores_seed_noise():
+    """Seeds that disagree: the image-level test alone would be confident; p also heeds the seed bootstrap."""
+    rng = np.random.default_rng(23)
+    n = 20
+    base = rng.uniform(0.4, 0.6, n)
+    a = [_hov(base + 0.02 + o + rng.normal(0, 0.002, n)) for o in (-0.08, 0.08)]  # seeds far apart
+    b = [_hov(base + rng.normal(0, 0.002, n)) for _ in range(2)]
+    plan = resample_plan(n, 1000, seed=0)
+    c = compare(score_encoder("A", a, plan), score_encoder("B", b, plan), "pq")
+    assert c["p_sign_flip"] < 0.01 and c["p_bootstrap"] > 0.05
+    assert c["p"] == max(c["p_sign_flip"], c["p_bootstrap"]) and c["lo"] < 0 < c["hi"]
+    one = compare(score_encoder("A", a[:1], plan), score_encoder("B", b[:1], plan), "pq")
+    assert one["p"] == one["p_sign_flip"] and one["test"] == "sign-flip over images"

@@ -41,12 +41,26 @@ LABELS = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1", "aur
           "r2": "R2 (mean over types)", "miou": "mIoU", "dice": "Dice (mean over nucleus classes)"}
 
 
-def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0, groups: np.ndarray | None = None):
     """Resamples of ``n`` tiles with replacement, ``(n_boot, n) ndarray of int64``.
 
-    The same ``(n, n_boot, seed)`` always gives the same resamples.
+    With ``groups`` (the source image of each tile) the groups are
+    resampled, each drawn group bringing all its tiles (a cluster
+    bootstrap): tiles of one image are not independent evidence. Resamples
+    then differ in length (a list of arrays); with one tile per group they
+    are the tile resamples exactly. The same arguments always give the same
+    resamples.
     """
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return rng.integers(0, n, size=(n_boot, n))
+    codes, members = np.unique(np.asarray(groups), return_inverse=True)
+    if len(codes) == n:
+        order = np.argsort(members, kind="stable")  # group k's only tile
+        return order[rng.integers(0, n, size=(n_boot, n))]
+    tiles = [np.flatnonzero(members == g) for g in range(len(codes))]
+    draws = rng.integers(0, len(codes), size=(n_boot, len(codes)))
+    return [np.concatenate([tiles[g] for g in row]) for row in draws]
 
 
 @contextmanager
@@ -296,7 +310,8 @@ def score_predictions(predictions: Sequence, n_boot: int = 1000, seed: int = 0, 
     sizes = {p.n_tiles for p in predictions}
     if len(sizes) > 1:
         raise DataError(f"predictions on different numbers of tiles {sorted(sizes)}: they cannot share resamples")
-    resamples = bootstrap_indices(sizes.pop() if sizes else 0, n_boot, seed)
+    groups = predictions[0].groups if predictions and getattr(predictions[0], "groups", None) is not None else None
+    resamples = bootstrap_indices(sizes.pop() if sizes else 0, n_boot, seed, groups)
     chunks = [resamples[i:i + RESAMPLE_CHUNK] for i in range(0, len(resamples), RESAMPLE_CHUNK)]
     jobs = [(k, c) for k in range(len(predictions)) for c in chunks]
     with _quiet():
@@ -310,4 +325,7 @@ def score_predictions(predictions: Sequence, n_boot: int = 1000, seed: int = 0, 
     rows = [{"store": p.store, "encoder": p.encoder, "layer": p.layer, "depth": p.depth, "method": p.method,
              "task": p.task, "scores": _interval_of(point, b), "params": p.params}
             for p, point, b in zip(predictions, points, boots)]
-    return ScoreTable(rows, {**(info or {}), "n_boot": n_boot, "bootstrap_seed": seed})
+    n_units = len(np.unique(groups)) if groups is not None else (predictions[0].n_tiles if predictions else 0)
+    return ScoreTable(rows, {**(info or {}), "n_boot": n_boot, "bootstrap_seed": seed,
+                             "bootstrap_unit": "source image" if groups is not None else "tile",
+                             "bootstrap_units": int(n_units)})

@@ -152,6 +152,8 @@ def leaderboard_markdown(lb: Leaderboard) -> str:
         how = (f"exact sign-flip test over the {units} images (all {first['patterns']} patterns)"
                if first["method"] == "exact" else
                f"sign-flip test over the {units} images ({first['patterns']} random patterns)")
+        if seeds > 1:
+            how += ", or the centred bootstrap over seeds and images where its p is larger"
         lines += ["", f"Paired comparisons on {METRIC_LABELS[lb.primary]} (95% interval over the same image "
                       f"resamples; p: {how}, Holm-adjusted over the {len(pairs)} pair(s)):", ""]
         if math.isfinite(first["min_p"]) and first["min_p"] * len(pairs) >= 0.05:
