@@ -362,3 +362,56 @@ def test_sweep_on_few_tiles_of_many_classes():
     model = probe_fit.fit_linear(X, y, l2_grid=(1.0, 0.1, 0.01))
     assert model.best_params["l2"] in (1.0, 0.1, 0.01)
     assert model.predict(X).shape == (15,)
+
+
+# ----------------------------------------------------------------------------
+# Splits over source images
+# ----------------------------------------------------------------------------
+
+def test_folds_keep_every_image_whole():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(12), 4)  # 12 images of 4 tiles
+    y = np.repeat(rng.permutation([0, 1] * 6), 4)
+    folds = make_folds(y, 4, groups=groups)
+    assert all(len(np.unique(folds[groups == g])) == 1 for g in range(12))
+    assert sorted(np.bincount(folds)) == [12, 12, 12, 12]  # 3 images per fold
+    with pytest.raises(DataError, match="5 folds for 4 source images: folds keep each image's tiles together"):
+        make_folds(np.repeat([0, 1, 0, 1], 3), 5, groups=np.repeat(np.arange(4), 3))
+    # A class that lives in one image only cannot be on both sides of a split: named.
+    y3 = y.copy()
+    y3[groups == 0] = 2
+    with pytest.raises(DataError, match="training split of fold . has no tile of 'rare'"):
+        make_folds(y3, 4, groups=groups, names=["a", "b", "rare"])
+    # One tile per image: the tile folds as before, exactly.
+    assert np.array_equal(make_folds(y, 4, groups=np.arange(len(y))), make_folds(y, 4))
+
+
+def test_a_label_random_per_image_scores_at_chance(tmp_path):
+    """Tiles of one image share stain and tissue: tile folds would reward memory, image folds do not."""
+    from PIL import Image
+
+    from embedcache.config import ExtractConfig
+    from embedcache.datasets.synthetic import make_tiles
+    from embedcache.extract import extract
+
+    (tmp_path / "data").mkdir()
+    images, labels, _ = make_tiles(12, seed=3, size=128)
+    for k in range(12):
+        Image.fromarray(images[k]).save(tmp_path / "data" / f"img{k:02d}.png")
+        Image.fromarray(labels[k, ..., 0].astype(np.uint16)).save(tmp_path / "data" / f"img{k:02d}_inst.png")
+    store = extract(tmp_path / "data", tmp_path / "s.zarr",
+                    ExtractConfig(encoder=TINY_VIT, weights="random", variants="none", tile_size=64,
+                                  loader_workers=0, device="cpu"), progress=False).path
+    from embedcache.store.reader import open_store
+
+    source = open_store(store).tile_info()["source"]
+    label = np.random.default_rng(0).permutation(["A", "B"] * 6)
+    f = tmp_path / "labels.csv"
+    f.write_text("tile,label\n" + "".join(f"{t},{label[s]}\n" for t, s in enumerate(source)))
+    preds, info = run_probes([store], ProbeConfig(labels=str(f), method="knn", folds=4, n_boot=300))
+    table = score_predictions(preds, n_boot=300, info=info)
+    assert info["folds"] == "stratified 4-fold over 12 source images" and info["n_units"] == 12
+    assert table.info["bootstrap_unit"] == "source image" and table.info["bootstrap_units"] == 12
+    ba = table.rows[0]["scores"]["balanced_accuracy"]
+    assert ba["lo"] < 0.5 < ba["hi"] and abs(ba["value"] - 0.5) < 0.2
+    assert all(len(np.unique(preds[0].groups[source == s])) == 1 for s in range(12))

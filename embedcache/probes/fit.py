@@ -56,6 +56,9 @@ class ProbePrediction:
         Class names, or regression target names.
     params : dict
         What each fold chose (``C`` or ``alpha``), and ``k``.
+    groups : (n,) ndarray of int, or None
+        The independent unit of each tile (its source image): folds keep a
+        group together and intervals resample groups.
     """
 
     store: str
@@ -70,6 +73,7 @@ class ProbePrediction:
     confusion: np.ndarray | None = None
     names: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    groups: np.ndarray | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -77,24 +81,38 @@ class ProbePrediction:
 
 
 def make_folds(y: np.ndarray, n_folds: int | None = None, store_folds: np.ndarray | None = None,
-               seed: int = 0) -> np.ndarray:
+               seed: int = 0, groups: np.ndarray | None = None, names: Sequence[str] | None = None) -> np.ndarray:
     """Test fold of every tile, ``(n,) ndarray of int``.
 
     The store's folds when ``n_folds`` is None and it has several; else a
-    stratified k-fold (plain k-fold for ``(n, T)`` regression targets) with
-    ``n_folds`` (default 5).
+    k-fold with ``n_folds`` (default 5), stratified for ``(n,)`` class codes
+    (plain for ``(n, T)`` regression targets). With ``groups`` (the source
+    image of each tile) every group falls in one fold, so no image has tiles
+    on both sides of a split; stratified as far as the groups allow.
 
     Raises
     ------
     DataError
-        A class with fewer tiles than folds, or a training split of one class.
+        Fewer tiles (or groups) than folds, a class with fewer tiles than
+        folds, or a fold whose training split lacks a class (named).
     """
-    from sklearn.model_selection import KFold, StratifiedKFold
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     y = np.asarray(y)
     n = len(y)
+    grouped = groups is not None and len(np.unique(groups)) < n
     if n_folds is None and store_folds is not None and len(np.unique(store_folds)) > 1:
         folds = np.unique(np.asarray(store_folds), return_inverse=True)[1]
+    elif grouped:
+        k = n_folds or 5
+        n_groups = len(np.unique(groups))
+        if k > n_groups:
+            raise DataError(f"{k} folds for {n_groups} source images: folds keep each image's tiles together; "
+                            "use fewer --folds (at most the number of images)")
+        splitter = (StratifiedGroupKFold(k, shuffle=True, random_state=seed) if y.ndim == 1 else GroupKFold(k))
+        folds = np.empty(n, dtype=np.int64)
+        for f, (_, test) in enumerate(splitter.split(np.zeros(n), y if y.ndim == 1 else None, groups)):
+            folds[test] = f
     else:
         k = n_folds or 5
         if k > n:
@@ -111,10 +129,17 @@ def make_folds(y: np.ndarray, n_folds: int | None = None, store_folds: np.ndarra
         for f, (_, test) in enumerate(splitter.split(np.zeros(n), y if y.ndim == 1 else None)):
             folds[test] = f
     if y.ndim == 1:
+        classes = np.unique(y)
         for f in np.unique(folds):
             if len(np.unique(y[folds != f])) < 2:
                 raise DataError(f"the training split of fold {f} holds a single class; "
                                 "use stratified folds (--folds K)")
+            absent = np.setdiff1d(classes, y[folds != f])
+            if grouped and absent.size:
+                c = int(absent[0])
+                name = names[c] if names is not None and c < len(names) else f"class {c}"
+                raise DataError(f"the training split of fold {f} has no tile of {name!r}: all its tiles come from "
+                                "the images of that fold; use fewer --folds or merge rare classes")
     return folds.astype(np.int64)
 
 
@@ -211,7 +236,7 @@ def _as_variants(X: np.ndarray) -> np.ndarray:
 
 def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str = "linear", *,
                    k: int = 20, l2_grid: Sequence[float] = ProbeConfig.l2_grid, augment: bool = False,
-                   seed: int = 0) -> ProbePrediction:
+                   seed: int = 0, groups: np.ndarray | None = None) -> ProbePrediction:
     """Out-of-fold predictions of one probe on one set of features.
 
     Parameters
@@ -224,15 +249,19 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     method : {"linear", "knn"}
     augment : bool
         Train on every variant of the training tiles; tests use variant 0.
+    groups : (n,) ndarray of int, optional
+        Source image of each tile: the L2 sweep's validation split keeps an
+        image's tiles together too. Default: each tile its own group.
 
     Returns
     -------
     ProbePrediction
-        With ``y_true``, ``y_pred``, ``proba`` (classification) and the
-        strength chosen in each fold; store, layer and depth left blank.
+        With ``y_true``, ``y_pred``, ``proba`` (classification), the strength
+        chosen in each fold and ``groups``; store, layer and depth left blank.
     """
     X, y, folds = _as_variants(X), np.asarray(y), np.asarray(folds)
-    if not len(X) == len(y) == len(folds):
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    if not len(X) == len(y) == len(folds) == len(groups):
         raise DataError(f"features ({len(X)}), labels ({len(y)}) and folds ({len(folds)}) disagree in length")
     if method not in ("linear", "knn"):
         raise ConfigError(f"method must be linear or knn, not {method!r}")
@@ -247,19 +276,19 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     # BLAS threads only slow small fits down (and fight other processes for the cores).
     with threadpool_limits(1 if X.size < SMALL_PROBLEM else None):
         for f in np.unique(folds):
-            chosen.append(_fit_fold(X, y, folds == f, method, y_pred, proba, n_var, k, l2_grid, seed))
+            chosen.append(_fit_fold(X, y, folds == f, method, y_pred, proba, n_var, k, l2_grid, seed, groups))
     return ProbePrediction(store="", encoder="", layer="", depth=1.0, method=method,
                            task=CLASSIFICATION if classify else REGRESSION, y_true=y, y_pred=y_pred, proba=proba,
-                           params={"folds": chosen})
+                           params={"folds": chosen}, groups=groups)
 
 
-def _fit_fold(X, y, is_test, method, y_pred, proba, n_var, k, l2_grid, seed) -> dict:
+def _fit_fold(X, y, is_test, method, y_pred, proba, n_var, k, l2_grid, seed, groups) -> dict:
     """Fit one fold's probe on its training tiles (and their variants); fill its test rows."""
     train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     X_tr = X[train, :n_var].reshape(len(train) * n_var, -1)
     y_tr = np.repeat(y[train], n_var, axis=0)
     if method == "linear":
-        model = fit_linear(X_tr, y_tr, np.repeat(train, n_var), l2_grid, seed)
+        model = fit_linear(X_tr, y_tr, np.repeat(groups[train], n_var), l2_grid, seed)
     else:
         model = fit_knn(X_tr, y_tr, k)
     y_pred[test] = model.predict(X[test, 0])
@@ -271,7 +300,8 @@ def _fit_fold(X, y, is_test, method, y_pred, proba, n_var, k, l2_grid, seed) -> 
 def probe_features(features: Mapping[str, np.ndarray], labels: TileLabels, folds: np.ndarray,
                    config: ProbeConfig = ProbeConfig(), store: str = "", encoder: str = "",
                    depths: Mapping[str, float] | None = None,
-                   progress: Callable[[str], None] | None = None) -> list[ProbePrediction]:
+                   progress: Callable[[str], None] | None = None,
+                   groups: np.ndarray | None = None) -> list[ProbePrediction]:
     """Every method of ``config`` on every layer of ``features`` (shallow to deep).
 
     Parameters
@@ -281,6 +311,8 @@ def probe_features(features: Mapping[str, np.ndarray], labels: TileLabels, folds
     depths : mapping of layer name to float, optional
         Relative depth of each layer (:func:`layer_depth`); default its
         position among ``features``.
+    groups : (n,) ndarray of int, optional
+        Source image of each tile (:func:`cross_validate`).
     """
     out = []
     layers = list(features)
@@ -289,7 +321,7 @@ def probe_features(features: Mapping[str, np.ndarray], labels: TileLabels, folds
         X = X() if callable(X) else X
         for method in config.methods:
             pred = cross_validate(X, labels.y, folds, method, k=config.k, l2_grid=config.l2_grid,
-                                  augment=config.augment, seed=config.seed)
+                                  augment=config.augment, seed=config.seed, groups=groups)
             depth = depths[layer] if depths else (i + 1) / len(layers)
             pred.store, pred.encoder, pred.layer, pred.depth = store, encoder, layer, depth
             pred.names = labels.names

@@ -75,11 +75,13 @@ def _chunks(store, layer: str, labels: str, valid: np.ndarray):
 
 
 def probe_layer(store, layer: str, folds: np.ndarray, config: ProbeConfig = ProbeConfig(level="patch",
-                labels="nuclei", method="linear")) -> tuple[np.ndarray, list[dict], int]:
+                labels="nuclei", method="linear"), groups: np.ndarray | None = None) -> tuple[np.ndarray, list[dict], int]:
     """Out-of-fold patch predictions of one layer, as per-tile confusion matrices.
 
     Two passes over the layer's tokens: one samples training patches of
     every tile, one predicts every patch with the probe of its tile's fold.
+    ``groups`` (the source image of each tile) keeps an image's patches on
+    one side of the L2 sweep's validation split; default the tile.
 
     Returns
     -------
@@ -111,7 +113,8 @@ def probe_layer(store, layer: str, folds: np.ndarray, config: ProbeConfig = Prob
         rows = folds[tile_of] != f
         if len(np.unique(y[rows])) < 2:
             raise DataError(f"{store.path}: the training tiles of fold {f} hold a single patch class at {layer}")
-        models[f] = fit_linear(X[rows], y[rows], tile_of[rows], config.l2_grid, config.seed)
+        unit = tile_of if groups is None else np.asarray(groups)[tile_of]
+        models[f] = fit_linear(X[rows], y[rows], unit[rows], config.l2_grid, config.seed)
         chosen.append(models[f].best_params)
     del X, y, tile_of
     confusion = np.zeros((store.n_tiles, n_classes, n_classes), dtype=np.int64)
@@ -143,23 +146,27 @@ def run_patch_probes(paths: Sequence, config: ProbeConfig,
         if not s.has_labels:
             raise DataError(f"{s.path}: the store has no label maps; the patch probe needs them")
     layers = {id(s): s.select_layers(config.layers) for s in stores}
-    store_folds = stores[0].tile_info()["fold"]
-    # No tile-level class to stratify on: a plain k-fold over tiles (regression-style targets).
-    folds = make_folds(np.zeros((stores[0].n_tiles, 1)), config.folds, store_folds, config.seed)
+    info = stores[0].tile_info()
+    store_folds, groups = info["fold"], info.get("source")
+    # No tile-level class to stratify on: a plain k-fold, over source images (regression-style targets).
+    folds = make_folds(np.zeros((stores[0].n_tiles, 1)), config.folds, store_folds, config.seed, groups)
     predictions = []
     for s in stores:
         for layer in layers[id(s)]:
-            confusion, chosen, k = probe_layer(s, layer, folds, config)
+            confusion, chosen, k = probe_layer(s, layer, folds, config, groups)
             predictions.append(ProbePrediction(
                 store=store_label(s, stores), encoder=s.encoder.name, layer=layer,
                 depth=layer_depth(s, layer), method="linear", task=SEGMENTATION, confusion=confusion,
                 names=_class_names(stores[0], config.labels, k),
-                params={"folds": chosen}))
+                params={"folds": chosen}, groups=None if groups is None else np.asarray(groups)))
             if progress:
                 progress(f"{s.path.name} {layer}")
-    split = "store folds" if config.folds is None and len(np.unique(store_folds)) > 1 else f"{config.folds or 5}-fold"
+    n_images = stores[0].n_tiles if groups is None else int(len(np.unique(groups)))
+    over = f" over {n_images} source images" if n_images < stores[0].n_tiles else ""
+    split = ("store folds" if config.folds is None and len(np.unique(store_folds)) > 1
+             else f"{config.folds or 5}-fold{over}")
     names = max((p.names for p in predictions), key=len)
     info = {"level": "patch", "labels": {"source": config.labels, "task": SEGMENTATION, "names": names},
             "n_tiles": stores[0].n_tiles, "folds": split, "n_folds": int(len(np.unique(folds))),
-            "config": config.to_dict()}
+            "unit": "source image", "n_units": n_images, "config": config.to_dict()}
     return predictions, info

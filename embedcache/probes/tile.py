@@ -40,16 +40,21 @@ def run_tile_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(),
     stores = open_stores(paths)
     layers = {id(s): s.select_layers(config.layers) for s in stores}
     labels = tile_labels(stores[0], config.labels)
-    store_folds = stores[0].tile_info()["fold"]
-    folds = make_folds(labels.y, config.folds, store_folds, config.seed)
+    info = stores[0].tile_info()
+    store_folds, groups = info["fold"], info["source"]
+    folds = make_folds(labels.y, config.folds, store_folds, config.seed, groups,
+                       labels.names if labels.task == CLASSIFICATION else None)
     predictions = []
     for s in stores:
         feats = {layer: (lambda layer=layer, s=s: pooled_features(s, layer, config.pooled, config.augment))
                  for layer in layers[id(s)]}
         predictions += probe_features(feats, labels, folds, config, store_label(s, stores), s.encoder.name,
-                                      {layer: layer_depth(s, layer) for layer in feats}, progress)
+                                      {layer: layer_depth(s, layer) for layer in feats}, progress, groups)
+    n_images = int(len(np.unique(groups)))
+    over = f" over {n_images} source images" if n_images < len(groups) else ""
     split = "store folds" if config.folds is None and len(np.unique(store_folds)) > 1 else (
-        f"{'stratified ' if labels.task == CLASSIFICATION else ''}{config.folds or 5}-fold")
+        f"{'stratified ' if labels.task == CLASSIFICATION else ''}{config.folds or 5}-fold{over}")
     info = {"level": "tile", "labels": labels.describe(), "n_tiles": len(labels.y), "folds": split,
-            "n_folds": int(len(np.unique(folds))), "config": config.to_dict()}
+            "n_folds": int(len(np.unique(folds))), "unit": "source image", "n_units": n_images,
+            "config": config.to_dict()}
     return predictions, info
