@@ -248,7 +248,8 @@ class ScoreTable:
         info = self.info
         head = (f"{info.get('level', 'tile')}-level probe of {info.get('labels', {}).get('source', '?')} labels: "
                 f"{info.get('n_tiles', '?')} tiles, {info.get('folds', '?')}, "
-                f"95% bootstrap intervals over {info.get('n_boot', '?')} resamples of the test tiles")
+                f"95% bootstrap intervals over {info.get('n_boot', '?')} resamples of the test "
+                + (f"images ({info['bootstrap_units']})" if info.get("bootstrap_unit") == "source image" else "tiles"))
         lines = [head, "", table(headers, body)]
         if any(len(self._layers(r)) > 1 for r in self.rows):
             lines.append("")
@@ -325,7 +326,8 @@ def score_predictions(predictions: Sequence, n_boot: int = 1000, seed: int = 0, 
     rows = [{"store": p.store, "encoder": p.encoder, "layer": p.layer, "depth": p.depth, "method": p.method,
              "task": p.task, "scores": _interval_of(point, b), "params": p.params}
             for p, point, b in zip(predictions, points, boots)]
-    n_units = len(np.unique(groups)) if groups is not None else (predictions[0].n_tiles if predictions else 0)
+    n_tiles = predictions[0].n_tiles if predictions else 0
+    n_units = len(np.unique(groups)) if groups is not None else n_tiles
     return ScoreTable(rows, {**(info or {}), "n_boot": n_boot, "bootstrap_seed": seed,
-                             "bootstrap_unit": "source image" if groups is not None else "tile",
+                             "bootstrap_unit": "source image" if n_units < n_tiles else "tile",
                              "bootstrap_units": int(n_units)})
