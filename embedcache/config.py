@@ -21,6 +21,13 @@ from embedcache.device import check_device
 from embedcache.errors import ConfigError
 
 
+def _at_least(config, minimum: int, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) < minimum:
+            raise ConfigError(f"{name.replace('batch_size', 'batch size')} must be at least {minimum}, "
+                              f"got {getattr(config, name)}")
+
+
 class _Config:
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +73,9 @@ class ExtractConfig(_Config):
         DataLoader worker processes reading tiles (single-process runs).
     tile_size : int
         Tile side for the folder and slides layouts (slides: pixels at ``tile_mpp``).
+    overlap : int or None
+        Folder layout: overlap of neighbouring tiles of an image in px, as
+        live prediction cuts images (no seams); None: a quarter of the tile.
     format : {"auto", "pannuke", "conic", "folder", "slides"}
     seed : int
         Seed of random initialisation with ``weights="random"``.
@@ -89,6 +99,7 @@ class ExtractConfig(_Config):
     unit_tiles: int = 16
     loader_workers: int = 1
     tile_size: int = 256
+    overlap: int | None = None
     format: str = "auto"
     seed: int = 0
     mpp: float | None = None
@@ -102,10 +113,10 @@ class ExtractConfig(_Config):
             raise ConfigError(f"tile_mpp must be positive, got {self.tile_mpp}")
         if not 0 <= self.min_tissue <= 1:
             raise ConfigError(f"min_tissue must lie in 0..1, got {self.min_tissue}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.unit_tiles < 1:
-            raise ConfigError(f"unit_tiles must be at least 1, got {self.unit_tiles}")
+        _at_least(self, 1, "batch_size", "unit_tiles")
+        if self.overlap is not None and not 0 <= self.overlap <= self.tile_size // 2:
+            raise ConfigError(f"overlap must lie in 0..{self.tile_size // 2} px for {self.tile_size}-px tiles, "
+                              f"got {self.overlap}")
         if self.loader_workers < 0:
             raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.dtype not in ("float16", "float32"):
@@ -115,7 +126,7 @@ class ExtractConfig(_Config):
     def dataset_options(self) -> dict:
         """Keyword arguments of :func:`embedcache.datasets.open_dataset` besides the format."""
         return {"tile_size": self.tile_size, "mpp": self.mpp, "tile_mpp": self.tile_mpp,
-                "min_tissue": self.min_tissue}
+                "min_tissue": self.min_tissue, "overlap": self.overlap}
 
 
 # (d_row, d_col) of each channel. Lengths do not matter: every side of every
@@ -265,10 +276,7 @@ class FitConfig(_Config):
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        _at_least(self, 1, "epochs", "batch_size")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
         if self.patience < 0 or self.loader_workers < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
@@ -348,16 +356,14 @@ def _check_pair_distances(d_near: float, d_far: float, far_from: str):
 class SSLConfig(_Config):
     """How ``fit-ssl`` learns descriptors from the spatial continuity of slides.
 
-    Near pairs (tile centres closer than ``d_near`` um on one slide) are
-    pulled together, far pairs (further than ``d_far`` um on one slide, or
-    on two slides) pushed apart, by the contrastive loss
-    ``L = (1 - y) d^2 + y max(0, margin - d)^2`` on L2-normalised
-    descriptors (y = 1 for a far pair). The defaults suit 256-px tiles at
-    0.5 um/px (128 um): near pairs are a tile's 8 neighbours, far pairs
-    2 mm or more apart on the same slide. Far pairs across slides are off by
-    default: they teach the descriptors to tell slides apart (staining), and
-    on the synthetic slides such heads retrieved across slides worse than
-    the untrained head.
+    Near pairs (centres closer than ``d_near`` um on one slide) are pulled
+    together, far pairs (``d_far`` um or more apart on one slide, or on two
+    slides) pushed apart by ``L = (1 - y) d^2 + y max(0, margin - d)^2`` on
+    unit descriptors (y = 1 far). Defaults suit 256-px tiles at 0.5 um/px:
+    near pairs are a tile's 8 neighbours, far pairs 2 mm or more apart on
+    the same slide. Far pairs across slides are off by default: they teach
+    the descriptors to tell slides apart (staining), and on the synthetic
+    slides such heads retrieved across slides worse than the untrained one.
 
     Attributes
     ----------
@@ -436,9 +442,7 @@ class SSLConfig(_Config):
         if self.kind not in ("mean", "cls"):
             raise ConfigError(f"kind must be mean or cls, not {self.kind!r}")
         _check_pair_distances(self.d_near, self.d_far, self.far_from)
-        for field_name in ("dim", "hidden", "pairs", "steps"):
-            if getattr(self, field_name) < 1:
-                raise ConfigError(f"{field_name} must be at least 1, got {getattr(self, field_name)}")
+        _at_least(self, 1, "dim", "hidden", "pairs", "steps")
         if self.epochs < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 2:
@@ -500,14 +504,11 @@ class RetrievalConfig(_Config):
     seed: int = 0
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ConfigError(f"k must be at least 1, got {self.k}")
+        _at_least(self, 1, "k", "far_pairs")
         if self.metric not in ("euclidean", "cosine"):
             raise ConfigError(f"metric must be euclidean or cosine, not {self.metric!r}")
         if self.kind not in ("mean", "cls"):
             raise ConfigError(f"kind must be mean or cls, not {self.kind!r}")
-        if self.far_pairs < 1:
-            raise ConfigError(f"far_pairs must be at least 1, got {self.far_pairs}")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"holdout must lie strictly between 0 and 1, got {self.holdout}")
         _check_pair_distances(self.d_near, self.d_far, self.far_from)
@@ -531,14 +532,14 @@ class ProbeConfig(_Config):
     level : {"tile", "patch"}
         Probe pooled vectors per tile, or every patch token.
     layers : str
-        ``last``, ``all``, or comma-separated layer names or indices.
+        ``last``, ``all``, or layer names or indices (comma-separated).
     method : {"linear", "knn", "both"}
         kNN is tile level only.
     pooled : {"mean", "cls", "both"}
         Which pooled vector a tile-level probe reads.
     folds : int or None
-        Stratified k-fold with this many folds; None uses the store's folds
-        when it has several (PanNuke), else 5.
+        K folds over source images (stratified); None: the store's folds when
+        it has several (PanNuke), else 5.
     k : int
         Neighbours of the cosine kNN.
     l2_grid : tuple of float
@@ -546,13 +547,13 @@ class ProbeConfig(_Config):
         scikit-learn's ``C = 1 / (l2 * rows)`` (ridge: ``alpha = l2 * rows``),
         so one grid suits a hundred tiles or a hundred thousand patches.
     augment : bool
-        Train tile-level probes on every cached variant (tests stay on the identity).
+        Train tile-level probes on every variant too (tests: the identity).
     n_boot : int
-        Bootstrap resamples of the test tiles for the 95% intervals.
+        Bootstrap resamples of the test images for the 95% intervals.
     seed : int
         Seeds the folds, the inner validation split and the bootstrap.
     max_patches : int
-        Training patches in all (sampled evenly over tiles), patch level.
+        Patch level: training patches in all (sampled evenly over tiles).
     """
 
     labels: str = "tissue"
@@ -585,14 +586,11 @@ class ProbeConfig(_Config):
             raise ConfigError(f"labels must be tissue, type, counts or a .csv file, not {self.labels!r}")
         if self.folds is not None and self.folds < 2:
             raise ConfigError(f"folds must be at least 2, got {self.folds}")
-        if self.k < 1:
-            raise ConfigError(f"k must be at least 1, got {self.k}")
+        _at_least(self, 1, "k", "max_patches")
         if not self.l2_grid or min(self.l2_grid) <= 0:
             raise ConfigError(f"l2_grid needs positive values, got {self.l2_grid}")
         if self.n_boot < 0:
             raise ConfigError(f"n_boot must be >= 0, got {self.n_boot}")
-        if self.max_patches < 1:
-            raise ConfigError(f"max_patches must be at least 1, got {self.max_patches}")
 
     @property
     def methods(self) -> tuple[str, ...]:

@@ -1,7 +1,9 @@
 """Where tiles lie: images made of tiles, tile centres on slides, near pairs, the held-out slide split.
 
 Arrays in, arrays out. :class:`TiledImage` is an image and the tiles that
-cover it (a store's source image, or a picture cut for live prediction).
+cover it (a store's source image, or a picture cut for live prediction);
+:func:`plan_tiles` places them, the same way for the folder reader and for
+live prediction, so cached and live tiles coincide.
 Pair sampling (:mod:`embedcache.train.pairs`) and
 retrieval (:mod:`embedcache.metrics.retrieval`) share these; a store gives
 its own with :meth:`embedcache.store.reader.Store.geometry`, a slide
@@ -42,6 +44,22 @@ class TiledImage:
     shape: tuple[int, int]
     tiles: list
     tissue: str | None = None
+
+
+def plan_tiles(shape: tuple[int, int], tile: tuple[int, int], overlap: int = 0) -> list[tuple[int, int]]:
+    """Top-left corners of tiles covering an image, ``overlap`` px apart from their neighbours.
+
+    >>> plan_tiles((300, 200), (256, 256), overlap=64)
+    [(0, 0), (192, 0)]
+    """
+    if not 0 <= overlap < min(tile):
+        raise ConfigError(f"overlap must lie in 0..{min(tile) - 1} px for {tile[0]}x{tile[1]} tiles, got {overlap}")
+
+    def starts(n, t):
+        step = t - overlap
+        return list(range(0, max(n - overlap, 1), step)) if n > t else [0]
+
+    return [(r, c) for r in starts(shape[0], tile[0]) for c in starts(shape[1], tile[1])]
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def _write_folder(d, sizes):
 
 def test_folder_reader_tiles_any_size_with_padding(tmp_path):
     files = _write_folder(tmp_path / "f", [(100, 150), (64, 64)])
-    ds = open_dataset(tmp_path / "f", tile_size=64)
+    ds = open_dataset(tmp_path / "f", tile_size=64, overlap=0)
     assert ds.layout == "folder"
     # 100x150 -> 2 rows x 3 cols; 64x64 -> 1 tile.
     assert ds.n_tiles == 7
@@ -232,8 +232,15 @@ def test_real_conic_tiles_with_sparse_ids():
 
 
 def test_real_folder_images_of_odd_sizes():
-    ds = open_dataset(shared_data("cpm15-dev"))
+    ds = open_dataset(shared_data("cpm15-dev"), overlap=0)
     ls = read_label_maps(shared_data("cpm15-dev"))
     assert len(ls) == 11
     assert len(np.unique(ls.instances[ls.names.index("image01")])) - 1 == 351
     assert ds.n_tiles == sum(-(-m.shape[0] // 256) * -(-m.shape[1] // 256) for m in ls.instances)
+    # By default neighbouring tiles overlap by a quarter tile, as live prediction cuts the images.
+    from embedcache.geometry import plan_tiles
+
+    default = open_dataset(shared_data("cpm15-dev"))
+    assert default.overlap == 64 and default.describe()["overlap"] == 64
+    assert default.n_tiles == sum(len(plan_tiles(m.shape, (256, 256), 64)) for m in ls.instances) > ds.n_tiles
+    assert default.fingerprint() != ds.fingerprint()

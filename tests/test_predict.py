@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
     images, labels, _ = make_tiles(1, seed=9, size=160)
     Image.fromarray(images[0][:150, :140]).save(folder / "big.png")
     Image.fromarray(labels[0, :150, :140, 0].astype(np.uint16)).save(folder / "big_inst.png")
-    big = make_store(folder, tmp / "big.zarr", tile_size=64)
+    big = make_store(folder, tmp / "big.zarr", tile_size=64, overlap=0)  # a plain grid: seams
     fit(big, tmp / "bigrun", fit_config(epochs=1, val="tiles:0"), progress=False)
     return {"tmp": tmp, "conic": conic, "stack": stack, "run": tmp / "run", "folder": folder, "big": big,
             "bigrun": tmp / "bigrun"}
@@ -80,6 +80,25 @@ def test_large_images_cached_grid_equals_live_without_overlap(trained):
     assert (tmp / "bigc" / "overlays" / "big.png").exists()
     labels = read_label_maps(tmp / "bigc")  # what evaluate reads
     assert labels.names == ["big"] and labels.types is None
+
+
+def test_an_overlapping_store_predicts_as_live_prediction_does(trained):
+    """A store of overlapping tiles: cached prediction stitches them exactly as live prediction over them."""
+    tmp = trained["tmp"]
+    store = make_store(trained["folder"], tmp / "big-overlap.zarr", tile_size=64, overlap=24)
+    s = open_store(store)
+    assert s.tile_overlap == 24 and not s.has_seams and open_store(trained["big"]).has_seams
+    assert s.n_tiles > open_store(trained["big"]).n_tiles
+    offsets = sorted({tuple(o) for o in s.tile_info()["offset"].tolist()})
+    assert offsets == sorted(plan_tiles((150, 140), (64, 64), 24))  # the live tiling, exactly
+    run = tmp / "overlap-run"
+    fit(store, run, fit_config(epochs=1, val="tiles:0"), progress=False)
+    a = predict(run, tmp / "ov-cached", store=store, progress=False)
+    b = predict(run, tmp / "ov-live", data=trained["folder"], overlap=24, progress=False)
+    assert a.n_images == b.n_images == 1
+    inst_a = np.asarray(Image.open(tmp / "ov-cached" / "big_inst.png"))
+    inst_b = np.asarray(Image.open(tmp / "ov-live" / "big_inst.png"))
+    assert inst_a.shape == (150, 140) and np.array_equal(inst_a, inst_b)
 
 
 class Oracle(Predictor):

@@ -38,6 +38,9 @@ from embedcache.report import human_bytes
 @loader_workers_option("tiles (single-process runs)")
 @click.option("--tile-size", default=256, show_default=True, type=int,
               help="Tile side for the folder and slides layouts (slides: pixels at --tile-mpp).")
+@click.option("--overlap", default=None, type=click.IntRange(min=0), metavar="PX",
+              help="Folder layout: overlap of neighbouring tiles of an image (default: a quarter of the tile, "
+                   "as live prediction cuts images; 0: a plain grid, whose cached predictions have seams).")
 @click.option("--mpp", default=None, type=float,
               help="Slides: level-0 microns per pixel, overriding the files (for slides that record none).")
 @click.option("--tile-mpp", default=0.5, show_default=True, type=float, help="Slides: microns per pixel of the tiles.")
@@ -47,7 +50,7 @@ from embedcache.report import human_bytes
                                                 "(the old one stays until the new one is complete).")
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, weights, norm, unit_tiles,
-            workers, scheduler, loader_workers, tile_size, mpp, tile_mpp, min_tissue, overwrite, quiet):
+            workers, scheduler, loader_workers, tile_size, overlap, mpp, tile_mpp, min_tissue, overwrite, quiet):
     """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
 
     An interrupted run resumes when the same command is run again. With
@@ -59,8 +62,8 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
     StoreLocation.parse(out)  # a bad URL fails before any model loads
     config = ExtractConfig(encoder=encoder, weights=weights, layers=layers, variants=variants,
                            batch_size=batch_size, device=device, dtype=dtype, norm=norm, unit_tiles=unit_tiles,
-                           loader_workers=loader_workers, tile_size=tile_size, format=fmt, mpp=mpp, tile_mpp=tile_mpp,
-                           min_tissue=min_tissue)
+                           loader_workers=loader_workers, tile_size=tile_size, overlap=overlap, format=fmt, mpp=mpp,
+                           tile_mpp=tile_mpp, min_tissue=min_tissue)
     from embedcache.extract import extract as run_extract
 
     result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,

@@ -19,6 +19,9 @@ from embedcache.errors import DataError
 FORMATS = ("auto", "pannuke", "conic", "folder", "slides")
 
 
+FOLDER_OVERLAP = 4  # folder images are tiled with neighbours overlapping by tile_size // 4 px by default
+
+
 def detect_format(path: Path, labels_only: bool = False) -> str:
     """The layout of ``path``: pannuke, conic or folder.
 
@@ -47,7 +50,7 @@ def detect_format(path: Path, labels_only: bool = False) -> str:
 
 
 def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | None = None,
-                 tile_mpp: float = 0.5, min_tissue: float = 0.5) -> TileDataset:
+                 tile_mpp: float = 0.5, min_tissue: float = 0.5, overlap: int | None = None) -> TileDataset:
     """Open a dataset for extraction.
 
     Parameters
@@ -56,6 +59,9 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
     format : {"auto", "pannuke", "conic", "folder", "slides"}
     tile_size : int
         Tile side for the folder and slides layouts (stacks keep their own tile size).
+    overlap : int, optional
+        Folder layout: overlap of neighbouring tiles of an image in px; None:
+        a quarter of the tile (:data:`FOLDER_OVERLAP`), what live prediction uses.
     mpp, tile_mpp, min_tissue
         Slides only: level-0 microns per pixel overriding the files, microns
         per pixel of the tiles, smallest tissue fraction of a kept tile
@@ -78,7 +84,8 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
         from embedcache.datasets.slides import SlideDataset
 
         return SlideDataset(path, tile_size=tile_size, tile_mpp=tile_mpp, mpp=mpp, min_tissue=min_tissue)
-    return FolderDataset(path, tile_size=tile_size)
+    return FolderDataset(path, tile_size=tile_size,
+                         overlap=tile_size // FOLDER_OVERLAP if overlap is None else overlap)
 
 
 __all__ = [

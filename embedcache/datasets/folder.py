@@ -3,11 +3,14 @@
 Layout: ``NAME.png`` (RGB; also .tif/.tiff/.jpg/.jpeg), ``NAME_inst.png``
 (instance ids, 0 = background; 16-bit PNG, TIFF or ``.npy``) and optionally
 ``NAME_type.png`` (type ids). Images may have any size: each one is cut into
-a grid of ``tile_size`` tiles starting at its top-left corner. Tiles that run
-past the image's right or bottom edge are padded: pixels with white (255,
-the colour of empty glass in H&E) and labels with 0; the covered part is
-recorded per tile as ``valid`` (height, width) so later stages can ignore
-the padding. Nothing is resized.
+``tile_size`` tiles from its top-left corner, neighbours overlapping by
+``overlap`` px (:func:`embedcache.geometry.plan_tiles`, as live prediction
+cuts images, so a store's tiles are the ones live prediction would see and
+cached prediction stitches them without seams). Tiles that run past the
+image's right or bottom edge are padded: pixels with white (255, the colour
+of empty glass in H&E) and labels with 0; the covered part is recorded per
+tile as ``valid`` (height, width) so later stages can ignore the padding.
+Nothing is resized.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from PIL import Image
 
 from embedcache.datasets.base import TileDataset, TileIndex, check_label_map, to_uint8_rgb
 from embedcache.errors import DataError
+from embedcache.geometry import plan_tiles
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
@@ -57,12 +61,15 @@ def list_images(folder: Path) -> list[Path]:
 class FolderDataset(TileDataset):
     layout = "folder"
 
-    def __init__(self, path, tile_size: int = 256):
+    def __init__(self, path, tile_size: int = 256, overlap: int = 0):
         self.path = Path(path)
         if not self.path.is_dir():
             raise DataError(f"{self.path}: not a folder")
         if tile_size < 32:
             raise DataError(f"tile size {tile_size} is too small; use at least 32 px")
+        if not 0 <= overlap <= tile_size // 2:
+            raise DataError(f"overlap {overlap} px: use 0..{tile_size // 2} px for {tile_size}-px tiles")
+        self.overlap = int(overlap)
         self._files = list_images(self.path)
         if not self._files:
             raise DataError(f"{self.path}: no images found ({', '.join(IMAGE_SUFFIXES)})")
@@ -82,11 +89,10 @@ class FolderDataset(TileDataset):
                     w, h = im.size
             except OSError as exc:
                 raise DataError(f"{f}: cannot read image ({exc})") from None
-            for r in range(0, h, tile_size):
-                for c in range(0, w, tile_size):
-                    source.append(k)
-                    offset.append((r, c))
-                    valid.append((min(tile_size, h - r), min(tile_size, w - c)))
+            for r, c in plan_tiles((h, w), self.tile_shape, self.overlap):
+                source.append(k)
+                offset.append((r, c))
+                valid.append((min(tile_size, h - r), min(tile_size, w - c)))
         self.tiles = TileIndex(
             source=np.asarray(source, dtype=np.int64),
             offset=np.asarray(offset, dtype=np.int64).reshape(-1, 2),
@@ -127,3 +133,14 @@ class FolderDataset(TileDataset):
 
     def _source_files(self):
         return [p for group in (self._files, self._inst, self._type) for p in group if p is not None]
+
+    def fingerprint(self) -> str:
+        base = super().fingerprint()
+        if not self.overlap:  # stores made before tiles could overlap keep their fingerprint
+            return base
+        import hashlib
+
+        return hashlib.sha256(f"{base}:overlap={self.overlap}".encode()).hexdigest()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "overlap": self.overlap}

@@ -15,24 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedcache.datasets.folder import PAD_VALUE
-from embedcache.errors import ConfigError
-from embedcache.geometry import TiledImage
-
-
-def plan_tiles(shape: tuple[int, int], tile: tuple[int, int], overlap: int = 0) -> list[tuple[int, int]]:
-    """Top-left corners of tiles covering an image, ``overlap`` px apart from their neighbours.
-
-    >>> plan_tiles((300, 200), (256, 256), overlap=64)
-    [(0, 0), (192, 0)]
-    """
-    if not 0 <= overlap < min(tile):
-        raise ConfigError(f"overlap must lie in 0..{min(tile) - 1} px for {tile[0]}x{tile[1]} tiles, got {overlap}")
-
-    def starts(n, t):
-        step = t - overlap
-        return list(range(0, max(n - overlap, 1), step)) if n > t else [0]
-
-    return [(r, c) for r in starts(shape[0], tile[0]) for c in starts(shape[1], tile[1])]
+from embedcache.geometry import TiledImage, plan_tiles
 
 
 def cut_tile(image: np.ndarray, offset: tuple[int, int], tile: tuple[int, int]) -> np.ndarray:

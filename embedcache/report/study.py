@@ -353,6 +353,12 @@ def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict
     figures: dict[str, list[str]] = {}
     for ds, lb in boards.items():
         md += [leaderboard_markdown(lb), ""]
+        seamed = [c.encoder for c in cells if c.dataset == ds and c.store and open_store(c.store).has_seams]
+        if seamed:
+            md += [f"**Seams**: the stores of {', '.join(seamed)} cut images larger than a tile into tiles that do "
+                   "not overlap, so cached prediction stitches their maps along straight seams and these scores "
+                   "carry them. Extract with overlapping tiles (`--overlap`, a quarter tile by default) for "
+                   "seam-free scores.", ""]
         figures.setdefault(ds, []).append(plot_scores(lb, tmp / f"scores_{ds}.png").name)
     for (ds, i), table in probes.items():
         md += [probe_markdown(table, ds), ""]

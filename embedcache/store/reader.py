@@ -115,6 +115,20 @@ class Store:
         return float(mpp) if mpp is not None else None
 
     @property
+    def tile_overlap(self) -> int:
+        """Pixels by which neighbouring tiles of an image overlap (0 for stacks and stores made without)."""
+        return int(self.provenance.dataset.get("overlap") or 0)
+
+    @property
+    def has_seams(self) -> bool:
+        """Whether source images larger than a tile were cut into tiles without overlap (cached maps meet
+        at straight seams there)."""
+        if self.tile_overlap:
+            return False
+        source = self.tile_info()["source"]
+        return len(np.unique(source)) < len(source)
+
+    @property
     def extract_config(self) -> dict:
         """The extraction settings recorded (``ExtractConfig`` fields of the run that made the store)."""
         return dict(self.provenance.extract_config or {})
