@@ -279,3 +279,15 @@ def test_tta_refuses_variants_the_store_lacks(trained, tmp_path):
     with pytest.raises(ConfigError, match="tta must be one of none, flips, d4"):
         predict(trained["run"], tmp_path / "x", store=trained["stack"], tta="rot", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_report_says_when_cached_scores_carry_seams(trained, tmp_path):
+    from embedcache.report.study import CellResult, write_study_report
+
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    evaluate_run(trained["bigrun"], trained["big"], out=ev, predictions=ev / "pred")
+    cell = CellResult("big", "cnn", store=trained["big"], evals={0: ev})
+    write_study_report("t", [cell], {}, tmp_path / "report", "key", n_boot=100, overlays=0)
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert "**Seams**: the stores of cnn cut images larger than a tile into tiles that do not overlap" in md
