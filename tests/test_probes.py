@@ -415,3 +415,30 @@ def test_a_label_random_per_image_scores_at_chance(tmp_path):
     ba = table.rows[0]["scores"]["balanced_accuracy"]
     assert ba["lo"] < 0.5 < ba["hi"] and abs(ba["value"] - 0.5) < 0.2
     assert all(len(np.unique(preds[0].groups[source == s])) == 1 for s in range(12))
+    # A group column that splits an image is refused, naming the image.
+    split = ["x" if (s == 0 and k % 2) else f"p{s}" for k, s in enumerate(source)]
+    f.write_text("tile,label,group\n" + "".join(f"{t},{label[s]},{g}\n" for t, (s, g) in enumerate(zip(source, split))))
+    with pytest.raises(DataError, match="the tiles of image 'img00' are in groups 'p0' and 'x'"):
+        run_probes([store], ProbeConfig(labels=str(f), method="knn", folds=4, n_boot=10))
+
+
+def test_a_group_column_keeps_patients_whole(tmp_path):
+    store = store_copy(tmp_path / "s.zarr")
+    from embedcache.store.reader import open_store
+
+    n = open_store(store).n_tiles  # 20 tiles, each its own source image
+    patient = [f"p{t // 4}" for t in range(n)]  # 5 patients of 4 tiles
+    f = tmp_path / "labels.csv"
+    f.write_text("tile,label,group\n" + "".join(f"{t},{'ab'[t // 4 % 2]},{patient[t]}\n" for t in range(n)))
+    preds, info = run_probes([store], ProbeConfig(labels=str(f), method="linear", folds=2, n_boot=50))
+    assert info["unit"] == "group" and info["n_units"] == 5 and info["folds"] == "stratified 2-fold over 5 groups"
+    folds = preds[0].params  # each patient's tiles were predicted by one fold's probe
+    assert len(folds["folds"]) == 2
+    assert all(len(np.unique(preds[0].groups[np.asarray(patient) == p])) == 1 for p in set(patient))
+    assert "resamples of the test groups (5)" in score_predictions(preds, n_boot=50, info=info).format()
+    f.write_text("tile,label,group\n" + "".join(f"{t},{'ab'[t % 2]},p0\n" for t in range(n)))
+    with pytest.raises(DataError, match="the group column holds one group \\('p0'\\): nothing to split on"):
+        run_probes([store], ProbeConfig(labels=str(f), method="linear", folds=2))
+    f.write_text("tile,label,group\n" + "".join(f"{t},{'ab'[t % 2]},{'p' if t else ''}\n" for t in range(n)))
+    with pytest.raises(DataError, match="the group column is empty for 1 labelled tile"):
+        run_probes([store], ProbeConfig(labels=str(f), method="linear", folds=2))

@@ -35,12 +35,16 @@ class TileLabels:
         ``(n,)`` int class codes, or ``(n, T)`` float targets.
     names : list of str
         Class names (index = code), or target names.
+    groups : list of str, or None
+        The unit splits keep together, when the labels file gives one per
+        tile (a ``group`` column: patient, centre); None: the source image.
     """
 
     source: str
     task: str
     y: np.ndarray
     names: list[str]
+    groups: list[str] | None = None
 
     def describe(self) -> dict:
         out = {"source": self.source, "task": self.task, "names": self.names}
@@ -49,9 +53,9 @@ class TileLabels:
         return out
 
 
-def _encode(values: Sequence[str], source: str) -> TileLabels:
+def _encode(values: Sequence[str], source: str, groups: list[str] | None = None) -> TileLabels:
     names, y = np.unique(np.asarray(values, dtype=str), return_inverse=True)
-    labels = TileLabels(source, CLASSIFICATION, y.astype(np.int64), [str(n) for n in names])
+    labels = TileLabels(source, CLASSIFICATION, y.astype(np.int64), [str(n) for n in names], groups)
     check_labels(labels)
     return labels
 
@@ -114,20 +118,23 @@ def dominant_type(counts: np.ndarray, names: Sequence[str]) -> list[str]:
 
 
 def read_csv_labels(path, n_tiles: int, tile_names: Sequence[str] | None = None,
-                    every_tile: bool = True) -> list[str]:
+                    every_tile: bool = True, groups: bool = False):
     """Labels of tiles from a CSV file of tile id and label, one row per tile.
 
     The header is optional: a first row whose id is not a tile id is one.
     Columns named ``tile`` and ``label`` are used when the header has them,
-    else the first two. A tile id is the store's row number (0-based), or
-    the name of the tile's source image when ``tile_names`` gives one per
-    tile. A tile listed without a label, or not listed, has the label ``""``.
+    else the first two; a ``group`` column (patient, centre) may follow. A
+    tile id is the store's row number (0-based), or the name of the tile's
+    source image when ``tile_names`` gives one per tile. A tile listed
+    without a label, or not listed, has the label ``""``.
 
     Parameters
     ----------
     every_tile : bool
         Refuse a file that leaves any tile without a label (probes need one
         for every tile; retrieval uses the labelled ones).
+    groups : bool
+        Return ``(labels, groups)``, groups None without a ``group`` column.
 
     Raises
     ------
@@ -154,7 +161,9 @@ def read_csv_labels(path, n_tiles: int, tile_names: Sequence[str] | None = None,
         tile_of(rows[0][0].strip()) is None and not rows[0][0].strip().isdigit())
     i_id = header.index("tile") if "tile" in header else 0
     i_label = header.index("label") if "label" in header else (1 if i_id == 0 else 0)
+    i_group = header.index("group") if has_header and "group" in header else None
     labels: dict[int, str] = {}
+    group_of: dict[int, str] = {}
     unknown = []
     for line, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
         if len(row) <= max(i_id, i_label):
@@ -167,6 +176,8 @@ def read_csv_labels(path, n_tiles: int, tile_names: Sequence[str] | None = None,
             raise DataError(f"{path}:{line}: tile {key!r} is listed twice")
         else:
             labels[tile] = value
+            if i_group is not None:
+                group_of[tile] = row[i_group].strip() if len(row) > i_group else ""
     if unknown:
         raise DataError(f"{path}: {len(unknown)} unknown tile id(s), e.g. {', '.join(map(repr, unknown[:3]))}; "
                         f"ids are row numbers 0..{n_tiles - 1}" + (" or source image names" if by_name else ""))
@@ -174,7 +185,16 @@ def read_csv_labels(path, n_tiles: int, tile_names: Sequence[str] | None = None,
     if missing and every_tile:
         raise DataError(f"{path}: labels missing for {len(missing)} of {n_tiles} tiles "
                         f"(e.g. {', '.join(map(str, missing[:5]))}); give every tile a label")
-    return [labels.get(t, "") for t in range(n_tiles)]
+    out = [labels.get(t, "") for t in range(n_tiles)]
+    if not groups:
+        return out
+    if i_group is None:
+        return out, None
+    ungrouped = [t for t in range(n_tiles) if labels.get(t) and not group_of.get(t)]
+    if ungrouped:
+        raise DataError(f"{path}: the group column is empty for {len(ungrouped)} labelled tile(s) "
+                        f"(e.g. {ungrouped[0]}); give every tile its group or drop the column")
+    return out, [group_of.get(t, "") for t in range(n_tiles)]
 
 
 def store_tile_names(store) -> list[str] | None:
@@ -204,4 +224,33 @@ def tile_labels(store, spec: str) -> TileLabels:
         labels = TileLabels(spec, REGRESSION, counts[:, keep].astype(np.float64), [names[c] for c in keep])
         check_labels(labels)
         return labels
-    return _encode(read_csv_labels(spec, store.n_tiles, store_tile_names(store)), str(spec))
+    labels, groups = read_csv_labels(spec, store.n_tiles, store_tile_names(store), groups=True)
+    return _encode(labels, str(spec), groups)
+
+
+def split_groups(store, labels: TileLabels) -> tuple[np.ndarray, str]:
+    """The unit every split keeps whole, one code per tile, and its name.
+
+    The labels file's ``group`` column when it has one (tiles of one source
+    image must share a group), else the source image.
+
+    Raises
+    ------
+    DataError
+        A group column with a single group, or one that splits an image.
+    """
+    source = np.asarray(store.tile_info()["source"])
+    if labels.groups is None:
+        return source, "source image"
+    names, codes = np.unique(np.asarray(labels.groups, dtype=str), return_inverse=True)
+    names = [str(n) for n in names]
+    if len(names) < 2:
+        raise DataError(f"{labels.source}: the group column holds one group ({names[0]!r}): nothing to split "
+                        "on; give each patient or centre its own group, or drop the column")
+    for s in np.unique(source):
+        found = np.unique(codes[source == s])
+        if len(found) > 1:
+            image = store.source_names[s] if s < len(store.source_names) else str(s)
+            raise DataError(f"{labels.source}: the tiles of image {image!r} are in groups {names[found[0]]!r} and "
+                            f"{names[found[1]]!r}; an image belongs to one group (patient, centre)")
+    return codes.astype(np.int64), "group"

@@ -14,7 +14,7 @@ import numpy as np
 from embedcache.config import ProbeConfig
 from embedcache.errors import ConfigError
 from embedcache.probes.fit import ProbePrediction, make_folds, probe_features
-from embedcache.probes.labels import CLASSIFICATION, tile_labels
+from embedcache.probes.labels import CLASSIFICATION, split_groups, tile_labels
 from embedcache.probes.stores import layer_depth, open_stores, store_label
 
 
@@ -40,8 +40,8 @@ def run_tile_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(),
     stores = open_stores(paths)
     layers = {id(s): s.select_layers(config.layers) for s in stores}
     labels = tile_labels(stores[0], config.labels)
-    info = stores[0].tile_info()
-    store_folds, groups = info["fold"], info["source"]
+    store_folds = stores[0].tile_info()["fold"]
+    groups, unit = split_groups(stores[0], labels)
     folds = make_folds(labels.y, config.folds, store_folds, config.seed, groups,
                        labels.names if labels.task == CLASSIFICATION else None)
     predictions = []
@@ -51,10 +51,10 @@ def run_tile_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(),
         predictions += probe_features(feats, labels, folds, config, store_label(s, stores), s.encoder.name,
                                       {layer: layer_depth(s, layer) for layer in feats}, progress, groups)
     n_images = int(len(np.unique(groups)))
-    over = f" over {n_images} source images" if n_images < len(groups) else ""
+    over = f" over {n_images} {unit}s" if n_images < len(groups) else ""
     split = "store folds" if config.folds is None and len(np.unique(store_folds)) > 1 else (
         f"{'stratified ' if labels.task == CLASSIFICATION else ''}{config.folds or 5}-fold{over}")
     info = {"level": "tile", "labels": labels.describe(), "n_tiles": len(labels.y), "folds": split,
-            "n_folds": int(len(np.unique(folds))), "unit": "source image", "n_units": n_images,
+            "n_folds": int(len(np.unique(folds))), "unit": unit, "n_units": n_images,
             "config": config.to_dict()}
     return predictions, info

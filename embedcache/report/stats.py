@@ -249,7 +249,8 @@ class ScoreTable:
         head = (f"{info.get('level', 'tile')}-level probe of {info.get('labels', {}).get('source', '?')} labels: "
                 f"{info.get('n_tiles', '?')} tiles, {info.get('folds', '?')}, "
                 f"95% bootstrap intervals over {info.get('n_boot', '?')} resamples of the test "
-                + (f"images ({info['bootstrap_units']})" if info.get("bootstrap_unit") == "source image" else "tiles"))
+                + (f"{'images' if info.get('unit', 'source image') == 'source image' else 'groups'} "
+                   f"({info['bootstrap_units']})" if info.get("bootstrap_unit") == "source image" else "tiles"))
         lines = [head, "", table(headers, body)]
         if any(len(self._layers(r)) > 1 for r in self.rows):
             lines.append("")
