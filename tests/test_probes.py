@@ -442,3 +442,14 @@ def test_a_group_column_keeps_patients_whole(tmp_path):
     f.write_text("tile,label,group\n" + "".join(f"{t},{'ab'[t % 2]},{'p' if t else ''}\n" for t in range(n)))
     with pytest.raises(DataError, match="the group column is empty for 1 labelled tile"):
         run_probes([store], ProbeConfig(labels=str(f), method="linear", folds=2))
+
+
+def test_folds_that_cannot_be_stratified_are_said_to_be():
+    from embedcache.probes.tile import _unstratified
+
+    labels = TileLabels("f.csv", "classification", np.array([0, 0, 0, 1, 0, 0]), ["common", "rare"])
+    assert _unstratified(labels, np.array([0, 0, 0, 0, 1, 1])) == (
+        "the folds could not be stratified: test fold 1 holds no tile of 'rare' (too few images of it to spread "
+        "over the folds)")
+    both = TileLabels("f.csv", "classification", np.array([0, 0, 1, 1, 0, 0]), ["common", "rare"])
+    assert _unstratified(both, np.array([0, 1, 0, 1, 0, 1])) == ""

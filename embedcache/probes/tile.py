@@ -57,4 +57,19 @@ def run_tile_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(),
     info = {"level": "tile", "labels": labels.describe(), "n_tiles": len(labels.y), "folds": split,
             "n_folds": int(len(np.unique(folds))), "unit": unit, "n_units": n_images,
             "config": config.to_dict()}
+    unstratified = _unstratified(labels, folds)
+    if unstratified:
+        info["note"] = unstratified
     return predictions, info
+
+
+def _unstratified(labels, folds: np.ndarray) -> str:
+    """What keeps the folds from being stratified (a class missing from a test fold), or ``""``."""
+    if labels.task != CLASSIFICATION:
+        return ""
+    for f in np.unique(folds):
+        absent = np.setdiff1d(np.unique(labels.y), labels.y[folds == f])
+        if absent.size:
+            return (f"the folds could not be stratified: test fold {int(f)} holds no tile of "
+                    f"{labels.names[int(absent[0])]!r} (too few images of it to spread over the folds)")
+    return ""

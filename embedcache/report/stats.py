@@ -251,7 +251,7 @@ class ScoreTable:
                 f"95% bootstrap intervals over {info.get('n_boot', '?')} resamples of the test "
                 + (f"{'images' if info.get('unit', 'source image') == 'source image' else 'groups'} "
                    f"({info['bootstrap_units']})" if info.get("bootstrap_unit") == "source image" else "tiles"))
-        lines = [head, "", table(headers, body)]
+        lines = [head] + ([f"NOTE: {info['note']}"] if info.get("note") else []) + ["", table(headers, body)]
         if any(len(self._layers(r)) > 1 for r in self.rows):
             lines.append("")
             lines += [f"best layer: {b['store']} {b['method']} {b['layer']} "
