@@ -10,6 +10,30 @@ class EmbedcacheError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(message: str) -> str:
+    """The error's own line, when a DataLoader worker wrapped it in a traceback.
+
+    torch re-raises an error from a worker process as ``Caught DataError in
+    DataLoader worker process 0. Original Traceback ...``, ending with the
+    original ``embedcache.errors.DataError: <message>`` line: that message
+    is what the user needs.
+
+    >>> one_line("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback (most recent call last):"
+    ...          "\\n  File ...\\nembedcache.errors.DataError: a.png: not RGB")
+    'a.png: not RGB'
+    """
+    if not message.startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    for line in reversed(message.splitlines()):
+        head, sep, rest = line.partition(": ")
+        if sep and head.split(".")[-1].endswith("Error") and " " not in head:
+            return rest
+    return message
+
 
 class ConfigError(EmbedcacheError):
     """Settings that cannot work together, or a value out of range."""

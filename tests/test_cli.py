@@ -125,3 +125,37 @@ def test_read_only_location(runner, tmp_path, conic_dir, monkeypatch):
 def test_debug_shows_the_traceback(runner, tmp_path):
     res = runner.invoke(main, ["--debug", "info", str(tmp_path / "none.zarr")])
     assert res.exit_code != 0 and res.exception is not None
+
+
+def test_bad_image_content_in_a_loader_worker_is_one_line(runner, tmp_path):
+    """An error raised in a DataLoader worker reaches the user as its own line, not torch's wrapped traceback."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path / "f"
+    d.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(d / "a.png")
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(d / "b.png")  # grayscale
+    Image.fromarray(np.full((64, 64, 4), 200, np.uint8)).save(d / "c.png")  # RGBA, translucent
+    res = runner.invoke(main, ["extract", "--data", str(d), "--out", str(tmp_path / "s.zarr"), *FAST,
+                               "--tile-size", "64", "--loader-workers", "1"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "DataLoader worker" not in lines[0] and "Traceback" not in res.output
+    assert "b.png" in lines[0] or "c.png" in lines[0]
+
+
+def test_a_reader_that_goes_away_is_not_an_error(runner):
+    """`embedcache info STORE | head -1`: the pipe closes early; no 'Error: Broken pipe', exit 0."""
+    import click
+
+    @main.command("emit-after-close")
+    def emit_after_close():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    try:
+        res = runner.invoke(main, ["emit-after-close"])
+    finally:
+        main.commands.pop("emit-after-close")
+    assert res.exit_code == 0 and "Error" not in res.output
+    assert isinstance(main, click.Group)

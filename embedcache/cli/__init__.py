@@ -23,6 +23,16 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:
+            # The reader went away (`embedcache info STORE | head -1`): not an error of ours. Point stdout at
+            # nothing so the interpreter's final flush does not fail again.
+            import os
+
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):  # stdout is not a file (tests capture it)
+                pass
+            sys.exit(0)
         except EmbedcacheError as exc:
             self._fail(ctx, str(exc), exc.exit_code, exc)
         except OSError as exc:
