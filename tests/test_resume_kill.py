@@ -28,6 +28,29 @@ def _extract(data, out, wait=True):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _children(pid: int) -> list[int]:
+    """Pids of the live processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _units_done(store):
     done = store / "progress" / "done" / "c"
     return len(list(done.iterdir())) if done.exists() else 0
@@ -44,8 +67,14 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     deadline = time.time() + 240
     while _units_done(partial_path(out)) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
+    workers = _children(proc.pid)  # the DataLoader worker reading tiles
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The worker dies with its parent instead of living on (what the out-of-memory killer would leave).
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert workers and not any(_alive(w) for w in workers), f"workers {workers} outlived the killed extraction"
     killed_at = _units_done(partial_path(out))
     assert 2 <= killed_at < 24, f"the run was not killed mid-extraction ({killed_at} of 24 units)"
     assert not out.exists() and partial_path(out).exists()

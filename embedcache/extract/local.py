@@ -10,6 +10,7 @@ done only after all its arrays are written.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ from embedcache.datasets import TileDataset
 from embedcache.datasets.variants import Variant
 from embedcache.extract.job import ExtractionJob, ExtractResult, read_unit
 from embedcache.store.location import StoreLocation
+from embedcache.workers import die_with_parent
 
 
 class _Units(torch.utils.data.Dataset):
@@ -41,6 +43,13 @@ def _collate(batch):
     return batch[0]
 
 
+def _worker_init(parent: int):
+    def init(_):
+        die_with_parent(parent)
+
+    return init
+
+
 def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool = False,
                   progress: bool = True) -> ExtractResult:
     """:func:`embedcache.extract.extract` in this process (``workers`` and ``scheduler`` unset)."""
@@ -58,7 +67,8 @@ def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite:
     loader = torch.utils.data.DataLoader(
         _Units(dataset, todo, config.unit_tiles, run.variants), batch_size=1, shuffle=False,
         num_workers=config.loader_workers, collate_fn=_collate,
-        prefetch_factor=2 if config.loader_workers else None, persistent_workers=False)
+        prefetch_factor=2 if config.loader_workers else None, persistent_workers=False,
+        worker_init_fn=_worker_init(os.getpid()) if config.loader_workers else None)
 
     bar = tqdm(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
                disable=not progress, dynamic_ncols=True, desc=f"extract {run.spec.name} x{len(run.variants)} variants")

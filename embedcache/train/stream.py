@@ -28,6 +28,7 @@ import torch
 from embedcache.datasets.variants import BY_NAME
 from embedcache.errors import ConfigError, DataError
 from embedcache.store import open_store, schema
+from embedcache.workers import die_with_parent
 
 
 # ----------------------------------------------------------------------------- splits
@@ -317,6 +318,7 @@ def collate(samples: list[dict]) -> dict:
 def _worker_init(_):
     # Workers only read and decompress; leave the cores to the training step.
     torch.set_num_threads(1)
+    die_with_parent()
 
 
 def make_loader(dataset: TileStream, batches: EpochBatches, workers: int = 0) -> torch.utils.data.DataLoader:
