@@ -453,3 +453,28 @@ def test_folds_that_cannot_be_stratified_are_said_to_be():
         "over the folds)")
     both = TileLabels("f.csv", "classification", np.array([0, 0, 1, 1, 0, 0]), ["common", "rare"])
     assert _unstratified(both, np.array([0, 1, 0, 1, 0, 1])) == ""
+
+
+def test_instance_only_stores_probe_counts_and_patches_and_refuse_types(tmp_path):
+    """Labels without types: nuclei per tile is a regression, patches a nucleus map; 'type' has nothing to probe."""
+    from PIL import Image
+
+    from embedcache.config import ExtractConfig
+    from embedcache.datasets.synthetic import make_tiles
+    from embedcache.extract import extract
+
+    (tmp_path / "data").mkdir()
+    images, labels, _ = make_tiles(6, seed=4, size=70)  # 70 px at 64-px tiles: edge tiles 6 px wide
+    for k in range(6):
+        Image.fromarray(images[k]).save(tmp_path / "data" / f"img{k}.png")
+        Image.fromarray(labels[k, ..., 0].astype(np.uint16)).save(tmp_path / "data" / f"img{k}_inst.png")
+    store = extract(tmp_path / "data", tmp_path / "s.zarr",
+                    ExtractConfig(encoder=TINY_VIT, weights="random", variants="none", tile_size=64, overlap=0,
+                                  loader_workers=0, device="cpu"), progress=False).path
+    preds, info = run_probes([store], ProbeConfig(labels="counts", method="linear", folds=3, n_boot=20))
+    assert info["labels"]["task"] == "regression" and info["labels"]["names"] == ["type 0"]
+    assert preds[0].y_pred.shape == preds[0].y_true.shape == (24, 1)
+    with pytest.raises(DataError, match="no types \\(instance labels only\\), so --labels type has nothing"):
+        run_probes([store], ProbeConfig(labels="type", method="linear", folds=3))
+    patch, _ = run_probes([store], ProbeConfig(level="patch", labels="nuclei", method="linear", folds=3, n_boot=20))
+    assert patch[0].confusion.shape == (24, 2, 2) and patch[0].confusion.sum() > 0

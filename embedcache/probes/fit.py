@@ -291,7 +291,7 @@ def _fit_fold(X, y, is_test, method, y_pred, proba, n_var, k, l2_grid, seed, gro
         model = fit_linear(X_tr, y_tr, np.repeat(groups[train], n_var), l2_grid, seed)
     else:
         model = fit_knn(X_tr, y_tr, k)
-    y_pred[test] = model.predict(X[test, 0])
+    y_pred[test] = np.asarray(model.predict(X[test, 0])).reshape(y_pred[test].shape)  # (n,) for one target
     if proba is not None:
         proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test, 0])
     return model.best_params

@@ -219,6 +219,10 @@ def tile_labels(store, spec: str) -> TileLabels:
     if spec in ("type", "counts"):
         counts, names = _store_counts(store)
         if spec == "type":
+            if counts[:, 1:].sum() == 0:
+                raise DataError(f"{store.path}: the store's nuclei have no types (instance labels only), so "
+                                "--labels type has nothing to tell apart; use --labels counts (nuclei per tile) "
+                                "or a CSV file")
             return _encode(dominant_type(counts, names), spec)
         keep = [c for c in range(len(names)) if c > 0 or counts[:, 0].any()]
         labels = TileLabels(spec, REGRESSION, counts[:, keep].astype(np.float64), [names[c] for c in keep])

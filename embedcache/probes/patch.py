@@ -121,6 +121,8 @@ def probe_layer(store, layer: str, folds: np.ndarray, config: ProbeConfig = Prob
     for tiles, tokens, targets in _chunks(store, layer, config.labels, valid):
         for j, t in enumerate(tiles):
             keep = targets[j] != IGNORE
+            if not keep.any():  # an edge tile whose every patch centre lies in the padding
+                continue
             pred = models[folds[t]].predict(tokens[j, keep])
             confusion[t] = np.bincount(targets[j, keep] * n_classes + pred,
                                        minlength=n_classes ** 2).reshape(n_classes, n_classes)
