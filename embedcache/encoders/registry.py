@@ -229,28 +229,18 @@ _SPECS = [
         kwargs={"img_size": 224, "dynamic_img_size": True},
         mean=HALF, std=HALF, layers=_quarters(12), dims=(768,) * 12, patch_size=16,
         licence="Apache-2.0", description="ViT-B/16, supervised on ImageNet-22K (AugReg)"),
-    EncoderSpec(
-        name="convnext-b-in22k", arch="convnext_base", weights="hf-hub:timm/convnext_base.fb_in22k",
-        layers=(0, 1, 2, 3), dims=(128, 256, 512, 1024),
-        licence="Apache-2.0", description="ConvNeXt-B, supervised on ImageNet-22K; pyramid 1/4..1/32"),
-    EncoderSpec(
-        name="swinv2-b-in22k", arch="swinv2_base_window12_192",
-        weights="hf-hub:timm/swinv2_base_window12_192.ms_in22k",
-        kwargs={"img_size": 256, "window_size": 16},
-        layers=(0, 1, 2, 3), dims=(128, 256, 512, 1024),
-        licence="MIT", description="Swin-V2-B, ImageNet-22K; windows 12->16 for 256-px tiles (continuous "
-                                   "position bias); pyramid 1/4..1/32"),
-    EncoderSpec(
-        name="convnext-l-in22k", arch="convnext_large", weights="hf-hub:timm/convnext_large.fb_in22k",
-        layers=(0, 1, 2, 3), dims=(192, 384, 768, 1536),
-        licence="Apache-2.0", description="ConvNeXt-L, supervised on ImageNet-22K; pyramid 1/4..1/32"),
-    EncoderSpec(
-        name="swinv2-l-in22k", arch="swinv2_large_window12_192",
-        weights="hf-hub:timm/swinv2_large_window12_192.ms_in22k",
-        kwargs={"img_size": 256, "window_size": 16},
-        layers=(0, 1, 2, 3), dims=(192, 384, 768, 1536),
-        licence="MIT", description="Swin-V2-L, ImageNet-22K; windows 12->16 for 256-px tiles (continuous "
-                                   "position bias); pyramid 1/4..1/32"),
+    *[spec for size, arch, width in (("b", "base", 128), ("l", "large", 192)) for spec in (
+        EncoderSpec(
+            name=f"convnext-{size}-in22k", arch=f"convnext_{arch}", weights=f"hf-hub:timm/convnext_{arch}.fb_in22k",
+            layers=(0, 1, 2, 3), dims=tuple(width * 2 ** k for k in range(4)), licence="Apache-2.0",
+            description=f"ConvNeXt-{size.upper()}, supervised on ImageNet-22K; pyramid 1/4..1/32"),
+        EncoderSpec(
+            name=f"swinv2-{size}-in22k", arch=f"swinv2_{arch}_window12_192",
+            weights=f"hf-hub:timm/swinv2_{arch}_window12_192.ms_in22k",
+            kwargs={"img_size": 256, "window_size": 16},
+            layers=(0, 1, 2, 3), dims=tuple(width * 2 ** k for k in range(4)), licence="MIT",
+            description=f"Swin-V2-{size.upper()}, ImageNet-22K; windows 12->16 for 256-px tiles (continuous "
+                        "position bias); pyramid 1/4..1/32"))],
     EncoderSpec(
         name="vit-r50-in21k", arch="vit_base_r50_s16_224", weights="hf-hub:timm/vit_base_r50_s16_224.orig_in21k",
         kwargs={"img_size": 224, "dynamic_img_size": True},
