@@ -23,7 +23,7 @@ STAGES = [
     ("datasets",),
     ("encoders",),
     ("store",),
-    ("extract",),
+    ("extract", "cells"),
     ("train", "probes"),
     ("postprocess",),
     ("metrics",),

@@ -23,6 +23,7 @@ from embedcache.errors import ConfigError, DataError, StoreError
 from embedcache.geometry import TileGeometry
 from embedcache.layers import select_layers
 from embedcache.store import schema
+from embedcache.store.cells import CELLS_ATTRS, open_cells
 from embedcache.store.location import StoreLocation
 
 
@@ -219,6 +220,11 @@ class Store:
         return out[0] if squeeze else out
 
     @property
+    def verify_rows(self) -> int:
+        """Tiles read at once by :func:`verify_store` (a unit of work)."""
+        return int(self.config.unit_tiles)
+
+    @property
     def has_labels(self) -> bool:
         return schema.LABELS in self.group
 
@@ -234,8 +240,9 @@ class Store:
         return lab[..., 0], lab[..., 1]
 
     def tokens(self, layer, idx=slice(None), variant=0) -> np.ndarray:
-        """Patch tokens of one variant, ``(n, C, h, w) ndarray of float32``."""
-        return self._read(schema.tokens_path(self._layer(layer)), idx, self._variant(variant)).astype(np.float32)
+        """Patch tokens of one variant, ``(n, C, h, w) ndarray of float32``; ``variant=None``: all, ``(n, V, C, h, w)``."""
+        which = slice(None) if variant is None else self._variant(variant)
+        return self._read(schema.tokens_path(self._layer(layer)), idx, which).astype(np.float32)
 
     def samples(self, pairs, layers) -> tuple[list[np.ndarray], np.ndarray]:
         """Tokens and images of ``(tile, variant)`` pairs, every chunk read concurrently.
@@ -391,8 +398,9 @@ class Store:
 def open_store(path, mode: str = "r") -> Store:
     """Open a store for reading.
 
-    ``path`` is a local folder or an fsspec URL (``s3://...``). It may be a
-    finished store or an interrupted one: locally, when only ``OUT.partial``
+    ``path`` is a local folder or an fsspec URL (``s3://...``); a local cell
+    store (``embedcache cells``) opens as a :class:`~embedcache.store.cells.CellStore`.
+    It may be a finished store or an interrupted one: locally, when only ``OUT.partial``
     exists it is opened; on object storage the store is unfinished in place.
     Either way ``complete`` is False.
 
@@ -417,6 +425,9 @@ def open_store(path, mode: str = "r") -> Store:
                 raise
             raise StoreError(f"{loc}: not a Zarr store ({type(exc).__name__}: {exc})") from None
         attrs = dict(group.attrs).get(schema.ATTRS)
+        cell_attrs = None if attrs else dict(group.attrs).get(CELLS_ATTRS)
+    if cell_attrs and loc.is_local:
+        return open_cells(loc.path, group, cell_attrs)
     if not attrs:
         raise StoreError(f"{loc}: not an embedcache store of schema {schema.SCHEMA_VERSION}")
     try:
@@ -426,7 +437,7 @@ def open_store(path, mode: str = "r") -> Store:
     return Store(loc.path, group, record, location=loc)
 
 
-def verify_store(store: Store, progress=None) -> list[str]:
+def verify_store(store, progress=None) -> list[str]:
     """Check completeness and decode every chunk (checksums); return the problems found.
 
     ``progress`` is called with each array's path once it is checked. An
@@ -439,7 +450,7 @@ def verify_store(store: Store, progress=None) -> list[str]:
                         "(run the same extract command again to resume)")
     elif not store.complete:
         problems.append("all units written but the store was never marked complete")
-    step = int(store.config.unit_tiles)
+    step = int(store.verify_rows)
     for path in store.arrays():
         if path == schema.DONE:
             continue
