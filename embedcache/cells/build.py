@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedcache import files
 from embedcache.cells.nuclei import NucleiSource, image_nuclei, nuclei_source
 from embedcache.cells.pool import cell_weights, inst_to_cells, pool_cells
 from embedcache.config import CellsConfig
@@ -76,6 +77,9 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    files.recover(out)
+    if Path(out).exists() and not overwrite:
+        raise StoreError(f"{out} exists; pass --overwrite to replace it")
     store = open_store(store_path)
     if isinstance(store, CellStore):
         raise StoreError(f"{store.path} is a cell store; pass the embedding store it was pooled from")

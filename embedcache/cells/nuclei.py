@@ -313,7 +313,7 @@ def image_nuclei(inst: np.ndarray, types: np.ndarray | None, image: TiledImage, 
     origins = np.array([rc for rc, _ in image.tiles], dtype=np.int64).reshape(-1, 2)
     tile_ids = np.array([t for _, t in image.tiles], dtype=np.int64)
     ends = origins + valid[tile_ids]
-    centres = origins + np.asarray(tile_shape) / 2.0
+    centres = origins + (np.asarray(tile_shape) - 1) / 2.0  # pixel indices, as the centroid is
     tile_of, coverage = np.empty(len(ids), np.int64), np.empty(len(ids), np.float32)
     for j, i in enumerate(ids):
         box = boxes[i - 1]

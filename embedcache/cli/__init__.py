@@ -71,7 +71,7 @@ def main(ctx: click.Context, debug: bool):
 
 
 # One module per group of commands; each registers its commands on `main` when imported.
-COMMAND_MODULES = ("data_cmds", "extract_cmds", "evaluate_cmds", "ssl_cmds", "decoder_cmds", "probe_cmds",
+COMMAND_MODULES = ("data_cmds", "extract_cmds", "cells_cmds", "evaluate_cmds", "ssl_cmds", "decoder_cmds", "probe_cmds",
                    "pipeline_cmds")
 
 

@@ -80,13 +80,15 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
 @click.argument("store")
 @json_option
 def info(store, as_json):
-    """Summarise a store: tiles, variants, layers with shapes, bytes on disk, complete or not."""
+    """Summarise a store (or a cell store): tiles, variants, layers with shapes, bytes on disk, complete or not."""
     from embedcache.store import open_store
 
     s = open_store(store).summary()
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
+    if s.get("kind") == "cells":
+        return _cells_info(s)
     state = "complete" if s["complete"] else f"INCOMPLETE ({s['units_done'][0]}/{s['units_done'][1]} units)"
     click.echo(f"{s['path']}  [{state}]")
     click.echo(f"  encoder   {s['encoder']} ({s['arch']}), weights {s['weights']}")
@@ -101,6 +103,18 @@ def info(store, as_json):
         ratio = lay["bytes_per_tile_variant"] / lay["raw_float32_per_tile_variant"]
         click.echo(f"  {name:<12} {shape:<18} {lay['dtype']:<8} {human_bytes(lay['bytes']):>10} "
                    f"{human_bytes(lay['bytes_per_tile_variant']):>17} {ratio:>10.2f}")
+
+
+def _cells_info(s: dict) -> None:
+    state = "complete" if s["complete"] else f"INCOMPLETE ({s['units_done'][0]}/{s['units_done'][1]} units)"
+    nuclei = s["nuclei"]
+    click.echo(f"{s['path']}  [{state}] cell store")
+    click.echo(f"  encoder   {s['encoder']}, pooled from {s['source_store']['path']}")
+    click.echo(f"  cells     {s['n_cells']} from {nuclei['source']} ({nuclei['kind']})")
+    click.echo("  types     " + ", ".join(f"{k} {v}" for k, v in s["types"].items()))
+    click.echo(f"  variants  {len(s['variants'])}: {', '.join(s['variants'])}")
+    click.echo(f"  layers    " + ", ".join(f"{k} ({v['dim']})" for k, v in s["layers"].items()))
+    click.echo(f"  size      {human_bytes(s['bytes'])} on disk")
 
 
 @main.command()
@@ -123,7 +137,8 @@ def verify(store, quiet):
         for p in problems:
             click.echo(f"{s.path}: {p}", err=True)
         raise SystemExit(1)
-    click.echo(f"{s.path}: OK ({len(arrays)} arrays, {s.n_tiles} tiles x {len(s.variants)} variants)")
+    items = f"{s.n_cells} cells" if hasattr(s, "n_cells") else f"{s.n_tiles} tiles"
+    click.echo(f"{s.path}: OK ({len(arrays)} arrays, {items} x {len(s.variants)} variants)")
 
 
 @main.command()

@@ -31,7 +31,7 @@ from embedcache.pipeline.spec import DatasetSpec, EncoderEntry, Pipeline, descri
 from embedcache.files import write_json
 from embedcache.pipeline.steps import Step, content_key
 
-STEP_KINDS = ("data", "extract", "probe", "fit", "evaluate", "report")
+STEP_KINDS = ("data", "extract", "probe", "cells", "cellprobe", "fit", "evaluate", "report")
 RUNTIME_EXTRACT = ("batch_size", "device", "loader_workers")  # change how fast, not what is stored
 RUNTIME_FIT = ("loader_workers", "preload", "device")
 FINGERPRINTS = "fingerprints.json"
@@ -47,6 +47,7 @@ class Cell:
     probes: list[Step] = field(default_factory=list)
     fits: dict[int, Step] = field(default_factory=dict)
     evals: dict[int, Step] = field(default_factory=dict)
+    nuclei: Step | None = None  # the per-nucleus vectors (cell store), when the dataset has cells
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Plan:
     steps: list[Step]
     cells: list[Cell]
     failed: dict[str, str] = field(default_factory=dict)  # encoder name -> reason
+    cell_probes: dict[str, Step] = field(default_factory=dict)  # dataset -> the cell probe over its encoders
 
     def report_key(self) -> str:
         """The report's inputs: its settings, the failures, and the steps finished so far (what it shows)."""
@@ -67,6 +69,8 @@ class Plan:
                        "probes": [done(s) for s in c.probes], "fits": {str(k): done(s) for k, s in c.fits.items()},
                        "evals": {str(k): done(s) for k, s in c.evals.items()}} for c in self.cells],
             "failed": self.failed,
+            # keyed only when there are cell probes, so reports made before cells existed stay current
+            **({"cell_probes": {ds: done(s) for ds, s in self.cell_probes.items()}} if self.cell_probes else {}),
         })
 
 
@@ -140,6 +144,7 @@ def plan(pipeline: Pipeline, *, progress: bool = True, workers: int = 0, schedul
     steps: list[Step] = []
     cells: list[Cell] = []
     failed: dict[str, str] = {}
+    cell_probes: dict[str, Step] = {}
     for ds in pipeline.datasets:
         data_step, data_key, data_path = _data_step(pipeline, ds, root)
         if data_step is not None:
@@ -155,10 +160,14 @@ def plan(pipeline: Pipeline, *, progress: bool = True, workers: int = 0, schedul
                 failed[enc.name] = str(exc)
                 continue
             cells.append(cell)
-            steps += [cell.extract, *cell.probes]
+            steps += [cell.extract, *cell.probes] + ([cell.nuclei] if cell.nuclei else [])
             for seed in pipeline.seeds:
                 steps += [cell.fits[seed], cell.evals[seed]]
-    return Plan(pipeline, steps, cells, failed)
+        probe = _cell_probe_step(pipeline, ds, [c for c in cells if c.dataset == ds.name and c.nuclei], root)
+        if probe is not None:
+            cell_probes[ds.name] = probe
+            steps.append(probe)
+    return Plan(pipeline, steps, cells, failed, cell_probes)
 
 
 def _data_step(pipeline: Pipeline, ds: DatasetSpec, root: Path):
@@ -235,6 +244,21 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
                                 {"store": extract_step.key, "probe": pcfg.to_dict()}, do_probe, root,
                                 deps=[extract_step], group=enc.name))
 
+    cells_cfg = pipeline.cells_configs(ds)
+    if cells_cfg is not None:
+        ccfg = cells_cfg[0]
+        nuclei = ccfg.nuclei if ccfg.nuclei == "store" else _nuclei_identity(ccfg.nuclei)
+
+        def do_cells(d: Path, ccfg=ccfg) -> dict:
+            from embedcache.cells import build_cells
+
+            r = build_cells(store_path, d / "cells.zarr", ccfg, overwrite=False, progress=progress)
+            return {"cells": str(r.path), "n_cells": r.n_cells, "types": r.types, "seconds": r.seconds}
+
+        cell.nuclei = Step("cells", f"pool nuclei {label}", {"store": extract_step.key, "cells": ccfg.to_dict(),
+                                                             "nuclei": nuclei}, do_cells, root,
+                           deps=[extract_step], group=enc.name)
+
     for seed in pipeline.seeds:
         fcfg = pipeline.fit_config(ds, seed)
         fit_inputs = {"store": extract_step.key,
@@ -269,6 +293,37 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
                          do_evaluate, root, deps=[fit_step], group=enc.name)
         cell.fits[seed], cell.evals[seed] = fit_step, eval_step
     return cell
+
+
+def _nuclei_identity(path: str) -> str:
+    from embedcache.cells.nuclei import content_fingerprint
+
+    if not Path(path).exists():
+        raise ConfigError(f"cells nuclei {path} does not exist (paths are relative to the directory the command "
+                          "runs in)")
+    return f"sha256:{content_fingerprint(Path(path))}"
+
+
+def _cell_probe_step(pipeline: Pipeline, ds: DatasetSpec, cells: list[Cell], root: Path) -> Step | None:
+    """One cell probe over every encoder's cell store of ``ds`` (the same nuclei, folds and resamples)."""
+    if not cells or pipeline.cells_configs(ds) is None:
+        return None
+    pcfg = pipeline.cells_configs(ds)[1]
+    names = [c.encoder for c in cells]
+    paths = [c.nuclei.dir / "cells.zarr" for c in cells]
+
+    def do_cell_probe(d: Path) -> dict:
+        from embedcache.probes.cell import run_cell_probes
+        from embedcache.report.cells import score_cell_probes
+
+        result = run_cell_probes(paths, pcfg, names=names)
+        report = score_cell_probes(result, n_boot=pcfg.n_boot, seed=pcfg.seed)
+        report.write(d)
+        return {"best": report.best(), "stores": {n: str(p) for n, p in zip(names, paths)}}
+
+    return Step("cellprobe", f"cell probe of types on {ds.name} ({', '.join(names)})",
+                {"cells": [c.nuclei.key for c in cells], "encoders": names, "probe": pcfg.to_dict()},
+                do_cell_probe, root, deps=[c.nuclei for c in cells], group=f"dataset:{ds.name}")
 
 
 def evaluate_on_store(run_dir: Path, store_path: Path, out: Path, protocol: str = "auto",
@@ -369,13 +424,14 @@ def _report(p: Plan, echo) -> tuple[Path | None, bool]:
         except (OSError, ValueError):
             pass
     cells = study_cells(p)
-    if not any(c.evals or c.probes for c in cells):
+    cell_probes = {ds: step.dir for ds, step in p.cell_probes.items() if step.done}
+    if not any(c.evals or c.probes for c in cells) and not cell_probes:
         echo("no finished evaluation or probe yet: no report")
         return None, False
     echo(f"report -> {root}")
     spec = p.pipeline.report
     write_study_report(p.pipeline.name, cells, p.failed, root, key, n_boot=spec.n_boot, seed=spec.seed,
-                       overlays=spec.overlays)
+                       overlays=spec.overlays, cell_probes=cell_probes)
     return root, False
 
 

@@ -4,7 +4,9 @@ Every section maps one-to-one onto a config dataclass (no class paths in
 YAML): ``extract`` onto :class:`~embedcache.config.ExtractConfig`,
 ``fit`` onto :class:`~embedcache.config.FitConfig` (with its nested
 ``decoder``, ``targets`` and ``loss``), ``probe`` onto
-:class:`~embedcache.config.ProbeConfig`. Settings are layered: the
+:class:`~embedcache.config.ProbeConfig`, ``cells`` onto
+:class:`~embedcache.config.CellsConfig` with its ``probe`` (a cell-level
+ProbeConfig). Settings are layered: the
 defaults of each config, then the file's top-level section, then the
 dataset's, then (for extraction) the encoder's own fields.
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from embedcache.config import ExtractConfig, FitConfig, ProbeConfig
+from embedcache.config import CellsConfig, ExtractConfig, FitConfig, ProbeConfig
 from embedcache.errors import ConfigError
 
 ON_ERROR = ("stop", "skip")
@@ -88,6 +90,9 @@ class DatasetSpec:
     magnification : {"40x", "20x"}
     tta : {"none", "flips", "d4"}
         Test-time augmentation of the evaluation over the cached variants.
+    cells : dict or None
+        Per-nucleus vectors and the cell probe (CellsConfig fields, and
+        ``probe``: ProbeConfig fields); None: no cells.
     """
 
     name: str
@@ -99,6 +104,7 @@ class DatasetSpec:
     protocol: str = "auto"
     magnification: str = "40x"
     tta: str = "none"
+    cells: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,15 @@ class Pipeline:
 
     def probe_configs(self, dataset: DatasetSpec) -> list[ProbeConfig]:
         return [_build(ProbeConfig, p, f"{self.source}: probe of {dataset.name}") for p in dataset.probe]
+
+    def cells_configs(self, dataset: DatasetSpec) -> tuple[CellsConfig, ProbeConfig] | None:
+        """The cells of ``dataset`` and their probe (labels ``type``, all layers by default), or None."""
+        if dataset.cells is None:
+            return None
+        where = f"{self.source}: cells of {dataset.name}"
+        settings = {k: v for k, v in dataset.cells.items() if k != "probe"}
+        probe = {"layers": "all", **(dataset.cells.get("probe") or {}), "level": "cell", "labels": "type"}
+        return _build(CellsConfig, settings, where), _build(ProbeConfig, probe, f"{where} (probe)")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -220,9 +235,9 @@ class _Reader:
         return mapping
 
 
-TOP_KEYS = ("name", "out", "datasets", "encoders", "seeds", "extract", "fit", "probe", "evaluate", "report",
+TOP_KEYS = ("name", "out", "datasets", "encoders", "seeds", "extract", "fit", "probe", "cells", "evaluate", "report",
             "on_error")
-DATASET_KEYS = ("path", "synthetic", "format", "extract", "fit", "probe", "evaluate")
+DATASET_KEYS = ("path", "synthetic", "format", "extract", "fit", "probe", "cells", "evaluate")
 SYNTHETIC_KEYS = ("tiles", "seed", "folds", "size")
 EVALUATE_KEYS = ("protocol", "magnification", "tta")
 TTA = ("none", "flips", "d4")
@@ -268,6 +283,7 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
     extract = dict(r.config_keys(ExtractConfig, data.get("extract"), "extract"))
     decoder = dict(r.config_keys(FitConfig, data.get("fit"), "fit"))
     probe = _probe_list(r, data.get("probe"), data, "probe")
+    cells = _cells(r, data["cells"], data, "cells") if "cells" in data else None
     evaluate = _evaluate(r, data.get("evaluate"), data, "evaluate")
     seeds = data.get("seeds", [0])
     seeds = [seeds] if isinstance(seeds, int) else seeds
@@ -315,8 +331,9 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
         ds_decoder = dict(r.config_keys(FitConfig, entry.get("fit"), f"{where}.fit"))
         ds_probe = _probe_list(r, entry["probe"], entry, f"{where}.probe") if "probe" in entry else probe
         ds_eval = {**evaluate, **_evaluate(r, entry.get("evaluate"), entry, f"{where}.evaluate")}
+        ds_cells = _cells(r, entry["cells"], entry, f"{where}.cells") if "cells" in entry else cells
         ds_specs.append(DatasetSpec(ds_name, str(entry["path"]) if "path" in entry else None, synthetic,
-                                    ds_extract, ds_decoder, tuple(ds_probe), **ds_eval))
+                                    ds_extract, ds_decoder, tuple(ds_probe), **ds_eval, cells=ds_cells))
     enc_specs = []
     for enc_name, entry in encoders:
         where = f"encoders.{enc_name}"
@@ -333,6 +350,7 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
         for s in pipeline.seeds:
             pipeline.fit_config(ds, s)
         pipeline.probe_configs(ds)
+        pipeline.cells_configs(ds)
     return pipeline
 
 
@@ -363,6 +381,21 @@ def _probe_list(r: _Reader, value, parent, where: str) -> list[dict]:
         r.keys(item, [f.name for f in dataclasses.fields(ProbeConfig)], where)
         out.append(dict(item))
     return out
+
+
+def _cells(r: _Reader, value, parent, where: str) -> dict | None:
+    """A ``cells`` section: CellsConfig fields and a ``probe`` mapping of ProbeConfig fields (empty: the
+    defaults); ``false``: no cells."""
+    if value is False:
+        return None
+    value = r.mapping(value, where, parent, where.rsplit(".", 1)[-1])
+    r.keys(value, [f.name for f in dataclasses.fields(CellsConfig)] + ["probe"], where)
+    if "probe" in value:
+        probe = r.mapping(value["probe"], f"{where}.probe", value, "probe")
+        r.keys(probe, [f.name for f in dataclasses.fields(ProbeConfig) if f.name not in ("level", "labels")],
+               f"{where}.probe")
+        value = {**value, "probe": dict(probe)}
+    return dict(value)
 
 
 def _evaluate(r: _Reader, value, parent, where: str) -> dict:

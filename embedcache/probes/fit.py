@@ -59,6 +59,9 @@ class ProbePrediction:
     groups : (n,) ndarray of int, or None
         The independent unit of each tile (its source image): folds keep a
         group together and intervals resample groups.
+    variant_pred : (n, V) ndarray of int, or None
+        Predictions of the same probe (trained on identity rows) on each
+        variant's features of the test rows; column 0 is ``y_pred``.
     """
 
     store: str
@@ -74,6 +77,7 @@ class ProbePrediction:
     names: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
     groups: np.ndarray | None = None
+    variant_pred: np.ndarray | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -160,8 +164,19 @@ def _inner_split(y: np.ndarray, groups: np.ndarray, seed: int):
     return list(GroupShuffleSplit(1, test_size=0.2, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
+def _scaler(X: np.ndarray, pca: int | None, seed: int) -> list:
+    """Standardisation, then (``pca``) a projection onto that many principal components, fitted on ``X``."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    steps = [StandardScaler()]
+    if pca is not None and pca < X.shape[1]:
+        steps.append(PCA(n_components=min(pca, len(X)), random_state=seed))
+    return steps
+
+
 def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
-               l2_grid: Sequence[float] = ProbeConfig.l2_grid, seed: int = 0):
+               l2_grid: Sequence[float] = ProbeConfig.l2_grid, seed: int = 0, pca: int | None = None):
     """Standardise, then fit an L2 logistic regression (``(n,)`` labels) or ridge (``(n, T)`` targets).
 
     The sweep is scikit-learn's own (``LogisticRegressionCV``, warm-started
@@ -179,6 +194,9 @@ def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
         Rows sharing a group are never split apart; default one row each.
     l2_grid : sequence of float
         One value: fitted as given, without a validation split.
+    pca : int, optional
+        Project the standardised features onto this many principal
+        components first (fitted on ``X``: the training rows).
 
     Returns
     -------
@@ -187,7 +205,6 @@ def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
     """
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     n = len(y)
     grid = sorted(l2_grid, reverse=True)
@@ -200,7 +217,7 @@ def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
     else:
         alphas = [lam * n for lam in grid]
         model = RidgeCV(alphas=alphas, cv=cv, scoring="r2") if sweep else Ridge(alpha=alphas[0])
-    pipe = make_pipeline(StandardScaler(), model)
+    pipe = make_pipeline(*_scaler(X, pca, seed), model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence at a loose tolerance, and API-transition notices
         pipe.fit(X, y)
@@ -212,15 +229,14 @@ def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
     return pipe
 
 
-def fit_knn(X: np.ndarray, y: np.ndarray, k: int = 20):
-    """Standardise, then a cosine k-nearest-neighbour vote (or mean, for ``(n, T)`` targets)."""
+def fit_knn(X: np.ndarray, y: np.ndarray, k: int = 20, pca: int | None = None, seed: int = 0):
+    """Standardise (and ``pca``), then a cosine k-nearest-neighbour vote (or mean, for ``(n, T)`` targets)."""
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     knn = (KNeighborsClassifier if y.ndim == 1 else KNeighborsRegressor)(
         n_neighbors=min(k, len(y)), metric="cosine", algorithm="brute")
-    pipe = make_pipeline(StandardScaler(), knn).fit(X, y)
+    pipe = make_pipeline(*_scaler(X, pca, seed), knn).fit(X, y)
     pipe.best_params = {"k": knn.n_neighbors}
     return pipe
 
@@ -236,7 +252,8 @@ def _as_variants(X: np.ndarray) -> np.ndarray:
 
 def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str = "linear", *,
                    k: int = 20, l2_grid: Sequence[float] = ProbeConfig.l2_grid, augment: bool = False,
-                   seed: int = 0, groups: np.ndarray | None = None) -> ProbePrediction:
+                   seed: int = 0, groups: np.ndarray | None = None, pca: int | None = None,
+                   fraction: float | None = None, transfer: bool = False) -> ProbePrediction:
     """Out-of-fold predictions of one probe on one set of features.
 
     Parameters
@@ -252,6 +269,14 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     groups : (n,) ndarray of int, optional
         Source image of each tile: the L2 sweep's validation split keeps an
         image's tiles together too. Default: each tile its own group.
+    pca : int, optional
+        Principal components kept (fitted on each fold's training rows).
+    fraction : float, optional
+        Train on this share of each fold's training rows (classification:
+        of each class, at least one row each; seeded): a label-efficiency
+        point. The rows each fold trained on are recorded (``train_sizes``).
+    transfer : bool
+        Also predict every variant of the test rows (``variant_pred``).
 
     Returns
     -------
@@ -272,29 +297,58 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     n_var = X.shape[1] if augment else 1
     y_pred = np.zeros_like(y, dtype=np.int64 if classify else np.float64)
     proba = np.zeros((len(y), n_classes)) if classify else None
-    chosen = []
+    chosen, sizes = [], []
+    variant_pred = np.zeros((len(y), X.shape[1]), dtype=np.int64) if transfer and classify else None
     # BLAS threads only slow small fits down (and fight other processes for the cores).
     with threadpool_limits(1 if X.size < SMALL_PROBLEM else None):
         for f in np.unique(folds):
-            chosen.append(_fit_fold(X, y, folds == f, method, y_pred, proba, n_var, k, l2_grid, seed, groups))
+            model = _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca,
+                              1.0 if fraction is None else fraction, int(f))
+            test = np.flatnonzero(folds == f)
+            y_pred[test] = np.asarray(model.predict(X[test, 0])).reshape(y_pred[test].shape)  # (n,): one target
+            if proba is not None:
+                proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test, 0])
+            if variant_pred is not None:
+                for v in range(X.shape[1]):
+                    variant_pred[test, v] = model.predict(X[test, v])
+            chosen.append(model.best_params)
+            sizes.append(model.n_train)
+    params = {"folds": chosen, **({"train_sizes": sizes} if fraction is not None else {})}
     return ProbePrediction(store="", encoder="", layer="", depth=1.0, method=method,
                            task=CLASSIFICATION if classify else REGRESSION, y_true=y, y_pred=y_pred, proba=proba,
-                           params={"folds": chosen}, groups=groups)
+                           params=params, groups=groups, variant_pred=variant_pred)
 
 
-def _fit_fold(X, y, is_test, method, y_pred, proba, n_var, k, l2_grid, seed, groups) -> dict:
-    """Fit one fold's probe on its training tiles (and their variants); fill its test rows."""
-    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+def subsample(y: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of ``rows``: of each class (at least one row of each) for ``(n,)`` labels.
+
+    >>> subsample(np.array([0] * 90 + [1] * 10), np.arange(100), 0.1, 0).size
+    10
+    """
+    if fraction >= 1:
+        return rows
+    rng = np.random.default_rng(seed)
+    if y.ndim != 1:
+        return np.sort(rng.choice(rows, size=max(1, round(fraction * len(rows))), replace=False))
+    keep = [rng.choice(of, size=max(1, round(fraction * len(of))), replace=False)
+            for c in np.unique(y[rows]) for of in [rows[y[rows] == c]]]
+    return np.sort(np.concatenate(keep))
+
+
+def _fit_fold(X, y, is_test, method, n_var, k, l2_grid, seed, groups, pca=None, fraction=1.0, fold=0):
+    """Fit one fold's probe on its training tiles (and their variants)."""
+    train = subsample(y, np.flatnonzero(~is_test), fraction, seed + fold)
     X_tr = X[train, :n_var].reshape(len(train) * n_var, -1)
     y_tr = np.repeat(y[train], n_var, axis=0)
     if method == "linear":
-        model = fit_linear(X_tr, y_tr, np.repeat(groups[train], n_var), l2_grid, seed)
+        # A few labelled rows cannot spare a fifth for the sweep: the middle strength, fitted as is.
+        small = fraction < 1 and len(train) < 50 and len(l2_grid) > 1
+        grid = (sorted(l2_grid)[len(l2_grid) // 2],) if small else l2_grid
+        model = fit_linear(X_tr, y_tr, np.repeat(groups[train], n_var), grid, seed, pca)
     else:
-        model = fit_knn(X_tr, y_tr, k)
-    y_pred[test] = np.asarray(model.predict(X[test, 0])).reshape(y_pred[test].shape)  # (n,) for one target
-    if proba is not None:
-        proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test, 0])
-    return model.best_params
+        model = fit_knn(X_tr, y_tr, k, pca, seed)
+    model.n_train = len(train)
+    return model
 
 
 def probe_features(features: Mapping[str, np.ndarray], labels: TileLabels, folds: np.ndarray,

@@ -31,6 +31,7 @@ from embedcache.datasets import read_label_maps
 from embedcache.files import staged_dir, write_json
 from embedcache.infer.writer import overlay
 from embedcache.report import human_bytes
+from embedcache.report.cells import cell_section
 from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
 from embedcache.report.plots import plot_depth
 from embedcache.report.stats import LABELS, ScoreTable
@@ -336,16 +337,19 @@ STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}tabl
 
 
 def write_study_report(title: str, cells: list[CellResult], failures: dict[str, str], out: Path, key: str, *,
-                       n_boot: int = 2000, seed: int = 0, overlays: int = 4) -> Path:
-    """Write the whole report into ``out`` (built as ``out.partial``, then swapped in)."""
+                       n_boot: int = 2000, seed: int = 0, overlays: int = 4, cell_probes: dict | None = None) -> Path:
+    """Write the whole report into ``out`` (built as ``out.partial``, then swapped in).
+
+    ``cell_probes``: dataset -> the folder of its cell probe (``cells.json``, from the pipeline's cellprobe step).
+    """
     out = Path(out)
     with staged_dir(out) as tmp:
-        _write_report(tmp, title, cells, failures, key, n_boot, seed, overlays)
+        _write_report(tmp, title, cells, failures, key, n_boot, seed, overlays, cell_probes or {})
     return out
 
 
 def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict[str, str], key: str, n_boot: int,
-                  seed: int, overlays: int) -> None:
+                  seed: int, overlays: int, cell_probes: dict) -> None:
     boards = dataset_leaderboards(cells, n_boot, seed)
     probes = probe_tables(cells)
     cost_rows = costs(cells)
@@ -364,6 +368,11 @@ def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict
         md += [probe_markdown(table, ds), ""]
         figures.setdefault(ds, []).append(
             plot_depth(ScoreTable(table["rows"], table["info"]), tmp / f"probe_{ds}_{i}.png").name)
+    cell_data = {}
+    for ds, folder in cell_probes.items():
+        md_part, names, cell_data[ds] = cell_section(Path(folder), ds, tmp)
+        md += [md_part, ""]
+        figures.setdefault(ds, []).extend(names)
     if cost_rows:
         md += [costs_markdown(cost_rows), ""]
         plot_costs(cost_rows, tmp / "costs.png")
@@ -375,7 +384,7 @@ def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict
     data = {"title": title, "key": key, "n_boot": n_boot, "seed": seed,
             "leaderboards": {ds: {"protocol": lb.protocol, "metrics": list(lb.metrics), "rows": lb.rows,
                                   "comparisons": lb.comparisons} for ds, lb in boards.items()},
-            "probes": {f"{ds}/{i}": t for (ds, i), t in probes.items()}, "costs": cost_rows,
+            "probes": {f"{ds}/{i}": t for (ds, i), t in probes.items()}, "cells": cell_data, "costs": cost_rows,
             "failures": failures, "overlays": shown}
     write_json(tmp / "leaderboard.json", data)
     _write_html(tmp / "index.html", title, md, figures, cost_rows, shown)

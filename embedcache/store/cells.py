@@ -7,7 +7,7 @@ store is read, never changed)::
     cells/tile       (n,)            int64    store tile the nucleus was pooled in
     cells/source     (n,)            int64    source image (index into source_names)
     cells/instance   (n,)            int64    its id in the nuclei map of its image
-    cells/centroid   (n, 2)          float64  (row, col) in image pixels
+    cells/centroid   (n, 2)          float64  (row, col) in image pixels (pixel indices: QuPath's x = col + 0.5)
     cells/area       (n,)            int64    pixels of the whole nucleus
     cells/type       (n,)            int64    type id (0: unknown)
     cells/coverage   (n,)            float32  share of its pixels inside its tile
@@ -63,6 +63,8 @@ class CellStore:
     n_cells : int
     layers : list of str
         Pooled layers, shallow to deep.
+    dims : dict of str to int
+        Vector width of each layer.
     variants : list of str
         Index 0 is the identity.
     encoder : EncoderSpec
@@ -83,6 +85,7 @@ class CellStore:
         self.attrs = attrs
         self.n_cells = int(attrs["n_cells"])
         self.layers = list(attrs["layers"])
+        self.dims = {name: int(d) for name, d in attrs["layers"].items()}
         self.variants = list(attrs["variants"])
         self.encoder = EncoderSpec.from_dict(attrs["encoder"])
         self.class_names = {int(k): v for k, v in (attrs.get("class_names") or {}).items()}
@@ -163,7 +166,7 @@ class CellStore:
         counts = {self.class_names.get(int(t), f"type {t}") if t else "unknown": int((types == t).sum())
                   for t in np.unique(types)}
         return {"path": str(self.path), "kind": "cells", "encoder": self.encoder.name, "n_cells": self.n_cells,
-                "layers": {name: {"dim": int(self.attrs["layers"][name])} for name in self.layers},
+                "layers": {name: {"dim": self.dims[name]} for name in self.layers},
                 "variants": self.variants, "types": counts, "nuclei": self.nuclei, "source_store": self.source_store,
                 "complete": self.complete and done == units, "units_done": [done, units],
                 "bytes": sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())}

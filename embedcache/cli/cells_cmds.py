@@ -1,0 +1,58 @@
+"""``embedcache cells``: a vector per nucleus from a store, for cell-level probes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from embedcache.cli import main
+from embedcache.cli.options import json_option, quiet_option
+
+
+@main.command("cells")
+@click.option("--store", required=True, metavar="STORE", help="The embedding store to pool from (read, not changed).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The cell store to write (built as OUT.partial, renamed when complete).")
+@click.option("--nuclei", default="store", show_default=True, metavar="SOURCE",
+              help="'store' (its label maps), a folder of label maps or a predict output, a points CSV "
+                   "(image,x,y,label), or a folder of NAME.csv (x,y,label) or QuPath NAME.geojson point files.")
+@click.option("--radius", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Points: radius in pixels of the disc that stands for each nucleus.")
+@click.option("--layers", default="all", show_default=True, help="'all', 'last', or layer names or indices.")
+@click.option("--variants", default="all", show_default=True, type=click.Choice(["all", "identity"]),
+              help="Pool every cached variant (invariance needs them), or the identity only.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing cell store (or start an interrupted one afresh).")
+@json_option
+@quiet_option
+def cells(store, out, nuclei, radius, layers, variants, overwrite, as_json, quiet):
+    """Pool one vector per nucleus, layer and variant from a store's tokens:
+    each patch token weighted by the share of the nucleus it covers. Each
+    cell keeps its tile, source image, centroid (pixels; microns when the
+    store records them), area and type.
+
+    Interrupted runs resume where they stopped when run again.
+
+    \b
+    Examples:
+      embedcache cells --store lite0.zarr --out lite0.cells.zarr
+      embedcache cells --store uni.zarr --out uni.cells.zarr --nuclei predictions/
+      embedcache cells --store uni.zarr --out uni.cells.zarr --nuclei points.csv --radius 6
+      embedcache probe --level cell --store lite0.cells.zarr --store uni.cells.zarr --out cells/
+    """
+    from embedcache.cells import build_cells
+    from embedcache.config import CellsConfig
+
+    config = CellsConfig(nuclei=nuclei, radius=radius, layers=layers, variants=variants)
+    r = build_cells(store, out, config, overwrite=overwrite, progress=not (quiet or as_json))
+    data = {"path": str(r.path), "n_cells": r.n_cells, "n_images": r.n_images, "layers": r.layers,
+            "variants": r.variants, "types": r.types, "units_run": r.units_run, "units": r.units,
+            "seconds": round(r.seconds, 2)}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    resumed = f", {r.units - r.units_run} of {r.units} units already done" if r.units_run < r.units else ""
+    click.echo(f"wrote {r.path}: {r.n_cells} cells of {r.n_images} images x {len(r.layers)} layers x "
+               f"{len(r.variants)} variants in {r.seconds:.1f} s{resumed}")
+    click.echo("  types: " + ", ".join(f"{k} {v}" for k, v in r.types.items()))

@@ -1,0 +1,174 @@
+"""Cell-level probes: each layer's per-nucleus vectors (cell stores) against the nuclei's types.
+
+Every cell store compared must hold the same nuclei of the same tiles (one
+nuclei source over stores of one dataset), so every encoder is tested on
+the same cells, folds and resamples. Folds keep the cells of one source
+image together (never on both sides of a split). Besides the out-of-fold
+predictions of each layer and method, a cell probe gives:
+
+- a label-efficiency curve: the linear probe of each store's best layer
+  refitted on fractions of each fold's training cells;
+- invariance: how far the cells' (and, from the source store, the tiles')
+  vectors move across the cached variants (:mod:`embedcache.probes.invariance`),
+  and the identity-trained probe's predictions on every variant of the
+  test cells (``variant_pred``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from embedcache.config import ProbeConfig
+from embedcache.errors import ConfigError, DataError, StoreError
+from embedcache.probes.fit import ProbePrediction, cross_validate, make_folds
+from embedcache.probes.invariance import VariantShift, variant_shift
+from embedcache.probes.labels import CLASSIFICATION
+from embedcache.probes.stores import store_label
+from embedcache.store.cells import CellStore
+from embedcache.store.reader import open_store
+
+
+@dataclass
+class CellProbeResult:
+    """Everything a cell probe measured; scored with intervals by :mod:`embedcache.report.cells`.
+
+    Attributes
+    ----------
+    predictions : list of ProbePrediction
+        One per store, layer and method (``variant_pred`` set when the stores hold variants).
+    curve : list of ProbePrediction
+        The label-efficiency points: ``params["fraction"]`` of the training cells.
+    shifts : dict of (store, layer, level) to VariantShift
+        ``level`` is ``cell`` or ``tile``.
+    info : dict
+    variants : list of str
+    """
+
+    predictions: list[ProbePrediction]
+    curve: list[ProbePrediction] = field(default_factory=list)
+    shifts: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    variants: list[str] = field(default_factory=list)
+
+
+def open_cell_stores(paths: Sequence) -> list[CellStore]:
+    """Cell stores to compare: complete, and holding the same nuclei of the same tiles."""
+    if not paths:
+        raise ConfigError("no cell store given; pass --store CELLS (made by `embedcache cells`)")
+    stores = [open_store(p) for p in paths]
+    for s in stores:
+        if not isinstance(s, CellStore):
+            raise ConfigError(f"{s.path} is an embedding store, not a cell store; make one with "
+                              f"`embedcache cells --store {s.path} --out CELLS` and probe that")
+        if not s.complete:
+            raise StoreError(f"{s.path}: the cell store is incomplete; run the same cells command again to finish it")
+    ref = stores[0]
+    for s in stores[1:]:
+        if s.same_cells_key != ref.same_cells_key or not np.array_equal(s.table()["instance"], ref.table()["instance"]):
+            raise DataError(f"{s.path} and {ref.path} hold different cells (another dataset or nuclei source); "
+                            "cell stores compared together must pool the same nuclei of the same tiles")
+    return stores
+
+
+def cell_labels(store: CellStore) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(keep, y, names)``: the typed cells, their class codes 0..K-1 and the class names."""
+    types = store.table()["type"]
+    keep = types > 0
+    classes = np.unique(types[keep])
+    if len(classes) < 2:
+        found = "no typed nucleus" if not len(classes) else f"only {store.class_names.get(int(classes[0]), 'one type')}"
+        raise DataError(f"{store.path}: {found} among its {store.n_cells} cells; the cell probe needs at least two "
+                        "types (nuclei with types: a type map, or labelled points)")
+    y = np.searchsorted(classes, types[keep]).astype(np.int64)
+    return keep, y, [store.class_names.get(int(c), f"type {c}") for c in classes]
+
+
+def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="cell", labels="type"),
+                    progress: Callable[[str], None] | None = None, tiles: bool = True,
+                    names: Sequence[str] | None = None) -> CellProbeResult:
+    """Probe every cell store, layer and method of ``config`` on the same cells and folds.
+
+    ``tiles``: also measure the tiles' invariance, from the stores the cells were pooled from (when they
+    are there). ``names``: what to call each store in tables (default its folder name).
+    """
+    stores = open_cell_stores(paths)
+    keep, y, classes = cell_labels(stores[0])
+    table = stores[0].table()
+    groups = table["source"][keep]
+    folds = make_folds(y, config.folds, None, config.seed, groups, classes)
+    n_var = len(stores[0].variants)
+    result = CellProbeResult([], variants=list(stores[0].variants))
+    for j, s in enumerate(stores):
+        label = names[j] if names else store_label(s, stores)
+        layers = s.select_layers(config.layers)
+        best, best_score = None, -np.inf
+        for i, layer in enumerate(layers):
+            X = s.vectors(layer, variant=None)[keep]
+            for method in config.methods:
+                pred = cross_validate(X, y, folds, method, k=config.k, l2_grid=config.l2_grid, augment=config.augment,
+                                      seed=config.seed, groups=groups, pca=config.pca, transfer=n_var > 1)
+                _name(pred, label, s, layer, (i + 1) / len(layers), classes)
+                result.predictions.append(pred)
+                score = _balanced_accuracy(y, pred.y_pred)
+                if method == "linear" and score > best_score:
+                    best, best_score = layer, score
+                if progress:
+                    progress(f"{label} {layer} {method}")
+            if n_var > 1:
+                result.shifts[label, layer, "cell"] = variant_shift(X, config.seed, groups)
+        if tiles and n_var > 1:
+            result.shifts.update(_tile_shifts(s, label, layers, config.seed))
+        if best is not None and config.fractions:
+            X = s.vectors(best, variant=0)[keep]
+            for f in config.fractions:
+                pred = cross_validate(X, y, folds, "linear", l2_grid=config.l2_grid, seed=config.seed,
+                                      groups=groups, pca=config.pca, fraction=f)
+                _name(pred, label, s, best, 1.0, classes)
+                pred.params["fraction"] = f
+                result.curve.append(pred)
+            if progress:
+                progress(f"{label} {best} label efficiency")
+    n_images = int(len(np.unique(groups)))
+    widths = sorted({s.dims[layer] for s in stores for layer in s.layers})
+    result.info = {
+        "level": "cell", "labels": {"source": "type", "task": CLASSIFICATION, "names": classes,
+                                    "counts": np.bincount(y, minlength=len(classes)).tolist()},
+        "n_tiles": int(len(y)), "n_cells": int(len(y)), "n_untyped": int((~keep).sum()),
+        "folds": f"stratified {config.folds or 5}-fold over {n_images} source images",
+        "n_folds": int(len(np.unique(folds))), "unit": "source image", "n_units": n_images,
+        "features": (f"PCA to {config.pca} components (fitted on each fold's training cells)"
+                     if config.pca is not None else f"full width ({', '.join(map(str, widths))})"),
+        "variants": list(stores[0].variants), "nuclei": stores[0].nuclei, "config": config.to_dict()}
+    return result
+
+
+def _name(pred: ProbePrediction, label: str, store: CellStore, layer: str, depth: float, names: list[str]) -> None:
+    pred.store, pred.encoder, pred.layer, pred.depth, pred.names = label, store.encoder.name, layer, depth, names
+
+
+def _balanced_accuracy(y: np.ndarray, y_pred: np.ndarray) -> float:
+    recalls = [float((y_pred[y == c] == c).mean()) for c in np.unique(y)]
+    return float(np.mean(recalls))
+
+
+def _tile_shifts(cells: CellStore, label: str, layers: list[str], seed: int) -> dict:
+    """Tile-level shifts from the store the cells came from (nothing when it has moved)."""
+    try:
+        store = open_store(cells.source_store["path"])
+    except StoreError:
+        return {}
+    if isinstance(store, CellStore) or store.config.dataset_fingerprint != cells.source_store["dataset_fingerprint"]:
+        return {}
+    out, source = {}, store.tile_info()["source"]
+    for layer in layers:
+        if layer in store.layers and len(store.variants) > 1:
+            X = np.stack([store.pooled(layer, slice(None), v) for v in range(len(store.variants))], axis=1)
+            if len(X) >= 2:
+                out[label, layer, "tile"] = variant_shift(X, seed, source)
+    return out
+
+
+__all__ = ["CellProbeResult", "VariantShift", "cell_labels", "open_cell_stores", "run_cell_probes"]
