@@ -27,7 +27,7 @@ import numpy as np
 
 from embedcache.files import plain_json, write_json
 from embedcache.metrics.tables import table
-from embedcache.report.compare import holm
+from embedcache.report.compare import EXACT_UNITS, RANDOM_PATTERNS, holm
 
 CELL_METRICS = ("balanced_accuracy", "macro_f1")
 LABELS = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
@@ -127,7 +127,9 @@ class CellReport:
         out = [head] + ([f"NOTE: {few}"] if few else []) + [
             "", table(["store", "layer", "method", "balanced accuracy", "macro-F1", "per-class F1", ""], body)]
         if self.comparisons:
-            out += ["", "paired differences of balanced accuracy (best linear layers, same cells and resamples):",
+            out += ["", "paired differences of balanced accuracy (best linear layers; interval over the same resamples, "
+                        "p from swapping the two probes' predictions per image, exact up to "
+                        f"{EXACT_UNITS} images):",
                     table(["a - b", "layers", "diff", "95% interval", "p", "p (Holm)"],
                           [[f"{c['a']} - {c['b']}", f"{c['layer_a']} / {c['layer_b']}", f"{c['diff']:+.3f}",
                             f"[{c['lo']:+.3f}, {c['hi']:+.3f}]", f"{c['p']:.4f}", f"{c['p_holm']:.4f}"]
@@ -223,10 +225,11 @@ def score_cell_probes(result, n_boot: int = 1000, seed: int = 0) -> CellReport:
                      "per_class": {n: float(v) for n, v in zip(names, per_class)}, "params": p.params})
         key = p.store
         if p.method == "linear" and (key not in best_boot or point["balanced_accuracy"] > best_boot[key][0]):
-            best_boot[key] = (point["balanced_accuracy"], b["balanced_accuracy"], p.layer)
+            best_boot[key] = (point["balanced_accuracy"], b["balanced_accuracy"], p.layer,
+                              group_confusion(p.y_true, p.y_pred, codes, k))
     report = CellReport(rows, info={**result.info, "n_boot": n_boot, "bootstrap_seed": seed,
                                     "bootstrap_unit": "source image", "bootstrap_units": int(W.shape[1])})
-    report.comparisons = _comparisons(best_boot)
+    report.comparisons = _comparisons(best_boot, k, seed)
     for p in result.curve:
         b = boots(p.y_true, p.y_pred)["balanced_accuracy"]
         report.curve.append({"store": p.store, "layer": p.layer, "fraction": p.params["fraction"],
@@ -254,17 +257,43 @@ def _training_cells(p) -> int:
     return int(np.mean(counts)) if counts else -1
 
 
-def _comparisons(best: dict) -> list[dict]:
+def swap_test(conf_a: np.ndarray, conf_b: np.ndarray, k: int, seed: int = 0) -> dict:
+    """Two-sided paired randomisation test of "no difference in balanced accuracy" between two probes.
+
+    Under the null hypothesis the two probes' predictions of an image are
+    exchangeable, so each image's confusion matrices (``(G, k * k)``) are
+    swapped between them on every subset of images (up to
+    :data:`~embedcache.report.compare.EXACT_UNITS` images, else
+    :data:`~embedcache.report.compare.RANDOM_PATTERNS` random subsets) and
+    the pooled difference recomputed; ``p`` is the share of patterns at
+    least as far from 0 as the observed one (never below ``2 / 2^G``: 3
+    images cannot give less than 0.25).
+    """
+    G = len(conf_a)
+    if G <= EXACT_UNITS:
+        swaps = ((np.arange(2 ** G)[:, None] >> np.arange(G)[None]) & 1).astype(np.float64)
+        method, min_p = "exact", 2.0 / 2 ** G
+    else:
+        rng = np.random.default_rng(seed)
+        swaps = np.concatenate([np.zeros((1, G)), rng.integers(0, 2, (RANDOM_PATTERNS, G))]).astype(np.float64)
+        method, min_p = "random", 1.0 / (RANDOM_PATTERNS + 1)
+    a = (1 - swaps) @ conf_a + swaps @ conf_b
+    b = swaps @ conf_a + (1 - swaps) @ conf_b
+    d = confusion_scores(a, k)["balanced_accuracy"] - confusion_scores(b, k)["balanced_accuracy"]
+    p = float(np.mean(np.abs(d) >= abs(d[0]) - 1e-12))
+    return {"p": p, "method": method, "patterns": int(len(swaps)), "min_p": float(min_p), "n_units": int(G)}
+
+
+def _comparisons(best: dict, k: int, seed: int) -> list[dict]:
     out = []
     for a, b in combinations(best, 2):
-        (va, ba, la), (vb, bb, lb) = best[a], best[b]
+        (va, ba, la, ca), (vb, bb, lb, cb) = best[a], best[b]
         d = ba - bb
         d = d[np.isfinite(d)]
         lo, hi = np.percentile(d, [2.5, 97.5]) if len(d) else (math.nan, math.nan)
-        # Two-sided: how often the resampled difference falls on the other side of 0 than the observed.
-        p = min(1.0, 2 * (1 + min((d <= 0).sum(), (d >= 0).sum())) / (1 + len(d))) if len(d) else math.nan
+        test = swap_test(ca, cb, k, seed)
         out.append({"a": a, "b": b, "layer_a": la, "layer_b": lb, "diff": float(va - vb), "lo": float(lo),
-                    "hi": float(hi), "p": float(p)})
+                    "hi": float(hi), **test})
     for c, ph in zip(out, holm([c["p"] for c in out])):
         c["p_holm"] = ph
     return out
@@ -308,7 +337,10 @@ def cells_markdown(report: CellReport, dataset: str) -> str:
                      f"{_text(r['scores']['macro_f1'])} | "
                      + ", ".join(f"{n} {v:.2f}" for n, v in r["per_class"].items()) + " |")
     if report.comparisons:
-        lines += ["", "| a - b (best linear layers) | difference in balanced accuracy | 95% interval | p | p (Holm) |",
+        lines += ["", "Paired differences of the best linear layers (interval over the same image resamples; p from "
+                      "swapping the two encoders' predictions per image, exact up to "
+                      f"{EXACT_UNITS} images, Holm-adjusted over the pairs):", "",
+                  "| a - b (best linear layers) | difference in balanced accuracy | 95% interval | p | p (Holm) |",
                   "|---|---|---|---|---|"]
         lines += [f"| {c['a']} - {c['b']} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {c['p']:.4f} | "
                   f"{c['p_holm']:.4f} |" for c in report.comparisons]
