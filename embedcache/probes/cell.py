@@ -99,14 +99,18 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
     table = stores[0].table()
     groups = table["source"][keep]
     folds = make_folds(y, config.folds, None, config.seed, groups, classes)
-    n_var = len(stores[0].variants)
-    result = CellProbeResult([], variants=list(stores[0].variants))
+    # Stores may cache different variants (an encoder's own extract settings): invariance and transfer
+    # compare every store on the variants they all hold (the identity first in each).
+    variants = [v for v in stores[0].variants if all(v in s.variants for s in stores)]
+    n_var = len(variants)
+    result = CellProbeResult([], variants=variants)
     for j, s in enumerate(stores):
         label = names[j] if names else store_label(s, stores)
         layers = s.select_layers(config.layers)
+        shared = [s.variants.index(v) for v in variants]
         best, best_score = None, -np.inf
         for i, layer in enumerate(layers):
-            X = s.vectors(layer, variant=None)[keep]
+            X = s.vectors(layer, variant=None)[keep][:, shared]
             for method in config.methods:
                 pred = cross_validate(X, y, folds, method, k=config.k, l2_grid=config.l2_grid, augment=config.augment,
                                       seed=config.seed, groups=groups, pca=config.pca, transfer=n_var > 1)
@@ -120,7 +124,7 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
             if n_var > 1:
                 result.shifts[label, layer, "cell"] = variant_shift(X, config.seed, groups)
         if tiles and n_var > 1:
-            result.shifts.update(_tile_shifts(s, label, layers, config.seed))
+            result.shifts.update(_tile_shifts(s, label, layers, config.seed, variants))
         if best is not None and config.fractions:
             X = s.vectors(best, variant=0)[keep]
             for f in config.fractions:
@@ -139,10 +143,19 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
         "n_tiles": int(len(y)), "n_cells": int(len(y)), "n_untyped": int((~keep).sum()),
         "folds": f"stratified {config.folds or 5}-fold over {n_images} source images",
         "n_folds": int(len(np.unique(folds))), "unit": "source image", "n_units": n_images,
-        "features": (f"PCA to {config.pca} components (fitted on each fold's training cells)"
-                     if config.pca is not None else f"full width ({', '.join(map(str, widths))})"),
-        "variants": list(stores[0].variants), "nuclei": stores[0].nuclei, "config": config.to_dict()}
+        "features": _features(config.pca, widths),
+        "variants": variants, "nuclei": stores[0].nuclei, "config": config.to_dict()}
     return result
+
+
+def _features(pca: int | None, widths: list[int]) -> str:
+    """What the probes were fitted on: PCA to one dimension, or each layer's full width."""
+    if pca is None:
+        return f"full width ({', '.join(map(str, widths))})"
+    narrow = [w for w in widths if w <= pca]
+    return (f"PCA to {pca} components (fitted on each fold's training cells)"
+            + (f"; layers of width {', '.join(map(str, narrow))} kept at full width (not more than {pca})"
+               if narrow else ""))
 
 
 def _name(pred: ProbePrediction, label: str, store: CellStore, layer: str, depth: float, names: list[str]) -> None:
@@ -154,18 +167,20 @@ def _balanced_accuracy(y: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(recalls))
 
 
-def _tile_shifts(cells: CellStore, label: str, layers: list[str], seed: int) -> dict:
-    """Tile-level shifts from the store the cells came from (nothing when it has moved)."""
+def _tile_shifts(cells: CellStore, label: str, layers: list[str], seed: int, variants: list[str]) -> dict:
+    """Tile-level shifts over ``variants`` from the store the cells came from (nothing when it has moved)."""
     try:
         store = open_store(cells.source_store["path"])
     except StoreError:
         return {}
     if isinstance(store, CellStore) or store.config.dataset_fingerprint != cells.source_store["dataset_fingerprint"]:
         return {}
+    if not all(v in store.variants for v in variants):
+        return {}
     out, source = {}, store.tile_info()["source"]
     for layer in layers:
-        if layer in store.layers and len(store.variants) > 1:
-            X = np.stack([store.pooled(layer, slice(None), v) for v in range(len(store.variants))], axis=1)
+        if layer in store.layers and len(variants) > 1:
+            X = np.stack([store.pooled(layer, slice(None), v) for v in variants], axis=1)
             if len(X) >= 2:
                 out[label, layer, "tile"] = variant_shift(X, seed, source)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from embedcache.errors import ConfigError, DataError, StoreError
+from embedcache.store.cells import CellStore
 from embedcache.store.reader import open_store
 
 
@@ -13,6 +14,8 @@ def open_stores(paths: Sequence) -> list:
 
     Raises
     ------
+    ConfigError
+        A cell store (those are probed with ``--level cell``).
     DataError
         Stores made from different datasets (another ``dataset_fingerprint``).
     StoreError
@@ -23,6 +26,9 @@ def open_stores(paths: Sequence) -> list:
         raise ConfigError("no store given; pass --store STORE")
     stores = [open_store(p) for p in paths]
     for s in stores:
+        if isinstance(s, CellStore):
+            raise ConfigError(f"{s.path} is a cell store (one vector per nucleus): probe it with --level cell, "
+                              "or pass the embedding store it was pooled from")
         if not s.complete:
             raise StoreError(f"{s.path}: the store is incomplete; run the same extract command again to finish it")
     ref = stores[0]
