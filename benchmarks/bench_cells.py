@@ -41,7 +41,7 @@ inherit its parent's peak as ``ru_maxrss``). Memory is reported as:
   ``ru_maxrss``, the process's lifetime peak), with its rise above the RSS
   just before the call;
 - **tracemalloc peak**: Python and NumPy allocations (zarr's codecs and
-  BLAS allocate out of its sight). Tracing made a small probe 3x slower, so
+  BLAS allocate out of its sight). Tracing made a small probe 2x slower, so
   it never runs in a timed call: the probe is run once more traced (skip
   with ``--no-trace``), the build only with ``--trace-build``.
 
@@ -404,8 +404,18 @@ def probe_config(args):
 
 
 def part_probe(args) -> dict:
+    import sklearn.decomposition  # the probe imports these on its first call: not part of the figure
+    import sklearn.linear_model
+    import sklearn.metrics
+    import sklearn.model_selection
+    import sklearn.neighbors
+    import sklearn.pipeline
+    import sklearn.preprocessing
+
     from embedcache.probes.cell import run_cell_probes
     from embedcache.report.cells import score_cell_probes
+
+    del sklearn
 
     config = probe_config(args)
     path = cell_store_path(args)
@@ -425,7 +435,7 @@ def part_probe(args) -> dict:
             tracemalloc.stop()
         return value, got
 
-    # Timed untraced (tracemalloc made a small probe 3x slower), then once more traced for the Python peak.
+    # Timed untraced (tracemalloc made a small probe 2x slower), then once more traced for the Python peak.
     result, out["probe"] = measured(run_cell_probes, [path], config)
     report, out["score"] = measured(score_cell_probes, result, n_boot=config.n_boot, seed=config.seed)
     if not args.no_trace:
@@ -558,7 +568,9 @@ def main():
     if args.child:
         part = {"info": part_info, "kernel": part_kernel, "make": part_make, "build": part_build,
                 "probe": part_probe}[args.child]
-        print(json.dumps(part(args)))
+        out = part(args)
+        out["load"] = os.getloadavg()[0]  # the machine's load over the last minute, as the part ends
+        print(json.dumps(out))
         return
 
     # The parent stays small: a child started by vfork + exec inherits its peak RSS as ru_maxrss.
@@ -582,12 +594,13 @@ def main():
                   f"({r['distinct']} distinct, cycled), {r['cells'] / r['tiles']:.1f} nuclei per tile, "
                   f"semi-axes {args.radius} px")
             print(f"    {r['per_min']:,.0f} cells/min, median of {args.repeats}   [{goal(r['per_min'])}]")
-            print(f"    per repeat: {[f'{x:,.0f}' for x in r['per_min_runs']]}")
+            print(f"    per repeat: {[f'{x:,.0f}' for x in r['per_min_runs']]}; "
+                  f"load average {r['load']:.1f} at the end")
             print(f"    ms per tile: inst_to_cells {ms['inst_to_cells']:.3f}, cell_weights {ms['cell_weights']:.3f}, "
                   f"pool_cells {ms['pool_cells']:.3f}")
         if "build" in args.parts or "probe" in args.parts:
             made = child("make", argv, env)
-            for what, m in made.items():
+            for what, m in ((w, m) for w, m in made.items() if w in ("tile", "cell")):
                 how = "reused" if m["reused"] else f"written in {m['seconds']:.1f} s"
                 print(f"\n({what} store {how}: {m['path']})")
         if "build" in args.parts:
@@ -595,11 +608,11 @@ def main():
             print(f"\n1b. build_cells end to end from a local store: {r['tiles']} tiles, {r['n_cells']:,} cells, "
                   f"layer {', '.join(r['layers'])}, variants {', '.join(r['variants'])} "
                   f"(the store caches {r['store_variants']}), {r['units']} units of work")
-            print(f"    {r['per_min']:,.0f} cells/min (CellsResult.cells_per_second), median of {args.repeats}"
+            print(f"    {r['per_min']:,.0f} cells/min (CellsResult.cells_per_second), median of {args.build_repeats}"
                   f"   [{goal(r['per_min'])}]")
             print(f"    {r['whole_per_min']:,.0f} cells/min counting the whole call; {r['seconds']:.2f} s per build "
                   f"({1e3 * r['seconds'] / r['tiles']:.1f} ms per tile); per repeat: "
-                  f"{[f'{x:,.0f}' for x in r['per_min_runs']]}")
+                  f"{[f'{x:,.0f}' for x in r['per_min_runs']]}; load average {r['load']:.1f} at the end")
             traced = "tracemalloc: not run (--trace-build)"
             if r["tracemalloc_mb"] is not None:
                 traced = (f"tracemalloc peak {r['tracemalloc_mb']:.0f} MB "
@@ -612,7 +625,7 @@ def main():
             info = r["info"]
             print(f"\n2. cell probe: {info['n_cells']:,} typed cells ({info['n_untyped']} untyped left out) x "
                   f"{args.layers} layers x {args.dim} dims x {args.probe_variants} variant(s), {args.images} images, "
-                  f"{info['folds']}")
+                  f"{info['folds']}; load average {r['load']:.1f} at the end")
             print(f"   method {c['method']}, fractions {c['fractions']}, n_boot {c['n_boot']}, l2 grid {c['l2_grid']}: "
                   f"{r['fits']['predictions']} layer probes, {r['fits']['curve']} curve points, "
                   f"{r['fits']['shifts']} invariance shifts")

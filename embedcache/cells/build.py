@@ -11,15 +11,17 @@ serves every variant and the same nucleus is compared with itself.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from embedcache import files
-from embedcache.cells.nuclei import NucleiSource, image_nuclei, nuclei_source
-from embedcache.cells.pool import cell_weights, inst_to_cells, pool_cells
+from embedcache.cells.nuclei import image_nuclei, nuclei_source
+from embedcache.cells.pool import inst_to_cells, sparse_weights
 from embedcache.config import CellsConfig
 from embedcache.datasets import resolve_variants
 from embedcache.errors import DataError, StoreError
@@ -45,6 +47,10 @@ class CellsResult:
     @property
     def cells_per_second(self) -> float:
         return self.n_cells * self.units_run / max(1, self.units) / max(self.seconds, 1e-9)
+
+
+# Threads measuring nuclei: two keep both cores of a small machine busy (reads in zarr's threads, numpy here).
+THREADS = min(2, os.cpu_count() or 1)
 
 
 def _units(images, unit_tiles: int) -> list[tuple[int, int]]:
@@ -92,10 +98,24 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     source = nuclei_source(store, images, config.nuclei, config.radius)
     info = store.tile_info()
     valid = info["valid"]
-    per_image = []
-    for im in tqdm(images, desc="nuclei", unit="image", disable=not progress):
-        inst, types = source.maps(im)
-        per_image.append(image_nuclei(inst, types, im, store.tile_shape, valid))
+    image_units = _units(images, config.unit_tiles)
+    grids = sorted({store.layout(layer).grid for layer in layers})
+    per_image, unit_weights = [], []
+
+    def measure(unit):
+        i0, i1 = unit
+        maps = source.maps_of(images[i0:i1])
+        found = [image_nuclei(inst, types, im, store.tile_shape, valid) for im, (inst, types) in
+                 zip(images[i0:i1], maps)]
+        return found, unit_pooling(images[i0:i1], [m[0] for m in maps], found, grids, store.tile_shape, valid)
+
+    with tqdm(total=len(images), desc="nuclei", unit="image", disable=not progress) as bar, \
+            ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="embedcache-cells") as pool:
+        # Units are measured on THREADS threads (numpy and the codecs release the GIL), in order.
+        for (i0, i1), (found, weights) in zip(image_units, pool.map(measure, image_units)):
+            per_image += found
+            unit_weights.append(weights)
+            bar.update(i1 - i0)
     n_cells = sum(len(t["instance"]) for t in per_image)
     if n_cells == 0:
         raise DataError(f"{source.source}: no nuclei in any of the store's {len(images)} images; "
@@ -103,7 +123,7 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     table = {c: np.concatenate([t[c] for t in per_image]) for c in TABLE if c != "source"}
     table["source"] = info["source"][table["tile"]]
     bounds = np.cumsum([0] + [len(t["instance"]) for t in per_image])
-    units = [(i0, i1, int(bounds[i0]), int(bounds[i1])) for i0, i1 in _units(images, config.unit_tiles)]
+    units = [(i0, i1, int(bounds[i0]), int(bounds[i1])) for i0, i1 in image_units]
     source_names = _source_names(images, info["source"])
     record = {"n_cells": n_cells, "layers": {layer: store.layout(layer).shape[0] for layer in layers},
              "variants": [v.name for v in variants],
@@ -119,11 +139,10 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     todo = [u for u in range(len(units)) if not done[u]]
     with tqdm(total=sum(units[u][3] - units[u][2] for u in todo), desc="cells", unit="cell",
               disable=not progress) as bar:
-        for u in todo:
-            i0, i1, c0, c1 = units[u]
-            rows = {c: table[c][c0:c1] for c in ("tile", "instance")}
-            writer.write_unit(u, pool_images(store, source, images[i0:i1], rows, layers, chosen, variants, valid))
-            bar.update(c1 - c0)
+        read = lambda u: unit_tokens(store, unit_weights[u][0], layers, chosen, variants)  # noqa: E731
+        for u, tokens in zip(todo, store.read_ahead(read, todo, depth=1)):
+            writer.write_unit(u, pool_unit(tokens, unit_weights[u][1]))
+            bar.update(units[u][3] - units[u][2])
     path = writer.finish()
     types = table["type"]
     counts = {source.class_names.get(int(t), f"type {t}") if t else "unknown": int((types == t).sum())
@@ -139,35 +158,56 @@ def _source_names(images, source: np.ndarray) -> list[str]:
     return names
 
 
-def pool_images(store, source: NucleiSource, images, rows: dict, layers: list[str], chosen: list[int],
-                variants, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """Vectors ``(m, V, C)`` per layer of the cells ``rows`` (``tile``, ``instance``, in order) of ``images``."""
+def unit_pooling(images, instances: list[np.ndarray], found: list[dict], grids: list, tile_shape,
+                 valid: np.ndarray):
+    """``(tiles, {grid: weights})`` of a unit: its tiles in order and, per token grid, the sparse
+    ``(cells of the unit) x (tiles x patches)`` matrix of each cell's shares of the patches it covers."""
+    from scipy.sparse import csr_matrix
+
     tiles = sorted({t for im in images for _, t in im.tiles})
     position = {t: k for k, t in enumerate(tiles)}
-    th, tw = store.tile_shape
-    # Per tile: which rows, and each pixel's row among them.
-    cells_of_tile = {}
-    for im in images:
-        inst, _ = source.maps(im)
-        for (r, c), t in im.tiles:
-            sel = np.flatnonzero(rows["tile"] == t)
-            if not len(sel):
-                continue
-            h, w = valid[t]
-            crop = np.zeros((th, tw), dtype=np.int64)
-            crop[:h, :w] = inst[r:r + h, c:c + w]
-            cells_of_tile[t] = (sel, inst_to_cells(crop, rows["instance"][sel]))
-    out, weights = {}, {}
+    th, tw = tile_shape
+    parts = {grid: ([], [], []) for grid in grids}
+    offset = 0
+    for im, inst, nuclei in zip(images, instances, found):
+        if len(nuclei["instance"]):
+            for (r, c), t in im.tiles:
+                sel = np.flatnonzero(nuclei["tile"] == t)
+                if not len(sel):
+                    continue
+                h, w = valid[t]
+                crop = np.full((th, tw), 0, dtype=np.int64)
+                crop[:h, :w] = inst[r:r + h, c:c + w]
+                cell_of_pixel = inst_to_cells(crop, nuclei["instance"][sel])
+                for grid in grids:
+                    cells, patches, shares = sparse_weights(cell_of_pixel, grid)
+                    rows, cols, vals = parts[grid]
+                    rows.append(offset + sel[cells])
+                    cols.append(position[t] * grid[0] * grid[1] + patches)
+                    vals.append(shares)
+        offset += len(nuclei["instance"])
+    weights = {}
+    for grid, (rows, cols, vals) in parts.items():
+        cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))  # noqa: E731
+        weights[grid] = csr_matrix((cat(vals, np.float32), (cat(rows, np.int64), cat(cols, np.int64))),
+                                   shape=(offset, len(tiles) * grid[0] * grid[1]))
+    return tiles, weights
+
+
+def unit_tokens(store, tiles: list[int], layers: list[str], chosen: list[int], variants) -> dict[str, np.ndarray]:
+    """Each layer's tokens of ``tiles`` as ``(tiles x patches, V x C)`` rows, every variant in the identity's frame."""
+    out = {}
     for layer in layers:
-        grid = store.layout(layer).grid
-        tokens = store.tokens(layer, tiles, variant=None)[:, chosen]  # (n, V, C, h, w)
+        tokens = store.tokens(layer, tiles, variant=chosen)  # (n, V, C, h, w)
         for k, v in enumerate(variants):
             if not v.is_geometric_identity:
                 tokens[:, k] = v.invert(tokens[:, k], spatial=(-2, -1))
-        vec = np.zeros((len(rows["tile"]), len(chosen), tokens.shape[2]), dtype=np.float32)
-        for t, (sel, cell_of_pixel) in cells_of_tile.items():
-            if (t, grid) not in weights:
-                weights[t, grid] = cell_weights(cell_of_pixel, grid, len(sel))
-            vec[sel] = pool_cells(tokens[position[t]], weights[t, grid])
-        out[layer] = vec
+        n, V, C, h, w = tokens.shape
+        out[layer] = (tokens.reshape(n, V * C, h * w).transpose(0, 2, 1).reshape(n * h * w, V * C), (h, w), V, C)
     return out
+
+
+def pool_unit(tokens: dict, weights: dict) -> dict[str, np.ndarray]:
+    """Vectors ``(m, V, C)`` per layer of a unit's cells: one sparse product of its weights with its tokens."""
+    return {layer: np.asarray(weights[grid] @ rows, dtype=np.float32).reshape(-1, V, C)
+            for layer, (rows, grid, V, C) in tokens.items()}

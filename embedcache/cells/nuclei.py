@@ -32,7 +32,7 @@ import numpy as np
 
 from embedcache.errors import DataError
 from embedcache.geometry import TiledImage
-from embedcache.store.images import image_truth, stack_name
+from embedcache.store.images import stack_name
 
 POINT_SUFFIXES = (".csv", ".geojson", ".json")
 
@@ -70,6 +70,10 @@ class NucleiSource:
         """Instance map ``(H, W) int`` and type map (or None) of one source image."""
         raise NotImplementedError
 
+    def maps_of(self, images: list[TiledImage]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`maps` of several images (a source may read them in one go)."""
+        return [self.maps(im) for im in images]
+
     def describe(self, radius: float | None = None) -> dict:
         out = {"kind": self.kind, "source": self.source, "fingerprint": self.fingerprint}
         if self.kind == "points":
@@ -86,8 +90,28 @@ class StoreNuclei(NucleiSource):
         self.store = store
 
     def maps(self, image):
-        truth = image_truth(self.store, [image])
-        return truth.instances[0], truth.types[0] if truth.types is not None else None
+        return self.maps_of([image])[0]
+
+    def maps_of(self, images):
+        # One read of every tile of the images (a slice when they are consecutive), then assembled.
+        tiles = sorted({t for im in images for _, t in im.tiles})
+        inst, types = self.store.labels(tiles)
+        row = {t: k for k, t in enumerate(tiles)}
+        valid = self.store.tile_info()["valid"]
+        out = []
+        for im in images:
+            if len(im.tiles) == 1 and im.tiles[0][0] == (0, 0):
+                k = row[im.tiles[0][1]]
+                h, w = im.shape
+                out.append((inst[k, :h, :w], types[k, :h, :w]))
+                continue
+            a, b = np.zeros(im.shape, np.int32), np.zeros(im.shape, np.int32)
+            for (r, c), t in im.tiles:
+                h, w = valid[t]
+                a[r:r + h, c:c + w] = inst[row[t], :h, :w]
+                b[r:r + h, c:c + w] = types[row[t], :h, :w]
+            out.append((a, b))
+        return out
 
 
 class LabelMapNuclei(NucleiSource):
@@ -294,21 +318,27 @@ def image_nuclei(inst: np.ndarray, types: np.ndarray | None, image: TiledImage, 
              "area": np.zeros(0, np.int64), "type": np.zeros(0, np.int64), "coverage": np.zeros(0, np.float32)}
     if top == 0:
         return empty
-    flat = inst.ravel()
-    area = np.bincount(flat, minlength=top + 1)
-    rows, cols = np.indices(inst.shape)
-    cy = np.bincount(flat, weights=rows.ravel(), minlength=top + 1)
-    cx = np.bincount(flat, weights=cols.ravel(), minlength=top + 1)
+    where = np.flatnonzero(inst.ravel())  # only nucleus pixels: a fraction of the image
+    label = inst.ravel()[where]
+    area = np.bincount(label, minlength=top + 1)
+    width = inst.shape[1]
+    cy = np.bincount(label, weights=where // width, minlength=top + 1)
+    cx = np.bincount(label, weights=where % width, minlength=top + 1)
     ids = np.flatnonzero(area[1:]) + 1
     centroid = np.stack([cy[ids], cx[ids]], axis=1) / area[ids, None]
     if types is not None:
-        t = np.asarray(types, dtype=np.int64).ravel()
+        t = np.asarray(types, dtype=np.int64).ravel()[where]
         k = int(t.max(initial=0)) + 1
-        votes = np.bincount(flat * k + t, minlength=(top + 1) * k).reshape(top + 1, k)
+        votes = np.bincount(label * k + t, minlength=(top + 1) * k).reshape(top + 1, k)
         votes[:, 0] = 0  # a nucleus with any typed pixel takes its majority type
         kind = np.where(votes[ids].sum(axis=1) > 0, votes[ids].argmax(axis=1), 0)
     else:
         kind = np.zeros(len(ids), dtype=np.int64)
+    if len(image.tiles) == 1:  # a stack tile: every nucleus lies whole in it
+        order = np.argsort(ids, kind="stable")
+        return {"instance": ids[order], "tile": np.full(len(ids), image.tiles[0][1], np.int64),
+                "centroid": centroid[order], "area": area[ids][order], "type": kind[order].astype(np.int64),
+                "coverage": np.ones(len(ids), np.float32)}
     boxes = ndimage.find_objects(inst)
     origins = np.array([rc for rc, _ in image.tiles], dtype=np.int64).reshape(-1, 2)
     tile_ids = np.array([t for _, t in image.tiles], dtype=np.int64)

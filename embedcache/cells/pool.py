@@ -40,24 +40,38 @@ def inst_to_cells(inst: np.ndarray, ids: Sequence[int]) -> np.ndarray:
     return out
 
 
-def cell_weights(cell_of_pixel: np.ndarray, grid: tuple[int, int], n_cells: int) -> np.ndarray:
-    """Share of each cell's pixels in each patch, ``(n_cells, h * w) ndarray of float32``; rows sum to 1.
+def sparse_weights(cell_of_pixel: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero weights of each cell: ``(cell, patch, share)`` arrays, one entry per (cell, patch) it covers.
+
+    ``share`` is the fraction of the cell's pixels in that patch; a cell's shares sum to 1.
 
     Parameters
     ----------
     cell_of_pixel : (H, W) ndarray of int
         Row of the cell each pixel belongs to, -1 for none (:func:`inst_to_cells`).
     grid : (h, w)
-    n_cells : int
-        A cell with no pixel gets a row of zeros.
     """
     h, w = grid
-    flat = cell_of_pixel.ravel()
-    keep = flat >= 0
-    patch = patch_of_pixel(cell_of_pixel.shape, grid).ravel()[keep]
-    counts = np.bincount(flat[keep] * (h * w) + patch, minlength=n_cells * h * w).reshape(n_cells, h * w)
-    area = counts.sum(axis=1, keepdims=True)
-    return (counts / np.maximum(area, 1)).astype(np.float32)
+    H, W = cell_of_pixel.shape
+    where = np.flatnonzero(cell_of_pixel.ravel() >= 0)  # only nucleus pixels: a fraction of the tile
+    cell = cell_of_pixel.ravel()[where].astype(np.int64)
+    patch = (where // W) * h // H * w + (where % W) * w // W
+    keys, counts = np.unique(cell * (h * w) + patch, return_counts=True)
+    cells = keys // (h * w)
+    area = np.bincount(cells, weights=counts)
+    return cells, keys % (h * w), (counts / area[cells]).astype(np.float32)
+
+
+def cell_weights(cell_of_pixel: np.ndarray, grid: tuple[int, int], n_cells: int) -> np.ndarray:
+    """Share of each cell's pixels in each patch, ``(n_cells, h * w) ndarray of float32``; rows sum to 1.
+
+    The dense form of :func:`sparse_weights`; a cell with no pixel gets a row of zeros.
+    """
+    h, w = grid
+    out = np.zeros((n_cells, h * w), dtype=np.float32)
+    cells, patches, shares = sparse_weights(cell_of_pixel, grid)
+    out[cells, patches] = shares
+    return out
 
 
 def pool_cells(tokens: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -139,7 +139,7 @@ class CellsConfig(_Config):
     radius: float = 8.0
     layers: str = "all"
     variants: str = "all"
-    unit_cells: int = 4096
+    unit_cells: int = 1024
     unit_tiles: int = 64
 
     def __post_init__(self):

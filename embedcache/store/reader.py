@@ -33,13 +33,18 @@ def _index(idx, n: int):
         i = int(idx) + (n if idx < 0 else 0)
         if not 0 <= i < n:
             raise IndexError(f"tile {idx} out of range for {n} tiles")
-        return [i], True
+        return slice(i, i + 1), True
     if isinstance(idx, slice):
         return idx, False
     arr = np.asarray(idx, dtype=np.int64).ravel()
     if arr.size and (arr.min() < -n or arr.max() >= n):
         raise IndexError(f"tile index out of range for {n} tiles")
-    return (np.where(arr < 0, arr + n, arr)).tolist(), False
+    arr = np.where(arr < 0, arr + n, arr)
+    # A run of consecutive tiles reads as a slice: zarr's integer-array selection of a sharded array
+    # is several times slower and holds far more memory than the block it returns.
+    if arr.size and np.array_equal(arr, np.arange(arr[0], arr[0] + arr.size)):
+        return slice(int(arr[0]), int(arr[0]) + arr.size), False
+    return arr.tolist(), False
 
 
 class Store:
@@ -89,6 +94,7 @@ class Store:
         self.class_names = dict(attrs.class_names)
         self._layouts = {lay.name: lay for lay in attrs.layers}
         self._cache = {}
+        self._tile_info = None
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "INCOMPLETE"
@@ -240,8 +246,18 @@ class Store:
         return lab[..., 0], lab[..., 1]
 
     def tokens(self, layer, idx=slice(None), variant=0) -> np.ndarray:
-        """Patch tokens of one variant, ``(n, C, h, w) ndarray of float32``; ``variant=None``: all, ``(n, V, C, h, w)``."""
-        which = slice(None) if variant is None else self._variant(variant)
+        """Patch tokens of one variant, ``(n, C, h, w) ndarray of float32``.
+
+        ``variant=None`` reads every variant, a list of variants those: ``(n, V, C, h, w)``.
+        """
+        if variant is None:
+            which = slice(None)
+        elif isinstance(variant, (list, tuple)):
+            which = [self._variant(v) for v in variant]
+            if which == list(range(which[0], which[0] + len(which))):
+                which = slice(which[0], which[0] + len(which))
+        else:
+            which = self._variant(variant)
         return self._read(schema.tokens_path(self._layer(layer)), idx, which).astype(np.float32)
 
     def samples(self, pairs, layers) -> tuple[list[np.ndarray], np.ndarray]:
@@ -302,16 +318,23 @@ class Store:
         return self._read(schema.prefix_path(self._layer(layer)), idx, self._variant(variant)).astype(np.float32)
 
     def tile_info(self) -> dict[str, np.ndarray]:
-        """Per-tile ``source``, ``offset``, ``valid``, ``fold`` and ``tissue`` arrays."""
-        return {k.split("/")[1]: np.asarray(self._array(k)[:]) for k in
-                (schema.TILE_SOURCE, schema.TILE_OFFSET, schema.TILE_VALID, schema.TILE_FOLD, schema.TILE_TISSUE)}
+        """Per-tile ``source``, ``offset``, ``valid``, ``fold`` and ``tissue`` arrays.
+
+        Read once for a complete store (its tile records no longer change); callers get their own copies.
+        """
+        info = self._tile_info
+        if info is None:
+            info = {k.split("/")[1]: np.asarray(self._array(k)[:]) for k in
+                    (schema.TILE_SOURCE, schema.TILE_OFFSET, schema.TILE_VALID, schema.TILE_FOLD, schema.TILE_TISSUE)}
+            if self.complete:
+                self._tile_info = info
+        return {k: v.copy() for k, v in info.items()}
 
     @property
     def tissue(self) -> list[str] | None:
-        codes = np.asarray(self._array(schema.TILE_TISSUE)[:])
         if not self.tissue_names:
             return None
-        return [self.tissue_names[c] if c >= 0 else "" for c in codes]
+        return [self.tissue_names[c] if c >= 0 else "" for c in self.tile_info()["tissue"]]
 
     def units_done(self) -> tuple[int, int]:
         done = np.asarray(self._array(schema.DONE)[:])
