@@ -300,7 +300,9 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     chosen, sizes = [], []
     variant_pred = np.zeros((len(y), X.shape[1]), dtype=np.int64) if transfer and classify else None
     # BLAS threads only slow small fits down (and fight other processes for the cores).
-    with threadpool_limits(1 if X.size < SMALL_PROBLEM else None):
+    # Counted on what is fitted (not the variants only predicted), so a probe's threads, and so its digits,
+    # do not depend on how many variants the features carry.
+    with threadpool_limits(1 if len(X) * n_var * X.shape[2] < SMALL_PROBLEM else None):
         for f in np.unique(folds):
             model = _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca,
                               1.0 if fraction is None else fraction, int(f))
