@@ -136,7 +136,7 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
             if progress:
                 progress(f"{label} {best} label efficiency")
     n_images = int(len(np.unique(groups)))
-    widths = sorted({s.dims[layer] for s in stores for layer in s.layers})
+    widths = sorted({s.dims[layer] for s in stores for layer in s.select_layers(config.layers)})
     result.info = {
         "level": "cell", "labels": {"source": "type", "task": CLASSIFICATION, "names": classes,
                                     "counts": np.bincount(y, minlength=len(classes)).tolist()},
