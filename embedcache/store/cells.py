@@ -137,13 +137,7 @@ class CellStore:
         return np.asarray(out, dtype=np.float32)
 
     def _variant(self, variant) -> int:
-        if isinstance(variant, str):
-            if variant not in self.variants:
-                raise StoreError(f"{self.path}: no variant {variant!r}; it has {', '.join(self.variants)}")
-            return self.variants.index(variant)
-        if not 0 <= int(variant) < len(self.variants):
-            raise StoreError(f"{self.path}: variant {variant} out of range (0..{len(self.variants) - 1})")
-        return int(variant)
+        return schema.variant_index(self.variants, variant, self.path)
 
     def table(self) -> dict[str, np.ndarray]:
         """Every column of the cell table: ``tile``, ``source``, ``instance``, ``centroid`` (n, 2) pixels,

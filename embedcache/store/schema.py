@@ -274,6 +274,17 @@ def array_specs(n_tiles: int, tile_shape: tuple[int, int], n_variants: int, laye
     return specs
 
 
+def variant_index(variants: list[str], variant, where) -> int:
+    """The position of a variant given by name or index among a store's ``variants``."""
+    if isinstance(variant, str):
+        if variant not in variants:
+            raise StoreError(f"{where}: no variant {variant!r}; it has {', '.join(variants)}")
+        return variants.index(variant)
+    if not 0 <= int(variant) < len(variants):
+        raise StoreError(f"{where}: variant {variant} out of range (0..{len(variants) - 1})")
+    return int(variant)
+
+
 def n_units(n_tiles: int, unit_tiles: int) -> int:
     return -(-n_tiles // unit_tiles)
 
