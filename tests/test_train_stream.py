@@ -104,3 +104,43 @@ def test_worker_processes_read_the_same_batches(stores):
 def test_a_store_without_labels_cannot_train(stores):
     with pytest.raises(DataError, match="has no labels .* extract a dataset with instance maps"):
         check_trainable(stores[1])
+
+
+def _groups_file(path, rows):
+    path.write_text("image,group\n" + "".join(f"{i},{g}\n" for i, g in rows))
+    return path
+
+
+def test_a_drawn_split_keeps_the_images_of_a_group_together(stores, tmp_path):
+    store, _ = stores
+    names = store.source_names
+    groups = {names[0]: "A", names[1]: "A", names[2]: "B", names[3]: "B", names[4]: "C", names[5]: "C"}
+    path = _groups_file(tmp_path / "groups.csv", groups.items())
+    source = store.tile_info()["source"]
+    seen = set()
+    for seed in range(12):
+        s = make_split(store, f"frac:0.34,groups={path}", seed=seed)
+        val_groups = {groups[names[source[t]]] for t in s.val}
+        train_groups = {groups[names[source[t]]] for t in s.train}
+        assert len(val_groups) == 1 and not val_groups & train_groups  # one whole group held out
+        assert len(s.val) == 2 and s.to_dict()["val_spec"] == f"frac:0.34,groups={path}"
+        seen |= val_groups
+    assert seen == {"A", "B", "C"}  # the draw is over groups, seeded
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([(n, "A") for n in "012345"], "a single group; nothing to split"),
+    ([("0", "A"), ("0", "B")] + [(n, "A") for n in "12345"], "in two groups"),
+    ([("nope", "A")] + [(n, "A") for n in "012345"], "'nope' is not a source image"),
+    ([(n, "A") for n in "0123"], "no group for 2 source image"),
+    ([("0", "")] + [(n, "B") for n in "12345"], "has no group"),
+])
+def test_bad_groups_files_are_refused_in_one_line(stores, tmp_path, rows, message):
+    store, _ = stores
+    assert store.source_names[:6] == list("012345")
+    path = _groups_file(tmp_path / "g.csv", rows)
+    with pytest.raises(DataError, match=message):
+        make_split(store, f"frac:0.3,groups={path}")
+    (tmp_path / "h.csv").write_text("tile,patient\n0,A\n")
+    with pytest.raises(DataError, match="columns image,group"):
+        make_split(store, f"frac:0.3,groups={tmp_path / 'h.csv'}")

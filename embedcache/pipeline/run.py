@@ -247,7 +247,7 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
     cells_cfg = pipeline.cells_configs(ds)
     if cells_cfg is not None:
         ccfg = cells_cfg[0]
-        nuclei = ccfg.nuclei if ccfg.nuclei == "store" else _nuclei_identity(ccfg.nuclei)
+        nuclei = ccfg.nuclei if ccfg.nuclei == "store" else _file_identity(ccfg.nuclei, "cells nuclei")
 
         def do_cells(d: Path, ccfg=ccfg) -> dict:
             from embedcache.cells import build_cells
@@ -263,6 +263,9 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
         fcfg = pipeline.fit_config(ds, seed)
         fit_inputs = {"store": extract_step.key,
                       "fit": {k: v for k, v in fcfg.to_dict().items() if k not in RUNTIME_FIT}}
+        groups = fcfg.val.partition(",groups=")[2]
+        if groups:  # the groups file by content, so editing it draws the held-out images again
+            fit_inputs["groups"] = _file_identity(groups, "fit val groups file")
 
         def do_fit(d: Path, fcfg=fcfg) -> dict:
             from embedcache.config import PostprocessConfig
@@ -295,12 +298,12 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
     return cell
 
 
-def _nuclei_identity(path: str) -> str:
+def _file_identity(path: str, what: str) -> str:
+    """A file or folder named in the pipeline, by content (so editing it re-runs what reads it)."""
     from embedcache.cells.nuclei import content_fingerprint
 
     if not Path(path).exists():
-        raise ConfigError(f"cells nuclei {path} does not exist (paths are relative to the directory the command "
-                          "runs in)")
+        raise ConfigError(f"{what} {path} does not exist (paths are relative to the directory the command runs in)")
     return f"sha256:{content_fingerprint(Path(path))}"
 
 

@@ -12,6 +12,8 @@ Splits (:func:`make_split`) are written as strings, recorded in the run:
 ``auto``          the last fold when the store has several, else ``frac:0.2``
 ``foldK``         tiles of fold K (1-based, in the order of the dataset's fold folders)
 ``frac:F``        a seeded fraction F of the *source images* (tiles of one image stay together)
+``frac:F,groups=FILE.csv``  a seeded fraction F of the *groups* (patient, centre) that FILE
+                  gives each source image (columns ``image,group``): images of one group stay together
 ``tiles:I,J,..``  tile ids
 ``sources:A,B``   source image names (file stems of the folder layout)
 ``rest``          every tile not in the other split (training's default)
@@ -52,6 +54,47 @@ class Split:
                    d["train_spec"], d["val_spec"])
 
 
+def read_groups(path, store) -> np.ndarray:
+    """The group code of each source image of ``store`` from a CSV of ``image,group`` (header required).
+
+    Raises
+    ------
+    DataError
+        No such file, no ``image`` and ``group`` columns, an image listed twice or with two groups, an image
+        the store does not have, or a store image the file leaves out.
+    """
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such groups file (a CSV with columns image,group)")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    header = {(k or "").strip().lower(): k for k in (rows[0].keys() if rows else [])}
+    if "image" not in header or "group" not in header:
+        raise DataError(f"{path}: needs a header with columns image,group (got {', '.join(header) or 'no rows'})")
+    names = list(store.source_names) or [f"tile{t:05d}" for t in range(store.n_tiles)]
+    group_of: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        image, group = row[header["image"]].strip(), (row[header["group"]] or "").strip()
+        if image not in names:
+            raise DataError(f"{path}:{line}: image {image!r} is not a source image of the store "
+                            f"(it has {', '.join(names[:4])}{' ...' if len(names) > 4 else ''})")
+        if not group:
+            raise DataError(f"{path}:{line}: image {image!r} has no group")
+        if group_of.get(image, group) != group:
+            raise DataError(f"{path}:{line}: image {image!r} is in two groups ({group_of[image]!r} and {group!r}); "
+                            "the tiles of one image cannot be split")
+        group_of[image] = group
+    missing = [n for n in names if n and n not in group_of]
+    if missing:
+        raise DataError(f"{path}: no group for {len(missing)} source image(s) of the store, e.g. {missing[0]!r}; "
+                        "give every image its group")
+    codes = {g: k for k, g in enumerate(sorted(set(group_of.values())))}
+    return np.array([codes[group_of[n]] if n else -1 for n in names], dtype=np.int64)
+
+
 def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
     info = store.tile_info()
     n = store.n_tiles
@@ -66,17 +109,23 @@ def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
             raise ConfigError(f"{which} split {spec!r}: write foldK with K from 1 (the first fold)")
         return np.flatnonzero(folds == int(k) - 1)
     if spec.startswith("frac:") or spec.replace(".", "", 1).isdigit():
+        spec, _, group_file = spec.partition(",groups=")
         try:
             frac = float(spec.split(":", 1)[-1])
         except ValueError:
             frac = -1.0
         if not 0 < frac < 1:
             raise ConfigError(f"{which} split {spec!r}: the fraction must lie strictly between 0 and 1")
-        sources = np.unique(source)
+        # The unit drawn: the source image, or the group the file gives each image.
+        unit = source if not group_file else read_groups(group_file, store)[source]
+        units = np.unique(unit)
+        if len(units) < 2:
+            raise DataError(f"{group_file or 'the store'}: a single {'group' if group_file else 'source image'}; "
+                            "nothing to split: use another --val (foldK, tiles:I,J) or give several groups")
         rng = np.random.default_rng([seed, 7])
-        k = max(1, int(round(frac * len(sources))))
-        chosen = rng.choice(sources, size=min(k, len(sources)), replace=False)
-        return np.flatnonzero(np.isin(source, chosen))
+        k = max(1, int(round(frac * len(units))))
+        chosen = rng.choice(units, size=min(k, len(units) - 1), replace=False)
+        return np.flatnonzero(np.isin(unit, chosen))
     if spec.startswith("tiles:"):
         try:
             ids = np.asarray([int(s) for s in spec[6:].split(",") if s.strip()], dtype=np.int64)
@@ -94,7 +143,8 @@ def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
             shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
             raise ConfigError(f"{which} split {spec!r}: no source image {missing[0]!r} in the store (it has {shown})")
         return np.flatnonzero(np.isin(source, [names.index(w) for w in wanted]))
-    raise ConfigError(f"{which} split {spec!r} not understood; use auto, foldK, frac:F, tiles:I,J or sources:A,B")
+    raise ConfigError(f"{which} split {spec!r} not understood; use auto, foldK, frac:F, frac:F,groups=FILE.csv, "
+                      "tiles:I,J or sources:A,B")
 
 
 def make_split(store, val: str = "auto", train: str = "rest", seed: int = 0) -> Split:
