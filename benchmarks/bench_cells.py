@@ -5,8 +5,9 @@
     python benchmarks/bench_cells.py --only kernel,build --build-repeats 3 --trace-build --work /tmp/bench-cells
     python benchmarks/bench_cells.py --only probe --method linear --fractions 0.1,1 --n-boot 200
 
-1a. kernel: :func:`~embedcache.cells.pool.inst_to_cells`, ``cell_weights`` and
-    ``pool_cells`` on in-memory 256x256 tiles, one layer of 16x16x384 tokens
+1a. kernel: the pooling ``build_cells`` runs (``unit_pooling``: sparse weights
+    of each unit's nuclei; ``pool_unit``: one sparse product with the unit's
+    token rows) on in-memory 256x256 tiles, one layer of 16x16x384 tokens
     (a ViT-S/16 at 256 px), Poisson(30) nuclei per tile drawn as ellipses of
     8-15 px semi-axes that do not overlap. Tokens go in as float32, as
     ``Store.tokens`` hands them to the pool (it decodes the stored float16).
@@ -159,7 +160,12 @@ def radii(args) -> tuple[float, float]:
 
 
 def part_kernel(args) -> dict:
-    from embedcache.cells.pool import cell_weights, inst_to_cells, pool_cells
+    """The pooling ``build_cells`` runs, in units of 64 tiles: the sparse weights of a unit's nuclei
+    (:func:`~embedcache.cells.build.unit_pooling`), its tokens laid out as rows (as
+    :func:`~embedcache.cells.build.unit_tokens` does after reading), and the sparse product
+    (:func:`~embedcache.cells.build.pool_unit`)."""
+    from embedcache.cells.build import pool_unit, unit_pooling
+    from embedcache.geometry import TiledImage
 
     rng = np.random.default_rng(args.seed)
     pool = max(1, min(args.tiles, args.kernel_pool))
@@ -169,31 +175,37 @@ def part_kernel(args) -> dict:
     tokens = [rng.standard_normal((1, args.dim, *grid), dtype=np.float32).astype(np.float16).astype(np.float32)
               for _ in range(pool)]
     cells = sum(len(ids[i % pool]) for i in range(args.tiles))
+    unit = 64
+    valid = np.full((args.tiles, 2), TILE, np.int64)
 
     def once(n_tiles: int) -> tuple[float, np.ndarray]:
         stage = np.zeros(3)
         t_start = time.perf_counter()
-        for i in range(n_tiles):
-            j = i % pool
+        for u0 in range(0, n_tiles, unit):
+            tiles = list(range(u0, min(u0 + unit, n_tiles)))
+            images = [TiledImage(f"t{t}", (TILE, TILE), [((0, 0), t)]) for t in tiles]
+            found = [{"instance": ids[t % pool], "tile": np.full(len(ids[t % pool]), t)} for t in tiles]
             t0 = time.perf_counter()
-            of_pixel = inst_to_cells(maps[j], ids[j])
+            _, weights = unit_pooling(images, [maps[t % pool] for t in tiles], found, [grid], (TILE, TILE), valid)
             t1 = time.perf_counter()
-            w = cell_weights(of_pixel, grid, len(ids[j]))
+            tok = np.concatenate([tokens[t % pool] for t in tiles])  # (n, C, h, w), one variant
+            n, C = tok.shape[:2]
+            rows = tok.reshape(n, C, -1).transpose(0, 2, 1).reshape(-1, C)
             t2 = time.perf_counter()
-            pool_cells(tokens[j], w)
+            pool_unit({LAYER: (rows, grid, 1, C)}, weights)
             t3 = time.perf_counter()
             stage += (t1 - t0, t2 - t1, t3 - t2)
         return time.perf_counter() - t_start, stage
 
-    once(min(args.tiles, 20))  # warm-up: the first calls pay for einsum's path search and page faults
+    once(min(args.tiles, 2 * unit))  # warm-up: imports and page faults
     runs = [once(args.tiles) for _ in range(args.repeats)]
     seconds = [s for s, _ in runs]
     stage = runs[int(np.argsort(seconds)[len(seconds) // 2])][1]  # the stages of the median run
     median = statistics.median(seconds)
     return {"tiles": args.tiles, "distinct": pool, "cells": cells, "per_min": cells / median * 60,
             "per_min_runs": [cells / s * 60 for s in seconds],
-            "ms_per_tile": {"inst_to_cells": 1e3 * stage[0] / args.tiles, "cell_weights": 1e3 * stage[1] / args.tiles,
-                            "pool_cells": 1e3 * stage[2] / args.tiles}}
+            "ms_per_tile": {"weights": 1e3 * stage[0] / args.tiles, "token rows": 1e3 * stage[1] / args.tiles,
+                            "product": 1e3 * stage[2] / args.tiles}}
 
 
 # ----------------------------------------------------------------------------- stores written directly
@@ -596,8 +608,7 @@ def main():
             print(f"    {r['per_min']:,.0f} cells/min, median of {args.repeats}   [{goal(r['per_min'])}]")
             print(f"    per repeat: {[f'{x:,.0f}' for x in r['per_min_runs']]}; "
                   f"load average {r['load']:.1f} at the end")
-            print(f"    ms per tile: inst_to_cells {ms['inst_to_cells']:.3f}, cell_weights {ms['cell_weights']:.3f}, "
-                  f"pool_cells {ms['pool_cells']:.3f}")
+            print("    ms per tile: " + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()))
         if "build" in args.parts or "probe" in args.parts:
             made = child("make", argv, env)
             for what, m in ((w, m) for w, m in made.items() if w in ("tile", "cell")):

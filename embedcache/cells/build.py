@@ -41,12 +41,14 @@ class CellsResult:
     variants: list[str]
     units: int
     units_run: int
+    cells_run: int
     seconds: float
     types: dict = field(default_factory=dict)
 
     @property
     def cells_per_second(self) -> float:
-        return self.n_cells * self.units_run / max(1, self.units) / max(self.seconds, 1e-9)
+        """Cells pooled by this run (a resumed run skips finished units) per second of the whole run."""
+        return self.cells_run / max(self.seconds, 1e-9)
 
 
 # Threads measuring nuclei: two keep both cores of a small machine busy (reads in zarr's threads, numpy here).
@@ -137,8 +139,8 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     writer = CellWriter(out, record, table, record["layers"], dtype, units, overwrite=overwrite)
     done = writer.done()
     todo = [u for u in range(len(units)) if not done[u]]
-    with tqdm(total=sum(units[u][3] - units[u][2] for u in todo), desc="cells", unit="cell",
-              disable=not progress) as bar:
+    cells_run = sum(units[u][3] - units[u][2] for u in todo)
+    with tqdm(total=cells_run, desc="cells", unit="cell", disable=not progress) as bar:
         read = lambda u: unit_tokens(store, unit_weights[u][0], layers, chosen, variants)  # noqa: E731
         for u, tokens in zip(todo, store.read_ahead(read, todo, depth=1)):
             writer.write_unit(u, pool_unit(tokens, unit_weights[u][1]))
@@ -148,7 +150,7 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     counts = {source.class_names.get(int(t), f"type {t}") if t else "unknown": int((types == t).sum())
               for t in np.unique(types)}
     return CellsResult(Path(path), n_cells, len(images), layers, [v.name for v in variants], len(units), len(todo),
-                       time.perf_counter() - t0, counts)
+                       cells_run, time.perf_counter() - t0, counts)
 
 
 def _source_names(images, source: np.ndarray) -> list[str]:
@@ -176,7 +178,7 @@ def unit_pooling(images, instances: list[np.ndarray], found: list[dict], grids: 
                 if not len(sel):
                     continue
                 h, w = valid[t]
-                crop = np.full((th, tw), 0, dtype=np.int64)
+                crop = np.zeros((th, tw), dtype=np.int64)
                 crop[:h, :w] = inst[r:r + h, c:c + w]
                 cell_of_pixel = inst_to_cells(crop, nuclei["instance"][sel])
                 for grid in grids:

@@ -66,8 +66,9 @@ def open_cell_stores(paths: Sequence) -> list[CellStore]:
         if not s.complete:
             raise StoreError(f"{s.path}: the cell store is incomplete; run the same cells command again to finish it")
     ref = stores[0]
+    ref_instance = ref.table()["instance"] if len(stores) > 1 else None
     for s in stores[1:]:
-        if s.same_cells_key != ref.same_cells_key or not np.array_equal(s.table()["instance"], ref.table()["instance"]):
+        if s.same_cells_key != ref.same_cells_key or not np.array_equal(s.table()["instance"], ref_instance):
             raise DataError(f"{s.path} and {ref.path} hold different cells (another dataset or nuclei source); "
                             "cell stores compared together must pool the same nuclei of the same tiles")
     return stores
@@ -94,6 +95,8 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
     ``tiles``: also measure the tiles' invariance, from the stores the cells were pooled from (when they
     are there). ``names``: what to call each store in tables (default its folder name).
     """
+    from sklearn.metrics import balanced_accuracy_score
+
     stores = open_cell_stores(paths)
     keep, y, classes = cell_labels(stores[0])
     table = stores[0].table()
@@ -108,17 +111,17 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
         label = names[j] if names else store_label(s, stores)
         layers = s.select_layers(config.layers)
         shared = [s.variants.index(v) for v in variants]
-        best, best_score = None, -np.inf
+        best, best_score, best_X = None, -np.inf, None
         for i, layer in enumerate(layers):
-            X = s.vectors(layer, variant=None)[keep][:, shared]
+            X = s.vectors(layer, variant=shared)[keep]
             for method in config.methods:
                 pred = cross_validate(X, y, folds, method, k=config.k, l2_grid=config.l2_grid, augment=config.augment,
                                       seed=config.seed, groups=groups, pca=config.pca, transfer=n_var > 1)
                 _name(pred, label, s, layer, (i + 1) / len(layers), classes)
                 result.predictions.append(pred)
-                score = _balanced_accuracy(y, pred.y_pred)
+                score = balanced_accuracy_score(y, pred.y_pred)
                 if method == "linear" and score > best_score:
-                    best, best_score = layer, score
+                    best, best_score, best_X = layer, score, X[:, 0].copy()  # the curve refits on it
                 if progress:
                     progress(f"{label} {layer} {method}")
             if n_var > 1:
@@ -126,9 +129,8 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
         if tiles and n_var > 1:
             result.shifts.update(_tile_shifts(s, label, layers, config.seed, variants))
         if best is not None and config.fractions:
-            X = s.vectors(best, variant=0)[keep]
             for f in config.fractions:
-                pred = cross_validate(X, y, folds, "linear", l2_grid=config.l2_grid, seed=config.seed,
+                pred = cross_validate(best_X, y, folds, "linear", l2_grid=config.l2_grid, seed=config.seed,
                                       groups=groups, pca=config.pca, fraction=f)
                 _name(pred, label, s, best, 1.0, classes)
                 pred.params["fraction"] = f
@@ -160,11 +162,6 @@ def _features(pca: int | None, widths: list[int]) -> str:
 
 def _name(pred: ProbePrediction, label: str, store: CellStore, layer: str, depth: float, names: list[str]) -> None:
     pred.store, pred.encoder, pred.layer, pred.depth, pred.names = label, store.encoder.name, layer, depth, names
-
-
-def _balanced_accuracy(y: np.ndarray, y_pred: np.ndarray) -> float:
-    recalls = [float((y_pred[y == c] == c).mean()) for c in np.unique(y)]
-    return float(np.mean(recalls))
 
 
 def _tile_shifts(cells: CellStore, label: str, layers: list[str], seed: int, variants: list[str]) -> dict:

@@ -28,9 +28,9 @@ import numpy as np
 from embedcache.files import plain_json, write_json
 from embedcache.metrics.tables import table
 from embedcache.report.compare import EXACT_UNITS, RANDOM_PATTERNS, holm
+from embedcache.report.plots import figure
 
 CELL_METRICS = ("balanced_accuracy", "macro_f1")
-LABELS = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
 
 
 def resample_weights(groups: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -402,18 +402,9 @@ def cell_section(folder: Path, dataset: str, out: Path) -> tuple[str, list[str],
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(width: float, height: float, n: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * n, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, n, squeeze=False)[0]
-
-
 def plot_label_efficiency(report: CellReport, path) -> Path:
     """Balanced accuracy against the share of training cells (log axis), one line per store, 95% bands."""
-    fig, (ax,) = _figure(5.0, 3.6)
+    fig, (ax,) = figure(5.0, 3.6)
     stores = list(dict.fromkeys(c["store"] for c in report.curve))
     for i, s in enumerate(stores):
         pts = sorted((c for c in report.curve if c["store"] == s), key=lambda c: c["fraction"])
@@ -433,7 +424,7 @@ def plot_label_efficiency(report: CellReport, path) -> Path:
 
 def plot_invariance(report: CellReport, path) -> Path:
     """Invariance ratio against depth per store (cells solid, tiles dashed), and accuracy on each variant."""
-    fig, axes = _figure(4.6, 3.6, 2)
+    fig, axes = figure(4.6, 3.6, 2)
     stores = list(dict.fromkeys(r["store"] for r in report.invariance))
     depth = {(r["store"], r["layer"]): r["depth"] for r in report.rows}
     for i, s in enumerate(stores):
@@ -477,7 +468,7 @@ def plot_cell_map(stores: list, layers: dict, path, max_cells: int = 3000, seed:
 
     from embedcache.probes.cell import cell_labels
 
-    fig, axes = _figure(3.6, 3.4, len(stores))
+    fig, axes = figure(3.6, 3.4, len(stores))
     for ax, (label, store) in zip(axes, stores):
         keep, y, names = cell_labels(store)
         X = store.vectors(layers[label], variant=0)[keep]

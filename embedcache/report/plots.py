@@ -15,6 +15,16 @@ from embedcache.report.stats import LABELS, ScoreTable
 LINESTYLES = {"linear": "-", "knn": "--"}
 
 
+def figure(width: float, height: float, n: int = 1):
+    """An Agg figure of ``n`` panels side by side, each ``width`` x ``height`` inches: ``(fig, axes)``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * n, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, n, squeeze=False)[0]
+
+
 def plot_depth(scores: ScoreTable, path, metrics: tuple[str, ...] | None = None, dpi: int = 120) -> Path:
     """Write a PNG of each metric against relative depth, one line per (store, method).
 

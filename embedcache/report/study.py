@@ -33,7 +33,7 @@ from embedcache.infer.writer import overlay
 from embedcache.report import human_bytes
 from embedcache.report.cells import cell_section
 from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
-from embedcache.report.plots import plot_depth
+from embedcache.report.plots import figure, plot_depth
 from embedcache.report.stats import LABELS, ScoreTable
 from embedcache.store import open_store
 from embedcache.store.images import image_pixels, image_truth, source_images
@@ -209,19 +209,10 @@ def write_csv(path: Path, boards: dict[str, Leaderboard]) -> Path:
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(width: float, height: float, n: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * n, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, n, squeeze=False)[0]
-
-
 def plot_scores(lb: Leaderboard, path: Path, metrics: tuple[str, ...] | None = None) -> Path:
     """The primary metrics per encoder with their 95% intervals (one panel each)."""
     metrics = metrics or lb.metrics[:2]
-    fig, axes = _figure(max(3.0, 0.9 * len(lb.rows) + 1.5), 3.4, len(metrics))
+    fig, axes = figure(max(3.0, 0.9 * len(lb.rows) + 1.5), 3.4, len(metrics))
     x = np.arange(len(lb.rows))
     for ax, m in zip(axes, metrics):
         v = np.array([r[m]["value"] for r in lb.rows], dtype=float)
@@ -241,7 +232,7 @@ def plot_scores(lb: Leaderboard, path: Path, metrics: tuple[str, ...] | None = N
 
 def plot_costs(rows: list[dict], path: Path) -> Path:
     """Cache bytes and extraction time per tile-variant, per encoder."""
-    fig, axes = _figure(max(3.0, 0.7 * len(rows) + 1.5), 3.4, 2)
+    fig, axes = figure(max(3.0, 0.7 * len(rows) + 1.5), 3.4, 2)
     labels = [f"{r['encoder']}\n({r['dataset']})" for r in rows]
     x = np.arange(len(rows))
     axes[0].bar(x, [r["bytes_per_tile_variant"] / 1024 for r in rows], color="C2")

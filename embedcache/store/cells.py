@@ -126,9 +126,14 @@ class CellStore:
         return [self.layers[i] for i in select_layers(spec, self.layers, where=str(self.path))]
 
     def vectors(self, layer, idx=slice(None), variant=0) -> np.ndarray:
-        """Cell vectors of one layer: ``(n, C)`` for one variant, or ``(n, V, C)`` with ``variant=None``."""
+        """Cell vectors of one layer: ``(n, C)`` for one variant, ``(n, V, C)`` for a list of them or all (None)."""
         arr = self._array(vectors_path(self.resolve_layer(layer)))
-        sel = slice(None) if variant is None else self._variant(variant)
+        if variant is None:
+            sel = slice(None)
+        elif isinstance(variant, (list, tuple)):
+            sel = [self._variant(v) for v in variant]
+        else:
+            sel = self._variant(variant)
         try:
             out = arr.get_orthogonal_selection((idx if isinstance(idx, slice) else np.asarray(idx), sel))
         except Exception as exc:

@@ -464,7 +464,7 @@ def verify_store(store, progress=None) -> list[str]:
     done, units = store.units_done()
     if done < units:
         problems.append(f"incomplete: {units - done} of {units} units of work not written "
-                        "(run the same extract command again to resume)")
+                        "(run the same extract or cells command again to resume)")
     elif not store.complete:
         problems.append("all units written but the store was never marked complete")
     step = int(store.verify_rows)
