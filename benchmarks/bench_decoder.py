@@ -37,7 +37,7 @@ from embedcache.datasets.synthetic import make_tiles, write_demo_data
 from embedcache.extract import Extraction, extract
 from embedcache.postprocess import instances_from_maps
 from embedcache.train.decoder import NucleiDecoder, NucleiLoss
-from embedcache.train.stream import EpochBatches, TileStream, make_loader
+from embedcache.train.stream import EpochBatches, TileStream, make_loader, to_device
 from embedcache.train.targets import TargetCache, tile_targets
 
 VITS = "timm:vit_small_patch16_224"
@@ -99,6 +99,7 @@ def timed_steps(step: Step, loader, n: int, warmup: int = 2, encoder=None) -> fl
         except StopIteration:
             it = iter(loader)
             batch = next(it)
+        batch = to_device(batch, "cpu")  # as training does: compact types from the loader, converted here
         tokens = encoder(batch["image"]) if encoder is not None else None
         step(batch, tokens)
     return time.perf_counter() - t0
@@ -163,7 +164,7 @@ def cache_payoff(work: Path, args) -> dict:
         times["live"].append(timed_steps(step, live, n, warmup=1, encoder=encode))
     med = {k: statistics.median(v) for k, v in times.items()}
     # FLOPs per tile: encoder forward, decoder forward + backward.
-    b = next(iter(cached))
+    b = to_device(next(iter(cached)), "cpu")
     one = {k: (v[:1] if k != "tokens" else [t[:1] for t in v]) for k, v in b.items()}
     dec = flops(lambda: Step(store, args.width)(one))
     vit_s, vit_l = encoder_flops("vit_small_patch16_224"), encoder_flops("vit_large_patch16_224")

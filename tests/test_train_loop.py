@@ -19,7 +19,7 @@ from embedcache.errors import RunError, TrainingError
 from embedcache.train.checkpoint import load_run
 from embedcache.train.decoder import NucleiDecoder, NucleiLoss
 from embedcache.train.loop import fit
-from embedcache.train.stream import EpochBatches, TileStream, collate
+from embedcache.train.stream import EpochBatches, TileStream, collate, to_device
 from embedcache.train.targets import TargetCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +44,7 @@ def test_a_few_steps_lower_the_loss(data):
     store = open_store(data["store"])
     tiles = np.arange(4)
     ds = TileStream(store, tiles, TargetCache(store, tiles))
-    batch = ds[EpochBatches(tiles, [0, 1, 2], 4, seed=0).pairs()]
+    batch = to_device(ds[EpochBatches(tiles, [0, 1, 2], 4, seed=0).pairs()], "cpu")
     torch.manual_seed(0)
     shapes = [store.layout(k).shape for k in store.layers]
     model = NucleiDecoder(shapes, store.tile_shape, 4, 5, fit_config().decoder)

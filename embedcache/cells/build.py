@@ -135,7 +135,7 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
                               else str(store.path), "dataset_fingerprint": store.config.dataset_fingerprint,
                               "weights_sha256": store.config.weights_sha256, "n_tiles": store.n_tiles},
              "nuclei": source.describe(config.radius), "config": config.to_dict()}
-    dtype = store.config.dtype
+    dtype = "float32" if store.config.dtype == "float32" else "float16"  # pooled cells of int8 tokens: float16
     writer = CellWriter(out, record, table, record["layers"], dtype, units, overwrite=overwrite)
     done = writer.done()
     todo = [u for u in range(len(units)) if not done[u]]

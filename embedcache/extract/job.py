@@ -29,6 +29,7 @@ from embedcache.encoders.load import load_encoder
 from embedcache.errors import DataError, StoreError
 from embedcache.store import schema
 from embedcache.store.location import StoreLocation
+from embedcache.store.quant import quantize
 from embedcache.store.writer import StoreWriter
 
 
@@ -98,44 +99,73 @@ class Extraction:
         return "cuda-bf16-autocast" if self.autocast else f"{self.device.type}-float32"
 
     def run_unit(self, images: np.ndarray, stained: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Feature arrays of one unit: ``tokens/<layer>`` (n, V, C, h, w) etc."""
+        """Feature arrays of one unit: ``tokens/<layer>`` (n, V, C, h, w) etc.
+
+        Tile-variants go through the encoder tile-major, so each batch fills
+        a contiguous run of the outputs. Casting, int8 quantisation, pooling
+        and the overflow check run where the tokens are (the GPU when there
+        is one); results are copied into pinned host buffers without
+        blocking, and the device is waited on once, at the end of the unit.
+        """
         n, nv = images.shape[0], len(self.variants)
-        dtype = torch.float16 if self.config.dtype == "float16" else torch.float32
-        out = {}
+        cuda = self.device.type == "cuda"
+        dtype = self.config.dtype
+        host = {}
+
+        def buffer(path, shape, kind):
+            host[path] = torch.empty((n * nv, *shape), dtype=kind, pin_memory=cuda)
+
+        stored = {"float16": torch.float16, "float32": torch.float32, "int8": torch.int8}[dtype]
+        prefix = getattr(torch, schema.prefix_dtype(dtype))
         for lay in self.layouts:
-            out[schema.tokens_path(lay.name)] = np.empty((n, nv, *lay.shape), dtype=self.config.dtype)
-            out[schema.pooled_path(lay.name, "mean")] = np.empty((n, nv, lay.shape[0]), dtype=np.float32)
+            c = lay.shape[0]
+            buffer(schema.tokens_path(lay.name), lay.shape, stored)
+            if dtype == "int8":
+                buffer(schema.scales_path(lay.name), (c,), torch.float32)
+            buffer(schema.pooled_path(lay.name, "mean"), (c,), torch.float32)
             if lay.has_cls:
-                out[schema.pooled_path(lay.name, "cls")] = np.empty((n, nv, lay.shape[0]), dtype=np.float32)
+                buffer(schema.pooled_path(lay.name, "cls"), (c,), torch.float32)
             if lay.n_prefix:
-                out[schema.prefix_path(lay.name)] = np.empty((n, nv, lay.n_prefix, lay.shape[0]),
-                                                             dtype=self.config.dtype)
-        sources = {None: torch.from_numpy(np.ascontiguousarray(images)).to(self.device)}
+                buffer(schema.prefix_path(lay.name), (lay.n_prefix, c), prefix)
+        sources = {None: _to_device(images, self.device)}
         for name, arr in (stained or {}).items():
-            sources[name] = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
-        pairs = [(v, t) for v in range(nv) for t in range(n)]
+            sources[name] = _to_device(arr, self.device)
+        pairs = [(t, v) for t in range(n) for v in range(nv)]  # flat index t * nv + v: (n, V) order
+        limit = torch.finfo(torch.float16).max if dtype == "float16" else float("inf")
+        bad = torch.zeros(len(self.layouts), dtype=torch.bool, device=self.device)  # checked once, at the end
         bs = self.config.batch_size
         for b in range(0, len(pairs), bs):
             chunk = pairs[b:b + bs]
+            rows = slice(b, b + len(chunk))
             batch = torch.stack([
                 self.variants[v].apply_torch(sources[self.variants[v].name if self.variants[v].stain else None][t],
                                              spatial=(0, 1))
-                for v, t in chunk])
+                for t, v in chunk])
             outs = self._forward(batch)
-            vi = np.array([v for v, _ in chunk])
-            ti = np.array([t for _, t in chunk])
-            for lay, (tok, pre) in zip(self.layouts, outs):
-                stored = tok.to(dtype)
-                if not torch.isfinite(stored).all():
-                    raise StoreError(f"layer {lay.name} of {self.spec.name} overflows {self.config.dtype}; "
-                                     "run again with --dtype float32 --overwrite")
-                out[schema.tokens_path(lay.name)][ti, vi] = stored.cpu().numpy()
-                out[schema.pooled_path(lay.name, "mean")][ti, vi] = tok.float().mean((-2, -1)).cpu().numpy()
+            for k, (lay, (tok, pre)) in enumerate(zip(self.layouts, outs)):
+                if dtype == "int8":
+                    q, scale = quantize(tok)
+                    bad[k] |= ~torch.isfinite(scale).all()  # a NaN or inf token makes its channel's scale so
+                    host[schema.tokens_path(lay.name)][rows].copy_(q, non_blocking=cuda)
+                    host[schema.scales_path(lay.name)][rows].copy_(scale, non_blocking=cuda)
+                else:
+                    # One reduction finds overflow, inf and NaN alike (NaN propagates through amax).
+                    peak = tok.detach().abs().amax().float()
+                    bad[k] |= ~(torch.isfinite(peak) & (peak <= limit))
+                    host[schema.tokens_path(lay.name)][rows].copy_(tok.to(stored), non_blocking=cuda)
+                host[schema.pooled_path(lay.name, "mean")][rows].copy_(tok.float().mean((-2, -1)), non_blocking=cuda)
                 if lay.has_cls:
-                    out[schema.pooled_path(lay.name, "cls")][ti, vi] = pre[:, 0].float().cpu().numpy()
+                    host[schema.pooled_path(lay.name, "cls")][rows].copy_(pre[:, 0].float(), non_blocking=cuda)
                 if lay.n_prefix:
-                    out[schema.prefix_path(lay.name)][ti, vi] = pre.to(dtype).cpu().numpy()
-        return out
+                    host[schema.prefix_path(lay.name)][rows].copy_(pre.to(prefix), non_blocking=cuda)
+        if cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        if bool(bad.any()):
+            name = self.layouts[int(bad.nonzero()[0, 0])].name
+            raise StoreError(f"layer {name} of {self.spec.name} " + (
+                "overflows float16; run again with --dtype float32 --overwrite" if dtype == "float16" else
+                f"gives tokens that are not finite ({dtype}); check the weights and the tiles"))
+        return {path: buf.numpy().reshape(n, nv, *buf.shape[1:]) for path, buf in host.items()}
 
     def store_config(self, dataset: TileDataset, fingerprint: str) -> schema.StoreConfig:
         """The fields a store must share with any run that adds to it."""
@@ -145,6 +175,14 @@ class Extraction:
             dtype=self.config.dtype, norm=self.config.norm, compute=self.compute,
             tile_shape=list(dataset.tile_shape), n_tiles=dataset.n_tiles, unit_tiles=self.config.unit_tiles,
             dataset_fingerprint=fingerprint)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Tiles onto the device; through pinned memory and without blocking on a GPU."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _versions() -> dict:
@@ -212,7 +250,7 @@ class ExtractionJob:
         run, dataset, config = self.run, self.dataset, self.config
         fingerprint = dataset.fingerprint()
         specs = schema.array_specs(dataset.n_tiles, dataset.tile_shape, len(run.variants), run.layouts,
-                                   config.dtype, config.unit_tiles, dataset.has_labels)
+                                   config.dtype, config.unit_tiles, dataset.has_labels, config.codec)
         provenance = schema.Provenance(
             weights=run.encoder.weights, versions=_versions(),
             dataset={**dataset.describe(), "fingerprint": fingerprint},

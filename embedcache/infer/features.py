@@ -20,7 +20,7 @@ from embedcache.config import ExtractConfig
 from embedcache.errors import RunError
 from embedcache.extract import Extraction
 from embedcache.infer.tta import cached_variant_ids
-from embedcache.store import schema
+from embedcache.store import quant, schema
 
 
 def store_features(store, variants=()) -> Callable:
@@ -81,4 +81,7 @@ class LiveFeatures:
         pixels = np.stack(keys)
         arrays = self.extraction.run_unit(pixels)
         pick = slice(None) if self.many else 0
-        return [arrays[schema.tokens_path(layer)][:, pick].astype(np.float32) for layer in self.layers], pixels
+        scales = lambda layer: (arrays[schema.scales_path(layer)][:, pick]  # noqa: E731
+                                if schema.scales_path(layer) in arrays else None)
+        return [quant.to_float(arrays[schema.tokens_path(layer)][:, pick], scales(layer))
+                for layer in self.layers], pixels

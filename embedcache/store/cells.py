@@ -248,13 +248,13 @@ class CellWriter:
             values = np.asarray(table[col], dtype=TABLE_DTYPES[col])
             arr = group.create_array(table_path(col), shape=values.shape, dtype=values.dtype,
                                      chunks=(rows, *values.shape[1:]),
-                                     compressors=schema.compressors(TABLE_DTYPES[col], "zstd-shuffle"))
+                                     compressors=schema.compressors(TABLE_DTYPES[col]))
             if n:
                 arr[...] = values
         n_var = len(record["variants"])
         for layer, dim in dims.items():
             group.create_array(vectors_path(layer), shape=(n, n_var, int(dim)), dtype=dtype,
-                               chunks=(rows, 1, int(dim)), compressors=schema.compressors(dtype, "zstd-shuffle"),
+                               chunks=(rows, 1, int(dim)), compressors=schema.compressors(dtype),
                                fill_value=0)
         group.create_array(schema.DONE, shape=(len(self.units),), dtype="uint8", chunks=(1,), fill_value=0)
         group.attrs[CELLS_ATTRS] = {**record, "complete": False,

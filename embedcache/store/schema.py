@@ -12,8 +12,9 @@ for typed properties. A store is a Zarr v3 group::
     tiles/valid     (N, 2)          int64   (height, width) not padding
     tiles/fold      (N,)            int64   fold (PanNuke folds; else 0)
     tiles/tissue    (N,)            int64   index into the tissue names (-1: none)
-    tokens/<layer>  (N, V, C, h, w) float16 patch tokens per variant
-    prefix/<layer>  (N, V, P, C)    float16 class + register tokens (ViTs only)
+    tokens/<layer>  (N, V, C, h, w) float16 patch tokens per variant (float32, or int8)
+    scales/<layer>  (N, V, C)       float32 int8 stores only: the scale of each channel (store.quant)
+    prefix/<layer>  (N, V, P, C)    float16 class + register tokens (ViTs only; float32 in float32 stores)
     pooled/<layer>/mean (N, V, C)   float32 mean of the patch tokens
     pooled/<layer>/cls  (N, V, C)   float32 class token (models that have one)
     progress/done   (U,)            uint8   1 once unit of work u is written
@@ -22,9 +23,9 @@ Every per-tile array is sharded along tiles by *units of work* of
 ``unit_tiles`` tiles: a unit writes whole shards of every array and then its
 own ``progress/done`` chunk, so units never share an object and any worker
 can run any unit. Inside a shard one chunk holds one tile and one variant,
-so a training sample reads one chunk per layer. Chunks are compressed with
-Blosc zstd (byte shuffle) and carry a crc32c checksum; shard indexes carry
-their own.
+so a training sample reads one chunk per layer (two in int8 stores). Chunks
+are compressed (:func:`compressors`: LZ4 by default, Zstandard on request)
+and carry a crc32c checksum; shard indexes carry their own.
 
 The attributes (:class:`StoreAttrs`, one JSON object under ``embedcache``):
 
@@ -63,11 +64,22 @@ TILE_FOLD = "tiles/fold"
 TILE_TISSUE = "tiles/tissue"
 DONE = "progress/done"
 POOLED_KINDS = ("mean", "cls")
-TOKEN_DTYPES = ("float16", "float32")
+TOKEN_DTYPES = ("float16", "float32", "int8")
+CODECS = ("lz4", "zstd")
+DEFAULT_CODEC = "lz4"
 
 
 def tokens_path(layer: str) -> str:
     return f"tokens/{layer}"
+
+
+def scales_path(layer: str) -> str:
+    return f"scales/{layer}"
+
+
+def prefix_dtype(dtype: str) -> str:
+    """Storage type of class and register tokens: int8 stores keep them in float16 (few, and unscaled)."""
+    return "float16" if dtype == "int8" else dtype
 
 
 def prefix_path(layer: str) -> str:
@@ -233,44 +245,60 @@ class ArraySpec:
     dtype: str
     chunks: tuple[int, ...]
     shards: tuple[int, ...] | None
-    compressed: str = "zstd-shuffle"  # or "zstd"
+    codec: str = DEFAULT_CODEC
 
 
-def compressors(dtype: str, kind: str):
-    """Blosc zstd (with byte shuffle for multi-byte types), then a crc32c checksum."""
-    from zarr.codecs import BloscCodec, Crc32cCodec
+def compressors(dtype: str, codec: str = DEFAULT_CODEC):
+    """The codecs of an array's chunks: a compressor, then a crc32c checksum.
 
+    Chosen by ``benchmarks/bench_codecs.py`` on real H&E tokens (float16,
+    one core): ``lz4`` (Blosc LZ4, level 1) writes ~4.5 GB/s and reads
+    ~10 GB/s at 0.44 of float32's bytes; ``zstd`` (Zstandard level 1) writes
+    ~0.8 GB/s at 0.40. Higher levels and bit shuffle cost several times the
+    time for a few percent (Blosc zstd level 3, the earlier default: 0.33 GB/s
+    at 0.40). Byte shuffle helps types of 4 bytes or more (labels, tile
+    records, pooled vectors) and not float16, int8 or pixels.
+    """
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    if codec not in CODECS:
+        raise StoreError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     itemsize = np.dtype(dtype).itemsize
-    shuffle = "shuffle" if (kind == "zstd-shuffle" and itemsize > 1) else "noshuffle"
-    # clevel 3: float16 tokens gain little past it and it costs extraction time.
-    return [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle, typesize=itemsize), Crc32cCodec()]
+    shuffle = "shuffle" if itemsize >= 4 else "noshuffle"
+    if codec == "lz4":
+        first = BloscCodec(cname="lz4", clevel=1, shuffle=shuffle, typesize=itemsize)
+    elif itemsize >= 4:
+        first = BloscCodec(cname="zstd", clevel=1, shuffle=shuffle, typesize=itemsize)
+    else:
+        first = ZstdCodec(level=1)
+    return [first, Crc32cCodec()]
 
 
 def array_specs(n_tiles: int, tile_shape: tuple[int, int], n_variants: int, layers: list[LayerLayout],
-                dtype: str, unit_tiles: int, has_labels: bool) -> list[ArraySpec]:
+                dtype: str, unit_tiles: int, has_labels: bool, codec: str = DEFAULT_CODEC) -> list[ArraySpec]:
     """Every array of a store, with chunks and shards aligned to units of work."""
     n, u, v = n_tiles, unit_tiles, n_variants
     h, w = tile_shape
     specs = [
-        ArraySpec(IMAGES, (n, h, w, 3), "uint8", (1, h, w, 3), (u, h, w, 3), "zstd"),
-        ArraySpec(TILE_SOURCE, (n,), "int64", (u,), None),
-        ArraySpec(TILE_OFFSET, (n, 2), "int64", (u, 2), None),
-        ArraySpec(TILE_VALID, (n, 2), "int64", (u, 2), None),
-        ArraySpec(TILE_FOLD, (n,), "int64", (u,), None),
-        ArraySpec(TILE_TISSUE, (n,), "int64", (u,), None),
+        ArraySpec(IMAGES, (n, h, w, 3), "uint8", (1, h, w, 3), (u, h, w, 3), codec),
+        *(ArraySpec(path, (n, *shape), "int64", (u, *shape), None, codec)
+          for path, shape in ((TILE_SOURCE, ()), (TILE_OFFSET, (2,)), (TILE_VALID, (2,)), (TILE_FOLD, ()),
+                              (TILE_TISSUE, ()))),
     ]
     if has_labels:
-        specs.append(ArraySpec(LABELS, (n, h, w, 2), "int32", (1, h, w, 2), (u, h, w, 2)))
+        specs.append(ArraySpec(LABELS, (n, h, w, 2), "int32", (1, h, w, 2), (u, h, w, 2), codec))
     for layer in layers:
         c, lh, lw = layer.shape
         specs.append(ArraySpec(tokens_path(layer.name), (n, v, c, lh, lw), dtype, (1, 1, c, lh, lw),
-                               (u, v, c, lh, lw)))
-        specs.append(ArraySpec(pooled_path(layer.name, "mean"), (n, v, c), "float32", (u, v, c), None))
+                               (u, v, c, lh, lw), codec))
+        if dtype == "int8":
+            specs.append(ArraySpec(scales_path(layer.name), (n, v, c), "float32", (1, 1, c), (u, v, c), codec))
+        specs.append(ArraySpec(pooled_path(layer.name, "mean"), (n, v, c), "float32", (u, v, c), None, codec))
         if layer.has_cls:
-            specs.append(ArraySpec(pooled_path(layer.name, "cls"), (n, v, c), "float32", (u, v, c), None))
+            specs.append(ArraySpec(pooled_path(layer.name, "cls"), (n, v, c), "float32", (u, v, c), None, codec))
         if layer.n_prefix:
-            specs.append(ArraySpec(prefix_path(layer.name), (n, v, layer.n_prefix, c), dtype,
-                                   (u, v, layer.n_prefix, c), None))
+            specs.append(ArraySpec(prefix_path(layer.name), (n, v, layer.n_prefix, c), prefix_dtype(dtype),
+                                   (u, v, layer.n_prefix, c), None, codec))
     return specs
 
 

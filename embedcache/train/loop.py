@@ -34,7 +34,7 @@ from embedcache.train.checkpoint import (
 )
 from embedcache.train.decoder import NucleiLoss, type_weights
 from embedcache.train.stream import (
-    EpochBatches, TileStream, available_memory, check_trainable, feature_bytes, make_loader, make_split,
+    EpochBatches, TileStream, available_memory, check_trainable, feature_bytes, make_loader, make_split, to_device,
 )
 from embedcache.train.targets import TargetCache
 
@@ -130,10 +130,6 @@ def _write_log(path: Path, history: list[dict]) -> None:
     files.write_text(path / "log.csv", buf.getvalue())
 
 
-def _to(batch: dict, device) -> dict:
-    return {k: ([t.to(device) for t in v] if k == "tokens" else v.to(device)) for k, v in batch.items()}
-
-
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         return True
@@ -176,7 +172,7 @@ class Trainer:
 
             @torch.enable_grad()  # extraction in the same process may have switched gradients off
             def step():
-                b = _to(batch, self.device)
+                b = to_device(batch, self.device)
                 total, parts = self.loss(self.model(b["tokens"], b["image"]), b)
                 if not torch.isfinite(total):
                     tiles = ", ".join(str(int(t)) for t in batch["tile"][:4])
@@ -206,7 +202,7 @@ class Trainer:
         sums: dict[str, float] = {}
         n = 0
         for batch in loader:
-            b = _to(batch, self.device)
+            b = to_device(batch, self.device)
             total, parts = self._guard("while validating", lambda: self.loss(self.model(b["tokens"], b["image"]), b))
             w = len(batch["tile"])
             n += w

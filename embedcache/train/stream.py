@@ -29,7 +29,7 @@ import torch
 
 from embedcache.datasets.variants import BY_NAME
 from embedcache.errors import ConfigError, DataError
-from embedcache.store import open_store, schema
+from embedcache.store import open_store
 from embedcache.workers import die_with_parent
 
 
@@ -239,7 +239,8 @@ class EpochBatches:
 def feature_bytes(store, n_tiles: int, n_variants: int) -> int:
     """Bytes that ``n_tiles`` tiles x ``n_variants`` variants of every layer take in RAM (as stored)."""
     item = np.dtype(store.config.dtype).itemsize
-    per = sum(int(np.prod(store.layout(layer).shape)) for layer in store.layers) * item
+    shapes = [store.layout(layer).shape for layer in store.layers]
+    per = sum(int(np.prod(s)) * item + (4 * s[0] if store.quantized else 0) for s in shapes)
     h, w = store.tile_shape
     return n_tiles * (n_variants * per + h * w * 3)
 
@@ -274,10 +275,14 @@ class TileStream(torch.utils.data.Dataset):
         False: samples carry no tokens (an encoder computes them live from
         the sample's image, e.g. to compare with the cache).
 
-    A sample is a dict: ``tokens`` (list of ``(C, h, w)`` float32 tensors),
-    ``image`` ``(H, W, 3)`` uint8 (with the variant applied, stain
-    included), ``cls3``/``types`` ``(H, W)`` int64, ``dist`` ``(D, H, W)``
-    float32, ``valid`` ``(H, W)`` bool, ``tile`` and ``variant``.
+    A sample is a dict: ``tokens`` (list of ``(C, h, w)`` tensors as stored:
+    float16, float32 or int8), ``scales`` (int8 stores: list of ``(C,)``
+    float32), ``image`` ``(H, W, 3)`` uint8 (with the variant applied, stain
+    included), ``cls3``/``types`` ``(H, W)`` uint8, ``dist`` ``(D, H, W)``
+    float16, ``valid`` ``(H, W)`` bool, ``tile`` and ``variant``. Samples
+    stay in these compact types on their way out of a loader worker (a
+    quarter of the bytes of float32 and int64); :func:`to_device` converts
+    a batch where it is used.
     """
 
     def __init__(self, store, tiles, targets=None, preload: bool = False, progress: bool = False,
@@ -297,9 +302,12 @@ class TileStream(torch.utils.data.Dataset):
         from tqdm.auto import tqdm
 
         out = {"images": np.empty((len(self.tiles), *self.store.tile_shape, 3), dtype=np.uint8)}
+        n_var = len(self.store.variants)
         for layer in self.layers:
-            arr = self.store._array(schema.tokens_path(layer))
-            out[layer] = np.empty((len(self.tiles), *arr.shape[1:]), dtype=arr.dtype)
+            shape = self.store.layout(layer).shape
+            out[layer] = np.empty((len(self.tiles), n_var, *shape), dtype=self.store.config.dtype)
+            if self.store.quantized:
+                out[layer, "scales"] = np.empty((len(self.tiles), n_var, shape[0]), dtype=np.float32)
         order = np.argsort(self.tiles)
         step = max(1, int(self.store.config.unit_tiles))
         with tqdm(total=len(order), unit="tile", desc="preload", disable=not progress, dynamic_ncols=True) as bar:
@@ -308,7 +316,10 @@ class TileStream(torch.utils.data.Dataset):
                 ids = self.tiles[pos].tolist()
                 out["images"][pos] = self.store.images(ids)
                 for layer in self.layers:
-                    out[layer][pos] = self.store._array(schema.tokens_path(layer)).get_orthogonal_selection((ids,))
+                    values, scales = self.store.stored_tokens(layer, ids, variant=None)
+                    out[layer][pos] = values
+                    if scales is not None:
+                        out[layer, "scales"][pos] = scales
                 bar.update(len(pos))
         return out
 
@@ -329,20 +340,24 @@ class TileStream(torch.utils.data.Dataset):
         if read is not None:
             tokens, image = read
         elif self._ram is not None:
-            tokens = [self._ram[layer][pos, variant].astype(np.float32) for layer in self.layers]
+            tokens = [(self._ram[layer][pos, variant],
+                       self._ram[layer, "scales"][pos, variant] if self.store.quantized else None)
+                      for layer in self.layers]
             image = self._ram["images"][pos]
         else:
             store = self._reader()
-            tokens = [store.tokens(layer, tile, variant) for layer in self.layers]
+            tokens = [store.stored_tokens(layer, tile, variant) for layer in self.layers]
             image = store.images(tile)
-        item = {"tokens": [torch.from_numpy(t) for t in tokens],
+        item = {"tokens": [torch.from_numpy(np.ascontiguousarray(values)) for values, _ in tokens],
                 "image": torch.from_numpy(v.apply(image, image=True)),
                 "tile": tile, "variant": variant}
+        if tokens and tokens[0][1] is not None:
+            item["scales"] = [torch.from_numpy(np.ascontiguousarray(scales)) for _, scales in tokens]
         if self.targets is not None:
             t = self.targets.get(tile, v)
-            item.update(cls3=torch.from_numpy(t["cls3"].astype(np.int64)),
-                        dist=torch.from_numpy(t["dist"].astype(np.float32, copy=False)),
-                        types=torch.from_numpy(t["types"].astype(np.int64)),
+            item.update(cls3=torch.from_numpy(np.ascontiguousarray(t["cls3"])),
+                        dist=torch.from_numpy(np.ascontiguousarray(t["dist"])),
+                        types=torch.from_numpy(np.ascontiguousarray(t["types"])),
                         valid=torch.from_numpy(np.ascontiguousarray(t["valid"])))
         return item
 
@@ -350,18 +365,41 @@ class TileStream(torch.utils.data.Dataset):
         if self._ram is not None or not self.layers:
             return collate([self.sample(p, v) for p, v in batch])
         # From disk: the whole batch's chunks in one concurrent read.
-        tokens, images = self._reader().samples([(int(self.tiles[p]), v) for p, v in batch], self.layers)
-        return collate([self.sample(p, v, ([t[k] for t in tokens], images[k])) for k, (p, v) in enumerate(batch)])
+        tokens, images = self._reader().samples([(int(self.tiles[p]), v) for p, v in batch], self.layers,
+                                                stored=True)
+        return collate([self.sample(p, v, ([(values[k], None if scales is None else scales[k])
+                                             for values, scales in tokens], images[k]))
+                        for k, (p, v) in enumerate(batch)])
+
+
+LISTS = ("tokens", "scales")  # keys holding one tensor per layer
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples into a batch (tokens stay a list, one tensor per layer)."""
-    out = {"tokens": [torch.stack(ts) for ts in zip(*(s["tokens"] for s in samples))]}
+    """Stack samples into a batch (tokens and scales stay lists, one tensor per layer)."""
+    out = {key: [torch.stack(ts) for ts in zip(*(s[key] for s in samples))] for key in LISTS if key in samples[0]}
     for key in samples[0]:
-        if key == "tokens":
+        if key in LISTS:
             continue
         vals = [s[key] for s in samples]
         out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.as_tensor(vals)
+    return out
+
+
+def to_device(batch: dict, device) -> dict:
+    """A batch on ``device`` in the types training uses: float32 tokens (int8 scaled), int64 classes,
+    float32 distances. Converting here, after the move, keeps the loader's bytes compact.
+    """
+    non_blocking = torch.device(device).type == "cuda"
+    move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+    out = {k: move(v) for k, v in batch.items() if k not in LISTS}
+    tokens = [move(t).float() for t in batch["tokens"]]
+    if "scales" in batch:
+        tokens = [t * move(s)[..., None, None] for t, s in zip(tokens, batch["scales"])]
+    out["tokens"] = tokens
+    for key, kind in (("cls3", torch.int64), ("types", torch.int64), ("dist", torch.float32)):
+        if key in out:
+            out[key] = out[key].to(kind)
     return out
 
 
