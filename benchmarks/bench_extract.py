@@ -12,6 +12,11 @@ For each encoder, in one run, alternating:
 Prints tile-variants/s (medians over repeats), the ratio ours/bare, bytes
 per tile-variant per layer against raw float32, and the largest difference
 between stored tokens and a live forward (float16 rounding expected).
+
+With ``--process``, each arm is also timed as a whole process, start to
+exit, alternating: ``embedcache extract`` on the command line against a bare
+process that imports the same libraries, builds the same encoder, reads the
+same tiles from the dataset and runs the forward loop, storing nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +51,42 @@ def bare_loop(fx: FeatureExtractor, inputs: list[torch.Tensor]) -> float:
     return time.perf_counter() - t
 
 
+def bare_process(data: str, encoder: str, variants: str, batch: int) -> None:
+    """The bare arm of ``--process``: read, forward, keep nothing (run as ``--bare-process DATA``)."""
+    torch.set_grad_enabled(False)
+    spec = get_spec(encoder)
+    weights = "random" if spec.weights.startswith("hf-hub:") else None
+    enc = load_encoder(spec, weights, device="cpu")
+    fx = FeatureExtractor(enc, resolve_layers(enc.model, spec.layers, "default"))
+    tiles = torch.from_numpy(open_dataset(data).images(slice(None)))
+    for v in resolve_variants(variants):
+        moved = v.apply_torch(tiles, spatial=(1, 2))
+        for i in range(0, len(moved), batch):
+            fx.model.forward_intermediates(fx.preprocess(moved[i:i + batch]), indices=fx.indices,
+                                           intermediates_only=True, output_fmt="NCHW")
+
+
+def whole_processes(data: Path, work: Path, name: str, args) -> None:
+    """Paired wall-clock times of ``embedcache extract`` and the bare process, as processes."""
+    ours = [sys.executable, "-m", "embedcache", "extract", "--data", str(data), "--encoder", name,
+            "--variants", args.variants, "--batch-size", str(args.batch_size), "--device", "cpu", "--quiet",
+            "--overwrite"]
+    if get_spec(name).weights.startswith("hf-hub:"):
+        ours += ["--weights", "random"]
+    bare = [sys.executable, __file__, "--bare-process", str(data), "--encoders", name, "--variants", args.variants,
+            "--batch-size", str(args.batch_size)]
+    times = {"bare": [], "ours": []}
+    for r in range(args.repeats):
+        for arm, cmd in (("bare", bare), ("ours", ours + ["--out", str(work / f"process-{r}.zarr")])):
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            times[arm].append(time.perf_counter() - t)
+    paired = statistics.median(b / o for b, o in zip(times["bare"], times["ours"]))
+    print(f"  whole process, seconds start to exit: bare {[round(x, 1) for x in times['bare']]}  "
+          f"embedcache extract {[round(x, 1) for x in times['ours']]}  -> bare/extract, median of "
+          f"{args.repeats} paired ratios: {paired:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiles", type=int, default=64)
@@ -51,7 +94,11 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "timm:vit_small_patch16_224"])
+    ap.add_argument("--process", action="store_true", help="also time both arms as whole processes")
+    ap.add_argument("--bare-process", default=None, metavar="DATA", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare_process:
+        return bare_process(args.bare_process, args.encoders[0], args.variants, args.batch_size)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, tiles {args.tiles}, "
           f"variants {args.variants}, batch {args.batch_size}")
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
@@ -109,6 +156,8 @@ def main():
                     worst = max(worst, float(rel))
             print(f"  fidelity: max |stored - live| / max|live| over layers and variants = {worst:.2e} "
                   f"(float16 rounding is ~4.9e-4)")
+            if args.process:
+                whole_processes(work / "data", work, name, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

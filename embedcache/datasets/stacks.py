@@ -79,9 +79,17 @@ def pannuke_masks_to_labels(masks: np.ndarray) -> np.ndarray:
     type_map = np.where(claimed, channel + 1, 0)
     ids = np.take_along_axis(cls, channel[..., None], axis=-1)[..., 0].astype(np.int64)
     key = np.where(claimed, type_map * (int(ids.max(initial=0)) + 1) + ids, 0)
-    # A leading 0 keeps background at 0 even in a tile without background.
-    _, inverse = np.unique(np.concatenate([[0], key.ravel()]), return_inverse=True)
-    inst = inverse[1:].reshape(key.shape)
+    # Rank of each key among the keys present, background (0) counted present even in a tile without it.
+    flat = key.ravel()
+    top = int(flat.max(initial=0))
+    if top < 4 * flat.size:  # the usual case: a table of the present keys (no sort; 10x quicker)
+        present_keys = np.bincount(flat, minlength=top + 1) > 0
+        present_keys[0] = True
+        rank = np.cumsum(present_keys) - 1
+        inst = rank[key]
+    else:
+        _, inverse = np.unique(np.concatenate([[0], flat]), return_inverse=True)
+        inst = inverse[1:].reshape(key.shape)
     return np.stack([inst, type_map], axis=-1).astype(np.int32)
 
 
