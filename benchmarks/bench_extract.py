@@ -13,6 +13,12 @@ Prints tile-variants/s (medians over repeats), the ratio ours/bare, bytes
 per tile-variant per layer against raw float32, and the largest difference
 between stored tokens and a live forward (float16 rounding expected).
 
+With ``--breakdown``, where each millisecond per tile-variant goes, every
+piece run alone and in turn in this process (nothing overlapped): reading a
+unit (tiles, labels), the forward, the rest of ``run_unit`` (variants,
+casts or int8 quantisation, pooling, overflow check, copies) and
+``write_unit`` (compression, checksums, shard writes, for each ``--dtype``).
+
 With ``--process``, each arm is also timed as a whole process, start to
 exit, alternating: ``embedcache extract`` on the command line against a bare
 process that imports the same libraries, builds the same encoder, reads the
@@ -66,6 +72,45 @@ def bare_process(data: str, encoder: str, variants: str, batch: int) -> None:
                                            intermediates_only=True, output_fmt="NCHW")
 
 
+def breakdown(data: Path, work: Path, name: str, args) -> None:
+    """Milliseconds per tile-variant of each piece of a unit, run one after another (medians over units)."""
+    from embedcache.extract.job import ExtractionJob
+
+    for dtype in ("float16", "int8"):
+        spec = get_spec(name)
+        cfg = ExtractConfig(encoder=name, weights="random" if spec.weights.startswith("hf-hub:") else None,
+                            variants=args.variants, batch_size=args.batch_size, device="cpu", dtype=dtype)
+        job = ExtractionJob(data, cfg)
+        writer = job.open_writer(work / f"breakdown-{dtype}.zarr", overwrite=True)
+        parts = {"read": [], "forward": [], "rest of run_unit": [], "write_unit": []}
+        forward = job.run._forward
+        spent = []
+
+        def timed_forward(x):
+            t = time.perf_counter()
+            out = forward(x)
+            spent.append(time.perf_counter() - t)
+            return out
+
+        job.run._forward = timed_forward
+        for unit in range(job.n_units):
+            t = time.perf_counter()
+            images, labels, stained = job.read_unit(unit)
+            t1 = time.perf_counter()
+            spent.clear()
+            arrays = job.unit_arrays(unit, images, labels, stained)
+            t2 = time.perf_counter()
+            writer.write_unit(unit, arrays)
+            t3 = time.perf_counter()
+            n = images.shape[0] * len(job.run.variants)
+            parts["read"].append((t1 - t) / n)
+            parts["forward"].append(sum(spent) / n)
+            parts["rest of run_unit"].append((t2 - t1 - sum(spent)) / n)
+            parts["write_unit"].append((t3 - t2) / n)
+        print(f"  breakdown, {dtype}, ms per tile-variant (median over {job.n_units} units, pieces in turn): "
+              + "  ".join(f"{k} {1e3 * statistics.median(v):.2f}" for k, v in parts.items()))
+
+
 def whole_processes(data: Path, work: Path, name: str, args) -> None:
     """Paired wall-clock times of ``embedcache extract`` and the bare process, as processes."""
     ours = [sys.executable, "-m", "embedcache", "extract", "--data", str(data), "--encoder", name,
@@ -95,6 +140,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "timm:vit_small_patch16_224"])
     ap.add_argument("--process", action="store_true", help="also time both arms as whole processes")
+    ap.add_argument("--breakdown", action="store_true", help="also time each piece of a unit alone")
     ap.add_argument("--bare-process", default=None, metavar="DATA", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare_process:
@@ -156,6 +202,8 @@ def main():
                     worst = max(worst, float(rel))
             print(f"  fidelity: max |stored - live| / max|live| over layers and variants = {worst:.2e} "
                   f"(float16 rounding is ~4.9e-4)")
+            if args.breakdown:
+                breakdown(work / "data", work, name, args)
             if args.process:
                 whole_processes(work / "data", work, name, args)
     finally:

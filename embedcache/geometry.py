@@ -63,6 +63,53 @@ def plan_tiles(shape: tuple[int, int], tile: tuple[int, int], overlap: int = 0) 
 
 
 @dataclass(frozen=True)
+class Region:
+    """A block of a whole slide processed at once, for nuclei that are kept exactly once.
+
+    Attributes
+    ----------
+    index : int
+        Position in the plan (row-major), the region's name in progress records.
+    core : (r0, c0, r1, c1)
+        Half-open box of the slide (pixels at the working resolution) whose
+        nuclei this region keeps: the cores of a plan tile the slide without
+        overlap, so a nucleus (by its centroid) belongs to exactly one.
+    read : (r0, c0, r1, c1)
+        The core grown by the margin on every side and clipped to the slide:
+        what is read, encoded and post-processed, so that a nucleus kept by
+        the core lies whole inside it.
+    """
+
+    index: int
+    core: tuple[int, int, int, int]
+    read: tuple[int, int, int, int]
+
+    def owns(self, centroids) -> np.ndarray:
+        """Which ``(n, 2)`` centroids (row, col in slide pixels) lie in the core: ``(n,) bool``."""
+        c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
+        r0, c0, r1, c1 = self.core
+        return (c[:, 0] >= r0) & (c[:, 0] < r1) & (c[:, 1] >= c0) & (c[:, 1] < c1)
+
+
+def plan_regions(shape: tuple[int, int], size: int, margin: int) -> list[Region]:
+    """Regions of ``size`` x ``size`` px tiling a slide of ``shape``, each read with ``margin`` px around it.
+
+    >>> [(r.core, r.read) for r in plan_regions((300, 500), 256, 32)]
+    [((0, 0, 256, 256), (0, 0, 288, 288)), ((0, 256, 256, 500), (0, 224, 288, 500)), ((256, 0, 300, 256), (224, 0, 300, 288)), ((256, 256, 300, 500), (224, 224, 300, 500))]
+    """
+    if size < 1 or margin < 0:
+        raise ConfigError(f"regions need a size >= 1 and a margin >= 0 px, got {size} and {margin}")
+    h, w = (int(v) for v in shape)
+    out = []
+    for r0 in range(0, h, size):
+        for c0 in range(0, w, size):
+            r1, c1 = min(r0 + size, h), min(c0 + size, w)
+            read = (max(0, r0 - margin), max(0, c0 - margin), min(h, r1 + margin), min(w, c1 + margin))
+            out.append(Region(len(out), (r0, c0, r1, c1), read))
+    return out
+
+
+@dataclass(frozen=True)
 class TileGeometry:
     """Where tiles lie: slide of each tile and its centre in micrometres.
 
