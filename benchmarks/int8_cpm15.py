@@ -95,7 +95,8 @@ def main():
         print(f"{r['seed']:>4} {r['run']:<19} {r['tokens']:<8} {r['pq']:7.4f} {r['aji']:7.4f} {r['f1_detection']:7.4f}")
     for run_dtype, tok_dtype in (("float16", "int8"), ("int8", "int8")):
         diffs = [b["pq"] - a["pq"] for a in rows for b in rows if a["seed"] == b["seed"] and
-                 (a["run"], a["tokens"]) == ("float16", "float16") and (b["run"], b["tokens"]) == (run_dtype, tok_dtype)]
+                 (a["run"], a["tokens"]) == ("float16", "float16")
+                 and (b["run"], b["tokens"]) == (run_dtype, tok_dtype)]
         print(f"PQ ({run_dtype} run, {tok_dtype} tokens) - PQ (float16, float16): "
               f"{', '.join(f'{d:+.4f}' for d in diffs)}; median {statistics.median(diffs):+.4f}")
 

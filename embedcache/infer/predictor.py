@@ -88,6 +88,13 @@ class Predictor:
         (:mod:`embedcache.infer.features`), with a variant axis when
         :attr:`tta` holds several variants.
         """
+        for image, maps, pixels in self.stitched(images, features):
+            yield image, self.nuclei(maps), pixels
+
+    def stitched(self, images: Iterator[TiledImage], features: Callable
+                 ) -> Iterator[tuple[TiledImage, np.ndarray, np.ndarray]]:
+        """Every image's stitched maps ``(channels, H, W)`` and pixels, before post-processing (which a
+        caller may run elsewhere, e.g. in worker processes beside the next image's forward)."""
         maps_of = self.tta_maps if len(self.tta) > 1 else self.tile_maps
         pending: list = []  # (entry, offset, key)
         queue: list = []  # entries in image order: [image, stitcher, tiles left]
@@ -102,7 +109,7 @@ class Predictor:
         def finished():
             while queue and queue[0][2] == 0:
                 image, stitcher, _ = queue.pop(0)
-                yield image, self.nuclei(stitcher.maps), stitcher.image
+                yield image, stitcher.maps, stitcher.image
 
         for image in images:
             entry = [image, Stitcher(image.shape, self.channels), len(image.tiles)]

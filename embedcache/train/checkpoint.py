@@ -43,6 +43,7 @@ def store_provenance(store) -> dict:
         "variants": list(store.variants),
         "tile_shape": list(store.tile_shape),
         "dtype": store.config.dtype,
+        "mpp": store.tile_mpp,  # microns per pixel of the tiles (slides; None when the dataset records none)
         "norm": store.config.norm,
         "dataset_fingerprint": store.config.dataset_fingerprint,
         "layout": store.dataset_layout,

@@ -404,8 +404,13 @@ def to_device(batch: dict, device) -> dict:
 
 
 def _worker_init(_):
-    # Workers only read and decompress; leave the cores to the training step.
+    # Workers only read and decompress; leave the cores to the training step: one thread, and a lower
+    # priority, so the step's threads are not descheduled while a batch is read ahead.
     torch.set_num_threads(1)
+    try:
+        os.nice(10)
+    except OSError:
+        pass
     die_with_parent()
 
 

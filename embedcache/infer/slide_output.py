@@ -1,0 +1,178 @@
+"""Nuclei of whole slides as files: a columnar table, QuPath GeoJSON, a thumbnail and a summary.
+
+A region's kept nuclei become table rows (:func:`region_rows`), one per
+nucleus, in level-0 pixels of the slide: centroid (px and um), area, type,
+probabilities and the outline as a valid, simplified shapely polygon (WKB).
+Regions are written as they finish (Parquet, one file each) and merged at
+the end (:func:`finish_slide`) into::
+
+    nuclei.parquet          the table (pandas.read_parquet opens it)
+    nuclei.geojson[.gz]     FeatureCollection of Polygon detections for QuPath
+    thumbnail.png           the slide at low resolution with each nucleus dotted in its type's colour
+    summary.json            nuclei per type, tissue area, regions, time
+
+QuPath: File > Import objects (or drag the ``.geojson`` onto the open
+slide); coordinates are level-0 pixels, as QuPath expects.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+
+from embedcache import files
+from embedcache.infer.writer import _ring, colour
+
+COLUMNS = ("id", "region", "x_px", "y_px", "x_um", "y_um", "area_um2", "type_id", "type_name", "score",
+           "type_score", "polygon_wkb")
+SIMPLIFY_PX = 0.5  # outline simplification tolerance, working pixels
+
+
+def region_rows(inst: np.ndarray, nuclei: dict, owned: np.ndarray, region: int, origin: tuple[int, int],
+                scale: float, mpp0: float, class_names: dict) -> dict[str, list]:
+    """Table columns of the nuclei a region keeps.
+
+    Parameters
+    ----------
+    inst : (H, W) ndarray of int
+        Instance ids 1..K of the region's read box.
+    nuclei : dict
+        ``score``, ``type_id``, ``type_score`` per instance (:func:`embedcache.postprocess.instances_from_maps`).
+    owned : (K,) ndarray of bool
+        Instances the region keeps (centroid in its core).
+    origin : (row, col)
+        The read box's top-left corner in working pixels.
+    scale : float
+        Level-0 pixels per working pixel.
+    mpp0 : float
+        Level-0 microns per pixel.
+    """
+    from scipy import ndimage as ndi
+    from shapely import wkb
+    from shapely.geometry import Polygon
+    from shapely.geometry.polygon import orient
+
+    out = {c: [] for c in COLUMNS}
+    score, type_id, type_score = (np.asarray(nuclei.get(k, [])) for k in ("score", "type_id", "type_score"))
+    for k, sl in enumerate(ndi.find_objects(inst), 1):
+        if sl is None or not owned[k - 1]:
+            continue
+        mask = inst[sl] == k
+        ring = _ring(mask)
+        if ring is None:
+            continue
+        ys = (ring[:, 0] + sl[0].start + origin[0] + 0.5) * scale
+        xs = (ring[:, 1] + sl[1].start + origin[1] + 0.5) * scale
+        poly = Polygon(np.column_stack([xs, ys])).simplify(SIMPLIFY_PX * scale)
+        if not poly.is_valid:
+            poly = poly.buffer(0)
+        if poly.geom_type == "MultiPolygon":
+            poly = max(poly.geoms, key=lambda g: g.area)
+        if poly.is_empty or poly.geom_type != "Polygon":
+            continue
+        poly = orient(poly, 1.0)  # counter-clockwise exterior (RFC 7946)
+        rows, cols = np.nonzero(mask)
+        cy = (rows.mean() + sl[0].start + origin[0] + 0.5) * scale
+        cx = (cols.mean() + sl[1].start + origin[1] + 0.5) * scale
+        t = int(type_id[k - 1]) if len(type_id) >= k else 0
+        out["id"].append(0)  # numbered when the slide is finished
+        out["region"].append(int(region))
+        out["x_px"].append(float(cx))
+        out["y_px"].append(float(cy))
+        out["x_um"].append(float(cx * mpp0))
+        out["y_um"].append(float(cy * mpp0))
+        out["area_um2"].append(float(mask.sum() * (scale * mpp0) ** 2))
+        out["type_id"].append(t)
+        out["type_name"].append(class_names.get(t, f"type {t}") if t else "")
+        out["score"].append(float(score[k - 1]) if len(score) >= k else float("nan"))
+        out["type_score"].append(float(type_score[k - 1]) if len(type_score) >= k else float("nan"))
+        out["polygon_wkb"].append(wkb.dumps(poly))
+    return out
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.int64()), ("region", pa.int32()), ("x_px", pa.float64()), ("y_px", pa.float64()),
+                      ("x_um", pa.float64()), ("y_um", pa.float64()), ("area_um2", pa.float32()),
+                      ("type_id", pa.int16()), ("type_name", pa.string()), ("score", pa.float32()),
+                      ("type_score", pa.float32()), ("polygon_wkb", pa.binary())])
+
+
+def write_region(path: Path, rows: dict[str, list]) -> None:
+    """One region's rows as a Parquet file, written under a temporary name and renamed (a progress record)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({c: rows[c] for c in COLUMNS}, schema=_schema())
+    with files.atomic_file(path) as tmp:
+        pq.write_table(table, str(tmp))
+
+
+def read_regions(paths: list[Path]):
+    """The regions' tables, concatenated in region order, nuclei numbered 1..N."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(p) for p in sorted(paths)]
+    table = pa.concat_tables(tables) if tables else _schema().empty_table()
+    return table.set_column(0, "id", pa.array(np.arange(1, table.num_rows + 1), pa.int64()))
+
+
+def geojson(table, class_names: dict) -> dict:
+    """A QuPath-importable FeatureCollection of the table's nuclei (level-0 pixel coordinates)."""
+    from shapely import wkb
+    from shapely.geometry import mapping
+
+    cols = table.to_pydict()
+    features = []
+    for i in range(table.num_rows):
+        t = int(cols["type_id"][i])
+        props = {"objectType": "detection", "id": int(cols["id"][i]),
+                 "measurements": {"area_um2": round(float(cols["area_um2"][i]), 2),
+                                  "score": round(float(cols["score"][i]), 4),
+                                  "type_score": round(float(cols["type_score"][i]), 4)}}
+        if t:
+            props["classification"] = {"name": class_names.get(t, f"type {t}"), "color": list(colour(t))}
+        geom = mapping(wkb.loads(cols["polygon_wkb"][i]))
+        geom["coordinates"] = [[[round(x, 2), round(y, 2)] for x, y in ring] for ring in geom["coordinates"]]
+        features.append({"type": "Feature", "geometry": geom, "properties": props})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def thumbnail(image: np.ndarray, table, scale: float) -> np.ndarray:
+    """``image`` (a low-resolution level, ``scale`` level-0 px per its px), each nucleus a dot of its type's colour."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(image)
+    draw = ImageDraw.Draw(im)
+    cols = table.select(["x_px", "y_px", "type_id"]).to_pydict()
+    for x, y, t in zip(cols["x_px"], cols["y_px"], cols["type_id"]):
+        px, py = x / scale, y / scale
+        draw.point((px, py), fill=colour(int(t)) if t else (20, 20, 20))
+    return np.asarray(im)
+
+
+def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summary: dict, thumb: np.ndarray,
+                 thumb_scale: float, gzip_geojson: bool = False) -> dict:
+    """Merge a slide's regions into the table, GeoJSON, thumbnail and summary inside ``folder``."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = read_regions(region_files)
+    with files.atomic_file(folder / "nuclei.parquet") as tmp:
+        pq.write_table(table, str(tmp))
+    text = json.dumps(geojson(table, class_names)).encode()
+    name = "nuclei.geojson.gz" if gzip_geojson else "nuclei.geojson"
+    with files.atomic_file(folder / name) as tmp:
+        Path(tmp).write_bytes(gzip.compress(text, mtime=0) if gzip_geojson else text)
+    Image.fromarray(thumbnail(thumb, table, thumb_scale)).save(folder / "thumbnail.png")
+    types = table.column("type_id").to_numpy()
+    summary = {**summary, "nuclei": int(table.num_rows),
+               "nuclei_per_type": {class_names.get(int(t), f"type {t}") if t else "untyped": int((types == t).sum())
+                                   for t in np.unique(types)}}
+    files.write_json(folder / "summary.json", summary)
+    return summary

@@ -1,0 +1,355 @@
+"""``predict --slides``: a trained decoder over whole slides, region by region, resumable, into QuPath.
+
+For each slide:
+
+1. **Resolution.** Tiles are cut at the microns per pixel the run was
+   trained at (the run records it, or ``run_mpp``); the slide is read at its
+   coarsest level at least that fine and resampled.
+2. **Regions.** The slide is cut into regions (:func:`embedcache.geometry.plan_regions`)
+   of ``region`` px with ``margin`` px around them (default a tile and a
+   quarter); regions without tissue (found on a low-resolution level, as
+   for extraction) are skipped. A region's read box, aligned to one tile
+   grid over the slide (:func:`on_tile_grid`), is cut into those overlapping
+   tiles, encoded live, decoded and its maps stitched; post-processing runs
+   on the whole read box, and the region keeps the nuclei whose centroid
+   lies in its core: every nucleus once, whole, as one region over the
+   whole slide would find it. The margins cost encoder work: regions of
+   2048 px with 320-px margins (256-px tiles) encode ~1.7 times the tissue.
+   Memory is that of a region, whatever the slide's size.
+3. **Progress.** Each finished region is written to
+   ``OUT/SLIDE.partial/regions/NNNNN.parquet`` at once; a killed run resumes
+   with the regions not yet written and ends with the same files as an
+   uninterrupted one. The settings are recorded in ``plan.json``: a partial
+   made with another run or settings is refused.
+4. **Outputs** (:mod:`embedcache.infer.slide_output`) go to ``OUT/SLIDE/``,
+   swapped in complete. ``OUT/slides.csv`` records every slide's status,
+   nuclei, time and, for a slide that failed, why; the others go on.
+5. **Post-processing beside the forward**: with ``workers`` > 0 regions are
+   post-processed in that many processes while the main process encodes and
+   decodes the next ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedcache import files
+from embedcache.config import PostprocessConfig
+from embedcache.datasets.wsi import MASK_MPP, box_fractions, list_slides, open_slide, tissue_mask
+from embedcache.device import resolve_device
+from embedcache.errors import ConfigError, DataError
+from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
+from embedcache.infer.features import LiveFeatures
+from embedcache.infer.predictor import Predictor
+from embedcache.infer.slide_output import finish_slide, region_rows, write_region
+from embedcache.infer.tiling import cut_tile
+from embedcache.postprocess import instances_from_maps
+from embedcache.train.checkpoint import load_run
+from embedcache.workers import die_with_parent
+
+PLAN_VERSION = 1
+RESAMPLE_TOLERANCE = 0.1  # a slide up to 10% coarser than the run's resolution is upsampled
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide."""
+
+    name: str
+    status: str  # "done", "already done" or "failed"
+    nuclei: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    regions: int = 0
+
+
+@dataclass
+class SlidePlan:
+    """How one slide is read: its level, scale and the regions over its tissue."""
+
+    name: str
+    path: Path
+    mpp0: float  # level-0 um/px
+    work_mpp: float  # um/px of the tiles
+    level: int
+    shape: tuple[int, int]  # working pixels
+    regions: list[Region]
+    tissue_fraction: float
+    mask_level: int
+
+    @property
+    def scale(self) -> float:
+        """Level-0 pixels per working pixel."""
+        return self.work_mpp / self.mpp0
+
+
+def plan_slide(path: Path, work_mpp: float, region: int, margin: int, mpp: float | None = None) -> SlidePlan:
+    """Open a slide and plan its regions; DataError naming the file for any reason it cannot be done."""
+    slide = open_slide(path)
+    try:
+        mpp0 = mpp or slide.mpp
+        if mpp0 is None:
+            raise DataError(f"{path}: the slide does not record its microns per pixel; pass --mpp "
+                            "(level-0 um/px, e.g. 0.25 at 40x, 0.5 at 20x)")
+        if mpp0 > work_mpp * (1 + RESAMPLE_TOLERANCE):
+            raise DataError(f"{path}: the run was trained at {work_mpp:g} um/px, but this slide's finest level is "
+                            f"{mpp0:g} um/px; predict slides scanned at {work_mpp:g} um/px or finer")
+        levels = range(len(slide.dims))
+        fine = [lv for lv in levels if mpp0 * slide.downsample(lv) <= work_mpp * (1 + 1e-3)]
+        level = max(fine) if fine else 0
+        coarse = [lv for lv in levels if mpp0 * slide.downsample(lv) <= MASK_MPP]
+        mask_level = max(coarse) if coarse else 0
+        mh, mw = slide.dims[mask_level]
+        mask_mpp = mpp0 * slide.downsample(mask_level)
+        mask = tissue_mask(slide.read(mask_level, 0, 0, mh, mw), mask_mpp)
+        h0, w0 = slide.dims[0]
+    finally:
+        slide.close()
+    shape = (int(h0 * mpp0 / work_mpp), int(w0 * mpp0 / work_mpp))
+    to_mask = work_mpp / mask_mpp
+    regions = []
+    for r in plan_regions(shape, region, margin):
+        q0, d0, q1, d1 = r.read
+        frac = box_fractions(mask, np.array([q0 * to_mask]), np.array([d0 * to_mask]),
+                             max(q1 - q0, d1 - d0) * to_mask)
+        if frac[0] > 0:
+            regions.append(r)
+    if not regions:
+        raise DataError(f"{path}: no tissue found (checked at {mask_mpp:.1f} um/px)")
+    return SlidePlan(Path(path).stem, Path(path), float(mpp0), float(work_mpp), level, shape, regions,
+                     float(mask.mean()), mask_level)
+
+
+def on_tile_grid(regions: list[Region], shape: tuple[int, int], tile: tuple[int, int], overlap: int) -> list[Region]:
+    """Regions whose read box is the union of the slide-wide tile grid's tiles meeting it.
+
+    Every region then cuts the same tiles where they meet, so the stitched
+    maps agree everywhere but within a tile of a read box's edge: with a
+    margin of at least a tile and a nucleus, a nucleus a core keeps sees the
+    maps a single region over the whole slide would, and regions never
+    disagree about it.
+    """
+    import dataclasses
+
+    starts = [sorted({o[k] for o in plan_tiles(shape, tile, overlap)}) for k in (0, 1)]
+    out = []
+    for r in regions:
+        box = []
+        for k, (lo, hi) in enumerate(((r.read[0], r.read[2]), (r.read[1], r.read[3]))):
+            met = [s for s in starts[k] if s < hi and s + tile[k] > lo]
+            box.append((met[0], min(shape[k], met[-1] + tile[k])))
+        out.append(dataclasses.replace(r, read=(box[0][0], box[1][0], box[0][1], box[1][1])))
+    return out
+
+
+def read_box(slide, plan: SlidePlan, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Pixels of a box ``(r0, c0, r1, c1)`` in working pixels, ``(h, w, 3)`` uint8, resampled from the plan's level."""
+    from PIL import Image
+
+    r0, c0, r1, c1 = box
+    h, w = r1 - r0, c1 - c0
+    ratio = plan.work_mpp / (plan.mpp0 * slide.downsample(plan.level))  # level px per working px
+    if abs(ratio - 1) < 1e-6:
+        return slide.read(plan.level, r0, c0, h, w)
+    lh, lw = slide.dims[plan.level]
+    r, c = r0 * ratio, c0 * ratio
+    a0, b0 = max(0, int(np.floor(r)) - 1), max(0, int(np.floor(c)) - 1)
+    a1, b1 = min(lh, int(np.ceil(r + h * ratio)) + 1), min(lw, int(np.ceil(c + w * ratio)) + 1)
+    part = Image.fromarray(slide.read(plan.level, a0, b0, a1 - a0, b1 - b0))
+    return np.asarray(part.resize((w, h), Image.Resampling.LANCZOS,
+                                  box=(c - b0, r - a0, c - b0 + w * ratio, r - a0 + h * ratio)))
+
+
+def region_nuclei(maps: np.ndarray, n_dist: int, n_types: int, post: PostprocessConfig, directions, region: Region,
+                  scale: float, mpp0: float, class_names: dict) -> dict:
+    """Post-process a region's stitched maps and keep its own nuclei: table columns (runs in a worker)."""
+    maps = maps.astype(np.float32, copy=False)
+    types = maps[3 + n_dist:] if n_types else None
+    nuclei = instances_from_maps(maps[:3], maps[3:3 + n_dist], types, post, directions)
+    inst = nuclei["inst"]
+    q0, d0 = region.read[:2]
+    k = int(inst.max())
+    if k:
+        from scipy import ndimage as ndi
+
+        centroids = np.asarray(ndi.center_of_mass(np.ones_like(inst), inst, np.arange(1, k + 1)))
+        owned = region.owns(centroids + (q0, d0))
+    else:
+        owned = np.zeros(0, bool)
+    return region_rows(inst, nuclei, owned, region.index, (q0, d0), scale, mpp0, class_names)
+
+
+def _init_worker(parent: int):
+    import torch
+
+    torch.set_num_threads(1)
+    die_with_parent(parent)
+
+
+def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessConfig, overlap: int) -> dict:
+    st = plan.path.stat()
+    meta = Path(run.path) / "run.json"
+    return {"version": PLAN_VERSION, "run": str(Path(run.path).resolve()), "run_mtime_ns": meta.stat().st_mtime_ns,
+            "slide": plan.path.name, "slide_size": st.st_size, "slide_mtime_ns": st.st_mtime_ns,
+            "mpp0": plan.mpp0, "work_mpp": plan.work_mpp, "region": region, "margin": margin, "overlap": overlap,
+            "postprocess": post.to_dict()}
+
+
+def _write_table(out: Path, results: list[SlideResult]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["slide", "status", "nuclei", "regions", "seconds", "reason"])
+    for r in results:
+        w.writerow([r.name, r.status, r.nuclei, r.regions, f"{r.seconds:.1f}", r.reason])
+    files.write_text(out / "slides.csv", buf.getvalue())
+
+
+def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float | None = None, region: int = 1024,
+                   margin: int | None = None, overlap: int | None = None, workers: int = 0, device: str = "auto",
+                   batch_size: int = 8, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
+                   gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True) -> list[SlideResult]:
+    """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
+
+    Raises
+    ------
+    DataError
+        No slides, an unknown resolution for the run, a partial made by
+        another run or with other settings (without ``overwrite``), or a full disk.
+    """
+    from tqdm.auto import tqdm
+
+    paths = list_slides(Path(slides)) if Path(slides).exists() else []
+    if not paths:
+        raise DataError(f"{slides}: no slides found (a slide file or a folder of .tif, .svs, .ndpi, ...)")
+    loaded = load_run(run, device=str(resolve_device(device)))
+    work_mpp = run_mpp or loaded.store.get("mpp")
+    if not work_mpp:
+        raise DataError(f"{loaded.path}: the run does not record the resolution it was trained at; pass --run-mpp "
+                        "(microns per pixel of its tiles, e.g. 0.25 for PanNuke at 40x)")
+    tile = tuple(loaded.store["tile_shape"])
+    overlap = min(tile) // 4 if overlap is None else overlap
+    margin = min(tile) + min(tile) // 4 if margin is None else margin
+    if region < min(tile):
+        raise ConfigError(f"regions of {region} px are smaller than the run's {tile[0]}-px tiles")
+    post = postprocess or PostprocessConfig.for_magnification(magnification)
+    predictor = Predictor(loaded.model, loaded.directions, batch_size, post)
+    features = LiveFeatures(loaded, str(resolve_device(device)), batch_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[SlideResult] = []
+    pool = (ProcessPoolExecutor(workers, mp_context=__import__("multiprocessing").get_context("spawn"),
+                                initializer=_init_worker, initargs=(__import__("os").getpid(),))
+            if workers else None)
+    try:
+        for path in tqdm(paths, desc="slides", unit="slide", disable=not progress or len(paths) < 2):
+            t0 = time.perf_counter()
+            try:
+                plan = plan_slide(path, float(work_mpp), region, margin, mpp)
+                result = _predict_slide(loaded, plan, predictor, features, out, pool, workers, region, margin,
+                                        overlap, post, gzip_geojson, overwrite, progress)
+            except DataError as exc:
+                if "another run" in str(exc):
+                    raise
+                result = SlideResult(Path(path).stem, "failed", reason=str(exc))
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DataError(f"{out}: the disk is full; free space and run the same command again to "
+                                    "resume (finished regions and slides are kept)") from None
+                result = SlideResult(Path(path).stem, "failed", reason=f"{type(exc).__name__}: {exc}")
+            result.seconds = result.seconds or time.perf_counter() - t0
+            results.append(result)
+            _write_table(out, results)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return results
+
+
+def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Path, pool, workers: int, region: int,
+                   margin: int, overlap: int, post, gzip_geojson: bool, overwrite: bool, progress: bool):
+    from tqdm.auto import tqdm
+
+    settings = _settings(run, plan, region, margin, post, overlap)
+    final = out / plan.name
+    done = final / "summary.json"
+    if done.exists() and not overwrite:
+        import json
+
+        summary = json.loads(done.read_text())
+        if summary.get("settings") == settings:
+            return SlideResult(plan.name, "already done", summary["nuclei"], summary.get("seconds", 0.0),
+                               regions=len(plan.regions))
+    partial = files.partial_path(final)
+    plan_file = partial / "plan.json"
+    if partial.exists() and not overwrite:
+        import json
+
+        old = json.loads(plan_file.read_text()) if plan_file.exists() else None
+        if old != settings:
+            raise DataError(f"{partial} holds another run's partial results (or other settings); pass --overwrite "
+                            "to start that slide afresh, or choose another --out")
+    else:
+        files.remove(partial)
+        (partial / "regions").mkdir(parents=True)
+        files.write_json(plan_file, settings)
+    t0 = time.perf_counter()
+    region_file = lambda r: partial / "regions" / f"{r.index:05d}.parquet"  # noqa: E731
+    tile = tuple(run.store["tile_shape"])
+    todo = on_tile_grid([r for r in plan.regions if not region_file(r).exists()], plan.shape, tile, overlap)
+    class_names = {int(k): v for k, v in run.store.get("class_names", {}).items()}
+    slide = open_slide(plan.path)
+    try:
+        def images():
+            for r in todo:
+                q0, d0, q1, d1 = r.read
+                pixels = read_box(slide, plan, r.read)
+                tiles = [(o, cut_tile(pixels, o, tile)) for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
+                yield TiledImage(f"{r.index}", (q1 - q0, d1 - d0), tiles)
+
+        by_name = {str(r.index): r for r in todo}
+        model = predictor.model
+        args = (model.n_dist, model.n_types, post, predictor.directions)
+        pending = []
+        bar = tqdm(total=len(plan.regions), initial=len(plan.regions) - len(todo), unit="region",
+                   desc=plan.name, disable=not progress, dynamic_ncols=True)
+
+        def settle(block: bool):
+            while pending and (block or pending[0][1].done()):
+                r, fut = pending.pop(0)
+                write_region(region_file(r), fut.result())
+                bar.update(1)
+
+        for image, maps, _ in predictor.stitched(images(), features):
+            r = by_name[image.name]
+            if pool is None:
+                write_region(region_file(r), region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names))
+                bar.update(1)
+                continue
+            pending.append((r, pool.submit(region_nuclei, maps.astype(np.float16), *args, r, plan.scale,
+                                           plan.mpp0, class_names)))
+            settle(block=len(pending) > workers)
+        settle(block=True)
+        bar.close()
+        th, tw = slide.dims[plan.mask_level]
+        thumb = slide.read(plan.mask_level, 0, 0, th, tw)
+        thumb_scale = slide.downsample(plan.mask_level)
+    finally:
+        slide.close()
+    seconds = time.perf_counter() - t0
+    area_mm2 = plan.tissue_fraction * plan.shape[0] * plan.shape[1] * plan.work_mpp ** 2 / 1e6
+    summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
+               "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
+               "work_mpp": plan.work_mpp, "level": plan.level}
+    summary = finish_slide(partial, sorted((partial / "regions").glob("*.parquet")), class_names, summary, thumb,
+                           thumb_scale, gzip_geojson)
+    files.remove(partial / "regions")  # merged into nuclei.parquet
+    files.swap_in(partial, final)
+    return SlideResult(plan.name, "done", summary["nuclei"], seconds, regions=len(plan.regions))

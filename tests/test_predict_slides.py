@@ -1,0 +1,130 @@
+"""Whole-slide prediction: regions agree with one big region, GeoJSON for QuPath, resume, failures recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from decoder_helpers import fit_config, make_store, one_thread, write_conic  # noqa: F401 (one_thread: pytestmark)
+
+from embedcache.datasets.synthetic_slides import make_slide, write_slide_tiff
+from embedcache.errors import DataError
+from embedcache.infer import slide_output
+from embedcache.infer.slides import predict_slides
+from embedcache.train.loop import fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wsi")
+    conic = write_conic(tmp / "conic", n=6)
+    store = make_store(conic, tmp / "s.zarr", variants="none")
+    fit(store, tmp / "run", fit_config(epochs=2, lr=3e-3), progress=False)
+    slides = tmp / "slides"
+    slides.mkdir()
+    image = make_slide((384, 448), mpp=0.5, seed=1).image
+    write_slide_tiff(slides / "a.tif", image, mpp=0.5, levels=2, tile=128)
+    return {"tmp": tmp, "run": tmp / "run", "slides": slides, "image": image}
+
+
+def _table(folder):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(folder / "nuclei.parquet").to_pydict()
+
+
+def test_small_regions_find_the_nuclei_one_big_region_finds(setup):
+    """Nuclei on region seams are kept once and whole: the same table as a single region over the slide."""
+    tmp = setup["tmp"]
+    one = predict_slides(setup["run"], setup["slides"], tmp / "one", run_mpp=0.5, region=512, margin=80,
+                         progress=False)
+    many = predict_slides(setup["run"], setup["slides"], tmp / "many", run_mpp=0.5, region=96, margin=80,
+                          progress=False)
+    assert [r.status for r in one] == ["done"] and many[0].regions > 4 and one[0].regions == 1
+    a, b = _table(tmp / "one" / "a"), _table(tmp / "many" / "a")
+    assert len(a["id"]) > 5
+    key = lambda t: sorted(zip(np.round(t["x_px"], 1), np.round(t["y_px"], 1), t["area_um2"]))  # noqa: E731
+    assert key(a) == key(b)
+
+
+def test_geojson_polygons_are_valid_and_in_level0_pixels(setup):
+    from shapely.geometry import shape
+
+    folder = setup["tmp"] / "one" / "a"
+    fc = json.loads((folder / "nuclei.geojson").read_text())
+    table = _table(folder)
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(table["id"])
+    h, w = setup["image"].shape[:2]
+    for f, x, y in zip(fc["features"], table["x_px"], table["y_px"]):
+        assert f["properties"]["objectType"] == "detection" and f["geometry"]["type"] == "Polygon"
+        poly = shape(f["geometry"])
+        assert poly.is_valid and poly.exterior.is_ccw
+        minx, miny, maxx, maxy = poly.bounds
+        assert 0 <= minx and maxx <= w and 0 <= miny and maxy <= h
+        assert poly.buffer(1.5).contains(type(poly.centroid)(x, y))  # the table's centroid lies on its outline
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["nuclei"] == len(table["id"]) and summary["tissue_mm2"] > 0
+    assert (folder / "thumbnail.png").exists()
+
+
+def test_a_killed_run_resumes_to_the_same_outputs(setup, monkeypatch):
+    tmp = setup["tmp"]
+    real = slide_output.write_region
+    calls = []
+
+    def dies_on_the_third(path, rows):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, rows)
+
+    monkeypatch.setattr("embedcache.infer.slides.write_region", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        predict_slides(setup["run"], setup["slides"], tmp / "killed", run_mpp=0.5, region=96, margin=80,
+                       progress=False)
+    monkeypatch.setattr("embedcache.infer.slides.write_region", real)
+    assert len(list((tmp / "killed" / "a.partial" / "regions").glob("*.parquet"))) == 2
+    res = predict_slides(setup["run"], setup["slides"], tmp / "killed", run_mpp=0.5, region=96, margin=80,
+                         progress=False)
+    assert res[0].status == "done"
+    assert _table(tmp / "killed" / "a") == _table(tmp / "many" / "a")
+    again = predict_slides(setup["run"], setup["slides"], tmp / "killed", run_mpp=0.5, region=96, margin=80,
+                           progress=False)
+    assert again[0].status == "already done"
+
+
+def test_unreadable_or_unusable_slides_are_recorded_and_the_others_finish(setup):
+    tmp = setup["tmp"]
+    mixed = tmp / "mixed"
+    mixed.mkdir()
+    (mixed / "a.tif").write_bytes((setup["slides"] / "a.tif").read_bytes())
+    (mixed / "broken.tif").write_bytes(b"not a tiff at all")
+    write_slide_tiff(mixed / "nompp.tif", setup["image"], mpp=None, levels=1, tile=128)
+    write_slide_tiff(mixed / "coarse.tif", setup["image"], mpp=2.0, levels=1, tile=128)
+    write_slide_tiff(mixed / "glass.tif", np.full((256, 256, 3), 245, np.uint8), mpp=0.5, levels=1, tile=128)
+    res = {r.name: r for r in predict_slides(setup["run"], mixed, tmp / "mixed-out", run_mpp=0.5, region=256,
+                                             margin=64, progress=False)}
+    assert res["a"].status == "done" and res["a"].nuclei > 0
+    assert res["broken"].status == "failed" and "cannot open slide" in res["broken"].reason
+    assert res["nompp"].status == "failed" and "pass --mpp" in res["nompp"].reason
+    assert res["coarse"].status == "failed" and "trained at 0.5 um/px" in res["coarse"].reason
+    assert res["glass"].status == "failed" and "no tissue" in res["glass"].reason
+    rows = (tmp / "mixed-out" / "slides.csv").read_text().splitlines()
+    assert rows[0] == "slide,status,nuclei,regions,seconds,reason" and len(rows) == 6
+
+
+def test_another_runs_partial_is_refused_and_bad_settings_say_what_to_do(setup):
+    tmp = setup["tmp"]
+    out = tmp / "other"
+    partial = out / "a.partial"
+    (partial / "regions").mkdir(parents=True)
+    (partial / "plan.json").write_text(json.dumps({"run": "somewhere else"}))
+    with pytest.raises(DataError, match="another run's partial results"):
+        predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=96, progress=False)
+    with pytest.raises(DataError, match="does not record the resolution it was trained at; pass --run-mpp"):
+        predict_slides(setup["run"], setup["slides"], tmp / "x", progress=False)
+    with pytest.raises(DataError, match="no slides found"):
+        predict_slides(setup["run"], tmp / "nowhere", tmp / "y", run_mpp=0.5, progress=False)
