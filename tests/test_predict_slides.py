@@ -128,3 +128,24 @@ def test_another_runs_partial_is_refused_and_bad_settings_say_what_to_do(setup):
         predict_slides(setup["run"], setup["slides"], tmp / "x", progress=False)
     with pytest.raises(DataError, match="no slides found"):
         predict_slides(setup["run"], tmp / "nowhere", tmp / "y", run_mpp=0.5, progress=False)
+
+
+def test_the_cli_predicts_slides_and_exits_1_when_one_failed(setup):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    tmp = setup["tmp"]
+    args = ["predict", "--run", str(setup["run"]), "--slides", str(setup["slides"]), "--run-mpp", "0.5",
+            "--region", "128", "--quiet", "--gzip"]
+    ok = CliRunner().invoke(main, args + ["--out", str(tmp / "cli")])
+    assert ok.exit_code == 0, ok.output
+    assert "a: done" in ok.output and "1 of 1 slides" in ok.output
+    assert (tmp / "cli" / "a" / "nuclei.geojson.gz").exists()
+    bad = tmp / "bad"
+    bad.mkdir()
+    (bad / "x.tif").write_bytes(b"junk")
+    res = CliRunner().invoke(main, [*args[:4], str(bad), *args[5:], "--out", str(tmp / "cli-bad")])
+    assert res.exit_code == 1 and "x: failed" in res.output and "cannot open slide" in res.output
+    both = CliRunner().invoke(main, args + ["--out", str(tmp / "z"), "--data", str(tmp)])
+    assert both.exit_code != 0 and "give --slides alone" in both.output and "Traceback" not in both.output

@@ -100,9 +100,23 @@ def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, pati
 @device_option
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write overlay PNGs.")
 @click.option("--geojson/--no-geojson", default=True, show_default=True, help="Write GeoJSON for QuPath.")
+@click.option("--slides", type=click.Path(path_type=Path),
+              help="Whole slides (a slide file or a folder): nuclei region by region into OUT/SLIDE/ "
+                   "(nuclei.parquet, nuclei.geojson, thumbnail.png, summary.json) and OUT/slides.csv.")
+@click.option("--mpp", default=None, type=float, help="Slides: level-0 microns per pixel, for slides that record none.")
+@click.option("--run-mpp", default=None, type=float,
+              help="Slides: microns per pixel of the tiles the run was trained on (when the run does not record it).")
+@click.option("--region", default=2048, show_default=True, type=click.IntRange(min=16),
+              help="Slides: region side in px, processed at once (memory grows with its square).")
+@click.option("--margin", default=None, type=click.IntRange(min=0),
+              help="Slides: px read around each region (default a tile and a quarter).")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Slides: processes post-processing regions beside the forward.")
+@click.option("--gzip", "gzip_geojson", is_flag=True, help="Slides: write nuclei.geojson.gz.")
+@click.option("--overwrite", is_flag=True, help="Slides: start afresh over another run's partial results.")
 @quiet_option
 def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, tta, batch_size, device, overlays,
-                geojson, quiet):
+                geojson, slides, mpp, run_mpp, region, margin, workers, gzip_geojson, overwrite, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
     From a store (cached features) or from raw images with the encoder run live
@@ -111,15 +125,36 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, t
     PanNuke classes), images of any size as NAME_inst.png / NAME_type.png, with
     overlays/NAME.png and geojson/NAME.geojson (QuPath) beside them.
 
+    With --slides, whole slides are predicted region by region (resumable;
+    a slide that fails is recorded in OUT/slides.csv and the others go on).
+
     \b
-    Example:
+    Examples:
       embedcache predict --run demo/run --store demo/lite0.zarr --split val --out demo/pred
+      embedcache predict --run demo/run --slides slides/ --out nuclei --workers 2
     """
     from embedcache.errors import ConfigError
     from embedcache.infer.predict import predict
 
+    if slides is not None:
+        if store is not None or data is not None:
+            raise ConfigError("give --slides alone (the encoder runs live over them), without --store or --data")
+        from embedcache.infer.slides import predict_slides
+
+        results = predict_slides(run_dir, slides, out, mpp=mpp, run_mpp=run_mpp, region=region, margin=margin,
+                                 overlap=overlap, workers=workers, device=device, batch_size=batch_size,
+                                 magnification=magnification, gzip_geojson=gzip_geojson, overwrite=overwrite,
+                                 progress=not quiet)
+        for r in results:
+            line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
+            click.echo(line + (f" ({r.reason})" if r.reason else ""))
+        failed = sum(r.status == "failed" for r in results)
+        click.echo(f"wrote {out}: {len(results) - failed} of {len(results)} slides (table: {out}/slides.csv)")
+        if failed:
+            raise SystemExit(1)
+        return
     if (store is None) == (data is None):
-        raise ConfigError("give either --store STORE (cached features) or --data PATH (encoder run live)")
+        raise ConfigError("give --store STORE (cached features), --data PATH (encoder run live) or --slides PATH")
     result = predict(run_dir, out, store=store, data=data, format=fmt, split=split, overlap=overlap,
                      magnification=magnification, tta=tta, batch_size=batch_size, device=device, overlays=overlays,
                      geojson=geojson, progress=not quiet)

@@ -212,7 +212,7 @@ def _write_table(out: Path, results: list[SlideResult]) -> None:
     files.write_text(out / "slides.csv", buf.getvalue())
 
 
-def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float | None = None, region: int = 1024,
+def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float | None = None, region: int = 2048,
                    margin: int | None = None, overlap: int | None = None, workers: int = 0, device: str = "auto",
                    batch_size: int = 8, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
                    gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True) -> list[SlideResult]:
