@@ -72,7 +72,7 @@ def test_bad_input_gets_one_line(runner, tmp_path, conic_dir):
          "validation split 'fold4' holds no tiles"),
         (["fit-decoder", "--store", str(vit), "--out", str(run), *FAST], "holds a run made with other settings"),
         (["predict", "--run", str(run), "--store", str(vit), "--out", str(tmp_path / "p")], "differs in encoder"),
-        (["predict", "--run", str(run), "--out", str(tmp_path / "p")], "give either --store"),
+        (["predict", "--run", str(run), "--out", str(tmp_path / "p")], "give --store STORE"),
         (["predict", "--run", str(tmp_path), "--store", str(store), "--out", str(tmp_path / "p")],
          "not a decoder run"),
     ]
