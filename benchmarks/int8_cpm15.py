@@ -30,20 +30,7 @@ from embedcache.infer.predict import predict
 from embedcache.metrics import evaluate
 from embedcache.train.loop import fit
 
-ROOT = Path(__file__).resolve().parents[1]
-VAL = ("image02", "image10", "image14")
-
-
-def val_folder(data: Path, work: Path) -> Path:
-    import shutil
-
-    out = work / "val"
-    out.mkdir(parents=True, exist_ok=True)
-    for name in VAL:
-        for suffix in (".png", "_inst.png"):
-            if not (out / f"{name}{suffix}").exists():
-                shutil.copy(data / f"{name}{suffix}", out / f"{name}{suffix}")
-    return out
+from cpm15_recipe import ROOT, VAL, val_folder  # the same split and held-out folder (this script's folder)
 
 
 def token_ratio(store_path: Path) -> float:
