@@ -149,3 +149,23 @@ def test_the_cli_predicts_slides_and_exits_1_when_one_failed(setup):
     assert res.exit_code == 1 and "x: failed" in res.output and "cannot open slide" in res.output
     both = CliRunner().invoke(main, args + ["--out", str(tmp / "z"), "--data", str(tmp)])
     assert both.exit_code != 0 and "give --slides alone" in both.output and "Traceback" not in both.output
+
+
+def test_peak_memory_does_not_grow_with_the_slide(setup):
+    """Arrays held at once (tracemalloc sees numpy's) stay those of a region: a slide of 4x the area peaks
+    within 10% of the smaller one."""
+    import tracemalloc
+
+    tmp = setup["tmp"]
+    big = tmp / "big"
+    big.mkdir()
+    write_slide_tiff(big / "b.tif", np.tile(setup["image"], (2, 2, 1)), mpp=0.5, levels=2, tile=128)
+    peaks = []
+    for name, folder in (("small", setup["slides"]), ("big", big)):
+        predict_slides(setup["run"], folder, tmp / f"mem-warm-{name}", run_mpp=0.5, region=96, progress=False)
+        tracemalloc.start()
+        res = predict_slides(setup["run"], folder, tmp / f"mem-{name}", run_mpp=0.5, region=96, progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert res[0].status == "done"
+    assert peaks[1] <= 1.1 * peaks[0], peaks

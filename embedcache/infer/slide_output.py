@@ -4,7 +4,8 @@ A region's kept nuclei become table rows (:func:`region_rows`), one per
 nucleus, in level-0 pixels of the slide: centroid (px and um), area, type,
 probabilities and the outline as a valid, simplified shapely polygon (WKB).
 Regions are written as they finish (Parquet, one file each) and merged at
-the end (:func:`finish_slide`) into::
+the end (:func:`finish_slide`, region by region: memory is one region's
+nuclei however many the slide holds) into::
 
     nuclei.parquet          the table (pandas.read_parquet opens it)
     nuclei.geojson[.gz]     FeatureCollection of Polygon detections for QuPath
@@ -112,23 +113,13 @@ def write_region(path: Path, rows: dict[str, list]) -> None:
         pq.write_table(table, str(tmp))
 
 
-def read_regions(paths: list[Path]):
-    """The regions' tables, concatenated in region order, nuclei numbered 1..N."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables = [pq.read_table(p) for p in sorted(paths)]
-    table = pa.concat_tables(tables) if tables else _schema().empty_table()
-    return table.set_column(0, "id", pa.array(np.arange(1, table.num_rows + 1), pa.int64()))
-
-
-def geojson(table, class_names: dict) -> dict:
-    """A QuPath-importable FeatureCollection of the table's nuclei (level-0 pixel coordinates)."""
+def features(table, class_names: dict) -> list[dict]:
+    """GeoJSON Features (QuPath detections, level-0 pixel coordinates) of a table's nuclei."""
     from shapely import wkb
     from shapely.geometry import mapping
 
     cols = table.to_pydict()
-    features = []
+    out = []
     for i in range(table.num_rows):
         t = int(cols["type_id"][i])
         props = {"objectType": "detection", "id": int(cols["id"][i]),
@@ -139,40 +130,61 @@ def geojson(table, class_names: dict) -> dict:
             props["classification"] = {"name": class_names.get(t, f"type {t}"), "color": list(colour(t))}
         geom = mapping(wkb.loads(cols["polygon_wkb"][i]))
         geom["coordinates"] = [[[round(x, 2), round(y, 2)] for x, y in ring] for ring in geom["coordinates"]]
-        features.append({"type": "Feature", "geometry": geom, "properties": props})
-    return {"type": "FeatureCollection", "features": features}
+        out.append({"type": "Feature", "geometry": geom, "properties": props})
+    return out
 
 
-def thumbnail(image: np.ndarray, table, scale: float) -> np.ndarray:
-    """``image`` (a low-resolution level, ``scale`` level-0 px per its px), each nucleus a dot of its type's colour."""
-    from PIL import Image, ImageDraw
-
-    im = Image.fromarray(image)
-    draw = ImageDraw.Draw(im)
+def draw_nuclei(draw, table, scale: float) -> None:
+    """Dot each nucleus of ``table`` in its type's colour on a thumbnail (``scale`` level-0 px per its px)."""
     cols = table.select(["x_px", "y_px", "type_id"]).to_pydict()
     for x, y, t in zip(cols["x_px"], cols["y_px"], cols["type_id"]):
-        px, py = x / scale, y / scale
-        draw.point((px, py), fill=colour(int(t)) if t else (20, 20, 20))
-    return np.asarray(im)
+        draw.point((x / scale, y / scale), fill=colour(int(t)) if t else (20, 20, 20))
 
 
 def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summary: dict, thumb: np.ndarray,
                  thumb_scale: float, gzip_geojson: bool = False) -> dict:
-    """Merge a slide's regions into the table, GeoJSON, thumbnail and summary inside ``folder``."""
-    import pyarrow.parquet as pq
-    from PIL import Image
+    """Merge a slide's regions into the table, GeoJSON, thumbnail and summary inside ``folder``.
 
-    table = read_regions(region_files)
-    with files.atomic_file(folder / "nuclei.parquet") as tmp:
-        pq.write_table(table, str(tmp))
-    text = json.dumps(geojson(table, class_names)).encode()
+    Region by region: the table is appended to and the GeoJSON streamed,
+    so memory is that of one region's nuclei, however many the slide holds.
+    Nuclei are numbered 1..N in region order.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(thumb)
+    draw = ImageDraw.Draw(image)
+    counts: dict[int, int] = {}
+    n = 0
     name = "nuclei.geojson.gz" if gzip_geojson else "nuclei.geojson"
-    with files.atomic_file(folder / name) as tmp:
-        Path(tmp).write_bytes(gzip.compress(text, mtime=0) if gzip_geojson else text)
-    Image.fromarray(thumbnail(thumb, table, thumb_scale)).save(folder / "thumbnail.png")
-    types = table.column("type_id").to_numpy()
-    summary = {**summary, "nuclei": int(table.num_rows),
-               "nuclei_per_type": {class_names.get(int(t), f"type {t}") if t else "untyped": int((types == t).sum())
-                                   for t in np.unique(types)}}
+    with files.atomic_file(folder / "nuclei.parquet") as table_tmp, files.atomic_file(folder / name) as geo_tmp:
+        raw = open(geo_tmp, "wb")
+        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip_geojson else raw
+        writer = pq.ParquetWriter(str(table_tmp), _schema())
+        try:
+            out.write(b'{"type": "FeatureCollection", "features": [')
+            first = True
+            for path in sorted(region_files):
+                table = pq.read_table(path)
+                table = table.set_column(0, "id", pa.array(np.arange(n + 1, n + 1 + table.num_rows), pa.int64()))
+                n += table.num_rows
+                writer.write_table(table)
+                for f in features(table, class_names):
+                    out.write((b"" if first else b", ") + json.dumps(f).encode())
+                    first = False
+                draw_nuclei(draw, table, thumb_scale)
+                for t in table.column("type_id").to_numpy():
+                    counts[int(t)] = counts.get(int(t), 0) + 1
+            out.write(b"]}")
+        finally:
+            writer.close()
+            if out is not raw:
+                out.close()
+            raw.close()
+    image.save(folder / "thumbnail.png")
+    summary = {**summary, "nuclei": n,
+               "nuclei_per_type": {class_names.get(t, f"type {t}") if t else "untyped": c
+                                   for t, c in sorted(counts.items())}}
     files.write_json(folder / "summary.json", summary)
     return summary
