@@ -169,3 +169,20 @@ def test_peak_memory_does_not_grow_with_the_slide(setup):
         tracemalloc.stop()
         assert res[0].status == "done"
     assert peaks[1] <= 1.1 * peaks[0], peaks
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_finished_slides(setup, monkeypatch):
+    import errno
+
+    tmp = setup["tmp"]
+    out = tmp / "full"
+    predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=256, progress=False)
+    before = (out / "a" / "nuclei.parquet").read_bytes()
+
+    def full(path, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("embedcache.infer.slides.write_region", full)
+    with pytest.raises(DataError, match="the disk is full; free space and run the same command again"):
+        predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=96, progress=False)
+    assert (out / "a" / "nuclei.parquet").read_bytes() == before  # the finished slide is untouched
