@@ -70,9 +70,13 @@ def write_slides(work: Path, size: int) -> tuple[Path, Path]:
 
 
 def predict_in_child(run: Path, slide: Path, out: Path, workers: int) -> dict:
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # a fresh prediction each time (a finished one is only skipped)
     cmd = [sys.executable, __file__, "--child", "--run", str(run), "--slide", str(slide), "--out", str(out),
            "--workers", str(workers)]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    print(f"  {slide.name}: {res.stdout.strip().splitlines()[-1]}", flush=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

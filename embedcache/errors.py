@@ -51,6 +51,10 @@ class DataError(EmbedcacheError):
     """A dataset or file with the wrong layout, shape, dtype or content."""
 
 
+class OutputMismatchError(DataError):
+    """An output folder holds another run's partial results (stops a whole run, unlike one slide's failure)."""
+
+
 class StoreError(EmbedcacheError):
     """A store that is missing, incomplete, corrupted or made differently."""
 

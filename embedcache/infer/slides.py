@@ -34,6 +34,9 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import json
+import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -45,7 +48,7 @@ from embedcache import files
 from embedcache.config import PostprocessConfig
 from embedcache.datasets.wsi import MASK_MPP, box_fractions, list_slides, open_slide, tissue_mask
 from embedcache.device import resolve_device
-from embedcache.errors import ConfigError, DataError
+from embedcache.errors import ConfigError, DataError, OutputMismatchError
 from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
 from embedcache.infer.features import LiveFeatures
 from embedcache.infer.predictor import Predictor
@@ -245,8 +248,9 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[SlideResult] = []
-    pool = (ProcessPoolExecutor(workers, mp_context=__import__("multiprocessing").get_context("spawn"),
-                                initializer=_init_worker, initargs=(__import__("os").getpid(),))
+    # Spawned, not forked: the parent holds torch's threads, which a fork would copy mid-flight.
+    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=_init_worker, initargs=(os.getpid(),))
             if workers else None)
     try:
         for path in tqdm(paths, desc="slides", unit="slide", disable=not progress or len(paths) < 2):
@@ -255,9 +259,9 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                 plan = plan_slide(path, float(work_mpp), region, margin, mpp)
                 result = _predict_slide(loaded, plan, predictor, features, out, pool, workers, region, margin,
                                         overlap, post, gzip_geojson, overwrite, progress)
+            except OutputMismatchError:
+                raise
             except DataError as exc:
-                if "another run" in str(exc):
-                    raise
                 result = SlideResult(Path(path).stem, "failed", reason=str(exc))
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
@@ -281,8 +285,6 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
-        import json
-
         summary = json.loads(done.read_text())
         if summary.get("settings") == settings:
             return SlideResult(plan.name, "already done", summary["nuclei"], summary.get("seconds", 0.0),
@@ -290,12 +292,10 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     partial = files.partial_path(final)
     plan_file = partial / "plan.json"
     if partial.exists() and not overwrite:
-        import json
-
         old = json.loads(plan_file.read_text()) if plan_file.exists() else None
         if old != settings:
-            raise DataError(f"{partial} holds another run's partial results (or other settings); pass --overwrite "
-                            "to start that slide afresh, or choose another --out")
+            raise OutputMismatchError(f"{partial} holds another run's partial results (or other settings); pass "
+                                      "--overwrite to start that slide afresh, or choose another --out")
     else:
         files.remove(partial)
         (partial / "regions").mkdir(parents=True)
