@@ -100,7 +100,7 @@ def bare_and_post(run: Path, slide: Path, workers: int) -> dict:
     sizes = [(r.read[2] - r.read[0], r.read[3] - r.read[1]) for r in regions]
     n_tiles = sum(len(plan_tiles(s, tile, overlap)) for s in sizes)
     s = open_slide(slide)
-    r = regions[0]
+    r = regions[len(regions) // 2]  # a region inside the tissue
     pixels = read_box(s, plan, r.read)
     keys = [cut_tile(pixels, o, tile) for o in plan_tiles(pixels.shape[:2], tile, overlap)][:64]
     features = LiveFeatures(loaded, "cpu", 8)
@@ -124,10 +124,11 @@ def bare_and_post(run: Path, slide: Path, workers: int) -> dict:
     for _ in range(4):
         region_nuclei(maps, *args)
     serial = time.perf_counter() - t
+    half = maps.astype(np.float16)  # as predict_slides sends them
     with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(region_nuclei, [maps] * 1, *([a] for a in args)))  # start the workers
+        list(pool.map(region_nuclei, [half] * 1, *([a] for a in args)))  # start the workers
         t = time.perf_counter()
-        list(pool.map(region_nuclei, [maps] * 4, *([a] * 4 for a in args)))
+        list(pool.map(region_nuclei, [half] * 4, *([a] * 4 for a in args)))
         parallel = time.perf_counter() - t
     return {"n_tiles": n_tiles, "bare_per_tile": per_tile, "region_px": maps.shape[1] * maps.shape[2],
             "post_one_s": one, "post_nuclei": len(rows["id"]), "post_speedup": serial / parallel}
@@ -138,6 +139,7 @@ def main():
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--post-only", action="store_true", help="only the bare forward and post-processing figures")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
@@ -151,9 +153,14 @@ def main():
     small, large = write_slides(work, args.size)
     print(f"slides {args.size}^2 and {2 * args.size}^2 px at 0.5 um/px; run {run}; {args.workers} post-processing "
           "worker(s); regions 2048 px")
+    m = bare_and_post(run, small, args.workers)
+    print(f"post-processing on one core: {m['region_px'] / m['post_one_s'] / 1e6:.2f} Mpx/s "
+          f"({m['post_nuclei'] / m['post_one_s']:.0f} nuclei/s); {args.workers} workers over 4 regions: "
+          f"{m['post_speedup']:.2f}x one", flush=True)
+    if args.post_only:
+        return
     a = predict_in_child(run, small, work / "out-small", args.workers)
     b = predict_in_child(run, large, work / "out-large", args.workers)
-    m = bare_and_post(run, small, args.workers)
     for name, r in (("small", a), ("large (4x area)", b)):
         print(f"{name:<16} {r['nuclei']:>8} nuclei in {r['seconds']:7.1f} s: {r['nuclei'] / r['seconds']:7.1f} "
               f"nuclei/s, {r['regions']} regions; peak memory {r['peak_mb']:.0f} MB "
@@ -164,9 +171,6 @@ def main():
           f"them {bare:.1f} s -> share of the whole {bare / a['seconds']:.2f}; the rest (reading, stitching, "
           f"post-processing, writing) {a['seconds'] - bare:.1f} s")
     print(f"peak memory large / small: {b['peak_mb'] / a['peak_mb']:.2f}")
-    print(f"post-processing on one core: {m['region_px'] / m['post_one_s'] / 1e6:.2f} Mpx/s "
-          f"({m['post_nuclei'] / m['post_one_s']:.0f} nuclei/s); {args.workers} workers over 4 regions: "
-          f"{m['post_speedup']:.2f}x one")
 
 
 if __name__ == "__main__":
