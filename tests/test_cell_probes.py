@@ -672,3 +672,25 @@ def test_pipeline_cells_sections_are_checked_and_can_be_turned_off(tmp_path):
     cells_config, probe_config = pipeline.cells_configs(pipeline.datasets[0])
     assert cells_config.layers == "last" and probe_config.pca == 8 and probe_config.folds is None
     assert probe_config.level == "cell" and probe_config.labels == "type" and probe_config.layers == "all"
+
+
+def test_a_groups_file_folds_and_resamples_over_patients(tmp_path):
+    _, source, types, signal = planted()
+    path = fake_cells(tmp_path / "g.cells", {"signal": signal}, types, source)
+    n_images = int(source.max()) + 1
+    groups = tmp_path / "patients.csv"
+    groups.write_text("image,group\n" + "".join(f"im{i},p{i // 2}\n" for i in range(n_images)))
+    result = run_cell_probes([path], ProbeConfig(level="cell", labels="type", fractions=(), groups=str(groups)))
+    patient = (source // 2)[types > 0]
+    assert result.info["unit"] == "group" and result.info["n_units"] == n_images // 2
+    assert result.info["folds"] == f"stratified 5-fold over {n_images // 2} groups"
+    for p in result.predictions:
+        _, codes = np.unique(p.groups, return_inverse=True)
+        _, truth = np.unique(patient, return_inverse=True)
+        np.testing.assert_array_equal(codes, truth)  # the patients, not the images
+    report = score_cell_probes(result, n_boot=100, seed=0)
+    assert report.info["bootstrap_unit"] == "group" and report.info["bootstrap_units"] == n_images // 2
+    one = tmp_path / "one.csv"
+    one.write_text("image,group\n" + "".join(f"im{i},all\n" for i in range(n_images)))
+    with pytest.raises(DataError, match="every cell is in one group"):
+        run_cell_probes([path], ProbeConfig(level="cell", labels="type", groups=str(one)))

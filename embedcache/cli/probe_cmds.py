@@ -39,12 +39,14 @@ from embedcache.cli.options import json_option, quiet_option
 @click.option("--pca", default=None, type=click.IntRange(min=1), metavar="N",
               help="Cell level: project features onto N principal components (fitted on training cells), "
                    "so encoders of different widths compare at one dimension.")
+@click.option("--groups", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.csv",
+              help="Cell level: a CSV of image,group (patient, centre); folds and intervals keep a group together.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for probe.json, probe.csv and probe.png (score against depth).")
 @json_option
 @quiet_option
-def probe(stores, labels, level, layers, method, pooled, folds, k, augment, n_boot, seed, fractions, pca, out,
-          as_json, quiet):
+def probe(stores, labels, level, layers, method, pooled, folds, k, augment, n_boot, seed, fractions, pca, groups,
+          out, as_json, quiet):
     """Probe what each cached layer holds: logistic regression (L2 swept on the
     training split) and cosine kNN on pooled tile vectors, or a linear probe
     on patch tokens scored by Dice and mIoU.
@@ -73,7 +75,8 @@ def probe(stores, labels, level, layers, method, pooled, folds, k, augment, n_bo
     if level == "cell":
         return _cell_probe(list(stores), ProbeConfig(labels=labels, level=level, layers=layers, method=method or "both",
                                                      folds=folds, k=k, augment=augment, n_boot=n_boot, seed=seed,
-                                                     fractions=fractions, pca=pca), out, as_json, quiet)
+                                                     fractions=fractions, pca=pca,
+                                                     groups=str(groups) if groups else None), out, as_json, quiet)
     config = ProbeConfig(labels=labels, level=level, layers=layers,
                          method=method or ("linear" if level == "patch" else "both"), pooled=pooled, folds=folds,
                          k=k, augment=augment, n_boot=n_boot, seed=seed)

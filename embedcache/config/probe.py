@@ -59,6 +59,9 @@ class ProbeConfig(_Config):
         Cell level: project features onto this many principal components
         (fitted on each fold's training cells) so encoders of different
         widths compare at one dimension; None: the full width.
+    groups : str or None
+        Cell level: a CSV of ``image,group`` (patient, centre): folds and
+        resamples keep the cells of one group together; None: of one source image.
     """
 
     labels: str = "tissue"
@@ -75,6 +78,7 @@ class ProbeConfig(_Config):
     max_patches: int = 200_000
     fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
     pca: int | None = None
+    groups: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "l2_grid", tuple(float(c) for c in self.l2_grid))

@@ -100,7 +100,13 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
     stores = open_cell_stores(paths)
     keep, y, classes = cell_labels(stores[0])
     table = stores[0].table()
-    groups = table["source"][keep]
+    groups, unit = table["source"][keep], "source image"
+    if config.groups:
+        from embedcache.train.stream import read_groups
+
+        groups, unit = read_groups(config.groups, stores[0])[groups], "group"
+        if len(np.unique(groups)) < 2:
+            raise DataError(f"{config.groups}: every cell is in one group; folds need at least two groups")
     folds = make_folds(y, config.folds, None, config.seed, groups, classes)
     # Stores may cache different variants (an encoder's own extract settings): invariance and transfer
     # compare every store on the variants they all hold (the identity first in each).
@@ -143,8 +149,8 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
         "level": "cell", "labels": {"source": "type", "task": CLASSIFICATION, "names": classes,
                                     "counts": np.bincount(y, minlength=len(classes)).tolist()},
         "n_tiles": int(len(y)), "n_cells": int(len(y)), "n_untyped": int((~keep).sum()),
-        "folds": f"stratified {config.folds or 5}-fold over {n_images} source images",
-        "n_folds": int(len(np.unique(folds))), "unit": "source image", "n_units": n_images,
+        "folds": f"stratified {config.folds or 5}-fold over {n_images} {unit}s",
+        "n_folds": int(len(np.unique(folds))), "unit": unit, "n_units": n_images,
         "features": _features(config.pca, widths),
         "variants": variants, "nuclei": stores[0].nuclei, "config": config.to_dict()}
     return result

@@ -118,7 +118,8 @@ class CellReport:
         names = info.get("labels", {}).get("names", [])
         head = (f"cell-level probe of nucleus types ({', '.join(names)}): {info.get('n_cells', '?')} cells, "
                 f"{info.get('folds', '?')}; features {info.get('features', '?')}; 95% intervals over "
-                f"{info.get('n_boot', '?')} resamples of the {info.get('n_units', '?')} source images")
+                f"{info.get('n_boot', '?')} resamples of the {info.get('n_units', '?')} "
+                f"{info.get('unit', 'source image')}s")
         best = {(b["store"], b["method"], b["layer"]) for b in self.best()}
         few = _few_images(info)
         body = [[r["store"], r["layer"], r["method"], *[_text(r["scores"][m]) for m in CELL_METRICS],
@@ -189,8 +190,9 @@ def _few_images(info: dict) -> str:
     n = info.get("n_units") or 0
     if n >= FEW_IMAGES:
         return ""
-    return (f"the cells come from only {n} source images: folds and intervals are over images, so scores swing "
-            "with which image is held out and the intervals are rough; use more images for a comparison")
+    unit = info.get("unit", "source image")
+    return (f"the cells come from only {n} {unit}s: folds and intervals are over them, so scores swing "
+            f"with which {unit} is held out and the intervals are rough; use more {unit}s for a comparison")
 
 
 def _text(s: dict, signed: bool = False) -> str:
@@ -228,7 +230,8 @@ def score_cell_probes(result, n_boot: int = 1000, seed: int = 0) -> CellReport:
             best_boot[key] = (point["balanced_accuracy"], b["balanced_accuracy"], p.layer,
                               group_confusion(p.y_true, p.y_pred, codes, k))
     report = CellReport(rows, info={**result.info, "n_boot": n_boot, "bootstrap_seed": seed,
-                                    "bootstrap_unit": "source image", "bootstrap_units": int(W.shape[1])})
+                                    "bootstrap_unit": result.info.get("unit", "source image"),
+                                    "bootstrap_units": int(W.shape[1])})
     report.comparisons = _comparisons(best_boot, k, seed)
     for p in result.curve:
         b = boots(p.y_true, p.y_pred)["balanced_accuracy"]
@@ -327,7 +330,8 @@ def cells_markdown(report: CellReport, dataset: str) -> str:
     lines = [f"## {dataset}: cell types from the cache", "",
              f"Linear and kNN probes on one vector per nucleus ({info.get('n_cells')} typed cells: "
              + ", ".join(f"{n} {c}" for n, c in zip(names, counts)) + f"), {info.get('folds')}; features "
-             f"{info.get('features')}. 95% intervals over {info.get('n_boot')} resamples of the source images."
+             f"{info.get('features')}. 95% intervals over {info.get('n_boot')} resamples of the "
+             f"{info.get('unit', 'source image')}s."
              + (f" **Note**: {_few_images(info)}." if _few_images(info) else ""), "",
              "| encoder | method | best layer | balanced accuracy | macro-F1 | per-class F1 |", "|---|---|---|---|---|---|"]
     rows = {(r["store"], r["method"], r["layer"]): r for r in report.rows}
