@@ -124,6 +124,10 @@ def test_another_runs_partial_is_refused_and_bad_settings_say_what_to_do(setup):
     (partial / "plan.json").write_text(json.dumps({"run": "somewhere else"}))
     with pytest.raises(DataError, match="another run's partial results"):
         predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=96, progress=False)
+    done = tmp / "finished"  # finished with 512-px regions: other settings are refused, not silently replaced
+    predict_slides(setup["run"], setup["slides"], done, run_mpp=0.5, region=512, progress=False)
+    with pytest.raises(DataError, match="holds nuclei from another run or other settings; pass --overwrite"):
+        predict_slides(setup["run"], setup["slides"], done, run_mpp=0.5, region=96, progress=False)
     with pytest.raises(DataError, match="does not record the resolution it was trained at; pass --run-mpp"):
         predict_slides(setup["run"], setup["slides"], tmp / "x", progress=False)
     with pytest.raises(DataError, match="no slides found"):
@@ -184,5 +188,5 @@ def test_a_full_disk_stops_with_one_line_and_keeps_finished_slides(setup, monkey
 
     monkeypatch.setattr("embedcache.infer.slides.write_region", full)
     with pytest.raises(DataError, match="the disk is full; free space and run the same command again"):
-        predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=96, progress=False)
+        predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=96, overwrite=True, progress=False)
     assert (out / "a" / "nuclei.parquet").read_bytes() == before  # the finished slide is untouched

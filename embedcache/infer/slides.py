@@ -289,6 +289,8 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
         if summary.get("settings") == settings:
             return SlideResult(plan.name, "already done", summary["nuclei"], summary.get("seconds", 0.0),
                                regions=len(plan.regions))
+        raise OutputMismatchError(f"{final} holds nuclei from another run or other settings; pass --overwrite to "
+                                  "replace them (they stay until the new ones are complete), or choose another --out")
     partial = files.partial_path(final)
     plan_file = partial / "plan.json"
     if partial.exists() and not overwrite:
