@@ -29,7 +29,9 @@ import numpy as np
 
 from embedcache.datasets.annotations import ANNOTATION_SUFFIXES, read_geojson, tile_labels
 from embedcache.datasets.base import TileDataset, TileIndex
-from embedcache.datasets.wsi import MASK_MPP, SLIDE_SUFFIXES, Slide, box_fractions, list_slides, open_slide, tissue_mask
+from embedcache.datasets.wsi import (
+    MASK_MPP, SLIDE_SUFFIXES, Slide, box_fractions, list_slides, open_slide, read_scaled, tissue_mask,
+)
 from embedcache.errors import ConfigError, DataError
 from embedcache.geometry import TileGeometry
 
@@ -152,22 +154,11 @@ class SlideDataset(TileDataset):
 
     def read_tile(self, i: int) -> np.ndarray:
         """Tile ``i`` as ``(H, W, 3)`` uint8, resampled to ``tile_mpp``."""
-        from PIL import Image
-
         k = int(self.tiles.source[i])
-        slide = self._slide(k)
         level, ratio = self._reader(k)
         t = self.tile_shape[0]
-        r, c = (float(v) * ratio for v in self.tiles.offset[i])
-        size = t * ratio
-        if abs(ratio - 1) < 1e-6:
-            return slide.read(level, int(round(r)), int(round(c)), t, t)
-        lh, lw = slide.dims[level]
-        r0, c0 = max(0, int(np.floor(r)) - 1), max(0, int(np.floor(c)) - 1)
-        r1, c1 = min(lh, int(np.ceil(r + size)) + 1), min(lw, int(np.ceil(c + size)) + 1)
-        region = Image.fromarray(slide.read(level, r0, c0, r1 - r0, c1 - c0))
-        box = (c - c0, r - r0, c - c0 + size, r - r0 + size)
-        return np.asarray(region.resize((t, t), Image.Resampling.LANCZOS, box=box))
+        r, c = (float(v) for v in self.tiles.offset[i])
+        return read_scaled(self._slide(k), level, ratio, r, c, t, t)
 
     def _read_images(self, idx):
         if not len(idx):

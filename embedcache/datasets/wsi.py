@@ -132,6 +132,28 @@ class OpenSlideSlide(Slide):
         self._slide.close()
 
 
+def read_scaled(slide: Slide, level: int, ratio: float, row: float, col: float, height: int,
+                width: int) -> np.ndarray:
+    """A box of ``(height, width)`` output pixels from ``(row, col)`` (output pixels), ``(h, w, 3)`` uint8.
+
+    ``ratio`` is level pixels per output pixel: the box is read from
+    ``level`` and resampled (Lanczos), or read as it is when the ratio is 1.
+    Extraction's slide tiles and whole-slide prediction's regions both read
+    through here, so they see the same pixels.
+    """
+    from PIL import Image
+
+    r, c = row * ratio, col * ratio
+    if abs(ratio - 1) < 1e-6:
+        return slide.read(level, int(round(r)), int(round(c)), height, width)
+    lh, lw = slide.dims[level]
+    r0, c0 = max(0, int(np.floor(r)) - 1), max(0, int(np.floor(c)) - 1)
+    r1, c1 = min(lh, int(np.ceil(r + height * ratio)) + 1), min(lw, int(np.ceil(c + width * ratio)) + 1)
+    part = Image.fromarray(slide.read(level, r0, c0, r1 - r0, c1 - c0))
+    box = (c - c0, r - r0, c - c0 + width * ratio, r - r0 + height * ratio)
+    return np.asarray(part.resize((width, height), Image.Resampling.LANCZOS, box=box))
+
+
 def _positive(value) -> float | None:
     try:
         v = float(value)

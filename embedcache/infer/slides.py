@@ -46,7 +46,7 @@ import numpy as np
 
 from embedcache import files
 from embedcache.config import PostprocessConfig
-from embedcache.datasets.wsi import MASK_MPP, box_fractions, list_slides, open_slide, tissue_mask
+from embedcache.datasets.wsi import MASK_MPP, box_fractions, list_slides, open_slide, read_scaled, tissue_mask
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, DataError, OutputMismatchError
 from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
@@ -155,20 +155,9 @@ def on_tile_grid(regions: list[Region], shape: tuple[int, int], tile: tuple[int,
 
 def read_box(slide, plan: SlidePlan, box: tuple[int, int, int, int]) -> np.ndarray:
     """Pixels of a box ``(r0, c0, r1, c1)`` in working pixels, ``(h, w, 3)`` uint8, resampled from the plan's level."""
-    from PIL import Image
-
     r0, c0, r1, c1 = box
-    h, w = r1 - r0, c1 - c0
     ratio = plan.work_mpp / (plan.mpp0 * slide.downsample(plan.level))  # level px per working px
-    if abs(ratio - 1) < 1e-6:
-        return slide.read(plan.level, r0, c0, h, w)
-    lh, lw = slide.dims[plan.level]
-    r, c = r0 * ratio, c0 * ratio
-    a0, b0 = max(0, int(np.floor(r)) - 1), max(0, int(np.floor(c)) - 1)
-    a1, b1 = min(lh, int(np.ceil(r + h * ratio)) + 1), min(lw, int(np.ceil(c + w * ratio)) + 1)
-    part = Image.fromarray(slide.read(plan.level, a0, b0, a1 - a0, b1 - b0))
-    return np.asarray(part.resize((w, h), Image.Resampling.LANCZOS,
-                                  box=(c - b0, r - a0, c - b0 + w * ratio, r - a0 + h * ratio)))
+    return read_scaled(slide, plan.level, ratio, r0, c0, r1 - r0, c1 - c0)
 
 
 def region_nuclei(maps: np.ndarray, n_dist: int, n_types: int, post: PostprocessConfig, directions, region: Region,
