@@ -87,21 +87,25 @@ class Epochs:
             yield from self.batches
 
 
-def timed_steps(step: Step, loader, n: int, warmup: int = 2, encoder=None) -> float:
-    """Seconds for ``n`` steps after ``warmup`` steps (the loader cycles)."""
+def timed_steps(step, loader, n: int, warmup: int = 2, encoder=None, device="cpu") -> float:
+    """Seconds for ``n`` steps after ``warmup`` steps (the loader cycles), the device waited on at both ends."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     it = iter(loader)
     t0 = None
     for k in range(warmup + n):
         if k == warmup:
+            sync()
             t0 = time.perf_counter()
         try:
             batch = next(it)
         except StopIteration:
             it = iter(loader)
             batch = next(it)
-        batch = to_device(batch, "cpu")  # as training does: compact types from the loader, converted here
+        batch = to_device(batch, device)  # as training does: compact types from the loader, converted here
         tokens = encoder(batch["image"]) if encoder is not None else None
         step(batch, tokens)
+    sync()
     return time.perf_counter() - t0
 
 

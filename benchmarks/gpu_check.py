@@ -37,8 +37,10 @@ from embedcache.datasets.synthetic import make_tiles
 from embedcache.extract import Extraction, extract
 from embedcache.extract.job import ExtractionJob
 from embedcache.train.decoder import NucleiDecoder, NucleiLoss
-from embedcache.train.stream import EpochBatches, TileStream, make_loader, to_device
+from embedcache.train.stream import EpochBatches, TileStream, make_loader
 from embedcache.train.targets import TargetCache
+
+from bench_decoder import timed_steps  # this script's folder
 
 FULL = {"encoders": {"ViT-S/16": "timm:vit_small_patch16_224", "ViT-L/16": "timm:vit_large_patch16_224"},
         "sizes": (224, 256)}
@@ -125,25 +127,13 @@ class Step:
 
 
 def steps_per_second(step: Step, loader, steps: int, encoder=None) -> float:
-    it = iter(loader)
-    t0 = None
-    for k in range(steps + 2):
-        if k == 2:
-            sync(step.device)
-            t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        batch = to_device(batch, step.device)
-        tokens = None
-        if encoder is not None:
+    """Decoder steps/s (:func:`bench_decoder.timed_steps`); ``encoder``: tokens computed live in bf16 each step."""
+    live = None
+    if encoder is not None:
+        def live(images):
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=step.device.type == "cuda"):
-                tokens = [t.to(torch.float16).float() for t, _ in encoder(batch["image"])]
-        step(batch, tokens)
-    sync(step.device)
-    return steps / (time.perf_counter() - t0)
+                return [t.to(torch.float16).float() for t, _ in encoder(images)]
+    return steps / timed_steps(step, loader, steps, encoder=live, device=step.device)
 
 
 def main():

@@ -30,7 +30,7 @@ import numpy as np
 from embedcache.datasets.annotations import ANNOTATION_SUFFIXES, read_geojson, tile_labels
 from embedcache.datasets.base import TileDataset, TileIndex
 from embedcache.datasets.wsi import (
-    MASK_MPP, SLIDE_SUFFIXES, Slide, box_fractions, list_slides, open_slide, read_scaled, tissue_mask,
+    SLIDE_SUFFIXES, Slide, box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue,
 )
 from embedcache.errors import ConfigError, DataError
 from embedcache.geometry import TileGeometry
@@ -119,14 +119,8 @@ class SlideDataset(TileDataset):
             if mpp is None:
                 raise DataError(f"{path}: the slide does not record its microns per pixel; pass --mpp "
                                 "(level-0 um/px, e.g. 0.25 at 40x, 0.5 at 20x)")
-            levels = range(len(slide.dims))
-            coarse = [lv for lv in levels if mpp * slide.downsample(lv) <= MASK_MPP]
-            mask_level = max(coarse) if coarse else 0
-            fine = [lv for lv in levels if mpp * slide.downsample(lv) <= self.tile_mpp * (1 + 1e-3)]
-            read_level = max(fine) if fine else 0
-            mh, mw = slide.dims[mask_level]
-            mask_mpp = mpp * slide.downsample(mask_level)
-            mask = tissue_mask(slide.read(mask_level, 0, 0, mh, mw), mask_mpp)
+            read_level = level_for(slide, mpp, self.tile_mpp)
+            mask, mask_level, mask_mpp = slide_tissue(slide, mpp)
         finally:
             slide.close()
         h0, w0 = slide.dims[0]

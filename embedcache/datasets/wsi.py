@@ -132,6 +132,30 @@ class OpenSlideSlide(Slide):
         self._slide.close()
 
 
+def level_for(slide: Slide, mpp0: float, mpp: float, tolerance: float = 1e-3) -> int:
+    """The coarsest level at least as fine as ``mpp`` um/px, give or take ``tolerance`` (a fraction; level 0
+    when none is), for level-0 ``mpp0``."""
+    fine = [lv for lv in range(len(slide.dims)) if mpp0 * slide.downsample(lv) <= mpp * (1 + tolerance)]
+    return max(fine) if fine else 0
+
+
+def slide_tissue(slide: Slide, mpp0: float) -> tuple[np.ndarray, int, float]:
+    """Tissue of a slide found on its coarsest level at most :data:`MASK_MPP` um/px.
+
+    Returns
+    -------
+    mask : (h, w) ndarray of bool
+    level : int
+        The level it was found on.
+    mpp : float
+        Microns per pixel of ``mask``.
+    """
+    level = level_for(slide, mpp0, MASK_MPP, tolerance=0)
+    h, w = slide.dims[level]
+    mpp = mpp0 * slide.downsample(level)
+    return tissue_mask(slide.read(level, 0, 0, h, w), mpp), level, mpp
+
+
 def read_scaled(slide: Slide, level: int, ratio: float, row: float, col: float, height: int,
                 width: int) -> np.ndarray:
     """A box of ``(height, width)`` output pixels from ``(row, col)`` (output pixels), ``(h, w, 3)`` uint8.

@@ -143,17 +143,18 @@ class Extraction:
                 for t, v in chunk])
             outs = self._forward(batch)
             for k, (lay, (tok, pre)) in enumerate(zip(self.layouts, outs)):
+                x = tok.float()  # once (bf16 under autocast; a no-op on the CPU): quantisation and pooling use it
                 if dtype == "int8":
-                    q, scale = quantize(tok)
+                    q, scale = quantize(x)
                     bad[k] |= ~torch.isfinite(scale).all()  # a NaN or inf token makes its channel's scale so
                     host[schema.tokens_path(lay.name)][rows].copy_(q, non_blocking=cuda)
                     host[schema.scales_path(lay.name)][rows].copy_(scale, non_blocking=cuda)
                 else:
                     # One reduction finds overflow, inf and NaN alike (NaN propagates through amax).
-                    peak = tok.detach().abs().amax().float()
+                    peak = x.abs().amax()
                     bad[k] |= ~(torch.isfinite(peak) & (peak <= limit))
                     host[schema.tokens_path(lay.name)][rows].copy_(tok.to(stored), non_blocking=cuda)
-                host[schema.pooled_path(lay.name, "mean")][rows].copy_(tok.float().mean((-2, -1)), non_blocking=cuda)
+                host[schema.pooled_path(lay.name, "mean")][rows].copy_(x.mean((-2, -1)), non_blocking=cuda)
                 if lay.has_cls:
                     host[schema.pooled_path(lay.name, "cls")][rows].copy_(pre[:, 0].float(), non_blocking=cuda)
                 if lay.n_prefix:

@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from embedcache import files
-from embedcache.infer.writer import _ring, colour
+from embedcache.infer.writer import _ring, colour, detection
 
 COLUMNS = ("id", "region", "x_px", "y_px", "x_um", "y_um", "area_um2", "type_id", "type_name", "score",
            "type_score", "polygon_wkb")
 SIMPLIFY_PX = 0.5  # outline simplification tolerance, working pixels
 
 
-def region_rows(inst: np.ndarray, nuclei: dict, owned: np.ndarray, region: int, origin: tuple[int, int],
-                scale: float, mpp0: float, class_names: dict) -> dict[str, list]:
+def region_rows(inst: np.ndarray, nuclei: dict, centroids: np.ndarray, owned: np.ndarray, region: int,
+                origin: tuple[int, int], scale: float, mpp0: float, class_names: dict) -> dict[str, list]:
     """Table columns of the nuclei a region keeps.
 
     Parameters
@@ -42,6 +42,8 @@ def region_rows(inst: np.ndarray, nuclei: dict, owned: np.ndarray, region: int, 
         Instance ids 1..K of the region's read box.
     nuclei : dict
         ``score``, ``type_id``, ``type_score`` per instance (:func:`embedcache.postprocess.instances_from_maps`).
+    centroids : (K, 2) ndarray of float
+        (row, col) of each instance in the read box's pixels.
     owned : (K,) ndarray of bool
         Instances the region keeps (centroid in its core).
     origin : (row, col)
@@ -75,9 +77,7 @@ def region_rows(inst: np.ndarray, nuclei: dict, owned: np.ndarray, region: int, 
         if poly.is_empty or poly.geom_type != "Polygon":
             continue
         poly = orient(poly, 1.0)  # counter-clockwise exterior (RFC 7946)
-        rows, cols = np.nonzero(mask)
-        cy = (rows.mean() + sl[0].start + origin[0] + 0.5) * scale
-        cx = (cols.mean() + sl[1].start + origin[1] + 0.5) * scale
+        cy, cx = ((centroids[k - 1] + origin + 0.5) * scale).tolist()
         t = int(type_id[k - 1]) if len(type_id) >= k else 0
         out["id"].append(0)  # numbered when the slide is finished
         out["region"].append(int(region))
@@ -121,13 +121,9 @@ def features(table, class_names: dict) -> list[dict]:
     cols = table.to_pydict()
     out = []
     for i in range(table.num_rows):
-        t = int(cols["type_id"][i])
-        props = {"objectType": "detection", "id": int(cols["id"][i]),
-                 "measurements": {"area_um2": round(float(cols["area_um2"][i]), 2),
-                                  "score": round(float(cols["score"][i]), 4),
-                                  "type_score": round(float(cols["type_score"][i]), 4)}}
-        if t:
-            props["classification"] = {"name": class_names.get(t, f"type {t}"), "color": list(colour(t))}
+        props = detection(cols["id"][i], int(cols["type_id"][i]), class_names,
+                          {"area_um2": round(float(cols["area_um2"][i]), 2), "score": round(float(cols["score"][i]), 4),
+                           "type_score": round(float(cols["type_score"][i]), 4)})
         geom = mapping(wkb.loads(cols["polygon_wkb"][i]))
         geom["coordinates"] = [[[round(x, 2), round(y, 2)] for x, y in ring] for ring in geom["coordinates"]]
         out.append({"type": "Feature", "geometry": geom, "properties": props})

@@ -46,7 +46,7 @@ import numpy as np
 
 from embedcache import files
 from embedcache.config import PostprocessConfig
-from embedcache.datasets.wsi import MASK_MPP, box_fractions, list_slides, open_slide, read_scaled, tissue_mask
+from embedcache.datasets.wsi import box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, DataError, OutputMismatchError
 from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
@@ -105,14 +105,8 @@ def plan_slide(path: Path, work_mpp: float, region: int, margin: int, mpp: float
         if mpp0 > work_mpp * (1 + RESAMPLE_TOLERANCE):
             raise DataError(f"{path}: the run was trained at {work_mpp:g} um/px, but this slide's finest level is "
                             f"{mpp0:g} um/px; predict slides scanned at {work_mpp:g} um/px or finer")
-        levels = range(len(slide.dims))
-        fine = [lv for lv in levels if mpp0 * slide.downsample(lv) <= work_mpp * (1 + 1e-3)]
-        level = max(fine) if fine else 0
-        coarse = [lv for lv in levels if mpp0 * slide.downsample(lv) <= MASK_MPP]
-        mask_level = max(coarse) if coarse else 0
-        mh, mw = slide.dims[mask_level]
-        mask_mpp = mpp0 * slide.downsample(mask_level)
-        mask = tissue_mask(slide.read(mask_level, 0, 0, mh, mw), mask_mpp)
+        level = level_for(slide, mpp0, work_mpp)
+        mask, mask_level, mask_mpp = slide_tissue(slide, mpp0)
         h0, w0 = slide.dims[0]
     finally:
         slide.close()
@@ -169,14 +163,13 @@ def region_nuclei(maps: np.ndarray, n_dist: int, n_types: int, post: Postprocess
     inst = nuclei["inst"]
     q0, d0 = region.read[:2]
     k = int(inst.max())
+    centroids = np.zeros((0, 2))
     if k:
         from scipy import ndimage as ndi
 
         centroids = np.asarray(ndi.center_of_mass(np.ones_like(inst), inst, np.arange(1, k + 1)))
-        owned = region.owns(centroids + (q0, d0))
-    else:
-        owned = np.zeros(0, bool)
-    return region_rows(inst, nuclei, owned, region.index, (q0, d0), scale, mpp0, class_names)
+    owned = region.owns(centroids + (q0, d0))
+    return region_rows(inst, nuclei, centroids, owned, region.index, np.array([q0, d0]), scale, mpp0, class_names)
 
 
 def _init_worker(parent: int):

@@ -58,6 +58,14 @@ def _ring(mask: np.ndarray) -> np.ndarray | None:
     return ring if len(ring) >= 4 else None
 
 
+def detection(nucleus_id: int, type_id: int, class_names: dict, measurements: dict) -> dict:
+    """GeoJSON properties of one nucleus as QuPath reads them: a detection, its class and colour, measurements."""
+    props = {"objectType": "detection", "id": int(nucleus_id), "measurements": measurements}
+    if type_id:
+        props["classification"] = {"name": class_names.get(type_id, f"type {type_id}"), "color": list(colour(type_id))}
+    return props
+
+
 def instances_to_geojson(inst: np.ndarray, type_id=None, score=None, class_names: dict | None = None,
                          type_score=None, offset=(0, 0)) -> dict:
     """A GeoJSON FeatureCollection with one polygon per nucleus.
@@ -93,12 +101,10 @@ def instances_to_geojson(inst: np.ndarray, type_id=None, score=None, class_names
         if np.sum(xs[:-1] * ys[1:] - xs[1:] * ys[:-1]) < 0:
             xs, ys = xs[::-1], ys[::-1]
         t = int(type_id[k - 1]) if type_id is not None and len(type_id) >= k else 0
-        props = {"objectType": "detection", "id": k, "type_id": t,
-                 "measurements": {"score": round(float(score[k - 1]), 4) if score is not None else None}}
+        measured = {"score": round(float(score[k - 1]), 4) if score is not None else None}
         if type_score is not None:
-            props["measurements"]["type_score"] = round(float(type_score[k - 1]), 4)
-        if t:
-            props["classification"] = {"name": names.get(t, f"type {t}"), "color": list(colour(t))}
+            measured["type_score"] = round(float(type_score[k - 1]), 4)
+        props = {**detection(k, t, names, measured), "type_id": t}
         coords = [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs, ys)]
         features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [coords]},
                          "properties": props})

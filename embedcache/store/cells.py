@@ -128,21 +128,13 @@ class CellStore:
     def vectors(self, layer, idx=slice(None), variant=0) -> np.ndarray:
         """Cell vectors of one layer: ``(n, C)`` for one variant, ``(n, V, C)`` for a list of them or all (None)."""
         arr = self._array(vectors_path(self.resolve_layer(layer)))
-        if variant is None:
-            sel = slice(None)
-        elif isinstance(variant, (list, tuple)):
-            sel = [self._variant(v) for v in variant]
-        else:
-            sel = self._variant(variant)
+        sel = schema.variant_selection(self.variants, variant, self.path)
         try:
             out = arr.get_orthogonal_selection((idx if isinstance(idx, slice) else np.asarray(idx), sel))
         except Exception as exc:
             raise StoreError(f"{self.path}: cannot read {vectors_path(layer)} ({type(exc).__name__}: {exc}); "
                              "run `embedcache verify` and rebuild with --overwrite") from exc
         return np.asarray(out, dtype=np.float32)
-
-    def _variant(self, variant) -> int:
-        return schema.variant_index(self.variants, variant, self.path)
 
     def table(self) -> dict[str, np.ndarray]:
         """Every column of the cell table: ``tile``, ``source``, ``instance``, ``centroid`` (n, 2) pixels,

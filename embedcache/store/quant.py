@@ -10,7 +10,9 @@ computes the same bytes. The scales cost ``4 / (h * w)`` bytes per token
 value (1.6% at a 16 x 16 grid).
 
 ``quantize`` runs in torch, where the tokens are (on the GPU when there is
-one); ``dequantize`` runs in numpy where the store is read.
+one); ``dequantize`` runs in numpy where the store is read, and
+``dequantize_torch`` where a training batch is used (the same float32
+product, so both give the same floats).
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     out = q.astype(np.float32)
     out *= np.asarray(scale, dtype=np.float32)[..., None, None]
     return out
+
+
+def dequantize_torch(q, scale):
+    """:func:`dequantize` for torch tensors (wherever they are): ``q.float() * scale``, channel-wise."""
+    return q.float() * scale[..., None, None]
 
 
 def to_float(values: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:

@@ -239,17 +239,6 @@ class Store:
         lab = self._read(schema.LABELS, idx)
         return lab[..., 0], lab[..., 1]
 
-    def _variants(self, variant):
-        """Variant selection for zarr: one index, a slice (None: all; consecutive lists) or a list."""
-        if variant is None:
-            return slice(None)
-        if isinstance(variant, (list, tuple)):
-            which = [self._variant(v) for v in variant]
-            if which == list(range(which[0], which[0] + len(which))):
-                return slice(which[0], which[0] + len(which))
-            return which
-        return self._variant(variant)
-
     @property
     def quantized(self) -> bool:
         """Tokens are stored as int8 with a scale per tile, variant and channel (:mod:`embedcache.store.quant`)."""
@@ -260,7 +249,7 @@ class Store:
         stores, their ``scales`` ``(n, C)`` float32 (else None); :func:`embedcache.store.quant.to_float`
         turns them into floats. ``variant`` as in :meth:`tokens`.
         """
-        layer, which = self._layer(layer), self._variants(variant)
+        layer, which = self._layer(layer), schema.variant_selection(self.variants, variant, self.path)
         values = self._read(schema.tokens_path(layer), idx, which)
         scales = self._read(schema.scales_path(layer), idx, which) if self.quantized else None
         return values, scales

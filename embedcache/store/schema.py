@@ -313,6 +313,21 @@ def variant_index(variants: list[str], variant, where) -> int:
     return int(variant)
 
 
+def variant_selection(variants: list[str], variant, where):
+    """Variants for a zarr selection: one index; every variant (None) or a consecutive run as a slice; a list.
+
+    ``variant`` is a name or index, a list of them, or None.
+    """
+    if variant is None:
+        return slice(None)
+    if isinstance(variant, (list, tuple)):
+        which = [variant_index(variants, v, where) for v in variant]
+        if which == list(range(which[0], which[0] + len(which))):
+            return slice(which[0], which[0] + len(which))
+        return which
+    return variant_index(variants, variant, where)
+
+
 def n_units(n_tiles: int, unit_tiles: int) -> int:
     return -(-n_tiles // unit_tiles)
 

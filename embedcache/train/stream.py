@@ -29,7 +29,7 @@ import torch
 
 from embedcache.datasets.variants import BY_NAME
 from embedcache.errors import ConfigError, DataError
-from embedcache.store import open_store
+from embedcache.store import open_store, quant
 from embedcache.workers import die_with_parent
 
 
@@ -393,10 +393,10 @@ def to_device(batch: dict, device) -> dict:
     non_blocking = torch.device(device).type == "cuda"
     move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
     out = {k: move(v) for k, v in batch.items() if k not in LISTS}
-    tokens = [move(t).float() for t in batch["tokens"]]
     if "scales" in batch:
-        tokens = [t * move(s)[..., None, None] for t, s in zip(tokens, batch["scales"])]
-    out["tokens"] = tokens
+        out["tokens"] = [quant.dequantize_torch(move(t), move(s)) for t, s in zip(batch["tokens"], batch["scales"])]
+    else:
+        out["tokens"] = [move(t).float() for t in batch["tokens"]]
     for key, kind in (("cls3", torch.int64), ("types", torch.int64), ("dist", torch.float32)):
         if key in out:
             out[key] = out[key].to(kind)
