@@ -190,3 +190,40 @@ def test_a_full_disk_stops_with_one_line_and_keeps_finished_slides(setup, monkey
     with pytest.raises(DataError, match="the disk is full; free space and run the same command again"):
         predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=96, overwrite=True, progress=False)
     assert (out / "a" / "nuclei.parquet").read_bytes() == before  # the finished slide is untouched
+
+
+def test_a_store_of_the_slides_stands_in_for_the_encoder_and_gives_the_same_nuclei(setup):
+    """Cached tokens where the store holds the tile, the encoder live for the tiles it skipped: the nuclei of
+    an all-live run (the slide's level 0 is at the run's resolution, so the pixels are the same)."""
+    tmp = setup["tmp"]
+    slides = tmp / "half"
+    slides.mkdir()
+    image = np.full((384, 1024, 3), 255, np.uint8)  # glass on the right: the store skips the tiles over it,
+    image[:, :448] = setup["image"]  # and prediction still meets them around the tissue's edge
+    write_slide_tiff(slides / "a.tif", image, mpp=0.5, levels=2, tile=128)
+    cache = make_store(slides, tmp / "slides.zarr", variants="none", format="slides", tile_size=64,
+                       overlap=16, tile_mpp=0.5, min_tissue=0.5)
+    live = predict_slides(setup["run"], slides, tmp / "live16", run_mpp=0.5, region=160, overlap=16,
+                          progress=False)
+    cached = predict_slides(setup["run"], slides, tmp / "cached16", run_mpp=0.5, region=160, store=cache,
+                            progress=False)  # overlap: the store's
+    assert [r.status for r in live + cached] == ["done", "done"]
+    a, b = _table(tmp / "live16" / "a"), _table(tmp / "cached16" / "a")
+    assert len(a["id"]) > 5
+    key = lambda t: sorted(zip(np.round(t["x_px"], 3), np.round(t["y_px"], 3), t["area_um2"],  # noqa: E731
+                               t["type_id"], t["score"]))
+    assert key(a) == key(b)
+    tiles = json.loads((tmp / "cached16" / "a" / "summary.json").read_text())["tiles"]
+    assert tiles["cached"] > 0 and tiles["encoded"] > 0  # both paths were taken
+    assert json.loads((tmp / "live16" / "a" / "summary.json").read_text())["tiles"]["cached"] == 0
+
+
+def test_a_store_of_another_grid_or_kind_is_refused_in_one_line(setup):
+    tmp = setup["tmp"]
+    plain = make_store(setup["slides"], tmp / "plain.zarr", variants="none", format="slides", tile_size=64,
+                       tile_mpp=0.5, min_tissue=0.6)
+    with pytest.raises(DataError, match="overlap by 0 px.*--overlap 16"):
+        predict_slides(setup["run"], setup["slides"], tmp / "bad", run_mpp=0.5, overlap=16, store=plain,
+                       progress=False)
+    with pytest.raises(DataError, match="tiles at 0.5 um/px, the run predicts at 0.25"):
+        predict_slides(setup["run"], setup["slides"], tmp / "bad", run_mpp=0.25, store=plain, progress=False)

@@ -90,6 +90,24 @@ def test_tiles_are_level0_crops_on_tissue(dataset):
         assert np.array_equal(dataset.images([i])[0], truth(k).image[r:r + TILE, c:c + TILE])
 
 
+def test_overlapping_tiles_lie_on_the_prediction_grid_and_pad_past_the_edge(tmp_path, dataset):
+    from embedcache.geometry import plan_tiles
+
+    ov = SlideDataset(slides_dir(), tile_size=TILE, tile_mpp=MPP, min_tissue=0.5, overlap=20)
+    grid = set(plan_tiles((SIZE, SIZE), (TILE, TILE), 20))  # what predict --slides cuts with --overlap 20
+    assert {tuple(o) for o in ov.tiles.offset} <= grid and ov.n_tiles > dataset.n_tiles
+    assert ov.describe()["overlap"] == 20 and dataset.describe()["overlap"] == 0
+    assert ov.fingerprint() != dataset.fingerprint()
+    # Tissue up to the slide's edge: the grid's last tiles run past it and are padded white.
+    image = truth(0).image[400:600, 400:600]
+    write_slide_tiff(tmp_path / "crop.tif", image, mpp=MPP, levels=1)
+    crop = SlideDataset(tmp_path / "crop.tif", tile_size=TILE, tile_mpp=MPP, min_tissue=0.01, overlap=20)
+    (r, c) = max(map(tuple, crop.tiles.offset))
+    assert (r, c) == (176, 176)
+    tile = crop.images([crop.n_tiles - 1])[0]
+    assert np.array_equal(tile[:24, :24], image[176:, 176:]) and np.all(tile[24:] == 255) and np.all(tile[:, 24:] == 255)
+
+
 def test_tiling_at_coarser_mpp_reads_the_matching_level():
     ds = SlideDataset(slides_dir(), tile_size=TILE, tile_mpp=1.0, min_tissue=0.5)
     assert ds.slides[0].read_level == 1 and ds.describe()["mpp"] == 1.0

@@ -82,7 +82,9 @@ def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, pati
 
 @main.command("predict")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (fit-decoder).")
-@click.option("--store", metavar="STORE", help="Predict from this store's cached features (a folder or an fsspec URL).")
+@click.option("--store", metavar="STORE",
+              help="Predict from this store's cached features (a folder or an fsspec URL). With --slides: a store "
+                   "of those slides on prediction's grid (extract --format slides --overlap 64 for 256-px tiles).")
 @click.option("--data", type=click.Path(path_type=Path),
               help="Or run the encoder live over a dataset folder or one image file.")
 @format_option
@@ -126,7 +128,9 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, t
     overlays/NAME.png and geojson/NAME.geojson (QuPath) beside them.
 
     With --slides, whole slides are predicted region by region (resumable;
-    a slide that fails is recorded in OUT/slides.csv and the others go on).
+    a slide that fails is recorded in OUT/slides.csv and the others go on);
+    with --store too, the store's tokens stand in for the encoder on the
+    tiles it holds.
 
     \b
     Examples:
@@ -137,12 +141,13 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, t
     from embedcache.infer.predict import predict
 
     if slides is not None:
-        if store is not None or data is not None:
-            raise ConfigError("give --slides alone (the encoder runs live over them), without --store or --data")
+        if data is not None:
+            raise ConfigError("give --slides alone (the encoder runs live over them) or with --store (a store of "
+                              "the same slides: its tokens replace the encoder where it holds the tile), not --data")
         from embedcache.infer.slides import predict_slides
 
         results = predict_slides(run_dir, slides, out, mpp=mpp, run_mpp=run_mpp, region=region, margin=margin,
-                                 overlap=overlap, workers=workers, device=device, batch_size=batch_size,
+                                 overlap=overlap, store=store, workers=workers, device=device, batch_size=batch_size,
                                  magnification=magnification, gzip_geojson=gzip_geojson, overwrite=overwrite,
                                  progress=not quiet)
         for r in results:

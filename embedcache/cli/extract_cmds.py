@@ -41,8 +41,9 @@ from embedcache.report import human_bytes
 @click.option("--tile-size", default=256, show_default=True, type=int,
               help="Tile side for the folder and slides layouts (slides: pixels at --tile-mpp).")
 @click.option("--overlap", default=None, type=click.IntRange(min=0), metavar="PX",
-              help="Folder layout: overlap of neighbouring tiles of an image (default: a quarter of the tile, "
-                   "as live prediction cuts images; 0: a plain grid, whose cached predictions have seams).")
+              help="Overlap of neighbouring tiles of an image. Folder layout: default a quarter of the tile, as "
+                   "live prediction cuts images (0: a plain grid, whose cached predictions have seams). Slides: "
+                   "default 0; a quarter tile makes a store predict --slides --store can read.")
 @click.option("--mpp", default=None, type=float,
               help="Slides: level-0 microns per pixel, overriding the files (for slides that record none).")
 @click.option("--tile-mpp", default=0.5, show_default=True, type=float, help="Slides: microns per pixel of the tiles.")

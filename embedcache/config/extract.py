@@ -43,8 +43,10 @@ class ExtractConfig(_Config):
     tile_size : int
         Tile side for the folder and slides layouts (slides: pixels at ``tile_mpp``).
     overlap : int or None
-        Folder layout: overlap of neighbouring tiles of an image in px, as
-        live prediction cuts images (no seams); None: a quarter of the tile.
+        Overlap of neighbouring tiles of an image in px. Folder layout, None:
+        a quarter of the tile, as live prediction cuts images (no seams).
+        Slides, None: 0 (a plain grid); the overlap of ``predict --slides``
+        (a quarter tile) makes a store it can read instead of the encoder.
     format : {"auto", "pannuke", "conic", "folder", "slides"}
     seed : int
         Seed of random initialisation with ``weights="random"``.

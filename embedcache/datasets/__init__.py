@@ -60,8 +60,11 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
     tile_size : int
         Tile side for the folder and slides layouts (stacks keep their own tile size).
     overlap : int, optional
-        Folder layout: overlap of neighbouring tiles of an image in px; None:
-        a quarter of the tile (:data:`FOLDER_OVERLAP`), what live prediction uses.
+        Overlap of neighbouring tiles of an image in px. Folder layout, None:
+        a quarter of the tile (:data:`FOLDER_OVERLAP`), what live prediction
+        uses. Slides, None: 0 (a plain grid, for the self-supervised method
+        and tile probes; give the overlap of ``predict --slides`` for a store
+        that serves it).
     mpp, tile_mpp, min_tissue
         Slides only: level-0 microns per pixel overriding the files, microns
         per pixel of the tiles, smallest tissue fraction of a kept tile
@@ -83,7 +86,8 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
     if layout == "slides":
         from embedcache.datasets.slides import SlideDataset
 
-        return SlideDataset(path, tile_size=tile_size, tile_mpp=tile_mpp, mpp=mpp, min_tissue=min_tissue)
+        return SlideDataset(path, tile_size=tile_size, tile_mpp=tile_mpp, mpp=mpp, min_tissue=min_tissue,
+                            overlap=overlap or 0)
     return FolderDataset(path, tile_size=tile_size,
                          overlap=tile_size // FOLDER_OVERLAP if overlap is None else overlap)
 

@@ -8,7 +8,13 @@ records none and gets none is refused, asking for ``--mpp``.
 
 * **Tiling** is a grid of ``tile_size`` px tiles at ``tile_mpp`` um/px from
   the slide's top-left corner; a tile is kept when tissue covers at least
-  ``min_tissue`` of it. Pixels are read from the coarsest level at least as
+  ``min_tissue`` of it. By default tiles do not overlap and the grid holds
+  whole tiles only (what the self-supervised method and tile probes want:
+  neighbours share no pixels). With ``overlap`` > 0 the grid is
+  :func:`embedcache.geometry.plan_tiles` over the slide at ``tile_mpp``,
+  the very grid ``predict --slides`` cuts with that overlap, so a store of
+  it serves whole-slide prediction from the cache; tiles past the slide's
+  edge are padded white, as live prediction pads them. Pixels are read from the coarsest level at least as
   fine as ``tile_mpp`` and resampled (Lanczos) when the scales differ.
   ``tiles.offset`` is the (row, col) of each tile in pixels *at
   tile_mpp*, so positions in micrometres are ``offset * tile_mpp``
@@ -29,11 +35,13 @@ import numpy as np
 
 from embedcache.datasets.annotations import ANNOTATION_SUFFIXES, read_geojson, tile_labels
 from embedcache.datasets.base import TileDataset, TileIndex
+from embedcache.datasets.folder import PAD_VALUE
 from embedcache.datasets.wsi import (
     SLIDE_SUFFIXES, Slide, box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue,
+    working_shape,
 )
 from embedcache.errors import ConfigError, DataError
-from embedcache.geometry import TileGeometry
+from embedcache.geometry import TileGeometry, plan_tiles
 
 
 @dataclass(frozen=True)
@@ -65,12 +73,14 @@ class SlideDataset(TileDataset):
         Level-0 microns per pixel for every slide, overriding the files.
     min_tissue : float
         Smallest tissue fraction of a kept tile (0..1).
+    overlap : int
+        Pixels by which neighbouring tiles overlap (0: a plain grid of whole tiles).
     """
 
     layout = "slides"
 
     def __init__(self, path, tile_size: int = 256, tile_mpp: float = 0.5, mpp: float | None = None,
-                 min_tissue: float = 0.5):
+                 min_tissue: float = 0.5, overlap: int = 0):
         self.path = Path(path)
         if tile_size < 16:
             raise ConfigError(f"tile size {tile_size} is too small; use at least 16 px")
@@ -80,6 +90,9 @@ class SlideDataset(TileDataset):
             raise ConfigError(f"mpp must be positive, got {mpp}")
         if not 0 <= min_tissue <= 1:
             raise ConfigError(f"min_tissue must lie in 0..1, got {min_tissue}")
+        if not 0 <= overlap <= tile_size // 2:
+            raise ConfigError(f"overlap must lie in 0..{tile_size // 2} px for {tile_size}-px tiles, got {overlap}")
+        self.overlap = int(overlap)
         files = list_slides(self.path)
         if not files:
             raise DataError(f"{self.path}: no slides found ({', '.join(SLIDE_SUFFIXES)})")
@@ -125,9 +138,7 @@ class SlideDataset(TileDataset):
             slide.close()
         h0, w0 = slide.dims[0]
         t = self.tile_shape[0]
-        grid_h, grid_w = int(h0 * mpp / self.tile_mpp) // t, int(w0 * mpp / self.tile_mpp) // t
-        rr, cc = np.meshgrid(np.arange(grid_h) * t, np.arange(grid_w) * t, indexing="ij")
-        rows, cols = rr.ravel(), cc.ravel()
+        rows, cols = self._grid(working_shape((h0, w0), mpp, self.tile_mpp))
         to_mask = self.tile_mpp / mask_mpp  # mask pixels per tile pixel
         frac = box_fractions(mask, rows * to_mask, cols * to_mask, t * to_mask) if rows.size else rows
         keep = frac >= max(self.min_tissue, 1e-9)
@@ -139,6 +150,15 @@ class SlideDataset(TileDataset):
         info = SlideInfo(path.stem, path, float(mpp), (h0, w0), read_level, mask_level, float(mask.mean()), notes)
         return info, rows, cols, labels
 
+    def _grid(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns of the tiles' top-left corners over a slide of ``shape`` working pixels."""
+        t = self.tile_shape[0]
+        if self.overlap:
+            corners = np.asarray(plan_tiles(shape, self.tile_shape, self.overlap), np.int64).reshape(-1, 2)
+            return corners[:, 0], corners[:, 1]
+        rr, cc = np.meshgrid(np.arange(shape[0] // t) * t, np.arange(shape[1] // t) * t, indexing="ij")
+        return rr.ravel(), cc.ravel()
+
     # -- reading ----------------------------------------------------------
     def _read_plan(self, k: int) -> tuple[int, float]:
         """(level, level pixels per tile pixel) tiles of slide ``k`` are read at."""
@@ -147,12 +167,19 @@ class SlideDataset(TileDataset):
         return info.read_level, self.tile_mpp / level_mpp
 
     def read_tile(self, i: int) -> np.ndarray:
-        """Tile ``i`` as ``(H, W, 3)`` uint8, resampled to ``tile_mpp``."""
+        """Tile ``i`` as ``(H, W, 3)`` uint8, resampled to ``tile_mpp``; white past the slide's edge."""
         k = int(self.tiles.source[i])
         level, ratio = self._reader(k)
         t = self.tile_shape[0]
-        r, c = (float(v) for v in self.tiles.offset[i])
-        return read_scaled(self._slide(k), level, ratio, r, c, t, t)
+        r, c = (int(v) for v in self.tiles.offset[i])
+        info = self.slides[k]
+        h, w = working_shape(info.dims, info.mpp, self.tile_mpp)
+        inside = (min(t, h - r), min(t, w - c))
+        if inside == (t, t):
+            return read_scaled(self._slide(k), level, ratio, r, c, t, t)
+        out = np.full((t, t, 3), PAD_VALUE, np.uint8)
+        out[:inside[0], :inside[1]] = read_scaled(self._slide(k), level, ratio, r, c, *inside)
+        return out
 
     def _read_images(self, idx):
         if not len(idx):
@@ -170,12 +197,14 @@ class SlideDataset(TileDataset):
 
         h = hashlib.sha256(super().fingerprint().encode())
         h.update(json.dumps([self.tile_mpp, self.mpp_override, self.min_tissue]).encode())
+        if self.overlap:  # stores made before tiles could overlap keep their fingerprint
+            h.update(f"overlap={self.overlap}".encode())
         h.update(np.ascontiguousarray(self.tiles.offset).tobytes())
         return h.hexdigest()
 
     def describe(self) -> dict:
         return {**super().describe(), "mpp": self.tile_mpp, "tile_mpp": self.tile_mpp,
-                "min_tissue": self.min_tissue,
+                "min_tissue": self.min_tissue, "overlap": self.overlap,
                 "slides": [{"name": s.name, "mpp": s.mpp, "dims": list(s.dims), "read_level": s.read_level,
                             "tissue_fraction": round(s.tissue_fraction, 4),
                             "annotations": s.annotations.name if s.annotations else None} for s in self.slides]}

@@ -156,6 +156,15 @@ def slide_tissue(slide: Slide, mpp0: float) -> tuple[np.ndarray, int, float]:
     return tissue_mask(slide.read(level, 0, 0, h, w), mpp), level, mpp
 
 
+def working_shape(dims0: tuple[int, int], mpp0: float, mpp: float) -> tuple[int, int]:
+    """``(height, width)`` in pixels at ``mpp`` of a slide whose level 0 is ``dims0`` px at ``mpp0``.
+
+    >>> working_shape((1000, 600), 0.25, 0.5)
+    (500, 300)
+    """
+    return int(dims0[0] * mpp0 / mpp), int(dims0[1] * mpp0 / mpp)
+
+
 def read_scaled(slide: Slide, level: int, ratio: float, row: float, col: float, height: int,
                 width: int) -> np.ndarray:
     """A box of ``(height, width)`` output pixels from ``(row, col)`` (output pixels), ``(h, w, 3)`` uint8.

@@ -85,3 +85,89 @@ class LiveFeatures:
                                 if schema.scales_path(layer) in arrays else None)
         return [quant.to_float(arrays[schema.tokens_path(layer)][:, pick], scales(layer))
                 for layer in self.layers], pixels
+
+
+class SlideFeatures:
+    """Tokens of a whole slide's tiles: from a store of that slide where it holds the tile, else live.
+
+    ``keys`` are ``((row, col), pixels)``: a tile's top-left corner on the
+    slide, in pixels at the run's resolution, and its pixels. A store serves
+    a slide when it was extracted from the slides layout at the same
+    microns per pixel, tile size and overlap (``extract --overlap``, the
+    grid ``predict --slides`` cuts), from a slide of that name, size and
+    resolution; tiles it skipped (too little tissue) are encoded live, so
+    the nuclei are those of an all-live run. Pixels are the same either
+    way when no resampling is needed (a slide level at the run's resolution);
+    otherwise they agree up to the resampling of a tile against a region.
+
+    Raises
+    ------
+    RunError
+        The store's features are not those the run was trained on.
+    DataError
+        The store is not of slides, or of another geometry; or (:meth:`start`)
+        it holds a slide of this name that is not this slide.
+    """
+
+    def __init__(self, live: LiveFeatures, store=None, *, run=None, work_mpp: float = 0.0, overlap: int = 0):
+        self.live, self.store = live, store
+        self.index: dict[tuple[int, int], int] = {}
+        self.cached = self.computed = 0
+        if store is None:
+            return
+        from embedcache.errors import DataError
+        from embedcache.train.checkpoint import check_features
+
+        check_features(run.store, store, run.path)
+        if store.dataset_layout != "slides":
+            raise DataError(f"{store.path} was extracted from the {store.dataset_layout} layout; predict --slides "
+                            "reads a store of the same slides (extract --format slides)")
+        if store.tile_mpp is None or abs(store.tile_mpp - work_mpp) > 1e-6 * work_mpp:
+            raise DataError(f"{store.path} holds tiles at {store.tile_mpp} um/px, the run predicts at {work_mpp:g}; "
+                            f"extract the slides with --tile-mpp {work_mpp:g}")
+        if store.tile_overlap != overlap:
+            raise DataError(f"{store.path}: its tiles overlap by {store.tile_overlap} px, prediction cuts them "
+                            f"{overlap} px apart; extract with --overlap {overlap} or predict with --overlap "
+                            f"{store.tile_overlap}")
+
+    def start(self, name: str, dims0: tuple[int, int], mpp0: float) -> int:
+        """Serve slide ``name`` next; the number of its tiles the store holds (0 without a store or the slide)."""
+        from embedcache.errors import DataError
+
+        self.index = {}
+        if self.store is None:
+            return 0
+        slides = {s["name"]: s for s in self.store.provenance.dataset.get("slides", [])}
+        if name not in slides:
+            return 0
+        rec = slides[name]
+        if tuple(rec["dims"]) != tuple(dims0) or abs(rec["mpp"] - mpp0) > 1e-6 * mpp0:
+            raise DataError(f"{self.store.path} holds a slide {name} of {rec['dims']} px at {rec['mpp']:g} um/px, "
+                            f"not this one ({list(dims0)} px at {mpp0:g} um/px); predict without --store")
+        code = list(self.store.source_names).index(name)
+        info = self.store.tile_info()
+        ids = np.flatnonzero(np.asarray(info["source"]) == code)
+        offsets = np.asarray(info["offset"])[ids]
+        self.index = {(int(r), int(c)): int(i) for (r, c), i in zip(offsets, ids)}
+        return len(self.index)
+
+    def __call__(self, keys):
+        pixels = np.stack([px for _, px in keys])
+        hit = [self.index.get(tuple(pos)) for pos, _ in keys]
+        have = [k for k, i in enumerate(hit) if i is not None]
+        miss = [k for k, i in enumerate(hit) if i is None]
+        self.cached += len(have)
+        self.computed += len(miss)
+        if not have:
+            return self.live(list(pixels))[0], pixels
+        order = sorted(have, key=lambda k: hit[k])
+        cached = [self.store.tokens(layer, [hit[k] for k in order], 0) for layer in self.store.layers]
+        live = self.live(list(pixels[miss]))[0] if miss else None
+        tokens = []
+        for j, c in enumerate(cached):
+            out = np.empty((len(keys), *c.shape[1:]), np.float32)
+            out[order] = c
+            if miss:
+                out[miss] = live[j]
+            tokens.append(out)
+        return tokens, pixels

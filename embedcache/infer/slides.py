@@ -46,15 +46,18 @@ import numpy as np
 
 from embedcache import files
 from embedcache.config import PostprocessConfig
-from embedcache.datasets.wsi import box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue
+from embedcache.datasets.wsi import (
+    box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue, working_shape,
+)
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, DataError, OutputMismatchError
 from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
-from embedcache.infer.features import LiveFeatures
+from embedcache.infer.features import LiveFeatures, SlideFeatures
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.slide_output import finish_slide, region_rows, write_region
 from embedcache.infer.tiling import cut_tile
 from embedcache.postprocess import instances_from_maps
+from embedcache.store import open_store
 from embedcache.train.checkpoint import load_run
 from embedcache.workers import die_with_parent
 
@@ -81,6 +84,7 @@ class SlidePlan:
     name: str
     path: Path
     mpp0: float  # level-0 um/px
+    dims0: tuple[int, int]  # level-0 (height, width)
     work_mpp: float  # um/px of the tiles
     level: int
     shape: tuple[int, int]  # working pixels
@@ -110,7 +114,7 @@ def plan_slide(path: Path, work_mpp: float, region: int, margin: int, mpp: float
         h0, w0 = slide.dims[0]
     finally:
         slide.close()
-    shape = (int(h0 * mpp0 / work_mpp), int(w0 * mpp0 / work_mpp))
+    shape = working_shape((h0, w0), mpp0, work_mpp)
     to_mask = work_mpp / mask_mpp
     regions = []
     for r in plan_regions(shape, region, margin):
@@ -121,7 +125,8 @@ def plan_slide(path: Path, work_mpp: float, region: int, margin: int, mpp: float
             regions.append(r)
     if not regions:
         raise DataError(f"{path}: no tissue found (checked at {mask_mpp:.1f} um/px)")
-    return SlidePlan(Path(path).stem, Path(path), float(mpp0), float(work_mpp), level, shape, regions,
+    return SlidePlan(Path(path).stem, Path(path), float(mpp0), (int(h0), int(w0)), float(work_mpp), level, shape,
+                     regions,
                      float(mask.mean()), mask_level)
 
 
@@ -179,13 +184,17 @@ def _init_worker(parent: int):
     die_with_parent(parent)
 
 
-def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessConfig, overlap: int) -> dict:
+def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessConfig, overlap: int,
+              store=None) -> dict:
     st = plan.path.stat()
     meta = Path(run.path) / "run.json"
-    return {"version": PLAN_VERSION, "run": str(Path(run.path).resolve()), "run_mtime_ns": meta.stat().st_mtime_ns,
-            "slide": plan.path.name, "slide_size": st.st_size, "slide_mtime_ns": st.st_mtime_ns,
-            "mpp0": plan.mpp0, "work_mpp": plan.work_mpp, "region": region, "margin": margin, "overlap": overlap,
-            "postprocess": post.to_dict()}
+    settings = {"version": PLAN_VERSION, "run": str(Path(run.path).resolve()),
+                "run_mtime_ns": meta.stat().st_mtime_ns, "slide": plan.path.name, "slide_size": st.st_size,
+                "slide_mtime_ns": st.st_mtime_ns, "mpp0": plan.mpp0, "work_mpp": plan.work_mpp, "region": region,
+                "margin": margin, "overlap": overlap, "postprocess": post.to_dict()}
+    if store is not None:  # live-only settings stay as they were, so their partials resume
+        settings["store"] = str(store.path)
+    return settings
 
 
 def _write_table(out: Path, results: list[SlideResult]) -> None:
@@ -198,10 +207,17 @@ def _write_table(out: Path, results: list[SlideResult]) -> None:
 
 
 def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float | None = None, region: int = 2048,
-                   margin: int | None = None, overlap: int | None = None, workers: int = 0, device: str = "auto",
+                   margin: int | None = None, overlap: int | None = None, store=None, workers: int = 0,
+                   device: str = "auto",
                    batch_size: int = 8, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
                    gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True) -> list[SlideResult]:
     """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
+
+    ``store``: a store extracted from these slides on prediction's grid
+    (``extract --format slides --overlap`` a quarter tile, at the run's
+    resolution): its tokens replace the encoder for the tiles it holds
+    (:class:`~embedcache.infer.features.SlideFeatures`); ``overlap``
+    defaults to the store's.
 
     Raises
     ------
@@ -220,13 +236,16 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
         raise DataError(f"{loaded.path}: the run does not record the resolution it was trained at; pass --run-mpp "
                         "(microns per pixel of its tiles, e.g. 0.25 for PanNuke at 40x)")
     tile = tuple(loaded.store["tile_shape"])
-    overlap = min(tile) // 4 if overlap is None else overlap
+    cache = open_store(store) if store is not None else None
+    if overlap is None:
+        overlap = cache.tile_overlap if cache is not None else min(tile) // 4
     margin = min(tile) + min(tile) // 4 if margin is None else margin
     if region < min(tile):
         raise ConfigError(f"regions of {region} px are smaller than the run's {tile[0]}-px tiles")
     post = postprocess or PostprocessConfig.for_magnification(magnification)
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post)
-    features = LiveFeatures(loaded, str(resolve_device(device)), batch_size)
+    features = SlideFeatures(LiveFeatures(loaded, str(resolve_device(device)), batch_size), cache, run=loaded,
+                             work_mpp=float(work_mpp), overlap=overlap)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[SlideResult] = []
@@ -263,7 +282,7 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
                    margin: int, overlap: int, post, gzip_geojson: bool, overwrite: bool, progress: bool):
     from tqdm.auto import tqdm
 
-    settings = _settings(run, plan, region, margin, post, overlap)
+    settings = _settings(run, plan, region, margin, post, overlap, features.store)
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
@@ -289,13 +308,16 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     tile = tuple(run.store["tile_shape"])
     todo = on_tile_grid([r for r in plan.regions if not region_file(r).exists()], plan.shape, tile, overlap)
     class_names = {int(k): v for k, v in run.store.get("class_names", {}).items()}
+    features.start(plan.name, plan.dims0, plan.mpp0)
+    features.cached = features.computed = 0
     slide = open_slide(plan.path)
     try:
         def images():
             for r in todo:
                 q0, d0, q1, d1 = r.read
                 pixels = read_box(slide, plan, r.read)
-                tiles = [(o, cut_tile(pixels, o, tile)) for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
+                tiles = [(o, ((q0 + o[0], d0 + o[1]), cut_tile(pixels, o, tile)))
+                         for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
                 yield TiledImage(f"{r.index}", (q1 - q0, d1 - d0), tiles)
 
         by_name = {str(r.index): r for r in todo}
@@ -331,7 +353,8 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     area_mm2 = plan.tissue_fraction * plan.shape[0] * plan.shape[1] * plan.work_mpp ** 2 / 1e6
     summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
                "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
-               "work_mpp": plan.work_mpp, "level": plan.level}
+               "work_mpp": plan.work_mpp, "level": plan.level,
+               "tiles": {"cached": features.cached, "encoded": features.computed}}
     summary = finish_slide(partial, sorted((partial / "regions").glob("*.parquet")), class_names, summary, thumb,
                            thumb_scale, gzip_geojson)
     files.remove(partial / "regions")  # merged into nuclei.parquet
