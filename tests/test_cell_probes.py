@@ -694,3 +694,24 @@ def test_a_groups_file_folds_and_resamples_over_patients(tmp_path):
     one.write_text("image,group\n" + "".join(f"im{i},all\n" for i in range(n_images)))
     with pytest.raises(DataError, match="every cell is in one group"):
         run_cell_probes([path], ProbeConfig(level="cell", labels="type", groups=str(one)))
+
+
+def test_a_pipelines_cell_probe_takes_a_groups_file_keyed_by_its_content(tmp_path):
+    """cells.probe.groups in a pipeline file reaches the probe, and editing the file runs the probe again
+    (its step key changes) while the steps before it stay."""
+    from embedcache.pipeline.run import plan
+    from embedcache.pipeline.spec import load_pipeline
+
+    groups = tmp_path / "patients.csv"
+    groups.write_text("image,group\n" + "".join(f"syn_{i:03d},p{i // 4}\n" for i in range(12)))
+    data = study(tmp_path / "out", cells={"probe": {"n_boot": 100, "folds": 2, "groups": str(groups)}})
+    path = write_study(tmp_path / "g.yaml", data)
+    first = plan(load_pipeline(path), progress=False)
+    assert first.cell_probes["syn"].inputs["probe"]["groups"] == str(groups)
+    groups.write_text("image,group\n" + "".join(f"syn_{i:03d},p{i // 3}\n" for i in range(12)))
+    second = plan(load_pipeline(path), progress=False)
+    assert second.cell_probes["syn"].key != first.cell_probes["syn"].key
+    assert [c.nuclei.key for c in second.cells] == [c.nuclei.key for c in first.cells]
+    groups.unlink()
+    message = one_line_error(ConfigError, lambda: plan(load_pipeline(path), progress=False), "groups file")
+    assert str(groups) in message

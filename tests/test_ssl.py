@@ -138,3 +138,32 @@ def test_encoder_mode_checkpoint_loads_as_an_encoder(tmp_path, one_thread):
         assert '"stain_target"' in f.metadata()["embedcache"]
     with pytest.raises(ConfigError, match="safetensors"):
         ssl.fit_encoder(slides_dir(), tmp_path / "x.pt", config)
+
+
+def test_held_out_slides_are_whole_groups_with_a_groups_file(tmp_path):
+    slides = [f"s{i}" for i in range(6)]
+    groups = tmp_path / "patients.csv"
+    groups.write_text("slide,group\n" + "".join(f"s{i},p{i % 3}\n" for i in range(6)))  # p0: s0, s3 ...
+    for seed in range(5):
+        held = ssl.held_out_slides(slides, 0.34, seed, str(groups))
+        assert len(held) == 2 and int(held[0][1:]) % 3 == int(held[1][1:]) % 3  # one patient, both slides
+    assert ssl.held_out_slides(slides, 0.34, 0) == ssl.held_out_slides(slides, 0.34, 0, None)  # no file: slides
+    one = tmp_path / "one.csv"
+    one.write_text("slide,group\n" + "".join(f"s{i},p\n" for i in range(6)))
+    with pytest.raises(DataError, match="every slide is in one group"):
+        ssl.held_out_slides(slides, 0.25, 0, str(one))
+    partial = tmp_path / "partial.csv"
+    partial.write_text("slide,group\ns0,p0\ns1,p1\n")
+    with pytest.raises(DataError, match="no group for 4 source slide"):
+        ssl.held_out_slides(slides, 0.25, 0, str(partial))
+
+
+def test_fit_head_records_the_groups_it_held_out(trained, tmp_path):
+    store, _ = trained
+    names = list(open_store(store).source_names)
+    groups = tmp_path / "centres.csv"
+    groups.write_text("slide,group\n" + "".join(f"{n},{'a' if k < 2 else 'b'}\n" for k, n in enumerate(names)))
+    result = ssl.fit_head(store, SSLConfig(epochs=0, name="grouped", holdout=0.5, groups=str(groups), **PAIRS),
+                          progress=False)
+    assert result.held_out in (names[:2], names[2:])
+    assert open_store(store).descriptor("grouped")["held_out"] == result.held_out

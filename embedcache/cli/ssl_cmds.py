@@ -75,11 +75,14 @@ def demo_slides(out, slides, size, mpp, seed):
 @click.option("--lr", default=None, type=float, help="Adam learning rate [head 1e-3, encoder 1e-4].")
 @click.option("--holdout", default=0.25, show_default=True, type=float,
               help="Fraction of slides kept out of training (retrieval queries).")
+@click.option("--groups", default=None, type=click.Path(dir_okay=False),
+              help="CSV of slide,group (patient, centre): hold out that fraction of the groups, each whole.")
 @device_option
 @pair_options
 @quiet_option
 def fit_ssl(mode, store, layer, kind, name, hidden, epochs, pairs, no_augment, data, out, encoder, weights, steps,
-            stain_norm, tile_size, tile_mpp, mpp, min_tissue, dim, margin, batch_size, lr, holdout, device, d_near,
+            stain_norm, tile_size, tile_mpp, mpp, min_tissue, dim, margin, batch_size, lr, holdout, groups, device,
+            d_near,
             d_far, far_from, seed, quiet):
     """Learn compact descriptors from the spatial continuity of slides (contrastive, no labels).
 
@@ -96,7 +99,8 @@ def fit_ssl(mode, store, layer, kind, name, hidden, epochs, pairs, no_augment, d
 
     config = SSLConfig(mode=mode, layer=layer, kind=kind, name=name, dim=dim, hidden=hidden, margin=margin,
                        d_near=d_near, d_far=d_far, far_from=far_from, pairs=pairs, epochs=epochs, steps=steps,
-                       batch_size=batch_size, lr=lr, holdout=holdout, augment=not no_augment, encoder=encoder,
+                       batch_size=batch_size, lr=lr, holdout=holdout, groups=groups, augment=not no_augment,
+                       encoder=encoder,
                        weights=weights, stain_norm=stain_norm, device=device, seed=seed)
     if mode == "head":
         if store is None:

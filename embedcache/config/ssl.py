@@ -67,6 +67,10 @@ class SSLConfig(_Config):
         Adam learning rate; None: 1e-3 (head), 1e-4 (encoder).
     holdout : float
         Fraction of slides kept out of training (retrieval's queries).
+    groups : str or None
+        A CSV of ``slide,group`` (patient, centre): ``holdout`` is then a
+        fraction of the groups, and a group's slides are all held out or
+        all trained on.
     augment : bool
         Head: each side of a pair reads a random cached variant.
     encoder : str
@@ -96,6 +100,7 @@ class SSLConfig(_Config):
     batch_size: int | None = None
     lr: float | None = None
     holdout: float = 0.25
+    groups: str | None = None
     augment: bool = True
     encoder: str = "timm:resnet50"
     weights: str | None = None

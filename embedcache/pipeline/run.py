@@ -241,7 +241,8 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
             return {"best": table.to_dict()["best"]}
 
         cell.probes.append(Step("probe", f"probe {pcfg.labels} ({pcfg.level}) {label}",
-                                {"store": extract_step.key, "probe": pcfg.to_dict()}, do_probe, root,
+                                {"store": extract_step.key, "probe": pcfg.to_dict(), **_probe_files(pcfg)}, do_probe,
+                                root,
                                 deps=[extract_step], group=enc.name))
 
     cells_cfg = pipeline.cells_configs(ds)
@@ -307,6 +308,17 @@ def _file_identity(path: str, what: str) -> str:
     return f"sha256:{content_fingerprint(Path(path))}"
 
 
+def _probe_files(pcfg) -> dict:
+    """The files a probe reads (a labels CSV, a groups CSV) by content, so editing them runs it again; keyed
+    only when given, so the keys of probes without them stay as they were."""
+    out = {}
+    if pcfg.labels.endswith(".csv"):
+        out["labels_file"] = _file_identity(pcfg.labels, "probe labels file")
+    if pcfg.groups:
+        out["groups_file"] = _file_identity(pcfg.groups, "probe groups file")
+    return out
+
+
 def _cell_probe_step(pipeline: Pipeline, ds: DatasetSpec, cells: list[Cell], root: Path) -> Step | None:
     """One cell probe over every encoder's cell store of ``ds`` (the same nuclei, folds and resamples)."""
     if not cells or pipeline.cells_configs(ds) is None:
@@ -325,7 +337,8 @@ def _cell_probe_step(pipeline: Pipeline, ds: DatasetSpec, cells: list[Cell], roo
         return {"best": report.best(), "stores": {n: str(p) for n, p in zip(names, paths)}}
 
     return Step("cellprobe", f"cell probe of types on {ds.name} ({', '.join(names)})",
-                {"cells": [c.nuclei.key for c in cells], "encoders": names, "probe": pcfg.to_dict()},
+                {"cells": [c.nuclei.key for c in cells], "encoders": names, "probe": pcfg.to_dict(),
+                 **_probe_files(pcfg)},
                 do_cell_probe, root, deps=[c.nuclei for c in cells], group=f"dataset:{ds.name}")
 
 

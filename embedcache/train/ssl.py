@@ -44,7 +44,7 @@ from embedcache.datasets import open_dataset
 from embedcache.device import resolve_device
 from embedcache.encoders import get_spec
 from embedcache.encoders.load import load_encoder
-from embedcache.errors import ConfigError, StoreError
+from embedcache.errors import ConfigError, DataError, StoreError
 from embedcache.files import atomic_file
 from embedcache.geometry import TileGeometry, split_slides
 from embedcache.store import open_store
@@ -103,14 +103,30 @@ class ProjectionHead(torch.nn.Module):
         return F.normalize(self.mlp((x - self.mean) / self.std), dim=1)
 
 
-def _training_tiles(geo: TileGeometry, holdout: float, seed: int) -> tuple[np.ndarray, list[str]]:
-    held = split_slides(geo.slide_names, holdout, seed) if holdout > 0 else []
+def held_out_slides(slides: list[str], holdout: float, seed: int, groups: str | None = None) -> list[str]:
+    """The slides kept out of training: a seeded fraction of the slides, or of the groups a ``slide,group``
+    CSV gives them (a group's slides together)."""
+    if holdout <= 0:
+        return []
+    if groups is None:
+        return split_slides(slides, holdout, seed)
+    from embedcache.train.stream import group_codes
+
+    codes, names = group_codes(groups, slides, what="slide")
+    if len(names) < 2:
+        raise DataError(f"{groups}: every slide is in one group ({names[0]!r}); nothing to hold out")
+    held = {names.index(g) for g in split_slides(names, holdout, seed)}
+    return sorted(s for s, c in zip(slides, codes) if c in held)
+
+
+def _training_tiles(geo: TileGeometry, config: SSLConfig) -> tuple[np.ndarray, list[str]]:
+    held = held_out_slides(list(geo.slide_names), config.holdout, config.seed, config.groups)
     held_codes = [geo.slide_names.index(h) for h in held]
     return np.flatnonzero(~np.isin(geo.source, held_codes)), held
 
 
 def _sampler(geo: TileGeometry, config: SSLConfig) -> tuple[PairSampler, list[str]]:
-    train, held = _training_tiles(geo, config.holdout, config.seed)
+    train, held = _training_tiles(geo, config)
     return PairSampler(geo, config.d_near, config.d_far, config.far_from, subset=train), held
 
 

@@ -60,39 +60,54 @@ def read_groups(path, store) -> np.ndarray:
     Raises
     ------
     DataError
-        No such file, no ``image`` and ``group`` columns, an image listed twice or with two groups, an image
-        the store does not have, or a store image the file leaves out.
+        As :func:`group_codes`.
+    """
+    names = list(store.source_names) or [f"tile{t:05d}" for t in range(store.n_tiles)]
+    return group_codes(path, names)[0]
+
+
+def group_codes(path, names, what: str = "image") -> tuple[np.ndarray, list[str]]:
+    """Codes into the sorted group names of each of ``names`` (sources: images or slides), from a CSV of
+    ``image,group`` (or ``slide,group``; header required); ``-1`` for an empty name.
+
+    Raises
+    ------
+    DataError
+        No such file, no name and ``group`` columns, a name listed twice or with two groups, a name not
+        among ``names``, or one of ``names`` the file leaves out.
     """
     import csv
     from pathlib import Path
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such groups file (a CSV with columns image,group)")
+        raise DataError(f"{path}: no such groups file (a CSV with columns {what},group)")
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     header = {(k or "").strip().lower(): k for k in (rows[0].keys() if rows else [])}
-    if "image" not in header or "group" not in header:
-        raise DataError(f"{path}: needs a header with columns image,group (got {', '.join(header) or 'no rows'})")
-    names = list(store.source_names) or [f"tile{t:05d}" for t in range(store.n_tiles)]
+    key = next((k for k in (what, "image", "slide") if k in header), None)
+    if key is None or "group" not in header:
+        raise DataError(f"{path}: needs a header with columns {what},group (got {', '.join(header) or 'no rows'})")
+    names = list(names)
     group_of: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
-        image, group = row[header["image"]].strip(), (row[header["group"]] or "").strip()
-        if image not in names:
-            raise DataError(f"{path}:{line}: image {image!r} is not a source image of the store "
+        name, group = row[header[key]].strip(), (row[header["group"]] or "").strip()
+        if name not in names:
+            raise DataError(f"{path}:{line}: {what} {name!r} is not a source {what} of the store "
                             f"(it has {', '.join(names[:4])}{' ...' if len(names) > 4 else ''})")
         if not group:
-            raise DataError(f"{path}:{line}: image {image!r} has no group")
-        if group_of.get(image, group) != group:
-            raise DataError(f"{path}:{line}: image {image!r} is in two groups ({group_of[image]!r} and {group!r}); "
-                            "the tiles of one image cannot be split")
-        group_of[image] = group
+            raise DataError(f"{path}:{line}: {what} {name!r} has no group")
+        if group_of.get(name, group) != group:
+            raise DataError(f"{path}:{line}: {what} {name!r} is in two groups ({group_of[name]!r} and {group!r}); "
+                            f"the tiles of one {what} cannot be split")
+        group_of[name] = group
     missing = [n for n in names if n and n not in group_of]
     if missing:
-        raise DataError(f"{path}: no group for {len(missing)} source image(s) of the store, e.g. {missing[0]!r}; "
-                        "give every image its group")
-    codes = {g: k for k, g in enumerate(sorted(set(group_of.values())))}
-    return np.array([codes[group_of[n]] if n else -1 for n in names], dtype=np.int64)
+        raise DataError(f"{path}: no group for {len(missing)} source {what}(s) of the store, e.g. {missing[0]!r}; "
+                        f"give every {what} its group")
+    groups = sorted(set(group_of.values()))
+    codes = {g: k for k, g in enumerate(groups)}
+    return np.array([codes[group_of[n]] if n else -1 for n in names], dtype=np.int64), groups
 
 
 def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
