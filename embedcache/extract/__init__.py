@@ -17,7 +17,7 @@ from embedcache.extract.local import extract_local
 
 def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int | None = None,
             scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
-            timeout: float | None = None) -> ExtractResult:
+            timeout: float | None = None, check: bool = True) -> ExtractResult:
     """Run ``config.encoder`` over every tile and variant of ``data`` into a store at ``out``.
 
     Parameters
@@ -45,12 +45,22 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
         Show a progress bar.
     timeout : float, optional
         Seconds to wait to connect to ``scheduler``.
+    check : bool
+        First check the dataset's headers
+        (:func:`~embedcache.datasets.check.require_clean_data`, cheap: no
+        pixels decoded) and refuse, before any model loads or store is
+        created, with the number of problems and the first; False skips it.
 
     Returns
     -------
     ExtractResult
         With ``units`` (worker and timings of each unit) for dask runs.
     """
+    if check:
+        from embedcache.datasets.check import require_clean_data
+
+        require_clean_data(data, config.format, tile_size=config.tile_size, overlap=config.overlap,
+                           mpp=config.mpp, tile_mpp=config.tile_mpp)
     if workers or scheduler:
         return extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
                                    overwrite=overwrite, progress=progress, timeout=timeout)
