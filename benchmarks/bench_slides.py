@@ -36,7 +36,7 @@ def child(args):
     from embedcache.infer.slides import predict_slides
 
     t = time.perf_counter()
-    res = predict_slides(args.run, args.slide, args.out, run_mpp=0.5, workers=args.workers, progress=False)
+    res = predict_slides(args.run, args.slide, args.out, run_mpp=0.5, post_workers=args.workers, progress=False)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"seconds": time.perf_counter() - t, "nuclei": res[0].nuclei, "status": res[0].status,

@@ -153,6 +153,9 @@ def test_the_cli_predicts_slides_and_exits_1_when_one_failed(setup):
     assert res.exit_code == 1 and "x: failed" in res.output and "cannot open slide" in res.output
     both = CliRunner().invoke(main, args + ["--out", str(tmp / "z"), "--data", str(tmp)])
     assert both.exit_code != 0 and "give --slides alone" in both.output and "Traceback" not in both.output
+    dask = CliRunner().invoke(main, ["predict", "--run", str(setup["run"]), "--data", str(tmp), "--out",
+                                     str(tmp / "z"), "--workers", "2"])
+    assert dask.exit_code != 0 and "give them with --slides" in dask.output and not (tmp / "z").exists()
 
 
 def test_peak_memory_does_not_grow_with_the_slide(setup):
@@ -227,3 +230,24 @@ def test_a_store_of_another_grid_or_kind_is_refused_in_one_line(setup):
                        progress=False)
     with pytest.raises(DataError, match="tiles at 0.5 um/px, the run predicts at 0.25"):
         predict_slides(setup["run"], setup["slides"], tmp / "bad", run_mpp=0.25, store=plain, progress=False)
+
+
+def test_slides_on_a_dask_cluster_give_the_local_outputs_and_a_failure_is_recorded(setup):
+    import shutil
+
+    tmp = setup["tmp"]
+    many = tmp / "many_slides"
+    many.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(setup["slides"] / "a.tif", many / f"{name}.tif")
+    (many / "c.tif").write_bytes(b"not a tiff")
+    local = predict_slides(setup["run"], setup["slides"], tmp / "local", run_mpp=0.5, region=256, progress=False)
+    results = predict_slides(setup["run"], many, tmp / "dask", run_mpp=0.5, region=256, workers=2, device="cpu",
+                             progress=False)
+    assert [(r.name, r.status) for r in results] == [("a", "done"), ("b", "done"), ("c", "failed")]
+    assert "c.tif" in results[2].reason
+    for name in ("a", "b"):
+        assert _table(tmp / "dask" / name) == _table(tmp / "local" / "a")
+    rows = (tmp / "dask" / "slides.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["a", "done"], ["b", "done"], ["c", "failed"]]
+    assert local[0].nuclei == results[0].nuclei

@@ -8,7 +8,8 @@ import click
 
 from embedcache.cli import main
 from embedcache.cli.options import (
-    device_option, format_option, loader_workers_option, magnification_option, quiet_option,
+    dask_workers_option, device_option, format_option, loader_workers_option, magnification_option, quiet_option,
+    scheduler_option,
 )
 
 
@@ -112,13 +113,16 @@ def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, pati
               help="Slides: region side in px, processed at once (memory grows with its square).")
 @click.option("--margin", default=None, type=click.IntRange(min=0),
               help="Slides: px read around each region (default a tile and a quarter).")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--post-workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="Slides: processes post-processing regions beside the forward.")
+@dask_workers_option
+@scheduler_option
 @click.option("--gzip", "gzip_geojson", is_flag=True, help="Slides: write nuclei.geojson.gz.")
 @click.option("--overwrite", is_flag=True, help="Slides: start afresh over another run's partial results.")
 @quiet_option
 def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, tta, batch_size, device, overlays,
-                geojson, slides, mpp, run_mpp, region, margin, workers, gzip_geojson, overwrite, quiet):
+                geojson, slides, mpp, run_mpp, region, margin, post_workers, workers, scheduler, gzip_geojson,
+                overwrite, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
     From a store (cached features) or from raw images with the encoder run live
@@ -135,11 +139,13 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, t
     \b
     Examples:
       embedcache predict --run demo/run --store demo/lite0.zarr --split val --out demo/pred
-      embedcache predict --run demo/run --slides slides/ --out nuclei --workers 2
+      embedcache predict --run demo/run --slides slides/ --out nuclei --post-workers 2
     """
     from embedcache.errors import ConfigError
     from embedcache.infer.predict import predict
 
+    if (workers or scheduler) and slides is None:
+        raise ConfigError("--workers and --scheduler spread slides over a dask cluster; give them with --slides")
     if slides is not None:
         if data is not None:
             raise ConfigError("give --slides alone (the encoder runs live over them) or with --store (a store of "
@@ -147,7 +153,8 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, t
         from embedcache.infer.slides import predict_slides
 
         results = predict_slides(run_dir, slides, out, mpp=mpp, run_mpp=run_mpp, region=region, margin=margin,
-                                 overlap=overlap, store=store, workers=workers, device=device, batch_size=batch_size,
+                                 overlap=overlap, store=store, post_workers=post_workers, workers=workers,
+                                 scheduler=scheduler, device=device, batch_size=batch_size,
                                  magnification=magnification, gzip_geojson=gzip_geojson, overwrite=overwrite,
                                  progress=not quiet)
         for r in results:

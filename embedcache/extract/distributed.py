@@ -249,7 +249,7 @@ def _probe(address: str, timeout: float | None):
 
 
 @contextlib.contextmanager
-def _connect(workers: int | None, scheduler: str | None, device: str, timeout: float | None):
+def connect_cluster(workers: int | None, scheduler: str | None, device: str, timeout: float | None):
     """A client on a new local cluster or on the scheduler at ``scheduler``; and the torch threads to use."""
     from distributed import Client
 
@@ -302,7 +302,7 @@ def extract_distributed(data, out, config: ExtractConfig = ExtractConfig(), *, w
         raise ConfigError("give either --workers N (a local cluster) or --scheduler ADDRESS (a running one)")
     location = StoreLocation.parse(out)
     t0 = time.perf_counter()
-    with _connect(workers, scheduler, config.device, timeout) as (client, threads):
+    with connect_cluster(workers, scheduler, config.device, timeout) as (client, threads):
         job = _Job(str(Path(data).absolute()), location.absolute().url, config, threads)
         return _drive(client, job, location, overwrite, progress, worker_wait, scheduler or "local cluster", t0)
 

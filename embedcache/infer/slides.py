@@ -24,9 +24,14 @@ For each slide:
 4. **Outputs** (:mod:`embedcache.infer.slide_output`) go to ``OUT/SLIDE/``,
    swapped in complete. ``OUT/slides.csv`` records every slide's status,
    nuclei, time and, for a slide that failed, why; the others go on.
-5. **Post-processing beside the forward**: with ``workers`` > 0 regions are
-   post-processed in that many processes while the main process encodes and
-   decodes the next ones.
+5. **Post-processing beside the forward**: with ``post_workers`` > 0
+   regions are post-processed in that many processes while the main
+   process encodes and decodes the next ones.
+6. **Many slides on a dask cluster**: with ``workers`` (a local cluster of
+   that many processes) or ``scheduler`` (a running one), each slide is a
+   task; ``out`` must be a folder every worker can write (a shared file
+   system). A worker that dies fails its slide (recorded with the reason)
+   and the others go on; the table is written here as slides finish.
 """
 
 from __future__ import annotations
@@ -207,10 +212,11 @@ def _write_table(out: Path, results: list[SlideResult]) -> None:
 
 
 def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float | None = None, region: int = 2048,
-                   margin: int | None = None, overlap: int | None = None, store=None, workers: int = 0,
-                   device: str = "auto",
+                   margin: int | None = None, overlap: int | None = None, store=None, post_workers: int = 0,
+                   workers: int = 0, scheduler: str | None = None, device: str = "auto",
                    batch_size: int = 8, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
-                   gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True) -> list[SlideResult]:
+                   gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True,
+                   table: bool = True) -> list[SlideResult]:
     """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
 
     ``store``: a store extracted from these slides on prediction's grid
@@ -230,6 +236,11 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     paths = list_slides(Path(slides)) if Path(slides).exists() else []
     if not paths:
         raise DataError(f"{slides}: no slides found (a slide file or a folder of .tif, .svs, .ndpi, ...)")
+    if workers or scheduler:
+        options = dict(mpp=mpp, run_mpp=run_mpp, region=region, margin=margin, overlap=overlap, store=store,
+                       post_workers=post_workers, device=device, batch_size=batch_size, magnification=magnification,
+                       postprocess=postprocess, gzip_geojson=gzip_geojson, overwrite=overwrite)
+        return _predict_on_cluster(run, paths, Path(out), options, workers, scheduler, progress)
     loaded = load_run(run, device=str(resolve_device(device)))
     work_mpp = run_mpp or loaded.store.get("mpp")
     if not work_mpp:
@@ -250,15 +261,15 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     out.mkdir(parents=True, exist_ok=True)
     results: list[SlideResult] = []
     # Spawned, not forked: the parent holds torch's threads, which a fork would copy mid-flight.
-    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+    pool = (ProcessPoolExecutor(post_workers, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=_init_worker, initargs=(os.getpid(),))
-            if workers else None)
+            if post_workers else None)
     try:
         for path in tqdm(paths, desc="slides", unit="slide", disable=not progress or len(paths) < 2):
             t0 = time.perf_counter()
             try:
                 plan = plan_slide(path, float(work_mpp), region, margin, mpp)
-                result = _predict_slide(loaded, plan, predictor, features, out, pool, workers, region, margin,
+                result = _predict_slide(loaded, plan, predictor, features, out, pool, post_workers, region, margin,
                                         overlap, post, gzip_geojson, overwrite, progress)
             except OutputMismatchError:
                 raise
@@ -271,11 +282,50 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                 result = SlideResult(Path(path).stem, "failed", reason=f"{type(exc).__name__}: {exc}")
             result.seconds = result.seconds or time.perf_counter() - t0
             results.append(result)
-            _write_table(out, results)
+            if table:
+                _write_table(out, results)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return results
+
+
+def _slide_task(run, path: Path, out: Path, options: dict, threads: int | None) -> SlideResult:
+    """One slide on a dask worker (its torch threads set for the worker's share of the cores)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return predict_slides(run, path, out, progress=False, table=False, **options)[0]
+
+
+def _predict_on_cluster(run, paths: list[Path], out: Path, options: dict, workers: int, scheduler: str | None,
+                        progress: bool) -> list[SlideResult]:
+    """Every slide as one task on a dask cluster; slides.csv written here, in the slides' order, as they finish."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from embedcache.extract.distributed import connect_cluster
+
+    out.mkdir(parents=True, exist_ok=True)
+    run = str(Path(run).resolve())
+    done: dict[int, SlideResult] = {}
+    with connect_cluster(workers or None, scheduler, options["device"], None) as (client, threads):
+        futures = {client.submit(_slide_task, run, p, out, options, threads, key=f"slide-{k}-{p.name}", pure=False,
+                                 retries=0): k for k, p in enumerate(paths)}
+        bar = tqdm(total=len(paths), unit="slide", desc="slides", disable=not progress, dynamic_ncols=True)
+        for fut in as_completed(list(futures), loop=client.loop):  # ours, not the default client's
+            k = futures[fut]
+            try:
+                done[k] = fut.result()
+            except OutputMismatchError:
+                raise
+            except Exception as exc:  # a worker that died or failed outside the slide's own checks
+                done[k] = SlideResult(paths[k].stem, "failed", reason=f"{type(exc).__name__}: {exc}")
+            _write_table(out, [done[i] for i in sorted(done)])
+            bar.update(1)
+        bar.close()
+    return [done[k] for k in range(len(paths))]
 
 
 def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Path, pool, workers: int, region: int,
