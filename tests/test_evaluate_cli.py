@@ -247,6 +247,151 @@ def test_images_that_do_not_pair_up(tmp_path, tiles):
         evaluate(write_conic(tmp_path / "s3", ti, tt), stack, "conic")
 
 
+def test_unpaired_images_refused_by_default_with_the_on_hint(runner, tmp_path, tiles):
+    ti, pi, tt, pt = tiles
+    truth = write_folder(tmp_path / "t", ["a", "b", "c"], ti, tt)
+    pred = write_folder(tmp_path / "p", ["a", "b"], pi[:2], pt[:2])
+    res = runner.invoke(main, ["evaluate", "--protocol", "hovernet", "--truth", str(truth), "--pred", str(pred)])
+    one_line_error(res, "lacks 1 of the 3 truth images", "'c'", "pass --on common (images in both), --on truth "
+                   "(every truth image; missing predictions count as empty) or --on pred")
+
+
+# ----------------------------------------------------------------------------
+# --on: scoring when the two sides hold different images
+# ----------------------------------------------------------------------------
+
+UNPAIRED = ("on", "n_truth_without_pred", "n_pred_without_truth", "truth_without_pred", "pred_without_truth")
+
+
+@pytest.fixture(scope="module")
+def five():
+    """5 tiles of 64x64, true and predicted maps, and names for them."""
+    ti, tt, pi, pt = ref.make_dataset(11, n_tiles=5, size=64, n_nuclei=(4, 10), n_types=5)
+    return ti, pi, tt, pt
+
+
+def scores(path: Path) -> dict:
+    """A JSON output without what says which images were left out."""
+    got = json.loads(path.read_text())
+    return {k: v for k, v in got.items() if k not in UNPAIRED}
+
+
+@pytest.mark.parametrize("protocol", ["hovernet", "pannuke", "conic"])
+def test_on_common_scores_the_common_images_as_if_alone(runner, tmp_path, five, protocol):
+    ti, pi, tt, pt = five
+    # truth a..d; the prediction lacks d and has an extra e
+    truth = write_folder(tmp_path / "t", ["a", "b", "c", "d"], ti[:4], tt[:4])
+    pred = write_folder(tmp_path / "p", ["a", "b", "c", "e"], pi[:3] + pi[4:], pt[:3] + pt[4:])
+    out = tmp_path / "on.json"
+    res = run_ok(runner, "--protocol", protocol, "--truth", truth, "--pred", pred, "--on", "common", "--json", out)
+    assert "scored on 3 common images (1 truth image without a prediction, 1 prediction without truth left out)" \
+        in res.output
+    # the same common images, copied alone, scored with equal sets
+    alone_t = write_folder(tmp_path / "t3", ["a", "b", "c"], ti[:3], tt[:3])
+    alone_p = write_folder(tmp_path / "p3", ["a", "b", "c"], pi[:3], pt[:3])
+    want = tmp_path / "alone.json"
+    run_ok(runner, "--protocol", protocol, "--truth", alone_t, "--pred", alone_p, "--json", want)
+    assert scores(out) == scores(want)
+    assert [r["name"] for r in scores(out)["images"]] == ["a", "b", "c"]
+    got = json.loads(out.read_text())
+    assert got["on"] == "common" and got["truth_without_pred"] == ["d"] and got["pred_without_truth"] == ["e"]
+    assert got["n_truth_without_pred"] == got["n_pred_without_truth"] == 1
+    # without --on the same folders are refused, and the equal sets record nothing left out
+    assert runner.invoke(main, ["evaluate", "--protocol", protocol, "--truth", str(truth), "--pred", str(pred)]
+                         ).exit_code == 2
+    assert json.loads(want.read_text())["on"] is None and json.loads(want.read_text())["n_truth_without_pred"] == 0
+
+
+@pytest.mark.parametrize("protocol", ["hovernet", "pannuke", "conic"])
+def test_on_truth_scores_a_missing_prediction_as_an_empty_map(runner, tmp_path, five, protocol):
+    ti, pi, tt, pt = five
+    names = ["a", "b", "c", "d"]
+    truth = write_folder(tmp_path / "t", names, ti[:4], tt[:4])
+    # b has no prediction; z is a prediction the truth lacks (ignored)
+    pred = write_folder(tmp_path / "p", ["a", "c", "d", "z"], [pi[0], pi[2], pi[3], pi[4]],
+                        [pt[0], pt[2], pt[3], pt[4]])
+    out = tmp_path / "on.json"
+    res = run_ok(runner, "--protocol", protocol, "--truth", truth, "--pred", pred, "--on", "truth", "--json", out)
+    assert ("scored on 4 truth images (1 without a prediction, scored as empty; 1 prediction without truth ignored)"
+            in res.output)
+    zero = np.zeros_like(pi[1])
+    zeros = write_folder(tmp_path / "z", names, [pi[0], zero, pi[2], pi[3]], [pt[0], zero, pt[2], pt[3]])
+    want = tmp_path / "zeros.json"
+    run_ok(runner, "--protocol", protocol, "--truth", truth, "--pred", zeros, "--json", want)
+    assert scores(out) == scores(want)
+    rows = scores(out)["images"]
+    assert [r["name"] for r in rows] == names and rows[1]["n_pred"] == 0 and rows[1]["n_true"] > 0
+    got = json.loads(out.read_text())
+    assert got["truth_without_pred"] == ["b"] and got["pred_without_truth"] == ["z"]
+
+
+def test_on_pred_scores_the_predicted_images_and_refuses_one_without_truth(runner, tmp_path, five):
+    ti, pi, tt, pt = five
+    truth = write_folder(tmp_path / "t", ["a", "b", "c", "d"], ti[:4], tt[:4])
+    pred = write_folder(tmp_path / "p", ["b", "d"], [pi[1], pi[3]], [pt[1], pt[3]])
+    out = tmp_path / "on.json"
+    res = run_ok(runner, "--protocol", "hovernet", "--truth", truth, "--pred", pred, "--on", "pred", "--json", out)
+    assert "scored on 2 predicted images (2 truth images without a prediction left out)" in res.output
+    alone = write_folder(tmp_path / "t2", ["b", "d"], [ti[1], ti[3]], [tt[1], tt[3]])
+    want = tmp_path / "alone.json"
+    run_ok(runner, "--protocol", "hovernet", "--truth", alone, "--pred", pred, "--json", want)
+    assert scores(out) == scores(want)
+    assert json.loads(out.read_text())["truth_without_pred"] == ["a", "c"]
+    # a prediction whose truth is missing: one line naming it, exit 1, no traceback
+    extra = write_folder(tmp_path / "x", ["b", "d", "q"], [pi[1], pi[3], pi[4]], [pt[1], pt[3], pt[4]])
+    res = runner.invoke(main, ["evaluate", "--protocol", "hovernet", "--truth", str(truth), "--pred", str(extra),
+                               "--on", "pred"])
+    # exit 2: the CLI's status for every data error (embedcache.errors.EmbedcacheError)
+    assert res.exit_code == 2 and "Traceback" not in res.output and res.exception.__class__ is SystemExit
+    one_line_error(res, "--on pred", "has 1 image that the truth lacks", "'q'", "--on common")
+
+
+@pytest.mark.parametrize("on", ["common", "truth", "pred"])
+def test_no_image_in_common_is_refused_whatever_on(runner, tmp_path, tiles, on):
+    ti, pi, tt, pt = tiles
+    truth = write_folder(tmp_path / "t", ["a", "b", "c"], ti, tt)
+    pred = write_folder(tmp_path / "p", ["x", "y"], pi[:2], pt[:2])
+    res = runner.invoke(main, ["evaluate", "--protocol", "hovernet", "--truth", str(truth), "--pred", str(pred),
+                               "--on", on])
+    assert res.exit_code == 2
+    one_line_error(res, "no image name in common", "'a'", "'x'")
+
+
+def test_on_with_stacks_pairs_by_row_number(runner, tmp_path, five):
+    ti, pi, tt, pt = five
+    ti, pi, tt, pt = ti[:3], pi[:3], one_type_per_nucleus(ti[:3], tt[:3]), one_type_per_nucleus(pi[:3], pt[:3])
+    tissue = ["Breast", "Colon", "Colon"]
+    truth = write_pannuke(tmp_path / "t", ti, tt, tissue)
+    # a folder prediction of rows 0 and 2, named by row number
+    pred = write_folder(tmp_path / "p", ["0", "2"], [pi[0], pi[2]], [pt[0], pt[2]])
+    ev = evaluate(truth, pred, "pannuke", on="common")
+    want = protocols.pannuke([ti[0], ti[2]], [pi[0], pi[2]], [tt[0], tt[2]], [pt[0], pt[2]],
+                             tissue=["Breast", "Colon"], names=["0", "2"])
+    assert [r["name"] for r in ev.rows] == ["0", "2"] and [r["tissue"] for r in ev.rows] == ["Breast", "Colon"]
+    for key in ("bpq", "mpq", "bpq_images", "mpq_images"):
+        assert ev.summary[key] == pytest.approx(want[key], abs=1e-12)
+    assert ev.summary["tissues"]["Colon"]["n_images"] == 1 and ev.summary["truth_without_pred"] == ["1"]
+    # --on truth: row 1, with no prediction, is scored as empty
+    ev = evaluate(truth, pred, "hovernet", on="truth")
+    assert [r["n_pred"] for r in ev.rows][1] == 0 and ev.summary["n_images"] == 3
+    # a folder named otherwise, as many images as rows: still paired by position
+    named = write_folder(tmp_path / "n", ["x", "y", "z"], pi, pt)
+    ev = evaluate(truth, named, "hovernet", on="common")
+    assert ev.summary["pq"] == protocols.hovernet(ti, pi, tt, pt)["pq"] and ev.summary["n_truth_without_pred"] == 0
+    # two stacks of different lengths cannot pair up, whatever --on says
+    short = write_conic(tmp_path / "s", [pi[0], pi[2]], [pt[0], pt[2]])
+    res = runner.invoke(main, ["evaluate", "--protocol", "hovernet", "--truth", str(truth), "--pred", str(short),
+                               "--on", "common"])
+    one_line_error(res, "truth has 3 images, prediction 2", "row by row")
+
+
+def test_on_unknown_value():
+    from embedcache.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown on='both'; use common, truth or pred"):
+        evaluate("x", "y", "hovernet", on="both")
+
+
 def test_unknown_protocol_in_the_library():
     from embedcache.errors import ConfigError
 

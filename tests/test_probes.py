@@ -256,6 +256,56 @@ def test_csv_labels(tmp_path):
         probe_labels.read_csv_labels(tmp_path / "nope.csv", 3)
 
 
+def test_csv_labels_by_source_name_label_every_tile_of_the_source(tmp_path):
+    read = probe_labels.read_csv_labels
+    names = ["image01", "image01", "image02", "image02", "image02", "image03"]  # several tiles per image
+    f = tmp_path / "labels.csv"
+    f.write_text("tile,label\nimage01,tumour\nimage02,stroma\n5,tumour\n")
+    assert read(f, 6, names) == ["tumour", "tumour", "stroma", "stroma", "stroma", "tumour"]
+    # No header, names first; a row number and its own image agreeing; an image listed twice the same way.
+    f.write_text("image02,b\nimage01,a\n3,b\nimage03,c\nimage02,b\n")
+    assert read(f, 6, names) == ["a", "a", "b", "b", "b", "c"]
+    # A group given by image groups all of its tiles; a tile row may leave the group to its image.
+    f.write_text("tile,label,group\nimage01,a,p1\nimage02,b,p2\nimage03,a,p1\n4,b,\n")
+    assert read(f, 6, names, groups=True) == (["a", "a", "b", "b", "b", "a"], ["p1", "p1", "p2", "p2", "p2", "p1"])
+    # A number below the tile count is a row number, even where an image has that name; above, a name.
+    f.write_text("tile,label\n0,x\n1,x\n2,z\n3,z\n")
+    assert read(f, 4, ["1", "1", "0", "0"]) == ["x", "x", "z", "z"]
+    f.write_text("tile,label\n7,y\n2,z\n3,z\n")
+    assert read(f, 4, ["7", "7", "0", "0"]) == ["y", "y", "z", "z"]
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("tile,label\nimage01,a\nimage02,b\nimage01,c\n",
+     [":4: image 'image01' is listed twice with different labels 'a' (line 2) and 'c'"]),
+    ("tile,label,group\nimage01,a,p1\nimage01,a,p2\n", [":3: image 'image01'", "groups 'p1' (line 2) and 'p2'"]),
+    ("tile,label\nimage01,a\nimage02,b\n3,a\n",
+     [":4: tile 3 has the label 'a' but its image 'image02' has 'b' (line 3)"]),
+    ("tile,label,group\nimage02,b,p1\n2,b,p2\n", [":3: tile 2 is in group 'p2' but its image 'image02' is in 'p1'"]),
+    ("tile,label\nimage01,a\nimage9,b\n",
+     ["1 unknown tile id(s), e.g. 'image9'; ids are row numbers 0..5 or source image names "
+      "('image01', 'image02', 'image03')"]),
+])
+def test_csv_labels_by_name_refused_in_one_line(tmp_path, text, fragments):
+    f = tmp_path / "labels.csv"
+    f.write_text(text)
+    names = ["image01", "image01", "image02", "image02", "image02", "image03"]
+    with pytest.raises(DataError) as err:
+        probe_labels.read_csv_labels(f, 6, names, every_tile=False, groups=True)
+    message = str(err.value)
+    assert "\n" not in message and str(f) in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_unknown_names_list_a_few_of_many(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_text("tile,label\nslide-x,a\n")
+    names = [f"slide-{k}" for k in range(5) for _ in range(2)]
+    with pytest.raises(DataError, match=r"source image names \('slide-0', 'slide-1', 'slide-2', \.\.\. 5 in all\)"):
+        probe_labels.read_csv_labels(f, 10, names)
+
+
 def test_single_class_and_constant_targets():
     with pytest.raises(DataError, match="every one of the 4 tiles has the class 'x'; a probe needs at least two"):
         probe_labels._encode(["x"] * 4, "f.csv")
@@ -415,6 +465,11 @@ def test_a_label_random_per_image_scores_at_chance(tmp_path):
     ba = table.rows[0]["scores"]["balanced_accuracy"]
     assert ba["lo"] < 0.5 < ba["hi"] and abs(ba["value"] - 0.5) < 0.2
     assert all(len(np.unique(preds[0].groups[source == s])) == 1 for s in range(12))
+    # The same labels keyed by image name: every tile of an image takes its row's label.
+    by_name = tmp_path / "by_name.csv"
+    by_name.write_text("tile,label\n" + "".join(f"img{s:02d},{label[s]}\n" for s in range(12)))
+    got = probe_labels.tile_labels(open_store(store), str(by_name))
+    assert len(source) > 12 and [got.names[c] for c in got.y] == [label[s] for s in source]
     # A group column that splits an image is refused, naming the image.
     split = ["x" if (s == 0 and k % 2) else f"p{s}" for k, s in enumerate(source)]
     f.write_text("tile,label,group\n" + "".join(f"{t},{label[s]},{g}\n" for t, (s, g) in enumerate(zip(source, split))))

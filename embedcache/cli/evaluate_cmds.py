@@ -33,23 +33,30 @@ def _parse_classes(ctx, param, value):
 @click.option("--classes", default=None, callback=_parse_classes,
               help="Type ids to score, e.g. 1,2,3,5. Default: the protocol's own (pannuke 1..5, conic 1..6, "
                    "hovernet the truth's types); another set is marked as not the published protocol.")
+@click.option("--on", "on", default=None, type=click.Choice(["common", "truth", "pred"]),
+              help="When the prediction's images are not the truth's: common scores the images in both; truth "
+                   "scores every truth image, a missing prediction as empty (no nuclei); pred scores the predicted "
+                   "images and refuses one whose truth is missing. Default: refuse.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, writable=True),
               help="Write the summary and per-image rows as JSON (NaN as null).")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False, writable=True),
               help="Write one row per image as CSV.")
-def evaluate_cmd(protocol, truth, pred, fmt, radius, classes, json_out, csv_out):
+def evaluate_cmd(protocol, truth, pred, fmt, radius, classes, on, json_out, csv_out):
     """Score predicted nuclei against the truth as the published tables do.
 
     Values agree with each protocol's reference code (see docs/metrics.md).
+    Images pair by name (tile stacks by row number); --on says what to score
+    when the two sides hold different images.
 
     \b
     Example:
       embedcache evaluate --protocol pannuke --truth fold3/ --pred pred/ --json scores.json
+      embedcache evaluate --protocol hovernet --truth test/ --pred pred/ --on truth
     """
     from embedcache.metrics.evaluation import evaluate
     from embedcache.metrics.tables import format_evaluation
 
-    result = evaluate(truth, pred, protocol, format=fmt, radius=radius, classes=classes)
+    result = evaluate(truth, pred, protocol, format=fmt, radius=radius, classes=classes, on=on)
     click.echo(format_evaluation(result))
     if json_out:
         click.echo(f"wrote {result.write_json(json_out)}")

@@ -37,8 +37,13 @@ class Evaluation:
     summary : dict
         Dataset values (per-class ones keyed by type id), ``classes`` (the
         type ids scored) and ``class_names`` (those the layout names).
+        Also ``on`` (what was asked of :func:`evaluate`, None by default)
+        and the names of the images without a counterpart on the other side
+        (``truth_without_pred``, ``pred_without_truth``) with their counts
+        (``n_truth_without_pred``, ``n_pred_without_truth``; 0 when the sets
+        are equal).
     rows : list of dict
-        One per image, in the truth's order.
+        One per scored image, in the truth's order.
     """
 
     protocol: str
@@ -83,30 +88,69 @@ def _read(side: str, source, format: str) -> LabelSet:
         raise DataError(f"{side}: {exc}") from None
 
 
-def _align(truth: LabelSet, pred: LabelSet) -> list[int]:
-    """Index into ``pred`` of each truth image.
+ON = ("common", "truth", "pred")
+"""What ``evaluate(on=...)`` scores when the two sides hold different images."""
+
+ON_HINT = ("pass --on common (images in both), --on truth (every truth image; missing predictions count as empty) "
+           "or --on pred (the predicted images; extra ones refused if truth lacks them)")
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """Which images are scored: truth index and prediction index (None: no prediction, scored as empty)."""
+
+    truth: list[int]
+    pred: list[int | None]
+    truth_without_pred: list[str]
+    pred_without_truth: list[str]
+
+
+def _images(names: list[str]) -> str:
+    return "1 image" if len(names) == 1 else f"{len(names)} images"
+
+
+def _align(truth: LabelSet, pred: LabelSet, on: str | None = None) -> _Pairs:
+    """Pair the truth's images with the prediction's, in the truth's order.
 
     Images pair by name. When one side is a tile stack (names are row
-    numbers) and no name is shared, they pair by position.
+    numbers) and no name is shared, they pair by position; two stacks pair
+    row by row. ``on`` says what to score when the sets differ (see
+    :func:`evaluate`); None refuses.
     """
     stack = not (truth.layout == pred.layout == "folder")
-    if stack and len(truth) != len(pred):
-        raise DataError(f"truth has {len(truth)} images, prediction {len(pred)}")
+    both_stacks = truth.layout != "folder" and pred.layout != "folder"
     where = {name: i for i, name in enumerate(pred.names)}
-    if stack and not any(n in where for n in truth.names):
-        return list(range(len(truth)))
+    shared = any(n in where for n in truth.names)
+    if stack and len(truth) == len(pred) and (both_stacks or not shared):
+        return _Pairs(list(range(len(truth))), list(range(len(truth))), [], [])
+    if stack and len(truth) != len(pred) and (both_stacks or not shared):
+        why = ("two tile stacks pair row by row; to score some rows, write the prediction as a folder of "
+               "ROW_inst.png named by the truth's row numbers and pass --on" if both_stacks else
+               "and no image name in common (a stack's images are named by row number: 0, 1, ...)")
+        raise DataError(f"truth has {len(truth)} images, prediction {len(pred)}, {why}")
     missing = [n for n in truth.names if n not in where]
-    if missing:
+    known = set(truth.names)
+    extra = [n for n in pred.names if n not in known]
+    if not shared:
+        raise DataError(f"truth and prediction have no image name in common (truth e.g. {truth.names[0]!r}, "
+                        f"prediction e.g. {pred.names[0]!r}); names must match, e.g. NAME_inst.png for truth NAME")
+    if on is None and missing:
         raise DataError(f"prediction lacks {len(missing)} of the {len(truth)} truth images "
-                        f"(first: {missing[0]!r}); names must match, e.g. NAME_inst.png for truth NAME")
-    extra = sorted(set(pred.names) - set(truth.names))
-    if extra:
-        raise DataError(f"prediction has {len(extra)} images that the truth lacks (first: {extra[0]!r})")
-    return [where[n] for n in truth.names]
+                        f"(first: {missing[0]!r}); names must match, e.g. NAME_inst.png for truth NAME; {ON_HINT}")
+    if on is None and extra:
+        raise DataError(f"prediction has {_images(extra)} that the truth lacks (first: {sorted(extra)[0]!r}); "
+                        f"{ON_HINT}")
+    if on == "pred" and extra:
+        raise DataError(f"--on pred: prediction has {_images(extra)} that the truth lacks (first: {extra[0]!r}); "
+                        "give their truth, or pass --on common to leave them out")
+    if on == "truth":
+        return _Pairs(list(range(len(truth))), [where.get(n) for n in truth.names], missing, extra)
+    scored = [k for k, n in enumerate(truth.names) if n in where]
+    return _Pairs(scored, [where[truth.names[k]] for k in scored], missing, extra)
 
 
 def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float = DEFAULT_RADIUS,
-             classes: Sequence[int] | None = None) -> Evaluation:
+             classes: Sequence[int] | None = None, on: str | None = None) -> Evaluation:
     """Score predicted label maps against the truth under a published protocol.
 
     Parameters
@@ -126,6 +170,17 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
         types its truth holds). Another set is scored as asked, and the
         summary says it is not the published protocol (``published``
         False, ``note``).
+    on : {None, "common", "truth", "pred"}
+        What to score when the prediction's images are not the truth's.
+        None (default): refuse. ``common``: the images both sides hold.
+        ``truth``: every truth image; one without a prediction is scored as
+        an empty prediction (no nuclei), as the challenges' own code scores a
+        missing prediction; predictions the truth lacks are ignored.
+        ``pred``: the predicted images; a prediction whose truth is missing
+        is refused. Each image is scored exactly as when the sets are equal;
+        the summary records ``on`` and the names and counts left out
+        (``truth_without_pred``, ``pred_without_truth``, ``n_...``). Two tile
+        stacks pair row by row and must hold the same number of rows.
 
     Returns
     -------
@@ -136,34 +191,44 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
     ConfigError
         Unknown protocol, bad radius or classes.
     DataError
-        Missing or unreadable files, images that do not pair up, maps of
+        Missing or unreadable files, images that do not pair up (with
+        ``on`` None, or a prediction without truth with ``on="pred"``, or no
+        image in common), maps of
         different shapes, labels that are not non-negative integers, or type
         maps missing where the protocol needs them.
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if on not in (None, *ON):
+        raise ConfigError(f"unknown on={on!r}; use common, truth or pred (or None to refuse unpaired images)")
     t = _read("truth", truth, format)
     p = _read("prediction", pred, format)
-    order = _align(t, p)
-    p_inst = [p.instances[i] for i in order]
-    p_type = None if p.types is None else [p.types[i] for i in order]
-    t_type, p_type = t.types, p_type
+    pairs = _align(t, p, on)
+    t_inst = [t.instances[k] for k in pairs.truth]
+    t_type = None if t.types is None else [t.types[k] for k in pairs.truth]
+    t_names = [t.names[k] for k in pairs.truth]
+    t_tissue = None if t.tissue is None else [t.tissue[k] for k in pairs.truth]
+    # A truth image without a prediction (on="truth") is scored as an empty prediction: no nuclei, no types.
+    p_inst = [np.zeros_like(t.instances[k], dtype=np.int32) if i is None else p.instances[i]
+              for k, i in zip(pairs.truth, pairs.pred)]
+    p_type = None if p.types is None else [np.zeros_like(t.instances[k], dtype=np.int32) if i is None
+                                           else p.types[i] for k, i in zip(pairs.truth, pairs.pred)]
     if protocol == "hovernet":
         # Instance-only data: a side whose type maps hold no type carries none (no type metrics).
         t_type = t_type if t_type is not None and any(np.any(m) for m in t_type) else None
         p_type = p_type if p_type is not None and any(np.any(m) for m in p_type) else None
     else:
-        for side, types, ls in (("truth", t.types, t), ("prediction", p_type, p)):
+        for side, types, ls in (("truth", t_type, t), ("prediction", p_type, p)):
             if types is None:
                 raise DataError(f"the {protocol} protocol scores classes, but the {side} ({ls.layout} layout) "
                                 "has no type maps")
     published = PUBLISHED_CLASSES.get(protocol)
-    kwargs = {"names": t.names, "classes": list(classes) if classes is not None else published}
+    kwargs = {"names": t_names, "classes": list(classes) if classes is not None else published}
     if protocol == "hovernet":
         kwargs["radius"] = radius
     if protocol == "pannuke":
-        kwargs["tissue"] = t.tissue
-    result = PROTOCOLS[protocol](t.instances, p_inst, t_type, p_type, **kwargs)
+        kwargs["tissue"] = t_tissue
+    result = PROTOCOLS[protocol](t_inst, p_inst, t_type, p_type, **kwargs)
     rows = result.pop("images")
     result["classes"] = sorted(result.get("per_class_pq") or result.get("type_f1") or [])
     result["class_names"] = {c: t.class_names[c] for c in result["classes"] if c in (t.class_names or {})}
@@ -171,4 +236,9 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
     if not result["published"]:
         result["note"] = (f"classes {', '.join(map(str, result['classes']))} were asked for: not the published "
                           f"{protocol} protocol, which scores {', '.join(map(str, published))}")
+    result["on"] = on
+    result["n_truth_without_pred"] = len(pairs.truth_without_pred)
+    result["n_pred_without_truth"] = len(pairs.pred_without_truth)
+    result["truth_without_pred"] = pairs.truth_without_pred
+    result["pred_without_truth"] = pairs.pred_without_truth
     return Evaluation(protocol, result, rows)

@@ -29,6 +29,26 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def scored_on(s: dict) -> str | None:
+    """The line saying which images were scored when ``evaluate(on=...)`` was asked; None without ``on``."""
+    on, n = s.get("on"), s["n_images"]
+    no_pred = _count(s.get("n_truth_without_pred", 0), "truth image without a prediction",
+                     "truth images without a prediction")
+    no_truth = _count(s.get("n_pred_without_truth", 0), "prediction without truth", "predictions without truth")
+    if on == "common":
+        return f"scored on {_count(n, 'common image', 'common images')} ({no_pred}, {no_truth} left out)"
+    if on == "truth":
+        return (f"scored on {_count(n, 'truth image', 'truth images')} ({s.get('n_truth_without_pred', 0)} "
+                f"without a prediction, scored as empty; {no_truth} ignored)")
+    if on == "pred":
+        return f"scored on {_count(n, 'predicted image', 'predicted images')} ({no_pred} left out)"
+    return None
+
+
 def format_evaluation(ev: Evaluation) -> str:
     """The summary of an evaluation as text: headline metrics, then per class."""
     s = ev.summary
@@ -42,6 +62,8 @@ def format_evaluation(ev: Evaluation) -> str:
     lines = [head, "", table(["metric", "value"], [[k, s[k]] for k in scalar])]
     if not s.get("published", True):
         lines.insert(1, f"NOTE: {s['note']}")
+    if scored_on(s):
+        lines.insert(1, scored_on(s))
     if ev.protocol == "hovernet":
         lines.append(f"(detection pooled: TP {det['tp']}, FP {det['fp']}, FN {det['fn']})")
     names = s.get("class_names", {})

@@ -119,17 +119,23 @@ def dominant_type(counts: np.ndarray, names: Sequence[str]) -> list[str]:
 
 def read_csv_labels(path, n_tiles: int, tile_names: Sequence[str] | None = None,
                     every_tile: bool = True, groups: bool = False):
-    """Labels of tiles from a CSV file of tile id and label, one row per tile.
+    """Labels of tiles from a CSV file of tile id and label.
 
     The header is optional: a first row whose id is not a tile id is one.
     Columns named ``tile`` and ``label`` are used when the header has them,
     else the first two; a ``group`` column (patient, centre) may follow. A
-    tile id is the store's row number (0-based), or the name of the tile's
-    source image when ``tile_names`` gives one per tile. A tile listed
-    without a label, or not listed, has the label ``""``.
+    tile id is the store's row number (0-based), or the name of a source
+    image when ``tile_names`` gives each tile's: a row naming a source labels
+    (and groups) every tile of that source, e.g. all tiles cut from
+    ``image02``. A number below ``n_tiles`` is always a row number. A row
+    may name a tile whose source is named too when the two agree. A tile
+    listed without a label, or not listed, has the label ``""``.
 
     Parameters
     ----------
+    tile_names : sequence of str, optional
+        The source image name of every tile (names repeat when an image gave
+        several tiles).
     every_tile : bool
         Refuse a file that leaves any tile without a label (probes need one
         for every tile; retrieval uses the labelled ones).
@@ -139,8 +145,10 @@ def read_csv_labels(path, n_tiles: int, tile_names: Sequence[str] | None = None,
     Raises
     ------
     DataError
-        Unreadable file, unknown or repeated tile ids, or (``every_tile``)
-        tiles without a label.
+        Unreadable file, unknown tile ids or names, a row number listed
+        twice, a source listed twice with different labels or groups, a row
+        number whose label or group differs from its source's row, or
+        (``every_tile``) tiles without a label.
     """
     path = Path(path)
     if not path.is_file():
@@ -149,38 +157,69 @@ def read_csv_labels(path, n_tiles: int, tile_names: Sequence[str] | None = None,
         rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
     if not rows or len(rows[0]) < 2:
         raise DataError(f"{path}: expected a header and rows of 'tile,label'")
-    by_name = {n: k for k, n in enumerate(tile_names or [])}
-    if len(by_name) != len(tile_names or []):
-        by_name = {}  # names repeat (several tiles per image): row numbers only
+    names = [str(n) for n in (tile_names or [])]
+    tiles_of: dict[str, list[int]] = {}
+    for t, name in enumerate(names):
+        tiles_of.setdefault(name, []).append(t)
 
-    def tile_of(key: str):
-        return int(key) if key.isdigit() and int(key) < n_tiles else by_name.get(key)
+    def is_row(key: str) -> bool:
+        return key.isdigit() and int(key) < n_tiles
 
     header = [h.strip().lower() for h in rows[0]]
+    first = rows[0][0].strip()
     has_header = "tile" in header or "label" in header or (
-        tile_of(rows[0][0].strip()) is None and not rows[0][0].strip().isdigit())
+        not first.isdigit() and first not in tiles_of)
     i_id = header.index("tile") if "tile" in header else 0
     i_label = header.index("label") if "label" in header else (1 if i_id == 0 else 0)
     i_group = header.index("group") if has_header and "group" in header else None
-    labels: dict[int, str] = {}
-    group_of: dict[int, str] = {}
+    by_row: dict[int, tuple[str, str, int]] = {}  # tile -> (label, group, line)
+    by_source: dict[str, tuple[str, str, int]] = {}  # source name -> (label, group, line)
     unknown = []
     for line, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
         if len(row) <= max(i_id, i_label):
             raise DataError(f"{path}:{line}: expected {max(i_id, i_label) + 1} columns, got {len(row)}")
         key, value = row[i_id].strip(), row[i_label].strip()
-        tile = tile_of(key)
-        if tile is None:
-            unknown.append(key)
-        elif tile in labels:
-            raise DataError(f"{path}:{line}: tile {key!r} is listed twice")
+        group = row[i_group].strip() if i_group is not None and len(row) > i_group else ""
+        if is_row(key):
+            if int(key) in by_row:
+                raise DataError(f"{path}:{line}: tile {key!r} is listed twice")
+            by_row[int(key)] = (value, group, line)
+        elif key in tiles_of:
+            if key in by_source and by_source[key][:2] != (value, group):
+                old, old_group, old_line = by_source[key]
+                what = (f"labels {old!r} (line {old_line}) and {value!r}" if old != value
+                        else f"groups {old_group!r} (line {old_line}) and {group!r}")
+                raise DataError(f"{path}:{line}: image {key!r} is listed twice with different {what}; "
+                                "an image's tiles take one label and group: keep one row")
+            by_source.setdefault(key, (value, group, line))
         else:
-            labels[tile] = value
-            if i_group is not None:
-                group_of[tile] = row[i_group].strip() if len(row) > i_group else ""
+            unknown.append(key)
     if unknown:
+        known = list(tiles_of)
+        hint = ""
+        if known:
+            hint = (f" or source image names ({', '.join(map(repr, known[:3]))}"
+                    + (f", ... {len(known)} in all)" if len(known) > 3 else ")"))
         raise DataError(f"{path}: {len(unknown)} unknown tile id(s), e.g. {', '.join(map(repr, unknown[:3]))}; "
-                        f"ids are row numbers 0..{n_tiles - 1}" + (" or source image names" if by_name else ""))
+                        f"ids are row numbers 0..{n_tiles - 1}" + hint)
+    labels: dict[int, str] = {}
+    group_of: dict[int, str] = {}
+    for name, (value, group, _) in by_source.items():
+        for t in tiles_of[name]:
+            labels[t], group_of[t] = value, group
+    for t, (value, group, line) in sorted(by_row.items(), key=lambda item: item[1][2]):
+        if t in labels:
+            name = names[t]
+            source_value, source_group, source_line = by_source[name]
+            if value != source_value:
+                raise DataError(f"{path}:{line}: tile {t} has the label {value!r} but its image {name!r} has "
+                                f"{source_value!r} (line {source_line}); give the tile or its image one label")
+            if group and source_group and group != source_group:
+                raise DataError(f"{path}:{line}: tile {t} is in group {group!r} but its image {name!r} is in "
+                                f"{source_group!r} (line {source_line}); an image belongs to one group")
+            group_of[t] = group or source_group
+        else:
+            labels[t], group_of[t] = value, group
     missing = [t for t in range(n_tiles) if not labels.get(t)]
     if missing and every_tile:
         raise DataError(f"{path}: labels missing for {len(missing)} of {n_tiles} tiles "
