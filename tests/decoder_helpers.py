@@ -16,11 +16,19 @@ from embedcache.config import DecoderConfig, FitConfig
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One torch thread: tiny tensors gain nothing from two, and lose much on a busy machine."""
-    before = torch.get_num_threads()
+    """One torch thread: tiny tensors gain nothing from two, and lose much on a busy machine (a thread budget
+    of 1, so extraction and training keep to it too)."""
+    import os
+
+    before, budget = torch.get_num_threads(), os.environ.get("EMBEDCACHE_THREADS")
     torch.set_num_threads(1)
+    os.environ["EMBEDCACHE_THREADS"] = "1"
     yield
     torch.set_num_threads(before)
+    if budget is None:
+        os.environ.pop("EMBEDCACHE_THREADS", None)
+    else:
+        os.environ["EMBEDCACHE_THREADS"] = budget
 
 
 def write_conic(folder: Path, n: int = 6, size: int = 64, seed: int = 3, labels: bool = True) -> Path:

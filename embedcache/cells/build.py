@@ -11,7 +11,6 @@ serves every variant and the same nucleus is compared with itself.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from embedcache.errors import DataError, StoreError
 from embedcache.store.cells import TABLE, CellStore, CellWriter
 from embedcache.store.images import source_images
 from embedcache.store.reader import open_store
+from embedcache.threads import budget
 
 
 @dataclass
@@ -51,8 +51,9 @@ class CellsResult:
         return self.cells_run / max(self.seconds, 1e-9)
 
 
-# Threads measuring nuclei: two keep both cores of a small machine busy (reads in zarr's threads, numpy here).
-THREADS = min(2, os.cpu_count() or 1)
+# Threads measuring nuclei: two keep both cores of a small machine busy (reads in zarr's threads, numpy here);
+# never more than the thread budget (embedcache.threads).
+THREADS = 2
 
 
 def _units(images, unit_tiles: int) -> list[tuple[int, int]]:
@@ -112,7 +113,7 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
         return found, unit_pooling(images[i0:i1], [m[0] for m in maps], found, grids, store.tile_shape, valid)
 
     with tqdm(total=len(images), desc="nuclei", unit="image", disable=not progress) as bar, \
-            ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="embedcache-cells") as pool:
+            ThreadPoolExecutor(max_workers=min(THREADS, budget()), thread_name_prefix="embedcache-cells") as pool:
         # Units are measured on THREADS threads (numpy and the codecs release the GIL), in order.
         for (i0, i1), (found, weights) in zip(image_units, pool.map(measure, image_units)):
             per_image += found

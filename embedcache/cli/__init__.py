@@ -61,13 +61,25 @@ def _describe_os_error(exc: OSError) -> str:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Threads the command may use in all: torch, BLAS, loader and worker processes are sized so "
+                   "their sum fits (default: this machine's cores, or EMBEDCACHE_THREADS). Lower it on a "
+                   "shared machine.")
 @click.version_option(__version__, prog_name="embedcache")
 @click.pass_context
-def main(ctx: click.Context, debug: bool):
+def main(ctx: click.Context, debug: bool, threads: int | None):
     """Frozen encoders over pathology tiles, cached once; decoders, probes and
     nuclei metrics trained and scored from the cache."""
+    from embedcache.errors import ConfigError
+    from embedcache.threads import set_budget
+
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    ctx.obj["threads"] = threads
+    try:
+        set_budget(threads)  # before torch loads: its OpenMP pool reads the environment once
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 # One module per group of commands; each registers its commands on `main` when imported.

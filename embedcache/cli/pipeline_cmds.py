@@ -50,6 +50,11 @@ def run_cmd(pipeline_file, only, dry_run, keep_going, out, workers, scheduler, q
     if keep_going:
         pipeline = dataclasses.replace(pipeline, on_error="skip")
     kinds = tuple(k.strip() for k in only.split(",") if k.strip())
+    if pipeline.threads is not None and not (click.get_current_context().obj or {}).get("threads"):
+        # the file's budget, unless `embedcache --threads N run` gave one
+        from embedcache.threads import set_budget
+
+        set_budget(pipeline.threads)
     p = plan(pipeline, progress=not quiet, workers=workers, scheduler=scheduler)
     for name, why in p.failed.items():
         click.echo(f"left out {name}: {why}", err=True)

@@ -42,6 +42,7 @@ from embedcache.errors import ConfigError
 from embedcache.extract.job import ExtractResult, ExtractionJob
 from embedcache.store.location import StoreLocation
 from embedcache.store.writer import StoreWriter
+from embedcache.threads import per_worker
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +175,13 @@ def worker_specs(n_workers: int, gpus: int) -> tuple[dict, int | None]:
     >>> [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()], threads
     (['0', '1'], None)
     """
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // n_workers)
+    threads = None if gpus else per_worker(n_workers)
     base = {"nthreads": 2 if gpus else 1, "host": "127.0.0.1", "dashboard": False, "dashboard_address": None,
             "silence_logs": logging.WARNING}
     specs = {}
     for i in range(n_workers):
-        pin = {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {"OMP_NUM_THREADS": str(threads)}
+        pin = ({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus
+               else {"OMP_NUM_THREADS": str(threads), "EMBEDCACHE_THREADS": str(threads)})
         # Workers forked from the server see the environment it started with; give them ours as it is
         # now (credentials included: process memory, never a task, a log line or the store).
         specs[f"embedcache-{i}"] = {"options": {**base, "env": {**os.environ, **pin}, "name": f"embedcache-{i}"}}
@@ -193,7 +195,8 @@ def local_cluster(n_workers: int, device: str = "auto"):
     With GPUs (and ``device`` auto or cuda), worker ``i`` sees only GPU
     ``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``) and has 2 threads, so
     writing one unit overlaps computing the next. On CPU each worker has
-    one thread and ``cores // n_workers`` torch threads.
+    one thread and its share of the thread budget in torch threads
+    (:func:`embedcache.threads.per_worker`).
 
     Yields
     ------

@@ -22,6 +22,7 @@ from embedcache.datasets import TileDataset
 from embedcache.datasets.variants import Variant
 from embedcache.extract.job import ExtractionJob, ExtractResult, read_unit
 from embedcache.store.location import StoreLocation
+from embedcache.threads import use_threads
 from embedcache.workers import die_with_parent
 
 
@@ -62,7 +63,13 @@ def _worker_init(parent: int):
 
 def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool = False,
                   progress: bool = True) -> ExtractResult:
-    """:func:`embedcache.extract.extract` in this process (``workers`` and ``scheduler`` unset)."""
+    """:func:`embedcache.extract.extract` in this process (``workers`` and ``scheduler`` unset); torch's
+    threads and the loader processes share the thread budget (:mod:`embedcache.threads`)."""
+    with use_threads(beside=config.loader_workers):
+        return _extract_local(data, out, config, overwrite, progress)
+
+
+def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: bool) -> ExtractResult:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()

@@ -63,6 +63,7 @@ from embedcache.infer.slide_output import finish_slide, region_rows, write_regio
 from embedcache.infer.tiling import cut_tile
 from embedcache.postprocess import instances_from_maps
 from embedcache.store import open_store
+from embedcache.threads import use_threads
 from embedcache.train.checkpoint import load_run
 from embedcache.workers import die_with_parent
 
@@ -231,8 +232,6 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
         No slides, an unknown resolution for the run, a partial made by
         another run or with other settings (without ``overwrite``), or a full disk.
     """
-    from tqdm.auto import tqdm
-
     paths = list_slides(Path(slides)) if Path(slides).exists() else []
     if not paths:
         raise DataError(f"{slides}: no slides found (a slide file or a folder of .tif, .svs, .ndpi, ...)")
@@ -259,6 +258,16 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                              work_mpp=float(work_mpp), overlap=overlap)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with use_threads(beside=post_workers):  # the post-processing processes share the thread budget
+        return _predict_paths(paths, loaded, predictor, features, out, float(work_mpp), mpp, region, margin,
+                              overlap, post, post_workers, gzip_geojson, overwrite, progress, table)
+
+
+def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: float, mpp, region: int, margin: int,
+                   overlap: int, post, post_workers: int, gzip_geojson: bool, overwrite: bool, progress: bool,
+                   table: bool) -> list[SlideResult]:
+    from tqdm.auto import tqdm
+
     results: list[SlideResult] = []
     # Spawned, not forked: the parent holds torch's threads, which a fork would copy mid-flight.
     pool = (ProcessPoolExecutor(post_workers, mp_context=multiprocessing.get_context("spawn"),

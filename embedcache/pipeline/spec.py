@@ -138,6 +138,7 @@ class Pipeline:
     decoder: dict = field(default_factory=dict)
     report: ReportSpec = ReportSpec()
     on_error: str = "stop"
+    threads: int | None = None  # the run's thread budget (embedcache.threads); None: the cores
 
     def extract_config(self, dataset: DatasetSpec, encoder: EncoderEntry) -> ExtractConfig:
         """Defaults, then the file's ``extract``, the dataset's, then the encoder's fields."""
@@ -236,7 +237,7 @@ class _Reader:
 
 
 TOP_KEYS = ("name", "out", "datasets", "encoders", "seeds", "extract", "fit", "probe", "cells", "evaluate", "report",
-            "on_error")
+            "on_error", "threads")
 DATASET_KEYS = ("path", "synthetic", "format", "extract", "fit", "probe", "cells", "evaluate")
 SYNTHETIC_KEYS = ("tiles", "seed", "folds", "size")
 EVALUATE_KEYS = ("protocol", "magnification", "tta")
@@ -293,6 +294,9 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
     on_error = data.get("on_error", "stop")
     if on_error not in ON_ERROR:
         r.fail(data, "on_error", f"on_error must be stop or skip, not {on_error!r}")
+    threads = data.get("threads")
+    if threads is not None and (not _is_int(threads) or threads < 1):
+        r.fail(data, "threads", f"threads must be a whole number of at least 1, not {threads!r}")
     report = r.mapping(data.get("report"), "report", data, "report")
     r.keys(report, [f.name for f in dataclasses.fields(ReportSpec)], "report")
     for key, value in report.items():
@@ -342,7 +346,7 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
         enc_specs.append(EncoderEntry(enc_name, dict(settings)))
 
     pipeline = Pipeline(name, source, out, tuple(ds_specs), tuple(enc_specs), tuple(seeds), extract, decoder,
-                        report_spec, on_error)
+                        report_spec, on_error, threads)
     # Build every config now, so a bad value fails before any work starts.
     for ds in pipeline.datasets:
         for enc in pipeline.encoders:

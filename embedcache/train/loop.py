@@ -264,6 +264,13 @@ def fit(store_path, out, config: FitConfig = FitConfig(), *, overwrite: bool = F
     TrainingError
         The loss became NaN, or memory ran out.
     """
+    from embedcache.threads import use_threads
+
+    with use_threads(beside=config.loader_workers):  # the loader processes share the thread budget
+        return _fit(store_path, out, config, overwrite, progress, scorer)
+
+
+def _fit(store_path, out, config: FitConfig, overwrite: bool, progress: bool, scorer) -> FitResult:
     t0 = time.perf_counter()
     out = Path(out)
     store = open_store(store_path)
