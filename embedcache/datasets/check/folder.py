@@ -1,0 +1,172 @@
+"""Checks of the folder layout: images and their label maps, from headers (or pixels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embedcache.datasets.check.report import DataReport, _add, _short
+from embedcache.errors import DataError
+
+_SINGLE = {"1": "a 1-bit (black and white) image", "L": "a grayscale image", "P": "a palette image",
+           "I": "a single-channel 32-bit image", "F": "a single-channel floating-point image"}
+_RGB_LIKE = {"YCbCr", "LAB", "HSV"}  # three channels the reader would take as R, G, B
+
+
+def _image_mode(mode: str) -> tuple[str | None, str | None]:
+    """(problem, conversion) for a picture of PIL ``mode``, as ``to_uint8_rgb(np.asarray(im))`` treats it.
+
+    The conversion is the mode of an image the reader makes RGB (by dropping its 4th channel).
+    """
+    if mode == "RGB":
+        return None, None
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return None, mode
+    if mode in _SINGLE or mode.startswith("I;"):
+        what = _SINGLE.get(mode, "a single-channel 16-bit image")
+        return f"{what} (mode {mode}); extract reads RGB (height, width, 3) only: save it as 8-bit RGB", None
+    if mode in ("LA", "La", "PA"):
+        return (f"grayscale with alpha (mode {mode}), 2 channels; extract reads RGB (height, width, 3) only: "
+                "save it as 8-bit RGB"), None
+    if mode == "CMYK" or mode in _RGB_LIKE:
+        return f"{mode} colours would be read as RGB; save it as 8-bit RGB", None
+    return f"image mode {mode} is not RGB; save it as 8-bit RGB", None
+
+
+def _label_header(path: Path):
+    """(mode or None, shape (h, w[, c]), dtype or None) of a label map without decoding it."""
+    from PIL import Image
+
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return None, tuple(int(s) for s in arr.shape), arr.dtype
+    with Image.open(path) as im:
+        w, h = im.size
+        bands = len(im.getbands())
+        return im.mode, (h, w) if bands == 1 else (h, w, bands), None
+
+
+def _check_label(report: DataReport, p: Path, kind: str, image: Path, image_hw, pixels: bool) -> None:
+    from embedcache.datasets.base import check_label_map
+    from embedcache.datasets.folder import read_image_file
+
+    what = "instance" if kind == "inst" else "type"
+    ids = "instance ids" if kind == "inst" else "type ids"
+    try:
+        mode, shape, dtype = _label_header(p)
+    except Exception as exc:  # PIL, numpy and the OS raise many types for a bad file
+        report.problem(p, f"cannot read label map ({_short(exc)})")
+        return
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        coded = f"mode {mode}" if mode else f"shape {shape}"
+        report.problem(p, f"an RGB-coded {what} map ({coded}, {shape[-1]} channels); save {ids} as a "
+                          "single-channel 16-bit PNG (0 = background)")
+        return
+    if len(shape) != 2:
+        coded = f"mode {mode}, " if mode else ""
+        report.problem(p, f"{what} map of shape {shape} ({coded}expected height x width, one channel); save "
+                          f"{ids} as a single-channel 16-bit PNG")
+        return
+    if mode == "1" or (dtype is not None and dtype.kind not in "iuf"):
+        got = "a 1-bit (black and white) image" if mode == "1" else f"dtype {dtype}"
+        report.problem(p, f"labels must be integers, got {got}; save {ids} as a single-channel 16-bit PNG")
+        return
+    if image_hw is not None and shape != tuple(image_hw):
+        report.problem(p, f"{what} map is {shape[1]}x{shape[0]} px but its image {image.name} is "
+                          f"{image_hw[1]}x{image_hw[0]} px (width x height); they must be the same size")
+        return
+    if pixels:
+        try:
+            m = check_label_map(read_image_file(p), str(p))
+        except DataError as exc:
+            _add(report, exc, p)
+            return
+        if kind == "inst" and m.size and not m.any():
+            report.note(f"{p.name}: no nuclei (every instance id is 0)")
+
+
+def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, overlap: int) -> None:
+    from PIL import Image
+
+    from embedcache.datasets.base import to_uint8_rgb
+    from embedcache.datasets.folder import IMAGE_SUFFIXES, LABEL_SUFFIXES, find_label_file, list_images, read_image_file
+    from embedcache.geometry import plan_tiles
+
+    files = list_images(path)
+    summary = report.summary
+    summary.update(images=len(files), inst_maps=0, type_maps=0, min_size=None, max_size=None, pixels=0, tiles=0,
+                   tile_size=tile_size, overlap=overlap)
+    if not files:
+        report.problem(path, f"no images found ({', '.join(IMAGE_SUFFIXES)})")
+    inst = [find_label_file(path, f.stem, "inst") for f in files]
+    types = [find_label_file(path, f.stem, "type") for f in files]
+    labelled = sum(p is not None for p in inst)
+    summary.update(inst_maps=labelled, type_maps=sum(t is not None and i is not None for i, t in zip(inst, types)))
+    sizes, conversions = [], {}
+    for f, inst_path, type_path in zip(files, inst, types):
+        hw = None
+        try:
+            with Image.open(f) as im:
+                mode, (w, h) = im.mode, im.size
+                frames = getattr(im, "n_frames", 1)
+        except Exception as exc:  # PIL, numpy and the OS raise many types for a bad file
+            report.problem(f, f"cannot read image ({_short(exc)})")
+        else:
+            hw = (h, w)
+            sizes.append((w, h))
+            summary["tiles"] += len(plan_tiles(hw, (tile_size, tile_size), overlap))
+            problem, conversion = _image_mode(mode)
+            if frames > 1:
+                report.note(f"{f.name}: holds {frames} frames (pages); only the first is read")
+            if problem:
+                report.problem(f, problem)
+                conversion = None
+            elif pixels:
+                try:
+                    to_uint8_rgb(read_image_file(f), str(f))
+                except DataError as exc:
+                    _add(report, exc, f)
+                    conversion = None
+            if conversion:
+                conversions.setdefault(conversion, []).append(f.name)
+        if inst_path is None and 0 < labelled:
+            others = f"{labelled} other image{' has' if labelled == 1 else 's have'} one"
+            report.problem(f, f"no {f.stem}_inst.png (or .tif, .tiff, .npy) label map while {others}; give every "
+                              "image its NAME_inst.png, or none")
+        for p, kind in ((inst_path, "inst"), (type_path, "type")):
+            if p is not None and (kind == "inst" or inst_path is not None):
+                _check_label(report, p, kind, f, hw, pixels)
+    if labelled == 0 and any(p is not None for p in types):
+        report.note("type maps without instance maps are ignored: the dataset is read without labels")
+    for mode, names in conversions.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        many = len(names) != 1
+        checked = (f"{'all are' if many else 'it is'} fully opaque" if pixels else
+                   f"{'they' if many else 'it'} must be fully opaque (transparent pixels are refused; --pixels checks)")
+        report.note(f"{len(names)} {mode} image{'s' if many else ''} ({shown}): converted to RGB by dropping the "
+                    f"4th channel; {checked}")
+    if sizes:
+        by_area = sorted(sizes, key=lambda s: (s[0] * s[1], s))
+        summary.update(min_size=by_area[0], max_size=by_area[-1], pixels=sum(w * h for w, h in sizes))
+
+    # Label maps the reader never reads: beside no image, or shadowed by another suffix.
+    stems = {f.stem for f in files}
+    seen: dict[str, list[Path]] = {}
+    for p in sorted(path.iterdir()):
+        if not p.is_file() or not p.stem.endswith(("_inst", "_type")):
+            continue
+        if p.suffix not in LABEL_SUFFIXES:
+            if p.suffix.lower() in IMAGE_SUFFIXES + (".npy",):
+                report.note(f"{p.name} is not read: label maps are {', '.join(LABEL_SUFFIXES)} (lower case)"
+                            + ("; JPEG changes the ids" if p.suffix.lower() in (".jpg", ".jpeg") else ""))
+            continue
+        base = p.stem[:-5]
+        seen.setdefault(p.stem, []).append(p)
+        if base not in stems:
+            report.problem(p, f"label map without an image: no {base}.png (or .tif, .tiff, .jpg, .jpeg) beside it")
+    for stem, group in seen.items():
+        if len(group) > 1 and stem[:-5] in stems:
+            used = min(group, key=lambda q: LABEL_SUFFIXES.index(q.suffix))
+            others = ", ".join(q.name for q in group if q != used)
+            report.note(f"{used.name} is read; {others} ignored")
