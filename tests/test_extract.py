@@ -268,3 +268,69 @@ def test_attributes_are_one_typed_record(vit_store):
     assert store.config.unit_tiles == 4 and store.extract_config["layers"] == "1,3,5"
     with pytest.raises(DataError, match="does not record microns per pixel"):
         store.geometry()
+
+
+def _folder(path, n=4, size=128, seed=0):
+    from PIL import Image
+
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path / f"im{k}.png")
+    return path
+
+
+def test_a_fixed_source_file_recomputes_only_its_units_and_keeps_the_rest(tmp_path):
+    """A truncated image last in a folder fails extraction at its unit; after the fix the rerun keeps the
+    finished units. A finished image changed since is computed again; the store equals a fresh one."""
+    data = _folder(tmp_path / "data")
+    good = (data / "im3.png").read_bytes()
+    (data / "im3.png").write_bytes(good[: len(good) // 2])  # the header still reads; the pixels do not
+    cfg = ExtractConfig(encoder=TINY_CNN, weights="random", variants="none", loader_workers=0, device="cpu",
+                        unit_tiles=4, tile_size=64, overlap=0)  # one 128-px image = one unit of 4 tiles
+    out = tmp_path / "s.zarr"
+    with pytest.raises(DataError, match="im3.png"):
+        extract(data, out, cfg, progress=False)
+    assert open_store(partial_path(out)).units_done() == (3, 4)
+    (data / "im3.png").write_bytes(good)  # fixed
+    from PIL import Image
+
+    changed = np.asarray(Image.open(data / "im1.png")).copy()
+    changed[:8] = 0
+    Image.fromarray(changed).save(data / "im1.png")  # and a finished image edited since
+    res = extract(data, out, cfg, progress=False)
+    assert res.redone == (1, 2) and res.units_run == 2  # unit 1 again, unit 3 for the first time
+    fresh = open_store(extract(data, tmp_path / "fresh.zarr", cfg, progress=False).path)
+    store = open_store(res.path)
+    assert store.complete and store.config.dataset_fingerprint == fresh.config.dataset_fingerprint
+    for path in fresh.arrays():
+        assert np.array_equal(fresh.group[path][:], store.group[path][:]), path
+    assert verify_store(store) == []
+
+
+def test_a_fix_that_moves_tiles_is_refused_with_what_to_do(tmp_path):
+    data = _folder(tmp_path / "data")
+    cfg = ExtractConfig(encoder=TINY_CNN, weights="random", variants="none", loader_workers=0, device="cpu",
+                        unit_tiles=4, tile_size=64, overlap=0)
+    real = StoreWriter.write_unit
+    calls = []
+
+    def stop_after_two(self, unit, arrays):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(unit)
+        return real(self, unit, arrays)
+
+    out = tmp_path / "s.zarr"
+    import unittest.mock
+
+    with unittest.mock.patch.object(StoreWriter, "write_unit", stop_after_two), pytest.raises(KeyboardInterrupt):
+        extract(data, out, cfg, progress=False)
+    problems = verify_store(open_store(partial_path(out)))
+    assert "units with its tiles are computed again" in problems[0]
+    from PIL import Image
+
+    Image.fromarray(np.zeros((192, 128, 3), np.uint8)).save(data / "im0.png")  # another size: tiles move
+    with pytest.raises(StoreMismatchError, match="--overwrite"):
+        extract(data, out, cfg, progress=False)
+    assert open_store(partial_path(out)).units_done() == (2, 4)  # nothing lost by the refusal

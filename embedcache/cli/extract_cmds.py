@@ -72,6 +72,10 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
 
     result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,
                          progress=not quiet)
+    if result.redone is not None:
+        redo, kept = result.redone
+        click.echo(f"the data changed since the interrupted run: kept {kept} finished units, computed {redo} "
+                   "again (those with tiles of changed files)")
     if result.skipped:
         click.echo(f"{result.path} is already complete with these settings; nothing to do")
     else:

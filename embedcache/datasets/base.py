@@ -99,12 +99,38 @@ class TileDataset:
         """
         h = hashlib.sha256()
         h.update(f"{self.layout}:{self.tile_shape}:{self.n_tiles}".encode())
+        hashes = {}
         for f in self._source_files():
             h.update(f.name.encode())
+            one = hashlib.sha256()  # each file's own hash, in the same pass (source_fingerprints)
             with open(f, "rb") as fh:
                 while block := fh.read(1 << 22):
                     h.update(block)
+                    one.update(block)
+            hashes[Path(f)] = one.hexdigest()
+        self._file_hashes = hashes
         return h.hexdigest()
+
+    def source_fingerprints(self) -> list[str] | None:
+        """A content hash of each source image's files (image and label maps), in source order; None for
+        layouts whose sources share files (stacks). Read in the pass of :meth:`fingerprint` (called first when
+        needed), so a store can tell which units a changed file touches."""
+        files = self._files_of_source()
+        if files is None:
+            return None
+        if getattr(self, "_file_hashes", None) is None:
+            self.fingerprint()
+        out = []
+        for group in files:
+            h = hashlib.sha256()
+            for f in group:
+                h.update(f"{Path(f).name}:{self._file_hashes[Path(f)]}".encode())
+            out.append(h.hexdigest())
+        return out
+
+    def _files_of_source(self) -> list[list[Path]] | None:
+        """Each source's files, for :meth:`source_fingerprints`; None when sources share files."""
+        return None
 
     def describe(self) -> dict:
         """Plain-data description recorded in a store's attributes."""

@@ -134,6 +134,9 @@ class FolderDataset(TileDataset):
     def _source_files(self):
         return [p for group in (self._files, self._inst, self._type) for p in group if p is not None]
 
+    def _files_of_source(self):
+        return [[p for p in files if p is not None] for files in zip(self._files, self._inst, self._type)]
+
     def fingerprint(self) -> str:
         base = super().fingerprint()
         if not self.overlap:  # stores made before tiles could overlap keep their fingerprint

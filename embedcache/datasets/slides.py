@@ -192,6 +192,9 @@ class SlideDataset(TileDataset):
     def _source_files(self):
         return [p for s in self.slides for p in (s.path, s.annotations) if p is not None]
 
+    def _files_of_source(self):
+        return [[p for p in (s.path, s.annotations) if p is not None] for s in self.slides]
+
     def fingerprint(self) -> str:
         import hashlib
 

@@ -111,6 +111,7 @@ def _prepare(job: _Job, run_id: str, overwrite: bool) -> dict:
         state.writer(run_id, opened=writer)
         info["todo"] = writer.todo_units()
         info["tiles_todo"] = ej.tiles_in(info["todo"])
+        info["redone"] = writer.redone
     return info
 
 
@@ -364,4 +365,4 @@ def _drive(client, job: _Job, location: StoreLocation, overwrite: bool, progress
     client.submit(_finish, job, key=f"embedcache-finish-{run_id}", pure=False).result()
     records.sort(key=lambda r: r["unit"])
     return ExtractResult(location.path, n_tiles, info["n_variants"], len(todo), n_units, seconds, layers=layers,
-                         units=records)
+                         units=records, redone=info.get("redone"))

@@ -46,6 +46,7 @@ class ExtractResult:
     skipped: bool = False  # the store was already complete
     layers: list[str] = field(default_factory=list)
     units: list[dict] = field(default_factory=list)  # distributed runs: worker and timings of each unit
+    redone: tuple[int, int] | None = None  # after a fixed source file: (units computed again, finished units kept)
 
     @property
     def tiles_per_second(self) -> float:
@@ -250,11 +251,13 @@ class ExtractionJob:
         """Create or resume the store at ``out`` (path or URL); None when it is already complete."""
         run, dataset, config = self.run, self.dataset, self.config
         fingerprint = dataset.fingerprint()
+        sources = dataset.source_fingerprints()
         specs = schema.array_specs(dataset.n_tiles, dataset.tile_shape, len(run.variants), run.layouts,
                                    config.dtype, config.unit_tiles, dataset.has_labels, config.codec)
         provenance = schema.Provenance(
             weights=run.encoder.weights, versions=_versions(),
-            dataset={**dataset.describe(), "fingerprint": fingerprint},
+            dataset={**dataset.describe(), "fingerprint": fingerprint,
+                     **({"source_fingerprints": sources} if sources is not None else {})},
             device=(torch.cuda.get_device_name(run.device) if run.device.type == "cuda"
                     else platform.processor() or "cpu"),
             batch_size=config.batch_size, extract_config=config.to_dict())
@@ -264,4 +267,27 @@ class ExtractionJob:
                           for v in run.variants},
             source_names=tuple(dataset.tiles.source_names), tissue_names=tuple(self.tissue_names),
             class_names=dict(dataset.class_names or {}))
-        return StoreWriter.open(out, attrs, specs, overwrite=overwrite)
+        return StoreWriter.open(out, attrs, specs, overwrite=overwrite, redo=self._units_to_redo)
+
+    def _units_to_redo(self, old_attrs: dict, group) -> list[int] | None:
+        """Finished units of an interrupted store made from an earlier state of this dataset that must be
+        computed again: those holding a tile of a source whose files changed. None when the units cannot be
+        kept (the tiles moved, or the store does not record its sources' fingerprints)."""
+        old = (old_attrs.get("provenance") or {}).get("dataset", {}).get("source_fingerprints")
+        new = self.dataset.source_fingerprints()
+        names = list(old_attrs.get("source_names") or [])
+        if old is None or new is None or len(old) != len(new) or names != list(self.dataset.tiles.source_names):
+            return None
+        ti, n, unit_tiles = self.dataset.tiles, self.dataset.n_tiles, self.config.unit_tiles
+        done = np.flatnonzero(np.asarray(group[schema.DONE][:]).astype(bool))
+        changed = {k for k, (a, b) in enumerate(zip(old, new)) if a != b}
+        redo = []
+        for unit in done.tolist():
+            start, stop = schema.unit_range(unit, n, unit_tiles)
+            same = (np.array_equal(group[schema.TILE_SOURCE][start:stop], ti.source[start:stop])
+                    and np.array_equal(group[schema.TILE_OFFSET][start:stop], ti.offset[start:stop]))
+            if not same:
+                return None
+            if changed & set(ti.source[start:stop].tolist()):
+                redo.append(unit)
+        return redo

@@ -121,4 +121,4 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     seconds = time.perf_counter() - t_run
     path = writer.finish()
     return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), job.n_units, seconds,
-                         layers=job.layers)
+                         layers=job.layers, redone=writer.redone)

@@ -483,8 +483,13 @@ def verify_store(store, progress=None) -> list[str]:
     problems = []
     done, units = store.units_done()
     if done < units:
+        if "source_fingerprints" in store.provenance.dataset:
+            fix = ("; after fixing a source file, the units with its tiles are computed again and the others "
+                   "kept, unless the fix moves tiles (another image size): then --overwrite")
+        else:
+            fix = "; if the data changed since, it starts again only with --overwrite"
         problems.append(f"incomplete: {units - done} of {units} units of work not written "
-                        "(run the same extract or cells command again to resume)")
+                        f"(run the same extract or cells command again to resume{fix})")
     elif not store.complete:
         problems.append("all units written but the store was never marked complete")
     step = int(store.verify_rows)

@@ -8,7 +8,10 @@ its ``complete`` attribute, set last, is the only sign that it is finished
 (``--overwrite`` removes the old store first). An interrupted run leaves the
 store incomplete; running the same command again resumes it, skipping units
 marked done (a unit is idempotent: it rewrites whole shards). A store made
-with another configuration is refused, naming the first field that differs.
+with another configuration is refused, naming the first field that differs,
+except an interrupted one whose dataset changed in some source files and
+nothing else (a bad image fixed): its units with tiles of those files are
+computed again and the others kept (``StoreWriter.open``'s ``redo``).
 
 Units may be written by several processes at once (dask workers, each
 having :meth:`StoreWriter.attach` ed to the store): units never share an
@@ -54,6 +57,11 @@ def config_difference(old: dict, new: dict) -> str | None:
             show = lambda x: (x[:16] + "…") if isinstance(x, str) and len(x) > 20 else x  # noqa: E731
             return f"{key}: store has {show(a.get(key, '<absent>'))!r}, this run has {show(b.get(key, '<absent>'))!r}"
     return None
+
+
+def _only_data_changed(old: dict, new: dict) -> bool:
+    """Whether two store configurations differ only in the dataset's fingerprint."""
+    return config_difference({**old, "dataset_fingerprint": None}, {**new, "dataset_fingerprint": None}) is None
 
 
 def read_attrs(where) -> dict | None:
@@ -127,14 +135,19 @@ class StoreWriter:
         self.n_tiles = int(config.n_tiles)
         self.n_units = schema.n_units(self.n_tiles, self.unit_tiles)
         self._arrays = {}
+        self.redone: tuple[int, int] | None = None  # (units computed again, finished units kept) after a fix
 
     @classmethod
     def open(cls, out, attrs: schema.StoreAttrs, specs: list[schema.ArraySpec],
-             overwrite: bool = False) -> "StoreWriter | None":
+             overwrite: bool = False, redo=None) -> "StoreWriter | None":
         """Open for writing; returns None when ``out`` is already complete with this config.
 
         ``out`` is a local path or an fsspec URL; ``attrs`` what the new store
         records (its ``config`` decides whether an existing store is the same).
+        ``redo(old_attrs, group) -> units or None``: for an interrupted store
+        whose dataset changed and nothing else, the finished units to compute
+        again (the rest are kept, and :attr:`redone` says how many of each);
+        None, or no ``redo``, refuses it as made otherwise.
 
         Raises
         ------
@@ -166,6 +179,10 @@ class StoreWriter:
                 part_attrs = read_attrs(build)
                 if part_attrs is not None and not overwrite:
                     diff = config_difference(part_attrs.get("config", {}), config)
+                    if diff and redo is not None and _only_data_changed(part_attrs.get("config", {}), config):
+                        writer = cls._keep_finished(loc, build, part_attrs, attrs, redo)
+                        if writer is not None:
+                            return writer
                     if diff:
                         raise StoreMismatchError(
                             f"{build} (an interrupted extraction) was made with another configuration ({diff}); "
@@ -176,6 +193,25 @@ class StoreWriter:
             build.write_files(_metadata_documents(specs, attrs))
             group = build.open_group("r+")
         return cls(loc, group, attrs.config)
+
+    @classmethod
+    def _keep_finished(cls, loc, build, old_attrs: dict, attrs: schema.StoreAttrs, redo) -> "StoreWriter | None":
+        """An interrupted store of an earlier state of the dataset, its unchanged units kept; None if it cannot."""
+        group = build.open_group("r+")
+        units = redo(old_attrs, group)
+        if units is None:
+            return None
+        done = np.asarray(group[schema.DONE][:]).astype(bool)
+        kept = int(done.sum()) - len(units)
+        if units:
+            done[np.asarray(units, dtype=np.int64)] = False
+            group[schema.DONE][:] = done.astype(group[schema.DONE].dtype)
+        old = schema.StoreAttrs.from_dict(old_attrs)
+        group.attrs[schema.ATTRS] = attrs.replace(
+            complete=False, provenance=dataclasses.replace(attrs.provenance, created=old.provenance.created)).to_dict()
+        writer = cls(loc, group, attrs.config)
+        writer.redone = (len(units), kept)
+        return writer
 
     @classmethod
     def attach(cls, out) -> "StoreWriter":
