@@ -133,6 +133,15 @@ def test_first_run_runs_every_step_and_writes_the_report(base):
     shown = re.findall(r"<img src='([^']+)'", page)
     assert "scores_syn.png" in shown and any(s.startswith("overlays/") for s in shown)
     assert all((out / "report" / s).is_file() for s in shown)
+    links = re.findall(r"<a href='([^']+)'", page)  # click-to-enlarge images, the types overlays, the files
+    assert "leaderboard.csv" in links and "leaderboard.json" in links and any(s.endswith("_types.png") for s in links)
+    assert all((out / "report" / s).is_file() for s in links)
+    assert "training_syn.png" in shown and "matched (TP)" in page and "neoplastic" in page  # match and type legends
+    tp_fp_fn = re.findall(r"TP (\d+), FP (\d+), FN (\d+)", page)
+    assert tp_fp_fn and all(int(tp) + int(fn) > 0 for tp, _, fn in tp_fp_fn)  # shown images hold true nuclei
+    assert "Per-image bPQ: syn" in md and "Settings and provenance: syn" in md
+    (setting,) = lb["settings"]
+    assert setting["encoder"] == "cnn" and setting["seeds"] == "0, 1" and setting["weights"] == "random"
 
 
 def test_second_run_reuses_every_step_and_the_report(base):

@@ -33,7 +33,9 @@ from embedcache.infer.writer import overlay
 from embedcache.report import human_bytes
 from embedcache.report.cells import cell_section
 from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
+from embedcache.report.overlays import match_legend, match_overlay, type_legend
 from embedcache.report.plots import figure, plot_depth
+from embedcache.report.runs import per_image_markdown, plot_curves, settings_markdown, settings_rows
 from embedcache.report.stats import LABELS, ScoreTable
 from embedcache.store import open_store
 from embedcache.store.images import image_pixels, image_truth, source_images
@@ -247,10 +249,12 @@ def plot_costs(rows: list[dict], path: Path) -> Path:
 
 
 def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> list[dict]:
-    """The same ``n`` held-out images for every encoder (first seed): truth and each prediction outlined.
+    """The same ``n`` held-out images for every encoder (first seed), at full resolution: the truth outlined
+    by type, and each prediction outlined as matched, spurious or missed against it (and by type).
 
     Images with the most true nuclei are shown. Returns one dict per image:
-    ``name`` and the PNG of ``truth`` and of each encoder.
+    ``name``, the PNG of ``truth``, and per encoder the PNGs (``pred``: matched/spurious/missed, ``types``)
+    with its ``counts`` (TP, FP, FN) and its per-image ``scores`` from ``eval.json``.
     """
     from PIL import Image
 
@@ -266,21 +270,30 @@ def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> 
     order = np.argsort([-int(len(np.unique(t)) - 1) for t in truth.instances], kind="stable")[:n]
     (out / dataset).mkdir(parents=True, exist_ok=True)
     preds = {c.encoder: read_label_maps(c.evals[sorted(c.evals)[0]] / "pred") for c in cells}
+    rows = {c.encoder: {r.get("name"): r for r in json.loads((c.evals[sorted(c.evals)[0]] / "eval.json")
+                                                             .read_text()).get("images", [])} for c in cells}
     shown = []
     for k in order:
         job = images[k]
         image = image_pixels(store, job)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job.name)
-        entry = {"name": job.name, "truth": f"overlays/{dataset}/{safe}_truth.png", "pred": {}}
+        entry = {"name": job.name, "truth": f"overlays/{dataset}/{safe}_truth.png", "pred": {}, "types": {},
+                 "counts": {}, "scores": {}}
         Image.fromarray(overlay(image, truth.instances[k], truth.types[k] if truth.types else None)).save(
             out.parent / entry["truth"])
         for c in cells:
             pred = preds[c.encoder]
             idx = pred.names.index(job.name) if job.name in pred.names else int(k)
             rel = f"overlays/{dataset}/{safe}_{c.encoder}.png"
+            matched, counts = match_overlay(image, truth.instances[k], pred.instances[idx])
+            Image.fromarray(matched).save(out.parent / rel)
+            entry["pred"][c.encoder], entry["counts"][c.encoder] = rel, counts
+            typed = f"overlays/{dataset}/{safe}_{c.encoder}_types.png"
             Image.fromarray(overlay(image, pred.instances[idx], pred.types[idx] if pred.types else None)).save(
-                out.parent / rel)
-            entry["pred"][c.encoder] = rel
+                out.parent / typed)
+            entry["types"][c.encoder] = typed
+            entry["scores"][c.encoder] = {m: rows[c.encoder].get(job.name, {}).get(m) for m in ("pq", "bpq", "mpq", "aji", "dice")
+                                          if m in rows[c.encoder].get(job.name, {})}
         shown.append(entry)
     return shown
 
@@ -324,7 +337,8 @@ def _md_table_to_html(md: str) -> str:
 STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
          "margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
          "th{background:#f3f3f3}img{max-width:100%}.ov td{vertical-align:top;text-align:center}"
-         ".ov img{width:220px}")
+         ".ov img{width:220px}.legend .key{margin-right:1.2em;font-size:13px}.swatch{display:inline-block;"
+         "width:12px;height:12px;margin-right:4px;vertical-align:middle;border:1px solid #888}")
 
 
 def write_study_report(title: str, cells: list[CellResult], failures: dict[str, str], out: Path, key: str, *,
@@ -342,6 +356,7 @@ def write_study_report(title: str, cells: list[CellResult], failures: dict[str, 
 def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict[str, str], key: str, n_boot: int,
                   seed: int, overlays: int, cell_probes: dict) -> None:
     boards = dataset_leaderboards(cells, n_boot, seed)
+    run_settings = settings_rows(cells)
     probes = probe_tables(cells)
     cost_rows = costs(cells)
     md = [f"# {title}: encoder comparison", ""]
@@ -355,6 +370,10 @@ def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict
                    "carry them. Extract with overlapping tiles (`--overlap`, a quarter tile by default) for "
                    "seam-free scores.", ""]
         figures.setdefault(ds, []).append(plot_scores(lb, tmp / f"scores_{ds}.png").name)
+        curves = plot_curves(cells, ds, tmp / f"training_{ds}.png")
+        if curves is not None:
+            figures[ds].append(curves.name)
+        md += [per_image_markdown(cells, ds), "", settings_markdown(run_settings, ds), ""]
     for (ds, i), table in probes.items():
         md += [probe_markdown(table, ds), ""]
         figures.setdefault(ds, []).append(
@@ -376,29 +395,49 @@ def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict
             "leaderboards": {ds: {"protocol": lb.protocol, "metrics": list(lb.metrics), "rows": lb.rows,
                                   "comparisons": lb.comparisons} for ds, lb in boards.items()},
             "probes": {f"{ds}/{i}": t for (ds, i), t in probes.items()}, "cells": cell_data, "costs": cost_rows,
-            "failures": failures, "overlays": shown}
+            "failures": failures, "overlays": shown, "settings": run_settings}
     write_json(tmp / "leaderboard.json", data)
-    _write_html(tmp / "index.html", title, md, figures, cost_rows, shown)
+    legends = {ds: type_legend(open_store(c.store).class_names) for ds in boards for c in cells
+               if c.dataset == ds and c.store and open_store(c.store).class_names}
+    files = sorted(p.name for p in tmp.iterdir() if p.suffix in (".md", ".csv", ".json") and p.name != "report.json")
+    _write_html(tmp / "index.html", title, md, figures, cost_rows, shown, legends, files)
     write_json(tmp / "report.json", {"key": key}, indent=None)
 
 
-def _write_html(path: Path, title: str, md: list[str], figures: dict, cost_rows: list, shown: dict) -> None:
+def _img(src: str, alt: str) -> str:
+    """A thumbnail that opens the full-resolution image."""
+    return f"<a href='{html.escape(src)}'><img src='{html.escape(src)}' alt='{html.escape(alt)}'></a>"
+
+
+def _write_html(path: Path, title: str, md: list[str], figures: dict, cost_rows: list, shown: dict,
+                legends: dict, files: list[str]) -> None:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body>", _md_table_to_html("\n".join(md))]
+             f"<style>{STYLE}</style></head><body>", _md_table_to_html("\n".join(md)),
+             "<p>Files: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in files) + "</p>"]
     for ds, names in figures.items():
         parts.append(f"<h2>Figures: {html.escape(ds)}</h2>")
-        parts += [f"<p><img src='{html.escape(n)}' alt='{html.escape(n)}'></p>" for n in names]
+        parts += [f"<p>{_img(n, n)}</p>" for n in names]
     if cost_rows:
         parts.append("<h2>Cache and extraction cost</h2><p><img src='costs.png' alt='costs'></p>")
     for ds, entries in shown.items():
         if not entries:
             continue
         encoders = list(entries[0]["pred"])
-        parts.append(f"<h2>Held-out images: {html.escape(ds)}</h2><table class='ov'><tr><th>image</th>"
-                     "<th>truth</th>" + "".join(f"<th>{html.escape(e)}</th>" for e in encoders) + "</tr>")
+        parts.append(f"<h2>Held-out images: {html.escape(ds)}</h2><p>Click an image for full resolution. Truth "
+                     "outlined by type; each encoder's nuclei against the truth:</p>" + match_legend()
+                     + (f"<p>Types (truth, and each encoder's 'types' link):</p>{legends[ds]}" if ds in legends
+                        else "")
+                     + "<table class='ov'><tr><th>image</th><th>truth</th>"
+                     + "".join(f"<th>{html.escape(e)}</th>" for e in encoders) + "</tr>")
         for e in entries:
-            cells = [f"<td><img src='{html.escape(e['truth'])}'></td>"]
-            cells += [f"<td><img src='{html.escape(e['pred'][enc])}'></td>" for enc in encoders]
+            cells = [f"<td>{_img(e['truth'], 'truth')}</td>"]
+            for enc in encoders:
+                n = e["counts"][enc]
+                score = ", ".join(f"{k.upper()} {v:.3f}" for k, v in e["scores"].get(enc, {}).items()
+                                  if isinstance(v, (int, float)) and math.isfinite(v))
+                cells.append(f"<td>{_img(e['pred'][enc], enc)}<br>TP {n['tp']}, FP {n['fp']}, FN {n['fn']}"
+                             f"{'; ' + score if score else ''}<br>"
+                             f"<a href='{html.escape(e['types'][enc])}'>types</a></td>")
             parts.append(f"<tr><td>{html.escape(e['name'])}</td>{''.join(cells)}</tr>")
         parts.append("</table>")
     parts.append("</body></html>")
