@@ -269,23 +269,22 @@ class ExtractionJob:
             class_names=dict(dataset.class_names or {}))
         return StoreWriter.open(out, attrs, specs, overwrite=overwrite, redo=self._units_to_redo)
 
-    def _units_to_redo(self, old_attrs: dict, group) -> list[int] | None:
-        """Finished units of an interrupted store made from an earlier state of this dataset that must be
-        computed again: those holding a tile of a source whose files changed. None when the units cannot be
-        kept (the tiles moved, or the store does not record its sources' fingerprints)."""
-        old = (old_attrs.get("provenance") or {}).get("dataset", {}).get("source_fingerprints")
+    def _units_to_redo(self, old: list[str] | None, names: list[str], done: np.ndarray, stored_tiles
+                       ) -> list[int] | None:
+        """Finished units (``done``) of an interrupted store made from an earlier state of this dataset that
+        must be computed again: those holding a tile of a source whose files changed (``old``: the store's
+        source fingerprints, ``names`` its sources; ``stored_tiles(start, stop)`` its tiles' source and
+        offset). None when the units cannot be kept (the tiles moved, or no source fingerprints recorded)."""
         new = self.dataset.source_fingerprints()
-        names = list(old_attrs.get("source_names") or [])
         if old is None or new is None or len(old) != len(new) or names != list(self.dataset.tiles.source_names):
             return None
         ti, n, unit_tiles = self.dataset.tiles, self.dataset.n_tiles, self.config.unit_tiles
-        done = np.flatnonzero(np.asarray(group[schema.DONE][:]).astype(bool))
         changed = {k for k, (a, b) in enumerate(zip(old, new)) if a != b}
         redo = []
-        for unit in done.tolist():
+        for unit in np.asarray(done).tolist():
             start, stop = schema.unit_range(unit, n, unit_tiles)
-            same = (np.array_equal(group[schema.TILE_SOURCE][start:stop], ti.source[start:stop])
-                    and np.array_equal(group[schema.TILE_OFFSET][start:stop], ti.offset[start:stop]))
+            source, offset = stored_tiles(start, stop)
+            same = np.array_equal(source, ti.source[start:stop]) and np.array_equal(offset, ti.offset[start:stop])
             if not same:
                 return None
             if changed & set(ti.source[start:stop].tolist()):

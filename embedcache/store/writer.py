@@ -144,7 +144,8 @@ class StoreWriter:
 
         ``out`` is a local path or an fsspec URL; ``attrs`` what the new store
         records (its ``config`` decides whether an existing store is the same).
-        ``redo(old_attrs, group) -> units or None``: for an interrupted store
+        ``redo(source_fingerprints, source_names, done_units, stored_tiles) -> units or None``: for an
+        interrupted store
         whose dataset changed and nothing else, the finished units to compute
         again (the rest are kept, and :attr:`redone` says how many of each);
         None, or no ``redo``, refuses it as made otherwise.
@@ -198,15 +199,16 @@ class StoreWriter:
     def _keep_finished(cls, loc, build, old_attrs: dict, attrs: schema.StoreAttrs, redo) -> "StoreWriter | None":
         """An interrupted store of an earlier state of the dataset, its unchanged units kept; None if it cannot."""
         group = build.open_group("r+")
-        units = redo(old_attrs, group)
+        old = schema.StoreAttrs.from_dict(old_attrs)
+        done = np.asarray(group[schema.DONE][:]).astype(bool)
+        units = redo(old.provenance.dataset.get("source_fingerprints"), list(old.source_names), np.flatnonzero(done),
+                     lambda a, b: (group[schema.TILE_SOURCE][a:b], group[schema.TILE_OFFSET][a:b]))
         if units is None:
             return None
-        done = np.asarray(group[schema.DONE][:]).astype(bool)
         kept = int(done.sum()) - len(units)
         if units:
             done[np.asarray(units, dtype=np.int64)] = False
             group[schema.DONE][:] = done.astype(group[schema.DONE].dtype)
-        old = schema.StoreAttrs.from_dict(old_attrs)
         group.attrs[schema.ATTRS] = attrs.replace(
             complete=False, provenance=dataclasses.replace(attrs.provenance, created=old.provenance.created)).to_dict()
         writer = cls(loc, group, attrs.config)
