@@ -9,6 +9,7 @@ result. Errors are turned into one line here, in one place
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 import click
@@ -26,8 +27,6 @@ class _Group(click.Group):
         except BrokenPipeError:
             # The reader went away (`embedcache info STORE | head -1`): not an error of ours. Point stdout at
             # nothing so the interpreter's final flush does not fail again.
-            import os
-
             try:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             except (OSError, ValueError, AttributeError):  # stdout is not a file (tests capture it)
@@ -56,6 +55,10 @@ def _describe_os_error(exc: OSError) -> str:
         return f"cannot write{where}: permission denied or read-only file system; choose a writable location"
     if exc.errno == errno.ENOENT:
         return f"no such file or directory{where}"
+    if exc.errno == errno.ENOTDIR:
+        return f"not a directory{where}: a part of that path is a file, not a folder; choose another path"
+    if exc.errno == errno.EEXIST and exc.filename and os.path.isfile(exc.filename):
+        return f"cannot create a folder{where}: a file of that name is in the way; move it or choose another path"
     return f"{exc.strerror or exc}{where}"
 
 

@@ -165,7 +165,9 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, t
         if failed:
             raise SystemExit(1)
         return
-    if (store is None) == (data is None):
+    if store is not None and data is not None:
+        raise ConfigError("give --store STORE (cached features) or --data PATH (encoder run live), not both")
+    if store is None and data is None:
         raise ConfigError("give --store STORE (cached features), --data PATH (encoder run live) or --slides PATH")
     result = predict(run_dir, out, store=store, data=data, format=fmt, split=split, overlap=overlap,
                      magnification=magnification, tta=tta, batch_size=batch_size, device=device, overlays=overlays,

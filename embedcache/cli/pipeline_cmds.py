@@ -40,8 +40,8 @@ def run_cmd(pipeline_file, only, dry_run, keep_going, out, workers, scheduler, q
     """
     import dataclasses
 
+    from embedcache.pipeline.run import STEP_KINDS, execute, plan
     from embedcache.pipeline.run import dry_run as list_steps
-    from embedcache.pipeline.run import execute, plan
     from embedcache.pipeline.spec import load_pipeline
 
     pipeline = load_pipeline(pipeline_file)
@@ -50,6 +50,11 @@ def run_cmd(pipeline_file, only, dry_run, keep_going, out, workers, scheduler, q
     if keep_going:
         pipeline = dataclasses.replace(pipeline, on_error="skip")
     kinds = tuple(k.strip() for k in only.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in STEP_KINDS]
+    if unknown:  # before planning, and for --dry-run too (execute checks it again)
+        from embedcache.errors import ConfigError
+
+        raise ConfigError(f"--only {unknown[0]!r}: step kinds are {', '.join(STEP_KINDS)}")
     if pipeline.threads is not None and not (click.get_current_context().obj or {}).get("threads"):
         # the file's budget, unless `embedcache --threads N run` gave one
         from embedcache.threads import set_budget

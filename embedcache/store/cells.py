@@ -163,6 +163,15 @@ class CellStore:
                 "bytes": sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())}
 
 
+def not_zarr_reason(exc: Exception) -> str:
+    """Why a path did not open as a Zarr group, in a few words (zarr's own message repeats the location)."""
+    from zarr.errors import GroupNotFoundError
+
+    if isinstance(exc, GroupNotFoundError):
+        return "no Zarr group metadata there"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def open_cells(path, group=None, attrs=None) -> CellStore:
     """Open a cell store (``OUT.partial`` when only an interrupted one is there)."""
     import zarr
@@ -176,7 +185,8 @@ def open_cells(path, group=None, attrs=None) -> CellStore:
         try:
             group = zarr.open_group(str(path), mode="r")
         except Exception as exc:
-            raise StoreError(f"{path}: not a Zarr store ({type(exc).__name__}: {exc})") from None
+            raise StoreError(f"{path}: not a Zarr store ({not_zarr_reason(exc)}); give a cell store written by "
+                             "`embedcache cells`") from None
         attrs = dict(group.attrs).get(CELLS_ATTRS)
     if not attrs or attrs.get("format") != CELLS_FORMAT:
         raise StoreError(f"{path}: not an embedcache cell store (format {CELLS_FORMAT})")

@@ -23,7 +23,7 @@ from embedcache.errors import ConfigError, DataError, StoreError
 from embedcache.geometry import TileGeometry
 from embedcache.layers import select_layers
 from embedcache.store import quant, schema
-from embedcache.store.cells import CELLS_ATTRS, open_cells
+from embedcache.store.cells import CELLS_ATTRS, not_zarr_reason, open_cells
 from embedcache.store.location import StoreLocation
 
 
@@ -460,7 +460,8 @@ def open_store(path, mode: str = "r") -> Store:
 
             if not (loc.is_local or isinstance(exc, BaseZarrError)):
                 raise
-            raise StoreError(f"{loc}: not a Zarr store ({type(exc).__name__}: {exc})") from None
+            raise StoreError(f"{loc}: not a Zarr store ({not_zarr_reason(exc)}); give a store written by "
+                             "`embedcache extract`") from None
         attrs = dict(group.attrs).get(schema.ATTRS)
         cell_attrs = None if attrs else dict(group.attrs).get(CELLS_ATTRS)
     if cell_attrs and loc.is_local:
