@@ -484,7 +484,8 @@ def verify_store(store, progress=None) -> list[str]:
     problems = []
     done, units = store.units_done()
     if done < units:
-        if "source_fingerprints" in store.provenance.dataset:
+        provenance = getattr(store, "provenance", None)  # cell stores record none
+        if "source_fingerprints" in (getattr(provenance, "dataset", None) or {}):
             fix = ("; after fixing a source file, the units with its tiles are computed again and the others "
                    "kept, unless the fix moves tiles (another image size): then --overwrite")
         else:
