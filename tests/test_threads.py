@@ -43,7 +43,11 @@ def test_the_budget_is_the_cores_or_what_was_asked(clean_env):
 
 
 def test_extraction_gives_the_loader_its_share_and_restores_torch(clean_env, tmp_path):
-    """With a budget of 2 and one loader process the forward runs on one torch thread; two without a loader."""
+    """With a budget of 2 and one loader process decoding image files the forward runs on one torch thread, two
+    without a loader; a loader that only slices memory-mapped stacks takes no core of its own."""
+    import numpy as np
+    from PIL import Image
+
     from embedcache.config import ExtractConfig
     from embedcache.extract import extract
     from embedcache.extract.job import Extraction
@@ -54,12 +58,17 @@ def test_extraction_gives_the_loader_its_share_and_restores_torch(clean_env, tmp
                                                                      run_unit(self, *a, **k))[1])
     clean_env.setenv(threads.ENV, "2")
     torch.set_num_threads(2)
-    data = write_conic(tmp_path / "conic", n=4)
-    for loader in (1, 0):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(2):
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            folder / f"im{k}.png")
+    stacks = write_conic(tmp_path / "conic", n=4)
+    for data, loader, expected in ((folder, 1, 1), (folder, 0, 2), (stacks, 1, 2)):
         cfg = ExtractConfig(encoder=TINY_CNN, weights="random", variants="none", loader_workers=loader,
-                            device="cpu", unit_tiles=2)
-        extract(data, tmp_path / f"s{loader}.zarr", cfg, progress=False)
-        assert set(seen) == {2 - loader} and torch.get_num_threads() == 2
+                            device="cpu", unit_tiles=2, tile_size=64)
+        extract(data, tmp_path / f"s{data.name}{loader}.zarr", cfg, progress=False)
+        assert set(seen) == {expected} and torch.get_num_threads() == 2, (data.name, loader)
         seen.clear()
 
 

@@ -22,7 +22,7 @@ from embedcache.datasets import TileDataset
 from embedcache.datasets.variants import Variant
 from embedcache.extract.job import ExtractionJob, ExtractResult, read_unit
 from embedcache.store.location import StoreLocation
-from embedcache.threads import use_threads
+from embedcache.threads import compute_threads, use_threads
 from embedcache.workers import die_with_parent
 
 
@@ -76,6 +76,8 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     torch.set_grad_enabled(False)
     job = ExtractionJob(data, config)
     run, dataset = job.run, job.dataset
+    if dataset.layout in ("pannuke", "conic"):  # the loader only slices memory-mapped stacks: no core of its own
+        torch.set_num_threads(compute_threads(0))
     writer = job.open_writer(out, overwrite)
     if writer is None:
         return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,

@@ -27,6 +27,7 @@ from embedcache.config import FitConfig
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, RunError, TrainingError
 from embedcache.store import open_store
+from embedcache.threads import compute_threads, use_threads
 from embedcache.train.checkpoint import (
     FEATURE_FIELDS, RUN_FORMAT, RUN_VERSION, build_model,
     feature_difference, load_optimizer,
@@ -264,9 +265,8 @@ def fit(store_path, out, config: FitConfig = FitConfig(), *, overwrite: bool = F
     TrainingError
         The loss became NaN, or memory ran out.
     """
-    from embedcache.threads import use_threads
-
-    with use_threads(beside=config.loader_workers):  # the loader processes share the thread budget
+    with use_threads(beside=config.loader_workers):  # the loader processes share the thread budget (unless
+        # the features are preloaded: then the loader is light and torch takes the whole budget)
         return _fit(store_path, out, config, overwrite, progress, scorer)
 
 
@@ -313,6 +313,8 @@ def _fit(store_path, out, config: FitConfig, overwrite: bool, progress: bool, sc
     files.write_json(where / "run.json", meta)
 
     preload = _preload_wanted(config, store, len(split.train) + len(split.val), len(store.variants))
+    if preload:  # the loader only slices arrays in RAM: it takes no core from the forward and backward
+        torch.set_num_threads(compute_threads(0))
     train_set = TileStream(store, split.train, targets, preload=preload, progress=progress)
     val_set = TileStream(store, split.val, targets, preload=preload, progress=False)
     unit = int(store.config.unit_tiles)
