@@ -23,6 +23,11 @@ def _first_run(cell) -> Path | None:
     return Path(run) if run and (Path(run) / "run.json").is_file() else None
 
 
+def _short_sha(sha: str | None) -> str:
+    """The first 12 hex digits of a checksum; random weights' identity (``random:...``) whole."""
+    return "" if not sha else sha if not all(c in "0123456789abcdef" for c in sha) else sha[:12]
+
+
 def settings_rows(cells) -> list[dict]:
     """One row per dataset and encoder: what its first seed's decoder run recorded."""
     rows = []
@@ -35,7 +40,7 @@ def settings_rows(cells) -> list[dict]:
         versions = meta.get("versions", {})
         rows.append({
             "dataset": c.dataset, "encoder": c.encoder, "weights": store.get("weights") or "registry",
-            "weights_sha256": (store.get("weights_sha256") or "")[:12], "layers": ", ".join(store.get("layers", [])),
+            "weights_sha256": _short_sha(store.get("weights_sha256")), "layers": ", ".join(store.get("layers", [])),
             "dtype": store.get("dtype"), "variants": len(store.get("variants", [])),
             "seeds": ", ".join(str(s) for s in sorted(c.fits)),
             "epochs": f"{state.get('epoch')} (best {state.get('best_epoch')})", "lr": cfg.get("lr"),
