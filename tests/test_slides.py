@@ -105,7 +105,8 @@ def test_overlapping_tiles_lie_on_the_prediction_grid_and_pad_past_the_edge(tmp_
     (r, c) = max(map(tuple, crop.tiles.offset))
     assert (r, c) == (176, 176)
     tile = crop.images([crop.n_tiles - 1])[0]
-    assert np.array_equal(tile[:24, :24], image[176:, 176:]) and np.all(tile[24:] == 255) and np.all(tile[:, 24:] == 255)
+    assert np.array_equal(tile[:24, :24], image[176:, 176:])
+    assert np.all(tile[24:] == 255) and np.all(tile[:, 24:] == 255)
 
 
 def test_tiling_at_coarser_mpp_reads_the_matching_level():

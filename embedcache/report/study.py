@@ -292,8 +292,8 @@ def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> 
             Image.fromarray(overlay(image, pred.instances[idx], pred.types[idx] if pred.types else None)).save(
                 out.parent / typed)
             entry["types"][c.encoder] = typed
-            entry["scores"][c.encoder] = {m: rows[c.encoder].get(job.name, {}).get(m) for m in ("pq", "bpq", "mpq", "aji", "dice")
-                                          if m in rows[c.encoder].get(job.name, {})}
+            row = rows[c.encoder].get(job.name, {})
+            entry["scores"][c.encoder] = {m: row[m] for m in ("pq", "bpq", "mpq", "aji", "dice") if m in row}
         shown.append(entry)
     return shown
 
