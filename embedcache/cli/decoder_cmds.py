@@ -23,6 +23,9 @@ from embedcache.cli.options import (
                    "frac:F,groups=FILE.csv (of the groups FILE gives each image: image,group), tiles:I,J, sources:A,B.")
 @click.option("--train", "train_split", default="rest", show_default=True,
               help="Training split, same syntax; rest = every tile not held out.")
+@click.option("--tune", default=None, metavar="SPLIT",
+              help="After training, pick post-processing thresholds by PQ on this split (same syntax; images "
+                   "apart from --train and --val, e.g. sources:A,B); predict and evaluate then use them.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of weights, variant draws and order.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Tiles per step.")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW learning rate (warm-up + cosine).")
@@ -45,7 +48,7 @@ from embedcache.cli.options import (
 @device_option
 @click.option("--overwrite", is_flag=True, help="Replace a run made with other settings (kept until the new one ends).")
 @quiet_option
-def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, patience, monitor, width, depth,
+def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr, patience, monitor, width, depth,
                 distance, variants, loader_workers, preload, protocol, magnification, device, overwrite, quiet):
     """Train the nuclei decoder on a store's cached features, then score it on the held-out split.
 
@@ -75,8 +78,16 @@ def fit_decoder(store, out, epochs, val, train_split, seed, batch_size, lr, pati
         how = "stopped early" if result.stopped_early else "done"
         click.echo(f"trained {result.path}: {result.epochs_run} epochs ({how}), best epoch {result.best_epoch} "
                    f"(val {result.monitor} {result.best_value:.4f}), {result.seconds:.0f} s")
-    evaluation = evaluate_run(result.path, store, protocol=protocol, postprocess=post, batch_size=batch_size,
-                              device=device, magnification=magnification)
+    if tune:
+        from embedcache.infer.tune import tune_postprocess
+
+        t = tune_postprocess(result.path, tune, store=store, magnification=magnification, batch_size=batch_size)
+        c = t["chosen"]
+        click.echo(f"post-processing tuned on {t['images']} image(s) ({t['tried']} settings): PQ "
+                   f"{t['pq_default']:.4f} with the defaults, {t['pq_tuned']:.4f} with foreground {c['foreground']}, "
+                   f"marker {c['marker']}, smallest nucleus {c['min_size']} px")
+    evaluation = evaluate_run(result.path, store, protocol=protocol, batch_size=batch_size,
+                              device=device, magnification=magnification)  # the tuned thresholds if any
     click.echo(format_evaluation(evaluation))
     click.echo(f"wrote {result.path / 'eval.json'}")
 

@@ -22,6 +22,7 @@ from embedcache.infer.features import store_features
 from embedcache.infer.predict import prediction_info, prediction_writer, split_tiles, write_predictions
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.tta import tta_variants
+from embedcache.infer.tune import run_postprocess
 from embedcache.metrics import evaluate
 from embedcache.metrics.protocols import auto_protocol, detection_radius
 from embedcache.store import open_store
@@ -52,7 +53,8 @@ def pq_scorer(directions, postprocess: PostprocessConfig = PostprocessConfig(), 
 
 
 def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str = "auto",
-                 magnification: str = "40x", postprocess: PostprocessConfig | None = None, tta: str = "none",
+                 magnification: str = "40x", postprocess: PostprocessConfig | None = None, tuned=None,
+                 tta: str = "none",
                  batch_size: int = 8, device: str = "cpu", progress: bool = False):
     """Score a run's best checkpoint on its held-out split; writes ``eval.json``.
 
@@ -72,7 +74,9 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
     magnification : {"40x", "20x"}
         Post-processing defaults and the HoVer-Net detection radius.
     postprocess : PostprocessConfig, optional
-        Overrides ``magnification``'s post-processing.
+        Overrides the run's tuned post-processing (``fit-decoder --tune``), else ``magnification``'s.
+    tuned : str or Path, optional
+        The folder of the ``postprocess.json`` to use (default the run's).
     tta : {"none", "flips", "d4"}
         Test-time augmentation over the store's cached variants.
 
@@ -90,7 +94,7 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
     tiles = split_tiles(loaded, s, "val")
     images = source_images(s, tiles)
     truth = image_truth(s, images)
-    post = postprocess or PostprocessConfig.for_magnification(magnification)
+    post, post_source = run_postprocess(tuned or loaded.path, magnification, postprocess)
     variants = tta_variants(tta)
     features = store_features(s, variants)
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
@@ -105,6 +109,6 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
         protocol = auto_protocol(loaded.class_names, truth.types is not None and pred.types is not None)
     result = evaluate(truth, pred, protocol, radius=detection_radius(magnification))
     data = {**result.to_dict(), "protocol": protocol, "tiles": [int(t) for t in tiles], "n_nuclei": n_nuclei,
-            "tta": tta}
+            "tta": tta, "postprocess": post.to_dict(), "postprocess_source": post_source}
     write_json(Path(out or loaded.path) / "eval.json", data)
     return result

@@ -163,7 +163,9 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
         raise ConfigError("give either a store (cached features) or data (the encoder runs live), not both")
     dev = resolve_device(device)
     loaded = load_run(run, device=str(dev))
-    post = postprocess or PostprocessConfig.for_magnification(magnification)
+    from embedcache.infer.tune import run_postprocess
+
+    post, _ = run_postprocess(loaded.path, magnification, postprocess)  # the run's tuned thresholds if any
     variants = tta_variants(tta)
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
     tile = tuple(loaded.store["tile_shape"])

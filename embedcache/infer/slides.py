@@ -252,7 +252,9 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     margin = min(tile) + min(tile) // 4 if margin is None else margin
     if region < min(tile):
         raise ConfigError(f"regions of {region} px are smaller than the run's {tile[0]}-px tiles")
-    post = postprocess or PostprocessConfig.for_magnification(magnification)
+    from embedcache.infer.tune import run_postprocess
+
+    post, _ = run_postprocess(loaded.path, magnification, postprocess)  # the run's tuned thresholds if any
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post)
     features = SlideFeatures(LiveFeatures(loaded, str(resolve_device(device)), batch_size), cache, run=loaded,
                              work_mpp=float(work_mpp), overlap=overlap)

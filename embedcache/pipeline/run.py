@@ -287,13 +287,15 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
         run_dir = fit_step.dir / "run"
 
         def do_evaluate(d: Path, run_dir=run_dir) -> dict:
-            return evaluate_on_store(run_dir, store_path, d, ds.protocol, ds.magnification, ds.tta, progress)
+            return evaluate_on_store(run_dir, store_path, d, ds.protocol, ds.magnification, ds.tta, progress,
+                                     tune=ds.tune)
 
         eval_step = Step("evaluate", f"evaluate {label} (seed {seed})",
                          {"run": fit_step.key, "store": extract_step.key, "protocol": ds.protocol,
                           "magnification": ds.magnification,
                           # keyed only when asked for, so evaluations made before TTA existed stay done
-                          **({"tta": ds.tta} if ds.tta != "none" else {})},
+                          **({"tta": ds.tta} if ds.tta != "none" else {}),
+                          **({"tune": ds.tune} if ds.tune else {})},
                          do_evaluate, root, deps=[fit_step], group=enc.name)
         cell.fits[seed], cell.evals[seed] = fit_step, eval_step
     return cell
@@ -343,16 +345,23 @@ def _cell_probe_step(pipeline: Pipeline, ds: DatasetSpec, cells: list[Cell], roo
 
 
 def evaluate_on_store(run_dir: Path, store_path: Path, out: Path, protocol: str = "auto",
-                      magnification: str = "40x", tta: str = "none", progress: bool = True) -> dict:
+                      magnification: str = "40x", tta: str = "none", progress: bool = True,
+                      tune: str | None = None) -> dict:
     """Score a run's held-out tiles from the cache (:func:`embedcache.infer.evaluate.evaluate_run`).
 
-    Writes ``out/eval.json`` and the predictions the report shows to
-    ``out/pred``; returns what the step records.
+    With ``tune`` (a split apart from training and validation) post-processing is first tuned there
+    (:func:`embedcache.infer.tune.tune_postprocess`, recorded in ``out/postprocess.json``, the fit step's
+    run left as it is). Writes ``out/eval.json`` and the predictions the report shows to ``out/pred``;
+    returns what the step records.
     """
     from embedcache.infer.evaluate import evaluate_run
 
+    if tune:
+        from embedcache.infer.tune import tune_postprocess
+
+        tune_postprocess(run_dir, tune, store=store_path, magnification=magnification, out=out)
     result = evaluate_run(run_dir, store_path, out=out, predictions=out / "pred", protocol=protocol,
-                          magnification=magnification, tta=tta, progress=progress)
+                          magnification=magnification, tuned=out if tune else None, tta=tta, progress=progress)
     data = result.to_dict()
     headline = {k: v for k, v in data.items() if isinstance(v, (int, float)) and k != "n_images"}
     n_nuclei = sum(int(r.get("n_pred", 0)) for r in result.rows) if result.rows else 0

@@ -90,6 +90,10 @@ class DatasetSpec:
     magnification : {"40x", "20x"}
     tta : {"none", "flips", "d4"}
         Test-time augmentation of the evaluation over the cached variants.
+    tune : str or None
+        A split (``--val`` syntax) apart from training and validation on
+        which post-processing is tuned before the evaluation
+        (:mod:`embedcache.infer.tune`); None: the magnification's defaults.
     cells : dict or None
         Per-nucleus vectors and the cell probe (CellsConfig fields, and
         ``probe``: ProbeConfig fields); None: no cells.
@@ -104,6 +108,7 @@ class DatasetSpec:
     protocol: str = "auto"
     magnification: str = "40x"
     tta: str = "none"
+    tune: str | None = None
     cells: dict | None = None
 
 
@@ -240,7 +245,7 @@ TOP_KEYS = ("name", "out", "datasets", "encoders", "seeds", "extract", "fit", "p
             "on_error", "threads")
 DATASET_KEYS = ("path", "synthetic", "format", "extract", "fit", "probe", "cells", "evaluate")
 SYNTHETIC_KEYS = ("tiles", "seed", "folds", "size")
-EVALUATE_KEYS = ("protocol", "magnification", "tta")
+EVALUATE_KEYS = ("protocol", "magnification", "tta", "tune")
 TTA = ("none", "flips", "d4")
 
 
@@ -411,6 +416,8 @@ def _evaluate(r: _Reader, value, parent, where: str) -> dict:
         r.fail(value, "magnification", f"magnification must be 40x or 20x, not {value['magnification']!r}")
     if value.get("tta", "none") not in TTA:
         r.fail(value, "tta", f"tta must be one of {', '.join(TTA)}, not {value['tta']!r}")
+    if "tune" in value and not (isinstance(value["tune"], str) and value["tune"].strip()):
+        r.fail(value, "tune", "tune is a split of images apart from training and validation, e.g. sources:A,B")
     return dict(value)
 
 

@@ -110,6 +110,11 @@ def group_codes(path, names, what: str = "image") -> tuple[np.ndarray, list[str]
     return np.array([codes[group_of[n]] if n else -1 for n in names], dtype=np.int64), groups
 
 
+def select_tiles(store, spec: str, seed: int = 0, which: str = "selected") -> np.ndarray:
+    """The store tiles a split spec selects (the syntax of ``--val``; module docstring)."""
+    return _select(store, spec, seed, which)
+
+
 def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
     info = store.tile_info()
     n = store.n_tiles

@@ -1,0 +1,114 @@
+"""Post-processing thresholds picked by PQ on images the decoder neither trained on nor is scored on.
+
+:func:`tune_postprocess` decodes a tuning split of the run's store once
+(cached features), then post-processes the maps with every setting of a
+small grid around the magnification's defaults (foreground and marker
+thresholds, smallest nucleus) and keeps the one with the best HoVer-Net PQ
+(ties keep the defaults). The tuning images must be apart from the run's
+training and held-out tiles: tuned on the held-out images, the thresholds
+would flatter the score they are judged by. The choice, with PQ on the
+tuning images before and after, goes to ``RUN/postprocess.json``;
+``predict`` and the run's evaluation then use it unless given other
+settings (:func:`run_postprocess`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from embedcache.config import PostprocessConfig
+from embedcache.datasets import LabelSet
+from embedcache.errors import ConfigError
+from embedcache.files import write_json
+from embedcache.infer.features import store_features
+from embedcache.infer.predictor import Predictor
+from embedcache.metrics import evaluate
+from embedcache.metrics.protocols import detection_radius
+from embedcache.postprocess import instances_from_maps
+from embedcache.store import open_store
+from embedcache.store.images import image_truth, source_images
+from embedcache.train.checkpoint import check_features, load_run
+from embedcache.train.stream import select_tiles
+
+TUNED = "postprocess.json"
+FOREGROUND = (0.4, 0.5, 0.6)
+MARKER = (0.3, 0.4, 0.5)
+SIZE_SCALE = (0.5, 1.0, 2.0)  # times the magnification's smallest nucleus and marker
+
+
+def grid(base: PostprocessConfig) -> list[PostprocessConfig]:
+    """The settings tried: ``base`` first, then every foreground x marker x size combination."""
+    out = [base]
+    for fg, mk, scale in itertools.product(FOREGROUND, MARKER, SIZE_SCALE):
+        cfg = dataclasses.replace(base, foreground=fg, marker=mk, min_size=int(round(base.min_size * scale)),
+                                  marker_min_size=int(round(base.marker_min_size * scale)))
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", batch_size: int = 8,
+                     device: str = "cpu", out=None) -> dict:
+    """Pick post-processing by PQ on the tiles ``spec`` selects (the split syntax of ``--val``); writes
+    ``postprocess.json`` into ``out`` (default the run, whose predictions then use it) and returns what it holds.
+
+    Raises
+    ------
+    ConfigError
+        The split selects no tiles, or tiles the run trained on or is scored on.
+    """
+    loaded = load_run(run, device=device)
+    s = open_store(store or loaded.store["path"])
+    check_features(loaded.store, s, loaded.path)
+    tiles = select_tiles(s, spec, int(loaded.meta["config"].get("split_seed") or loaded.meta["config"]["seed"]),
+                         "tuning")
+    if tiles.size == 0:
+        raise ConfigError(f"the tuning split {spec!r} holds no tiles; choose images apart from training and "
+                          "validation (e.g. sources:A,B)")
+    used = {name: set(np.asarray(loaded.meta["split"][name]).tolist()) & set(tiles.tolist())
+            for name in ("train", "val")}
+    for name, what in (("train", "trained on"), ("val", "scored on")):
+        if used[name]:
+            raise ConfigError(f"the tuning split {spec!r} holds {len(used[name])} tile(s) the run {what} (its "
+                              f"{name} split); tune on images apart from both, e.g. leave them out with --train")
+    images = source_images(s, tiles)
+    truth = image_truth(s, images)
+    base = PostprocessConfig.for_magnification(magnification)
+    predictor = Predictor(loaded.model, loaded.directions, batch_size, base)
+    maps = [m for _, m, _ in predictor.stitched(iter(images), store_features(s))]
+    d, n_types = loaded.model.n_dist, loaded.model.n_types
+    radius = detection_radius(magnification)
+
+    def pq(cfg: PostprocessConfig) -> float:
+        insts = [instances_from_maps(m[:3], m[3:3 + d], None, cfg, predictor.directions)["inst"] for m in maps]
+        pred = LabelSet(truth.layout, truth.names, insts, None, truth.tissue, truth.class_names)
+        plain = dataclasses.replace(truth, types=None)
+        value = evaluate(plain, pred, "hovernet", radius=radius).summary["pq"]
+        return float(value) if np.isfinite(value) else 0.0
+
+    scores = [(pq(cfg), -k, cfg) for k, cfg in enumerate(grid(base))]  # ties keep the earlier (the defaults)
+    best_pq, _, best = max(scores, key=lambda t: (t[0], t[1]))
+    result = {"chosen": best.to_dict(), "magnification": magnification, "pq_default": scores[0][0],
+              "pq_tuned": best_pq, "tiles": [int(t) for t in tiles], "images": len(images), "tried": len(scores),
+              "split": spec, "types": bool(n_types)}
+    write_json(Path(out or loaded.path) / TUNED, result)
+    return result
+
+
+def run_postprocess(run_path, magnification: str = "40x", given: PostprocessConfig | None = None
+                    ) -> tuple[PostprocessConfig, str]:
+    """The post-processing a run's predictions use and where it comes from: ``given`` (the caller's),
+    ``tuned`` (``RUN/postprocess.json`` at that magnification) or ``default`` (the magnification's)."""
+    if given is not None:
+        return given, "given"
+    path = Path(run_path) / TUNED
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("magnification") == magnification:
+            return PostprocessConfig(**data["chosen"]), "tuned"
+    return PostprocessConfig.for_magnification(magnification), "default"

@@ -1,0 +1,103 @@
+"""Post-processing tuned on images apart from training and validation, recorded in the run and used after."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from decoder_helpers import fit_config, make_store, one_thread, write_conic  # noqa: F401 (one_thread: pytestmark)
+
+from embedcache.config import PostprocessConfig
+from embedcache.errors import ConfigError
+from embedcache.infer.evaluate import evaluate_run
+from embedcache.infer.tune import TUNED, grid, run_postprocess, tune_postprocess
+from embedcache.train.loop import fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune")
+    store = make_store(write_conic(tmp / "conic", n=8), tmp / "s.zarr", variants="none")
+    fit(store, tmp / "run", fit_config(epochs=3, lr=3e-3, train="tiles:0,1,2,3"), progress=False)
+    return tmp / "run", store
+
+
+def test_the_defaults_come_first_and_the_grid_varies_what_the_watershed_depends_on():
+    base = PostprocessConfig.for_magnification("40x")
+    g = grid(base)
+    assert g[0] == base and len(g) == len(set(g)) > 20
+    assert {c.foreground for c in g} >= {0.4, 0.5, 0.6} and len({c.min_size for c in g}) == 3
+
+
+def test_tuning_picks_the_best_pq_on_its_images_and_evaluation_uses_it(run):
+    path, store = run
+    assert run_postprocess(path, "40x") == (PostprocessConfig.for_magnification("40x"), "default")  # not tuned yet
+    result = tune_postprocess(path, "tiles:6,7", store=store)
+    assert result["pq_tuned"] >= result["pq_default"] and result["tiles"] == [6, 7] and result["tried"] > 20
+    assert json.loads((path / TUNED).read_text()) == result
+    chosen = PostprocessConfig(**result["chosen"])
+    assert run_postprocess(path, "40x") == (chosen, "tuned")
+    assert run_postprocess(path, "20x")[1] == "default"  # tuned at 40x only
+    given = PostprocessConfig(foreground=0.7)
+    assert run_postprocess(path, "40x", given) == (given, "given")
+    evaluate_run(path, store)
+    ev = json.loads((path / "eval.json").read_text())
+    assert ev["postprocess_source"] == "tuned" and ev["postprocess"] == chosen.to_dict()
+    (path / TUNED).unlink()
+    evaluate_run(path, store)
+    assert json.loads((path / "eval.json").read_text())["postprocess_source"] == "default"
+
+
+def test_tuning_on_training_or_held_out_tiles_is_refused(run):
+    path, store = run
+    with pytest.raises(ConfigError, match="run trained on"):
+        tune_postprocess(path, "tiles:0,6", store=store)
+    with pytest.raises(ConfigError, match="run scored on"):
+        tune_postprocess(path, "tiles:4", store=store)
+    assert not (path / TUNED).exists()
+
+
+def test_fit_decoder_tune_prints_the_choice(run, tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    _, store = run
+    args = ["fit-decoder", "--store", str(store), "--out", str(tmp_path / "r"), "--epochs", "1", "--width", "8",
+            "--val", "tiles:4,5", "--train", "tiles:0,1,2,3", "--tune", "tiles:6,7", "--device", "cpu", "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "post-processing tuned on 2 image(s)" in res.output and (tmp_path / "r" / TUNED).is_file()
+    bad = CliRunner().invoke(main, [*args[:-5], "--tune", "tiles:4", "--device", "cpu", "--quiet", "--overwrite"])
+    assert bad.exit_code != 0 and "run scored on" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_pipeline_tunes_on_its_own_split_before_evaluating(tmp_path):
+    import yaml
+
+    from embedcache.pipeline.run import execute, plan
+    from embedcache.pipeline.spec import load_pipeline
+
+    study = {"name": "t", "out": str(tmp_path / "out"),
+             "datasets": {"syn": {"synthetic": {"tiles": 12, "folds": 3, "size": 64},
+                                  "fit": {"val": "fold3", "train": "fold1"}, "evaluate": {"tune": "fold2"}}},
+             "encoders": {"cnn": {"encoder": "timm:test_efficientnet", "weights": "random"}},
+             "extract": {"variants": "none", "batch_size": 8, "unit_tiles": 4, "device": "cpu"},
+             "fit": {"epochs": 1, "batch_size": 4, "device": "cpu", "decoder": {"width": 8}},
+             "seeds": [0], "report": {"n_boot": 100, "overlays": 0}}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    p = plan(load_pipeline(path), progress=False)
+    outcome = execute(p, progress=False, echo=lambda _: None)
+    assert outcome.failed == {}
+    step = p.cells[0].evals[0]
+    tuned = json.loads((step.dir / TUNED).read_text())
+    ev = json.loads((step.dir / "eval.json").read_text())
+    assert ev["postprocess_source"] == "tuned" and ev["postprocess"] == tuned["chosen"]
+    assert step.inputs["tune"] == "fold2" and not (p.cells[0].fits[0].dir / "run" / TUNED).exists()
+    bad = dict(study, datasets={"syn": {**study["datasets"]["syn"], "evaluate": {"tune": ""}}})
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(ConfigError, match="tune is a split"):
+        load_pipeline(path)
