@@ -65,8 +65,9 @@ def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", 
     loaded = load_run(run, device=device)
     s = open_store(store or loaded.store["path"])
     check_features(loaded.store, s, loaded.path)
-    tiles = select_tiles(s, spec, int(loaded.meta["config"].get("split_seed") or loaded.meta["config"]["seed"]),
-                         "tuning")
+    cfg = loaded.meta["config"]
+    seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]  # as the run's own split was drawn
+    tiles = select_tiles(s, spec, int(seed), "tuning")
     if tiles.size == 0:
         raise ConfigError(f"the tuning split {spec!r} holds no tiles; choose images apart from training and "
                           "validation (e.g. sources:A,B)")
