@@ -23,26 +23,8 @@ def demo_data(out: Path, tiles: int, seed: int, folds: int):
     """
     from embedcache.datasets.synthetic import write_demo_data
 
-    _refuse_other_files(out)
     dirs = write_demo_data(out, n_tiles=tiles, seed=seed, folds=folds)
     click.echo(f"wrote {tiles} tiles (256x256, PanNuke layout) in {len(dirs)} folds to {out}")
-
-
-def _refuse_other_files(out: Path) -> None:
-    """OUT may be new, empty or an earlier demo-data output (written again); anything else (a real dataset) is
-    refused before a file is written, so none of it is replaced or mixed with synthetic tiles."""
-    import re
-
-    from embedcache.errors import DataError
-
-    if not out.is_dir():
-        return
-    ours = {"images.npy", "masks.npy", "types.npy"}
-    for p in sorted(out.iterdir()):
-        if not (p.is_dir() and re.fullmatch(r"fold\d+", p.name)
-                and all(q.name in ours or q.name.endswith(".tmp.npy") for q in p.iterdir())):
-            raise DataError(f"{out} already holds {p.name}, which demo-data did not write; give a new or empty "
-                            "folder as OUT")
 
 
 @main.command("check-data")

@@ -142,6 +142,23 @@ def labels_to_pannuke_masks(labels: np.ndarray) -> np.ndarray:
     return masks
 
 
+def _refuse_other_files(out: Path) -> None:
+    """``out`` may be new, empty or an earlier demo-data output (written again); anything else (a real dataset)
+    is refused before a file is written, so none of it is replaced or mixed with synthetic tiles."""
+    import re
+
+    from embedcache.errors import DataError
+
+    if not out.is_dir():
+        return
+    ours = {"images.npy", "masks.npy", "types.npy"}
+    for p in sorted(out.iterdir()):
+        if not (p.is_dir() and re.fullmatch(r"fold\d+", p.name)
+                and all(q.name in ours or q.name.endswith(".tmp.npy") for q in p.iterdir())):
+            raise DataError(f"{out} already holds {p.name}, which demo-data did not write; give a new or empty "
+                            "folder as OUT")
+
+
 def write_demo_data(out, n_tiles: int = 48, seed: int = 0, folds: int = 3, size: int = 256) -> list[Path]:
     """Write synthetic tiles in the PanNuke layout, one folder per fold.
 
@@ -152,12 +169,19 @@ def write_demo_data(out, n_tiles: int = 48, seed: int = 0, folds: int = 3, size:
     run leaves no half-written array behind.
 
     Returns the fold folders.
+
+    Raises
+    ------
+    DataError
+        Fewer tiles than folds, or ``out`` holds anything but an earlier
+        demo-data output (a real dataset is never written into).
     """
     from embedcache.errors import DataError
 
     if n_tiles < folds:
         raise DataError(f"--tiles {n_tiles} is fewer than the {folds} folds; ask for at least {folds}")
     out = Path(out)
+    _refuse_other_files(out)
     images, labels, tissue = make_tiles(n_tiles, seed=seed, size=size)
     tissue = np.asarray(tissue)
     dirs = []

@@ -269,12 +269,12 @@ class ExtractionJob:
             class_names=dict(dataset.class_names or {}))
         return StoreWriter.open(out, attrs, specs, overwrite=overwrite, redo=self._units_to_redo)
 
-    def _units_to_redo(self, old: list[str] | None, names: list[str], done: np.ndarray, stored_tiles
-                       ) -> list[int] | None:
+    def _units_to_redo(self, old: list[str] | None, names: list[str], done: np.ndarray, source: np.ndarray,
+                       offset: np.ndarray) -> list[int] | None:
         """Finished units (``done``) of an interrupted store made from an earlier state of this dataset that
         must be computed again: those holding a tile of a source whose files changed (``old``: the store's
-        source fingerprints, ``names`` its sources; ``stored_tiles(start, stop)`` its tiles' source and
-        offset). None when the units cannot be kept (the tiles moved, or no source fingerprints recorded)."""
+        source fingerprints, ``names`` its sources, ``source`` and ``offset`` its tile records). None when
+        the units cannot be kept (the tiles moved, or no source fingerprints recorded)."""
         new = self.dataset.source_fingerprints()
         if old is None or new is None or len(old) != len(new) or names != list(self.dataset.tiles.source_names):
             return None
@@ -283,8 +283,8 @@ class ExtractionJob:
         redo = []
         for unit in np.asarray(done).tolist():
             start, stop = schema.unit_range(unit, n, unit_tiles)
-            source, offset = stored_tiles(start, stop)
-            same = np.array_equal(source, ti.source[start:stop]) and np.array_equal(offset, ti.offset[start:stop])
+            same = (np.array_equal(source[start:stop], ti.source[start:stop])
+                    and np.array_equal(offset[start:stop], ti.offset[start:stop]))
             if not same:
                 return None
             if changed & set(ti.source[start:stop].tolist()):

@@ -131,10 +131,12 @@ class SlideFeatures:
                             f"{store.tile_overlap}")
 
     def start(self, name: str, dims0: tuple[int, int], mpp0: float) -> int:
-        """Serve slide ``name`` next; the number of its tiles the store holds (0 without a store or the slide)."""
+        """Serve slide ``name`` next (counts of cached and encoded tiles start again); the number of its tiles the
+        store holds (0 without a store or the slide)."""
         from embedcache.errors import DataError
 
         self.index = {}
+        self.cached = self.computed = 0
         if self.store is None:
             return 0
         slides = {s["name"]: s for s in self.store.provenance.dataset.get("slides", [])}

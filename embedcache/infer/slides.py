@@ -132,8 +132,7 @@ def plan_slide(path: Path, work_mpp: float, region: int, margin: int, mpp: float
     if not regions:
         raise DataError(f"{path}: no tissue found (checked at {mask_mpp:.1f} um/px)")
     return SlidePlan(Path(path).stem, Path(path), float(mpp0), (int(h0), int(w0)), float(work_mpp), level, shape,
-                     regions,
-                     float(mask.mean()), mask_level)
+                     regions, float(mask.mean()), mask_level)
 
 
 def on_tile_grid(regions: list[Region], shape: tuple[int, int], tile: tuple[int, int], overlap: int) -> list[Region]:
@@ -301,12 +300,9 @@ def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: floa
     return results
 
 
-def _slide_task(run, path: Path, out: Path, options: dict, threads: int | None) -> SlideResult:
-    """One slide on a dask worker (its torch threads set for the worker's share of the cores)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+def _slide_task(run, path: Path, out: Path, options: dict) -> SlideResult:
+    """One slide on a dask worker (a local cluster's workers carry their share of the thread budget in
+    ``EMBEDCACHE_THREADS``, which :func:`predict_slides` sizes torch by)."""
     return predict_slides(run, path, out, progress=False, table=False, **options)[0]
 
 
@@ -321,8 +317,8 @@ def _predict_on_cluster(run, paths: list[Path], out: Path, options: dict, worker
     out.mkdir(parents=True, exist_ok=True)
     run = str(Path(run).resolve())
     done: dict[int, SlideResult] = {}
-    with connect_cluster(workers or None, scheduler, options["device"], None) as (client, threads):
-        futures = {client.submit(_slide_task, run, p, out, options, threads, key=f"slide-{k}-{p.name}", pure=False,
+    with connect_cluster(workers or None, scheduler, options["device"], None) as (client, _):
+        futures = {client.submit(_slide_task, run, p, out, options, key=f"slide-{k}-{p.name}", pure=False,
                                  retries=0): k for k, p in enumerate(paths)}
         bar = tqdm(total=len(paths), unit="slide", desc="slides", disable=not progress, dynamic_ncols=True)
         for fut in as_completed(list(futures), loop=client.loop):  # ours, not the default client's
@@ -370,7 +366,6 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     todo = on_tile_grid([r for r in plan.regions if not region_file(r).exists()], plan.shape, tile, overlap)
     class_names = {int(k): v for k, v in run.store.get("class_names", {}).items()}
     features.start(plan.name, plan.dims0, plan.mpp0)
-    features.cached = features.computed = 0
     slide = open_slide(plan.path)
     try:
         def images():

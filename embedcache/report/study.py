@@ -397,8 +397,12 @@ def _write_report(tmp: Path, title: str, cells: list[CellResult], failures: dict
             "probes": {f"{ds}/{i}": t for (ds, i), t in probes.items()}, "cells": cell_data, "costs": cost_rows,
             "failures": failures, "overlays": shown, "settings": run_settings}
     write_json(tmp / "leaderboard.json", data)
-    legends = {ds: type_legend(open_store(c.store).class_names) for ds in boards for c in cells
-               if c.dataset == ds and c.store and open_store(c.store).class_names}
+    legends = {}
+    for c in cells:
+        if c.dataset in boards and c.dataset not in legends and c.store:
+            names = open_store(c.store).class_names
+            if names:
+                legends[c.dataset] = type_legend(names)
     files = sorted(p.name for p in tmp.iterdir() if p.suffix in (".md", ".csv", ".json") and p.name != "report.json")
     _write_html(tmp / "index.html", title, md, figures, cost_rows, shown, legends, files)
     write_json(tmp / "report.json", {"key": key}, indent=None)

@@ -144,7 +144,7 @@ class StoreWriter:
 
         ``out`` is a local path or an fsspec URL; ``attrs`` what the new store
         records (its ``config`` decides whether an existing store is the same).
-        ``redo(source_fingerprints, source_names, done_units, stored_tiles) -> units or None``: for an
+        ``redo(source_fingerprints, source_names, done_units, tile_source, tile_offset) -> units or None``: for an
         interrupted store
         whose dataset changed and nothing else, the finished units to compute
         again (the rest are kept, and :attr:`redone` says how many of each);
@@ -202,7 +202,7 @@ class StoreWriter:
         old = schema.StoreAttrs.from_dict(old_attrs)
         done = np.asarray(group[schema.DONE][:]).astype(bool)
         units = redo(old.provenance.dataset.get("source_fingerprints"), list(old.source_names), np.flatnonzero(done),
-                     lambda a, b: (group[schema.TILE_SOURCE][a:b], group[schema.TILE_OFFSET][a:b]))
+                     np.asarray(group[schema.TILE_SOURCE][:]), np.asarray(group[schema.TILE_OFFSET][:]))
         if units is None:
             return None
         kept = int(done.sum()) - len(units)
