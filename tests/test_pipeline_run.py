@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from browser import page_state
 from conftest import TINY_CNN, TINY_VIT
 
 from embedcache.cli import main
@@ -142,6 +145,19 @@ def test_first_run_runs_every_step_and_writes_the_report(base):
     assert "Per-image bPQ: syn" in md and "Settings and provenance: syn" in md
     (setting,) = lb["settings"]
     assert setting["encoder"] == "cnn" and setting["seeds"] == "0, 1" and setting["weights"] == "random"
+
+
+def test_the_report_page_loads_in_a_browser_with_every_image_and_link(base, tmp_path):
+    out = base[0] / "out" / "report"
+    state = page_state(out / "index.html", screenshot=tmp_path / "page.png")
+    assert state["ready"] == "complete" and state["title"]
+    assert state["errors"] == []  # no failed load, no script error
+    assert len(state["images"]) >= 3  # scores, training curves, overlays
+    broken = [i["src"] for i in state["images"] if not i["loaded"]]
+    assert broken == [], broken
+    targets = [Path(unquote(urlparse(h).path)) for h in state["links"] if h.startswith("file:")]
+    assert targets and all(t.is_file() for t in targets), [t for t in targets if not t.is_file()]
+    assert (tmp_path / "page.png").stat().st_size > 10_000  # a rendered page, not a blank one
 
 
 def test_second_run_reuses_every_step_and_the_report(base):
