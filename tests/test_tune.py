@@ -59,6 +59,60 @@ def test_tuning_on_training_or_held_out_tiles_is_refused(run):
     assert not (path / TUNED).exists()
 
 
+def test_tuning_on_the_validation_split_is_allowed_only_when_asked(run, tmp_path):
+    path, store = run
+    with pytest.raises(ConfigError, match="run scored on"):
+        tune_postprocess(path, "tiles:4,5", store=store, out=tmp_path)
+    result = tune_postprocess(path, "tiles:4,5", store=store, out=tmp_path, on_val=True)
+    assert result["tiles"] == [4, 5] and (tmp_path / TUNED).is_file() and not (path / TUNED).exists()
+    with pytest.raises(ConfigError, match="run trained on"):  # training tiles stay refused
+        tune_postprocess(path, "tiles:0,4", store=store, out=tmp_path, on_val=True)
+
+
+def test_predict_says_which_thresholds_it_used_and_takes_others(run, tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    path, store = run
+    (path / TUNED).unlink(missing_ok=True)
+    base = ["predict", "--run", str(path), "--store", str(store), "--split", "val", "--no-overlays",
+            "--no-geojson", "--quiet", "--out"]
+    res = CliRunner().invoke(main, [*base, str(tmp_path / "p0")])
+    assert res.exit_code == 0, res.output
+    assert "the 40x defaults (the run has no tuned thresholds" in res.output
+    assert json.loads((tmp_path / "p0" / "prediction.json").read_text())["postprocess_source"] == "default"
+
+    tune_postprocess(path, "tiles:6,7", store=store)
+    res = CliRunner().invoke(main, [*base, str(tmp_path / "p1")])
+    assert res.exit_code == 0 and "post-processing: tuned" in res.output, res.output
+    info = json.loads((tmp_path / "p1" / "prediction.json").read_text())
+    assert info["postprocess_source"] == "tuned"
+    assert info["postprocess"] == json.loads((path / TUNED).read_text())["chosen"]
+
+    res = CliRunner().invoke(main, [*base, str(tmp_path / "p2"), "--postprocess", "defaults"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "p2" / "prediction.json").read_text())
+    assert info["postprocess_source"] == "given"
+    assert info["postprocess"] == PostprocessConfig.for_magnification("40x").to_dict()
+
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"foreground": 0.65, "min_size": 30}))
+    res = CliRunner().invoke(main, [*base, str(tmp_path / "p3"), "--postprocess", str(mine)])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "p3" / "prediction.json").read_text())["postprocess"]
+    assert got["foreground"] == 0.65 and got["min_size"] == 30 and got["marker"] == 0.4
+
+    for text, message in (('{"foregrund": 0.6}', "foregrund: a post-processing file holds"),
+                          ("{oops", "not valid JSON (line 1"), ('{"foreground": 1.5}', "strictly between 0 and 1")):
+        mine.write_text(text)
+        res = CliRunner().invoke(main, [*base, str(tmp_path / "bad"), "--postprocess", str(mine)])
+        assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "bad").exists()
+    res = CliRunner().invoke(main, [*base, str(tmp_path / "bad"), "--postprocess", "tuned-please"])
+    assert res.exit_code != 0 and "not run, defaults or a JSON file" in res.output
+
+
 def test_fit_decoder_tune_prints_the_choice(run, tmp_path):
     from click.testing import CliRunner
 

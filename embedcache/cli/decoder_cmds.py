@@ -38,6 +38,8 @@ from embedcache.cli.options import (
 @click.option("--distance", default="cisca", show_default=True, type=click.Choice(["cisca", "hovernet"]),
               help="Distance maps: 4 directions (CISCA) or horizontal/vertical (HoVer-Net).")
 @click.option("--variants", default="all", show_default=True, help="Cached variants to draw from: all, or names.")
+@click.option("--colour", default=None, type=click.FloatRange(0, 0.5),
+              help="HED colour jitter of the tiles the image branch sees in training (0: none; default: FitConfig's).")
 @loader_workers_option("the store")
 @click.option("--preload", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
               help="Read features into RAM first (auto: when they fit in a quarter of free memory).")
@@ -49,7 +51,7 @@ from embedcache.cli.options import (
 @click.option("--overwrite", is_flag=True, help="Replace a run made with other settings (kept until the new one ends).")
 @quiet_option
 def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr, patience, monitor, width, depth,
-                distance, variants, loader_workers, preload, protocol, magnification, device, overwrite, quiet):
+                distance, variants, colour, loader_workers, preload, protocol, magnification, device, overwrite, quiet):
     """Train the nuclei decoder on a store's cached features, then score it on the held-out split.
 
     Writes RUN/best.safetensors, last.safetensors, run.json (settings, store
@@ -68,7 +70,7 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
     config = FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, monitor=monitor, seed=seed,
                        val=val, train=train_split, variants=variants, loader_workers=loader_workers, preload=preload,
                        device=device, decoder=DecoderConfig(width=width, depth=depth),
-                       targets=TargetConfig(distance=distance))
+                       targets=TargetConfig(distance=distance), **({} if colour is None else {"colour": colour}))
     post = PostprocessConfig.for_magnification(magnification)
     scorer = pq_scorer(config.targets.directions, post, batch_size) if monitor == "pq" else None
     result = fit(store, out, config, overwrite=overwrite, progress=not quiet, scorer=scorer)
@@ -92,6 +94,33 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
     click.echo(f"wrote {result.path / 'eval.json'}")
 
 
+def postprocess_option(spec: str, magnification: str):
+    """``--postprocess``: None (the run's), the magnification's defaults, or a JSON file's settings over them."""
+    import json
+
+    from embedcache.config import PostprocessConfig
+    from embedcache.errors import ConfigError
+
+    if spec == "run":
+        return None
+    if spec == "defaults":
+        return PostprocessConfig.for_magnification(magnification)
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"--postprocess {spec}: not run, defaults or a JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("chosen"), dict):  # another run's postprocess.json
+        data = data["chosen"]
+    fields = set(PostprocessConfig.__dataclass_fields__)
+    if not isinstance(data, dict) or set(data) - fields:
+        unknown = ", ".join(sorted(set(data) - fields)) if isinstance(data, dict) else "not an object"
+        raise ConfigError(f"{path}: {unknown}: a post-processing file holds an object of {', '.join(sorted(fields))}")
+    return PostprocessConfig.for_magnification(magnification, **data)
+
+
 @main.command("predict")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (fit-decoder).")
 @click.option("--store", metavar="STORE",
@@ -106,6 +135,9 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
 @click.option("--overlap", default=None, type=click.IntRange(min=0),
               help="Live images larger than a tile: overlap of neighbouring tiles in px (default: tile/4).")
 @magnification_option
+@click.option("--postprocess", "post_spec", default="run", show_default=True, metavar="run|defaults|FILE.json",
+              help="Thresholds of the watershed: the run's tuned ones (fit-decoder --tune; the magnification's "
+                   "defaults if it has none), the defaults, or a JSON file of PostprocessConfig fields.")
 @click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "flips", "d4"]),
               help="Test-time augmentation: decode every variant of a tile, move the maps back, average them. "
                    "With --store it reads the cached variants (decoder passes only, the store must hold them); "
@@ -131,8 +163,8 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
 @click.option("--gzip", "gzip_geojson", is_flag=True, help="Slides: write nuclei.geojson.gz.")
 @click.option("--overwrite", is_flag=True, help="Slides: start afresh over another run's partial results.")
 @quiet_option
-def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, tta, batch_size, device, overlays,
-                geojson, slides, mpp, run_mpp, region, margin, post_workers, workers, scheduler, gzip_geojson,
+def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, post_spec, tta, batch_size, device,
+                overlays, geojson, slides, mpp, run_mpp, region, margin, post_workers, workers, scheduler, gzip_geojson,
                 overwrite, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
@@ -166,7 +198,8 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, t
         results = predict_slides(run_dir, slides, out, mpp=mpp, run_mpp=run_mpp, region=region, margin=margin,
                                  overlap=overlap, store=store, post_workers=post_workers, workers=workers,
                                  scheduler=scheduler, device=device, batch_size=batch_size,
-                                 magnification=magnification, gzip_geojson=gzip_geojson, overwrite=overwrite,
+                                 magnification=magnification, postprocess=postprocess_option(post_spec, magnification),
+                                 gzip_geojson=gzip_geojson, overwrite=overwrite,
                                  progress=not quiet)
         for r in results:
             line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
@@ -181,7 +214,15 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, t
     if store is None and data is None:
         raise ConfigError("give --store STORE (cached features), --data PATH (encoder run live) or --slides PATH")
     result = predict(run_dir, out, store=store, data=data, format=fmt, split=split, overlap=overlap,
-                     magnification=magnification, tta=tta, batch_size=batch_size, device=device, overlays=overlays,
+                     magnification=magnification, postprocess=postprocess_option(post_spec, magnification), tta=tta,
+                     batch_size=batch_size, device=device, overlays=overlays,
                      geojson=geojson, progress=not quiet)
     click.echo(f"wrote {result.path}: {result.n_nuclei} nuclei in {result.n_images} images "
                f"({result.mode} features, {result.layout} layout, {result.seconds:.1f} s)")
+    if result.postprocess_source == "tuned":
+        click.echo(f"post-processing: tuned ({run_dir / 'postprocess.json'})")
+    elif result.postprocess_source == "given":
+        click.echo(f"post-processing: {post_spec}")
+    else:
+        click.echo(f"post-processing: the {magnification} defaults (the run has no tuned thresholds at "
+                   f"{magnification}; fit-decoder --tune SPLIT picks them)")

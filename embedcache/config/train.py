@@ -123,6 +123,9 @@ class FitConfig(_Config):
         ``all`` cached variants, or comma-separated names to draw from.
     order : {"units", "random"}
         Reading order of training tiles.
+    colour : float
+        Strength of the HED colour jitter of the tiles the image branch sees
+        in training (:mod:`embedcache.train.augment`; 0: none).
     loader_workers : int
         DataLoader worker processes reading the store.
     preload : {"auto", "yes", "no"}
@@ -146,6 +149,7 @@ class FitConfig(_Config):
     split_seed: int | None = None
     variants: str = "all"
     order: str = "units"
+    colour: float = 0.0
     loader_workers: int = 1
     preload: str = "auto"
     device: str = "auto"
@@ -164,6 +168,8 @@ class FitConfig(_Config):
             raise ConfigError(f"monitor must be loss or pq, not {self.monitor!r}")
         if self.preload not in ("auto", "yes", "no"):
             raise ConfigError(f"preload must be auto, yes or no, not {self.preload!r}")
+        if not 0 <= self.colour <= 0.5:
+            raise ConfigError(f"colour jitter strength must lie in 0..0.5, got {self.colour}")
         if self.order not in ("units", "random"):
             raise ConfigError(f"order must be units or random, not {self.order!r}")
 

@@ -44,6 +44,7 @@ class PredictResult:
     layout: str
     mode: str  # "cached" or "live"
     seconds: float
+    postprocess_source: str = "default"  # "tuned" (the run's postprocess.json), "given" or "default"
 
 
 def data_images(path, format: str, tile_shape, overlap: int) -> tuple[Iterator[TiledImage], str, int, dict]:
@@ -165,7 +166,7 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
     loaded = load_run(run, device=str(dev))
     from embedcache.infer.tune import run_postprocess
 
-    post, _ = run_postprocess(loaded.path, magnification, postprocess)  # the run's tuned thresholds if any
+    post, post_source = run_postprocess(loaded.path, magnification, postprocess)  # the run's tuned ones if any
     variants = tta_variants(tta)
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
     tile = tuple(loaded.store["tile_shape"])
@@ -188,13 +189,14 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
               dynamic_ncols=True) as bar:
         _, _, total = write_predictions(writer, predictor.run(images, features), bar)
     path = writer.close(prediction_info(loaded, mode, source, split, overlap if mode == "live" else 0,
-                                        magnification, post, tta))
-    return PredictResult(path, n_images, total, layout, mode, time.perf_counter() - t0)
+                                        magnification, post, tta, post_source))
+    return PredictResult(path, n_images, total, layout, mode, time.perf_counter() - t0, post_source)
 
 
 def prediction_info(run, mode: str, source: str, split: str, overlap: int, magnification: str,
-                    post: PostprocessConfig, tta: str = "none") -> dict:
+                    post: PostprocessConfig, tta: str = "none", post_source: str = "default") -> dict:
     """What a prediction folder records of how it was made (``prediction.json``)."""
     return {"run": str(run.path), "mode": mode, "source": source, "split": split, "overlap": overlap,
-            "magnification": magnification, "postprocess": post.to_dict(), "tta": tta,
+            "magnification": magnification, "postprocess": post.to_dict(), "postprocess_source": post_source,
+            "tta": tta,
             "class_names": {str(k): v for k, v in run.class_names.items()}}

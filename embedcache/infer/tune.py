@@ -53,9 +53,13 @@ def grid(base: PostprocessConfig) -> list[PostprocessConfig]:
 
 
 def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", batch_size: int = 8,
-                     device: str = "cpu", out=None) -> dict:
+                     device: str = "cpu", out=None, on_val: bool = False) -> dict:
     """Pick post-processing by PQ on the tiles ``spec`` selects (the split syntax of ``--val``); writes
     ``postprocess.json`` into ``out`` (default the run, whose predictions then use it) and returns what it holds.
+
+    ``on_val`` allows tuning on the run's validation split, for runs whose
+    validation images only choose the epoch and whose score comes from
+    images outside the run's store (``benchmarks/cpm15_ablation.py``).
 
     Raises
     ------
@@ -74,7 +78,7 @@ def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", 
     used = {name: set(np.asarray(loaded.meta["split"][name]).tolist()) & set(tiles.tolist())
             for name in ("train", "val")}
     for name, what in (("train", "trained on"), ("val", "scored on")):
-        if used[name]:
+        if used[name] and not (name == "val" and on_val):
             raise ConfigError(f"the tuning split {spec!r} holds {len(used[name])} tile(s) the run {what} (its "
                               f"{name} split); tune on images apart from both, e.g. leave them out with --train")
     images = source_images(s, tiles)

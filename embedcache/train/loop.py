@@ -33,6 +33,7 @@ from embedcache.train.checkpoint import (
     feature_difference, load_optimizer,
     load_weights, optimizer_tensors, read_meta, save_weights, store_provenance, versions,
 )
+from embedcache.train.augment import epoch_generator, hed_jitter
 from embedcache.train.decoder import NucleiLoss, type_weights
 from embedcache.train.stream import (
     EpochBatches, TileStream, available_memory, check_trainable, feature_bytes, make_loader, make_split, to_device,
@@ -166,6 +167,7 @@ class Trainer:
         n = 0
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
+        colours = epoch_generator(self.config.seed, epoch)
         for k, batch in enumerate(bar):
             lr = _lr_at(self.step, steps_per_epoch, self.config)
             for g in self.opt.param_groups:
@@ -174,7 +176,8 @@ class Trainer:
             @torch.enable_grad()  # extraction in the same process may have switched gradients off
             def step():
                 b = to_device(batch, self.device)
-                total, parts = self.loss(self.model(b["tokens"], b["image"]), b)
+                image = hed_jitter(b["image"], self.config.colour, colours)
+                total, parts = self.loss(self.model(b["tokens"], image), b)
                 if not torch.isfinite(total):
                     tiles = ", ".join(str(int(t)) for t in batch["tile"][:4])
                     raise TrainingError(

@@ -1,0 +1,189 @@
+"""Real data: what each part of the decoder's recipe is worth on CPM-15, pretrained encoder against a random one.
+
+The 11 CPM-15 images are split three ways, the same for every arm:
+
+- fit (6): image01, image04, image06, image09, image11, image13, the tiles the decoder learns from;
+- select (2): image05, image08, the run's validation split: the best epoch,
+  the choice between recipes (``--stage select``) and the tuned post-processing;
+- test (3): image02, image10, image14 (one 20x, two 40x, 484 nuclei), never
+  seen by any choice, scored live (the encoder over overlapping tiles of the
+  whole image) with the HoVer-Net protocol (radius 12 px).
+
+``--stage select`` trains one candidate change at a time on the pretrained
+encoder (seed 0) and prints PQ on the select images: the recipe is what
+wins there. ``--stage table`` (the default) then prints, for both encoders
+(``efficientnet_lite0`` with its ImageNet weights, and random) and two
+seeds, PQ, AJI, detection F1, DQ and SQ on the test images for:
+
+    baseline      the earlier defaults (30 epochs, no colour jitter, gradient loss weight 1)
+    + recipe      the current defaults (embedcache.config.FitConfig)
+    + tuned       + post-processing tuned on the select images (27 settings)
+    + TTA         + test-time augmentation over the 8 dihedral variants
+
+and the time to predict one image with and without TTA, live and from the
+cached store. Stores, runs and predictions are kept in ``--work`` and reused.
+
+Usage::
+
+    python benchmarks/cpm15_ablation.py [--stage select|table] [--data ../shared/data/cpm15-dev]
+        [--work /tmp/cpm15-ablation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from embedcache.config import ExtractConfig, FitConfig, LossConfig
+from embedcache.extract import extract
+from embedcache.infer.evaluate import evaluate_run
+from embedcache.infer.predict import predict
+from embedcache.infer.tune import tune_postprocess
+from embedcache.metrics import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+FIT = ("image01", "image04", "image06", "image09", "image11", "image13")
+SELECT = ("image05", "image08")
+TEST = ("image02", "image10", "image14")
+METRICS = ("pq", "aji", "f1_detection", "dq", "sq")
+BASELINE = {"epochs": 30, "colour": 0.0, "loss": LossConfig(gradient=1.0)}  # the defaults before the ablation
+CANDIDATES = {  # one change each from the baseline (--stage select)
+    "baseline": {},
+    "colour 0.05": {"colour": 0.05},
+    "colour 0.2": {"colour": 0.2},
+    "gradient x2": {"loss": LossConfig(gradient=2.0)},
+    "60 epochs": {"epochs": 60, "patience": 20},
+    "lr 2e-3": {"lr": 2e-3},
+}
+
+
+def folder(data: Path, work: Path, names) -> Path:
+    """The named images and their instance maps, alone in a folder (live prediction's input and truth)."""
+    out = work / "-".join(names)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        for suffix in (".png", "_inst.png"):
+            if not (out / f"{name}{suffix}").exists():
+                shutil.copy(data / f"{name}{suffix}", out / f"{name}{suffix}")
+    return out
+
+
+def store(data: Path, work: Path, weights) -> Path:
+    name = "random" if weights == "random" else "pretrained"
+    return extract(data, work / f"{name}.zarr",
+                   ExtractConfig(encoder="efficientnet_lite0", weights=weights, variants="d4", loader_workers=0,
+                                 device="cpu"), progress=False).path
+
+
+def config(seed: int, changes: dict, loader_workers: int) -> FitConfig:
+    return dataclasses.replace(FitConfig(val="sources:" + ",".join(SELECT), train="sources:" + ",".join(FIT),
+                                         seed=seed, loader_workers=loader_workers, device="cpu"), **changes)
+
+
+def scores(truth: Path, pred: Path) -> dict:
+    s = evaluate(truth, pred, "hovernet", radius=12.0).summary
+    return {k: float(s[k]) for k in METRICS}
+
+
+def timed_predict(run: Path, out: Path, **kw) -> float:
+    t = time.perf_counter()
+    predict(run, out, overlays=False, geojson=False, progress=False, **kw)
+    return time.perf_counter() - t
+
+
+def select(args, data: Path, work: Path):
+    s = store(data, work, None)
+    print(f"CPM-15 select stage: efficientnet_lite0 (ImageNet), seed 0, fit on {len(FIT)} images, "
+          f"PQ on the select images {', '.join(SELECT)} (cached, HoVer-Net protocol)")
+    print(f"{'change':<14} {'PQ':>7} {'AJI':>7} {'F1 det':>7} {'epochs':>7} {'best':>5} {'fit s':>7}")
+    for name, change in CANDIDATES.items():
+        if args.only and name not in args.only:
+            continue
+        cfg = config(0, {**BASELINE, **change}, args.loader_workers)
+        t = time.perf_counter()
+        from embedcache.train.loop import fit
+
+        r = fit(s, work / "select" / name.replace(" ", "_"), cfg, progress=False)
+        sec = time.perf_counter() - t
+        e = evaluate_run(r.path, s, protocol="hovernet").summary
+        print(f"{name:<14} {e['pq']:7.4f} {e['aji']:7.4f} {e['f1_detection']:7.4f} {r.epochs_run:7d} "
+              f"{r.best_epoch:5d} {sec:7.0f}", flush=True)
+
+
+def table(args, data: Path, work: Path):
+    from embedcache.train.loop import fit
+
+    test = folder(data, work, TEST)
+    rows, times = [], {"plain live": [], "d4 live": [], "plain cached": [], "d4 cached": []}
+    for weights in (None, "random"):
+        s = store(data, work, weights)
+        arm = "random" if weights == "random" else "pretrained"
+        for seed in args.seeds:
+            for recipe, changes in (("baseline", BASELINE), ("recipe", {})):
+                run = work / f"{arm}-{recipe}-s{seed}"
+                fit(s, run, config(seed, changes, args.loader_workers), progress=False)
+                (run / "postprocess.json").unlink(missing_ok=True)  # the defaults first
+                timed_predict(run, work / "pred", data=test, overlap=args.overlap)
+                rows.append((arm, seed, "baseline" if recipe == "baseline" else "+ recipe",
+                             scores(test, work / "pred")))
+                if recipe == "baseline":
+                    continue
+                tune_postprocess(run, "sources:" + ",".join(SELECT), store=s, on_val=True)
+                times["plain live"].append(timed_predict(run, work / "pred", data=test, overlap=args.overlap)
+                                           / len(TEST))
+                rows.append((arm, seed, "+ tuned", scores(test, work / "pred")))
+                times["d4 live"].append(timed_predict(run, work / "pred", data=test, overlap=args.overlap,
+                                                      tta="d4") / len(TEST))
+                rows.append((arm, seed, "+ TTA", scores(test, work / "pred")))
+                n_images = len(FIT) + len(SELECT) + len(TEST)
+                for tta in ("none", "d4"):
+                    key = f"{'plain' if tta == 'none' else 'd4'} cached"
+                    times[key].append(timed_predict(run, work / "pred-cached", store=s, tta=tta) / n_images)
+                print(f"{arm} seed {seed}: " + "; ".join(f"{r[2]} PQ {r[3]['pq']:.4f}" for r in rows[-4:]),
+                      flush=True)
+    (work / "ablation.json").write_text(json.dumps({"rows": rows, "times": times}, indent=1))
+    print(f"\nCPM-15: fit on {len(FIT)} images, epoch and tuning chosen on {', '.join(SELECT)}, scored on "
+          f"{', '.join(TEST)} (live, {args.overlap}-px overlap, HoVer-Net protocol, radius 12 px); "
+          f"efficientnet_lite0, d4 variants cached; seeds {', '.join(map(str, args.seeds))}")
+    print(f"{'encoder':<11} {'arm':<10} " + " ".join(f"{m.replace('f1_detection', 'F1 det').upper():>15}"
+                                                     for m in METRICS))
+    arms = ("baseline", "+ recipe", "+ tuned", "+ TTA")
+    mean = {}
+    for enc in ("pretrained", "random"):
+        for a in arms:
+            got = [r[3] for r in rows if r[0] == enc and r[2] == a]
+            mean[enc, a] = {m: statistics.mean(g[m] for g in got) for m in METRICS}
+            cells = [f"{mean[enc, a][m]:.4f} ({'/'.join(f'{g[m]:.3f}' for g in got)})" for m in METRICS]
+            print(f"{enc:<11} {a:<10} " + " ".join(f"{c:>15}" for c in cells))
+    print("(mean over seeds, then each seed)")
+    for a in arms:
+        print(f"pretrained - random, {a}: PQ {mean['pretrained', a]['pq'] - mean['random', a]['pq']:+.4f}")
+    print("\nprediction time per image (median over runs; live: 3 test images with overlapping tiles; "
+          "cached: the store's 11 images):")
+    for key, values in times.items():
+        print(f"  {key:<13} {statistics.median(values):6.2f} s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stage", choices=("select", "table"), default="table")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cpm15-dev")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/cpm15-ablation"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--only", nargs="*", help="select stage: these candidates only")
+    ap.add_argument("--overlap", type=int, default=64)
+    ap.add_argument("--loader-workers", type=int, default=0)
+    args = ap.parse_args()
+    if not args.data.exists():
+        raise SystemExit(f"{args.data} not found; pass --data PATH/cpm15-dev")
+    args.work.mkdir(parents=True, exist_ok=True)
+    (select if args.stage == "select" else table)(args, args.data, args.work)
+
+
+if __name__ == "__main__":
+    main()
