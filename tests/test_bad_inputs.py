@@ -423,7 +423,7 @@ CASES = [
     ("run-unknown-key", lambda w, t: ["run", w.yaml.unknown_key, "--dry-run"],
      "unknown_key.yaml:6: unknown key 'epoch' in fit; did you mean 'epochs'?"),
     ("run-unknown-encoder", lambda w, t: ["run", w.yaml.unknown_encoder, "--dry-run"],
-     "encoder cnn: unknown encoder 'uni2'; did you mean 'uni'"),
+     "unknown_encoder.yaml:4: encoder cnn: unknown encoder 'uni2'; did you mean 'uni'"),
     ("run-missing-file", lambda w, t: ["run", w.scratch / "absent.yaml"], "absent.yaml: no such pipeline file"),
     ("run-missing-data-path", lambda w, t: ["run", w.yaml.no_data, "--dry-run"],
      "no_data.yaml: datasets.d: "),

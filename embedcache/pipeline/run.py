@@ -156,7 +156,8 @@ def plan(pipeline: Pipeline, *, progress: bool = True, workers: int = 0, schedul
                 cell = _cell(pipeline, ds, enc, root, data_key, data_path, data_step, progress, workers, scheduler)
             except EmbedcacheError as exc:
                 if pipeline.on_error != "skip":
-                    raise PipelineError(f"encoder {enc.name}: {exc}", exc.exit_code) from exc
+                    where = f"{enc.where}: " if enc.where else ""
+                    raise PipelineError(f"{where}encoder {enc.name}: {exc}", exc.exit_code) from exc
                 failed[enc.name] = str(exc)
                 continue
             cells.append(cell)

@@ -118,6 +118,7 @@ class EncoderEntry:
 
     name: str
     settings: dict = field(default_factory=dict)
+    where: str = field(default="", compare=False)  # file:line of its entry, for messages
 
 
 @dataclass(frozen=True)
@@ -348,7 +349,9 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> Pipeline:
         where = f"encoders.{enc_name}"
         settings = r.config_keys(ExtractConfig, entry, where)
         settings = {"encoder": enc_name, **settings}
-        enc_specs.append(EncoderEntry(enc_name, dict(settings)))
+        line = r.at(entry, "encoder") if isinstance(entry, _Map) and "encoder" in entry else \
+            r.at(data["encoders"], enc_name)
+        enc_specs.append(EncoderEntry(enc_name, dict(settings), line))
 
     pipeline = Pipeline(name, source, out, tuple(ds_specs), tuple(enc_specs), tuple(seeds), extract, decoder,
                         report_spec, on_error, threads)
