@@ -450,8 +450,8 @@ CASES = [
 REPORTS = {"check-data-grayscale-png", "check-data-rgba-transparent", "check-data-truncated-png",
            "check-data-mask-wrong-size", "check-data-rgb-coded-mask", "check-data-missing-path",
            "encoders-check-missing-weights"}
-# Outputs under a regular file: the line must also say that a part of the path is a file.
-UNDER_A_FILE = "a part of that path is a file, not a folder"
+# Outputs under a regular file: the line must also say which part of the path is a file.
+UNDER_A_FILE = "is a file, not a folder"
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -490,6 +490,7 @@ def test_bad_input(w, tmp_path, request, build, fragment):
         assert "Error" not in res.stdout, shown
         if "under-a-file" in case:
             assert UNDER_A_FILE in err[-1] or "a file of that name is in the way" in err[-1], shown
+            assert ".partial" not in err[-1], shown  # the user's path, not the work-in-progress name
     changed = _changes(before, _snapshot(w.root))
     assert not changed, f"{case} changed the user's files: {changed[:5]}\n{shown}"
 

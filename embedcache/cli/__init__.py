@@ -47,8 +47,31 @@ class _Group(click.Group):
         sys.exit(code)
 
 
+def _user_path(name) -> str:
+    """The path as the user gave it: work in progress goes to ``NAME.partial`` first (embedcache.files)."""
+    from pathlib import PurePath
+
+    parts = [p[:-len(".partial")] if p.endswith(".partial") else p for p in PurePath(os.fsdecode(name)).parts]
+    return str(PurePath(*parts)) if parts else os.fsdecode(name)
+
+
+def _file_in_the_way(path: str) -> str | None:
+    """The first ancestor of ``path`` that exists and is not a folder."""
+    from pathlib import Path
+
+    for parent in reversed(Path(path).parents):
+        if parent.exists() and not parent.is_dir():
+            return str(parent)
+    return None
+
+
 def _describe_os_error(exc: OSError) -> str:
-    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    name = getattr(exc, "filename", None)
+    where = f" ({_user_path(name)})" if name else ""
+    if exc.errno == errno.ENOTDIR and name:
+        blocker = _file_in_the_way(os.fsdecode(name))
+        if blocker:
+            return f"{_user_path(name)}: {blocker} is a file, not a folder; choose another path"
     if exc.errno == errno.ENOSPC:
         return f"no space left on device{where}; free some space or choose another --out, then run again to resume"
     if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
