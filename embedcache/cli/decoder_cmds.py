@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
+from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, TargetConfig
 from embedcache.cli.options import (
     dask_workers_option, device_option, format_option, loader_workers_option, magnification_option, quiet_option,
     scheduler_option,
@@ -17,7 +18,7 @@ from embedcache.cli.options import (
 @click.option("--store", required=True, metavar="STORE",
               help="Store with labels (from extract): a folder or an fsspec URL (s3://...).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1), help="Most epochs.")
+@click.option("--epochs", default=FitConfig.epochs, show_default=True, type=click.IntRange(min=1), help="Most epochs.")
 @click.option("--val", default="auto", show_default=True,
               help="Held-out split: auto (last fold, else frac:0.2), foldK, frac:F (of the source images), "
                    "frac:F,groups=FILE.csv (of the groups FILE gives each image: image,group), tiles:I,J, sources:A,B.")
@@ -26,20 +27,25 @@ from embedcache.cli.options import (
 @click.option("--tune", default=None, metavar="SPLIT",
               help="After training, pick post-processing thresholds by PQ on this split (same syntax; images "
                    "apart from --train and --val, e.g. sources:A,B); predict and evaluate then use them.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of weights, variant draws and order.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Tiles per step.")
-@click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW learning rate (warm-up + cosine).")
-@click.option("--patience", default=10, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=FitConfig.seed, show_default=True, type=int,
+              help="Seed of weights, variant draws and order.")
+@click.option("--batch-size", default=FitConfig.batch_size, show_default=True, type=click.IntRange(min=1),
+              help="Tiles per step.")
+@click.option("--lr", default=FitConfig.lr, show_default=True, type=float,
+              help="AdamW learning rate (warm-up + cosine).")
+@click.option("--patience", default=FitConfig.patience, show_default=True, type=click.IntRange(min=0),
               help="Stop after this many epochs without improvement (0: never).")
-@click.option("--monitor", default="loss", show_default=True, type=click.Choice(["loss", "pq"]),
+@click.option("--monitor", default=FitConfig.monitor, show_default=True, type=click.Choice(["loss", "pq"]),
               help="Early stopping on validation loss or validation PQ.")
-@click.option("--width", default=32, show_default=True, type=int, help="Decoder channels at stride 4.")
-@click.option("--depth", default=1, show_default=True, type=int, help="Conv blocks per decoder level.")
-@click.option("--distance", default="cisca", show_default=True, type=click.Choice(["cisca", "hovernet"]),
+@click.option("--width", default=DecoderConfig.width, show_default=True, type=int,
+              help="Decoder channels at stride 4.")
+@click.option("--depth", default=DecoderConfig.depth, show_default=True, type=int,
+              help="Conv blocks per decoder level.")
+@click.option("--distance", default=TargetConfig.distance, show_default=True, type=click.Choice(["cisca", "hovernet"]),
               help="Distance maps: 4 directions (CISCA) or horizontal/vertical (HoVer-Net).")
 @click.option("--variants", default="all", show_default=True, help="Cached variants to draw from: all, or names.")
-@click.option("--colour", default=None, type=click.FloatRange(0, 0.5),
-              help="HED colour jitter of the tiles the image branch sees in training (0: none; default: FitConfig's).")
+@click.option("--colour", default=FitConfig.colour, show_default=True, type=click.FloatRange(0, 0.5),
+              help="HED colour jitter of the tiles the image branch sees in training (0: none).")
 @loader_workers_option("the store")
 @click.option("--preload", default="auto", show_default=True, type=click.Choice(["auto", "yes", "no"]),
               help="Read features into RAM first (auto: when they fit in a quarter of free memory).")
@@ -62,7 +68,6 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
     Example:
       embedcache fit-decoder --store demo/lite0.zarr --out demo/run --epochs 20
     """
-    from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, TargetConfig
     from embedcache.infer.evaluate import evaluate_run, pq_scorer
     from embedcache.metrics.tables import format_evaluation
     from embedcache.train.loop import fit
@@ -70,7 +75,7 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
     config = FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, monitor=monitor, seed=seed,
                        val=val, train=train_split, variants=variants, loader_workers=loader_workers, preload=preload,
                        device=device, decoder=DecoderConfig(width=width, depth=depth),
-                       targets=TargetConfig(distance=distance), **({} if colour is None else {"colour": colour}))
+                       targets=TargetConfig(distance=distance), colour=colour)
     post = PostprocessConfig.for_magnification(magnification)
     scorer = pq_scorer(config.targets.directions, post, batch_size) if monitor == "pq" else None
     result = fit(store, out, config, overwrite=overwrite, progress=not quiet, scorer=scorer)
