@@ -39,7 +39,7 @@ import statistics
 import time
 from pathlib import Path
 
-from embedcache.config import ExtractConfig, FitConfig, LossConfig
+from embedcache.config import DecoderConfig, ExtractConfig, FitConfig, LossConfig
 from embedcache.extract import extract
 from embedcache.infer.evaluate import evaluate_run
 from embedcache.infer.predict import predict
@@ -59,6 +59,12 @@ CANDIDATES = {  # one change each from the baseline (--stage select)
     "gradient x2": {"loss": LossConfig(gradient=2.0)},
     "60 epochs": {"epochs": 60, "patience": 20},
     "lr 2e-3": {"lr": 2e-3},
+    "width 64": {"decoder": DecoderConfig(width=64)},
+    "depth 2": {"decoder": DecoderConfig(depth=2)},
+    "mae distance": {"loss": LossConfig(distance_error="mae")},
+    "60 ep, lr 2e-3": {"epochs": 60, "patience": 20, "lr": 2e-3},
+    "+ colour 0.05": {"epochs": 60, "patience": 20, "lr": 2e-3, "colour": 0.05},
+    "+ gradient x2": {"epochs": 60, "patience": 20, "lr": 2e-3, "colour": 0.05, "loss": LossConfig(gradient=2.0)},
 }
 
 

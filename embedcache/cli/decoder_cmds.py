@@ -99,33 +99,6 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
     click.echo(f"wrote {result.path / 'eval.json'}")
 
 
-def postprocess_option(spec: str, magnification: str):
-    """``--postprocess``: None (the run's), the magnification's defaults, or a JSON file's settings over them."""
-    import json
-
-    from embedcache.config import PostprocessConfig
-    from embedcache.errors import ConfigError
-
-    if spec == "run":
-        return None
-    if spec == "defaults":
-        return PostprocessConfig.for_magnification(magnification)
-    path = Path(spec)
-    if not path.is_file():
-        raise ConfigError(f"--postprocess {spec}: not run, defaults or a JSON file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if isinstance(data, dict) and isinstance(data.get("chosen"), dict):  # another run's postprocess.json
-        data = data["chosen"]
-    fields = set(PostprocessConfig.__dataclass_fields__)
-    if not isinstance(data, dict) or set(data) - fields:
-        unknown = ", ".join(sorted(set(data) - fields)) if isinstance(data, dict) else "not an object"
-        raise ConfigError(f"{path}: {unknown}: a post-processing file holds an object of {', '.join(sorted(fields))}")
-    return PostprocessConfig.for_magnification(magnification, **data)
-
-
 @main.command("predict")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (fit-decoder).")
 @click.option("--store", metavar="STORE",
@@ -191,6 +164,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
     """
     from embedcache.errors import ConfigError
     from embedcache.infer.predict import predict
+    from embedcache.infer.tune import given_postprocess
 
     if (workers or scheduler) and slides is None:
         raise ConfigError("--workers and --scheduler spread slides over a dask cluster; give them with --slides")
@@ -203,7 +177,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
         results = predict_slides(run_dir, slides, out, mpp=mpp, run_mpp=run_mpp, region=region, margin=margin,
                                  overlap=overlap, store=store, post_workers=post_workers, workers=workers,
                                  scheduler=scheduler, device=device, batch_size=batch_size,
-                                 magnification=magnification, postprocess=postprocess_option(post_spec, magnification),
+                                 magnification=magnification, postprocess=given_postprocess(post_spec, magnification),
                                  gzip_geojson=gzip_geojson, overwrite=overwrite,
                                  progress=not quiet)
         for r in results:
@@ -219,7 +193,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
     if store is None and data is None:
         raise ConfigError("give --store STORE (cached features), --data PATH (encoder run live) or --slides PATH")
     result = predict(run_dir, out, store=store, data=data, format=fmt, split=split, overlap=overlap,
-                     magnification=magnification, postprocess=postprocess_option(post_spec, magnification), tta=tta,
+                     magnification=magnification, postprocess=given_postprocess(post_spec, magnification), tta=tta,
                      batch_size=batch_size, device=device, overlays=overlays,
                      geojson=geojson, progress=not quiet)
     click.echo(f"wrote {result.path}: {result.n_nuclei} nuclei in {result.n_images} images "

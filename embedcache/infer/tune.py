@@ -117,3 +117,27 @@ def run_postprocess(run_path, magnification: str = "40x", given: PostprocessConf
         if data.get("magnification") == magnification:
             return PostprocessConfig(**data["chosen"]), "tuned"
     return PostprocessConfig.for_magnification(magnification), "default"
+
+
+def given_postprocess(spec: str, magnification: str = "40x") -> PostprocessConfig | None:
+    """What ``predict --postprocess`` names: ``run`` (None: the run's own, :func:`run_postprocess`),
+    ``defaults`` (the magnification's) or a JSON file of :class:`PostprocessConfig` fields over them
+    (another run's ``postprocess.json`` too)."""
+    if spec == "run":
+        return None
+    if spec == "defaults":
+        return PostprocessConfig.for_magnification(magnification)
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"--postprocess {spec}: not run, defaults or a JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("chosen"), dict):  # a run's postprocess.json
+        data = data["chosen"]
+    fields = set(PostprocessConfig.__dataclass_fields__)
+    if not isinstance(data, dict) or set(data) - fields:
+        unknown = ", ".join(sorted(set(data) - fields)) if isinstance(data, dict) else "not an object"
+        raise ConfigError(f"{path}: {unknown}: a post-processing file holds an object of {', '.join(sorted(fields))}")
+    return PostprocessConfig.for_magnification(magnification, **data)
