@@ -15,10 +15,11 @@ wins there. ``--stage table`` (the default) then prints, for both encoders
 (``efficientnet_lite0`` with its ImageNet weights, and random) and two
 seeds, PQ, AJI, detection F1, DQ and SQ on the test images for:
 
-    baseline      the earlier defaults (30 epochs, no colour jitter, gradient loss weight 1)
+    baseline      the earlier defaults (30 epochs, patience 10, lr 1e-3, decoder depth 1)
     + recipe      the current defaults (embedcache.config.FitConfig)
     + tuned       + post-processing tuned on the select images (27 settings)
     + TTA         + test-time augmentation over the 8 dihedral variants
+    + TTA-tuned   the same, with the thresholds tuned on the TTA-merged maps
 
 and the time to predict one image with and without TTA, live and from the
 cached store. Stores, runs and predictions are kept in ``--work`` and reused.
@@ -51,7 +52,8 @@ FIT = ("image01", "image04", "image06", "image09", "image11", "image13")
 SELECT = ("image05", "image08")
 TEST = ("image02", "image10", "image14")
 METRICS = ("pq", "aji", "f1_detection", "dq", "sq")
-BASELINE = {"epochs": 30, "colour": 0.0, "loss": LossConfig(gradient=1.0)}  # the defaults before the ablation
+BASELINE = {"epochs": 30, "patience": 10, "lr": 1e-3, "colour": 0.0,  # the defaults before the ablation
+            "decoder": DecoderConfig(width=32, depth=1), "loss": LossConfig()}
 CANDIDATES = {  # one change each from the baseline (--stage select)
     "baseline": {},
     "colour 0.05": {"colour": 0.05},
@@ -59,12 +61,15 @@ CANDIDATES = {  # one change each from the baseline (--stage select)
     "gradient x2": {"loss": LossConfig(gradient=2.0)},
     "60 epochs": {"epochs": 60, "patience": 20},
     "lr 2e-3": {"lr": 2e-3},
-    "width 64": {"decoder": DecoderConfig(width=64)},
-    "depth 2": {"decoder": DecoderConfig(depth=2)},
+    "width 64": {"decoder": DecoderConfig(width=64, depth=1)},
+    "depth 2": {"decoder": DecoderConfig(width=32, depth=2)},
     "mae distance": {"loss": LossConfig(distance_error="mae")},
     "60 ep, lr 2e-3": {"epochs": 60, "patience": 20, "lr": 2e-3},
-    "+ colour 0.05": {"epochs": 60, "patience": 20, "lr": 2e-3, "colour": 0.05},
-    "+ gradient x2": {"epochs": 60, "patience": 20, "lr": 2e-3, "colour": 0.05, "loss": LossConfig(gradient=2.0)},
+    "60 ep, lr 2e-3, depth 2": {"epochs": 60, "patience": 20, "lr": 2e-3, "decoder": DecoderConfig(width=32, depth=2)},
+    "60 ep, lr 2e-3, depth 2, width 64": {"epochs": 60, "patience": 20, "lr": 2e-3,
+                                          "decoder": DecoderConfig(depth=2, width=64)},
+    "60 ep, lr 2e-3, depth 2, colour 0.05": {"epochs": 60, "patience": 20, "lr": 2e-3, "colour": 0.05,
+                                             "decoder": DecoderConfig(width=32, depth=2)},
 }
 
 
@@ -106,7 +111,7 @@ def select(args, data: Path, work: Path):
     s = store(data, work, None)
     print(f"CPM-15 select stage: efficientnet_lite0 (ImageNet), seed 0, fit on {len(FIT)} images, "
           f"PQ on the select images {', '.join(SELECT)} (cached, HoVer-Net protocol)")
-    print(f"{'change':<14} {'PQ':>7} {'AJI':>7} {'F1 det':>7} {'epochs':>7} {'best':>5} {'fit s':>7}")
+    print(f"{'change':<36} {'PQ':>7} {'AJI':>7} {'F1 det':>7} {'epochs':>7} {'best':>5} {'fit s':>7}")
     for name, change in CANDIDATES.items():
         if args.only and name not in args.only:
             continue
@@ -117,15 +122,31 @@ def select(args, data: Path, work: Path):
         r = fit(s, work / "select" / name.replace(" ", "_"), cfg, progress=False)
         sec = time.perf_counter() - t
         e = evaluate_run(r.path, s, protocol="hovernet").summary
-        print(f"{name:<14} {e['pq']:7.4f} {e['aji']:7.4f} {e['f1_detection']:7.4f} {r.epochs_run:7d} "
+        print(f"{name:<36} {e['pq']:7.4f} {e['aji']:7.4f} {e['f1_detection']:7.4f} {r.epochs_run:7d} "
               f"{r.best_epoch:5d} {sec:7.0f}", flush=True)
 
 
+ARMS = ("baseline", "+ recipe", "+ tuned", "+ TTA", "+ TTA-tuned")
+
+
 def table(args, data: Path, work: Path):
+    from embedcache.config import PostprocessConfig
     from embedcache.train.loop import fit
 
     test = folder(data, work, TEST)
-    rows, times = [], {"plain live": [], "d4 live": [], "plain cached": [], "d4 cached": []}
+    done = work / "ablation.json"  # finished rows and timings, kept: a rerun computes only what is missing
+    saved = json.loads(done.read_text()) if done.exists() else {}
+    rows = [tuple(r) for r in saved.get("rows", [])]
+    times = saved.get("times") or {"plain live": [], "d4 live": [], "plain cached": [], "d4 cached": []}
+    select_split = "sources:" + ",".join(SELECT)
+
+    def have(*key) -> bool:
+        return any(tuple(r[:3]) == key for r in rows)
+
+    def add(arm, seed, name, pred):
+        rows.append((arm, seed, name, scores(test, pred)))
+        done.write_text(json.dumps({"rows": rows, "times": times}, indent=1))
+
     for weights in (None, "random"):
         s = store(data, work, weights)
         arm = "random" if weights == "random" else "pretrained"
@@ -133,41 +154,46 @@ def table(args, data: Path, work: Path):
             for recipe, changes in (("baseline", BASELINE), ("recipe", {})):
                 run = work / f"{arm}-{recipe}-s{seed}"
                 fit(s, run, config(seed, changes, args.loader_workers), progress=False)
-                (run / "postprocess.json").unlink(missing_ok=True)  # the defaults first
-                timed_predict(run, work / "pred", data=test, overlap=args.overlap)
-                rows.append((arm, seed, "baseline" if recipe == "baseline" else "+ recipe",
-                             scores(test, work / "pred")))
+                first = "baseline" if recipe == "baseline" else "+ recipe"
+                if not have(arm, seed, first):
+                    (run / "postprocess.json").unlink(missing_ok=True)  # the defaults first
+                    timed_predict(run, work / "pred", data=test, overlap=args.overlap)
+                    add(arm, seed, first, work / "pred")
                 if recipe == "baseline":
                     continue
-                tune_postprocess(run, "sources:" + ",".join(SELECT), store=s, on_val=True)
-                times["plain live"].append(timed_predict(run, work / "pred", data=test, overlap=args.overlap)
-                                           / len(TEST))
-                rows.append((arm, seed, "+ tuned", scores(test, work / "pred")))
-                times["d4 live"].append(timed_predict(run, work / "pred", data=test, overlap=args.overlap,
-                                                      tta="d4") / len(TEST))
-                rows.append((arm, seed, "+ TTA", scores(test, work / "pred")))
-                n_images = len(FIT) + len(SELECT) + len(TEST)
-                for tta in ("none", "d4"):
-                    key = f"{'plain' if tta == 'none' else 'd4'} cached"
-                    times[key].append(timed_predict(run, work / "pred-cached", store=s, tta=tta) / n_images)
-                print(f"{arm} seed {seed}: " + "; ".join(f"{r[2]} PQ {r[3]['pq']:.4f}" for r in rows[-4:]),
-                      flush=True)
-    (work / "ablation.json").write_text(json.dumps({"rows": rows, "times": times}, indent=1))
+                if not have(arm, seed, "+ TTA"):
+                    tune_postprocess(run, select_split, store=s, on_val=True)
+                    times["plain live"].append(timed_predict(run, work / "pred", data=test,
+                                                             overlap=args.overlap) / len(TEST))
+                    add(arm, seed, "+ tuned", work / "pred")
+                    times["d4 live"].append(timed_predict(run, work / "pred", data=test, overlap=args.overlap,
+                                                          tta="d4") / len(TEST))
+                    n_images = len(FIT) + len(SELECT) + len(TEST)
+                    for tta in ("none", "d4"):
+                        key = f"{'plain' if tta == 'none' else 'd4'} cached"
+                        times[key].append(timed_predict(run, work / "pred-cached", store=s, tta=tta) / n_images)
+                    add(arm, seed, "+ TTA", work / "pred")
+                if not have(arm, seed, "+ TTA-tuned"):  # thresholds tuned on the TTA-merged maps
+                    t = tune_postprocess(run, select_split, store=s, on_val=True, tta="d4", out=run / "tta-tuned")
+                    timed_predict(run, work / "pred", data=test, overlap=args.overlap, tta="d4",
+                                  postprocess=PostprocessConfig(**t["chosen"]))
+                    add(arm, seed, "+ TTA-tuned", work / "pred")
+                print(f"{arm} seed {seed}: " + "; ".join(f"{r[2]} PQ {r[3]['pq']:.4f}" for r in rows
+                                                         if r[0] == arm and r[1] == seed), flush=True)
     print(f"\nCPM-15: fit on {len(FIT)} images, epoch and tuning chosen on {', '.join(SELECT)}, scored on "
           f"{', '.join(TEST)} (live, {args.overlap}-px overlap, HoVer-Net protocol, radius 12 px); "
           f"efficientnet_lite0, d4 variants cached; seeds {', '.join(map(str, args.seeds))}")
-    print(f"{'encoder':<11} {'arm':<10} " + " ".join(f"{m.replace('f1_detection', 'F1 det').upper():>15}"
+    print(f"{'encoder':<11} {'arm':<12} " + " ".join(f"{m.replace('f1_detection', 'F1 det').upper():>21}"
                                                      for m in METRICS))
-    arms = ("baseline", "+ recipe", "+ tuned", "+ TTA")
     mean = {}
     for enc in ("pretrained", "random"):
-        for a in arms:
-            got = [r[3] for r in rows if r[0] == enc and r[2] == a]
+        for a in ARMS:
+            got = [r[3] for r in rows if r[0] == enc and r[2] == a and r[1] in args.seeds]
             mean[enc, a] = {m: statistics.mean(g[m] for g in got) for m in METRICS}
             cells = [f"{mean[enc, a][m]:.4f} ({'/'.join(f'{g[m]:.3f}' for g in got)})" for m in METRICS]
-            print(f"{enc:<11} {a:<10} " + " ".join(f"{c:>15}" for c in cells))
+            print(f"{enc:<11} {a:<12} " + " ".join(f"{c:>21}" for c in cells))
     print("(mean over seeds, then each seed)")
-    for a in arms:
+    for a in ARMS:
         print(f"pretrained - random, {a}: PQ {mean['pretrained', a]['pq'] - mean['random', a]['pq']:+.4f}")
     print("\nprediction time per image (median over runs; live: 3 test images with overlapping tiles; "
           "cached: the store's 11 images):")

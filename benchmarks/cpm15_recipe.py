@@ -11,12 +11,14 @@ Both arms see the same tiles, variants, split, seed and settings. Each arm:
     embedcache evaluate --protocol hovernet --truth val/ --pred ARM-pred
 
 and prints PQ, AJI and detection F1 (HoVer-Net protocol, radius 12 px) of
-both arms. Stores and runs are kept in ``--work`` and reused when the same
+both arms, trained with the default recipe (``FitConfig``). The epoch is
+chosen on the three images it scores; ``benchmarks/cpm15_ablation.py`` keeps
+them apart from every choice. Stores and runs are kept in ``--work`` and reused when the same
 command runs again (extraction and training resume).
 
 Usage::
 
-    python benchmarks/cpm15_recipe.py [--data ../shared/data/cpm15-dev] [--work /tmp/cpm15] [--epochs 40]
+    python benchmarks/cpm15_recipe.py [--data ../shared/data/cpm15-dev] [--work /tmp/cpm15] [--epochs N]
 """
 
 from __future__ import annotations
@@ -70,10 +72,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cpm15-dev")
     ap.add_argument("--work", type=Path, default=Path("/tmp/cpm15"))
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=FitConfig.epochs)
+    ap.add_argument("--batch-size", type=int, default=FitConfig.batch_size)
+    ap.add_argument("--lr", type=float, default=FitConfig.lr)
+    ap.add_argument("--patience", type=int, default=FitConfig.patience)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loader-workers", type=int, default=1)
     ap.add_argument("--overlap", type=int, default=64)

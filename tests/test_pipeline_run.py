@@ -201,7 +201,7 @@ def test_adding_an_encoder_runs_only_its_steps(copy):
 
 def test_a_new_fit_setting_reuses_the_extraction(copy):
     out = copy
-    fit = dict(study(out)["fit"], lr=2e-3)
+    fit = dict(study(out)["fit"], lr=5e-3)  # not the default
     _, outcome = run(write(out.parent, study(out, fit=fit)))
     assert set(outcome.ran) == fit_eval_labels("cnn")
     assert set(outcome.reused) == {"make synthetic tiles for syn", "extract cnn on syn"}
@@ -292,7 +292,7 @@ def test_unloadable_encoders_are_left_out_with_their_reason(copy, tmp_path):
                 "missing": {"encoder": TINY_CNN, "weights": "/nonexistent.safetensors"},  # fails when planning
                 "nosuch": {"encoder": "no-such-encoder"},
                 "cnn": dict(CNN)}
-    fit = dict(study(out)["fit"], lr=2e-3)  # cnn's fits and evaluations have to run
+    fit = dict(study(out)["fit"], lr=5e-3)  # not the default  # cnn's fits and evaluations have to run
     path = write(tmp_path, study(out, encoders, fit=fit, on_error="skip"))
     p = plan(load_pipeline(path), progress=False)
     assert set(p.failed) == {"missing", "nosuch"}
@@ -343,7 +343,8 @@ def test_cli_keep_going(copy, tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["run", str(path), "--quiet"])
     assert res.exit_code != 0 and "Traceback" not in res.output
-    assert "Error: encoder missing: weights file /nonexistent.safetensors does not exist" in res.output
+    assert re.search(r"Error: \S+study\.yaml:\d+: encoder missing: weights file /nonexistent\.safetensors does "
+                     "not exist", res.output), res.output  # the file and line of the encoder's entry
     res = runner.invoke(main, ["run", str(path), "--keep-going", "--dry-run", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "left out missing:" in res.output and "6 steps: 6 reuse" in res.output
@@ -356,7 +357,7 @@ def test_cli_keep_going(copy, tmp_path):
 
 def test_only_runs_the_named_kinds(copy):
     out = copy
-    fit = dict(study(out)["fit"], lr=2e-3)
+    fit = dict(study(out)["fit"], lr=5e-3)  # not the default
     path = write(out.parent, study(out, fit=fit))
     _, outcome = run(path, only=("fit",))
     assert set(outcome.ran) == {f"fit decoder cnn on syn (seed {s})" for s in SEEDS}

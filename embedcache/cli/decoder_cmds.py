@@ -53,11 +53,15 @@ from embedcache.cli.options import (
               type=click.Choice(["auto", "hovernet", "pannuke", "conic"]),
               help="Protocol scoring the best checkpoint on the held-out split (auto: by the store's classes).")
 @magnification_option
+@click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "flips", "d4"]),
+              help="Test-time augmentation over the store's cached variants for --tune and the held-out score "
+                   "(use the TTA that predict will use: the thresholds are tuned on those maps).")
 @device_option
 @click.option("--overwrite", is_flag=True, help="Replace a run made with other settings (kept until the new one ends).")
 @quiet_option
 def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr, patience, monitor, width, depth,
-                distance, variants, colour, loader_workers, preload, protocol, magnification, device, overwrite, quiet):
+                distance, variants, colour, loader_workers, preload, protocol, magnification, tta, device, overwrite,
+                quiet):
     """Train the nuclei decoder on a store's cached features, then score it on the held-out split.
 
     Writes RUN/best.safetensors, last.safetensors, run.json (settings, store
@@ -76,6 +80,11 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
                        val=val, train=train_split, variants=variants, loader_workers=loader_workers, preload=preload,
                        device=device, decoder=DecoderConfig(width=width, depth=depth),
                        targets=TargetConfig(distance=distance), colour=colour)
+    if tta != "none":  # refused before training, not after
+        from embedcache.infer.tta import cached_variant_ids, tta_variants
+        from embedcache.store import open_store
+
+        cached_variant_ids(open_store(store), tta_variants(tta))
     post = PostprocessConfig.for_magnification(magnification)
     scorer = pq_scorer(config.targets.directions, post, batch_size) if monitor == "pq" else None
     result = fit(store, out, config, overwrite=overwrite, progress=not quiet, scorer=scorer)
@@ -88,12 +97,13 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
     if tune:
         from embedcache.infer.tune import tune_postprocess
 
-        t = tune_postprocess(result.path, tune, store=store, magnification=magnification, batch_size=batch_size)
+        t = tune_postprocess(result.path, tune, store=store, magnification=magnification, batch_size=batch_size,
+                             tta=tta)
         c = t["chosen"]
         click.echo(f"post-processing tuned on {t['images']} image(s) ({t['tried']} settings): PQ "
                    f"{t['pq_default']:.4f} with the defaults, {t['pq_tuned']:.4f} with foreground {c['foreground']}, "
                    f"marker {c['marker']}, smallest nucleus {c['min_size']} px")
-    evaluation = evaluate_run(result.path, store, protocol=protocol, batch_size=batch_size,
+    evaluation = evaluate_run(result.path, store, protocol=protocol, batch_size=batch_size, tta=tta,
                               device=device, magnification=magnification)  # the tuned thresholds if any
     click.echo(format_evaluation(evaluation))
     click.echo(f"wrote {result.path / 'eval.json'}")

@@ -27,6 +27,7 @@ from embedcache.errors import ConfigError
 from embedcache.files import write_json
 from embedcache.infer.features import store_features
 from embedcache.infer.predictor import Predictor
+from embedcache.infer.tta import tta_variants
 from embedcache.metrics import evaluate
 from embedcache.metrics.protocols import detection_radius
 from embedcache.postprocess import instances_from_maps
@@ -53,10 +54,13 @@ def grid(base: PostprocessConfig) -> list[PostprocessConfig]:
 
 
 def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", batch_size: int = 8,
-                     device: str = "cpu", out=None, on_val: bool = False) -> dict:
+                     device: str = "cpu", out=None, on_val: bool = False, tta: str = "none") -> dict:
     """Pick post-processing by PQ on the tiles ``spec`` selects (the split syntax of ``--val``); writes
     ``postprocess.json`` into ``out`` (default the run, whose predictions then use it) and returns what it holds.
 
+    ``tta`` tunes on the maps merged over the cached variants, as
+    prediction with that test-time augmentation will make them (their
+    probabilities are smoother, so their best thresholds can differ).
     ``on_val`` allows tuning on the run's validation split, for runs whose
     validation images only choose the epoch and whose score comes from
     images outside the run's store (``benchmarks/cpm15_ablation.py``).
@@ -84,8 +88,9 @@ def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", 
     images = source_images(s, tiles)
     truth = image_truth(s, images)
     base = PostprocessConfig.for_magnification(magnification)
-    predictor = Predictor(loaded.model, loaded.directions, batch_size, base)
-    maps = [m for _, m, _ in predictor.stitched(iter(images), store_features(s))]
+    variants = tta_variants(tta)
+    predictor = Predictor(loaded.model, loaded.directions, batch_size, base, variants)
+    maps = [m for _, m, _ in predictor.stitched(iter(images), store_features(s, variants))]
     d, n_types = loaded.model.n_dist, loaded.model.n_types
     radius = detection_radius(magnification)
 
@@ -100,7 +105,7 @@ def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", 
     best_pq, _, best = max(scores, key=lambda t: (t[0], t[1]))
     result = {"chosen": best.to_dict(), "magnification": magnification, "pq_default": scores[0][0],
               "pq_tuned": best_pq, "tiles": [int(t) for t in tiles], "images": len(images), "tried": len(scores),
-              "split": spec, "types": bool(n_types)}
+              "split": spec, "types": bool(n_types), "tta": tta}
     write_json(Path(out or loaded.path) / TUNED, result)
     return result
 

@@ -351,16 +351,16 @@ def evaluate_on_store(run_dir: Path, store_path: Path, out: Path, protocol: str 
     """Score a run's held-out tiles from the cache (:func:`embedcache.infer.evaluate.evaluate_run`).
 
     With ``tune`` (a split apart from training and validation) post-processing is first tuned there
-    (:func:`embedcache.infer.tune.tune_postprocess`, recorded in ``out/postprocess.json``, the fit step's
-    run left as it is). Writes ``out/eval.json`` and the predictions the report shows to ``out/pred``;
-    returns what the step records.
+    (:func:`embedcache.infer.tune.tune_postprocess`, on the maps of the same ``tta``, recorded in
+    ``out/postprocess.json``, the fit step's run left as it is). Writes ``out/eval.json`` and the
+    predictions the report shows to ``out/pred``; returns what the step records.
     """
     from embedcache.infer.evaluate import evaluate_run
 
     if tune:
         from embedcache.infer.tune import tune_postprocess
 
-        tune_postprocess(run_dir, tune, store=store_path, magnification=magnification, out=out)
+        tune_postprocess(run_dir, tune, store=store_path, magnification=magnification, out=out, tta=tta)
     result = evaluate_run(run_dir, store_path, out=out, predictions=out / "pred", protocol=protocol,
                           magnification=magnification, tuned=out if tune else None, tta=tta, progress=progress)
     data = result.to_dict()
