@@ -51,9 +51,9 @@ def make_store(data: Path, out: Path, encoder: str = TINY_CNN, variants: str = "
 
 
 def fit_config(**overrides) -> FitConfig:
-    """Small, fast settings: 2 epochs, width 8, the last two tiles held out."""
+    """Small, fast settings: 2 epochs, width 8, depth 1, the last two tiles held out."""
     base = dict(epochs=2, batch_size=2, loader_workers=0, preload="no", device="cpu", val="tiles:4,5",
-                decoder=DecoderConfig(width=8), warmup_epochs=0)
+                decoder=DecoderConfig(width=8, depth=1), warmup_epochs=0)
     return FitConfig(**{**base, **overrides})
 
 

@@ -76,10 +76,11 @@ def test_tuning_with_tta_scores_the_merged_maps_and_needs_the_variants(run, tmp_
     with pytest.raises(DataError, match="lacks the variants .* that --tta flips needs"):  # identity-only store
         tune_postprocess(path, "tiles:6,7", store=bare, out=tmp_path, tta="flips")
     store = make_store(write_conic(tmp_path / "conic", n=8), tmp_path / "flips.zarr")  # identity + flips
-    fit(store, tmp_path / "r", fit_config(epochs=3, lr=3e-3, train="tiles:0,1,2,3"), progress=False)
+    fit(store, tmp_path / "r", fit_config(epochs=8, lr=1e-2, train="tiles:0,1,2,3"), progress=False)  # finds nuclei
     plain = tune_postprocess(tmp_path / "r", "tiles:6,7", store=store, out=tmp_path / "plain")
     merged = tune_postprocess(tmp_path / "r", "tiles:6,7", store=store, out=tmp_path / "merged", tta="flips")
     assert plain["tta"] == "none" and merged["tta"] == "flips"
+    assert plain["pq_default"] > 0 and merged["pq_default"] > 0
     assert merged["pq_default"] != plain["pq_default"]  # other maps: the flips' average, not the identity's
     assert json.loads((tmp_path / "merged" / TUNED).read_text())["tta"] == "flips"
 
@@ -141,7 +142,7 @@ def test_fit_decoder_tune_prints_the_choice(run, tmp_path):
     assert "post-processing tuned on 2 image(s)" in res.output and (tmp_path / "r" / TUNED).is_file()
     bad = CliRunner().invoke(main, [*args[:-5], "--tune", "tiles:4", "--device", "cpu", "--quiet", "--overwrite"])
     assert bad.exit_code != 0 and "run scored on" in bad.output and "Traceback" not in bad.output
-    res = CliRunner().invoke(main, [*args[:3], str(tmp_path / "r2"), *args[4:], "--tta", "d4"])
+    res = CliRunner().invoke(main, [*args[:4], str(tmp_path / "r2"), *args[5:], "--tta", "d4"])
     assert res.exit_code != 0 and "lacks the variants" in res.output and "that --tta d4 needs" in res.output
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r2.partial").exists()  # refused before training
 
