@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
-from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, TargetConfig
 from embedcache.cli.options import (
     dask_workers_option, device_option, format_option, loader_workers_option, magnification_option, quiet_option,
     scheduler_option,
 )
+from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, TargetConfig
 
 
 @main.command("fit-decoder")
