@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -46,6 +45,8 @@ from embedcache.infer.evaluate import evaluate_run
 from embedcache.infer.predict import predict
 from embedcache.infer.tune import tune_postprocess
 from embedcache.metrics import evaluate
+
+from cpm15_recipe import val_folder  # the held-out images in a folder of their own (this script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT = ("image01", "image04", "image06", "image09", "image11", "image13")
@@ -71,17 +72,6 @@ CANDIDATES = {  # one change each from the baseline (--stage select)
     "60 ep, lr 2e-3, depth 2, colour 0.05": {"epochs": 60, "patience": 20, "lr": 2e-3, "colour": 0.05,
                                              "decoder": DecoderConfig(width=32, depth=2)},
 }
-
-
-def folder(data: Path, work: Path, names) -> Path:
-    """The named images and their instance maps, alone in a folder (live prediction's input and truth)."""
-    out = work / "-".join(names)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        for suffix in (".png", "_inst.png"):
-            if not (out / f"{name}{suffix}").exists():
-                shutil.copy(data / f"{name}{suffix}", out / f"{name}{suffix}")
-    return out
 
 
 def store(data: Path, work: Path, weights) -> Path:
@@ -133,7 +123,7 @@ def table(args, data: Path, work: Path):
     from embedcache.config import PostprocessConfig
     from embedcache.train.loop import fit
 
-    test = folder(data, work, TEST)
+    test = val_folder(data, work, TEST)
     done = work / "ablation.json"  # finished rows and timings, kept: a rerun computes only what is missing
     saved = json.loads(done.read_text()) if done.exists() else {}
     rows = [tuple(r) for r in saved.get("rows", [])]

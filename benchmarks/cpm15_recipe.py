@@ -40,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 VAL = ("image02", "image10", "image14")  # one 20x and two 40x images, 484 nuclei
 
 
-def val_folder(data: Path, work: Path) -> Path:
-    """The held-out images and their instance maps, alone in a folder (truth for evaluate)."""
-    out = work / "val"
+def val_folder(data: Path, work: Path, names=VAL) -> Path:
+    """The named (default: held-out) images and their instance maps, alone in a folder (truth for evaluate,
+    input of live prediction)."""
+    out = work / ("val" if tuple(names) == VAL else "-".join(names))
     out.mkdir(parents=True, exist_ok=True)
-    for name in VAL:
+    for name in names:
         for suffix in (".png", "_inst.png"):
             if not (out / f"{name}{suffix}").exists():
                 shutil.copy(data / f"{name}{suffix}", out / f"{name}{suffix}")
