@@ -17,6 +17,19 @@ def shared_data(name: str) -> Path:
     return path
 
 
+def rgb(h, w, seed=0) -> np.ndarray:
+    """A random RGB image of ``h x w`` pixels."""
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def inst(h, w) -> np.ndarray:
+    """An instance map of ``h x w`` pixels with two nuclei, ids 7 and 700 (above 255: uint16)."""
+    m = np.zeros((h, w), np.uint16)
+    m[2:9, 3:11] = 7
+    m[h - 6:h - 1, w - 7:w - 2] = 700
+    return m
+
+
 @pytest.fixture(scope="session")
 def tiny_tiles():
     """6 synthetic 64x64 tiles with labels and tissue names."""

@@ -69,7 +69,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_CNN
+from conftest import TINY_CNN, inst, rgb
 from decoder_helpers import make_store, one_thread, write_conic  # noqa: F401
 from PIL import Image
 
@@ -100,46 +100,35 @@ def _invoke(*args):
 # ----------------------------------------------------------------------------- the user's files
 
 
-def _rgb(h, w, seed=0):
-    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-
-
-def _inst(h, w):
-    m = np.zeros((h, w), np.uint16)
-    m[2:9, 3:11] = 7
-    m[h - 6:h - 1, w - 7:w - 2] = 300
-    return m
-
-
 def _folder(root: Path, name: str) -> Path:
     """A folder dataset with one good image and its instance map."""
     d = root / name
     d.mkdir(parents=True)
-    Image.fromarray(_rgb(64, 64)).save(d / "ok.png")
-    Image.fromarray(_inst(64, 64)).save(d / "ok_inst.png")
+    Image.fromarray(rgb(64, 64)).save(d / "ok.png")
+    Image.fromarray(inst(64, 64)).save(d / "ok_inst.png")
     return d
 
 
 def _bad_folders(root: Path) -> SimpleNamespace:
     gray = _folder(root, "gray")
-    Image.fromarray(_rgb(64, 64)[..., 0]).save(gray / "g.png")
-    Image.fromarray(_inst(64, 64)).save(gray / "g_inst.png")
+    Image.fromarray(rgb(64, 64)[..., 0]).save(gray / "g.png")
+    Image.fromarray(inst(64, 64)).save(gray / "g_inst.png")
     rgba = _folder(root, "rgba")
-    see_through = np.dstack([_rgb(64, 64), np.full((64, 64), 255, np.uint8)])
+    see_through = np.dstack([rgb(64, 64), np.full((64, 64), 255, np.uint8)])
     see_through[:8, :8, 3] = 0
     Image.fromarray(see_through, "RGBA").save(rgba / "t.png")
-    Image.fromarray(_inst(64, 64)).save(rgba / "t_inst.png")
+    Image.fromarray(inst(64, 64)).save(rgba / "t_inst.png")
     trunc = _folder(root, "trunc")
-    Image.fromarray(_rgb(80, 80, seed=2)).save(trunc / "tr.png")
+    Image.fromarray(rgb(80, 80, seed=2)).save(trunc / "tr.png")
     raw = (trunc / "tr.png").read_bytes()
     (trunc / "tr.png").write_bytes(raw[:len(raw) // 2])  # the header still reads
-    Image.fromarray(_inst(80, 80)).save(trunc / "tr_inst.png")
+    Image.fromarray(inst(80, 80)).save(trunc / "tr_inst.png")
     size = _folder(root, "size")
-    Image.fromarray(_rgb(64, 96)).save(size / "w.png")
-    Image.fromarray(_inst(64, 90)).save(size / "w_inst.png")  # 6 px too narrow
+    Image.fromarray(rgb(64, 96)).save(size / "w.png")
+    Image.fromarray(inst(64, 90)).save(size / "w_inst.png")  # 6 px too narrow
     coded = _folder(root, "coded")
-    Image.fromarray(_rgb(64, 64)).save(coded / "c.png")
-    Image.fromarray(_rgb(64, 64, seed=5)).save(coded / "c_inst.png")  # instance ids coded as RGB colours
+    Image.fromarray(rgb(64, 64)).save(coded / "c.png")
+    Image.fromarray(rgb(64, 64, seed=5)).save(coded / "c_inst.png")  # instance ids coded as RGB colours
     noslides = _folder(root, "noslides")
     return SimpleNamespace(gray=gray, rgba=rgba, trunc=trunc, size=size, coded=coded, noslides=noslides)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_VIT, shared_data
+from conftest import TINY_VIT, inst, rgb, shared_data
 from PIL import Image
 
 from embedcache.cli import main
@@ -15,17 +15,6 @@ from embedcache.errors import DataError
 
 FAST = ["--encoder", TINY_VIT, "--weights", "random", "--variants", "none", "--workers", "0", "--quiet",
         "--tile-size", "64", "--loader-workers", "0"]
-
-
-def rgb(h, w, seed=0):
-    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-
-
-def inst(h, w):
-    m = np.zeros((h, w), np.uint16)
-    m[2:9, 3:11] = 7
-    m[h - 6:h - 1, w - 7:w - 2] = 700
-    return m
 
 
 def write_pair(d, name, h, w, seed=0):
