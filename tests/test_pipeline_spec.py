@@ -293,3 +293,51 @@ def test_cli_missing_file_and_missing_data(tmp_path):
     assert result.exit_code != 0 and "Traceback" not in result.output
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: ") and "does not exist" in err[0]
+
+
+# ----------------------------------------------------------------------------- value types
+
+
+@pytest.mark.parametrize("edit, key, expect", [
+    (("  epochs: 2", '  epochs: "ten"'), "epochs", "fit.epochs must be a whole number, not 'ten'"),
+    (("  lr: 0.01", "  lr: fast"), "lr", "fit.lr must be a number, not 'fast'"),
+    (("  decoder: {width: 8}", "  decoder: {width: 1.5}"), "width", "fit.decoder.width must be a whole number"),
+    (("      epochs: 3", "      epochs: [3]"), "epochs", "datasets.syn.fit.epochs must be a whole number"),
+    (("batch_size: 8,", "batch_size: eight,"), "batch_size", "extract.batch_size must be a whole number"),
+    (("    unit_tiles: 1", "    unit_tiles: 1.0"), "unit_tiles", "encoders.vit.unit_tiles must be a whole number"),
+    (("    weights: random", "    weights: 3"), "weights", "encoders.vit.weights must be a string or null, not 3"),
+    (("    variants: flips", "    variants: 8"), "variants", "must be a string, not 8 (quote it: '8')"),
+    (("extract: {variants: rot90,", "extract: {norm: yes please, variants: rot90,"), "norm",
+     "extract.norm must be true or false, not 'yes please'"),
+    (("probe: {labels: tissue, n_boot: 200}", "probe: {labels: tissue, n_boot: lots}"), "n_boot",
+     "probe.n_boot must be a whole number, not 'lots'"),
+])
+def test_values_of_the_wrong_type_name_file_line_and_key(tmp_path, edit, key, expect):
+    """A value of the wrong type is refused at load with file:line and key (was a Python error from deep in
+    the config, e.g. "'<' not supported between instances of 'str' and 'int'", with no file or key)."""
+    text = GOOD.replace(*edit)
+    assert text != GOOD
+    path = write(tmp_path, text)
+    message = error_of(path)
+    assert message.startswith(f"{path}:{line_of(text, edit[1].strip())}: "), message
+    assert expect in message, message
+    assert "not supported between" not in message
+
+
+def test_cells_sections_are_type_checked_too(tmp_path):
+    text = MINIMAL + "cells:\n  radius: big\n  probe: {n_boot: x}\n"
+    message = error_of(write(tmp_path, text))
+    assert f":{line_of(text, 'radius: big')}: cells.radius must be" in message, message
+    text = MINIMAL + "cells:\n  probe: {n_boot: x}\n"
+    message = error_of(write(tmp_path, text))
+    assert f":{line_of(text, 'n_boot: x')}: cells.probe.n_boot must be a whole number, not 'x'" in message
+
+
+def test_config_from_dict_refuses_wrong_types_without_a_file():
+    from embedcache.config import ExtractConfig, FitConfig
+
+    with pytest.raises(ConfigError, match=r"^epochs must be a whole number, not 'ten'$"):
+        FitConfig.from_dict({"epochs": "ten"})
+    with pytest.raises(ConfigError, match="mpp must be a number or null"):
+        ExtractConfig.from_dict({"mpp": "0.25um"})
+    assert FitConfig.from_dict({"lr": 1, "split_seed": None}).lr == 1  # an integer is a number

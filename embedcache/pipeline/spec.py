@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from embedcache.config import CellsConfig, ExtractConfig, FitConfig, ProbeConfig
+from embedcache.config.base import type_problem
 from embedcache.errors import ConfigError
 
 ON_ERROR = ("stop", "skip")
@@ -231,10 +232,18 @@ class _Reader:
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(map(str, known)))}"
                 self.fail(mapping, key, f"unknown key {key!r} in {where}{hint}")
 
+    def types(self, cls, mapping: dict, where: str):
+        """Each value's type against its field's annotation (``epochs: "ten"`` names file, line and key)."""
+        for key, value in mapping.items():
+            problem = type_problem(cls, key, value) if key in {f.name for f in dataclasses.fields(cls)} else None
+            if problem:
+                self.fail(mapping, key, f"{where}.{key} {problem}")
+
     def config_keys(self, cls, mapping: dict, where: str):
         """Check keys (and nested sections) against the dataclass's fields."""
         mapping = self.mapping(mapping, where)
         self.keys(mapping, [f.name for f in dataclasses.fields(cls)], where)
+        self.types(cls, mapping, where)
         for name, sub in _nested_fields(cls).items():
             if name in mapping:
                 self.config_keys(sub, self.mapping(mapping[name], f"{where}.{name}", mapping, name),
@@ -391,6 +400,7 @@ def _probe_list(r: _Reader, value, parent, where: str) -> list[dict]:
     for item in items:
         item = r.mapping(item, where, parent, where.rsplit(".", 1)[-1])
         r.keys(item, [f.name for f in dataclasses.fields(ProbeConfig)], where)
+        r.types(ProbeConfig, item, where)
         out.append(dict(item))
     return out
 
@@ -402,10 +412,12 @@ def _cells(r: _Reader, value, parent, where: str) -> dict | None:
         return None
     value = r.mapping(value, where, parent, where.rsplit(".", 1)[-1])
     r.keys(value, [f.name for f in dataclasses.fields(CellsConfig)] + ["probe"], where)
+    r.types(CellsConfig, value, where)
     if "probe" in value:
         probe = r.mapping(value["probe"], f"{where}.probe", value, "probe")
         r.keys(probe, [f.name for f in dataclasses.fields(ProbeConfig) if f.name not in ("level", "labels")],
                f"{where}.probe")
+        r.types(ProbeConfig, probe, f"{where}.probe")
         value = {**value, "probe": dict(probe)}
     return dict(value)
 
