@@ -17,14 +17,15 @@ extract
     extract-missing-data, extract-data-is-a-file, extract-unknown-encoder, extract-dtype-typo,
     extract-format-typo, extract-unknown-variant, extract-unknown-layer, extract-missing-weights,
     extract-batch-size-zero, extract-batch-size-negative, extract-unit-tiles-zero, extract-tile-size-too-small,
-    extract-overlap-over-half-tile, extract-grayscale-png, extract-rgba-transparent, extract-truncated-png,
-    extract-mask-wrong-size, extract-rgb-coded-mask, extract-out-under-a-file, extract-store-made-otherwise,
+    extract-overlap-over-half-tile, extract-grayscale-png, extract-rgba-transparent, extract-cmyk-jpeg,
+    extract-truncated-png, extract-mask-wrong-size, extract-rgb-coded-mask, extract-out-under-a-file, extract-store-made-otherwise,
     global-threads-zero
 info / verify
     info-missing-store, info-folder-not-a-store, info-file-not-a-store, info-run-dir-not-a-store,
     verify-missing-store, verify-folder-not-a-store
 check-data
-    check-data-grayscale-png [report], check-data-rgba-transparent [report], check-data-truncated-png [report],
+    check-data-grayscale-png [report], check-data-cmyk-jpeg [report], check-data-rgba-transparent [report],
+    check-data-truncated-png [report],
     check-data-mask-wrong-size [report], check-data-rgb-coded-mask [report], check-data-missing-path [report],
     check-data-tile-size-too-small, check-data-overlap-over-half-tile
 evaluate
@@ -39,7 +40,8 @@ fit-decoder
 predict
     predict-run-not-a-run, predict-run-missing, predict-store-and-data, predict-no-source,
     predict-tta-typo, predict-tta-variants-not-cached, predict-batch-size-zero, predict-out-is-a-dataset,
-    predict-out-under-a-file, predict-data-missing, predict-data-grayscale, predict-data-overlap-too-large,
+    predict-out-under-a-file, predict-data-missing, predict-data-grayscale, predict-data-cmyk-jpeg,
+    predict-data-overlap-too-large,
     predict-slides-folder-without-slides, predict-slides-with-data
 probe
     probe-missing-store, probe-type-on-instance-only-store, probe-csv-unknown-tile, probe-labels-typo,
@@ -130,7 +132,10 @@ def _bad_folders(root: Path) -> SimpleNamespace:
     Image.fromarray(rgb(64, 64)).save(coded / "c.png")
     Image.fromarray(rgb(64, 64, seed=5)).save(coded / "c_inst.png")  # instance ids coded as RGB colours
     noslides = _folder(root, "noslides")
-    return SimpleNamespace(gray=gray, rgba=rgba, trunc=trunc, size=size, coded=coded, noslides=noslides)
+    cmyk = _folder(root, "cmyk")  # a press JPEG: 4 channels that are not RGB and alpha
+    Image.fromarray(rgb(64, 64)).convert("CMYK").save(cmyk / "press.jpg")
+    Image.fromarray(inst(64, 64)).save(cmyk / "press_inst.png")
+    return SimpleNamespace(gray=gray, rgba=rgba, trunc=trunc, size=size, coded=coded, noslides=noslides, cmyk=cmyk)
 
 
 def _evaluate_folders(root: Path) -> SimpleNamespace:
@@ -248,6 +253,8 @@ CASES = [
      "g.png: a grayscale image (mode L)"),
     ("extract-rgba-transparent", lambda w, t: ["extract", "--data", w.bad.rgba, "--out", t / "x.zarr", *FOLDER],
      "t.png: image has a transparent alpha channel"),
+    ("extract-cmyk-jpeg", lambda w, t: ["extract", "--data", w.bad.cmyk, "--out", t / "x.zarr", *FOLDER],
+     "press.jpg: CMYK colours would be read as RGB"),
     ("extract-truncated-png", lambda w, t: ["extract", "--data", w.bad.trunc, "--out", t / "x.zarr", *FOLDER],
      "tr.png: cannot read image (image file is truncated)"),
     ("extract-mask-wrong-size", lambda w, t: ["extract", "--data", w.bad.size, "--out", t / "x.zarr", *FOLDER],
@@ -270,6 +277,8 @@ CASES = [
     # check-data: a report, one line per problem
     ("check-data-grayscale-png", lambda w, t: ["check-data", w.bad.gray, "--tile-size", "64"],
      "g.png: a grayscale image (mode L)"),
+    ("check-data-cmyk-jpeg", lambda w, t: ["check-data", w.bad.cmyk, "--tile-size", "64", "--pixels"],
+     "press.jpg: CMYK colours would be read as RGB"),
     ("check-data-rgba-transparent", lambda w, t: ["check-data", w.bad.rgba, "--tile-size", "64", "--pixels"],
      "t.png: image has a transparent alpha channel"),
     ("check-data-truncated-png", lambda w, t: ["check-data", w.bad.trunc, "--tile-size", "64", "--pixels"],
@@ -351,7 +360,10 @@ CASES = [
                                            "--out", t / "p", "--quiet"], "nowhere: no such file or folder"),
     ("predict-data-grayscale", lambda w, t: ["predict", "--run", w.run, "--data", w.bad.gray / "g.png",
                                              "--out", t / "p", "--device", "cpu", "--quiet"],
-     "g.png: expected an RGB image"),
+     "g.png: a grayscale image (mode L)"),
+    ("predict-data-cmyk-jpeg", lambda w, t: ["predict", "--run", w.run, "--data", w.bad.cmyk / "press.jpg",
+                                             "--out", t / "p", "--device", "cpu", "--quiet"],
+     "press.jpg: CMYK colours would be read as RGB"),
     ("predict-data-overlap-too-large", lambda w, t: ["predict", "--run", w.run, "--data", w.inst, "--out", t / "p",
                                                      "--overlap", "200", "--device", "cpu", "--quiet"],
      "overlap must lie in 0..63 px for 64x64 tiles, got 200"),
@@ -436,7 +448,7 @@ CASES = [
 ]
 
 # Reports by design (a table of problems on stdout, exit 1), not one `Error:` line.
-REPORTS = {"check-data-grayscale-png", "check-data-rgba-transparent", "check-data-truncated-png",
+REPORTS = {"check-data-grayscale-png", "check-data-cmyk-jpeg", "check-data-rgba-transparent", "check-data-truncated-png",
            "check-data-mask-wrong-size", "check-data-rgb-coded-mask", "check-data-missing-path",
            "encoders-check-missing-weights"}
 # Outputs under a regular file: the line must also say which part of the path is a file.

@@ -275,3 +275,30 @@ def test_bad_settings_and_geojson(tmp_path):
     f.write_text("{not json")
     with pytest.raises(DataError, match=r"x\.geojson: not readable GeoJSON"):
         read_geojson(f)
+
+
+def test_a_jpeg_tiled_pyramidal_tiff_is_read(tmp_path):
+    """JPEG tiles are the most common generic whole-slide TIFF; tifffile decodes them only through imagecodecs
+    (a dependency for this reason). Both backends read the same pixels, close to the written ones."""
+    import tifffile
+
+    slide = make_slide((768, 768), MPP, seed=3)
+    path = write_slide_tiff(tmp_path / "jpeg.tif", slide.image, MPP, levels=2, compression="jpeg")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.JPEG and tif.pages[0].is_tiled
+    a = open_slide(path)
+    b = OpenSlideSlide(path)
+    try:
+        assert isinstance(a, TiffSlide) and a.mpp == pytest.approx(MPP)
+        assert a.dims == [(768, 768), (384, 384)]
+        region = a.read(0, 100, 200, 128, 160)
+        assert region.shape == (128, 160, 3) and region.dtype == np.uint8
+        truth = slide.image[100:228, 200:360].astype(float)
+        assert np.abs(region - truth).mean() < 8  # JPEG at quality 90 of a noisy texture, not garbage or zeros
+        assert np.corrcoef(region.ravel(), truth.ravel())[0, 1] > 0.95
+        assert np.abs(region.astype(int) - b.read(0, 100, 200, 128, 160).astype(int)).max() <= 2
+    finally:
+        a.close()
+        b.close()
+    ds = SlideDataset(tmp_path, tile_size=TILE, tile_mpp=MPP)
+    assert len(ds) > 0 and ds.read_tile(0).shape == (TILE, TILE, 3)

@@ -30,6 +30,65 @@ LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 PAD_VALUE = 255
 
 
+_SINGLE = {"1": "a 1-bit (black and white) image", "L": "a grayscale image", "P": "a palette image",
+           "I": "a single-channel 32-bit image", "F": "a single-channel floating-point image"}
+_RGB_LIKE = {"YCbCr", "LAB", "HSV"}  # three channels that would be taken as R, G, B
+
+
+def image_mode_problem(mode: str) -> tuple[str | None, str | None]:
+    """(problem, conversion) for a picture of PIL ``mode``, as :func:`read_rgb_file` treats it.
+
+    The conversion is the mode of an image the reader makes RGB (by dropping
+    its 4th channel). The mode, not the array, decides: a CMYK JPEG decodes
+    to 4 channels that would otherwise pass for RGB plus alpha.
+
+    >>> image_mode_problem("CMYK")[0]
+    'CMYK colours would be read as RGB; save it as 8-bit RGB'
+    >>> image_mode_problem("RGBA")
+    (None, 'RGBA')
+    """
+    if mode == "RGB":
+        return None, None
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return None, mode
+    if mode in _SINGLE or mode.startswith("I;"):
+        what = _SINGLE.get(mode, "a single-channel 16-bit image")
+        return f"{what} (mode {mode}); extract reads RGB (height, width, 3) only: save it as 8-bit RGB", None
+    if mode in ("LA", "La", "PA"):
+        return (f"grayscale with alpha (mode {mode}), 2 channels; extract reads RGB (height, width, 3) only: "
+                "save it as 8-bit RGB"), None
+    if mode == "CMYK" or mode in _RGB_LIKE:
+        return f"{mode} colours would be read as RGB; save it as 8-bit RGB", None
+    return f"image mode {mode} is not RGB; save it as 8-bit RGB", None
+
+
+def read_rgb_file(path: Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB: the one reader of pictures for every command.
+
+    PIL pictures are refused by their mode first (grayscale, palette, CMYK,
+    ...: :func:`image_mode_problem`), then their pixels are checked by
+    :func:`~embedcache.datasets.base.to_uint8_rgb` (an opaque alpha channel is
+    dropped, a transparent one refused). ``.npy`` arrays go straight to the
+    pixel check.
+
+    Raises
+    ------
+    DataError
+        One line naming the file and what to do.
+    """
+    path = Path(path)
+    if path.suffix != ".npy":
+        try:
+            with Image.open(path) as im:
+                mode = im.mode
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read image ({exc})") from None
+        problem, _ = image_mode_problem(mode)
+        if problem:
+            raise DataError(f"{path}: {problem}")
+    return to_uint8_rgb(read_image_file(path), str(path))
+
+
 def read_image_file(path: Path) -> np.ndarray:
     """An image file as an array (PIL for pictures, numpy for ``.npy``)."""
     try:
@@ -104,7 +163,7 @@ class FolderDataset(TileDataset):
         self._label = lru_cache(maxsize=2)(self._load_label)
 
     def _load_image(self, k: int) -> np.ndarray:
-        return to_uint8_rgb(read_image_file(self._files[k]), str(self._files[k]))
+        return read_rgb_file(self._files[k])
 
     def _load_label(self, k: int) -> np.ndarray:
         image_hw = self._image(k).shape[:2]

@@ -240,12 +240,14 @@ def _pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
     return out
 
 
-def write_slide_tiff(path, image: np.ndarray, mpp: float | None, levels: int = 3, tile: int = 256) -> Path:
+def write_slide_tiff(path, image: np.ndarray, mpp: float | None, levels: int = 3, tile: int = 256,
+                     compression: str = "zlib") -> Path:
     """Write a tiled pyramidal TIFF that tifffile and OpenSlide both read.
 
     Levels are halvings of ``image``, one page each (level 0 first, the
     others marked as reduced images), tiled ``tile`` x ``tile``, deflate
-    compressed. ``mpp`` goes into the resolution tags (pixels per
+    compressed (``compression="jpeg"``: JPEG tiles at quality 90, the most
+    common generic whole-slide TIFF, decoded through imagecodecs). ``mpp`` goes into the resolution tags (pixels per
     centimetre); ``None`` writes no resolution, like a slide whose scanner
     did not record it.
     """
@@ -258,8 +260,9 @@ def write_slide_tiff(path, image: np.ndarray, mpp: float | None, levels: int = 3
             if mpp is not None:
                 ppcm = 1e4 / (mpp * 2 ** k)
                 res = {"resolution": (ppcm, ppcm), "resolutionunit": "CENTIMETER"}
-            tw.write(level, tile=(tile, tile), photometric="rgb", compression="zlib",
-                     compressionargs={"level": 1}, subfiletype=1 if k else 0, metadata=None, **res)
+            args = {"level": 1} if compression == "zlib" else {"level": 90}
+            tw.write(level, tile=(tile, tile), photometric="rgb", compression=compression,
+                     compressionargs=args, subfiletype=1 if k else 0, metadata=None, **res)
     return path
 
 

@@ -19,8 +19,7 @@ import numpy as np
 
 from embedcache.config import PostprocessConfig
 from embedcache.datasets import PANNUKE_CLASSES, detect_format, open_dataset
-from embedcache.datasets.base import to_uint8_rgb
-from embedcache.datasets.folder import IMAGE_SUFFIXES, list_images, read_image_file
+from embedcache.datasets.folder import IMAGE_SUFFIXES, list_images, read_rgb_file
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, DataError
 from embedcache.geometry import TiledImage
@@ -54,19 +53,16 @@ def data_images(path, format: str, tile_shape, overlap: int) -> tuple[Iterator[T
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
 
-    def read(f):
-        return to_uint8_rgb(read_image_file(f), str(f))
-
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)}) or a dataset folder")
-        return iter([tile_image(path.stem, read(path), tile_shape, overlap)]), "folder", 1, {}
+        return iter([tile_image(path.stem, read_rgb_file(path), tile_shape, overlap)]), "folder", 1, {}
     layout = detect_format(path) if format == "auto" else format
     if layout == "folder":
         files = list_images(path)
         if not files:
             raise DataError(f"{path}: no images found")
-        return (tile_image(f.stem, read(f), tile_shape, overlap) for f in files), "folder", len(files), {}
+        return (tile_image(f.stem, read_rgb_file(f), tile_shape, overlap) for f in files), "folder", len(files), {}
     ds = open_dataset(path, format=layout)
     tissue = ds.tissue
     images = (tile_image(stack_name(i), ds.images([i])[0], tile_shape, overlap, tissue[i] if tissue else None)

@@ -9,31 +9,6 @@ import numpy as np
 from embedcache.datasets.check.report import DataReport, _add, _short
 from embedcache.errors import DataError
 
-_SINGLE = {"1": "a 1-bit (black and white) image", "L": "a grayscale image", "P": "a palette image",
-           "I": "a single-channel 32-bit image", "F": "a single-channel floating-point image"}
-_RGB_LIKE = {"YCbCr", "LAB", "HSV"}  # three channels the reader would take as R, G, B
-
-
-def _image_mode(mode: str) -> tuple[str | None, str | None]:
-    """(problem, conversion) for a picture of PIL ``mode``, as ``to_uint8_rgb(np.asarray(im))`` treats it.
-
-    The conversion is the mode of an image the reader makes RGB (by dropping its 4th channel).
-    """
-    if mode == "RGB":
-        return None, None
-    if mode in ("RGBA", "RGBa", "RGBX"):
-        return None, mode
-    if mode in _SINGLE or mode.startswith("I;"):
-        what = _SINGLE.get(mode, "a single-channel 16-bit image")
-        return f"{what} (mode {mode}); extract reads RGB (height, width, 3) only: save it as 8-bit RGB", None
-    if mode in ("LA", "La", "PA"):
-        return (f"grayscale with alpha (mode {mode}), 2 channels; extract reads RGB (height, width, 3) only: "
-                "save it as 8-bit RGB"), None
-    if mode == "CMYK" or mode in _RGB_LIKE:
-        return f"{mode} colours would be read as RGB; save it as 8-bit RGB", None
-    return f"image mode {mode} is not RGB; save it as 8-bit RGB", None
-
-
 def _label_header(path: Path):
     """(mode or None, shape (h, w[, c]), dtype or None) of a label map without decoding it."""
     from PIL import Image
@@ -89,8 +64,8 @@ def _check_label(report: DataReport, p: Path, kind: str, image: Path, image_hw, 
 def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, overlap: int) -> None:
     from PIL import Image
 
-    from embedcache.datasets.base import to_uint8_rgb
-    from embedcache.datasets.folder import IMAGE_SUFFIXES, LABEL_SUFFIXES, find_label_file, list_images, read_image_file
+    from embedcache.datasets.folder import (IMAGE_SUFFIXES, LABEL_SUFFIXES, find_label_file, image_mode_problem,
+                                            list_images, read_rgb_file)
     from embedcache.geometry import plan_tiles
 
     files = list_images(path)
@@ -116,7 +91,7 @@ def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, 
             hw = (h, w)
             sizes.append((w, h))
             summary["tiles"] += len(plan_tiles(hw, (tile_size, tile_size), overlap))
-            problem, conversion = _image_mode(mode)
+            problem, conversion = image_mode_problem(mode)
             if frames > 1:
                 report.note(f"{f.name}: holds {frames} frames (pages); only the first is read")
             if problem:
@@ -124,7 +99,7 @@ def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, 
                 conversion = None
             elif pixels:
                 try:
-                    to_uint8_rgb(read_image_file(f), str(f))
+                    read_rgb_file(f)
                 except DataError as exc:
                     _add(report, exc, f)
                     conversion = None
