@@ -70,16 +70,35 @@ def test_geojson_polygons_are_valid_and_in_level0_pixels(setup):
     assert (folder / "thumbnail.png").exists()
 
 
+def test_slide_and_image_geojson_carry_the_same_properties_and_every_nucleus_a_class(setup):
+    """The slide GeoJSON lacked the ``type_id`` the per-image GeoJSON has, and untyped nuclei had no
+    classification (QuPath showed them unclassified): both now carry the same keys, and type 0 is 'Nucleus'."""
+    from embedcache.infer.writer import instances_to_geojson
+
+    fc = json.loads((setup["tmp"] / "one" / "a" / "nuclei.geojson").read_text())
+    table = _table(setup["tmp"] / "one" / "a")
+    inst = np.zeros((12, 12), np.int32)
+    inst[1:5, 1:5], inst[6:10, 6:10] = 1, 2
+    image = instances_to_geojson(inst, type_id=[0, 2], score=[0.9, 0.8], type_score=[0.5, 0.7],
+                                 class_names={2: "epithelial"})["features"]
+    assert [f["properties"]["classification"]["name"] for f in image] == ["Nucleus", "epithelial"]
+    for f, t in zip(fc["features"], table["type_id"]):
+        props = f["properties"]
+        assert set(props) == set(image[0]["properties"]), props
+        assert props["type_id"] == t and props["classification"]["name"] == (
+            "Nucleus" if t == 0 else table["type_name"][table["type_id"].index(t)])
+
+
 def test_a_killed_run_resumes_to_the_same_outputs(setup, monkeypatch):
     tmp = setup["tmp"]
     real = slide_output.write_region
     calls = []
 
-    def dies_on_the_third(path, rows):
+    def dies_on_the_third(path, rows, work=None):
         calls.append(path)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        real(path, rows)
+        real(path, rows, work)
 
     monkeypatch.setattr("embedcache.infer.slides.write_region", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
@@ -91,6 +110,10 @@ def test_a_killed_run_resumes_to_the_same_outputs(setup, monkeypatch):
                          progress=False)
     assert res[0].status == "done"
     assert _table(tmp / "killed" / "a") == _table(tmp / "many" / "a")
+    # The summary counts the work of both runs, not only the resumed part.
+    summary = lambda name: json.loads((tmp / name / "a" / "summary.json").read_text())  # noqa: E731
+    assert summary("killed")["tiles"] == summary("many")["tiles"] and summary("many")["tiles"]["encoded"] > 0
+    assert summary("killed")["nuclei"] == summary("many")["nuclei"]
     again = predict_slides(setup["run"], setup["slides"], tmp / "killed", run_mpp=0.5, region=96, margin=80,
                            progress=False)
     assert again[0].status == "already done"
@@ -104,7 +127,7 @@ def test_unreadable_or_unusable_slides_are_recorded_and_the_others_finish(setup)
     (mixed / "broken.tif").write_bytes(b"not a tiff at all")
     write_slide_tiff(mixed / "nompp.tif", setup["image"], mpp=None, levels=1, tile=128)
     write_slide_tiff(mixed / "coarse.tif", setup["image"], mpp=2.0, levels=1, tile=128)
-    write_slide_tiff(mixed / "glass.tif", np.full((256, 256, 3), 245, np.uint8), mpp=0.5, levels=1, tile=128)
+    write_slide_tiff(mixed / "glass.tif", np.full((256, 256, 3), 245, np.uint8), mpp=0.25, levels=1, tile=128)
     res = {r.name: r for r in predict_slides(setup["run"], mixed, tmp / "mixed-out", run_mpp=0.5, region=256,
                                              margin=64, progress=False)}
     assert res["a"].status == "done" and res["a"].nuclei > 0
@@ -112,6 +135,7 @@ def test_unreadable_or_unusable_slides_are_recorded_and_the_others_finish(setup)
     assert res["nompp"].status == "failed" and "pass --mpp" in res["nompp"].reason
     assert res["coarse"].status == "failed" and "trained at 0.5 um/px" in res["coarse"].reason
     assert res["glass"].status == "failed" and "no tissue" in res["glass"].reason
+    assert "checked at 0.25 um/px" in res["glass"].reason  # was printed as 0.2
     rows = (tmp / "mixed-out" / "slides.csv").read_text().splitlines()
     assert rows[0] == "slide,status,nuclei,regions,seconds,reason" and len(rows) == 6
 
@@ -155,7 +179,8 @@ def test_the_cli_predicts_slides_and_exits_1_when_one_failed(setup):
     assert both.exit_code != 0 and "give --slides alone" in both.output and "Traceback" not in both.output
     dask = CliRunner().invoke(main, ["predict", "--run", str(setup["run"]), "--data", str(tmp), "--out",
                                      str(tmp / "z"), "--workers", "2"])
-    assert dask.exit_code != 0 and "give them with --slides" in dask.output and not (tmp / "z").exists()
+    assert dask.exit_code != 0 and "--workers applies to whole slides (--slides), not to images (--data)" \
+        in dask.output and not (tmp / "z").exists()
 
 
 def test_peak_memory_does_not_grow_with_the_slide(setup):
@@ -186,7 +211,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_finished_slides(setup, monkey
     predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=256, progress=False)
     before = (out / "a" / "nuclei.parquet").read_bytes()
 
-    def full(path, rows):
+    def full(path, rows, work=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("embedcache.infer.slides.write_region", full)
@@ -251,3 +276,75 @@ def test_slides_on_a_dask_cluster_give_the_local_outputs_and_a_failure_is_record
     rows = (tmp / "dask" / "slides.csv").read_text().splitlines()
     assert [r.split(",")[:2] for r in rows[1:]] == [["a", "done"], ["b", "done"], ["c", "failed"]]
     assert local[0].nuclei == results[0].nuclei
+
+
+def test_tta_geojson_and_overlays_work_on_slides(setup):
+    """--tta, --no-geojson and --no-overlays change whole-slide outputs as they change tiles' and images' (they
+    were silently ignored: the output was byte-identical with --tta d4)."""
+    tmp = setup["tmp"]
+    kw = dict(run_mpp=0.5, region=512, margin=80, progress=False)
+    predict_slides(setup["run"], setup["slides"], tmp / "tta", tta="flips", geojson=False, overlays=False, **kw)
+    plain, tta = _table(tmp / "one" / "a"), _table(tmp / "tta" / "a")
+    assert plain["score"] != tta["score"]  # the maps were averaged over the flips
+    folder = tmp / "tta" / "a"
+    assert (folder / "nuclei.parquet").exists() and (folder / "summary.json").exists()
+    assert not (folder / "nuclei.geojson").exists() and not (folder / "thumbnail.png").exists()
+    assert json.loads((folder / "summary.json").read_text())["settings"]["tta"] == "flips"
+    # Live TTA and a store's cached variants give the same nuclei, as without TTA.
+    cache = make_store(setup["slides"], tmp / "flips.zarr", variants="flips", format="slides", tile_size=64,
+                       overlap=16, tile_mpp=0.5, min_tissue=0.2)
+    live = predict_slides(setup["run"], setup["slides"], tmp / "tta-live", tta="flips", overlap=16, **kw)
+    cached = predict_slides(setup["run"], setup["slides"], tmp / "tta-cached", tta="flips", store=cache, **kw)
+    assert [r.status for r in live + cached] == ["done", "done"]
+    key = lambda t: sorted(zip(np.round(t["x_px"], 3), np.round(t["y_px"], 3), t["type_id"]))  # noqa: E731
+    assert key(_table(tmp / "tta-live" / "a")) == key(_table(tmp / "tta-cached" / "a"))
+    summary = json.loads((tmp / "tta-cached" / "a" / "summary.json").read_text())
+    assert summary["tiles"]["cached"] > 0
+    with pytest.raises(DataError, match="lacks the variants .* that --tta d4 needs"):
+        predict_slides(setup["run"], setup["slides"], tmp / "tta-d4", tta="d4", store=cache, **kw)
+
+
+def test_every_predict_option_works_for_each_input_or_is_refused_in_one_line(setup):
+    """Each option of ``predict`` against tiles (--store), images (--data) and slides (--slides): where it
+    applies the command runs with it, elsewhere it is refused in one line before any work."""
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+    from embedcache.cli.decoder_cmds import PREDICT_OPTIONS
+
+    tmp = setup["tmp"]
+    flips = make_store(tmp / "conic", tmp / "s-flips.zarr", variants="flips")  # for --tta on a store
+    inputs = {"tiles": ["--store", str(flips)], "images": ["--data", str(tmp / "conic")],
+              "slides": ["--slides", str(setup["slides"])]}
+    # A value other than the default for every option (the inputs and --run/--out aside).
+    values = {"split": ["--split", "val"], "fmt": ["--format", "conic"], "overlap": ["--overlap", "16"],
+              "magnification": ["--magnification", "20x"], "post_spec": ["--postprocess", "defaults"],
+              "tta": ["--tta", "flips"], "batch_size": ["--batch-size", "3"], "device": ["--device", "cpu"],
+              "overlays": ["--no-overlays"], "geojson": ["--no-geojson"], "mpp": ["--mpp", "0.5"],
+              "run_mpp": ["--run-mpp", "0.5"], "region": ["--region", "200"], "margin": ["--margin", "70"],
+              "post_workers": ["--post-workers", "0"], "workers": ["--workers", "0"],
+              "scheduler": ["--scheduler", "tcp://127.0.0.1:1"], "gzip_geojson": ["--gzip"],
+              "overwrite": ["--overwrite"], "quiet": ["--quiet"]}
+    command = main.commands["predict"]
+    names = {p.name for p in command.params} - {"run_dir", "out", "store", "data", "slides"}
+    assert names == set(values), "a new predict option: give it a value here and say where it applies"
+    runner = CliRunner()
+    for kind, given in inputs.items():
+        usable = []
+        for name in sorted(names):
+            where = PREDICT_OPTIONS.get(name)
+            if where is None or kind in where:
+                usable.append(name)
+                continue
+            res = runner.invoke(main, ["predict", "--run", str(setup["run"]), *given, "--out",
+                                       str(tmp / f"opt-{kind}-{name}"), *values[name]])
+            err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+            assert res.exit_code != 0 and len(err) == 1 and "applies to" in err[0], (kind, name, res.output)
+            assert not (tmp / f"opt-{kind}-{name}").exists()
+        # Everything that applies, at once (the cluster options aside: a cluster is tested on its own).
+        args = [a for name in usable if name not in ("workers", "scheduler") for a in values[name]]
+        res = runner.invoke(main, ["predict", "--run", str(setup["run"]), *given, "--out", str(tmp / f"all-{kind}"),
+                                   *args])
+        assert res.exit_code == 0, (kind, res.output)
+        out = tmp / f"all-{kind}"
+        assert not list(out.rglob("*.geojson*")) and not list(out.rglob("*.png")), (kind, sorted(out.rglob("*")))

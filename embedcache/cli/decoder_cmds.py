@@ -9,7 +9,7 @@ import click
 from embedcache.cli import main
 from embedcache.cli.options import (
     dask_workers_option, device_option, format_option, loader_workers_option, magnification_option, quiet_option,
-    scheduler_option,
+    refuse_options, scheduler_option,
 )
 from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, TargetConfig
 
@@ -109,6 +109,15 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
     click.echo(f"wrote {result.path / 'eval.json'}")
 
 
+# What each of predict's inputs takes besides the options every input takes.
+PREDICT_INPUTS = {"tiles": "a store's tiles (--store)", "images": "images (--data)",
+                  "slides": "whole slides (--slides)"}
+_SLIDES = {"slides"}
+PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", "slides"}, "mpp": _SLIDES,
+                   "run_mpp": _SLIDES, "region": _SLIDES, "margin": _SLIDES, "post_workers": _SLIDES,
+                   "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES}
+
+
 @main.command("predict")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory (fit-decoder).")
 @click.option("--store", metavar="STORE",
@@ -129,10 +138,12 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
 @click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "flips", "d4"]),
               help="Test-time augmentation: decode every variant of a tile, move the maps back, average them. "
                    "With --store it reads the cached variants (decoder passes only, the store must hold them); "
-                   "with --data the encoder also runs once per variant (3x or 8x the encoder time).")
+                   "with --data or --slides the encoder also runs once per variant (3x or 8x the encoder time; "
+                   "with --slides and --store, cached variants where the store holds the tile).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Tiles per pass.")
 @device_option
-@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write overlay PNGs.")
+@click.option("--overlays/--no-overlays", default=True, show_default=True,
+              help="Write overlay PNGs (slides: thumbnail.png with the nuclei dotted on it).")
 @click.option("--geojson/--no-geojson", default=True, show_default=True, help="Write GeoJSON for QuPath.")
 @click.option("--slides", type=click.Path(path_type=Path),
               help="Whole slides (a slide file or a folder): nuclei region by region into OUT/SLIDE/ "
@@ -176,20 +187,20 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
     from embedcache.infer.predict import predict
     from embedcache.infer.tune import given_postprocess
 
-    if (workers or scheduler) and slides is None:
-        raise ConfigError("--workers and --scheduler spread slides over a dask cluster; give them with --slides")
+    if slides is not None and data is not None:
+        raise ConfigError("give --slides alone (the encoder runs live over them) or with --store (a store of "
+                          "the same slides: its tokens replace the encoder where it holds the tile), not --data")
+    kind = "slides" if slides is not None else "images" if data is not None else "tiles"
+    refuse_options(click.get_current_context(), kind, PREDICT_OPTIONS, PREDICT_INPUTS)
     if slides is not None:
-        if data is not None:
-            raise ConfigError("give --slides alone (the encoder runs live over them) or with --store (a store of "
-                              "the same slides: its tokens replace the encoder where it holds the tile), not --data")
         from embedcache.infer.slides import predict_slides
 
         results = predict_slides(run_dir, slides, out, mpp=mpp, run_mpp=run_mpp, region=region, margin=margin,
                                  overlap=overlap, store=store, post_workers=post_workers, workers=workers,
                                  scheduler=scheduler, device=device, batch_size=batch_size,
                                  magnification=magnification, postprocess=given_postprocess(post_spec, magnification),
-                                 gzip_geojson=gzip_geojson, overwrite=overwrite,
-                                 progress=not quiet)
+                                 gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta, geojson=geojson,
+                                 overlays=overlays, progress=not quiet)
         for r in results:
             line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
             click.echo(line + (f" ({r.reason})" if r.reason else ""))

@@ -32,3 +32,36 @@ def loader_workers_option(what: str):
     """``--loader-workers N``: DataLoader processes reading ``what``."""
     return click.option("--loader-workers", default=1, show_default=True, type=click.IntRange(min=0), metavar="N",
                         help=f"DataLoader worker processes reading {what} (0: in this process).")
+
+
+def refuse_options(ctx: click.Context, kind: str, applies: dict[str, set[str]], kinds: dict[str, str]) -> None:
+    """Refuse, in one line, an option given on the command line that does nothing for this kind of input.
+
+    Parameters
+    ----------
+    kind : str
+        The input this invocation has (a key of ``kinds``).
+    applies : dict of str to set of str
+        Parameter name -> the kinds it works for; parameters not listed work for every kind.
+    kinds : dict of str to str
+        Kind -> how the message names it (``"whole slides (--slides)"``).
+
+    Raises
+    ------
+    ConfigError
+        ``--gzip applies to whole slides (--slides), not to images (--data)``.
+    """
+    from click.core import ParameterSource
+
+    from embedcache.errors import ConfigError
+
+    for param in ctx.command.params:
+        where = applies.get(param.name)
+        if where is None or kind in where:
+            continue
+        if ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            flag = max(param.opts, key=len)
+            if ctx.params.get(param.name) is False and param.secondary_opts:
+                flag = max(param.secondary_opts, key=len)
+            targets = " and ".join(kinds[k] for k in kinds if k in where)
+            raise ConfigError(f"{flag} applies to {targets}, not to {kinds[kind]}; leave it out")

@@ -96,7 +96,9 @@ class SlideFeatures:
     microns per pixel, tile size and overlap (``extract --overlap``, the
     grid ``predict --slides`` cuts), from a slide of that name, size and
     resolution; tiles it skipped (too little tissue) are encoded live, so
-    the nuclei are those of an all-live run. Pixels are the same either
+    the nuclei are those of an all-live run. With test-time augmentation
+    (``variants``), the store's cached variants are read (it must hold
+    them) and ``live`` encodes every variant. Pixels are the same either
     way when no resampling is needed (a slide level at the run's resolution);
     otherwise they agree up to the resampling of a tile against a region.
 
@@ -109,12 +111,15 @@ class SlideFeatures:
         it holds a slide of this name that is not this slide.
     """
 
-    def __init__(self, live: LiveFeatures, store=None, *, run=None, work_mpp: float = 0.0, overlap: int = 0):
+    def __init__(self, live: LiveFeatures, store=None, *, run=None, work_mpp: float = 0.0, overlap: int = 0,
+                 variants=()):
         self.live, self.store = live, store
         self.index: dict[tuple[int, int], int] = {}
         self.cached = self.computed = 0
+        self.many = len(variants) > 1  # test-time augmentation: tokens (n, V, C, h, w), as ``live`` gives them
         if store is None:
             return
+        self.variant_ids = cached_variant_ids(store, tuple(variants)) if self.many else [0]
         from embedcache.errors import DataError
         from embedcache.train.checkpoint import check_features
 
@@ -163,7 +168,9 @@ class SlideFeatures:
         if not have:
             return self.live(list(pixels))[0], pixels
         order = sorted(have, key=lambda k: hit[k])
-        cached = [self.store.tokens(layer, [hit[k] for k in order], 0) for layer in self.store.layers]
+        ids = [hit[k] for k in order]
+        cached = [np.stack([self.store.tokens(layer, ids, v) for v in self.variant_ids], axis=1) if self.many
+                  else self.store.tokens(layer, ids, 0) for layer in self.store.layers]
         live = self.live(list(pixels[miss]))[0] if miss else None
         tokens = []
         for j, c in enumerate(cached):

@@ -7,7 +7,7 @@ Regions are written as they finish (Parquet, one file each) and merged at
 the end (:func:`finish_slide`, region by region: memory is one region's
 nuclei however many the slide holds) into::
 
-    nuclei.parquet          the table (pandas.read_parquet opens it)
+    nuclei.parquet          the table (pyarrow.parquet.read_table opens it)
     nuclei.geojson[.gz]     FeatureCollection of Polygon detections for QuPath
     thumbnail.png           the slide at low resolution with each nucleus dotted in its type's colour
     summary.json            nuclei per type, tissue area, regions, time
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,14 +104,34 @@ def _schema():
                       ("type_score", pa.float32()), ("polygon_wkb", pa.binary())])
 
 
-def write_region(path: Path, rows: dict[str, list]) -> None:
-    """One region's rows as a Parquet file, written under a temporary name and renamed (a progress record)."""
+def write_region(path: Path, rows: dict[str, list], work: dict | None = None) -> None:
+    """One region's rows as a Parquet file, written under a temporary name and renamed (a progress record).
+
+    ``work`` (tiles read from a store and encoded, seconds) goes into the
+    file's metadata, so a slide finished over several runs sums the work of
+    all of them (:func:`region_work`).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.table({c: rows[c] for c in COLUMNS}, schema=_schema())
+    if work:
+        table = table.replace_schema_metadata({b"embedcache.work": json.dumps(work).encode()})
     with files.atomic_file(path) as tmp:
         pq.write_table(table, str(tmp))
+
+
+def region_work(paths: list[Path]) -> dict[str, float]:
+    """The work recorded in region files (:func:`write_region`), summed: ``cached``, ``encoded``, ``seconds``."""
+    import pyarrow.parquet as pq
+
+    total = {"cached": 0, "encoded": 0, "seconds": 0.0}
+    for path in paths:
+        meta = pq.read_schema(path).metadata or {}
+        work = json.loads(meta.get(b"embedcache.work", b"{}"))
+        for key in total:
+            total[key] += work.get(key, 0)
+    return total
 
 
 def features(table, class_names: dict) -> list[dict]:
@@ -138,13 +159,17 @@ def draw_nuclei(draw, table, scale: float) -> None:
 
 
 def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summary: dict, thumb: np.ndarray,
-                 thumb_scale: float, gzip_geojson: bool = False) -> dict:
+                 thumb_scale: float, gzip_geojson: bool = False, geojson: bool = True,
+                 overlays: bool = True) -> dict:
     """Merge a slide's regions into the table, GeoJSON, thumbnail and summary inside ``folder``.
 
     Region by region: the table is appended to and the GeoJSON streamed,
     so memory is that of one region's nuclei, however many the slide holds.
-    Nuclei are numbered 1..N in region order.
+    Nuclei are numbered 1..N in region order. ``geojson=False`` and
+    ``overlays=False`` leave out the GeoJSON and the thumbnail.
     """
+    import contextlib
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image, ImageDraw
@@ -154,7 +179,8 @@ def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summ
     counts: dict[int, int] = {}
     n = 0
     name = "nuclei.geojson.gz" if gzip_geojson else "nuclei.geojson"
-    with files.atomic_file(folder / "nuclei.parquet") as table_tmp, files.atomic_file(folder / name) as geo_tmp:
+    geo = files.atomic_file(folder / name) if geojson else contextlib.nullcontext(os.devnull)
+    with files.atomic_file(folder / "nuclei.parquet") as table_tmp, geo as geo_tmp:
         raw = open(geo_tmp, "wb")
         out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip_geojson else raw
         writer = pq.ParquetWriter(str(table_tmp), _schema())
@@ -166,10 +192,11 @@ def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summ
                 table = table.set_column(0, "id", pa.array(np.arange(n + 1, n + 1 + table.num_rows), pa.int64()))
                 n += table.num_rows
                 writer.write_table(table)
-                for f in features(table, class_names):
+                for f in features(table, class_names) if geojson else ():
                     out.write((b"" if first else b", ") + json.dumps(f).encode())
                     first = False
-                draw_nuclei(draw, table, thumb_scale)
+                if overlays:
+                    draw_nuclei(draw, table, thumb_scale)
                 for t in table.column("type_id").to_numpy():
                     counts[int(t)] = counts.get(int(t), 0) + 1
             out.write(b"]}")
@@ -178,7 +205,8 @@ def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summ
             if out is not raw:
                 out.close()
             raw.close()
-    image.save(folder / "thumbnail.png")
+    if overlays:
+        image.save(folder / "thumbnail.png")
     summary = {**summary, "nuclei": n,
                "nuclei_per_type": {class_names.get(t, f"type {t}") if t else "untyped": c
                                    for t, c in sorted(counts.items())}}

@@ -59,8 +59,9 @@ from embedcache.errors import ConfigError, DataError, OutputMismatchError
 from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
 from embedcache.infer.features import LiveFeatures, SlideFeatures
 from embedcache.infer.predictor import Predictor
-from embedcache.infer.slide_output import finish_slide, region_rows, write_region
+from embedcache.infer.slide_output import finish_slide, region_rows, region_work, write_region
 from embedcache.infer.tiling import cut_tile
+from embedcache.infer.tta import tta_variants
 from embedcache.postprocess import instances_from_maps
 from embedcache.store import open_store
 from embedcache.threads import use_threads
@@ -81,6 +82,16 @@ class SlideResult:
     seconds: float = 0.0
     reason: str = ""
     regions: int = 0
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a slide's prediction averages over and writes besides the table."""
+
+    tta: str = "none"
+    geojson: bool = True
+    overlays: bool = True  # the thumbnail with every nucleus dotted on it
+    gzip_geojson: bool = False
 
 
 @dataclass
@@ -130,7 +141,7 @@ def plan_slide(path: Path, work_mpp: float, region: int, margin: int, mpp: float
         if frac[0] > 0:
             regions.append(r)
     if not regions:
-        raise DataError(f"{path}: no tissue found (checked at {mask_mpp:.1f} um/px)")
+        raise DataError(f"{path}: no tissue found (checked at {mask_mpp:.3g} um/px)")
     return SlidePlan(Path(path).stem, Path(path), float(mpp0), (int(h0), int(w0)), float(work_mpp), level, shape,
                      regions, float(mask.mean()), mask_level)
 
@@ -190,15 +201,20 @@ def _init_worker(parent: int):
 
 
 def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessConfig, overlap: int,
-              store=None) -> dict:
+              store=None, tta: str = "none", outputs: tuple[bool, bool] = (True, True)) -> dict:
     st = plan.path.stat()
     meta = Path(run.path) / "run.json"
     settings = {"version": PLAN_VERSION, "run": str(Path(run.path).resolve()),
                 "run_mtime_ns": meta.stat().st_mtime_ns, "slide": plan.path.name, "slide_size": st.st_size,
                 "slide_mtime_ns": st.st_mtime_ns, "mpp0": plan.mpp0, "work_mpp": plan.work_mpp, "region": region,
                 "margin": margin, "overlap": overlap, "postprocess": post.to_dict()}
-    if store is not None:  # live-only settings stay as they were, so their partials resume
+    # Settings added later are recorded only away from their defaults, so partials made before them resume.
+    if store is not None:
         settings["store"] = str(store.path)
+    if tta != "none":
+        settings["tta"] = tta
+    if outputs != (True, True):
+        settings["geojson"], settings["overlays"] = outputs
     return settings
 
 
@@ -216,8 +232,15 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                    workers: int = 0, scheduler: str | None = None, device: str = "auto",
                    batch_size: int = 8, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
                    gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True,
-                   table: bool = True) -> list[SlideResult]:
+                   table: bool = True, tta: str = "none", geojson: bool = True,
+                   overlays: bool = True) -> list[SlideResult]:
     """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
+
+    ``tta`` (``flips``, ``d4``) averages the decoder's maps over the
+    variants of each tile, as ``predict`` does (the encoder runs once per
+    variant, or a store's cached variants are read); ``geojson=False`` and
+    ``overlays=False`` leave out ``nuclei.geojson`` and the thumbnail with
+    the nuclei dotted on it.
 
     ``store``: a store extracted from these slides on prediction's grid
     (``extract --format slides --overlap`` a quarter tile, at the run's
@@ -237,7 +260,8 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     if workers or scheduler:
         options = dict(mpp=mpp, run_mpp=run_mpp, region=region, margin=margin, overlap=overlap, store=store,
                        post_workers=post_workers, device=device, batch_size=batch_size, magnification=magnification,
-                       postprocess=postprocess, gzip_geojson=gzip_geojson, overwrite=overwrite)
+                       postprocess=postprocess, gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta,
+                       geojson=geojson, overlays=overlays)
         return _predict_on_cluster(run, paths, Path(out), options, workers, scheduler, progress)
     loaded = load_run(run, device=str(resolve_device(device)))
     work_mpp = run_mpp or loaded.store.get("mpp")
@@ -254,18 +278,20 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     from embedcache.infer.tune import run_postprocess
 
     post, _ = run_postprocess(loaded.path, magnification, postprocess)  # the run's tuned thresholds if any
-    predictor = Predictor(loaded.model, loaded.directions, batch_size, post)
-    features = SlideFeatures(LiveFeatures(loaded, str(resolve_device(device)), batch_size), cache, run=loaded,
-                             work_mpp=float(work_mpp), overlap=overlap)
+    variants = tta_variants(tta)
+    predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
+    features = SlideFeatures(LiveFeatures(loaded, str(resolve_device(device)), batch_size, variants), cache,
+                             run=loaded, work_mpp=float(work_mpp), overlap=overlap, variants=variants)
+    outputs = Outputs(tta, geojson, overlays, gzip_geojson)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with use_threads(beside=post_workers):  # the post-processing processes share the thread budget
         return _predict_paths(paths, loaded, predictor, features, out, float(work_mpp), mpp, region, margin,
-                              overlap, post, post_workers, gzip_geojson, overwrite, progress, table)
+                              overlap, post, post_workers, outputs, overwrite, progress, table)
 
 
 def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: float, mpp, region: int, margin: int,
-                   overlap: int, post, post_workers: int, gzip_geojson: bool, overwrite: bool, progress: bool,
+                   overlap: int, post, post_workers: int, outputs: Outputs, overwrite: bool, progress: bool,
                    table: bool) -> list[SlideResult]:
     from tqdm.auto import tqdm
 
@@ -280,7 +306,7 @@ def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: floa
             try:
                 plan = plan_slide(path, float(work_mpp), region, margin, mpp)
                 result = _predict_slide(loaded, plan, predictor, features, out, pool, post_workers, region, margin,
-                                        overlap, post, gzip_geojson, overwrite, progress)
+                                        overlap, post, outputs, overwrite, progress)
             except OutputMismatchError:
                 raise
             except DataError as exc:
@@ -336,10 +362,11 @@ def _predict_on_cluster(run, paths: list[Path], out: Path, options: dict, worker
 
 
 def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Path, pool, workers: int, region: int,
-                   margin: int, overlap: int, post, gzip_geojson: bool, overwrite: bool, progress: bool):
+                   margin: int, overlap: int, post, outputs: Outputs, overwrite: bool, progress: bool):
     from tqdm.auto import tqdm
 
-    settings = _settings(run, plan, region, margin, post, overlap, features.store)
+    settings = _settings(run, plan, region, margin, post, overlap, features.store, outputs.tta,
+                         (outputs.geojson, outputs.overlays))
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
@@ -360,7 +387,6 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
         files.remove(partial)
         (partial / "regions").mkdir(parents=True)
         files.write_json(plan_file, settings)
-    t0 = time.perf_counter()
     region_file = lambda r: partial / "regions" / f"{r.index:05d}.parquet"  # noqa: E731
     tile = tuple(run.store["tile_shape"])
     todo = on_tile_grid([r for r in plan.regions if not region_file(r).exists()], plan.shape, tile, overlap)
@@ -368,13 +394,27 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     features.start(plan.name, plan.dims0, plan.mpp0)
     slide = open_slide(plan.path)
     try:
+        cached: dict[int, int] = {}  # tiles of each region the store holds
+
         def images():
             for r in todo:
                 q0, d0, q1, d1 = r.read
                 pixels = read_box(slide, plan, r.read)
                 tiles = [(o, ((q0 + o[0], d0 + o[1]), cut_tile(pixels, o, tile)))
                          for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
+                cached[r.index] = sum(pos in features.index for _, (pos, _) in tiles)
                 yield TiledImage(f"{r.index}", (q1 - q0, d1 - d0), tiles)
+
+        clock = [time.perf_counter()]
+
+        def write(r, rows):
+            """A finished region, with the work it took (time since the last region was written)."""
+            now = time.perf_counter()
+            n_tiles = len(plan_tiles(tuple(r.read[2 + k] - r.read[k] for k in (0, 1)), tile, overlap))
+            write_region(region_file(r), rows, {"cached": cached[r.index], "encoded": n_tiles - cached[r.index],
+                                                "seconds": round(now - clock[0], 3)})
+            clock[0] = now
+            bar.update(1)
 
         by_name = {str(r.index): r for r in todo}
         model = predictor.model
@@ -386,14 +426,12 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
         def settle(block: bool):
             while pending and (block or pending[0][1].done()):
                 r, fut = pending.pop(0)
-                write_region(region_file(r), fut.result())
-                bar.update(1)
+                write(r, fut.result())
 
         for image, maps, _ in predictor.stitched(images(), features):
             r = by_name[image.name]
             if pool is None:
-                write_region(region_file(r), region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names))
-                bar.update(1)
+                write(r, region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names))
                 continue
             pending.append((r, pool.submit(region_nuclei, maps.astype(np.float16), *args, r, plan.scale,
                                            plan.mpp0, class_names)))
@@ -405,14 +443,17 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
         thumb_scale = slide.downsample(plan.mask_level)
     finally:
         slide.close()
-    seconds = time.perf_counter() - t0
+    region_files = sorted((partial / "regions").glob("*.parquet"))
+    # The work of every run that wrote a region of this slide, not only this one's (a resumed slide).
+    work = region_work(region_files)
+    seconds = work["seconds"] + time.perf_counter() - clock[0]
     area_mm2 = plan.tissue_fraction * plan.shape[0] * plan.shape[1] * plan.work_mpp ** 2 / 1e6
     summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
                "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
                "work_mpp": plan.work_mpp, "level": plan.level,
-               "tiles": {"cached": features.cached, "encoded": features.computed}}
-    summary = finish_slide(partial, sorted((partial / "regions").glob("*.parquet")), class_names, summary, thumb,
-                           thumb_scale, gzip_geojson)
+               "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"])}}
+    summary = finish_slide(partial, region_files, class_names, summary, thumb, thumb_scale, outputs.gzip_geojson,
+                           outputs.geojson, outputs.overlays)
     files.remove(partial / "regions")  # merged into nuclei.parquet
     files.swap_in(partial, final)
     return SlideResult(plan.name, "done", summary["nuclei"], seconds, regions=len(plan.regions))

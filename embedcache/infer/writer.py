@@ -58,12 +58,21 @@ def _ring(mask: np.ndarray) -> np.ndarray | None:
     return ring if len(ring) >= 4 else None
 
 
+UNTYPED = "Nucleus"  # QuPath's class of a nucleus the decoder gave no type (QuPath shows none as unclassified)
+
+
 def detection(nucleus_id: int, type_id: int, class_names: dict, measurements: dict) -> dict:
-    """GeoJSON properties of one nucleus as QuPath reads them: a detection, its class and colour, measurements."""
-    props = {"objectType": "detection", "id": int(nucleus_id), "measurements": measurements}
-    if type_id:
-        props["classification"] = {"name": class_names.get(type_id, f"type {type_id}"), "color": list(colour(type_id))}
-    return props
+    """GeoJSON properties of one nucleus as QuPath reads them: a detection, its class and colour, measurements.
+
+    Every nucleus has a classification (:data:`UNTYPED` when it has no type)
+    and its ``type_id`` (0: untyped), the same in per-image and slide GeoJSON.
+
+    >>> detection(3, 0, {}, {})["classification"]["name"]
+    'Nucleus'
+    """
+    name = class_names.get(type_id, f"type {type_id}") if type_id else UNTYPED
+    return {"objectType": "detection", "id": int(nucleus_id), "type_id": int(type_id),
+            "classification": {"name": name, "color": list(colour(type_id))}, "measurements": measurements}
 
 
 def instances_to_geojson(inst: np.ndarray, type_id=None, score=None, class_names: dict | None = None,
@@ -104,7 +113,7 @@ def instances_to_geojson(inst: np.ndarray, type_id=None, score=None, class_names
         measured = {"score": round(float(score[k - 1]), 4) if score is not None else None}
         if type_score is not None:
             measured["type_score"] = round(float(type_score[k - 1]), 4)
-        props = {**detection(k, t, names, measured), "type_id": t}
+        props = detection(k, t, names, measured)
         coords = [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs, ys)]
         features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [coords]},
                          "properties": props})
