@@ -51,6 +51,10 @@ class DataError(EmbedcacheError):
     """A dataset or file with the wrong layout, shape, dtype or content."""
 
 
+class OutputError(EmbedcacheError):
+    """An output path that cannot be written (a file in the way, no permission), found before the work starts."""
+
+
 class OutputMismatchError(DataError):
     """An output folder holds another run's partial results (stops a whole run, unlike one slide's failure)."""
 

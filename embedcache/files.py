@@ -164,3 +164,34 @@ def staged_dir(out) -> Iterator[Path]:
     tmp = fresh_partial(out)
     yield tmp
     swap_in(tmp, out)
+
+
+def check_writable(out, what: str = "--out") -> None:
+    """Refuse an output folder that cannot be made, before any long work starts.
+
+    ``out`` may exist (a folder: resumed or replaced later by its command)
+    or not; the nearest folder that exists must be writable, and nothing
+    on the way may be a regular file. URLs (object storage) are not
+    checked here: their credentials are tried when the store opens.
+
+    Raises
+    ------
+    OutputError
+        One line naming the user's path and what is in the way.
+    """
+    from embedcache.errors import OutputError
+
+    text = os.fspath(out)
+    if "://" in text:
+        return
+    path = Path(text).absolute()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {text} is a file, not a folder; choose another path")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{what} {text}: {probe} is a file, not a folder; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {text}: cannot write in {probe} (permission denied or read-only); "
+                          "choose a writable location")

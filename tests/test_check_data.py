@@ -129,10 +129,10 @@ def test_rgba_is_a_note_grayscale_and_transparency_are_problems(tmp_path):
     opaque = np.concatenate([rgb(64, 64), np.full((64, 64, 1), 255, np.uint8)], axis=-1)
     Image.fromarray(opaque).save(d / "rgba.png")
     Image.fromarray(rgb(64, 64)).save(d / "plain.png")
-    report = check_data(d, pixels=True)
+    report = check_data(d, pixels=True, tile_size=64)
     assert report.ok, report.problems
     assert report.notes == ["1 RGBA image (rgba.png): converted to RGB by dropping the 4th channel; it is fully opaque"]
-    res = run("check-data", d)
+    res = run("check-data", d, "--tile-size", "64")
     assert res.exit_code == 0 and "note: 1 RGBA image (rgba.png): converted to RGB" in res.output
     assert open_dataset(d, tile_size=64).images(slice(None)).shape == (2, 64, 64, 3)  # the reader agrees
 
@@ -286,3 +286,62 @@ def test_real_folder_passes():
     report = check_data(d)
     assert report.ok and report.summary["images"] == report.summary["inst_maps"] == 11
     assert report.summary["tiles"] == open_dataset(d).n_tiles
+
+
+def test_padding_that_dominates_is_said_by_check_data_and_extract(tmp_path):
+    """1,000 images of 8x8 px passed check-data and extracted for minutes as tiles 99.9% padding."""
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    d = tmp_path / "tiny"
+    d.mkdir()
+    for k in range(5):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(d / f"t{k}.png")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(d / "big.png")
+    report = check_data(d, tile_size=64)
+    assert report.ok
+    note = next(n for n in report.notes if n.startswith("padding dominates"))
+    # 5 tiles of 64 px holding 8x8 px of image each, 1 full tile: (5 * (1 - 1/64)) / 6 of the pixels are padding
+    assert f"{5 * (1 - 1 / 64) / 6:.1%} of the pixels" in note
+    assert "5 of 6 tiles are mostly padding (5 of 6 images are smaller than a 64-px tile)" in note
+    res = CliRunner().invoke(main, ["extract", "--data", str(d), "--out", str(tmp_path / "s.zarr"), "--encoder",
+                                    "timm:test_efficientnet", "--weights", "random", "--variants", "none",
+                                    "--tile-size", "64", "--loader-workers", "0", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0 and "note: padding dominates" in res.stdout, res.output
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(big / "b.png")
+    assert not any(n.startswith("padding") for n in check_data(big, tile_size=64).notes)
+
+
+def _wrapped(n: int, dtype) -> np.ndarray:
+    """An instance map of ``n`` small nuclei on a grid, ids 1..n, cast to ``dtype`` (uint8 wraps past 255)."""
+    side = int(np.ceil(np.sqrt(n)))
+    m = np.zeros((side * 12, side * 12), np.int64)
+    for k in range(n):
+        r, c = divmod(k, side)
+        m[r * 12 + 2:r * 12 + 8, c * 12 + 2:c * 12 + 8] = k + 1
+    return m.astype(dtype)
+
+
+def test_an_8_bit_instance_map_whose_ids_wrapped_is_found_with_pixels(tmp_path):
+    """351 nuclei saved as uint8: ids past 255 came back as 0..95, each then marking two nuclei far apart."""
+    d = tmp_path / "wrapped"
+    d.mkdir()
+    wrapped = _wrapped(351, np.uint8)
+    Image.fromarray(np.full(wrapped.shape + (3,), 120, np.uint8)).save(d / "a.png")
+    Image.fromarray(wrapped).save(d / "a_inst.png")
+    assert check_data(d, tile_size=64).ok  # headers cannot tell
+    report = check_data(d, tile_size=64, pixels=True)
+    (problem,) = report.problems
+    assert problem.file.endswith("a_inst.png") and problem.message.startswith("instance map looks wrapped")
+    assert "95 id(s) mark nuclei far apart" in problem.message and "16-bit" in problem.message
+    # The same nuclei saved as 16-bit are fine; one id on two far nuclei in a 16-bit map is a note.
+    Image.fromarray(_wrapped(351, np.uint16)).save(d / "a_inst.png")
+    assert check_data(d, tile_size=64, pixels=True).ok and not check_data(d, tile_size=64, pixels=True).notes
+    reused = _wrapped(351, np.uint16)
+    reused[reused == 300] = 5
+    Image.fromarray(reused).save(d / "a_inst.png")
+    report = check_data(d, tile_size=64, pixels=True)
+    assert report.ok and any("1 instance id(s) mark pieces far apart (id 5 at" in n for n in report.notes)

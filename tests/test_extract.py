@@ -334,3 +334,20 @@ def test_a_fix_that_moves_tiles_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(StoreMismatchError, match="--overwrite"):
         extract(data, out, cfg, progress=False)
     assert open_store(partial_path(out)).units_done() == (2, 4)  # nothing lost by the refusal
+
+
+@pytest.mark.parametrize("where", ["under", "is"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, conic_dir, monkeypatch, where):
+    """``extract`` loaded the model (about 17 s for a large one) before finding ``--out`` under a file."""
+    from embedcache.errors import OutputError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the encoder was built")
+
+    monkeypatch.setattr("embedcache.extract.job.Extraction", no_model)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    out = blocker / "x.zarr" if where == "under" else blocker
+    with pytest.raises(OutputError, match="a-file is a file, not a folder"):
+        extract(conic_dir, out, ExtractConfig(encoder=TINY_CNN, weights="random"))
+    assert blocker.read_text() == "mine"

@@ -174,3 +174,46 @@ def test_a_pipeline_tunes_on_its_own_split_before_evaluating(tmp_path):
     path.write_text(yaml.safe_dump(bad, sort_keys=False))
     with pytest.raises(ConfigError, match="tune is a split"):
         load_pipeline(path)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--val", "tiles:4,5", "--tune", "tiles:4,5"], "holds 2 tile(s) the run scored on (its val split)"),
+    (["--val", "tiles:4,5", "--train", "tiles:0,1,2,3", "--tune", "tiles:3,6"],
+     "holds 1 tile(s) the run trained on"),
+    (["--val", "tiles:4,5", "--tune", "tiles:99"], "tile 99 does not exist (the store has 0..7)"),
+    (["--val", "tiles:4,5", "--tune", "tiles:6,7", "--tta", "flips"], "lacks the variants hflip, vflip"),
+])
+def test_fit_decoder_refuses_a_plan_that_would_fail_before_any_epoch(run, tmp_path, monkeypatch, extra, message):
+    """A tuning split inside the run's own split used to be refused after the whole training (20 minutes on
+    CPM-15); the plan is checked first, so training never starts and nothing is written."""
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("embedcache.train.loop.fit", no_training)
+    res = CliRunner().invoke(main, ["fit-decoder", "--store", str(run[1]), "--out", str(tmp_path / "r"),
+                                    "--device", "cpu", "--quiet", *extra])
+    assert res.exit_code != 0 and message in res.stderr and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
+
+
+def test_a_pipeline_refuses_a_tuning_split_inside_validation_before_training(tmp_path, monkeypatch):
+    from embedcache.errors import PipelineError
+    from embedcache.pipeline.run import execute, plan
+    from embedcache.pipeline.spec import parse_pipeline
+
+    started = []
+    monkeypatch.setattr("embedcache.train.loop.fit", lambda *a, **k: started.append(1))
+    spec = parse_pipeline({"out": str(tmp_path / "out"),
+                           "datasets": {"d": {"synthetic": {"tiles": 6, "folds": 3, "size": 64},
+                                              "evaluate": {"tune": "fold1"}}},
+                           "encoders": {"cnn": {"encoder": "timm:test_efficientnet", "weights": "random",
+                                                "variants": "none", "unit_tiles": 2, "loader_workers": 0,
+                                                "device": "cpu"}},
+                           "fit": {"val": "fold1", "epochs": 1}}, "study.yaml")
+    with pytest.raises(PipelineError, match="the tuning split 'fold1' holds 2 tile.s. the run scored on"):
+        execute(plan(spec, progress=False), progress=False, echo=lambda line: None)
+    assert not started

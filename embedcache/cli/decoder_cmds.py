@@ -80,11 +80,9 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
                        val=val, train=train_split, variants=variants, loader_workers=loader_workers, preload=preload,
                        device=device, decoder=DecoderConfig(width=width, depth=depth),
                        targets=TargetConfig(distance=distance), colour=colour)
-    if tta != "none":  # refused before training, not after
-        from embedcache.infer.tta import cached_variant_ids, tta_variants
-        from embedcache.store import open_store
+    from embedcache.infer.plan import check_fit_plan
 
-        cached_variant_ids(open_store(store), tta_variants(tta))
+    check_fit_plan(store, out, config, tune=tune, tta=tta)  # refused before training, not after
     post = PostprocessConfig.for_magnification(magnification)
     scorer = pq_scorer(config.targets.directions, post, batch_size) if monitor == "pq" else None
     result = fit(store, out, config, overwrite=overwrite, progress=not quiet, scorer=scorer)

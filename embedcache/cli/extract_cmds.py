@@ -71,7 +71,7 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
     from embedcache.extract import extract as run_extract
 
     result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                         progress=not quiet)
+                         progress=not quiet, on_note=lambda note: click.echo(f"note: {note}"))
     if result.redone is not None:
         redo, kept = result.redone
         click.echo(f"the data changed since the interrupted run: kept {kept} finished units, computed {redo} "

@@ -196,6 +196,47 @@ def to_uint8_rgb(array: np.ndarray, where: str) -> np.ndarray:
     return np.rint(array).astype(np.uint8)
 
 
+def scattered_ids(inst: np.ndarray, spread: float = 3.0) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
+    """Instance ids that mark pieces far apart: one id reused for several nuclei.
+
+    An id whose connected pieces (8-connectivity) have centroids more than
+    ``spread`` times the equivalent diameter of its largest piece apart is
+    not one nucleus cut by a stray pixel line but several nuclei: what an
+    8-bit map of more than 255 nuclei looks like once its ids wrapped.
+
+    Parameters
+    ----------
+    inst : (H, W) ndarray of int
+        Instance ids (0 = background).
+
+    Returns
+    -------
+    list of (id, (row, col), (row, col))
+        Each scattered id with the centroids of its two pieces farthest apart.
+
+    >>> m = np.zeros((40, 40), int); m[2:6, 2:6] = 7; m[30:34, 30:34] = 7; m[10:14, 2:6] = 3
+    >>> scattered_ids(m)
+    [(7, (3, 3), (31, 31))]
+    """
+    from skimage.measure import label, regionprops
+
+    pieces = label(inst, background=0, connectivity=2)
+    by_id: dict[int, list] = {}
+    for region in regionprops(pieces, intensity_image=inst):
+        by_id.setdefault(int(region.intensity_max), []).append(region)
+    out = []
+    for k, regions in sorted(by_id.items()):
+        if len(regions) < 2:
+            continue
+        size = max(r.equivalent_diameter_area for r in regions)
+        c = np.array([r.centroid for r in regions])
+        d = np.linalg.norm(c[:, None] - c[None], axis=-1)
+        i, j = np.unravel_index(np.argmax(d), d.shape)
+        if d[i, j] > spread * max(size, 1.0):
+            out.append((k, tuple(int(v) for v in np.floor(c[i])), tuple(int(v) for v in np.floor(c[j]))))
+    return out
+
+
 def check_label_map(array: np.ndarray, where: str) -> np.ndarray:
     """Validate an integer label map (instance or type ids) and return int32."""
     if array.dtype.kind == "f":

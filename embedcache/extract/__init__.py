@@ -17,7 +17,7 @@ from embedcache.extract.local import extract_local
 
 def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int | None = None,
             scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
-            timeout: float | None = None, check: bool = True) -> ExtractResult:
+            timeout: float | None = None, check: bool = True, on_note=None) -> ExtractResult:
     """Run ``config.encoder`` over every tile and variant of ``data`` into a store at ``out``.
 
     Parameters
@@ -50,17 +50,25 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
         (:func:`~embedcache.datasets.check.require_clean_data`, cheap: no
         pixels decoded) and refuse, before any model loads or store is
         created, with the number of problems and the first; False skips it.
+    on_note : callable, optional
+        Called with each of the check's notes (conversions it will make,
+        padding that dominates the tiles) before the work starts.
 
     Returns
     -------
     ExtractResult
         With ``units`` (worker and timings of each unit) for dask runs.
     """
+    from embedcache.files import check_writable
+
+    check_writable(out)  # before the dataset is read or any model loads
     if check:
         from embedcache.datasets.check import require_clean_data
 
-        require_clean_data(data, config.format, tile_size=config.tile_size, overlap=config.overlap,
-                           mpp=config.mpp, tile_mpp=config.tile_mpp)
+        report = require_clean_data(data, config.format, tile_size=config.tile_size, overlap=config.overlap,
+                                    mpp=config.mpp, tile_mpp=config.tile_mpp)
+        for note in report.notes if on_note else ():
+            on_note(note)
     if workers or scheduler:
         return extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
                                    overwrite=overwrite, progress=progress, timeout=timeout)

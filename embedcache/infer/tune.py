@@ -34,7 +34,7 @@ from embedcache.postprocess import instances_from_maps
 from embedcache.store import open_store
 from embedcache.store.images import image_truth, source_images
 from embedcache.train.checkpoint import check_features, load_run
-from embedcache.train.stream import select_tiles
+from embedcache.train.stream import tuning_tiles
 
 TUNED = "postprocess.json"
 FOREGROUND = (0.4, 0.5, 0.6)
@@ -75,16 +75,7 @@ def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", 
     check_features(loaded.store, s, loaded.path)
     cfg = loaded.meta["config"]
     seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]  # as the run's own split was drawn
-    tiles = select_tiles(s, spec, int(seed), "tuning")
-    if tiles.size == 0:
-        raise ConfigError(f"the tuning split {spec!r} holds no tiles; choose images apart from training and "
-                          "validation (e.g. sources:A,B)")
-    used = {name: set(np.asarray(loaded.meta["split"][name]).tolist()) & set(tiles.tolist())
-            for name in ("train", "val")}
-    for name, what in (("train", "trained on"), ("val", "scored on")):
-        if used[name] and not (name == "val" and on_val):
-            raise ConfigError(f"the tuning split {spec!r} holds {len(used[name])} tile(s) the run {what} (its "
-                              f"{name} split); tune on images apart from both, e.g. leave them out with --train")
+    tiles = tuning_tiles(s, spec, int(seed), loaded.meta["split"], on_val)
     images = source_images(s, tiles)
     truth = image_truth(s, images)
     base = PostprocessConfig.for_magnification(magnification)

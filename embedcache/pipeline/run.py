@@ -272,12 +272,14 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
         def do_fit(d: Path, fcfg=fcfg) -> dict:
             from embedcache.config import PostprocessConfig
             from embedcache.infer.evaluate import pq_scorer
+            from embedcache.infer.plan import check_fit_plan
             from embedcache.train.loop import fit
 
             scorer = None
             if fcfg.monitor == "pq":
                 post = PostprocessConfig.for_magnification(ds.magnification)
                 scorer = pq_scorer(fcfg.targets.directions, post, fcfg.batch_size)
+            check_fit_plan(store_path, d / "run", fcfg, tune=ds.tune, tta=ds.tta)  # before the first epoch
             r = fit(store_path, d / "run", fcfg, progress=progress, scorer=scorer)
             return {"run": str(r.path), "epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
                     "best_value": r.best_value, "monitor": r.monitor, "stopped_early": r.stopped_early,

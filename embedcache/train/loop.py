@@ -70,7 +70,8 @@ def _lr_at(step: int, steps_per_epoch: int, cfg: FitConfig) -> float:
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _variant_ids(store, spec: str) -> list[int]:
+def variant_ids(store, spec: str) -> list[int]:
+    """Indices of the cached variants training draws from (``all`` or comma-separated names)."""
     if spec == "all":
         return list(range(len(store.variants)))
     names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -282,7 +283,7 @@ def _fit(store_path, out, config: FitConfig, overwrite: bool, progress: bool, sc
         raise ConfigError("monitor=pq needs a scorer (fit-decoder provides one); use monitor=loss")
     split = make_split(store, config.val, config.train,
                        config.seed if config.split_seed is None else config.split_seed)
-    variants = _variant_ids(store, config.variants)
+    variants = variant_ids(store, config.variants)
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "config": config.to_dict(),
             "store": store_provenance(store), "split": split.to_dict()}
     where, old = _open_run_dir(out, meta, overwrite)

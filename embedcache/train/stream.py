@@ -167,6 +167,39 @@ def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
                       "tiles:I,J or sources:A,B")
 
 
+def tuning_tiles(store, spec: str, seed: int, split, on_val: bool = False) -> np.ndarray:
+    """The tiles a tuning split selects, refused where they meet the run's own split.
+
+    Parameters
+    ----------
+    spec : str
+        The split syntax of ``--val`` (``sources:A,B``, ...).
+    seed : int
+        The seed the run's split was drawn with.
+    split : Split or mapping
+        The run's ``train`` and ``val`` tiles.
+    on_val : bool
+        Allow tiles of the validation split (a run scored on images outside its store).
+
+    Raises
+    ------
+    ConfigError
+        The spec selects no tiles, or tiles the run trains on or is scored on:
+        thresholds tuned there would flatter its score.
+    """
+    tiles = select_tiles(store, spec, int(seed), "tuning")
+    if tiles.size == 0:
+        raise ConfigError(f"the tuning split {spec!r} holds no tiles; choose images apart from training and "
+                          "validation (e.g. sources:A,B)")
+    parts = split.to_dict() if isinstance(split, Split) else split
+    for name, what in (("train", "trained on"), ("val", "scored on")):
+        used = set(np.asarray(parts[name]).tolist()) & set(tiles.tolist())
+        if used and not (name == "val" and on_val):
+            raise ConfigError(f"the tuning split {spec!r} holds {len(used)} tile(s) the run {what} (its "
+                              f"{name} split); tune on images apart from both, e.g. leave them out with --train")
+    return tiles
+
+
 def make_split(store, val: str = "auto", train: str = "rest", seed: int = 0) -> Split:
     """Choose validation and training tiles (module docstring for the specs).
 

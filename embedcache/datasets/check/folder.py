@@ -9,6 +9,9 @@ import numpy as np
 from embedcache.datasets.check.report import DataReport, _add, _short
 from embedcache.errors import DataError
 
+PADDING_WARN = 0.5  # share of the encoded pixels that is padding beyond which check-data and extract warn
+
+
 def _label_header(path: Path):
     """(mode or None, shape (h, w[, c]), dtype or None) of a label map without decoding it."""
     from PIL import Image
@@ -53,12 +56,33 @@ def _check_label(report: DataReport, p: Path, kind: str, image: Path, image_hw, 
         return
     if pixels:
         try:
-            m = check_label_map(read_image_file(p), str(p))
+            raw = read_image_file(p)
+            m = check_label_map(raw, str(p))
         except DataError as exc:
             _add(report, exc, p)
             return
         if kind == "inst" and m.size and not m.any():
             report.note(f"{p.name}: no nuclei (every instance id is 0)")
+        elif kind == "inst":
+            _check_scattered(report, p, m, raw.dtype)
+
+
+def _check_scattered(report: DataReport, p: Path, inst: np.ndarray, dtype) -> None:
+    """Ids reused for nuclei far apart: an 8-bit map whose ids wrapped past 255 is a problem, else a note."""
+    from embedcache.datasets.base import scattered_ids
+
+    reused = scattered_ids(inst)
+    if not reused:
+        return
+    k, (r0, c0), (r1, c1) = reused[0]
+    example = f"id {k} at x={c0}, y={r0} and at x={c1}, y={r1}"
+    if dtype == np.uint8:
+        report.problem(p, f"instance map looks wrapped: it is 8-bit and {len(reused)} id(s) mark nuclei far "
+                          f"apart ({example}), as when more than 255 nuclei are saved in 8 bits; save the ids "
+                          "as a single-channel 16-bit PNG")
+    else:
+        report.note(f"{p.name}: {len(reused)} instance id(s) mark pieces far apart ({example}); give each "
+                    "nucleus its own id")
 
 
 def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, overlap: int) -> None:
@@ -79,6 +103,7 @@ def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, 
     labelled = sum(p is not None for p in inst)
     summary.update(inst_maps=labelled, type_maps=sum(t is not None and i is not None for i, t in zip(inst, types)))
     sizes, conversions = [], {}
+    padded = {"pixels": 0.0, "mostly": 0}  # padding in tiles' worth of pixels; tiles mostly padding
     for f, inst_path, type_path in zip(files, inst, types):
         hw = None
         try:
@@ -90,7 +115,12 @@ def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, 
         else:
             hw = (h, w)
             sizes.append((w, h))
-            summary["tiles"] += len(plan_tiles(hw, (tile_size, tile_size), overlap))
+            offsets = plan_tiles(hw, (tile_size, tile_size), overlap)
+            summary["tiles"] += len(offsets)
+            for r, c in offsets:  # what share of each tile is image, not padding
+                share = min(tile_size, h - r) * min(tile_size, w - c) / tile_size ** 2
+                padded["pixels"] += 1 - share
+                padded["mostly"] += share < 0.5
             problem, conversion = image_mode_problem(mode)
             if frames > 1:
                 report.note(f"{f.name}: holds {frames} frames (pages); only the first is read")
@@ -121,6 +151,12 @@ def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, 
                    f"{'they' if many else 'it'} must be fully opaque (transparent pixels are refused; --pixels checks)")
         report.note(f"{len(names)} {mode} image{'s' if many else ''} ({shown}): converted to RGB by dropping the "
                     f"4th channel; {checked}")
+    if summary["tiles"] and padded["pixels"] > PADDING_WARN * summary["tiles"]:
+        small = sum(w < tile_size or h < tile_size for w, h in sizes)
+        report.note(f"padding dominates: {padded['pixels'] / summary['tiles']:.1%} of the pixels extract will "
+                    f"encode are padding, {padded['mostly']} of {summary['tiles']} tiles are mostly padding "
+                    f"({small} of {len(sizes)} images are smaller than a {tile_size}-px tile); give a smaller "
+                    "--tile-size, or larger images")
     if sizes:
         by_area = sorted(sizes, key=lambda s: (s[0] * s[1], s))
         summary.update(min_size=by_area[0], max_size=by_area[-1], pixels=sum(w * h for w, h in sizes))
