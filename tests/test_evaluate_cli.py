@@ -114,7 +114,7 @@ def test_conic_layout_json_and_csv(runner, tmp_path, tiles):
     for key in ("bpq", "mpq_plus", "r2", "per_class_pq"):
         assert got[key] == decoded(want[key])
     rows = list(csv.DictReader(out_csv.open()))
-    assert [r["name"] for r in rows] == ["0", "1", "2"]
+    assert [r["name"] for r in rows] == ["tile00000", "tile00001", "tile00002"]  # as predict and cells name them
     assert float(rows[1]["bpq"]) == want["images"][1]["bpq"]
 
 
@@ -163,6 +163,23 @@ def test_folder_layout_hovernet_and_radius(runner, tmp_path, tiles):
     assert [r["name"] for r in got["images"]] == names
     run_ok(runner, "--protocol", "hovernet", "--truth", truth, "--pred", pred, "--radius", "1", "--json", out)
     assert json.loads(out.read_text())["detection"]["tp"] < want["detection"]["tp"]
+
+
+def test_stack_tiles_have_one_name_in_evaluate_predict_and_cells(tmp_path, tiles):
+    """Stack tiles were '0, 1, ...' in evaluate but 'tile00000' in predict's folders and cells' point CSVs; now
+    'tile00000' everywhere, and a folder named either way pairs with the stack."""
+    from embedcache.datasets import read_label_maps
+    from embedcache.datasets.base import stack_name
+
+    ti, pi, tt, pt = tiles
+    truth = write_conic(tmp_path / "t", ti, tt)
+    assert read_label_maps(truth).names == [stack_name(k) for k in range(3)] == ["tile00000", "tile00001",
+                                                                                   "tile00002"]
+    pred = write_folder(tmp_path / "p", ["tile00002", "tile00000", "tile00001"], [pi[2], pi[0], pi[1]],
+                        [pt[2], pt[0], pt[1]])
+    ev = evaluate(truth, pred, "hovernet")
+    assert ev.summary["pq"] == protocols.hovernet(ti, pi, tt, pt)["pq"]
+    assert [r["name"] for r in ev.rows] == ["tile00000", "tile00001", "tile00002"]
 
 
 def test_mixed_layouts_pair_by_name(tmp_path, tiles):
@@ -366,11 +383,11 @@ def test_on_with_stacks_pairs_by_row_number(runner, tmp_path, five):
     pred = write_folder(tmp_path / "p", ["0", "2"], [pi[0], pi[2]], [pt[0], pt[2]])
     ev = evaluate(truth, pred, "pannuke", on="common")
     want = protocols.pannuke([ti[0], ti[2]], [pi[0], pi[2]], [tt[0], tt[2]], [pt[0], pt[2]],
-                             tissue=["Breast", "Colon"], names=["0", "2"])
-    assert [r["name"] for r in ev.rows] == ["0", "2"] and [r["tissue"] for r in ev.rows] == ["Breast", "Colon"]
+                             tissue=["Breast", "Colon"], names=["tile00000", "tile00002"])
+    assert [r["name"] for r in ev.rows] == ["tile00000", "tile00002"] and [r["tissue"] for r in ev.rows] == ["Breast", "Colon"]
     for key in ("bpq", "mpq", "bpq_images", "mpq_images"):
         assert ev.summary[key] == pytest.approx(want[key], abs=1e-12)
-    assert ev.summary["tissues"]["Colon"]["n_images"] == 1 and ev.summary["truth_without_pred"] == ["1"]
+    assert ev.summary["tissues"]["Colon"]["n_images"] == 1 and ev.summary["truth_without_pred"] == ["tile00001"]
     # --on truth: row 1, with no prediction, is scored as empty
     ev = evaluate(truth, pred, "hovernet", on="truth")
     assert [r["n_pred"] for r in ev.rows][1] == 0 and ev.summary["n_images"] == 3

@@ -32,7 +32,6 @@ import numpy as np
 
 from embedcache.errors import DataError
 from embedcache.geometry import TiledImage
-from embedcache.store.images import stack_name
 
 POINT_SUFFIXES = (".csv", ".geojson", ".json")
 
@@ -124,7 +123,7 @@ class LabelMapNuclei(NucleiSource):
         kind = "prediction" if (path / "prediction.json").is_file() else "labels"
         super().__init__(kind, str(path), content_fingerprint(path), dict(labels.class_names or store.class_names))
         stack = labels.layout in ("pannuke", "conic")
-        by_name = {(stack_name(int(n)) if stack else n): k for k, n in enumerate(labels.names)}
+        by_name = {n: k for k, n in enumerate(labels.names)}
         wanted = {im.name for im in images}
         extra = sorted(set(by_name) - wanted)
         missing = sorted(wanted - set(by_name))

@@ -237,6 +237,29 @@ def scattered_ids(inst: np.ndarray, spread: float = 3.0) -> list[tuple[int, tupl
     return out
 
 
+def stack_name(row: int) -> str:
+    """The name of a stack's tile (PanNuke, CoNIC): the one name every command gives it.
+
+    Evaluation tables, prediction folders, cell tables and overlays all call
+    row 3 of a stack ``tile00003``; a folder of label maps named by plain row
+    number (``3_inst.png``) is still paired with it.
+
+    >>> stack_name(3)
+    'tile00003'
+    """
+    return f"tile{int(row):05d}"
+
+
+def stack_row(name: str) -> int | None:
+    """The row a stack tile's name (``tile00003``, or a plain ``3``) stands for; None for any other name.
+
+    >>> stack_row("tile00003"), stack_row("3"), stack_row("image02")
+    (3, 3, None)
+    """
+    digits = name[4:] if name.startswith("tile") else name
+    return int(digits) if digits.isdigit() else None
+
+
 def check_label_map(array: np.ndarray, where: str) -> np.ndarray:
     """Validate an integer label map (instance or type ids) and return int32."""
     if array.dtype.kind == "f":

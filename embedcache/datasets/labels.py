@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from embedcache.datasets.base import check_label_map
+from embedcache.datasets.base import stack_name
 from embedcache.datasets.folder import LABEL_SUFFIXES, find_label_file, read_image_file
 from embedcache.errors import DataError
 
@@ -27,7 +28,8 @@ class LabelSet:
     layout : str
         ``"pannuke"``, ``"conic"`` or ``"folder"``.
     names : list of str
-        One per image: the tile's row number, or the file stem.
+        One per image: the tile's name in a stack (``tile00003``, :func:`~embedcache.datasets.base.stack_name`),
+        or the file stem.
     instances : sequence of (H, W) ndarray of int32
         Instance ids, 0 = background; ids are as stored (not relabelled).
     types : sequence of (H, W) ndarray of int32, or None
@@ -80,7 +82,7 @@ def read_label_maps(path, format: str = "auto") -> LabelSet:
         # Both stack layouts carry a type for every pixel: tiles without nuclei have types too (all 0).
         return LabelSet(
             layout=layout,
-            names=[str(i) for i in range(len(maps))],
+            names=[stack_name(i) for i in range(len(maps))],
             instances=[m for m in maps[..., 0]],
             types=[m for m in maps[..., 1]],
             tissue=ds.tissue,

@@ -29,7 +29,8 @@ from embedcache.infer.tiling import tile_image
 from embedcache.infer.tta import tta_variants
 from embedcache.infer.writer import PredictionWriter
 from embedcache.store import open_store
-from embedcache.store.images import source_images, stack_name
+from embedcache.datasets.base import stack_name
+from embedcache.store.images import source_images
 from embedcache.train.checkpoint import check_features, load_run
 
 

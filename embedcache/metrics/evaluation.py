@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from embedcache.datasets import LabelSet, read_label_maps
+from embedcache.datasets.base import stack_name, stack_row
 from embedcache.errors import ConfigError, DataError
 from embedcache.files import plain_json, write_json
 from embedcache.metrics.protocols import DEFAULT_RADIUS, PROTOCOLS, PUBLISHED_CLASSES
@@ -119,20 +120,23 @@ def _align(truth: LabelSet, pred: LabelSet, on: str | None = None) -> _Pairs:
     """
     stack = not (truth.layout == pred.layout == "folder")
     both_stacks = truth.layout != "folder" and pred.layout != "folder"
-    where = {name: i for i, name in enumerate(pred.names)}
-    shared = any(n in where for n in truth.names)
+    # Beside a stack, a folder's maps named by row (3_inst.png) are the stack's tile00003.
+    alias = (lambda n: stack_name(stack_row(n)) if stack_row(n) is not None else n) if stack else (lambda n: n)
+    where = {alias(name): i for i, name in enumerate(pred.names)}
+    names = [alias(n) for n in truth.names]
+    shared = any(n in where for n in names)
     if stack and len(truth) == len(pred) and (both_stacks or not shared):
         return _Pairs(list(range(len(truth))), list(range(len(truth))), [], [])
     if stack and len(truth) != len(pred) and (both_stacks or not shared):
         why = ("two tile stacks pair row by row; to score some rows, write the prediction as a folder of "
-               "ROW_inst.png named by the truth's row numbers and pass --on" if both_stacks else
-               "and no image name in common (a stack's images are named by row number: 0, 1, ...)")
+               "tile00000_inst.png (or 0_inst.png) named by the truth's rows and pass --on" if both_stacks else
+               "and no image name in common (a stack's images are tile00000, tile00001, ...)")
         raise DataError(f"truth has {len(truth)} images, prediction {len(pred)}, {why}")
-    missing = [n for n in truth.names if n not in where]
-    known = set(truth.names)
-    extra = [n for n in pred.names if n not in known]
+    missing = [n for n in names if n not in where]
+    known = set(names)
+    extra = [n for n in map(alias, pred.names) if n not in known]
     if not shared:
-        raise DataError(f"truth and prediction have no image name in common (truth e.g. {truth.names[0]!r}, "
+        raise DataError(f"truth and prediction have no image name in common (truth e.g. {names[0]!r}, "
                         f"prediction e.g. {pred.names[0]!r}); names must match, e.g. NAME_inst.png for truth NAME")
     if on is None and missing:
         raise DataError(f"prediction lacks {len(missing)} of the {len(truth)} truth images "
@@ -144,9 +148,9 @@ def _align(truth: LabelSet, pred: LabelSet, on: str | None = None) -> _Pairs:
         raise DataError(f"--on pred: prediction has {_images(extra)} that the truth lacks (first: {extra[0]!r}); "
                         "give their truth, or pass --on common to leave them out")
     if on == "truth":
-        return _Pairs(list(range(len(truth))), [where.get(n) for n in truth.names], missing, extra)
-    scored = [k for k, n in enumerate(truth.names) if n in where]
-    return _Pairs(scored, [where[truth.names[k]] for k in scored], missing, extra)
+        return _Pairs(list(range(len(truth))), [where.get(n) for n in names], missing, extra)
+    scored = [k for k, n in enumerate(names) if n in where]
+    return _Pairs(scored, [where[names[k]] for k in scored], missing, extra)
 
 
 def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float = DEFAULT_RADIUS,

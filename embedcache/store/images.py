@@ -11,14 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from embedcache.datasets import LabelSet
+from embedcache.datasets.base import stack_name
 from embedcache.geometry import TiledImage
 
 WHITE = 255  # padding past an image's edge, as the folder reader pads
-
-
-def stack_name(tile: int) -> str:
-    """The name of a tile of a stack (PanNuke, CoNIC) as prediction folders write it."""
-    return f"tile{tile:05d}"
 
 
 def source_images(store, tiles=None) -> list[TiledImage]:
