@@ -32,6 +32,18 @@ PUBLISHED_PARAMS = {
     "swinv2-b-in22k": (88e6, 0.02, True, "Liu et al. 2022 (Swin V2), Table 1: SwinV2-B 88M"),
     "swinv2-l-in22k": (197e6, 0.02, True, "Liu et al. 2022 (Swin V2), Table 1: SwinV2-L 197M"),
     "efficientnet_lite0": (4.7e6, 0.02, True, "tensorflow/tpu EfficientNet-Lite README: Lite0 4.7M params"),
+    # facebookresearch/dinov3 README, table of pretrained backbones (parameters rounded to 1M).
+    "dinov3-vits16": (21e6, 0.03, False, "DINOv3 README: ViT-S/16 distilled, 21M"),
+    "dinov3-vits16plus": (29e6, 0.03, False, "DINOv3 README: ViT-S+/16 distilled, 29M"),
+    "dinov3-vitb16": (86e6, 0.01, False, "DINOv3 README: ViT-B/16 distilled, 86M"),
+    "dinov3-vitl16": (300e6, 0.015, False, "DINOv3 README: ViT-L/16 distilled, 300M"),
+    "dinov3-vitl16-sat": (300e6, 0.015, False, "DINOv3 README: ViT-L/16 distilled (SAT-493M), 300M"),
+    "dinov3-vith16plus": (840e6, 0.002, False, "DINOv3 README: ViT-H+/16 distilled, 840M"),
+    "dinov3-vit7b16": (6716e6, 0.0002, False, "DINOv3 README: ViT-7B/16, 6,716M"),
+    "dinov3-convnext-tiny": (29e6, 0.02, True, "DINOv3 README: ConvNeXt Tiny, 29M"),
+    "dinov3-convnext-small": (50e6, 0.02, True, "DINOv3 README: ConvNeXt Small, 50M"),
+    "dinov3-convnext-base": (89e6, 0.02, True, "DINOv3 README: ConvNeXt Base, 89M"),
+    "dinov3-convnext-large": (198e6, 0.02, True, "DINOv3 README: ConvNeXt Large, 198M"),
 }
 
 # name: (embedding width, blocks, class + register tokens, patch) as published (model cards, READMEs, hubconf).
@@ -57,6 +69,14 @@ PUBLISHED_LAYOUT = {
     "dinov2-vitg14": (1536, 40, 1, 14),
     "vit-b16-in22k": (768, 12, 1, 16),
     "vit-l16-in22k": (1024, 24, 1, 16),
+    # facebookresearch/dinov3 hubconf / models/vision_transformer.py: n_storage_tokens=4, patch 16.
+    "dinov3-vits16": (384, 12, 5, 16),
+    "dinov3-vits16plus": (384, 12, 5, 16),
+    "dinov3-vitb16": (768, 12, 5, 16),
+    "dinov3-vitl16": (1024, 24, 5, 16),
+    "dinov3-vitl16-sat": (1024, 24, 5, 16),
+    "dinov3-vith16plus": (1280, 32, 5, 16),
+    "dinov3-vit7b16": (4096, 40, 5, 16),
 }
 
 # name: published checkpoint keys and their shapes (what a wrong kwarg would break: registers, LayerScale,
@@ -144,3 +164,18 @@ def test_encoders_check_says_what_can_be_had_here(monkeypatch, tmp_path):
     listing = runner.invoke(main, ["encoders"])
     assert listing.exit_code == 0 and "h-optimus-0" in listing.output and "not built in" in listing.output
     assert "phikon" in listing.output and "--weights FILE.safetensors" in listing.output
+
+
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if n.startswith("dinov3-")))
+def test_dinov3_entries_take_timm_published_weights_and_preprocessing(name):
+    """Each DINOv3 entry names a pretrained tag timm publishes, with its normalisation (SAT-493M has its own)."""
+    import timm
+
+    spec = get_spec(name)
+    tag = spec.weights.removeprefix("hf-hub:timm/")
+    assert tag in timm.list_pretrained("*dinov3*")
+    cfg = timm.get_pretrained_cfg(tag)
+    assert spec.mean == pytest.approx(cfg.mean) and spec.std == pytest.approx(cfg.std)
+    # The ViTs were trained at 256 px: a tile goes in whole, so the grid is the one the model learned on.
+    assert spec.fit == "native" and (cfg.input_size[-1] == 256 or not spec.is_vit)
+    assert cfg.license == "dinov3-license" and not spec.gated and not spec.non_commercial

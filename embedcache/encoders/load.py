@@ -138,7 +138,7 @@ def _hub_weights(spec: EncoderSpec, repo: str) -> Path:
     except ImportError:
         raise WeightsError(f"encoder {spec.name!r} needs weights from the Hugging Face hub ({repo}): "
                            f"pip install 'embedcache[hub]', or {how}") from None
-    gated = "gated" in spec.licence
+    gated = spec.gated
     for filename in ("model.safetensors", "pytorch_model.bin"):
         try:  # already in the local Hugging Face cache: no network needed
             return Path(huggingface_hub.hf_hub_download(repo, filename, local_files_only=True))
@@ -305,7 +305,7 @@ def weights_status(spec: EncoderSpec, weights: str | os.PathLike | None = None) 
         cached = huggingface_hub.try_to_load_from_cache(repo, filename)
         if isinstance(cached, str):
             return WeightsStatus(name, source, True, f"in the local Hugging Face cache ({cached})")
-    gated = "gated" in spec.licence
+    gated = spec.gated
     if gated and not _hf_token():
         return WeightsStatus(name, source, False, f"{repo} is gated: accept its terms at https://huggingface.co/{repo} "
                                                   f"and set HF_TOKEN (no token found here), {how}")
