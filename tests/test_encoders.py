@@ -18,7 +18,7 @@ REQUIRED = {"virchow2", "uni", "uni2-h", "prov-gigapath", "dinov2-vitl14", "vit-
             "swinv2-l-in22k", "vit-r50-in21k", "efficientnet_lite0"}
 # Prefix tokens per ViT: class token + registers.
 PREFIX = {"virchow2": 5, "uni2-h": 9, "h-optimus-0": 5, "h-optimus-1": 5, "h0-mini": 5, "kaiko-vitl14": 5,
-          **{n: 5 for n in REGISTRY if n.startswith("dinov3-vit")}}
+          "hibou-b": 5, "hibou-l": 5, **{n: 5 for n in REGISTRY if n.startswith("dinov3-vit")}}
 
 
 def test_registry_names_every_required_encoder():
@@ -26,7 +26,8 @@ def test_registry_names_every_required_encoder():
     assert {s.family for s in REGISTRY.values()} == {"general", "pathology"}
     assert {n for n, s in REGISTRY.items() if s.family == "pathology"} == {
         "virchow2", "virchow", "uni", "uni2-h", "prov-gigapath", "h-optimus-0", "h-optimus-1", "h0-mini",
-        "kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14", "lunit-vits8", "lunit-vits16"}
+        "kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14", "lunit-vits8", "lunit-vits16",
+        "phikon", "phikon-v2", "midnight", "hibou-b", "hibou-l"}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

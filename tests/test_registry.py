@@ -32,6 +32,11 @@ PUBLISHED_PARAMS = {
     "swinv2-b-in22k": (88e6, 0.02, True, "Liu et al. 2022 (Swin V2), Table 1: SwinV2-B 88M"),
     "swinv2-l-in22k": (197e6, 0.02, True, "Liu et al. 2022 (Swin V2), Table 1: SwinV2-L 197M"),
     "efficientnet_lite0": (4.7e6, 0.02, True, "tensorflow/tpu EfficientNet-Lite README: Lite0 4.7M params"),
+    "phikon": (86e6, 0.01, False, "Filiot et al. 2023 (Phikon), hf.co/owkin/phikon: ViT-Base/16, 86M"),
+    "phikon-v2": (300e6, 0.02, False, "Filiot et al. 2024, arXiv 2409.09173: Phikon-v2, ViT-L/16 (0.3B)"),
+    "midnight": (1.1e9, 0.05, False, "Karasikov et al. 2025 (Midnight), hf.co/kaiko-ai/midnight: ViT-g/14, 1.1B"),
+    "hibou-b": (86e6, 0.01, False, "Nechaev et al. 2024, arXiv 2406.05074: Hibou-B, ViT-B/14 86M"),
+    "hibou-l": (0.3e9, 0.02, False, "Nechaev et al. 2024, arXiv 2406.05074: Hibou-L, ViT-L/14 (0.3B)"),
     # facebookresearch/dinov3 README, table of pretrained backbones (parameters rounded to 1M).
     "dinov3-vits16": (21e6, 0.03, False, "DINOv3 README: ViT-S/16 distilled, 21M"),
     "dinov3-vits16plus": (29e6, 0.03, False, "DINOv3 README: ViT-S+/16 distilled, 29M"),
@@ -69,6 +74,11 @@ PUBLISHED_LAYOUT = {
     "dinov2-vitg14": (1536, 40, 1, 14),
     "vit-b16-in22k": (768, 12, 1, 16),
     "vit-l16-in22k": (1024, 24, 1, 16),
+    "phikon": (768, 12, 1, 16),  # ViTModel ViT-B/16, class token only
+    "phikon-v2": (1024, 24, 1, 16),  # Dinov2Model ViT-L/16 without registers
+    "midnight": (1536, 40, 1, 14),  # Dinov2Model ViT-g/14 without registers
+    "hibou-b": (768, 12, 5, 14),  # HistAI/hibou build_model: num_register_tokens=4, patch 14
+    "hibou-l": (1024, 24, 5, 14),
     # facebookresearch/dinov3 hubconf / models/vision_transformer.py: n_storage_tokens=4, patch 16.
     "dinov3-vits16": (384, 12, 5, 16),
     "dinov3-vits16plus": (384, 12, 5, 16),
@@ -163,7 +173,7 @@ def test_encoders_check_says_what_can_be_had_here(monkeypatch, tmp_path):
     assert missing.exit_code == 1 and "uni.safetensors: no such weights file" in missing.output
     listing = runner.invoke(main, ["encoders"])
     assert listing.exit_code == 0 and "h-optimus-0" in listing.output and "not built in" in listing.output
-    assert "phikon" in listing.output and "--weights FILE.safetensors" in listing.output
+    assert "conch" in listing.output and "--weights FILE.safetensors" in listing.output
 
 
 @pytest.mark.parametrize("name", sorted(n for n in REGISTRY if n.startswith("dinov3-")))

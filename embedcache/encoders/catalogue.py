@@ -36,11 +36,6 @@ def describe_registry() -> list[dict]:
 # Encoders users compare that the registry does not build, and why: their published weights are not
 # timm state dicts (or their features are not a timm model's), so an entry would be half right.
 NOT_BUILT_IN = (
-    ("phikon", "owkin/phikon", "Hugging Face transformers ViTModel (ViT-B/16) weights, not timm keys"),
-    ("phikon-v2", "owkin/phikon-v2", "Hugging Face transformers Dinov2Model (ViT-L/16) weights, not timm keys"),
-    ("midnight", "kaiko-ai/midnight", "Hugging Face transformers Dinov2Model (ViT-g/14) weights, not timm keys"),
-    ("hibou-b", "histai/hibou-b", "custom Hugging Face code (ViT-B/14, 4 registers), not timm keys"),
-    ("hibou-l", "histai/hibou-L", "custom Hugging Face code (ViT-L/14, 4 registers), not timm keys"),
     ("conch", "MahmoodLab/CONCH", "an open_clip CoCa tower: its published feature is the attention-pooled "
                                   "output, not a timm model's"),
 )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from embedcache.encoders.convert import is_transformers_layout, transformers_to_timm
 from embedcache.encoders.registry import EncoderSpec
 from embedcache.errors import EncoderError, WeightsError
 
@@ -37,6 +38,11 @@ class LoadedEncoder:
 
 
 def _resolve(value):
+    """A dotted ``timm.``/``torch.`` name as the object; ``{"partial": NAME, **kwargs}`` as a partial of it."""
+    if isinstance(value, dict) and "partial" in value:
+        import functools
+
+        return functools.partial(_resolve(value["partial"]), **{k: v for k, v in value.items() if k != "partial"})
     if isinstance(value, str) and value.count(".") >= 2 and value.split(".")[0] in ("timm", "torch"):
         module, _, attr = value.rpartition(".")
         return getattr(importlib.import_module(module), attr)
@@ -113,6 +119,15 @@ def lukemelas_to_timm(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> di
         except (KeyError, IndexError, ValueError):
             raise WeightsError(f"unexpected key {key!r} for an EfficientNet in the lukemelas layout") from None
     return out
+
+
+def to_timm_layout(sd: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """A checkpoint in any layout embedcache reads, told apart by its keys, in timm's key names."""
+    if any(k.startswith("_blocks.") for k in sd) and hasattr(model, "blocks"):
+        return lukemelas_to_timm(sd, model)
+    if is_transformers_layout(sd):
+        return transformers_to_timm(sd, model, source)
+    return sd
 
 
 def _package_weights(name: str) -> Path:
@@ -237,8 +252,7 @@ def load_encoder(spec: EncoderSpec, weights: str | os.PathLike | None = None, de
     model = build_model(spec, **overrides)
     if sd is None:
         return LoadedEncoder(spec, model.to(device), "random", f"random:seed={seed}")
-    if any(k.startswith("_blocks.") for k in sd) and hasattr(model, "blocks"):
-        sd = lukemelas_to_timm(sd, model)
+    sd = to_timm_layout(sd, model, str(path))
     sd = _fit_to_model(sd, model, str(path), spec)
     model.load_state_dict(sd, strict=True)
     return LoadedEncoder(spec, model.to(device), source if not Path(source).exists() else str(path),

@@ -47,6 +47,8 @@ HALF = (0.5, 0.5, 0.5)
 # Normalisations the model cards publish (Bioptimus H-optimus / H0-mini; Lunit's DINO ViTs, as eva records them).
 BIOPTIMUS_MEAN, BIOPTIMUS_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
 LUNIT_MEAN, LUNIT_STD = (0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464)
+# HistAI's Hibou (TRIDENT patch_encoder_models/utils/constants.py HIBOU_MEAN/STD, the model card's processor).
+HIBOU_MEAN, HIBOU_STD = (0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)
 # DINOv3's satellite models (SAT-493M), as timm's pretrained config and facebookresearch/dinov3 record them.
 SAT_MEAN, SAT_STD = (0.430, 0.411, 0.296), (0.213, 0.156, 0.143)
 
@@ -225,6 +227,42 @@ _SPECS = [
         layers=_quarters(40), dims=(1536,) * 40, patch_size=16,
         family="pathology", licence="Apache-2.0 (research use); gated on the Hugging Face hub", gated=True,
         description="Prov-GigaPath tile encoder, ViT-g/16, 171k slides"),
+    # Published with Hugging Face transformers' key names (ViTModel, Dinov2Model, Dinov2 with registers):
+    # converted on load by embedcache.encoders.convert. Patch-16 ones are built for 256 px so the conversion
+    # resamples their position grid once, by transformers' own rule, to the 16x16 grid of a native tile.
+    EncoderSpec(
+        name="phikon", arch="vit_base_patch16_224", weights="hf-hub:owkin/phikon",
+        # transformers' ViTConfig keeps LayerNorm eps 1e-12 (timm's ViTs use 1e-6).
+        kwargs={"img_size": 256, "dynamic_img_size": True,
+                "norm_layer": {"partial": "torch.nn.LayerNorm", "eps": 1e-12}},
+        layers=_quarters(12), dims=(768,) * 12, patch_size=16, family="pathology",
+        licence="Owkin non-commercial licence; not gated", non_commercial=True,
+        description="Owkin Phikon, ViT-B/16 (iBOT on 40M TCGA tiles); transformers ViTModel weights"),
+    EncoderSpec(
+        name="phikon-v2", arch="vit_large_patch16_224", weights="hf-hub:owkin/phikon-v2",
+        kwargs={"img_size": 256, "init_values": 1e-5, "dynamic_img_size": True},
+        layers=_quarters(24), dims=(1024,) * 24, patch_size=16, family="pathology",
+        licence="Owkin non-commercial licence; not gated", non_commercial=True,
+        description="Owkin Phikon-v2, ViT-L/16 (DINOv2 on 456M tiles of 58k public slides); transformers "
+                    "Dinov2Model weights"),
+    EncoderSpec(
+        name="midnight", arch="vit_giant_patch14_dinov2", weights="hf-hub:kaiko-ai/midnight",
+        kwargs={"img_size": 224, "dynamic_img_size": True},
+        mean=HALF, std=HALF, fit="resize", input_size=224, layers=_quarters(40), dims=(1536,) * 40,
+        patch_size=14, family="pathology", licence="MIT; not gated",
+        description="kaiko.ai Midnight-12k, ViT-g/14 (DINOv2 on 12k TCGA slides); transformers Dinov2Model "
+                    "weights"),
+    *[EncoderSpec(
+        name=f"hibou-{size.lower()}", arch=f"vit_{arch}_patch14_reg4_dinov2", weights=f"hf-hub:histai/hibou-{size}",
+        kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": fc1 / dim, "dynamic_img_size": True,
+                **_SWIGLU},
+        mean=HIBOU_MEAN, std=HIBOU_STD, fit="resize", input_size=224, layers=_quarters(depth), dims=(dim,) * depth,
+        patch_size=14, family="pathology", licence=licence, gated=gated,
+        description=f"HistAI Hibou-{size}, ViT-{size}/14 with 4 registers and SwiGLU (DINOv2 on 1.1M slides); "
+                    "weights for transformers with HistAI's registers code")
+      for size, arch, dim, depth, fc1, licence, gated in (
+          ("B", "base", 768, 12, 4096, "Apache-2.0; not gated", False),
+          ("L", "large", 1024, 24, 5472, f"Apache-2.0; {_GATED}", True))],
     # --- general-purpose ----------------------------------------------------------------------
     *[EncoderSpec(
         name=f"dinov2-vit{size}14", arch=f"vit_{arch}_patch14_dinov2",

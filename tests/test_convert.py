@@ -1,0 +1,172 @@
+"""transformers-layout checkpoints converted into timm models give transformers' own hidden states.
+
+For each family the registry converts (ViTModel: Phikon; Dinov2Model: Phikon-v2 with GELU, Midnight with
+SwiGLU; Dinov2WithRegistersModel: Hibou's registers variant) a small model of the same family is built in
+transformers with random weights, saved with ``save_pretrained`` (the layout the hub holds), converted and
+loaded through the registry's own loader into the entry's timm architecture at the same small size. Every
+block of the timm model, read through :class:`FeatureExtractor` on real H&E tiles, must equal transformers'
+``output_hidden_states`` (block outputs before the final LayerNorm) to float tolerance, class and register
+tokens included, and the final normed tokens its ``last_hidden_state``.
+
+The small configs keep what makes each family itself: patch size, registers, layer scale, SwiGLU or GELU,
+LayerNorm eps, and a position grid of another size than the tile's (so the conversion's resampling rule is
+checked against transformers' run-time interpolation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_data
+
+from embedcache.encoders import get_spec
+from embedcache.encoders.convert import is_transformers_layout, transformers_to_timm
+from embedcache.encoders.features import FeatureExtractor
+from embedcache.encoders.load import load_encoder, read_state_dict
+from embedcache.errors import WeightsError
+
+transformers = pytest.importorskip("transformers")
+
+WIDTH, DEPTH, HEADS = 64, 3, 2
+
+
+def _he_tiles() -> torch.Tensor:
+    """Two 256x256 tiles of a real H&E image (CPM-15), ``(2, 256, 256, 3)`` uint8."""
+    from PIL import Image
+
+    im = np.asarray(Image.open(shared_data("cpm15-dev") / "image01.png").convert("RGB"))
+    return torch.from_numpy(np.stack([im[:256, :256], im[-256:, -256:]]).copy())
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> None:
+    """Every weight random (norm scales around 1), so no tensor passes by being zeros or ones."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1 + 0.1 * noise if ("norm" in name and name.endswith("weight")) else 0.1 * noise)
+
+
+def _hf_model(family: str, tmp_path):
+    common = {"hidden_size": WIDTH, "num_hidden_layers": DEPTH, "num_attention_heads": HEADS}
+    if family == "vit":  # Phikon: ViTModel, patch 16, LayerNorm eps 1e-12 (ViTConfig's default), no layer scale
+        cfg = transformers.ViTConfig(intermediate_size=4 * WIDTH, patch_size=16, image_size=224, **common)
+        model = transformers.ViTModel(cfg)  # with its pooler, which the conversion drops
+    elif family == "dinov2":  # Phikon-v2: Dinov2Model, patch 16, layer scale, GELU MLP
+        cfg = transformers.Dinov2Config(patch_size=16, image_size=224, **common)
+        model = transformers.Dinov2Model(cfg)
+    elif family == "dinov2-swiglu":  # Midnight: Dinov2Model ViT-g style, patch 14, SwiGLU; positions for 126 px
+        cfg = transformers.Dinov2Config(patch_size=14, image_size=126, use_swiglu_ffn=True, **common)
+        model = transformers.Dinov2Model(cfg)
+    else:  # Hibou: DINOv2 with 4 registers, patch 14, SwiGLU; positions for 126 px (interpolated with antialias)
+        cfg = transformers.Dinov2WithRegistersConfig(patch_size=14, image_size=126, num_register_tokens=4,
+                                                     use_swiglu_ffn=True, **common)
+        model = transformers.Dinov2WithRegistersModel(cfg)
+    _randomise(model, seed=len(family))
+    model.eval().save_pretrained(tmp_path)
+    return model, tmp_path / "model.safetensors"
+
+
+# family: (registry entry whose architecture the weights go into, its overrides at the small size)
+CASES = {
+    "vit": ("phikon", {}),
+    "dinov2": ("phikon-v2", {}),
+    # transformers' SwiGLU hidden width: 4*64 -> int(256*2/3) rounded up to 8 = 176, packed 352 = 5.5*64.
+    "dinov2-swiglu": ("midnight", {"mlp_ratio": 5.5}),
+    "dinov2-registers": ("hibou-b", {"mlp_ratio": 5.5}),
+}
+
+
+def _small(name: str, overrides: dict):
+    spec = get_spec(name)
+    kwargs = {**spec.kwargs, "embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS, **overrides}
+    return dataclasses.replace(spec, name=f"{name}-small", kwargs=kwargs, dims=(WIDTH,) * DEPTH,
+                               layers=tuple(range(DEPTH)))
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_every_block_equals_transformers_hidden_states(family, tmp_path):
+    tiles = _he_tiles()
+    hf, path = _hf_model(family, tmp_path)
+    assert is_transformers_layout(read_state_dict(path))
+    name, overrides = CASES[family]
+    spec = _small(name, overrides)
+    enc = load_encoder(spec, path)
+    fx = FeatureExtractor(enc, list(range(DEPTH)))
+    x = fx.preprocess(tiles)  # the entry's own normalisation and fit (256 native, or resized to 224)
+    with torch.inference_mode():
+        kwargs = {"interpolate_pos_encoding": True} if family == "vit" else {}
+        ref = hf(pixel_values=x, output_hidden_states=True, **kwargs)
+        ours = fx(tiles)
+        (last, last_prefix), = FeatureExtractor(enc, [DEPTH - 1], norm=True)(tiles)
+    n_prefix = 5 if family == "dinov2-registers" else 1
+    grid = x.shape[-1] // spec.patch_size
+    assert len(ref.hidden_states) == DEPTH + 1  # the embeddings, then one per block
+    for i, (tok, prefix) in enumerate(ours):
+        block = ref.hidden_states[i + 1]  # before the final LayerNorm, as our taps are
+        assert prefix.shape == (2, n_prefix, WIDTH) and tok.shape == (2, WIDTH, grid, grid)
+        torch.testing.assert_close(prefix, block[:, :n_prefix], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(tok.flatten(2).transpose(1, 2), block[:, n_prefix:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last.flatten(2).transpose(1, 2), ref.last_hidden_state[:, n_prefix:],
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last_prefix, ref.last_hidden_state[:, :n_prefix], rtol=1e-4, atol=1e-4)
+    # Not equal by accident: the blocks change the tokens and the tiles differ.
+    assert not torch.allclose(ours[0][0], ours[-1][0], atol=1e-2)
+    assert not torch.allclose(ours[-1][0][0], ours[-1][0][1], atol=1e-2)
+
+
+def _small_checkpoint(tmp_path):
+    _, path = _hf_model("dinov2-registers", tmp_path)
+    return read_state_dict(path)
+
+
+def test_a_key_of_no_known_layout_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = _small_checkpoint(tmp_path)
+    sd["encoder.layer.0.attention.attention.rotary.weight"] = torch.zeros(4)
+    save_file(sd, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(WeightsError, match=r"odd\.safetensors: 1 key\(s\) of no known transformers ViT/DINOv2 "
+                                           r"layout \(e\.g\. encoder\.layer\.0\.attention\.attention\.rotary"):
+        load_encoder(_small("hibou-b", {"mlp_ratio": 5.5}), tmp_path / "odd.safetensors")
+
+
+def test_a_checkpoint_of_another_size_names_the_tensor_and_both_shapes(tmp_path):
+    (tmp_path / "b").mkdir()
+    _, path = _hf_model("dinov2-registers", tmp_path / "b")
+    wider = dataclasses.replace(_small("hibou-b", {"mlp_ratio": 5.5}),
+                                kwargs={**_small("hibou-b", {}).kwargs, "embed_dim": 96, "mlp_ratio": 5.5})
+    with pytest.raises(WeightsError, match=r"does not fit encoder 'hibou-b-small'.*of another shape \(e\.g\. "
+                                           r"cls_token: file \(1, 1, 64\), model \(1, 1, 96\)\)"):
+        load_encoder(wider, path)
+
+
+def test_registers_missing_from_the_model_are_named(tmp_path):
+    """A registers checkpoint put into an entry without registers fails on the register tokens."""
+    _, path = _hf_model("dinov2-registers", tmp_path)
+    with pytest.raises(WeightsError, match=r"1 unexpected \(e\.g\. reg_token\)"):
+        load_encoder(_small("midnight", {"mlp_ratio": 5.5}), path)
+
+
+def test_a_split_attention_with_a_part_missing_is_named(tmp_path):
+    sd = _small_checkpoint(tmp_path)
+    del sd["encoder.layer.2.attention.attention.value.bias"]
+    model = load_encoder(_small("hibou-b", {"mlp_ratio": 5.5}), "random").model
+    with pytest.raises(WeightsError, match=r"encoder\.layer\.2\.attention\.attention\.value\.bias missing"):
+        transformers_to_timm(sd, model, "ckpt")
+
+
+def test_loading_a_transformers_checkpoint_does_not_import_transformers(tmp_path):
+    import subprocess
+    import sys
+
+    _, path = _hf_model("vit", tmp_path)
+    code = ("import sys, dataclasses; from embedcache.encoders import get_spec; "
+            "from embedcache.encoders.load import load_encoder; "
+            "s = get_spec('phikon'); s = dataclasses.replace(s, kwargs={**s.kwargs, 'embed_dim': 64, 'depth': 3, "
+            f"'num_heads': 2}}); load_encoder(s, {str(path)!r}); assert 'transformers' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
