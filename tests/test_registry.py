@@ -189,3 +189,35 @@ def test_dinov3_entries_take_timm_published_weights_and_preprocessing(name):
     # The ViTs were trained at 256 px: a tile goes in whole, so the grid is the one the model learned on.
     assert spec.fit == "native" and (cfg.input_size[-1] == 256 or not spec.is_vit)
     assert cfg.license == "dinov3-license" and not spec.gated and not spec.non_commercial
+
+
+def test_the_listing_shows_terms_and_parameters_and_check_says_what_a_download_brings(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    runner = CliRunner()
+    listing = runner.invoke(main, ["encoders"])
+    assert listing.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in listing.output.splitlines()[1:] if line and line[0] != " "}
+    # params counted from the architecture; the terms from the spec's gated / non-commercial flags.
+    assert rows["phikon"][2:4] == ["86M", "768"] and "non-commercial" in rows["phikon"]
+    assert rows["dinov3-vit7b16"][2] == "6.7B" and "open" in rows["dinov3-vit7b16"]
+    assert rows["hibou-l"][6] == "gated" and rows["uni"][6:8] == ["gated,", "non-commercial"]
+    assert sum(1 for name in rows if name in REGISTRY) == len(REGISTRY) >= 40
+    # A transformers-layout entry: what would come, in which layout, on which terms; offline it cannot.
+    check = runner.invoke(main, ["encoders", "--check", "phikon-v2"])
+    assert check.exit_code == 1
+    assert ("needs a download from the Hugging Face hub (owkin/phikon-v2) (model.safetensors or pytorch_model.bin, "
+            "transformers layout converted on load; non-commercial use only), which cannot be reached") in check.output
+    gated = runner.invoke(main, ["encoders", "--check", "hibou-l"])
+    assert gated.exit_code == 1 and "histai/hibou-L is gated: accept its terms at" in gated.output
+    # Without the hub's client the line names the extra to install.
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
+    missing = runner.invoke(main, ["encoders", "--check", "dinov3-vitl16"])
+    assert missing.exit_code == 1 and "pip install 'embedcache[hub]'" in missing.output
+    assert "timm/vit_large_patch16_dinov3.lvd1689m" in missing.output and len(missing.output.splitlines()) == 1

@@ -7,9 +7,17 @@ from embedcache.encoders.load import build_model
 from embedcache.encoders.registry import REGISTRY, EncoderSpec
 
 
+def terms(spec: EncoderSpec) -> str:
+    """The licence in a word or two: ``open``, ``gated``, ``non-commercial`` or both."""
+    words = [w for w, on in (("gated", spec.gated), ("non-commercial", spec.non_commercial)) if on]
+    return ", ".join(words) or "open"
+
+
 def describe_spec(spec: EncoderSpec) -> dict:
-    """Layer names come from the architecture itself, built on the meta device (no memory, no weights)."""
-    names = layer_names(build_model(spec, device="meta"))
+    """Layer names and parameters come from the architecture itself, built on the meta device (no memory,
+    no weights); ``params`` counts the feature extractor (no classifier head)."""
+    model = build_model(spec, device="meta")
+    names = layer_names(model)
     return {
         "name": spec.name,
         "family": spec.family,
@@ -24,7 +32,12 @@ def describe_spec(spec: EncoderSpec) -> dict:
         "mean": list(spec.mean),
         "std": list(spec.std),
         "weights": spec.weights,
+        "params": sum(p.numel() for p in model.parameters()),
         "licence": spec.licence,
+        "terms": terms(spec),
+        "gated": spec.gated,
+        "non_commercial": spec.non_commercial,
+        "layout": spec.layout,
         "description": spec.description,
     }
 

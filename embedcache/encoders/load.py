@@ -310,22 +310,27 @@ def weights_status(spec: EncoderSpec, weights: str | os.PathLike | None = None) 
         return WeightsStatus(name, source, False, f"{path}: no such weights file")
     repo = source.split(":", 1)[1]
     how = f"or download {repo} elsewhere and pass --weights FILE"
+    # What a download would bring, and on which terms, said in every hub line.
+    layout = ", transformers layout converted on load" if spec.layout == "transformers" else ""
+    terms = "; non-commercial use only" if spec.non_commercial else ""
+    what = f"(model.safetensors or pytorch_model.bin{layout}{terms})"
     try:
         import huggingface_hub
     except ImportError:
-        return WeightsStatus(name, source, False, f"needs the Hugging Face hub ({repo}): pip install "
+        return WeightsStatus(name, source, False, f"needs the Hugging Face hub ({repo}) {what}: pip install "
                                                   f"'embedcache[hub]', {how}")
     for filename in ("model.safetensors", "pytorch_model.bin"):
         cached = huggingface_hub.try_to_load_from_cache(repo, filename)
         if isinstance(cached, str):
-            return WeightsStatus(name, source, True, f"in the local Hugging Face cache ({cached})")
+            return WeightsStatus(name, source, True, f"in the local Hugging Face cache ({cached}){layout}{terms}")
     gated = spec.gated
     if gated and not _hf_token():
         return WeightsStatus(name, source, False, f"{repo} is gated: accept its terms at https://huggingface.co/{repo} "
-                                                  f"and set HF_TOKEN (no token found here), {how}")
+                                                  f"and set HF_TOKEN (no token found here), {how} {what}")
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-        return WeightsStatus(name, source, False, f"needs a download from the Hugging Face hub ({repo}), which "
+        return WeightsStatus(name, source, False, f"needs a download from the Hugging Face hub ({repo}) {what}, which "
                                                   f"cannot be reached from here{' (gated: token found)' if gated else ''}; "
                                                   f"{how}")
-    note = " with the token found (the licence must have been accepted)" if gated else ""
-    return WeightsStatus(name, source, True, f"will be downloaded from the Hugging Face hub ({repo}){note}")
+    note = (" with the token found (gated: the licence must have been accepted on the hub)" if gated
+            else " (not gated: no token needed)")
+    return WeightsStatus(name, source, True, f"will be downloaded from the Hugging Face hub ({repo}) {what}{note}")

@@ -88,6 +88,10 @@ class EncoderSpec:
         The default weights need an accepted licence and a Hugging Face token.
     non_commercial : bool
         The weights' licence forbids commercial use.
+    layout : {"timm", "transformers"}
+        Key names of the default weights; transformers' are converted on load
+        (:mod:`embedcache.encoders.convert`). A ``--weights`` file is told
+        apart by its keys, whatever this says.
     description : str
     """
 
@@ -106,6 +110,7 @@ class EncoderSpec:
     licence: str = ""
     gated: bool = False
     non_commercial: bool = False
+    layout: str = "timm"
     description: str = ""
 
     @property
@@ -236,20 +241,20 @@ _SPECS = [
         kwargs={"img_size": 256, "dynamic_img_size": True,
                 "norm_layer": {"partial": "torch.nn.LayerNorm", "eps": 1e-12}},
         layers=_quarters(12), dims=(768,) * 12, patch_size=16, family="pathology",
-        licence="Owkin non-commercial licence; not gated", non_commercial=True,
+        licence="Owkin non-commercial licence; not gated", non_commercial=True, layout="transformers",
         description="Owkin Phikon, ViT-B/16 (iBOT on 40M TCGA tiles); transformers ViTModel weights"),
     EncoderSpec(
         name="phikon-v2", arch="vit_large_patch16_224", weights="hf-hub:owkin/phikon-v2",
         kwargs={"img_size": 256, "init_values": 1e-5, "dynamic_img_size": True},
         layers=_quarters(24), dims=(1024,) * 24, patch_size=16, family="pathology",
-        licence="Owkin non-commercial licence; not gated", non_commercial=True,
+        licence="Owkin non-commercial licence; not gated", non_commercial=True, layout="transformers",
         description="Owkin Phikon-v2, ViT-L/16 (DINOv2 on 456M tiles of 58k public slides); transformers "
                     "Dinov2Model weights"),
     EncoderSpec(
         name="midnight", arch="vit_giant_patch14_dinov2", weights="hf-hub:kaiko-ai/midnight",
         kwargs={"img_size": 224, "dynamic_img_size": True},
         mean=HALF, std=HALF, fit="resize", input_size=224, layers=_quarters(40), dims=(1536,) * 40,
-        patch_size=14, family="pathology", licence="MIT; not gated",
+        patch_size=14, family="pathology", licence="MIT; not gated", layout="transformers",
         description="kaiko.ai Midnight-12k, ViT-g/14 (DINOv2 on 12k TCGA slides); transformers Dinov2Model "
                     "weights"),
     *[EncoderSpec(
@@ -257,7 +262,7 @@ _SPECS = [
         kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": fc1 / dim, "dynamic_img_size": True,
                 **_SWIGLU},
         mean=HIBOU_MEAN, std=HIBOU_STD, fit="resize", input_size=224, layers=_quarters(depth), dims=(dim,) * depth,
-        patch_size=14, family="pathology", licence=licence, gated=gated,
+        patch_size=14, family="pathology", licence=licence, gated=gated, layout="transformers",
         description=f"HistAI Hibou-{size}, ViT-{size}/14 with 4 registers and SwiGLU (DINOv2 on 1.1M slides); "
                     "weights for transformers with HistAI's registers code")
       for size, arch, dim, depth, fc1, licence, gated in (
