@@ -170,3 +170,63 @@ def test_loading_a_transformers_checkpoint_does_not_import_transformers(tmp_path
             f"'num_heads': 2}}); load_encoder(s, {str(path)!r}); assert 'transformers' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _conch_reference(seed: int = 3):
+    """CONCH v1's image trunk as its own code builds it (MahmoodLab/CONCH conch/open_clip_custom/coca_model.py,
+    ``_build_vision_tower``: timm's VisionTransformer with the config's width, depth, heads, mlp_ratio 4,
+    image_size 448, patch 16, num_classes 0, dynamic_img_size), at a small width."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    trunk = VisionTransformer(embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, mlp_ratio=4, img_size=448,
+                              patch_size=16, num_classes=0, dynamic_img_size=True)
+    _randomise(trunk, seed)
+    return trunk.eval()
+
+
+def _conch_checkpoint(trunk, path):
+    """The CoCa checkpoint's layout: the trunk under visual.trunk., then the poolers and text towers
+    (names from conch/open_clip_custom/vision_tower.py and coca_model.py)."""
+    sd = {f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()}
+    sd.update({"visual.attn_pool_contrast.query": torch.zeros(1, 512), "visual.ln_contrast.weight": torch.ones(512),
+               "visual.proj_contrast": torch.zeros(512, 512), "visual.attn_pool_caption.query": torch.zeros(256, 768),
+               "visual.ln_caption.bias": torch.zeros(768), "text.token_embedding.weight": torch.zeros(8, 768),
+               "text_decoder.ln_final.weight": torch.ones(768), "logit_scale": torch.ones(())})
+    torch.save(sd, path)
+    return path
+
+
+def test_conch_trunk_equals_conchs_own_tower_on_every_block(tmp_path):
+    tiles = _he_tiles()
+    trunk = _conch_reference()
+    path = _conch_checkpoint(trunk, tmp_path / "pytorch_model.bin")
+    spec = _small("conch", {})
+    enc = load_encoder(spec, path)
+    fx = FeatureExtractor(enc, list(range(DEPTH)))
+    x = fx.preprocess(tiles)
+    assert x.shape[-1] == 256  # native: a 16x16 grid, positions resampled from CONCH's 28x28 by timm
+    with torch.inference_mode():
+        seq = trunk.norm_pre(trunk._pos_embed(trunk.patch_embed(x)))
+        blocks = []
+        for blk in trunk.blocks:
+            seq = blk(seq)
+            blocks.append(seq)
+        final = trunk.forward_features(x)  # what CONCH's attention poolers read
+        ours = fx(tiles)
+        (last, last_prefix), = FeatureExtractor(enc, [DEPTH - 1], norm=True)(tiles)
+    for (tok, prefix), ref in zip(ours, blocks):
+        torch.testing.assert_close(prefix, ref[:, :1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tok.flatten(2).transpose(1, 2), ref[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last.flatten(2).transpose(1, 2), final[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last_prefix, final[:, :1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_coca_key_of_no_known_part_is_named(tmp_path):
+    trunk = _conch_reference()
+    path = _conch_checkpoint(trunk, tmp_path / "pytorch_model.bin")
+    sd = torch.load(path, weights_only=True)
+    sd["visual.adapter.weight"] = torch.zeros(2)
+    torch.save(sd, tmp_path / "odd.bin")
+    with pytest.raises(WeightsError, match=r"odd\.bin: 1 key\(s\) of no known part of a CONCH CoCa model "
+                                           r"\(e\.g\. visual\.adapter\.weight\)"):
+        load_encoder(_small("conch", {}), tmp_path / "odd.bin")

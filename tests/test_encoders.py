@@ -27,7 +27,7 @@ def test_registry_names_every_required_encoder():
     assert {n for n, s in REGISTRY.items() if s.family == "pathology"} == {
         "virchow2", "virchow", "uni", "uni2-h", "prov-gigapath", "h-optimus-0", "h-optimus-1", "h0-mini",
         "kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14", "lunit-vits8", "lunit-vits16",
-        "phikon", "phikon-v2", "midnight", "hibou-b", "hibou-l"}
+        "phikon", "phikon-v2", "midnight", "hibou-b", "hibou-l", "conch"}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

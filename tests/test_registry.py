@@ -36,6 +36,7 @@ PUBLISHED_PARAMS = {
     "phikon-v2": (300e6, 0.02, False, "Filiot et al. 2024, arXiv 2409.09173: Phikon-v2, ViT-L/16 (0.3B)"),
     "midnight": (1.1e9, 0.05, False, "Karasikov et al. 2025 (Midnight), hf.co/kaiko-ai/midnight: ViT-g/14, 1.1B"),
     "hibou-b": (86e6, 0.01, False, "Nechaev et al. 2024, arXiv 2406.05074: Hibou-B, ViT-B/14 86M"),
+    "conch": (86e6, 0.02, False, "Lu et al. 2024 (CONCH), Nat. Med.: image encoder ViT-B/16 (86M, at 448 px)"),
     "hibou-l": (0.3e9, 0.02, False, "Nechaev et al. 2024, arXiv 2406.05074: Hibou-L, ViT-L/14 (0.3B)"),
     # facebookresearch/dinov3 README, table of pretrained backbones (parameters rounded to 1M).
     "dinov3-vits16": (21e6, 0.03, False, "DINOv3 README: ViT-S/16 distilled, 21M"),
@@ -79,6 +80,7 @@ PUBLISHED_LAYOUT = {
     "midnight": (1536, 40, 1, 14),  # Dinov2Model ViT-g/14 without registers
     "hibou-b": (768, 12, 5, 14),  # HistAI/hibou build_model: num_register_tokens=4, patch 14
     "hibou-l": (1024, 24, 5, 14),
+    "conch": (768, 12, 1, 16),  # conch_ViT-B-16.json: width 768, 12 layers, patch 16 (timm ViT, class token)
     # facebookresearch/dinov3 hubconf / models/vision_transformer.py: n_storage_tokens=4, patch 16.
     "dinov3-vits16": (384, 12, 5, 16),
     "dinov3-vits16plus": (384, 12, 5, 16),
@@ -173,7 +175,7 @@ def test_encoders_check_says_what_can_be_had_here(monkeypatch, tmp_path):
     assert missing.exit_code == 1 and "uni.safetensors: no such weights file" in missing.output
     listing = runner.invoke(main, ["encoders"])
     assert listing.exit_code == 0 and "h-optimus-0" in listing.output and "not built in" in listing.output
-    assert "conch" in listing.output and "--weights FILE.safetensors" in listing.output
+    assert "conch-v1.5" in listing.output and "--weights FILE.safetensors" in listing.output
 
 
 @pytest.mark.parametrize("name", sorted(n for n in REGISTRY if n.startswith("dinov3-")))
@@ -216,6 +218,9 @@ def test_the_listing_shows_terms_and_parameters_and_check_says_what_a_download_b
             "transformers layout converted on load; non-commercial use only), which cannot be reached") in check.output
     gated = runner.invoke(main, ["encoders", "--check", "hibou-l"])
     assert gated.exit_code == 1 and "histai/hibou-L is gated: accept its terms at" in gated.output
+    conch = runner.invoke(main, ["encoders", "--check", "conch"])
+    assert conch.exit_code == 1 and "MahmoodLab/CONCH is gated" in conch.output
+    assert "a CoCa model of which the image trunk is loaded; non-commercial use only" in conch.output
     # Without the hub's client the line names the extra to install.
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
     missing = runner.invoke(main, ["encoders", "--check", "dinov3-vitl16"])

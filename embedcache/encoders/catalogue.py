@@ -49,8 +49,8 @@ def describe_registry() -> list[dict]:
 # Encoders users compare that the registry does not build, and why: their published weights are not
 # timm state dicts (or their features are not a timm model's), so an entry would be half right.
 NOT_BUILT_IN = (
-    ("conch", "MahmoodLab/CONCH", "an open_clip CoCa tower: its published feature is the attention-pooled "
-                                  "output, not a timm model's"),
+    ("conch-v1.5", "MahmoodLab/conchv1_5", "TITAN's patch encoder: a ViT-L/16 of its own code (TRIDENT's model_zoo), "
+                                           "not yet checked against it here"),
 )
 HOW_TO_LOAD = ("to use one anyway: convert its weights to timm's key names and pass --encoder timm:<architecture> "
                "--weights FILE.safetensors (a strict load names any key that does not fit)")

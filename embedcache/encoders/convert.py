@@ -1,4 +1,8 @@
-"""Hugging Face transformers checkpoints as timm state dicts: a key map and tensor reshapes.
+"""Checkpoints in other layouts as timm state dicts: key maps and tensor reshapes.
+
+CONCH v1's CoCa checkpoint keeps its image trunk, a timm ViT, under
+``visual.trunk.``: :func:`coca_trunk` takes it and leaves the attention
+poolers and the text towers out by name.
 
 Phikon (``ViTModel``), Phikon-v2 and Midnight (``Dinov2Model``) and the
 DINOv2-with-registers models (``Dinov2WithRegistersModel``, and Hibou's
@@ -43,6 +47,12 @@ import torch.nn.functional as F
 
 from embedcache.errors import WeightsError
 
+# CONCH v1 (MahmoodLab/CONCH, conch/open_clip_custom): a CoCa model whose image trunk is a timm
+# VisionTransformer under ``visual.trunk.``; its poolers, text tower and decoder are no part of the trunk.
+_COCA_TRUNK = "visual.trunk."
+_COCA_OTHER = ("visual.attn_pool_contrast.", "visual.attn_pool_caption.", "visual.ln_contrast.",
+               "visual.ln_caption.", "visual.proj_contrast", "visual.head.", "text.", "text_decoder.", "logit_scale")
+
 # Keys the features never use, dropped by name.
 _UNUSED = ("embeddings.mask_token", "pooler.dense.weight", "pooler.dense.bias")
 # Prefixes a task model (ViTForImageClassification, Dinov2ForImageClassification) puts before the backbone.
@@ -63,6 +73,26 @@ _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 def is_transformers_layout(sd: dict) -> bool:
     """True for a checkpoint with transformers' ViT/DINOv2 key names (``embeddings.cls_token``)."""
     return any(_strip(k) == "embeddings.cls_token" for k in sd)
+
+
+def is_coca_layout(sd: dict) -> bool:
+    """True for a CONCH-style CoCa checkpoint (``visual.trunk.pos_embed``)."""
+    return _COCA_TRUNK + "pos_embed" in sd
+
+
+def coca_trunk(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The image trunk of a CoCa checkpoint in timm's keys; the poolers and text towers left out by name.
+
+    Raises
+    ------
+    WeightsError
+        For a key that is neither the trunk's nor one of CONCH's other parts, naming it.
+    """
+    unknown = [k for k in sd if not k.startswith(_COCA_TRUNK) and not k.startswith(_COCA_OTHER)]
+    if unknown:
+        raise WeightsError(f"{source}: {len(unknown)} key(s) of no known part of a CONCH CoCa model "
+                           f"(e.g. {unknown[0]}); check that the file is CONCH's pytorch_model.bin")
+    return {k[len(_COCA_TRUNK):]: v for k, v in sd.items() if k.startswith(_COCA_TRUNK)}
 
 
 def _strip(key: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from embedcache.encoders.convert import is_transformers_layout, transformers_to_timm
+from embedcache.encoders.convert import coca_trunk, is_coca_layout, is_transformers_layout, transformers_to_timm
 from embedcache.encoders.registry import EncoderSpec
 from embedcache.errors import EncoderError, WeightsError
 
@@ -127,6 +127,8 @@ def to_timm_layout(sd: dict[str, torch.Tensor], model: torch.nn.Module, source: 
         return lukemelas_to_timm(sd, model)
     if is_transformers_layout(sd):
         return transformers_to_timm(sd, model, source)
+    if is_coca_layout(sd):
+        return coca_trunk(sd, source)
     return sd
 
 
@@ -311,7 +313,8 @@ def weights_status(spec: EncoderSpec, weights: str | os.PathLike | None = None) 
     repo = source.split(":", 1)[1]
     how = f"or download {repo} elsewhere and pass --weights FILE"
     # What a download would bring, and on which terms, said in every hub line.
-    layout = ", transformers layout converted on load" if spec.layout == "transformers" else ""
+    layout = {"transformers": ", transformers layout converted on load",
+              "coca": ", a CoCa model of which the image trunk is loaded"}.get(spec.layout, "")
     terms = "; non-commercial use only" if spec.non_commercial else ""
     what = f"(model.safetensors or pytorch_model.bin{layout}{terms})"
     try:

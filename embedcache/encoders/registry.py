@@ -47,6 +47,9 @@ HALF = (0.5, 0.5, 0.5)
 # Normalisations the model cards publish (Bioptimus H-optimus / H0-mini; Lunit's DINO ViTs, as eva records them).
 BIOPTIMUS_MEAN, BIOPTIMUS_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
 LUNIT_MEAN, LUNIT_STD = (0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464)
+# OpenAI CLIP's normalisation, which CONCH v1 keeps (MahmoodLab/CONCH conch/open_clip_custom/factory.py).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # HistAI's Hibou (TRIDENT patch_encoder_models/utils/constants.py HIBOU_MEAN/STD, the model card's processor).
 HIBOU_MEAN, HIBOU_STD = (0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)
 # DINOv3's satellite models (SAT-493M), as timm's pretrained config and facebookresearch/dinov3 record them.
@@ -88,9 +91,9 @@ class EncoderSpec:
         The default weights need an accepted licence and a Hugging Face token.
     non_commercial : bool
         The weights' licence forbids commercial use.
-    layout : {"timm", "transformers"}
+    layout : {"timm", "transformers", "coca"}
         Key names of the default weights; transformers' are converted on load
-        (:mod:`embedcache.encoders.convert`). A ``--weights`` file is told
+        and a CoCa model's image trunk taken (:mod:`embedcache.encoders.convert`). A ``--weights`` file is told
         apart by its keys, whatever this says.
     description : str
     """
@@ -268,6 +271,18 @@ _SPECS = [
       for size, arch, dim, depth, fc1, licence, gated in (
           ("B", "base", 768, 12, 4096, "Apache-2.0; not gated", False),
           ("L", "large", 1024, 24, 5472, f"Apache-2.0; {_GATED}", True))],
+    # CONCH v1's image trunk is timm's VisionTransformer built at 448 px with dynamic_img_size
+    # (conch/open_clip_custom/coca_model.py, _build_vision_tower), so a 256-px tile goes in native and
+    # its positions are resampled by the same timm code CONCH runs. The taps are the trunk's blocks;
+    # CONCH's published image embedding (an attention pool over the normed tokens, 512-d) is not stored.
+    EncoderSpec(
+        name="conch", arch="vit_base_patch16_224", weights="hf-hub:MahmoodLab/CONCH",
+        kwargs={"img_size": 448, "dynamic_img_size": True},
+        mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, layers=_quarters(12), dims=(768,) * 12, patch_size=16,
+        family="pathology", licence="CC-BY-NC-ND-4.0; gated on the Hugging Face hub (accept the terms)",
+        gated=True, non_commercial=True, layout="coca",
+        description="Mahmood Lab CONCH v1 image trunk, ViT-B/16 trained at 448 px (CoCa on 1.17M pathology "
+                    "image-caption pairs); block tokens, not the attention-pooled embedding"),
     # --- general-purpose ----------------------------------------------------------------------
     *[EncoderSpec(
         name=f"dinov2-vit{size}14", arch=f"vit_{arch}_patch14_dinov2",
