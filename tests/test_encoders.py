@@ -204,3 +204,24 @@ def test_dinov3_registers_and_class_token_stay_apart_from_the_rope_grid():
     # The class token leads: before any block it is the learned class token, then the 4 registers.
     first = m._pos_embed(m.patch_embed(fx.preprocess(tiles)))[0]
     assert torch.equal(first[0, 0], m.cls_token[0, 0]) and torch.equal(first[0, 1:5], m.reg_token[0])
+
+
+def test_dinov3_loads_metas_own_checkpoint_layout(tmp_path):
+    """Meta's DINOv3 release (facebookresearch/dinov3 .pth) names registers ``storage_tokens``, keeps a zero
+    q/k/v bias with its ``bias_mask``, ``ls1.gamma`` layer scale, RoPE ``periods`` and the pretraining
+    ``mask_token`` (the names timm's eva.py checkpoint_filter_fn converts); such a file loads into the entry."""
+    spec = get_spec("dinov3-vits16")
+    small = {"embed_dim": 64, "depth": 2, "num_heads": 2}
+    theirs = load_encoder(spec, "random", seed=7, **small).model.state_dict()
+    meta = {"mask_token": torch.zeros(1, 64), "rope_embed.periods": torch.ones(8)}
+    for key, value in theirs.items():
+        key = key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        meta[key] = value
+        if key.endswith("attn.qkv.weight"):
+            meta[key.replace("weight", "bias")] = torch.zeros(value.shape[0])
+            meta[key.replace("weight", "bias_mask")] = torch.ones(value.shape[0])
+    torch.save(meta, tmp_path / "dinov3_vits16_pretrain_lvd1689m.pth")
+    got = load_encoder(spec, tmp_path / "dinov3_vits16_pretrain_lvd1689m.pth", seed=8, **small).model.state_dict()
+    assert got.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert torch.equal(got[key], value), key
