@@ -230,3 +230,33 @@ def test_a_coca_key_of_no_known_part_is_named(tmp_path):
     with pytest.raises(WeightsError, match=r"odd\.bin: 1 key\(s\) of no known part of a CONCH CoCa model "
                                            r"\(e\.g\. visual\.adapter\.weight\)"):
         load_encoder(_small("conch", {}), tmp_path / "odd.bin")
+
+
+def test_conch_checkpoint_of_conchs_own_coca_model(tmp_path):
+    """With CONCH's own package installed (``conch``, as ``pip install conch-fork`` or MahmoodLab/CONCH
+    provides it): its CoCa model at a small width, saved whole, loads into the entry, and every block and the
+    final tokens equal its image trunk's on real H&E tiles."""
+    coca = pytest.importorskip("conch.open_clip_custom.coca_model")
+    text = {"context_length": 8, "vocab_size": 50, "width": 48, "heads": 2, "layers": 1}
+    # conch_ViT-B-16.json at a small width: attention poolers for contrast and caption, 448-px trunk, patch 16.
+    vision = {"image_size": 448, "patch_size": 16, "width": WIDTH, "layers": DEPTH, "num_heads": HEADS,
+              "attentional_pool_caption": True, "attentional_pool_contrast": True, "attn_pooler_heads": 2,
+              "n_queries_contrast": 1, "n_queries_caption": 4, "output_tokens": True}
+    model = coca.CoCa(embed_dim=32, embed_dim_caption=48, multimodal_cfg=text,
+                      text_cfg={**text, "embed_cls": True, "output_tokens": True}, vision_cfg=vision)
+    _randomise(model, seed=11)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    tiles = _he_tiles()
+    enc = load_encoder(_small("conch", {}), tmp_path / "pytorch_model.bin")
+    fx = FeatureExtractor(enc, list(range(DEPTH)))
+    trunk = model.visual.trunk.eval()
+    x = fx.preprocess(tiles)
+    with torch.inference_mode():
+        ours = fx(tiles)
+        (last, last_prefix), = FeatureExtractor(enc, [DEPTH - 1], norm=True)(tiles)
+        blocks = trunk.forward_intermediates(x, norm=False, intermediates_only=True, output_fmt="NLC")
+        final = trunk(x)  # CONCH sets trunk.forward to forward_features: the tokens its poolers read
+    for (tok, _), ref in zip(ours, blocks):
+        torch.testing.assert_close(tok.flatten(2).transpose(1, 2), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last.flatten(2).transpose(1, 2), final[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last_prefix, final[:, :1], rtol=1e-5, atol=1e-5)
