@@ -16,6 +16,7 @@ Cases (pytest ids):
 extract
     extract-missing-data, extract-data-is-a-file, extract-unknown-encoder, extract-dtype-typo,
     extract-format-typo, extract-unknown-variant, extract-unknown-layer, extract-missing-weights,
+    extract-weights-of-another-size, extract-weights-unknown-transformers-key,
     extract-batch-size-zero, extract-batch-size-negative, extract-unit-tiles-zero, extract-tile-size-too-small,
     extract-overlap-over-half-tile, extract-grayscale-png, extract-rgba-transparent, extract-cmyk-jpeg,
     extract-truncated-png, extract-mask-wrong-size, extract-rgb-coded-mask, extract-out-under-a-file, extract-store-made-otherwise,
@@ -171,6 +172,21 @@ def _pipelines(root: Path, scratch: Path) -> SimpleNamespace:
     return SimpleNamespace(**paths)
 
 
+def _transformers_checkpoints(root: Path) -> tuple[Path, Path]:
+    """Checkpoints with transformers' DINOv2 key names: one 8 wide (not Hibou-B's 768), one with a key of no
+    known layout."""
+    import torch
+    from safetensors.torch import save_file
+
+    small = {"embeddings.cls_token": torch.zeros(1, 1, 8), "embeddings.register_tokens": torch.zeros(1, 4, 8),
+             "embeddings.position_embeddings": torch.zeros(1, 257, 8),
+             "embeddings.patch_embeddings.projection.weight": torch.zeros(8, 3, 14, 14)}
+    save_file(small, str(root / "hf_small.safetensors"))
+    odd = {**small, "encoder.layer.0.attention.attention.rotary.weight": torch.zeros(4)}
+    save_file(odd, str(root / "hf_odd.safetensors"))
+    return root / "hf_small.safetensors", root / "hf_odd.safetensors"
+
+
 @pytest.fixture(scope="module")
 def w(tmp_path_factory, one_thread):  # noqa: F811
     """Everything a user could already have, under ``w.root`` (hashed around every case); ``w.scratch`` is
@@ -211,7 +227,9 @@ def w(tmp_path_factory, one_thread):  # noqa: F811
     one_group = root / "one_group.csv"
     one_group.write_text("image,group\n" + "".join(f"{s},g\n" for s in open_store(cells).source_names))
     a_file = conic / "images.npy"  # a regular file, for outputs asked for under it
+    hf_small, hf_odd = _transformers_checkpoints(root)
     return SimpleNamespace(root=root, scratch=scratch, conic=conic, store=store, bare=bare, inst=inst,
+                           hf_small=hf_small, hf_odd=hf_odd,
                            inst_store=inst_store, slides=slides, slide_store=slide_store, run=run, cells=cells,
                            unknown_tile=unknown_tile, one_group=one_group, a_file=a_file,
                            bad=_bad_folders(root), ev=_evaluate_folders(root), yaml=_pipelines(root, scratch))
@@ -238,6 +256,12 @@ CASES = [
                                             "--layers", "blocks.77"], "no layer 'blocks.77'; it has blocks.0"),
     ("extract-missing-weights", lambda w, t: ["extract", "--data", w.conic, "--out", t / "x.zarr", *FAST,
                                               "--weights", w.scratch / "w.pth"], "w.pth not found"),
+    ("extract-weights-of-another-size", lambda w, t: ["extract", "--data", w.conic, "--out", t / "x.zarr", *FAST,
+                                                      "--encoder", "hibou-b", "--weights", w.hf_small],
+     "cls_token: file (1, 1, 8), model (1, 1, 768)"),
+    ("extract-weights-unknown-transformers-key", lambda w, t: ["extract", "--data", w.conic, "--out", t / "x.zarr",
+                                                               *FAST, "--encoder", "hibou-b", "--weights", w.hf_odd],
+     "1 key(s) of no known transformers ViT/DINOv2 layout (e.g. encoder.layer.0.attention.attention.rotary.weight)"),
     ("extract-batch-size-zero", lambda w, t: ["extract", "--data", w.conic, "--out", t / "x.zarr", *FAST,
                                               "--batch-size", "0"], "batch size must be at least 1, got 0"),
     ("extract-batch-size-negative", lambda w, t: ["extract", "--data", w.conic, "--out", t / "x.zarr", *FAST,

@@ -60,10 +60,13 @@ def test_encoders_lists_the_registry(runner):
     res = runner.invoke(main, ["encoders", "--json", "--family", "pathology"])
     rows = json.loads(res.output)
     assert {"virchow2", "virchow", "uni", "uni2-h", "prov-gigapath", "h-optimus-0", "h-optimus-1", "h0-mini",
-            "lunit-vits8"} <= {r["name"] for r in rows}
-    assert {r["family"] for r in rows} == {"pathology"} and len(rows) == 15
+            "lunit-vits8", "phikon", "phikon-v2", "midnight", "hibou-b", "hibou-l", "conch"} <= {r["name"] for r in rows}
+    assert {r["family"] for r in rows} == {"pathology"} and len(rows) == 21
     v2 = next(r for r in rows if r["name"] == "virchow2")
     assert v2["dim"] == 1280 and v2["patch_size"] == 14 and v2["layers"][-1] == "blocks.31"
+    assert v2["gated"] and v2["non_commercial"] and v2["terms"] == "gated, non-commercial"
+    phikon = next(r for r in rows if r["name"] == "phikon")
+    assert phikon["layout"] == "transformers" and phikon["params"] == pytest.approx(86e6, rel=0.01)
 
 
 def test_demo_data(runner, tmp_path):

@@ -17,7 +17,8 @@ from embedcache.errors import ConfigError, EncoderError, WeightsError
 REQUIRED = {"virchow2", "uni", "uni2-h", "prov-gigapath", "dinov2-vitl14", "vit-l16-in22k", "convnext-l-in22k",
             "swinv2-l-in22k", "vit-r50-in21k", "efficientnet_lite0"}
 # Prefix tokens per ViT: class token + registers.
-PREFIX = {"virchow2": 5, "uni2-h": 9, "h-optimus-0": 5, "h-optimus-1": 5, "h0-mini": 5, "kaiko-vitl14": 5}
+PREFIX = {"virchow2": 5, "uni2-h": 9, "h-optimus-0": 5, "h-optimus-1": 5, "h0-mini": 5, "kaiko-vitl14": 5,
+          "hibou-b": 5, "hibou-l": 5, **{n: 5 for n in REGISTRY if n.startswith("dinov3-vit")}}
 
 
 def test_registry_names_every_required_encoder():
@@ -25,7 +26,8 @@ def test_registry_names_every_required_encoder():
     assert {s.family for s in REGISTRY.values()} == {"general", "pathology"}
     assert {n for n, s in REGISTRY.items() if s.family == "pathology"} == {
         "virchow2", "virchow", "uni", "uni2-h", "prov-gigapath", "h-optimus-0", "h-optimus-1", "h0-mini",
-        "kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14", "lunit-vits8", "lunit-vits16"}
+        "kaiko-vits16", "kaiko-vits8", "kaiko-vitb16", "kaiko-vitb8", "kaiko-vitl14", "lunit-vits8", "lunit-vits16",
+        "phikon", "phikon-v2", "midnight", "hibou-b", "hibou-l", "conch"}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -181,3 +183,45 @@ def test_prefix_tokens_are_kept_apart_from_patch_tokens():
             seq = blk(seq)
     assert torch.allclose(pre, seq[:, :1], atol=1e-5)
     assert torch.allclose(tok.flatten(2).transpose(1, 2), seq[:, 1:], atol=1e-5)
+
+
+def test_dinov3_registers_and_class_token_stay_apart_from_the_rope_grid():
+    """A small DINOv3 ViT (RoPE, 4 registers): the prefix is the class token then the registers, the grid the rest."""
+    spec = get_spec("dinov3-vits16")
+    torch.manual_seed(0)
+    enc = LoadedEncoder(spec, build_model(spec, embed_dim=64, depth=2, num_heads=2), "random", "")
+    fx = FeatureExtractor(enc, [0, 1])
+    tiles = torch.randint(0, 255, (2, 256, 256, 3), dtype=torch.uint8)
+    (tok0, pre0), (tok, pre) = fx(tiles)
+    assert tok.shape == (2, 64, 16, 16) and pre.shape == (2, 5, 64)
+    m = enc.model
+    with torch.inference_mode():
+        seq, rope = m._pos_embed(m.patch_embed(fx.preprocess(tiles)))
+        for blk in m.blocks:
+            seq = blk(seq, rope=rope)
+    assert torch.allclose(pre, seq[:, :5], atol=1e-5)
+    assert torch.allclose(tok.flatten(2).transpose(1, 2), seq[:, 5:], atol=1e-5)
+    # The class token leads: before any block it is the learned class token, then the 4 registers.
+    first = m._pos_embed(m.patch_embed(fx.preprocess(tiles)))[0]
+    assert torch.equal(first[0, 0], m.cls_token[0, 0]) and torch.equal(first[0, 1:5], m.reg_token[0])
+
+
+def test_dinov3_loads_metas_own_checkpoint_layout(tmp_path):
+    """Meta's DINOv3 release (facebookresearch/dinov3 .pth) names registers ``storage_tokens``, keeps a zero
+    q/k/v bias with its ``bias_mask``, ``ls1.gamma`` layer scale, RoPE ``periods`` and the pretraining
+    ``mask_token`` (the names timm's eva.py checkpoint_filter_fn converts); such a file loads into the entry."""
+    spec = get_spec("dinov3-vits16")
+    small = {"embed_dim": 64, "depth": 2, "num_heads": 2}
+    theirs = load_encoder(spec, "random", seed=7, **small).model.state_dict()
+    meta = {"mask_token": torch.zeros(1, 64), "rope_embed.periods": torch.ones(8)}
+    for key, value in theirs.items():
+        key = key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        meta[key] = value
+        if key.endswith("attn.qkv.weight"):
+            meta[key.replace("weight", "bias")] = torch.zeros(value.shape[0])
+            meta[key.replace("weight", "bias_mask")] = torch.ones(value.shape[0])
+    torch.save(meta, tmp_path / "dinov3_vits16_pretrain_lvd1689m.pth")
+    got = load_encoder(spec, tmp_path / "dinov3_vits16_pretrain_lvd1689m.pth", seed=8, **small).model.state_dict()
+    assert got.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert torch.equal(got[key], value), key

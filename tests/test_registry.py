@@ -32,6 +32,24 @@ PUBLISHED_PARAMS = {
     "swinv2-b-in22k": (88e6, 0.02, True, "Liu et al. 2022 (Swin V2), Table 1: SwinV2-B 88M"),
     "swinv2-l-in22k": (197e6, 0.02, True, "Liu et al. 2022 (Swin V2), Table 1: SwinV2-L 197M"),
     "efficientnet_lite0": (4.7e6, 0.02, True, "tensorflow/tpu EfficientNet-Lite README: Lite0 4.7M params"),
+    "phikon": (86e6, 0.01, False, "Filiot et al. 2023 (Phikon), hf.co/owkin/phikon: ViT-Base/16, 86M"),
+    "phikon-v2": (300e6, 0.02, False, "Filiot et al. 2024, arXiv 2409.09173: Phikon-v2, ViT-L/16 (0.3B)"),
+    "midnight": (1.1e9, 0.05, False, "Karasikov et al. 2025 (Midnight), hf.co/kaiko-ai/midnight: ViT-g/14, 1.1B"),
+    "hibou-b": (86e6, 0.01, False, "Nechaev et al. 2024, arXiv 2406.05074: Hibou-B, ViT-B/14 86M"),
+    "conch": (86e6, 0.02, False, "Lu et al. 2024 (CONCH), Nat. Med.: image encoder ViT-B/16 (86M, at 448 px)"),
+    "hibou-l": (0.3e9, 0.02, False, "Nechaev et al. 2024, arXiv 2406.05074: Hibou-L, ViT-L/14 (0.3B)"),
+    # facebookresearch/dinov3 README, table of pretrained backbones (parameters rounded to 1M).
+    "dinov3-vits16": (21e6, 0.03, False, "DINOv3 README: ViT-S/16 distilled, 21M"),
+    "dinov3-vits16plus": (29e6, 0.03, False, "DINOv3 README: ViT-S+/16 distilled, 29M"),
+    "dinov3-vitb16": (86e6, 0.01, False, "DINOv3 README: ViT-B/16 distilled, 86M"),
+    "dinov3-vitl16": (300e6, 0.015, False, "DINOv3 README: ViT-L/16 distilled, 300M"),
+    "dinov3-vitl16-sat": (300e6, 0.015, False, "DINOv3 README: ViT-L/16 distilled (SAT-493M), 300M"),
+    "dinov3-vith16plus": (840e6, 0.002, False, "DINOv3 README: ViT-H+/16 distilled, 840M"),
+    "dinov3-vit7b16": (6716e6, 0.0002, False, "DINOv3 README: ViT-7B/16, 6,716M"),
+    "dinov3-convnext-tiny": (29e6, 0.02, True, "DINOv3 README: ConvNeXt Tiny, 29M"),
+    "dinov3-convnext-small": (50e6, 0.02, True, "DINOv3 README: ConvNeXt Small, 50M"),
+    "dinov3-convnext-base": (89e6, 0.02, True, "DINOv3 README: ConvNeXt Base, 89M"),
+    "dinov3-convnext-large": (198e6, 0.02, True, "DINOv3 README: ConvNeXt Large, 198M"),
 }
 
 # name: (embedding width, blocks, class + register tokens, patch) as published (model cards, READMEs, hubconf).
@@ -57,6 +75,20 @@ PUBLISHED_LAYOUT = {
     "dinov2-vitg14": (1536, 40, 1, 14),
     "vit-b16-in22k": (768, 12, 1, 16),
     "vit-l16-in22k": (1024, 24, 1, 16),
+    "phikon": (768, 12, 1, 16),  # ViTModel ViT-B/16, class token only
+    "phikon-v2": (1024, 24, 1, 16),  # Dinov2Model ViT-L/16 without registers
+    "midnight": (1536, 40, 1, 14),  # Dinov2Model ViT-g/14 without registers
+    "hibou-b": (768, 12, 5, 14),  # HistAI/hibou build_model: num_register_tokens=4, patch 14
+    "hibou-l": (1024, 24, 5, 14),
+    "conch": (768, 12, 1, 16),  # conch_ViT-B-16.json: width 768, 12 layers, patch 16 (timm ViT, class token)
+    # facebookresearch/dinov3 hubconf / models/vision_transformer.py: n_storage_tokens=4, patch 16.
+    "dinov3-vits16": (384, 12, 5, 16),
+    "dinov3-vits16plus": (384, 12, 5, 16),
+    "dinov3-vitb16": (768, 12, 5, 16),
+    "dinov3-vitl16": (1024, 24, 5, 16),
+    "dinov3-vitl16-sat": (1024, 24, 5, 16),
+    "dinov3-vith16plus": (1280, 32, 5, 16),
+    "dinov3-vit7b16": (4096, 40, 5, 16),
 }
 
 # name: published checkpoint keys and their shapes (what a wrong kwarg would break: registers, LayerScale,
@@ -77,7 +109,7 @@ PUBLISHED_KEYS = {
 
 
 def test_the_registry_covers_the_field():
-    assert len(REGISTRY) >= 25
+    assert len(REGISTRY) >= 40
     assert set(PUBLISHED_LAYOUT) <= set(REGISTRY) and set(PUBLISHED_PARAMS) <= set(REGISTRY)
     vits = {n for n, s in REGISTRY.items() if s.is_vit}
     assert vits <= set(PUBLISHED_LAYOUT) | {"vit-r50-in21k"}  # every ViT's layout is checked
@@ -143,4 +175,54 @@ def test_encoders_check_says_what_can_be_had_here(monkeypatch, tmp_path):
     assert missing.exit_code == 1 and "uni.safetensors: no such weights file" in missing.output
     listing = runner.invoke(main, ["encoders"])
     assert listing.exit_code == 0 and "h-optimus-0" in listing.output and "not built in" in listing.output
-    assert "phikon" in listing.output and "--weights FILE.safetensors" in listing.output
+    assert "conch-v1.5" in listing.output and "--weights FILE.safetensors" in listing.output
+
+
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if n.startswith("dinov3-")))
+def test_dinov3_entries_take_timm_published_weights_and_preprocessing(name):
+    """Each DINOv3 entry names a pretrained tag timm publishes, with its normalisation (SAT-493M has its own)."""
+    import timm
+
+    spec = get_spec(name)
+    tag = spec.weights.removeprefix("hf-hub:timm/")
+    assert tag in timm.list_pretrained("*dinov3*")
+    cfg = timm.get_pretrained_cfg(tag)
+    assert spec.mean == pytest.approx(cfg.mean) and spec.std == pytest.approx(cfg.std)
+    # The ViTs were trained at 256 px: a tile goes in whole, so the grid is the one the model learned on.
+    assert spec.fit == "native" and (cfg.input_size[-1] == 256 or not spec.is_vit)
+    assert cfg.license == "dinov3-license" and not spec.gated and not spec.non_commercial
+
+
+def test_the_listing_shows_terms_and_parameters_and_check_says_what_a_download_brings(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    runner = CliRunner()
+    listing = runner.invoke(main, ["encoders"])
+    assert listing.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in listing.output.splitlines()[1:] if line and line[0] != " "}
+    # params counted from the architecture; the terms from the spec's gated / non-commercial flags.
+    assert rows["phikon"][2:4] == ["86M", "768"] and "non-commercial" in rows["phikon"]
+    assert rows["dinov3-vit7b16"][2] == "6.7B" and "open" in rows["dinov3-vit7b16"]
+    assert rows["hibou-l"][6] == "gated" and rows["uni"][6:8] == ["gated,", "non-commercial"]
+    assert sum(1 for name in rows if name in REGISTRY) == len(REGISTRY) >= 40
+    # A transformers-layout entry: what would come, in which layout, on which terms; offline it cannot.
+    check = runner.invoke(main, ["encoders", "--check", "phikon-v2"])
+    assert check.exit_code == 1
+    assert ("needs a download from the Hugging Face hub (owkin/phikon-v2) (model.safetensors or pytorch_model.bin, "
+            "transformers layout converted on load; non-commercial use only), which cannot be reached") in check.output
+    gated = runner.invoke(main, ["encoders", "--check", "hibou-l"])
+    assert gated.exit_code == 1 and "histai/hibou-L is gated: accept its terms at" in gated.output
+    conch = runner.invoke(main, ["encoders", "--check", "conch"])
+    assert conch.exit_code == 1 and "MahmoodLab/CONCH is gated" in conch.output
+    assert "a CoCa model of which the image trunk is loaded; non-commercial use only" in conch.output
+    # Without the hub's client the line names the extra to install.
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
+    missing = runner.invoke(main, ["encoders", "--check", "dinov3-vitl16"])
+    assert missing.exit_code == 1 and "pip install 'embedcache[hub]'" in missing.output
+    assert "timm/vit_large_patch16_dinov3.lvd1689m" in missing.output and len(missing.output.splitlines()) == 1

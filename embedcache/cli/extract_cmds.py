@@ -149,6 +149,11 @@ def verify(store, quiet):
     click.echo(f"{s.path}: OK ({len(arrays)} arrays, {items} x {len(s.variants)} variants)")
 
 
+def _count(n: int) -> str:
+    """Parameters as 86M or 1.1B."""
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
 @main.command()
 @json_option
 @click.option("--family", type=click.Choice(["general", "pathology"]), default=None, help="Only this family.")
@@ -167,7 +172,7 @@ def encoders(as_json, family, check, weights):
             click.echo(json.dumps([r.to_dict() for r in results], indent=2))
         else:
             for r in results:
-                click.echo(f"{r.name:<20} {'ok' if r.ok else 'NO':<3} {r.line}")
+                click.echo(f"{r.name:<22} {'ok' if r.ok else 'NO':<3} {r.line}")
         if not all(r.ok for r in results):
             raise SystemExit(1)
         return
@@ -177,11 +182,15 @@ def encoders(as_json, family, check, weights):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'name':<20} {'family':<10} {'dim':>5} {'patch':>5} {'fit':<7} {'default layers':<36} weights")
+    click.echo(f"{'name':<22} {'family':<10} {'params':>7} {'dim':>5} {'patch':>5} {'fit':<7} {'terms':<22} "
+               f"{'default layers':<38} weights")
     for r in rows:
-        click.echo(f"{r['name']:<20} {r['family']:<10} {r['dim']:>5} {r['patch_size'] or '-':>5} {r['fit']:<7} "
-                   f"{','.join(r['layers']):<36} {r['weights']}")
+        click.echo(f"{r['name']:<22} {r['family']:<10} {_count(r['params']):>7} {r['dim']:>5} "
+                   f"{r['patch_size'] or '-':>5} {r['fit']:<7} {r['terms']:<22} {','.join(r['layers']):<38} "
+                   f"{r['weights']}")
+    click.echo("\nterms: gated = accept the licence on the Hugging Face hub and set HF_TOKEN; non-commercial = "
+               "the weights' licence forbids commercial use (`--json` has each licence in full)")
     if family in (None, "pathology"):
-        click.echo("\nnot built in (their weights are not timm's; " + HOW_TO_LOAD + "):")
+        click.echo("\nnot built in (" + HOW_TO_LOAD + "):")
         for name, repo, why in NOT_BUILT_IN:
             click.echo(f"  {name:<18} {repo:<22} {why}")

@@ -7,9 +7,17 @@ from embedcache.encoders.load import build_model
 from embedcache.encoders.registry import REGISTRY, EncoderSpec
 
 
+def terms(spec: EncoderSpec) -> str:
+    """The licence in a word or two: ``open``, ``gated``, ``non-commercial`` or both."""
+    words = [w for w, on in (("gated", spec.gated), ("non-commercial", spec.non_commercial)) if on]
+    return ", ".join(words) or "open"
+
+
 def describe_spec(spec: EncoderSpec) -> dict:
-    """Layer names come from the architecture itself, built on the meta device (no memory, no weights)."""
-    names = layer_names(build_model(spec, device="meta"))
+    """Layer names and parameters come from the architecture itself, built on the meta device (no memory,
+    no weights); ``params`` counts the feature extractor (no classifier head)."""
+    model = build_model(spec, device="meta")
+    names = layer_names(model)
     return {
         "name": spec.name,
         "family": spec.family,
@@ -24,7 +32,12 @@ def describe_spec(spec: EncoderSpec) -> dict:
         "mean": list(spec.mean),
         "std": list(spec.std),
         "weights": spec.weights,
+        "params": sum(p.numel() for p in model.parameters()),
         "licence": spec.licence,
+        "terms": terms(spec),
+        "gated": spec.gated,
+        "non_commercial": spec.non_commercial,
+        "layout": spec.layout,
         "description": spec.description,
     }
 
@@ -33,16 +46,11 @@ def describe_registry() -> list[dict]:
     return [describe_spec(s) for s in REGISTRY.values()]
 
 
-# Encoders users compare that the registry does not build, and why: their published weights are not
-# timm state dicts (or their features are not a timm model's), so an entry would be half right.
+# Encoders users compare that the registry does not build, and why: an entry is only added once its
+# conversion is proven equal to the reference implementation.
 NOT_BUILT_IN = (
-    ("phikon", "owkin/phikon", "Hugging Face transformers ViTModel (ViT-B/16) weights, not timm keys"),
-    ("phikon-v2", "owkin/phikon-v2", "Hugging Face transformers Dinov2Model (ViT-L/16) weights, not timm keys"),
-    ("midnight", "kaiko-ai/midnight", "Hugging Face transformers Dinov2Model (ViT-g/14) weights, not timm keys"),
-    ("hibou-b", "histai/hibou-b", "custom Hugging Face code (ViT-B/14, 4 registers), not timm keys"),
-    ("hibou-l", "histai/hibou-L", "custom Hugging Face code (ViT-L/14, 4 registers), not timm keys"),
-    ("conch", "MahmoodLab/CONCH", "an open_clip CoCa tower: its published feature is the attention-pooled "
-                                  "output, not a timm model's"),
+    ("conch-v1.5", "MahmoodLab/conchv1_5", "TITAN's patch encoder, a ViT-L/16 in TRIDENT's own code (DINO-style "
+                                           "position interpolation): left out until checked against that code"),
 )
 HOW_TO_LOAD = ("to use one anyway: convert its weights to timm's key names and pass --encoder timm:<architecture> "
                "--weights FILE.safetensors (a strict load names any key that does not fit)")

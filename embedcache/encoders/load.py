@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from embedcache.encoders.convert import coca_trunk, is_coca_layout, is_transformers_layout, transformers_to_timm
 from embedcache.encoders.registry import EncoderSpec
 from embedcache.errors import EncoderError, WeightsError
 
@@ -37,6 +38,11 @@ class LoadedEncoder:
 
 
 def _resolve(value):
+    """A dotted ``timm.``/``torch.`` name as the object; ``{"partial": NAME, **kwargs}`` as a partial of it."""
+    if isinstance(value, dict) and "partial" in value:
+        import functools
+
+        return functools.partial(_resolve(value["partial"]), **{k: v for k, v in value.items() if k != "partial"})
     if isinstance(value, str) and value.count(".") >= 2 and value.split(".")[0] in ("timm", "torch"):
         module, _, attr = value.rpartition(".")
         return getattr(importlib.import_module(module), attr)
@@ -115,6 +121,17 @@ def lukemelas_to_timm(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> di
     return out
 
 
+def to_timm_layout(sd: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """A checkpoint in any layout embedcache reads, told apart by its keys, in timm's key names."""
+    if any(k.startswith("_blocks.") for k in sd) and hasattr(model, "blocks"):
+        return lukemelas_to_timm(sd, model)
+    if is_transformers_layout(sd):
+        return transformers_to_timm(sd, model, source)
+    if is_coca_layout(sd):
+        return coca_trunk(sd, source)
+    return sd
+
+
 def _package_weights(name: str) -> Path:
     if name != "efficientnet_lite0":
         raise WeightsError(f"no installed package provides weights {name!r}")
@@ -138,7 +155,7 @@ def _hub_weights(spec: EncoderSpec, repo: str) -> Path:
     except ImportError:
         raise WeightsError(f"encoder {spec.name!r} needs weights from the Hugging Face hub ({repo}): "
                            f"pip install 'embedcache[hub]', or {how}") from None
-    gated = "gated" in spec.licence
+    gated = spec.gated
     for filename in ("model.safetensors", "pytorch_model.bin"):
         try:  # already in the local Hugging Face cache: no network needed
             return Path(huggingface_hub.hf_hub_download(repo, filename, local_files_only=True))
@@ -237,8 +254,7 @@ def load_encoder(spec: EncoderSpec, weights: str | os.PathLike | None = None, de
     model = build_model(spec, **overrides)
     if sd is None:
         return LoadedEncoder(spec, model.to(device), "random", f"random:seed={seed}")
-    if any(k.startswith("_blocks.") for k in sd) and hasattr(model, "blocks"):
-        sd = lukemelas_to_timm(sd, model)
+    sd = to_timm_layout(sd, model, str(path))
     sd = _fit_to_model(sd, model, str(path), spec)
     model.load_state_dict(sd, strict=True)
     return LoadedEncoder(spec, model.to(device), source if not Path(source).exists() else str(path),
@@ -296,22 +312,28 @@ def weights_status(spec: EncoderSpec, weights: str | os.PathLike | None = None) 
         return WeightsStatus(name, source, False, f"{path}: no such weights file")
     repo = source.split(":", 1)[1]
     how = f"or download {repo} elsewhere and pass --weights FILE"
+    # What a download would bring, and on which terms, said in every hub line.
+    layout = {"transformers": ", transformers layout converted on load",
+              "coca": ", a CoCa model of which the image trunk is loaded"}.get(spec.layout, "")
+    terms = "; non-commercial use only" if spec.non_commercial else ""
+    what = f"(model.safetensors or pytorch_model.bin{layout}{terms})"
     try:
         import huggingface_hub
     except ImportError:
-        return WeightsStatus(name, source, False, f"needs the Hugging Face hub ({repo}): pip install "
+        return WeightsStatus(name, source, False, f"needs the Hugging Face hub ({repo}) {what}: pip install "
                                                   f"'embedcache[hub]', {how}")
     for filename in ("model.safetensors", "pytorch_model.bin"):
         cached = huggingface_hub.try_to_load_from_cache(repo, filename)
         if isinstance(cached, str):
-            return WeightsStatus(name, source, True, f"in the local Hugging Face cache ({cached})")
-    gated = "gated" in spec.licence
+            return WeightsStatus(name, source, True, f"in the local Hugging Face cache ({cached}){layout}{terms}")
+    gated = spec.gated
     if gated and not _hf_token():
         return WeightsStatus(name, source, False, f"{repo} is gated: accept its terms at https://huggingface.co/{repo} "
-                                                  f"and set HF_TOKEN (no token found here), {how}")
+                                                  f"and set HF_TOKEN (no token found here), {how} {what}")
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-        return WeightsStatus(name, source, False, f"needs a download from the Hugging Face hub ({repo}), which "
+        return WeightsStatus(name, source, False, f"needs a download from the Hugging Face hub ({repo}) {what}, which "
                                                   f"cannot be reached from here{' (gated: token found)' if gated else ''}; "
                                                   f"{how}")
-    note = " with the token found (the licence must have been accepted)" if gated else ""
-    return WeightsStatus(name, source, True, f"will be downloaded from the Hugging Face hub ({repo}){note}")
+    note = (" with the token found (gated: the licence must have been accepted on the hub)" if gated
+            else " (not gated: no token needed)")
+    return WeightsStatus(name, source, True, f"will be downloaded from the Hugging Face hub ({repo}) {what}{note}")
