@@ -336,8 +336,9 @@ def _cell_probe_step(pipeline: Pipeline, ds: DatasetSpec, cells: list[Cell], roo
 
         result = run_cell_probes(paths, pcfg, names=names)
         report = score_cell_probes(result, n_boot=pcfg.n_boot, seed=pcfg.seed)
-        report.write(d)
-        return {"best": report.best(), "stores": {n: str(p) for n, p in zip(names, paths)}}
+        _, warnings = report.write(d)
+        return {"best": report.best(), "stores": {n: str(p) for n, p in zip(names, paths)},
+                **({"warnings": warnings} if warnings else {})}
 
     return Step("cellprobe", f"cell probe of types on {ds.name} ({', '.join(names)})",
                 {"cells": [c.nuclei.key for c in cells], "encoders": names, "probe": pcfg.to_dict(),

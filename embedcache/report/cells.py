@@ -28,7 +28,7 @@ import numpy as np
 from embedcache.files import plain_json, write_json
 from embedcache.metrics.tables import table
 from embedcache.report.compare import EXACT_UNITS, RANDOM_PATTERNS, holm
-from embedcache.report.plots import figure
+from embedcache.report.plots import draw_figures, figure
 
 CELL_METRICS = ("balanced_accuracy", "macro_f1")
 
@@ -159,16 +159,45 @@ class CellReport:
                             _text(t["drop"], signed=True)] for t in worst.values()])]
         return "\n".join(out)
 
-    def write(self, out) -> list[Path]:
-        """``cells.json``, ``cells.csv`` and the figures (label efficiency, invariance) into ``out``."""
+    def map_layers(self) -> dict[str, str]:
+        """The layer to map per store: its best linear layer, else its best layer of any method (kNN only)."""
+        best = sorted(self.best(), key=lambda b: b["method"] != "linear")
+        layers: dict[str, str] = {}
+        for b in best:
+            layers.setdefault(b["store"], b["layer"])
+        return layers
+
+    def write(self, out, stores: list | None = None, seed: int = 0) -> tuple[list[Path], list[str]]:
+        """``cells.json`` and ``cells.csv`` into ``out``, then the figures.
+
+        The tables are written first; a figure that cannot be drawn is a
+        warning line (returned), never the loss of the tables.
+
+        Parameters
+        ----------
+        out : str or Path
+        stores : list of (label, CellStore), optional
+            Stores to draw the cell map of (``cells_map.png``); none: no map.
+        seed : int
+            Seeds the cells the map samples.
+
+        Returns
+        -------
+        written : list of Path
+        warnings : list of str
+        """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = [write_json(out / "cells.json", self.to_dict()), self.write_csv(out / "cells.csv")]
+        figures = {}
         if self.curve:
-            written.append(plot_label_efficiency(self, out / "cells_label_efficiency.png"))
+            figures[out / "cells_label_efficiency.png"] = lambda p: plot_label_efficiency(self, p)
         if self.invariance:
-            written.append(plot_invariance(self, out / "cells_invariance.png"))
-        return written
+            figures[out / "cells_invariance.png"] = lambda p: plot_invariance(self, p)
+        if stores:
+            figures[out / "cells_map.png"] = lambda p: plot_cell_map(stores, self.map_layers(), p, seed=seed)
+        drawn, warnings = draw_figures(figures)
+        return written + drawn, warnings
 
     def write_csv(self, path) -> Path:
         path = Path(path)
@@ -395,11 +424,12 @@ def cell_section(folder: Path, dataset: str, out: Path) -> tuple[str, list[str],
     stores = json.loads(record.read_text())["result"].get("stores", {}) if record.is_file() else {}
     try:
         opened = [(name, open_store(path)) for name, path in stores.items()]
-        best = {b["store"]: b["layer"] for b in report.best() if b["method"] == "linear"}
-        if opened:
-            figures.append(plot_cell_map(opened, best, out / f"cells_map_{dataset}.png").name)
     except EmbedcacheError:
-        pass  # the cell stores have moved: the map is left out, the tables stay
+        opened = []  # the cell stores have moved: the map is left out, the tables stay
+    if opened:
+        drawn, _ = draw_figures({out / f"cells_map_{dataset}.png":
+                                 lambda p: plot_cell_map(opened, report.map_layers(), p)})
+        figures += [p.name for p in drawn]
     return cells_markdown(report, dataset), figures, report.to_dict()
 
 
