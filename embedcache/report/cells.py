@@ -27,7 +27,7 @@ import numpy as np
 
 from embedcache.files import plain_json, write_json
 from embedcache.metrics.tables import table
-from embedcache.report.compare import EXACT_UNITS, RANDOM_PATTERNS, holm
+from embedcache.report.compare import EXACT_UNITS, RANDOM_PATTERNS, VERDICT_RULE, holm, verdict
 from embedcache.report.plots import draw_figures, figure
 
 CELL_METRICS = ("balanced_accuracy", "macro_f1")
@@ -130,11 +130,11 @@ class CellReport:
         if self.comparisons:
             out += ["", "paired differences of balanced accuracy (best linear layers; interval over the same resamples, "
                         "p from swapping the two probes' predictions per image, exact up to "
-                        f"{EXACT_UNITS} images):",
-                    table(["a - b", "layers", "diff", "95% interval", "p", "p (Holm)"],
+                        f"{EXACT_UNITS} images).", VERDICT_RULE.format(units="source images"),
+                    table(["a - b", "layers", "diff", "95% interval", "p", "p (Holm)", "verdict"],
                           [[f"{c['a']} - {c['b']}", f"{c['layer_a']} / {c['layer_b']}", f"{c['diff']:+.3f}",
-                            f"[{c['lo']:+.3f}, {c['hi']:+.3f}]", f"{c['p']:.4f}", f"{c['p_holm']:.4f}"]
-                           for c in self.comparisons])]
+                            f"[{c['lo']:+.3f}, {c['hi']:+.3f}]", f"{c['p']:.4f}", f"{c['p_holm']:.4f}",
+                            _verdict_of(c, len(self.comparisons))] for c in self.comparisons])]
         if self.curve:
             out += ["", "label efficiency (linear probe of the best layer, share of each fold's training cells):",
                     table(["store", "layer", "fraction", "training cells", "balanced accuracy"],
@@ -222,6 +222,11 @@ def _few_images(info: dict) -> str:
     unit = info.get("unit", "source image")
     return (f"the cells come from only {n} {unit}s: folds and intervals are over them, so scores swing "
             f"with which {unit} is held out and the intervals are rough; use more {unit}s for a comparison")
+
+
+def _verdict_of(c: dict, n_pairs: int) -> str:
+    """The comparison's verdict (reports written before verdicts were stored get one computed)."""
+    return c.get("verdict") or verdict(c, n_pairs, units="source images")
 
 
 def _text(s: dict, signed: bool = False) -> str:
@@ -328,6 +333,7 @@ def _comparisons(best: dict, k: int, seed: int) -> list[dict]:
                     "hi": float(hi), **test})
     for c, ph in zip(out, holm([c["p"] for c in out])):
         c["p_holm"] = ph
+        c["verdict"] = verdict(c, len(out), units="source images")
     return out
 
 
@@ -372,11 +378,12 @@ def cells_markdown(report: CellReport, dataset: str) -> str:
     if report.comparisons:
         lines += ["", "Paired differences of the best linear layers (interval over the same image resamples; p from "
                       "swapping the two encoders' predictions per image, exact up to "
-                      f"{EXACT_UNITS} images, Holm-adjusted over the pairs):", "",
-                  "| a - b (best linear layers) | difference in balanced accuracy | 95% interval | p | p (Holm) |",
-                  "|---|---|---|---|---|"]
+                      f"{EXACT_UNITS} images, Holm-adjusted over the pairs). "
+                  + VERDICT_RULE.format(units="source images"), "",
+                  "| a - b (best linear layers) | difference in balanced accuracy | 95% interval | p | p (Holm) | "
+                  "verdict |", "|---|---|---|---|---|---|"]
         lines += [f"| {c['a']} - {c['b']} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {c['p']:.4f} | "
-                  f"{c['p_holm']:.4f} |" for c in report.comparisons]
+                  f"{c['p_holm']:.4f} | {_verdict_of(c, len(report.comparisons))} |" for c in report.comparisons]
     if report.curve:
         fractions = sorted({c["fraction"] for c in report.curve})
         lines += ["", "Label efficiency (balanced accuracy of the best layer's linear probe on a share of each "

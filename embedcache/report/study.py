@@ -32,7 +32,7 @@ from embedcache.files import staged_dir, write_json
 from embedcache.infer.writer import overlay
 from embedcache.report import human_bytes
 from embedcache.report.cells import cell_section
-from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
+from embedcache.report.compare import HEADLINE, VERDICT_RULE, ImageScores, Leaderboard, leaderboard
 from embedcache.report.overlays import match_legend, match_overlay, type_legend
 from embedcache.report.plots import figure, plot_depth
 from embedcache.report.runs import per_image_markdown, plot_curves, settings_markdown, settings_rows
@@ -158,7 +158,8 @@ def leaderboard_markdown(lb: Leaderboard) -> str:
         if seeds > 1:
             how += ", or the centred bootstrap over seeds and images where its p is larger"
         lines += ["", f"Paired comparisons on {METRIC_LABELS[lb.primary]} (95% interval over the same image "
-                      f"resamples; p: {how}, Holm-adjusted over the {len(pairs)} pair(s)):", ""]
+                      f"resamples; p: {how}, Holm-adjusted over the {len(pairs)} pair(s)). "
+                  + VERDICT_RULE.format(units="images"), ""]
         if math.isfinite(first["min_p"]) and first["min_p"] * len(pairs) >= 0.05:
             lines += [f"**{units} images: the smallest possible p is {first['min_p']:.3g}"
                       + (f" ({min(1.0, first['min_p'] * len(pairs)):.3g} after Holm)" if len(pairs) > 1 else "")
