@@ -11,6 +11,7 @@ CoNIC tiles with the identity and two flips) is built once for the CLI, and one 
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 from itertools import pairwise
@@ -432,6 +433,30 @@ def test_paired_comparisons_of_a_better_and_of_identical_stores():
     few = score_cell_probes(hand_result(1, n_images=3), n_boot=400, seed=0)
     for x in few.comparisons:
         assert x["verdict"].startswith("too few source images to tell (3: p cannot go below"), x
+
+
+def test_chance_is_printed_beside_every_score_and_a_row_at_chance_is_never_the_best(tmp_path):
+    result = hand_result(2)
+    bad = result.predictions[1]
+    bad.y_pred = np.zeros_like(bad.y_true)  # always one class: balanced accuracy exactly 1/K
+    report = score_cell_probes(result, n_boot=50, seed=0)
+    assert all(r["chance"] == {"balanced_accuracy": pytest.approx(CHANCE), "macro_f1": pytest.approx(CHANCE)}
+               for r in report.rows)
+    best = {b["store"]: b for b in report.best()}
+    assert best["good"]["above_chance"] and not best["bad"]["above_chance"]
+    assert best["bad"]["value"] == pytest.approx(CHANCE)
+    text = report.format()
+    assert "balanced accuracy (chance 0.333)" in text and "macro-F1 (chance 0.333)" in text
+    assert "chance, what a guess that ignores the input scores: balanced accuracy 1/K" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()[:3] in
+            (["good", "l", "linear"], ["bad", "l", "linear"])}
+    assert rows["good"].rstrip().endswith("*") and not rows["bad"].rstrip().endswith("*")
+    assert "no layer above chance: bad linear scores at most balanced accuracy 0.333" in text
+    md = cells_markdown(report, "d")
+    assert "| bad | linear | none above chance (highest: l) |" in md and "| good | linear | l |" in md
+    report.write(tmp_path)
+    with open(tmp_path / "cells.csv") as fh:
+        assert [float(r["balanced_accuracy_chance"]) for r in csv.DictReader(fh)] == pytest.approx([CHANCE] * 3)
 
 
 def test_a_report_round_trips_and_reads_as_markdown(probed):

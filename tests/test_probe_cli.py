@@ -40,12 +40,22 @@ def test_table_and_files(runner, tmp_path):
     assert "balanced accuracy" in text and "macro-F1" in text and "AUROC (one-vs-rest)" in text
     assert len(re.findall(r"^vit +blocks\.\d +linear ", text, re.M)) == 6
     assert len(re.findall(r"^vit +blocks\.\d +knn ", text, re.M)) == 6
-    assert "best layer: vit linear blocks." in text and "best layer: vit knn blocks." in text
+    assert "best layer: vit linear blocks." in text
+    # Chance beside every score, and the kNN probe, below chance on these labels, is not called the best.
+    assert "balanced accuracy (chance 0.200)" in text and "AUROC (one-vs-rest) (chance 0.500)" in text
+    assert "chance, what a guess that ignores the input scores: balanced accuracy 1/K" in text
+    knn = [line for line in text.splitlines() if re.match(r"^vit +blocks\.\d +knn ", line)]
+    assert all(float(line.split()[3]) <= 0.2 and not line.rstrip().endswith("*") for line in knn)
+    assert re.search(r"^no layer above chance: vit knn scores at most balanced accuracy 0\.\d+ .* chance 0\.200$",
+                     text, re.M)
+    assert "best layer: vit knn" not in text
     assert "probed vit blocks.0 linear" in res.stderr
     data = json.loads((out / "probe.json").read_text())
     assert len(data["rows"]) == 12 and data["info"]["labels"]["source"] == "tissue"
     assert data["info"]["config"]["layers"] == "all"
-    assert len(list(csv.DictReader(open(out / "probe.csv")))) == 12
+    table = list(csv.DictReader(open(out / "probe.csv")))
+    assert len(table) == 12 and {r["balanced_accuracy_chance"] for r in table} == {"0.2"}
+    assert {(b["method"], b["above_chance"]) for b in data["best"]} == {("linear", True), ("knn", False)}
     assert (out / "probe.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -36,7 +36,7 @@ from embedcache.report.compare import HEADLINE, VERDICT_RULE, ImageScores, Leade
 from embedcache.report.overlays import match_legend, match_overlay, type_legend
 from embedcache.report.plots import figure, plot_depth
 from embedcache.report.runs import per_image_markdown, plot_curves, settings_markdown, settings_rows
-from embedcache.report.stats import LABELS, ScoreTable
+from embedcache.report.stats import LABELS, ScoreTable, chance_note
 from embedcache.store import open_store
 from embedcache.store.images import image_pixels, image_truth, source_images
 
@@ -175,12 +175,18 @@ def probe_markdown(table: dict, dataset: str) -> str:
     info = table["info"]
     lines = [f"### Probe on {dataset}: {info.get('labels', {}).get('source', '?')} labels "
              f"({info.get('level', 'tile')} level, {info.get('folds', '?')})", "",
-             "| encoder | method | best layer | score | 95% interval |", "|---|---|---|---|---|"]
+             "| encoder | method | best layer | score | 95% interval | chance |", "|---|---|---|---|---|---|"]
+    metrics = dict.fromkeys(b["metric"] for b in table["best"])
+    if any(b.get("chance") is not None for b in table["best"]):
+        note = chance_note(list(metrics) + (["dice"] if "miou" in metrics else []))
+        lines[1:1] = ["", note[0].upper() + note[1:]]
     for b in table["best"]:
         lo, hi = b.get("lo"), b.get("hi")
         ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "n/a"
-        lines.append(f"| {b['store']} | {b['method']} | {b['layer']} | {LABELS.get(b['metric'], b['metric'])} "
-                     f"{_fmt(b.get('value'))} | {ci} |")
+        chance = b.get("chance")
+        layer = b["layer"] if b.get("above_chance", True) else f"none above chance (highest: {b['layer']})"
+        lines.append(f"| {b['store']} | {b['method']} | {layer} | {LABELS.get(b['metric'], b['metric'])} "
+                     f"{_fmt(b.get('value'))} | {ci} | {_fmt(chance) if chance is not None else 'n/a'} |")
     return "\n".join(lines)
 
 
