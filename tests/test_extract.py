@@ -148,6 +148,9 @@ def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(vit_store, 
     done = extract(conic_dir, res.path, other, overwrite=True, progress=False)
     assert open_store(done.path).variants == ["identity", "hflip", "vflip"]
     assert not partial_path(res.path).exists()
+    # Each unit is timed on its own: the repeats a cost's spread is measured over.
+    assert [u["unit"] for u in res.units] == [0, 1] and [u["tiles"] for u in res.units] == [4, 2]
+    assert all(0 < u["compute_s"] < res.seconds for u in res.units)
 
 
 def test_interrupted_run_resumes_to_the_same_store(tmp_path, conic_dir, monkeypatch):

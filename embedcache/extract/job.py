@@ -45,7 +45,7 @@ class ExtractResult:
     seconds: float
     skipped: bool = False  # the store was already complete
     layers: list[str] = field(default_factory=list)
-    units: list[dict] = field(default_factory=list)  # distributed runs: worker and timings of each unit
+    units: list[dict] = field(default_factory=list)  # each unit run: ``unit, tiles, compute_s`` (+ worker, read/write)
     redone: tuple[int, int] | None = None  # after a fixed source file: (units computed again, finished units kept)
 
     @property

@@ -108,12 +108,17 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     thread = threading.Thread(target=write_loop, name="embedcache-writer", daemon=True)
     thread.start()
     t_run = time.perf_counter()
+    timings = []  # compute seconds of each unit: the repeats a cost's spread is measured over
     try:
         for item in loader:
             if failure:
                 break
             unit, images, labels, stained = _arrays(*item)
-            pending.put((unit, job.unit_arrays(unit, images, labels, stained)))
+            t_unit = time.perf_counter()
+            arrays = job.unit_arrays(unit, images, labels, stained)
+            timings.append({"unit": int(unit), "tiles": int(images.shape[0]),
+                            "compute_s": time.perf_counter() - t_unit})
+            pending.put((unit, arrays))
     finally:
         pending.put(None)
         thread.join()
@@ -123,4 +128,4 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     seconds = time.perf_counter() - t_run
     path = writer.finish()
     return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), job.n_units, seconds,
-                         layers=job.layers, redone=writer.redone)
+                         layers=job.layers, units=timings, redone=writer.redone)

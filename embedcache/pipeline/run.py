@@ -217,6 +217,8 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
         summary = open_store(out).summary()
         return {"store": str(out), "n_tiles": r.n_tiles, "n_variants": r.n_variants, "layers": list(r.layers),
                 "seconds": r.seconds, "tiles_per_second": r.tiles_per_second, "bytes": summary["bytes"],
+                "unit_ms_per_tile_variant": [1000 * u["compute_s"] / max(1, u["tiles"] * r.n_variants)
+                                             for u in r.units if "compute_s" in u],
                 "encoder": xcfg.encoder, "weights": xcfg.weights or spec.weights}
 
     extract_step = Step("extract", f"extract {label}", extract_inputs, do_extract, root,
