@@ -62,14 +62,15 @@ def _worker_init(parent: int):
 
 
 def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool = False,
-                  progress: bool = True) -> ExtractResult:
+                  progress: bool = True, repair: bool = False) -> ExtractResult:
     """:func:`embedcache.extract.extract` in this process (``workers`` and ``scheduler`` unset); torch's
     threads and the loader processes share the thread budget (:mod:`embedcache.threads`)."""
     with use_threads(beside=config.loader_workers):
-        return _extract_local(data, out, config, overwrite, progress)
+        return _extract_local(data, out, config, overwrite, progress, repair)
 
 
-def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: bool) -> ExtractResult:
+def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: bool,
+                   repair: bool = False) -> ExtractResult:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -78,7 +79,7 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     run, dataset = job.run, job.dataset
     if dataset.layout in ("pannuke", "conic"):  # the loader only slices memory-mapped stacks: no core of its own
         torch.set_num_threads(compute_threads(0))
-    writer = job.open_writer(out, overwrite)
+    writer = job.open_writer(out, overwrite, repair)
     if writer is None:
         return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
                              time.perf_counter() - t0, skipped=True, layers=job.layers)
@@ -128,4 +129,4 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     seconds = time.perf_counter() - t_run
     path = writer.finish()
     return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), job.n_units, seconds,
-                         layers=job.layers, units=timings, redone=writer.redone)
+                         layers=job.layers, units=timings, redone=writer.redone, repaired=writer.repaired)
