@@ -146,13 +146,13 @@ def verify(store, quiet):
 
     Exits 1 and lists the problems when anything is wrong.
     """
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     from embedcache.store import open_store, verify_store
 
     s = open_store(store)
     arrays = s.arrays()
-    with tqdm(total=len(arrays) - 1, unit="array", disable=quiet, desc="verify") as bar:
+    with progress_bar(total=len(arrays) - 1, unit="array", disable=quiet, desc="verify") as bar:
         problems = verify_store(s, progress=lambda path: bar.update(1))
     if problems:
         for p in problems:

@@ -318,7 +318,7 @@ def _drive(client, job: _Job, location: StoreLocation, overwrite: bool, progress
            where: str, t0: float, repair: bool = False) -> ExtractResult:
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     try:
         client.wait_for_workers(1, timeout=worker_wait)
@@ -342,7 +342,7 @@ def _drive(client, job: _Job, location: StoreLocation, overwrite: bool, progress
         f.result()
     log.info("encoder loaded on %d workers after %.1f s", len(loads), time.perf_counter() - t0)
     todo = info["todo"]
-    bar = tqdm(total=n_tiles, initial=n_tiles - info["tiles_todo"], unit="tile", disable=not progress,
+    bar = progress_bar(total=n_tiles, initial=n_tiles - info["tiles_todo"], unit="tile", disable=not progress,
                dynamic_ncols=True, desc=f"extract {info['encoder']} x{info['n_variants']} variants "
                                         f"on {len(addresses)} workers")
     t_run = time.perf_counter()

@@ -71,7 +71,7 @@ def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite:
 
 def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: bool,
                    repair: bool = False) -> ExtractResult:
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     t0 = time.perf_counter()
     torch.set_grad_enabled(False)
@@ -90,7 +90,7 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
         prefetch_factor=2 if config.loader_workers else None, persistent_workers=False,
         worker_init_fn=_worker_init(os.getpid()) if config.loader_workers else None)
 
-    bar = tqdm(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
+    bar = progress_bar(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
                disable=not progress, dynamic_ncols=True, desc=f"extract {run.spec.name} x{len(run.variants)} variants")
     pending: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
