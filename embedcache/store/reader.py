@@ -521,7 +521,8 @@ def _scan(store, progress=None) -> tuple[list[str], list[int]]:
                 block = arr[start:stop]
             except Exception as exc:
                 unit = "" if cells else f" (unit {start // step})"
-                problems.append(f"{path}: tiles {start}..{stop - 1}{unit} cannot be read "
+                rows = f"tile {start}" if stop - start == 1 else f"tiles {start}..{stop - 1}"
+                problems.append(f"{path}: {rows}{unit} cannot be read "
                                 f"({type(exc).__name__}: {exc}); {fix}")
                 damaged.add(start // step)
                 continue
