@@ -57,6 +57,9 @@ def test_store_holds_tiles_labels_and_every_variant(vit_store, conic_dir, tiny_t
     prov = store.provenance
     assert prov.versions["torch"] == torch.__version__ and prov.weights == "random"
     assert len(store.config.dataset_fingerprint) == 64
+    # Each unit is timed on its own: the repeats a cost's spread is measured over.
+    assert [u["unit"] for u in res.units] == [0, 1] and [u["tiles"] for u in res.units] == [4, 2]
+    assert all(0 < u["compute_s"] < res.seconds for u in res.units)
 
 
 def test_stored_tokens_equal_a_live_forward_of_each_variant(vit_store, tiny_tiles):
@@ -148,9 +151,6 @@ def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(vit_store, 
     done = extract(conic_dir, res.path, other, overwrite=True, progress=False)
     assert open_store(done.path).variants == ["identity", "hflip", "vflip"]
     assert not partial_path(res.path).exists()
-    # Each unit is timed on its own: the repeats a cost's spread is measured over.
-    assert [u["unit"] for u in res.units] == [0, 1] and [u["tiles"] for u in res.units] == [4, 2]
-    assert all(0 < u["compute_s"] < res.seconds for u in res.units)
 
 
 def test_interrupted_run_resumes_to_the_same_store(tmp_path, conic_dir, monkeypatch):
