@@ -11,6 +11,7 @@ CoNIC tiles with the identity and two flips) is built once for the CLI, and one 
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 from itertools import pairwise
@@ -350,19 +351,19 @@ def test_transfer_to_a_copied_variant_is_exact_and_to_noise_is_chance(probed):
 # 7. Scores from per-image confusions against scikit-learn, resample by resample
 # ----------------------------------------------------------------------------
 
-def hand_result(seed: int = 0):
+def hand_result(seed: int = 0, n_images: int = 9):
     """Predictions of three stores on 9 images of 20-60 cells, class 2 only in image 0:
     ``good`` mostly right, ``bad`` random, ``twin`` a copy of good."""
     rng = np.random.default_rng(seed)
-    sizes = rng.integers(20, 60, size=9)
-    groups = np.repeat(np.arange(9) * 7 + 3, sizes)  # image ids need not be 0..G-1
+    sizes = rng.integers(20, 60, size=n_images)
+    groups = np.repeat(np.arange(n_images) * 7 + 3, sizes)  # image ids need not be 0..G-1
     y = rng.integers(0, 2, size=len(groups))
     y[groups == 3] = rng.integers(0, 3, size=sizes[0])
     good = np.where(rng.random(len(y)) < 0.8, y, rng.integers(0, 3, size=len(y)))
     bad = rng.integers(0, 3, size=len(y))
     preds = [ProbePrediction(name, "e", "l", 1.0, "linear", "classification", y_true=y, y_pred=pred, groups=groups)
              for name, pred in (("good", good), ("bad", bad), ("twin", good.copy()))]
-    return CellProbeResult(preds, info={"labels": {"names": ["a", "b", "c"]}, "n_units": 9})
+    return CellProbeResult(preds, info={"labels": {"names": ["a", "b", "c"]}, "n_units": n_images})
 
 
 def resampled(groups, W, b) -> np.ndarray:
@@ -424,6 +425,38 @@ def test_paired_comparisons_of_a_better_and_of_identical_stores():
     same = c["good", "twin"]
     assert same["diff"] == 0 and same["lo"] == 0 and same["hi"] == 0 and same["p"] == 1 and same["p_holm"] == 1
     assert report.rows[0]["scores"] == report.rows[2]["scores"]
+    # One verdict from the test and the interval together, in the JSON, the terminal and the markdown.
+    assert better["verdict"] == "good better" and c["bad", "twin"]["verdict"] == "twin better"
+    assert same["verdict"] == "no clear difference"
+    assert "At small n the test decides" in report.format() and "| good better |" in cells_markdown(report, "d")
+    # Three source images: the exact test cannot go below 0.25, so no difference is claimed at all.
+    few = score_cell_probes(hand_result(1, n_images=3), n_boot=400, seed=0)
+    for x in few.comparisons:
+        assert x["verdict"].startswith("too few source images to tell (3: p cannot go below"), x
+
+
+def test_chance_is_printed_beside_every_score_and_a_row_at_chance_is_never_the_best(tmp_path):
+    result = hand_result(2)
+    bad = result.predictions[1]
+    bad.y_pred = np.zeros_like(bad.y_true)  # always one class: balanced accuracy exactly 1/K
+    report = score_cell_probes(result, n_boot=50, seed=0)
+    assert all(r["chance"] == {"balanced_accuracy": pytest.approx(CHANCE), "macro_f1": pytest.approx(CHANCE)}
+               for r in report.rows)
+    best = {b["store"]: b for b in report.best()}
+    assert best["good"]["above_chance"] and not best["bad"]["above_chance"]
+    assert best["bad"]["value"] == pytest.approx(CHANCE)
+    text = report.format()
+    assert "balanced accuracy (chance 0.333)" in text and "macro-F1 (chance 0.333)" in text
+    assert "chance, what a guess that ignores the input scores: balanced accuracy 1/K" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()[:3] in
+            (["good", "l", "linear"], ["bad", "l", "linear"])}
+    assert rows["good"].rstrip().endswith("*") and not rows["bad"].rstrip().endswith("*")
+    assert "no layer above chance: bad linear scores at most balanced accuracy 0.333" in text
+    md = cells_markdown(report, "d")
+    assert "| bad | linear | none above chance (highest: l) |" in md and "| good | linear | l |" in md
+    report.write(tmp_path)
+    with open(tmp_path / "cells.csv") as fh:
+        assert [float(r["balanced_accuracy_chance"]) for r in csv.DictReader(fh)] == pytest.approx([CHANCE] * 3)
 
 
 def test_a_report_round_trips_and_reads_as_markdown(probed):

@@ -54,6 +54,19 @@ def test_verify_fails_on_corruption(runner, tmp_path, conic_dir):
     shard.write_bytes(shard.read_bytes()[:-7] + b"garbage")
     res = runner.invoke(main, ["verify", str(out), "--quiet"])
     assert res.exit_code == 1 and "images" in res.output
+    # verify names the damaged unit and advises the repair, not a new extraction of the whole store
+    assert "images: tiles 0..5 (unit 0) cannot be read" in res.stderr and "--repair" in res.stderr
+    assert "--overwrite" not in res.stderr
+    res = runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", str(out), *FAST, "--repair"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith(f"repaired {out}: computed 1 of 1 units again (unit 0, whose chunks failed their "
+                                 "checksums)\n")
+    assert runner.invoke(main, ["verify", str(out), "--quiet"]).exit_code == 0
+    res = runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", str(out), *FAST, "--repair"])
+    assert "is already complete with these settings; every chunk reads back, nothing to repair" in res.stdout
+    res = runner.invoke(main, ["extract", "--data", str(conic_dir), "--out", str(out), *FAST, "--repair",
+                               "--overwrite"])
+    _one_line_error(res, "--repair keeps the store")
 
 
 def test_encoders_lists_the_registry(runner):

@@ -57,6 +57,9 @@ def test_store_holds_tiles_labels_and_every_variant(vit_store, conic_dir, tiny_t
     prov = store.provenance
     assert prov.versions["torch"] == torch.__version__ and prov.weights == "random"
     assert len(store.config.dataset_fingerprint) == 64
+    # Each unit is timed on its own: the repeats a cost's spread is measured over.
+    assert [u["unit"] for u in res.units] == [0, 1] and [u["tiles"] for u in res.units] == [4, 2]
+    assert all(0 < u["compute_s"] < res.seconds for u in res.units)
 
 
 def test_stored_tokens_equal_a_live_forward_of_each_variant(vit_store, tiny_tiles):
@@ -186,6 +189,64 @@ def test_verify_passes_then_catches_a_corrupted_chunk(vit_store):
         for v in range(len(damaged.variants)):
             damaged.tokens("blocks.3", [0, 1, 2, 3], v)
     assert open_store(res.path).tokens("blocks.3", [5]).shape == (1, 64, 4, 4)
+
+
+def _flip_a_byte(shard) -> None:
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+
+
+def test_repair_computes_only_the_damaged_unit_again_into_the_bytes_of_a_clean_store(vit_store, tmp_path,
+                                                                                     conic_dir):
+    from store_helpers import assert_same_store
+
+    res, _ = vit_store
+    clean = open_store(extract(conic_dir, tmp_path / "clean.zarr", VIT, progress=False).path)
+    _flip_a_byte(res.path / "tokens" / "blocks.3" / "c" / "1" / "0" / "0" / "0" / "0")  # unit 1: tiles 4..5
+    (problem,) = verify_store(open_store(res.path))
+    assert problem.startswith("tokens/blocks.3: tiles 4..5 (unit 1) cannot be read")
+    assert problem.endswith("run the same extract command with --repair to compute only the damaged units again")
+
+    repaired = extract(conic_dir, res.path, VIT, progress=False, repair=True)
+    assert repaired.repaired == [1] and repaired.units_run == 1 and [u["unit"] for u in repaired.units] == [1]
+    assert not partial_path(res.path).exists()
+    store = open_store(res.path)
+    assert verify_store(store) == []
+    assert_same_store(store, clean)  # every array, byte for byte
+    again = extract(conic_dir, res.path, VIT, progress=False, repair=True)
+    assert again.skipped and again.units_run == 0
+
+
+def test_repair_of_an_interrupted_repair_resumes_and_what_cannot_be_repaired_is_refused(vit_store, tmp_path,
+                                                                                        conic_dir, monkeypatch):
+    from store_helpers import assert_same_store
+
+    res, _ = vit_store
+    clean = open_store(extract(conic_dir, tmp_path / "clean.zarr", VIT, progress=False).path)
+    for unit in (0, 1):
+        _flip_a_byte(res.path / "images" / "c" / str(unit) / "0" / "0" / "0")
+
+    def interrupt(self, unit, arrays):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StoreWriter, "write_unit", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract(conic_dir, res.path, VIT, progress=False, repair=True)
+    monkeypatch.undo()
+    # The store waits as an interrupted extraction with both damaged units to do; running again finishes it.
+    assert not res.path.exists() and open_store(res.path).units_done() == (0, 2)
+    again = extract(conic_dir, res.path, VIT, progress=False, repair=True)
+    assert again.units_run == 2
+    assert_same_store(open_store(res.path), clean)
+
+    with pytest.raises(ConfigError, match="give one of them"):
+        extract(conic_dir, res.path, VIT, progress=False, repair=True, overwrite=True)
+    with pytest.raises(StoreError, match="no store of this configuration to repair"):
+        extract(conic_dir, tmp_path / "none.zarr", VIT, progress=False, repair=True)
+    with pytest.raises(StoreMismatchError, match="another configuration"):
+        extract(conic_dir, res.path, ExtractConfig(**{**VIT.to_dict(), "variants": "flips"}), progress=False,
+                repair=True)
 
 
 def test_verify_reports_an_incomplete_store(tmp_path, conic_dir, monkeypatch):

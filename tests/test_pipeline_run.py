@@ -145,6 +145,11 @@ def test_first_run_runs_every_step_and_writes_the_report(base):
     assert "Per-image bPQ: syn" in md and "Settings and provenance: syn" in md
     (setting,) = lb["settings"]
     assert setting["encoder"] == "cnn" and setting["seeds"] == "0, 1" and setting["weights"] == "random"
+    (cost,) = lb["costs"]  # two seeds: training time with its range; extraction per unit
+    assert cost["fit_seconds"]["n"] == 2 and cost["fit_seconds"]["lo"] <= cost["fit_seconds"]["hi"]
+    extract_record = json.loads(next((out / "steps").glob("extract-*/step.json")).read_text())["result"]
+    assert len(extract_record["unit_ms_per_tile_variant"]) >= 1
+    assert "**" not in page  # the markdown's emphasis is rendered, not shown
 
 
 def test_the_report_page_loads_in_a_browser_with_every_image_and_link(base, tmp_path):

@@ -40,12 +40,22 @@ def test_table_and_files(runner, tmp_path):
     assert "balanced accuracy" in text and "macro-F1" in text and "AUROC (one-vs-rest)" in text
     assert len(re.findall(r"^vit +blocks\.\d +linear ", text, re.M)) == 6
     assert len(re.findall(r"^vit +blocks\.\d +knn ", text, re.M)) == 6
-    assert "best layer: vit linear blocks." in text and "best layer: vit knn blocks." in text
+    assert "best layer: vit linear blocks." in text
+    # Chance beside every score, and the kNN probe, below chance on these labels, is not called the best.
+    assert "balanced accuracy (chance 0.200)" in text and "AUROC (one-vs-rest) (chance 0.500)" in text
+    assert "chance, what a guess that ignores the input scores: balanced accuracy 1/K" in text
+    knn = [line for line in text.splitlines() if re.match(r"^vit +blocks\.\d +knn ", line)]
+    assert all(float(line.split()[3]) <= 0.2 and not line.rstrip().endswith("*") for line in knn)
+    assert re.search(r"^no layer above chance: vit knn scores at most balanced accuracy 0\.\d+ .* chance 0\.200$",
+                     text, re.M)
+    assert "best layer: vit knn" not in text
     assert "probed vit blocks.0 linear" in res.stderr
     data = json.loads((out / "probe.json").read_text())
     assert len(data["rows"]) == 12 and data["info"]["labels"]["source"] == "tissue"
     assert data["info"]["config"]["layers"] == "all"
-    assert len(list(csv.DictReader(open(out / "probe.csv")))) == 12
+    table = list(csv.DictReader(open(out / "probe.csv")))
+    assert len(table) == 12 and {r["balanced_accuracy_chance"] for r in table} == {"0.2"}
+    assert {(b["method"], b["above_chance"]) for b in data["best"]} == {("linear", True), ("knn", False)}
     assert (out / "probe.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -100,3 +110,56 @@ def test_missing_store_and_help(runner, tmp_path):
     assert "--layers" in res.stdout and "--bootstrap" in res.stdout and "Examples" in res.stdout
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "embedcache probe" in readme
+
+
+def _cell_store(tmp: Path) -> Path:
+    """A small fake cell store (12 images, three types, a layer carrying the type and one of noise)."""
+    from test_cell_probes import fake_cells, planted
+
+    rng, source, types, signal = planted()
+    return fake_cells(tmp / "enc.cells", {"noise": rng.normal(size=signal.shape), "signal": signal}, types, source)
+
+
+OUTPUTS = {"tile": ("probe.json", "probe.csv"), "patch": ("probe.json", "probe.csv"),
+           "cell": ("cells.json", "cells.csv")}
+
+
+@pytest.mark.parametrize("level", ["tile", "patch", "cell"])
+@pytest.mark.parametrize("method", ["linear", "knn", "both"])
+def test_every_method_writes_its_tables_at_every_level(runner, tmp_path, level, method):
+    """Every --method with --out either writes its scores (and figures) or is refused in one line before any
+    work; a kNN-only cell probe once computed everything and then lost it to the cell map."""
+    store = _cell_store(tmp_path) if level == "cell" else tiny_store()
+    labels = {"tile": "tissue", "patch": "nuclei", "cell": "type"}[level]
+    out = tmp_path / "out"
+    args = ["--store", store, "--level", level, "--labels", labels, "--method", method, "--layers", "all",
+            "--folds", "2", "--out", out, *FAST]
+    if level == "patch" and method != "linear":
+        res = probe(runner, *args, code=2)
+        assert res.stderr.strip().splitlines()[-1].startswith("Error: ") and "linear only" in res.stderr
+        assert not out.exists()
+        return
+    res = probe(runner, *args)
+    assert "Traceback" not in res.output and "warning" not in res.stderr.lower(), res.stderr
+    for name in OUTPUTS[level]:
+        assert (out / name).stat().st_size > 0, name
+    rows = json.loads((out / OUTPUTS[level][0]).read_text())["rows"]
+    assert {r["method"] for r in rows} == ({"linear", "knn"} if method == "both" else {method})
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs and all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    if level == "cell":
+        assert "cells_map.png" in pngs
+
+
+def test_a_figure_that_cannot_be_drawn_is_a_warning_and_the_tables_stay(runner, tmp_path, monkeypatch):
+    import embedcache.report.cells as cells_report
+
+    def broken(*args, **kwargs):
+        raise ValueError("no room on the canvas")
+
+    monkeypatch.setattr(cells_report, "plot_cell_map", broken)
+    out = tmp_path / "out"
+    res = probe(runner, "--store", _cell_store(tmp_path), "--method", "knn", "--folds", "2", "--out", out, *FAST)
+    assert "warning: cells_map.png was not drawn (ValueError: no room on the canvas)" in res.stderr
+    assert json.loads((out / "cells.json").read_text())["rows"] and (out / "cells.csv").is_file()
+    assert not (out / "cells_map.png").exists()

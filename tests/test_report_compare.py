@@ -293,10 +293,76 @@ def test_sign_flip_test_holds_at_small_n():
     assert t["p"] == t["min_p"] == 0.25
     lb = leaderboard("three", {"A": [a], "B": [b]}, n_boot=200)
     c = [c for c in lb.comparisons if c["metric"] == "pq"][0]
-    assert c["p"] == 0.25 and c["verdict"] == "no clear difference" and c["lo"] > 0
+    # The interval excludes 0 and the test cannot reject: at this n the test decides, and says why.
+    assert c["p"] == 0.25 and c["lo"] > 0
+    assert c["verdict"] == "too few images to tell (3: p cannot go below 0.25)"
     md = leaderboard_markdown(lb)
     assert "exact sign-flip test over the 3 images (all 8 patterns)" in md
     assert "**3 images: the smallest possible p is 0.25; no difference can be significant at 0.05" in md
+    assert "At small n the test decides" in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| A - B")]
+    assert row.endswith("| too few images to tell (3: p cannot go below 0.25) |")
+
+
+def _pq_comparison(a, b, n_boot=500):
+    lb = leaderboard("d", {"A": [_hov(a)], "B": [_hov(b)]}, n_boot=n_boot, seed=3)
+    return [c for c in lb.comparisons if c["metric"] == "pq"][0]
+
+
+def test_the_verdict_claims_a_difference_only_where_test_and_interval_agree():
+    """Constructed paired scores: n = 3 (the test decides), n = 6 (the two disagree), n = 20 (they agree)."""
+    # 3 images, A better on each by 0.1: the interval is [0.1, 0.1], yet no difference is claimed.
+    c = _pq_comparison([0.6, 0.7, 0.8], [0.5, 0.6, 0.7])
+    assert c["lo"] > 0 and c["verdict"].startswith("too few images to tell")
+    # 6 images, A better on five by 0.1 and worse on one by 0.02: p = 4/64 (exact) while the interval,
+    # whose resamples almost never draw only the one image, excludes 0: "unclear", no claim.
+    base = np.linspace(0.4, 0.65, 6)
+    c = _pq_comparison(base + np.array([0.1] * 5 + [-0.02]), base)
+    assert c["p"] == pytest.approx(4 / 64) and c["lo"] > 0
+    assert c["verdict"] == "unclear: the interval excludes 0 but p (Holm) is 0.0625"
+    # 20 images, A better on each: both agree, A is better.
+    base = np.linspace(0.3, 0.7, 20)
+    c = _pq_comparison(base + 0.05 + np.linspace(-0.01, 0.01, 20), base)
+    assert c["lo"] > 0 and c["p_holm"] < 0.05 and c["verdict"] == "A better"
+    # 20 images with no difference on average: neither finds one.
+    c = _pq_comparison(base + np.tile([0.05, -0.05], 10), base)
+    assert c["lo"] < 0 < c["hi"] and c["verdict"] == "no clear difference"
+
+
+def test_the_verdict_rule_by_hand():
+    from embedcache.report.compare import verdict
+
+    c = {"a": "A", "b": "B", "diff": -0.04, "lo": -0.06, "hi": -0.01, "p_holm": 0.01, "min_p": 1e-4, "n_units": 40}
+    assert verdict(c) == "B better"
+    assert verdict({**c, "hi": 0.01}) == "unclear: p (Holm) 0.01 but the interval includes 0"
+    assert verdict({**c, "p_holm": 0.2}) == "unclear: the interval excludes 0 but p (Holm) is 0.2"
+    assert verdict({**c, "hi": 0.01, "p_holm": 0.2}) == "no clear difference"
+    # An interval off 0 on the other side of the point difference is no support for it.
+    assert verdict({**c, "lo": 0.01, "hi": 0.02}).startswith("unclear")
+    # Five images alone could reach 0.0625 > 0.05; 6 could (0.031), but not across two pairs after Holm.
+    assert verdict({**c, "min_p": 2 / 2 ** 6, "n_units": 6}) == "B better"
+    assert verdict({**c, "min_p": 2 / 2 ** 6, "n_units": 6}, n_pairs=2).startswith("too few images to tell (6:")
+    assert verdict({**c, "p_holm": float("nan")}) == "n/a"
+
+
+def test_no_verdict_contradicts_its_interval_or_test():
+    """Random paired scores at several n: a claimed difference has p (Holm) < 0.05 and an interval off 0 on
+    its side; 'no clear difference' never stands beside an interval that excludes 0."""
+    rng = np.random.default_rng(31)
+    seen = set()
+    for n in (3, 5, 8, 12, 30):
+        for shift in (0.0, 0.02, 0.08):
+            base = rng.uniform(0.3, 0.7, n)
+            c = _pq_comparison(base + shift + rng.normal(0, 0.04, n), base + rng.normal(0, 0.04, n), n_boot=300)
+            v, excludes = c["verdict"], c["lo"] > 0 or c["hi"] < 0
+            seen.add(v.split(" ")[0])
+            if v.endswith("better"):
+                assert c["p_holm"] < 0.05 and excludes and (c["lo"] > 0) == (v == "A better"), c
+            if v == "no clear difference":
+                assert not excludes and c["p_holm"] >= 0.05, c
+            if n <= 5:
+                assert v.startswith("too few images"), c
+    assert {"A", "too"} <= seen
 
 
 def test_sign_flip_test_is_exact_and_calibrated_without_a_difference():

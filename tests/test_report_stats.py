@@ -161,3 +161,48 @@ def test_depth_plot_is_a_png(tmp_path, sweep_table):
 
     width, height = Image.open(path).size
     assert width > 2.5 * height  # one panel per metric, side by side
+
+
+def test_chance_levels_are_what_guesses_ignoring_the_input_score():
+    """Chance of each metric against guesses actually scored: constant and shuffled predictions."""
+    rng = np.random.default_rng(5)
+    y = rng.choice(4, size=4000, p=[0.55, 0.25, 0.15, 0.05])
+    p = noisy_prediction(10)
+    p.y_true, p.y_pred = y, y
+    chance = stats.chance_scores(p)
+    assert chance == {"balanced_accuracy": 0.25, "macro_f1": 0.25, "auroc": 0.5}
+    for c in range(4):  # always one class: balanced accuracy exactly 1/K, macro-F1 below it
+        assert balanced_accuracy_score(y, np.full_like(y, c)) == pytest.approx(chance["balanced_accuracy"])
+        assert f1_score(y, np.full_like(y, c), average="macro") < chance["macro_f1"]
+    shuffled = rng.permutation(y)  # guessing in the truth's shares
+    assert balanced_accuracy_score(y, shuffled) == pytest.approx(0.25, abs=0.03)
+    assert f1_score(y, shuffled, average="macro") == pytest.approx(0.25, abs=0.03)
+    reg = ProbePrediction("s", "e", "l", 1.0, "linear", "regression", y_true=np.ones((3, 2)), y_pred=np.ones((3, 2)))
+    assert stats.chance_scores(reg) == {"r2": 0.0}
+    # Patches: 80% background, 15% and 5% two nucleus classes. Always background: mIoU 0.8 / 3, Dice 0;
+    # always class 1: Dice (2 * 0.15 / 1.15) / 2; guessing in the shares: mIoU mean p / (2 - p), Dice mean p.
+    counts = np.array([800, 150, 50])
+    seg = ProbePrediction("s", "e", "l", 1.0, "linear", "segmentation",
+                          confusion=np.diag(counts)[None].astype(np.int64))
+    shares = counts / counts.sum()
+    miou = max(0.8 / 3, float(np.mean(shares / (2 - shares))))
+    dice = max(0.15 / 1.15, 0.05 / 1.05, float(np.mean(shares[1:])))
+    assert stats.chance_scores(seg) == {"miou": pytest.approx(miou), "dice": pytest.approx(dice)}
+
+
+def test_a_layer_at_or_below_chance_is_never_called_the_best():
+    preds = [noisy_prediction(90, accuracy=a, seed=i, layer=f"blocks.{i}", depth=(i + 1) / 2, method=m)
+             for m, accs in (("linear", (0.5, 0.9)), ("knn", (0.2, 0.3))) for i, a in enumerate(accs)]
+    for p in preds[2:]:  # kNN: always class 0, or worse than that
+        p.y_pred = np.zeros_like(p.y_true) if p.layer == "blocks.0" else (p.y_true + 1) % 3
+    table = stats.score_predictions(preds, n_boot=20, n_jobs=1, info={"labels": {"source": "tissue"}})
+    best = {b["method"]: b for b in table.best()}
+    assert best["linear"]["above_chance"] and best["linear"]["chance"] == pytest.approx(1 / 3)
+    assert best["knn"]["layer"] == "blocks.0" and best["knn"]["value"] == pytest.approx(1 / 3)
+    assert not best["knn"]["above_chance"]  # exactly at chance is not above it
+    text = table.format()
+    assert "balanced accuracy (chance 0.333)" in text and "macro-F1 (chance 0.333)" in text
+    assert "best layer: s linear blocks.1" in text and "best layer: s knn" not in text
+    assert "no layer above chance: s knn scores at most balanced accuracy 0.333" in text
+    starred = [line for line in text.splitlines() if line.rstrip().endswith("*")]
+    assert len(starred) == 1 and " linear " in starred[0]

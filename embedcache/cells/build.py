@@ -83,7 +83,7 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
         The store is missing or incomplete; ``out`` exists without
         ``overwrite``; an interrupted cell store made with other settings.
     """
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     t0 = time.perf_counter()
     files.recover(out)
@@ -112,7 +112,7 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
                  zip(images[i0:i1], maps)]
         return found, unit_pooling(images[i0:i1], [m[0] for m in maps], found, grids, store.tile_shape, valid)
 
-    with tqdm(total=len(images), desc="nuclei", unit="image", disable=not progress) as bar, \
+    with progress_bar(total=len(images), desc="nuclei", unit="image", disable=not progress) as bar, \
             ThreadPoolExecutor(max_workers=min(THREADS, budget()), thread_name_prefix="embedcache-cells") as pool:
         # Units are measured on THREADS threads (numpy and the codecs release the GIL), in order.
         for (i0, i1), (found, weights) in zip(image_units, pool.map(measure, image_units)):
@@ -141,7 +141,7 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     done = writer.done()
     todo = [u for u in range(len(units)) if not done[u]]
     cells_run = sum(units[u][3] - units[u][2] for u in todo)
-    with tqdm(total=cells_run, desc="cells", unit="cell", disable=not progress) as bar:
+    with progress_bar(total=cells_run, desc="cells", unit="cell", disable=not progress) as bar:
         read = lambda u: unit_tokens(store, unit_weights[u][0], layers, chosen, variants)  # noqa: E731
         for u, tokens in zip(todo, store.read_ahead(read, todo, depth=1)):
             writer.write_unit(u, pool_unit(tokens, unit_weights[u][1]))

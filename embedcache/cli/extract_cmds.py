@@ -51,13 +51,19 @@ from embedcache.report import human_bytes
               help="Slides: smallest tissue fraction of a kept tile.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with another configuration "
                                                 "(the old one stays until the new one is complete).")
+@click.option("--repair", is_flag=True, help="Check the store's chunks and compute again only the units whose "
+                                             "chunks fail their checksums (what `verify` reports); the same "
+                                             "options as the extraction that made it.")
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, codec, weights, norm, unit_tiles,
-            workers, scheduler, loader_workers, tile_size, overlap, mpp, tile_mpp, min_tissue, overwrite, quiet):
+            workers, scheduler, loader_workers, tile_size, overlap, mpp, tile_mpp, min_tissue, overwrite, repair,
+            quiet):
     """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
 
     An interrupted run resumes when the same command is run again. With
     --workers N or --scheduler ADDRESS, units of work run as dask tasks.
+    With --repair, a store damaged on disk gets only its damaged units
+    computed again.
     """
     from embedcache.config import ExtractConfig
     from embedcache.store.location import StoreLocation
@@ -71,15 +77,22 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
     from embedcache.extract import extract as run_extract
 
     result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                         progress=not quiet, on_note=lambda note: click.echo(f"note: {note}"))
+                         progress=not quiet, repair=repair, on_note=lambda note: click.echo(f"note: {note}"))
     if result.redone is not None:
         redo, kept = result.redone
         click.echo(f"the data changed since the interrupted run: kept {kept} finished units, computed {redo} "
                    "again (those with tiles of changed files)")
     if result.skipped:
-        click.echo(f"{result.path} is already complete with these settings; nothing to do")
+        intact = "; every chunk reads back, nothing to repair" if repair else "; nothing to do"
+        click.echo(f"{result.path} is already complete with these settings{intact}")
     else:
-        on = f", units run by {len({u['worker'] for u in result.units})} dask workers" if result.units else ""
+        if result.repaired:
+            units = ", ".join(map(str, result.repaired))
+            kept = "; the others kept" if len(result.repaired) < result.units_total else ""
+            click.echo(f"repaired {result.path}: computed {len(result.repaired)} of {result.units_total} units "
+                       f"again (unit {units}, whose chunks failed their checksums){kept}")
+        workers_seen = {u["worker"] for u in result.units if "worker" in u}
+        on = f", units run by {len(workers_seen)} dask workers" if workers_seen else ""
         click.echo(f"wrote {result.path}: {result.n_tiles} tiles x {result.n_variants} variants, "
                    f"layers {', '.join(result.layers)} ({result.tiles_per_second:.2f} tiles/s{on})")
 
@@ -133,13 +146,13 @@ def verify(store, quiet):
 
     Exits 1 and lists the problems when anything is wrong.
     """
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     from embedcache.store import open_store, verify_store
 
     s = open_store(store)
     arrays = s.arrays()
-    with tqdm(total=len(arrays) - 1, unit="array", disable=quiet, desc="verify") as bar:
+    with progress_bar(total=len(arrays) - 1, unit="array", disable=quiet, desc="verify") as bar:
         problems = verify_store(s, progress=lambda path: bar.update(1))
     if problems:
         for p in problems:

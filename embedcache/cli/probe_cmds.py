@@ -88,12 +88,19 @@ def probe(stores, labels, level, layers, method, pooled, folds, k, augment, n_bo
     else:
         click.echo(scores.format())
     if out:
-        from embedcache.report.plots import plot_depth
+        from embedcache.report.plots import draw_figures, plot_depth
 
         out.mkdir(parents=True, exist_ok=True)
-        written = [scores.write_json(out / "probe.json"), scores.write_csv(out / "probe.csv"),
-                   plot_depth(scores, out / "probe.png")]
-        click.echo(f"wrote {', '.join(str(p) for p in written)}", err=as_json)
+        written = [scores.write_json(out / "probe.json"), scores.write_csv(out / "probe.csv")]
+        drawn, warnings = draw_figures({out / "probe.png": lambda p: plot_depth(scores, p)})
+        _wrote(written + drawn, warnings, as_json)
+
+
+def _wrote(written: list, warnings: list[str], as_json: bool) -> None:
+    """Say what was written (stderr under --json) and why a figure is missing (always stderr)."""
+    for w in warnings:
+        click.echo(w, err=True)
+    click.echo(f"wrote {', '.join(str(p) for p in written)}", err=as_json)
 
 
 def _default_level(path: str) -> str:
@@ -106,7 +113,7 @@ def _default_level(path: str) -> str:
 def _cell_probe(stores: list, config, out, as_json: bool, quiet: bool) -> None:
     from embedcache.probes.cell import open_cell_stores, run_cell_probes
     from embedcache.probes.stores import store_label
-    from embedcache.report.cells import plot_cell_map, score_cell_probes
+    from embedcache.report.cells import score_cell_probes
 
     progress = None if quiet or as_json else (lambda what: click.echo(f"probed {what}", err=True))
     result = run_cell_probes(stores, config, progress=progress)
@@ -114,8 +121,5 @@ def _cell_probe(stores: list, config, out, as_json: bool, quiet: bool) -> None:
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
     if out:
         opened = open_cell_stores(stores)
-        best = {b["store"]: b["layer"] for b in report.best() if b["method"] == "linear"}
-        written = report.write(out)
-        written.append(plot_cell_map([(store_label(s, opened), s) for s in opened], best, Path(out) / "cells_map.png",
-                                     seed=config.seed))
-        click.echo(f"wrote {', '.join(str(p) for p in written)}", err=as_json)
+        written, warnings = report.write(out, [(store_label(s, opened), s) for s in opened], seed=config.seed)
+        _wrote(written, warnings, as_json)

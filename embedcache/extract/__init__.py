@@ -17,7 +17,8 @@ from embedcache.extract.local import extract_local
 
 def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int | None = None,
             scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
-            timeout: float | None = None, check: bool = True, on_note=None) -> ExtractResult:
+            timeout: float | None = None, check: bool = True, repair: bool = False,
+            on_note=None) -> ExtractResult:
     """Run ``config.encoder`` over every tile and variant of ``data`` into a store at ``out``.
 
     Parameters
@@ -45,6 +46,13 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
         Show a progress bar.
     timeout : float, optional
         Seconds to wait to connect to ``scheduler``.
+    repair : bool
+        Check an existing store of this configuration chunk by chunk and
+        compute again only the finished units whose chunks cannot be read
+        back (failed checksums, truncated files); the rest are kept and the
+        repaired store holds the bytes a clean extraction writes
+        (``ExtractResult.repaired`` lists the units). Nothing to do when
+        every chunk reads; refused when there is no such store.
     check : bool
         First check the dataset's headers
         (:func:`~embedcache.datasets.check.require_clean_data`, cheap: no
@@ -57,8 +65,13 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
     Returns
     -------
     ExtractResult
-        With ``units`` (worker and timings of each unit) for dask runs.
+        ``units``: the timings of each unit run (and its worker, for dask runs).
     """
+    if repair and overwrite:
+        from embedcache.errors import ConfigError
+
+        raise ConfigError("--repair keeps the store and recomputes its damaged units; --overwrite replaces it: "
+                          "give one of them")
     from embedcache.files import check_writable
 
     check_writable(out)  # before the dataset is read or any model loads
@@ -71,9 +84,9 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
             on_note(note)
     if workers or scheduler:
         return extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
-                                   overwrite=overwrite, progress=progress, timeout=timeout)
+                                   overwrite=overwrite, progress=progress, timeout=timeout, repair=repair)
 
-    return extract_local(data, out, config, overwrite=overwrite, progress=progress)
+    return extract_local(data, out, config, overwrite=overwrite, progress=progress, repair=repair)
 
 
 __all__ = ["ExtractResult", "Extraction", "ExtractionJob", "extract"]

@@ -101,10 +101,10 @@ def _worker_address() -> str:
         return f"pid {os.getpid()}"
 
 
-def _prepare(job: _Job, run_id: str, overwrite: bool) -> dict:
+def _prepare(job: _Job, run_id: str, overwrite: bool, repair: bool = False) -> dict:
     state = _state(job)
     ej = state.job
-    writer = ej.open_writer(job.out, overwrite)
+    writer = ej.open_writer(job.out, overwrite, repair)
     info = {"n_tiles": ej.dataset.n_tiles, "n_variants": len(ej.run.variants), "n_units": ej.n_units,
             "layers": ej.layers, "encoder": ej.run.spec.name, "todo": None, "tiles_todo": 0}
     if writer is not None:
@@ -112,6 +112,7 @@ def _prepare(job: _Job, run_id: str, overwrite: bool) -> dict:
         info["todo"] = writer.todo_units()
         info["tiles_todo"] = ej.tiles_in(info["todo"])
         info["redone"] = writer.redone
+        info["repaired"] = writer.repaired
     return info
 
 
@@ -273,7 +274,8 @@ def connect_cluster(workers: int | None, scheduler: str | None, device: str, tim
 
 def extract_distributed(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int | None = None,
                         scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
-                        timeout: float | None = None, worker_wait: float = 120) -> ExtractResult:
+                        timeout: float | None = None, worker_wait: float = 120,
+                        repair: bool = False) -> ExtractResult:
     """:func:`embedcache.extract.extract` with units of work run as dask tasks (what ``workers=`` or ``scheduler=`` runs).
 
     Parameters
@@ -308,14 +310,15 @@ def extract_distributed(data, out, config: ExtractConfig = ExtractConfig(), *, w
     t0 = time.perf_counter()
     with connect_cluster(workers, scheduler, config.device, timeout) as (client, threads):
         job = _Job(str(Path(data).absolute()), location.absolute().url, config, threads)
-        return _drive(client, job, location, overwrite, progress, worker_wait, scheduler or "local cluster", t0)
+        return _drive(client, job, location, overwrite, progress, worker_wait, scheduler or "local cluster", t0,
+                      repair)
 
 
 def _drive(client, job: _Job, location: StoreLocation, overwrite: bool, progress: bool, worker_wait: float,
-           where: str, t0: float) -> ExtractResult:
+           where: str, t0: float, repair: bool = False) -> ExtractResult:
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     try:
         client.wait_for_workers(1, timeout=worker_wait)
@@ -324,7 +327,8 @@ def _drive(client, job: _Job, location: StoreLocation, overwrite: bool, progress
                           "(`dask worker ADDRESS`) and run again") from None
     run_id = uuid.uuid4().hex[:12]
     addresses = list(client.scheduler_info(n_workers=-1)["workers"])
-    prepared = client.submit(_prepare, job, run_id, overwrite, key=f"embedcache-prepare-{run_id}", pure=False)
+    prepared = client.submit(_prepare, job, run_id, overwrite, repair, key=f"embedcache-prepare-{run_id}",
+                             pure=False)
     loads = [client.submit(_load, job, key=f"embedcache-load-{run_id}-{i}", workers=[a], allow_other_workers=True,
                            pure=False) for i, a in enumerate(addresses)]
     info = prepared.result()
@@ -338,7 +342,7 @@ def _drive(client, job: _Job, location: StoreLocation, overwrite: bool, progress
         f.result()
     log.info("encoder loaded on %d workers after %.1f s", len(loads), time.perf_counter() - t0)
     todo = info["todo"]
-    bar = tqdm(total=n_tiles, initial=n_tiles - info["tiles_todo"], unit="tile", disable=not progress,
+    bar = progress_bar(total=n_tiles, initial=n_tiles - info["tiles_todo"], unit="tile", disable=not progress,
                dynamic_ncols=True, desc=f"extract {info['encoder']} x{info['n_variants']} variants "
                                         f"on {len(addresses)} workers")
     t_run = time.perf_counter()
@@ -365,4 +369,4 @@ def _drive(client, job: _Job, location: StoreLocation, overwrite: bool, progress
     client.submit(_finish, job, key=f"embedcache-finish-{run_id}", pure=False).result()
     records.sort(key=lambda r: r["unit"])
     return ExtractResult(location.path, n_tiles, info["n_variants"], len(todo), n_units, seconds, layers=layers,
-                         units=records, redone=info.get("redone"))
+                         units=records, redone=info.get("redone"), repaired=info.get("repaired"))

@@ -45,8 +45,9 @@ class ExtractResult:
     seconds: float
     skipped: bool = False  # the store was already complete
     layers: list[str] = field(default_factory=list)
-    units: list[dict] = field(default_factory=list)  # distributed runs: worker and timings of each unit
+    units: list[dict] = field(default_factory=list)  # each unit run: ``unit, tiles, compute_s`` (+ worker, read/write)
     redone: tuple[int, int] | None = None  # after a fixed source file: (units computed again, finished units kept)
+    repaired: list[int] | None = None  # with repair: the damaged units computed again
 
     @property
     def tiles_per_second(self) -> float:
@@ -247,8 +248,9 @@ class ExtractionJob:
     def compute_unit(self, unit: int) -> dict[str, np.ndarray]:
         return self.unit_arrays(unit, *self.read_unit(unit))
 
-    def open_writer(self, out, overwrite: bool = False) -> StoreWriter | None:
-        """Create or resume the store at ``out`` (path or URL); None when it is already complete."""
+    def open_writer(self, out, overwrite: bool = False, repair: bool = False) -> StoreWriter | None:
+        """Create or resume the store at ``out`` (path or URL); None when it is already complete (and, with
+        ``repair``, intact: see :meth:`StoreWriter.open`)."""
         run, dataset, config = self.run, self.dataset, self.config
         fingerprint = dataset.fingerprint()
         sources = dataset.source_fingerprints()
@@ -267,7 +269,7 @@ class ExtractionJob:
                           for v in run.variants},
             source_names=tuple(dataset.tiles.source_names), tissue_names=tuple(self.tissue_names),
             class_names=dict(dataset.class_names or {}))
-        return StoreWriter.open(out, attrs, specs, overwrite=overwrite, redo=self._units_to_redo)
+        return StoreWriter.open(out, attrs, specs, overwrite=overwrite, redo=self._units_to_redo, repair=repair)
 
     def _units_to_redo(self, old: list[str] | None, names: list[str], done: np.ndarray, source: np.ndarray,
                        offset: np.ndarray) -> list[int] | None:

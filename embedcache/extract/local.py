@@ -62,15 +62,16 @@ def _worker_init(parent: int):
 
 
 def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool = False,
-                  progress: bool = True) -> ExtractResult:
+                  progress: bool = True, repair: bool = False) -> ExtractResult:
     """:func:`embedcache.extract.extract` in this process (``workers`` and ``scheduler`` unset); torch's
     threads and the loader processes share the thread budget (:mod:`embedcache.threads`)."""
     with use_threads(beside=config.loader_workers):
-        return _extract_local(data, out, config, overwrite, progress)
+        return _extract_local(data, out, config, overwrite, progress, repair)
 
 
-def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: bool) -> ExtractResult:
-    from tqdm.auto import tqdm
+def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: bool,
+                   repair: bool = False) -> ExtractResult:
+    from embedcache.progress import progress_bar
 
     t0 = time.perf_counter()
     torch.set_grad_enabled(False)
@@ -78,7 +79,7 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     run, dataset = job.run, job.dataset
     if dataset.layout in ("pannuke", "conic"):  # the loader only slices memory-mapped stacks: no core of its own
         torch.set_num_threads(compute_threads(0))
-    writer = job.open_writer(out, overwrite)
+    writer = job.open_writer(out, overwrite, repair)
     if writer is None:
         return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
                              time.perf_counter() - t0, skipped=True, layers=job.layers)
@@ -89,7 +90,7 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
         prefetch_factor=2 if config.loader_workers else None, persistent_workers=False,
         worker_init_fn=_worker_init(os.getpid()) if config.loader_workers else None)
 
-    bar = tqdm(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
+    bar = progress_bar(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
                disable=not progress, dynamic_ncols=True, desc=f"extract {run.spec.name} x{len(run.variants)} variants")
     pending: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
@@ -108,12 +109,17 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     thread = threading.Thread(target=write_loop, name="embedcache-writer", daemon=True)
     thread.start()
     t_run = time.perf_counter()
+    timings = []  # compute seconds of each unit: the repeats a cost's spread is measured over
     try:
         for item in loader:
             if failure:
                 break
             unit, images, labels, stained = _arrays(*item)
-            pending.put((unit, job.unit_arrays(unit, images, labels, stained)))
+            t_unit = time.perf_counter()
+            arrays = job.unit_arrays(unit, images, labels, stained)
+            timings.append({"unit": int(unit), "tiles": int(images.shape[0]),
+                            "compute_s": time.perf_counter() - t_unit})
+            pending.put((unit, arrays))
     finally:
         pending.put(None)
         thread.join()
@@ -123,4 +129,4 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     seconds = time.perf_counter() - t_run
     path = writer.finish()
     return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), job.n_units, seconds,
-                         layers=job.layers, redone=writer.redone)
+                         layers=job.layers, units=timings, redone=writer.redone, repaired=writer.repaired)

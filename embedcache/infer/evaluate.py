@@ -86,7 +86,7 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
         ``eval.json`` holds its ``to_dict()`` with ``protocol``, the held-out
         ``tiles`` and the ``n_nuclei`` predicted.
     """
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     loaded = load_run(run, device=str(resolve_device(device)))
     s = open_store(store or loaded.store["path"])
@@ -101,7 +101,7 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
     layout = "stack" if s.dataset_layout in ("pannuke", "conic") else "folder"
     writer = (prediction_writer(predictions, loaded, layout, len(images), overlays=False, geojson=False)
               if predictions is not None else None)
-    with tqdm(total=len(images), unit="image", desc="evaluate", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total=len(images), unit="image", desc="evaluate", disable=not progress, dynamic_ncols=True) as bar:
         pred, n_nuclei = _predicted(predictor, features, images, truth, writer, bar)
     if writer is not None:
         writer.close(prediction_info(loaded, "cached", str(s.path), "val", 0, magnification, post, tta))

@@ -154,7 +154,7 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
     -------
     PredictResult
     """
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     t0 = time.perf_counter()
     if (store is None) == (data is None):
@@ -182,7 +182,7 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
         images, layout, n_images, _ = data_images(data, format, tile, overlap)
         features, mode, source = LiveFeatures(loaded, str(dev), batch_size, variants), "live", str(data)
     writer = prediction_writer(out, loaded, layout, n_images, overlays, geojson)
-    with tqdm(total=n_images, unit="image", desc=f"predict ({mode})", disable=not progress,
+    with progress_bar(total=n_images, unit="image", desc=f"predict ({mode})", disable=not progress,
               dynamic_ncols=True) as bar:
         _, _, total = write_predictions(writer, predictor.run(images, features), bar)
     path = writer.close(prediction_info(loaded, mode, source, split, overlap if mode == "live" else 0,

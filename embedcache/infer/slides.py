@@ -293,7 +293,7 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
 def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: float, mpp, region: int, margin: int,
                    overlap: int, post, post_workers: int, outputs: Outputs, overwrite: bool, progress: bool,
                    table: bool) -> list[SlideResult]:
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     results: list[SlideResult] = []
     # Spawned, not forked: the parent holds torch's threads, which a fork would copy mid-flight.
@@ -301,7 +301,7 @@ def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: floa
                                 initializer=_init_worker, initargs=(os.getpid(),))
             if post_workers else None)
     try:
-        for path in tqdm(paths, desc="slides", unit="slide", disable=not progress or len(paths) < 2):
+        for path in progress_bar(paths, desc="slides", unit="slide", disable=not progress or len(paths) < 2):
             t0 = time.perf_counter()
             try:
                 plan = plan_slide(path, float(work_mpp), region, margin, mpp)
@@ -336,7 +336,7 @@ def _predict_on_cluster(run, paths: list[Path], out: Path, options: dict, worker
                         progress: bool) -> list[SlideResult]:
     """Every slide as one task on a dask cluster; slides.csv written here, in the slides' order, as they finish."""
     from distributed import as_completed
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     from embedcache.extract.distributed import connect_cluster
 
@@ -346,7 +346,7 @@ def _predict_on_cluster(run, paths: list[Path], out: Path, options: dict, worker
     with connect_cluster(workers or None, scheduler, options["device"], None) as (client, _):
         futures = {client.submit(_slide_task, run, p, out, options, key=f"slide-{k}-{p.name}", pure=False,
                                  retries=0): k for k, p in enumerate(paths)}
-        bar = tqdm(total=len(paths), unit="slide", desc="slides", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(paths), unit="slide", desc="slides", disable=not progress, dynamic_ncols=True)
         for fut in as_completed(list(futures), loop=client.loop):  # ours, not the default client's
             k = futures[fut]
             try:
@@ -363,7 +363,7 @@ def _predict_on_cluster(run, paths: list[Path], out: Path, options: dict, worker
 
 def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Path, pool, workers: int, region: int,
                    margin: int, overlap: int, post, outputs: Outputs, overwrite: bool, progress: bool):
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     settings = _settings(run, plan, region, margin, post, overlap, features.store, outputs.tta,
                          (outputs.geojson, outputs.overlays))
@@ -420,7 +420,7 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
         model = predictor.model
         args = (model.n_dist, model.n_types, post, predictor.directions)
         pending = []
-        bar = tqdm(total=len(plan.regions), initial=len(plan.regions) - len(todo), unit="region",
+        bar = progress_bar(total=len(plan.regions), initial=len(plan.regions) - len(todo), unit="region",
                    desc=plan.name, disable=not progress, dynamic_ncols=True)
 
         def settle(block: bool):

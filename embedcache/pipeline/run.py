@@ -217,6 +217,8 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
         summary = open_store(out).summary()
         return {"store": str(out), "n_tiles": r.n_tiles, "n_variants": r.n_variants, "layers": list(r.layers),
                 "seconds": r.seconds, "tiles_per_second": r.tiles_per_second, "bytes": summary["bytes"],
+                "unit_ms_per_tile_variant": [1000 * u["compute_s"] / max(1, u["tiles"] * r.n_variants)
+                                             for u in r.units if "compute_s" in u],
                 "encoder": xcfg.encoder, "weights": xcfg.weights or spec.weights}
 
     extract_step = Step("extract", f"extract {label}", extract_inputs, do_extract, root,
@@ -338,8 +340,9 @@ def _cell_probe_step(pipeline: Pipeline, ds: DatasetSpec, cells: list[Cell], roo
 
         result = run_cell_probes(paths, pcfg, names=names)
         report = score_cell_probes(result, n_boot=pcfg.n_boot, seed=pcfg.seed)
-        report.write(d)
-        return {"best": report.best(), "stores": {n: str(p) for n, p in zip(names, paths)}}
+        _, warnings = report.write(d)
+        return {"best": report.best(), "stores": {n: str(p) for n, p in zip(names, paths)},
+                **({"warnings": warnings} if warnings else {})}
 
     return Step("cellprobe", f"cell probe of types on {ds.name} ({', '.join(names)})",
                 {"cells": [c.nuclei.key for c in cells], "encoders": names, "probe": pcfg.to_dict(),

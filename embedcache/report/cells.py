@@ -27,8 +27,9 @@ import numpy as np
 
 from embedcache.files import plain_json, write_json
 from embedcache.metrics.tables import table
-from embedcache.report.compare import EXACT_UNITS, RANDOM_PATTERNS, holm
-from embedcache.report.plots import figure
+from embedcache.report.compare import EXACT_UNITS, RANDOM_PATTERNS, VERDICT_RULE, holm, verdict
+from embedcache.report.plots import draw_figures, figure
+from embedcache.report.stats import above_chance, chance_note, chance_scores
 
 CELL_METRICS = ("balanced_accuracy", "macro_f1")
 
@@ -92,15 +93,25 @@ class CellReport:
     info: dict = field(default_factory=dict)
 
     def best(self) -> list[dict]:
-        """The best layer of each (store, method) by balanced accuracy."""
+        """The highest layer of each (store, method) by balanced accuracy, with ``chance`` and ``above_chance``
+        (one at or below chance is never starred or called the best)."""
         best: dict = {}
         for r in self.rows:
             key = (r["store"], r["method"])
             if key not in best or r["scores"]["balanced_accuracy"]["value"] > \
                     best[key]["scores"]["balanced_accuracy"]["value"]:
                 best[key] = r
-        return [{"store": r["store"], "method": r["method"], "layer": r["layer"], "metric": "balanced_accuracy",
-                 **r["scores"]["balanced_accuracy"]} for r in best.values()]
+        out = []
+        for r in best.values():
+            chance = r.get("chance", {}).get("balanced_accuracy")
+            out.append({"store": r["store"], "method": r["method"], "layer": r["layer"], "metric": "balanced_accuracy",
+                        **r["scores"]["balanced_accuracy"], "chance": chance,
+                        "above_chance": above_chance(r["scores"]["balanced_accuracy"], chance)})
+        return out
+
+    def chance(self) -> dict[str, float]:
+        """Chance level of balanced accuracy and macro-F1 (the rows share their cells and labels)."""
+        return dict(self.rows[0].get("chance", {})) if self.rows else {}
 
     def to_dict(self) -> dict:
         return plain_json({"info": self.info, "rows": self.rows, "best": self.best(),
@@ -120,21 +131,26 @@ class CellReport:
                 f"{info.get('folds', '?')}; features {info.get('features', '?')}; 95% intervals over "
                 f"{info.get('n_boot', '?')} resamples of the {info.get('n_units', '?')} "
                 f"{info.get('unit', 'source image')}s")
-        best = {(b["store"], b["method"], b["layer"]) for b in self.best()}
+        best = {(b["store"], b["method"], b["layer"]) for b in self.best() if b["above_chance"]}
         few = _few_images(info)
+        chance = self.chance()
         body = [[r["store"], r["layer"], r["method"], *[_text(r["scores"][m]) for m in CELL_METRICS],
                  " ".join(f"{n}:{v:.2f}" for n, v in r["per_class"].items()),
                  "*" if (r["store"], r["method"], r["layer"]) in best else ""] for r in self.rows]
-        out = [head] + ([f"NOTE: {few}"] if few else []) + [
-            "", table(["store", "layer", "method", "balanced accuracy", "macro-F1", "per-class F1", ""], body)]
+        out = [head] + ([f"NOTE: {few}"] if few else []) + ([chance_note(CELL_METRICS)] if chance else []) + [
+            "", table(["store", "layer", "method", *[_with_chance(m, chance) for m in CELL_METRICS],
+                       "per-class F1", ""], body)]
+        out += [f"no layer above chance: {b['store']} {b['method']} scores at most balanced accuracy {_text(b)} at "
+                f"{b['layer']}, "
+                f"chance {b['chance']:.3f}" for b in self.best() if not b["above_chance"]]
         if self.comparisons:
             out += ["", "paired differences of balanced accuracy (best linear layers; interval over the same resamples, "
                         "p from swapping the two probes' predictions per image, exact up to "
-                        f"{EXACT_UNITS} images):",
-                    table(["a - b", "layers", "diff", "95% interval", "p", "p (Holm)"],
+                        f"{EXACT_UNITS} images).", VERDICT_RULE.format(units="source images"),
+                    table(["a - b", "layers", "diff", "95% interval", "p", "p (Holm)", "verdict"],
                           [[f"{c['a']} - {c['b']}", f"{c['layer_a']} / {c['layer_b']}", f"{c['diff']:+.3f}",
-                            f"[{c['lo']:+.3f}, {c['hi']:+.3f}]", f"{c['p']:.4f}", f"{c['p_holm']:.4f}"]
-                           for c in self.comparisons])]
+                            f"[{c['lo']:+.3f}, {c['hi']:+.3f}]", f"{c['p']:.4f}", f"{c['p_holm']:.4f}",
+                            _verdict_of(c, len(self.comparisons))] for c in self.comparisons])]
         if self.curve:
             out += ["", "label efficiency (linear probe of the best layer, share of each fold's training cells):",
                     table(["store", "layer", "fraction", "training cells", "balanced accuracy"],
@@ -159,26 +175,57 @@ class CellReport:
                             _text(t["drop"], signed=True)] for t in worst.values()])]
         return "\n".join(out)
 
-    def write(self, out) -> list[Path]:
-        """``cells.json``, ``cells.csv`` and the figures (label efficiency, invariance) into ``out``."""
+    def map_layers(self) -> dict[str, str]:
+        """The layer to map per store: its best linear layer, else its best layer of any method (kNN only)."""
+        best = sorted(self.best(), key=lambda b: b["method"] != "linear")
+        layers: dict[str, str] = {}
+        for b in best:
+            layers.setdefault(b["store"], b["layer"])
+        return layers
+
+    def write(self, out, stores: list | None = None, seed: int = 0) -> tuple[list[Path], list[str]]:
+        """``cells.json`` and ``cells.csv`` into ``out``, then the figures.
+
+        The tables are written first; a figure that cannot be drawn is a
+        warning line (returned), never the loss of the tables.
+
+        Parameters
+        ----------
+        out : str or Path
+        stores : list of (label, CellStore), optional
+            Stores to draw the cell map of (``cells_map.png``); none: no map.
+        seed : int
+            Seeds the cells the map samples.
+
+        Returns
+        -------
+        written : list of Path
+        warnings : list of str
+        """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = [write_json(out / "cells.json", self.to_dict()), self.write_csv(out / "cells.csv")]
+        figures = {}
         if self.curve:
-            written.append(plot_label_efficiency(self, out / "cells_label_efficiency.png"))
+            figures[out / "cells_label_efficiency.png"] = lambda p: plot_label_efficiency(self, p)
         if self.invariance:
-            written.append(plot_invariance(self, out / "cells_invariance.png"))
-        return written
+            figures[out / "cells_invariance.png"] = lambda p: plot_invariance(self, p)
+        if stores:
+            figures[out / "cells_map.png"] = lambda p: plot_cell_map(stores, self.map_layers(), p, seed=seed)
+        drawn, warnings = draw_figures(figures)
+        return written + drawn, warnings
 
     def write_csv(self, path) -> Path:
         path = Path(path)
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["store", "encoder", "layer", "depth", "method"]
-                       + [f"{m}{s}" for m in CELL_METRICS for s in ("", "_lo", "_hi")])
+                       + [f"{m}{s}" for m in CELL_METRICS for s in ("", "_lo", "_hi", "_chance")])
             for r in self.rows:
+                chance = r.get("chance", {})
                 w.writerow([r["store"], r["encoder"], r["layer"], r["depth"], r["method"]]
-                           + [f"{r['scores'][m][k]:.6g}" for m in CELL_METRICS for k in ("value", "lo", "hi")])
+                           + [f"{r['scores'][m][k]:.6g}" if k != "chance" else f"{chance.get(m, math.nan):.6g}"
+                              for m in CELL_METRICS for k in ("value", "lo", "hi", "chance")])
         return path
 
 
@@ -193,6 +240,17 @@ def _few_images(info: dict) -> str:
     unit = info.get("unit", "source image")
     return (f"the cells come from only {n} {unit}s: folds and intervals are over them, so scores swing "
             f"with which {unit} is held out and the intervals are rough; use more {unit}s for a comparison")
+
+
+def _with_chance(metric: str, chance: dict) -> str:
+    """A column header: the metric and its chance level."""
+    name = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}[metric]
+    return f"{name} (chance {chance[metric]:.3f})" if metric in chance else name
+
+
+def _verdict_of(c: dict, n_pairs: int) -> str:
+    """The comparison's verdict (reports written before verdicts were stored get one computed)."""
+    return c.get("verdict") or verdict(c, n_pairs, units="source images")
 
 
 def _text(s: dict, signed: bool = False) -> str:
@@ -222,8 +280,10 @@ def score_cell_probes(result, n_boot: int = 1000, seed: int = 0) -> CellReport:
         point = {"balanced_accuracy": float(balanced_accuracy_score(p.y_true, p.y_pred)),
                  "macro_f1": float(f1_score(p.y_true, p.y_pred, average="macro", zero_division=0))}
         per_class = f1_score(p.y_true, p.y_pred, labels=range(k), average=None, zero_division=0)
+        chance = chance_scores(p)
         rows.append({"store": p.store, "encoder": p.encoder, "layer": p.layer, "depth": p.depth, "method": p.method,
                      "task": "classification", "scores": {m: _interval(point[m], b[m]) for m in CELL_METRICS},
+                     "chance": {m: chance[m] for m in CELL_METRICS},
                      "per_class": {n: float(v) for n, v in zip(names, per_class)}, "params": p.params})
         key = p.store
         if p.method == "linear" and (key not in best_boot or point["balanced_accuracy"] > best_boot[key][0]):
@@ -299,6 +359,7 @@ def _comparisons(best: dict, k: int, seed: int) -> list[dict]:
                     "hi": float(hi), **test})
     for c, ph in zip(out, holm([c["p"] for c in out])):
         c["p_holm"] = ph
+        c["verdict"] = verdict(c, len(out), units="source images")
     return out
 
 
@@ -333,21 +394,27 @@ def cells_markdown(report: CellReport, dataset: str) -> str:
              f"{info.get('features')}. 95% intervals over {info.get('n_boot')} resamples of the "
              f"{info.get('unit', 'source image')}s."
              + (f" **Note**: {_few_images(info)}." if _few_images(info) else ""), "",
-             "| encoder | method | best layer | balanced accuracy | macro-F1 | per-class F1 |", "|---|---|---|---|---|---|"]
+             "| encoder | method | best layer | " + " | ".join(_with_chance(m, report.chance()) for m in CELL_METRICS)
+             + " | per-class F1 |", "|---|---|---|---|---|---|"]
+    if report.chance():
+        note = chance_note(CELL_METRICS)
+        lines[-2:-2] = [note[0].upper() + note[1:], ""]
     rows = {(r["store"], r["method"], r["layer"]): r for r in report.rows}
     for b in sorted(report.best(), key=lambda b: -b["value"]):
         r = rows[b["store"], b["method"], b["layer"]]
-        lines.append(f"| {b['store']} | {b['method']} | {b['layer']} | {_text(r['scores']['balanced_accuracy'])} | "
+        layer = b["layer"] if b["above_chance"] else f"none above chance (highest: {b['layer']})"
+        lines.append(f"| {b['store']} | {b['method']} | {layer} | {_text(r['scores']['balanced_accuracy'])} | "
                      f"{_text(r['scores']['macro_f1'])} | "
                      + ", ".join(f"{n} {v:.2f}" for n, v in r["per_class"].items()) + " |")
     if report.comparisons:
         lines += ["", "Paired differences of the best linear layers (interval over the same image resamples; p from "
                       "swapping the two encoders' predictions per image, exact up to "
-                      f"{EXACT_UNITS} images, Holm-adjusted over the pairs):", "",
-                  "| a - b (best linear layers) | difference in balanced accuracy | 95% interval | p | p (Holm) |",
-                  "|---|---|---|---|---|"]
+                      f"{EXACT_UNITS} images, Holm-adjusted over the pairs). "
+                  + VERDICT_RULE.format(units="source images"), "",
+                  "| a - b (best linear layers) | difference in balanced accuracy | 95% interval | p | p (Holm) | "
+                  "verdict |", "|---|---|---|---|---|---|"]
         lines += [f"| {c['a']} - {c['b']} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {c['p']:.4f} | "
-                  f"{c['p_holm']:.4f} |" for c in report.comparisons]
+                  f"{c['p_holm']:.4f} | {_verdict_of(c, len(report.comparisons))} |" for c in report.comparisons]
     if report.curve:
         fractions = sorted({c["fraction"] for c in report.curve})
         lines += ["", "Label efficiency (balanced accuracy of the best layer's linear probe on a share of each "
@@ -395,11 +462,12 @@ def cell_section(folder: Path, dataset: str, out: Path) -> tuple[str, list[str],
     stores = json.loads(record.read_text())["result"].get("stores", {}) if record.is_file() else {}
     try:
         opened = [(name, open_store(path)) for name, path in stores.items()]
-        best = {b["store"]: b["layer"] for b in report.best() if b["method"] == "linear"}
-        if opened:
-            figures.append(plot_cell_map(opened, best, out / f"cells_map_{dataset}.png").name)
     except EmbedcacheError:
-        pass  # the cell stores have moved: the map is left out, the tables stay
+        opened = []  # the cell stores have moved: the map is left out, the tables stay
+    if opened:
+        drawn, _ = draw_figures({out / f"cells_map_{dataset}.png":
+                                 lambda p: plot_cell_map(opened, report.map_layers(), p)})
+        figures += [p.name for p in drawn]
     return cells_markdown(report, dataset), figures, report.to_dict()
 
 

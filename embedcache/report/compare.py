@@ -30,7 +30,9 @@ sign-flip p (on the seed-averaged results) and the p of the centred
 two-stage bootstrap over seeds and images, so it is never smaller than the
 image count allows nor at odds with the interval beside it. Holm's step-down
 correction over all pairs of a metric guards against reading one lucky pair
-among many.
+among many. The verdict (:func:`verdict`) reads the test and the interval
+together and claims a difference only where both do; at an n too small for
+the exact test ever to reach 0.05 it claims none.
 
 >>> rows = [{"name": str(i), "pq": v, "dice": v, "aji": v, "aji_plus": v, "dq": v, "sq": v,
 ...          "det_tp": 1, "det_fp": 0, "det_fn": 0} for i, v in enumerate([0.5, 0.7])]
@@ -406,12 +408,59 @@ class Leaderboard:
         return self.metrics[0]
 
 
-def _verdict(c: dict, alpha: float = 0.05) -> str:
-    if not math.isfinite(c["p_holm"]):
+ALPHA = 0.05
+
+VERDICT_RULE = (
+    "Verdict: a difference is claimed only when the paired test and the interval agree (p after Holm below "
+    "0.05 and the 95% interval excluding 0 on the same side); 'no clear difference' when neither finds one; "
+    "'unclear' when they disagree. At small n the test decides: with too few {units} for the exact test ever "
+    "to reach 0.05 (the smallest p is 2 / 2^n, times the number of pairs after Holm), no difference is claimed "
+    "whatever the interval, which over so few {units} cannot be trusted as a 95% interval.")
+"""How :func:`verdict` reads a comparison, for reports (format with ``units``, e.g. ``"images"``)."""
+
+
+def verdict(c: Mapping, n_pairs: int = 1, alpha: float = ALPHA, units: str = "images") -> str:
+    """One verdict of a paired comparison, from the test and the interval together (:data:`VERDICT_RULE`).
+
+    Parameters
+    ----------
+    c : mapping
+        ``a, b, diff, lo, hi, p_holm`` and ``min_p`` (the smallest p the
+        test can give at this n, before Holm), ``n_units``.
+    n_pairs : int
+        Pairs in the Holm family: the smallest adjusted p is ``n_pairs * min_p``.
+    alpha : float
+    units : str
+        What the test's units are called (``images``, ``source images``).
+
+    Returns
+    -------
+    str
+        ``"<a> better"``, ``"<b> better"``, ``"no clear difference"``,
+        ``"too few <units> to tell (...)"``, ``"unclear: ..."`` or ``"n/a"``.
+        Never a difference that the interval or the test contradicts, and
+        never "no clear difference" beside an interval that excludes 0.
+
+    Examples
+    --------
+    >>> verdict({"a": "A", "b": "B", "diff": 0.1, "lo": 0.05, "hi": 0.15, "p_holm": 0.25, "min_p": 0.25,
+    ...          "n_units": 3})
+    'too few images to tell (3: p cannot go below 0.25)'
+    """
+    d, lo, hi, p = (float(c[k]) for k in ("diff", "lo", "hi", "p_holm"))
+    if not (math.isfinite(d) and math.isfinite(p)):
         return "n/a"
-    if c["p_holm"] < alpha:
-        return f"{c['a']} better" if c["diff"] > 0 else f"{c['b']} better"
-    return "no clear difference"
+    floor = min(1.0, float(c.get("min_p", math.nan)) * max(1, n_pairs))
+    if math.isfinite(floor) and floor >= alpha:
+        return f"too few {units} to tell ({c.get('n_units', '?')}: p cannot go below {floor:.3g})"
+    excludes = math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
+    if p < alpha and excludes and (lo > 0) == (d > 0):
+        return f"{c['a']} better" if d > 0 else f"{c['b']} better"
+    if p >= alpha and not excludes:
+        return "no clear difference"
+    if p < alpha:
+        return f"unclear: p (Holm) {p:.3g} but the interval includes 0"
+    return f"unclear: the interval excludes 0 but p (Holm) is {p:.3g}"
 
 
 def leaderboard(dataset: str, evaluations: Mapping[str, Sequence[ImageScores]], n_boot: int = 2000,
@@ -454,6 +503,6 @@ def leaderboard(dataset: str, evaluations: Mapping[str, Sequence[ImageScores]], 
         pairs = [compare(a, b, m) for i, a in enumerate(scored) for b in scored[i + 1:]]
         for c, ph in zip(pairs, holm([c["p"] for c in pairs])):
             c["p_holm"] = ph
-            c["verdict"] = _verdict(c)
+            c["verdict"] = verdict(c, len(pairs))
         comparisons += pairs
     return Leaderboard(dataset, first.protocol, rows, comparisons, n_boot, tuple(first.classes))

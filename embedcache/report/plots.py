@@ -7,6 +7,7 @@ window opens and no global backend is switched.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,6 +24,34 @@ def figure(width: float, height: float, n: int = 1):
     fig = Figure(figsize=(width * n, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(1, n, squeeze=False)[0]
+
+
+def draw_figures(figures: dict[Path, Callable[[Path], Path]]) -> tuple[list[Path], list[str]]:
+    """Draw each figure into its path; one that cannot be drawn becomes a warning line instead of an error.
+
+    Figures come last, after the scores and tables they show are written:
+    a figure that fails (an unexpected shape of result, a missing font, a
+    full disk) must never cost a run its scores.
+
+    Parameters
+    ----------
+    figures : dict of Path to callable
+        Output ``.png`` -> function drawing it there and returning its path.
+
+    Returns
+    -------
+    written : list of Path
+    warnings : list of str
+        One line per figure left out: which, and why.
+    """
+    written, warnings = [], []
+    for path, draw in figures.items():
+        try:
+            written.append(draw(Path(path)))
+        except Exception as e:  # noqa: BLE001 - any failure of a figure is reported, never raised
+            warnings.append(f"warning: {Path(path).name} was not drawn ({type(e).__name__}: {e}); "
+                            "the scores and tables are written")
+    return written, warnings
 
 
 def plot_depth(scores: ScoreTable, path, metrics: tuple[str, ...] | None = None, dpi: int = 120) -> Path:

@@ -154,6 +154,63 @@ def segmentation_scores(confusion: np.ndarray) -> dict:
     return {"miou": float(miou), "dice": float(dice)}
 
 
+CHANCE_RULE = {
+    "balanced_accuracy": "balanced accuracy 1/K over the K classes in the truth",
+    "macro_f1": "macro-F1 1/K, from guessing in the truth's class shares (always one class gets less)",
+    "auroc": "AUROC 0.5",
+    "r2": "R2 0, from predicting the mean",
+    "miou": "mIoU and Dice the better of always one class and guessing in the truth's class shares",
+}
+"""How the chance level of each metric is defined (:func:`chance_scores`), for reports."""
+
+
+def chance_note(metrics: Sequence[str]) -> str:
+    """One line saying what chance means for ``metrics`` and that no row at or below it is called the best."""
+    said = [CHANCE_RULE[m] for m in metrics if m in CHANCE_RULE]
+    return ("chance, what a guess that ignores the input scores: " + "; ".join(said)
+            + ". A layer at or below chance is never called the best.")
+
+
+def chance_scores(pred) -> dict[str, float]:
+    """The score of each metric of ``pred`` that a guess ignoring the input reaches (:func:`chance_note`).
+
+    Balanced accuracy averages recall over the K classes in the truth, so
+    any guess independent of the input has expected recall summing to at
+    most 1 over them: 1/K, reached by always saying one class. Macro-F1
+    of guessing in the truth's shares p_c is mean(p_c) = 1/K; always
+    saying one class gives 2p/(1+p)/K, never more. For patch segmentation
+    the guesses are scored by the metric's own function: always class c
+    (a confusion of the truth counts in column c) and guessing in the
+    truth's shares (the expected confusion ``counts x shares``).
+
+    Parameters
+    ----------
+    pred : ProbePrediction
+
+    Returns
+    -------
+    dict of str to float
+        One value per metric of ``METRICS[pred.task]``.
+    """
+    if pred.task == "classification":
+        k = max(1, len(np.unique(pred.y_true)))
+        return {"balanced_accuracy": 1.0 / k, "macro_f1": 1.0 / k, "auroc": 0.5}
+    if pred.task == "regression":
+        return {"r2": 0.0}
+    counts = pred.confusion.sum(axis=0).sum(axis=1).astype(np.float64)  # (K,) patches of each true class
+    k = len(counts)
+    guesses = [segmentation_scores(np.outer(counts, np.eye(k)[c])) for c in np.flatnonzero(counts)]
+    guesses.append(segmentation_scores(np.outer(counts, counts / max(counts.sum(), 1.0))))
+    return {m: max((g[m] for g in guesses if math.isfinite(g[m])), default=math.nan) for m in METRICS["segmentation"]}
+
+
+def above_chance(score: dict, chance: float | None) -> bool:
+    """Whether a score's point value is above its chance level (True when the chance is not known)."""
+    if chance is None or not math.isfinite(chance):
+        return True
+    return math.isfinite(score["value"]) and score["value"] > chance + 1e-9
+
+
 def prediction_scores(pred, idx: np.ndarray | None = None) -> dict:
     """The metrics of one :class:`~embedcache.probes.fit.ProbePrediction`, on tiles ``idx`` (default all)."""
     sel = slice(None) if idx is None else idx
@@ -227,20 +284,37 @@ class ScoreTable:
         return METRICS[self.rows[0]["task"]] if self.rows else ()
 
     def best(self) -> list[dict]:
-        """The best layer of each (store, method) by the first metric (balanced accuracy, R2 or mIoU)."""
+        """The highest-scoring layer of each (store, method) by the first metric (balanced accuracy, R2 or mIoU).
+
+        Each entry carries ``chance`` and ``above_chance``: a layer at or
+        below chance is reported as the highest, never starred as the best.
+        """
         best: dict[tuple[str, str], dict] = {}
         for r in self.rows:
             key, v = (r["store"], r["method"]), r["scores"][_primary(r["task"])]["value"]
             if key not in best or v > best[key]["scores"][_primary(r["task"])]["value"]:
                 best[key] = r
-        return [{"store": r["store"], "method": r["method"], "layer": r["layer"],
-                 "metric": _primary(r["task"]), **r["scores"][_primary(r["task"])]} for r in best.values()]
+        out = []
+        for r in best.values():
+            m = _primary(r["task"])
+            chance = r.get("chance", {}).get(m)
+            out.append({"store": r["store"], "method": r["method"], "layer": r["layer"], "metric": m,
+                        **r["scores"][m], "chance": chance, "above_chance": above_chance(r["scores"][m], chance)})
+        return out
+
+    def chance(self) -> dict[str, float]:
+        """Chance level of each metric (:func:`chance_scores`); the rows share their tiles and labels."""
+        return dict(self.rows[0].get("chance", {})) if self.rows else {}
 
     def format(self) -> str:
-        """Text for the terminal: one row per probe, ``value [lo, hi]`` per metric; ``*`` marks best layers."""
+        """Text for the terminal: one row per probe, ``value [lo, hi]`` per metric with its chance level in
+        the header; ``*`` marks best layers (never one at or below chance)."""
 
-        best = {(b["store"], b["method"], b["layer"]) for b in self.best()}
-        headers = ["store", "layer", "method"] + [LABELS[m] for m in self.metrics] + [""]
+        best = {(b["store"], b["method"], b["layer"]) for b in self.best() if b["above_chance"]}
+        chance = self.chance()
+        headers = ["store", "layer", "method"] + [
+            LABELS[m] + (f" (chance {chance[m]:.3f})" if math.isfinite(chance.get(m, math.nan)) else "")
+            for m in self.metrics] + [""]
         body = [[r["store"], r["layer"], r["method"],
                  *[_interval(r["scores"][m]) for m in self.metrics],
                  "*" if (r["store"], r["method"], r["layer"]) in best and len(self._layers(r)) > 1 else ""]
@@ -251,11 +325,11 @@ class ScoreTable:
                 f"95% bootstrap intervals over {info.get('n_boot', '?')} resamples of the test "
                 + (f"{'images' if info.get('unit', 'source image') == 'source image' else 'groups'} "
                    f"({info['bootstrap_units']})" if info.get("bootstrap_unit") == "source image" else "tiles"))
-        lines = [head] + ([f"NOTE: {info['note']}"] if info.get("note") else []) + ["", table(headers, body)]
+        lines = [head] + ([f"NOTE: {info['note']}"] if info.get("note") else []) + (
+            [chance_note(self.metrics)] if chance else []) + ["", table(headers, body)]
         if any(len(self._layers(r)) > 1 for r in self.rows):
             lines.append("")
-            lines += [f"best layer: {b['store']} {b['method']} {b['layer']} "
-                      f"({LABELS[b['metric']]} {_interval(b)})" for b in self.best()]
+            lines += [_best_line(b) for b in self.best()]
         return "\n".join(lines)
 
     def _layers(self, row) -> set[str]:
@@ -273,11 +347,21 @@ class ScoreTable:
         cols = ["store", "encoder", "layer", "depth", "method"]
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(cols + [f"{m}{s}" for m in self.metrics for s in ("", "_lo", "_hi")])
+            w.writerow(cols + [f"{m}{s}" for m in self.metrics for s in ("", "_lo", "_hi", "_chance")])
             for r in self.rows:
-                w.writerow([r[c] for c in cols] + [_csv_num(r["scores"][m][k]) for m in self.metrics
-                                                   for k in ("value", "lo", "hi")])
+                w.writerow([r[c] for c in cols] + [_csv_num(r["scores"][m][k]) if k != "chance" else
+                                                   _csv_num(r.get("chance", {}).get(m, math.nan))
+                                                   for m in self.metrics for k in ("value", "lo", "hi", "chance")])
         return path
+
+
+def _best_line(b: dict) -> str:
+    """``best layer: ...`` for the terminal, or why there is none above chance."""
+    score = f"{LABELS[b['metric']]} {_interval(b)}"
+    if b["above_chance"]:
+        return f"best layer: {b['store']} {b['method']} {b['layer']} ({score})"
+    return (f"no layer above chance: {b['store']} {b['method']} scores at most {score} at {b['layer']}, "
+            f"chance {b['chance']:.3f}")
 
 
 def _interval(s: dict) -> str:
@@ -325,7 +409,7 @@ def score_predictions(predictions: Sequence, n_boot: int = 1000, seed: int = 0, 
     for (k, _), scores in zip(jobs, done):
         boots[k] += scores
     rows = [{"store": p.store, "encoder": p.encoder, "layer": p.layer, "depth": p.depth, "method": p.method,
-             "task": p.task, "scores": _interval_of(point, b), "params": p.params}
+             "task": p.task, "scores": _interval_of(point, b), "chance": chance_scores(p), "params": p.params}
             for p, point, b in zip(predictions, points, boots)]
     n_tiles = predictions[0].n_tiles if predictions else 0
     n_units = len(np.unique(groups)) if groups is not None else n_tiles

@@ -22,6 +22,7 @@ import csv
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +33,11 @@ from embedcache.files import staged_dir, write_json
 from embedcache.infer.writer import overlay
 from embedcache.report import human_bytes
 from embedcache.report.cells import cell_section
-from embedcache.report.compare import HEADLINE, ImageScores, Leaderboard, leaderboard
+from embedcache.report.compare import HEADLINE, VERDICT_RULE, ImageScores, Leaderboard, leaderboard
 from embedcache.report.overlays import match_legend, match_overlay, type_legend
 from embedcache.report.plots import figure, plot_depth
 from embedcache.report.runs import per_image_markdown, plot_curves, settings_markdown, settings_rows
-from embedcache.report.stats import LABELS, ScoreTable
+from embedcache.report.stats import LABELS, ScoreTable, chance_note
 from embedcache.store import open_store
 from embedcache.store.images import image_pixels, image_truth, source_images
 
@@ -116,8 +117,27 @@ def probe_tables(cells: list[CellResult]) -> dict[tuple[str, int], dict]:
     return tables
 
 
+def spread(values, centre: str = "median") -> dict | None:
+    """``{value, lo, hi, n}``: the median (or mean) and range of repeated measurements; None for fewer than two.
+
+    A time measured once says nothing of the machine's noise (another
+    process, a cold cache, clock boost), so it is not shown at all.
+    """
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if len(v) < 2:
+        return None
+    return {"value": float(np.median(v) if centre == "median" else v.mean()), "lo": float(v.min()),
+            "hi": float(v.max()), "n": int(len(v))}
+
+
 def costs(cells: list[CellResult]) -> list[dict]:
-    """Per dataset and encoder: cache bytes and extraction and training time."""
+    """Per dataset and encoder: cache bytes, and extraction and training time with their spread over repeats.
+
+    Extraction ms per tile-variant is the median and range over the units of
+    work (each unit timed on its own); training seconds the mean and range
+    over seeds. Either is None where it was measured once (or, for stores
+    extracted before units were timed, not per unit).
+    """
     out = []
     for c in cells:
         if not c.extract:
@@ -127,8 +147,28 @@ def costs(cells: list[CellResult]) -> list[dict]:
         fit_s = [f["seconds"] for f in c.fits.values() if f]
         out.append({"dataset": c.dataset, "encoder": c.encoder, "n_tiles": x["n_tiles"],
                     "n_variants": x["n_variants"], "bytes": x["bytes"], "bytes_per_tile_variant": x["bytes"] / n,
-                    "extract_seconds": x["seconds"], "extract_ms_per_tile_variant": 1000 * x["seconds"] / n,
-                    "fit_seconds_mean": float(np.mean(fit_s)) if fit_s else math.nan})
+                    "extract_seconds": x["seconds"],
+                    "extract_ms_per_tile_variant": spread(x.get("unit_ms_per_tile_variant", [])),
+                    "fit_seconds": spread(fit_s, centre="mean")})
+    return out
+
+
+def cost_ranking(rows: list[dict], key: str) -> list[str]:
+    """Per dataset, which encoders are cheaper on ``key``, said only where the ranges over repeats do not overlap.
+
+    Returns one sentence per dataset with two or more encoders measured
+    repeatedly: ``a < b`` for every pair whose ranges are apart, or that
+    none is ranked because every difference is within the spread.
+    """
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        measured = sorted((r for r in rows if r["dataset"] == ds and r[key]), key=lambda r: r[key]["value"])
+        if len(measured) < 2:
+            continue
+        apart = [f"{a['encoder']} < {b['encoder']}" for i, a in enumerate(measured) for b in measured[i + 1:]
+                 if a[key]["hi"] < b[key]["lo"]]
+        out.append(f"{ds}: " + ("; ".join(apart) + " (ranges apart); other differences are within the spread"
+                                if apart else "every difference is within the spread over repeats: not ranked"))
     return out
 
 
@@ -158,7 +198,8 @@ def leaderboard_markdown(lb: Leaderboard) -> str:
         if seeds > 1:
             how += ", or the centred bootstrap over seeds and images where its p is larger"
         lines += ["", f"Paired comparisons on {METRIC_LABELS[lb.primary]} (95% interval over the same image "
-                      f"resamples; p: {how}, Holm-adjusted over the {len(pairs)} pair(s)):", ""]
+                      f"resamples; p: {how}, Holm-adjusted over the {len(pairs)} pair(s)). "
+                  + VERDICT_RULE.format(units="images"), ""]
         if math.isfinite(first["min_p"]) and first["min_p"] * len(pairs) >= 0.05:
             lines += [f"**{units} images: the smallest possible p is {first['min_p']:.3g}"
                       + (f" ({min(1.0, first['min_p'] * len(pairs)):.3g} after Holm)" if len(pairs) > 1 else "")
@@ -174,23 +215,46 @@ def probe_markdown(table: dict, dataset: str) -> str:
     info = table["info"]
     lines = [f"### Probe on {dataset}: {info.get('labels', {}).get('source', '?')} labels "
              f"({info.get('level', 'tile')} level, {info.get('folds', '?')})", "",
-             "| encoder | method | best layer | score | 95% interval |", "|---|---|---|---|---|"]
+             "| encoder | method | best layer | score | 95% interval | chance |", "|---|---|---|---|---|---|"]
+    metrics = dict.fromkeys(b["metric"] for b in table["best"])
+    if any(b.get("chance") is not None for b in table["best"]):
+        note = chance_note(list(metrics) + (["dice"] if "miou" in metrics else []))
+        lines[1:1] = ["", note[0].upper() + note[1:]]
     for b in table["best"]:
         lo, hi = b.get("lo"), b.get("hi")
         ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "n/a"
-        lines.append(f"| {b['store']} | {b['method']} | {b['layer']} | {LABELS.get(b['metric'], b['metric'])} "
-                     f"{_fmt(b.get('value'))} | {ci} |")
+        chance = b.get("chance")
+        layer = b["layer"] if b.get("above_chance", True) else f"none above chance (highest: {b['layer']})"
+        lines.append(f"| {b['store']} | {b['method']} | {layer} | {LABELS.get(b['metric'], b['metric'])} "
+                     f"{_fmt(b.get('value'))} | {ci} | {_fmt(chance) if chance is not None else 'n/a'} |")
     return "\n".join(lines)
 
 
 def costs_markdown(rows: list[dict]) -> str:
-    lines = ["## Costs", "", "| dataset | encoder | cache | per tile-variant | extraction ms per tile-variant | "
-                             "decoder training s (mean over seeds) |", "|---|---|---|---|---|---|"]
+    lines = ["## Costs", "", "Times are shown with their spread over repeats (extraction: median [min, max] over the "
+                             "units of work; training: mean [min, max] over seeds) and not at all when measured "
+                             "once; encoders are ranked only where the ranges of separate runs do not overlap.", "",
+             "| dataset | encoder | cache | per tile-variant | extraction ms per tile-variant | "
+             "decoder training s |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['encoder']} | {human_bytes(r['bytes'])} | "
-                     f"{human_bytes(r['bytes_per_tile_variant'])} | {r['extract_ms_per_tile_variant']:.1f} | "
-                     f"{_fmt(r['fit_seconds_mean'], 1)} |")
+                     f"{human_bytes(r['bytes_per_tile_variant'])} | "
+                     f"{_spread_text(r['extract_ms_per_tile_variant'], 'units')} | "
+                     f"{_spread_text(r['fit_seconds'], 'seeds')} |")
+    ranked = cost_ranking(rows, "fit_seconds")  # seeds are separate runs: their range holds run-to-run noise
+    if ranked:
+        lines += ["", "Training time: " + " ".join(ranked) + "."]
+    if cost_ranking(rows, "extract_ms_per_tile_variant"):
+        lines += ["", "Extraction times are not ranked: each encoder's extraction ran once, at its own time, and "
+                      "the spread over its units leaves out how the machine's load changed between runs (the same "
+                      "network, extracted twice, can differ by more than its units do)."]
     return "\n".join(lines)
+
+
+def _spread_text(s: dict | None, over: str) -> str:
+    if s is None:
+        return "measured once: not shown"
+    return f"{s['value']:.1f} [{s['lo']:.1f}, {s['hi']:.1f}] ({s['n']} {over})"
 
 
 def write_csv(path: Path, boards: dict[str, Leaderboard]) -> Path:
@@ -239,8 +303,11 @@ def plot_costs(rows: list[dict], path: Path) -> Path:
     x = np.arange(len(rows))
     axes[0].bar(x, [r["bytes_per_tile_variant"] / 1024 for r in rows], color="C2")
     axes[0].set_ylabel("cache KB per tile-variant")
-    axes[1].bar(x, [r["extract_ms_per_tile_variant"] for r in rows], color="C3")
-    axes[1].set_ylabel("extraction ms per tile-variant")
+    times = [r["extract_ms_per_tile_variant"] for r in rows]
+    y = np.array([t["value"] if t else np.nan for t in times])
+    err = np.array([[t["value"] - t["lo"], t["hi"] - t["value"]] if t else [0.0, 0.0] for t in times]).T
+    axes[1].bar(x, y, yerr=err, capsize=3, color="C3")  # measured once: no bar
+    axes[1].set_ylabel("extraction ms per tile-variant\n(median, range over units)")
     for ax in axes:
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
@@ -301,14 +368,19 @@ def write_overlays(cells: list[CellResult], dataset: str, out: Path, n: int) -> 
 # ----------------------------------------------------------------------------- the page
 
 
+def _inline(text: str) -> str:
+    """Markdown text as HTML: escaped first, then ``**x**`` as ``<strong>x</strong>`` (the only emphasis used)."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(str(text)))
+
+
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    th = "".join(f"<th>{_inline(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_inline(v)}</td>" for v in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _md_table_to_html(md: str) -> str:
-    """Markdown of this module (headings, paragraphs, pipe tables) as HTML."""
+    """Markdown of this module (headings, paragraphs, pipe tables, ``**bold**``) as HTML."""
     out, table = [], []
 
     def flush():
@@ -323,13 +395,13 @@ def _md_table_to_html(md: str) -> str:
             continue
         flush()
         if line.startswith("### "):
-            out.append(f"<h3>{html.escape(line[4:])}</h3>")
+            out.append(f"<h3>{_inline(line[4:])}</h3>")
         elif line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+            out.append(f"<h2>{_inline(line[3:])}</h2>")
         elif line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+            out.append(f"<h1>{_inline(line[2:])}</h1>")
         elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{_inline(line)}</p>")
     flush()
     return "\n".join(out)
 

@@ -481,6 +481,18 @@ def verify_store(store, progress=None) -> list[str]:
     ``progress`` is called with each array's path once it is checked. An
     empty list means the store is complete and intact.
     """
+    return _scan(store, progress)[0]
+
+
+def damaged_units(store, progress=None) -> list[int]:
+    """Units of work of an embedding store whose chunks cannot be read back (a failed checksum, a truncated
+    file): what ``extract --repair`` computes again. NaN values are not counted (the encoder wrote them, and
+    would again)."""
+    return _scan(store, progress)[1]
+
+
+def _scan(store, progress=None) -> tuple[list[str], list[int]]:
+    """The problems of a store and the units (embedding stores) whose chunks cannot be read."""
     problems = []
     done, units = store.units_done()
     if done < units:
@@ -494,7 +506,11 @@ def verify_store(store, progress=None) -> list[str]:
                         f"(run the same extract or cells command again to resume{fix})")
     elif not store.complete:
         problems.append("all units written but the store was never marked complete")
+    cells = hasattr(store, "n_cells")  # cell stores are rebuilt whole; embedding stores repaired by unit
+    fix = ("run the same cells command with --overwrite" if cells else
+           "run the same extract command with --repair to compute only the damaged units again")
     step = int(store.verify_rows)
+    damaged: set[int] = set()
     for path in store.arrays():
         if path == schema.DONE:
             continue
@@ -504,11 +520,14 @@ def verify_store(store, progress=None) -> list[str]:
             try:
                 block = arr[start:stop]
             except Exception as exc:
-                problems.append(f"{path}: tiles {start}..{stop - 1} cannot be read "
-                                f"({type(exc).__name__}: {exc}); re-extract with --overwrite")
+                unit = "" if cells else f" (unit {start // step})"
+                rows = f"tile {start}" if stop - start == 1 else f"tiles {start}..{stop - 1}"
+                problems.append(f"{path}: {rows}{unit} cannot be read "
+                                f"({type(exc).__name__}: {exc}); {fix}")
+                damaged.add(start // step)
                 continue
             if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
                 problems.append(f"{path}: tiles {start}..{stop - 1} hold NaN or infinite values")
         if progress:
             progress(path)
-    return problems
+    return problems, [] if cells else sorted(damaged)

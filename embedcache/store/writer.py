@@ -136,11 +136,19 @@ class StoreWriter:
         self.n_units = schema.n_units(self.n_tiles, self.unit_tiles)
         self._arrays = {}
         self.redone: tuple[int, int] | None = None  # (units computed again, finished units kept) after a fix
+        self.repaired: list[int] | None = None  # with repair: the damaged units marked to compute again
 
     @classmethod
     def open(cls, out, attrs: schema.StoreAttrs, specs: list[schema.ArraySpec],
-             overwrite: bool = False, redo=None) -> "StoreWriter | None":
+             overwrite: bool = False, redo=None, repair: bool = False) -> "StoreWriter | None":
         """Open for writing; returns None when ``out`` is already complete with this config.
+
+        With ``repair``, a store of this config (complete or interrupted)
+        is first checked chunk by chunk: the finished units whose chunks
+        cannot be read back are marked to compute again (:attr:`repaired`)
+        and the rest kept; a complete local store goes back to
+        ``OUT.partial`` for that and returns to ``OUT`` when finished. None
+        when a complete store has no damaged unit.
 
         ``out`` is a local path or an fsspec URL; ``attrs`` what the new store
         records (its ``config`` decides whether an existing store is the same).
@@ -173,9 +181,9 @@ class StoreWriter:
                     raise StoreMismatchError(f"{loc} was made with another configuration ({diff}); "
                                              "use --overwrite to replace it, or another --out")
                 if done_attrs.get("complete"):
-                    return None
+                    return cls._reopen_damaged(loc, build, attrs.config) if repair else None
                 if build == loc:  # object storage: an unfinished store in place, resumed
-                    return cls(loc, build.open_group("r+"), attrs.config)
+                    return cls(loc, build.open_group("r+"), attrs.config)._repair(repair)
             if build != loc:
                 part_attrs = read_attrs(build)
                 if part_attrs is not None and not overwrite:
@@ -188,12 +196,76 @@ class StoreWriter:
                         raise StoreMismatchError(
                             f"{build} (an interrupted extraction) was made with another configuration ({diff}); "
                             "use --overwrite to start again, or another --out")
-                    return cls(loc, build.open_group("r+"), attrs.config)
+                    return cls(loc, build.open_group("r+"), attrs.config)._repair(repair)
+            if repair:
+                raise StoreError(f"{loc}: no store of this configuration to repair; run extract without --repair")
             # Locally this clears a stale partial; on object storage (no rename) the old store itself.
             build.remove()
             build.write_files(_metadata_documents(specs, attrs))
             group = build.open_group("r+")
         return cls(loc, group, attrs.config)
+
+    @classmethod
+    def _reopen_damaged(cls, loc, build, config: schema.StoreConfig) -> "StoreWriter | None":
+        """A complete store whose damaged units are marked to compute again; None when none is damaged.
+
+        Locally the store moves back to ``OUT.partial`` first (renamed, not
+        copied), so an interrupted repair resumes like any extraction and
+        ``OUT`` is only ever a complete store; its ``complete`` flag is
+        cleared after the damaged units are unmarked.
+        """
+        from embedcache.store.reader import damaged_units, open_store
+
+        damaged = damaged_units(open_store(loc))
+        if not damaged:
+            return None
+        if build != loc:
+            build.remove()  # a stale partial of an earlier run
+            Path(loc.path).rename(build.path)
+        writer = cls(loc, build.open_group("r+"), config)
+        writer._unmark(damaged)
+        return writer
+
+    def _repair(self, repair: bool) -> "StoreWriter":
+        """With ``repair``: the finished units of this unfinished store whose chunks cannot be read, unmarked."""
+        if repair:
+            from embedcache.store.reader import damaged_units, open_store
+
+            self._unmark(damaged_units(open_store(self.location.building)))
+        return self
+
+    def _unmark(self, units: list[int]) -> None:
+        """Mark ``units`` not done, delete what they stored, and mark the store incomplete.
+
+        The objects go: a damaged shard cannot be rewritten in part (zarr
+        reads it back to merge a write that covers only some of it, as the
+        last, shorter unit's does), and a unit missing its objects reads as
+        zeros, so they are deleted only once the unit is marked not done.
+        """
+        import asyncio
+
+        import zarr
+        from zarr.core.sync import sync
+
+        self.repaired = [int(u) for u in units]
+        attrs = schema.StoreAttrs.from_dict(dict(self.group.attrs[schema.ATTRS]))
+        # Layers added after extraction (fit-ssl descriptors) are not computed again: theirs stay.
+        added = {schema.pooled_path(name, "mean") for name in attrs.descriptors}
+        if units:
+            done = self.array(schema.DONE)
+            for u in units:
+                done[u] = 0
+            # Every array's shards (or chunks) are one unit deep and span its other axes (schema.array_specs).
+            keys = [f"{path}/{arr.metadata.encode_chunk_key((u,) + (0,) * (arr.ndim - 1))}"
+                    for path, arr in self.group.members(max_depth=None)
+                    if isinstance(arr, zarr.Array) and path != schema.DONE and path not in added for u in units]
+            store = self.group.store
+
+            async def delete_all():
+                await asyncio.gather(*(store.delete(k) for k in keys))
+
+            sync(delete_all())
+        self.group.attrs[schema.ATTRS] = attrs.replace(complete=False).to_dict()
 
     @classmethod
     def _keep_finished(cls, loc, build, old_attrs: dict, attrs: schema.StoreAttrs, redo) -> "StoreWriter | None":

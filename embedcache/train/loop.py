@@ -161,12 +161,12 @@ class Trainer:
             raise
 
     def train_epoch(self, epoch: int, loader, steps_per_epoch: int) -> dict:
-        from tqdm.auto import tqdm
+        from embedcache.progress import progress_bar
 
         self.model.train()
         sums: dict[str, float] = {}
         n = 0
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
+        bar = progress_bar(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
         colours = epoch_generator(self.config.seed, epoch)
         for k, batch in enumerate(bar):

@@ -184,7 +184,7 @@ def fit_head(store_path, config: SSLConfig = SSLConfig(), progress: bool = True)
         ``output`` is the descriptor layer name (read it with
         ``open_store(path).pooled(name)``).
     """
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     store = open_store(store_path)
     if not store.complete:
@@ -205,7 +205,7 @@ def fit_head(store_path, config: SSLConfig = SSLConfig(), progress: bool = True)
     x = torch.from_numpy(feats)
     losses, seen, seconds = [], 0, 0.0
     with _training_threads():
-        for _ in tqdm(range(config.epochs), desc=f"fit-ssl head on {layer}", unit="epoch", disable=not progress):
+        for _ in progress_bar(range(config.epochs), desc=f"fit-ssl head on {layer}", unit="epoch", disable=not progress):
             pairs = sampler.sample(config.pairs // 2, config.pairs - config.pairs // 2, rng)
             t0 = time.perf_counter()
             losses.append(_head_epoch(head, opt, x, pairs, config, rng))
@@ -296,7 +296,7 @@ def fit_encoder(data, out, config: SSLConfig = SSLConfig(mode="encoder"), datase
     progress : bool
     """
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    from embedcache.progress import progress_bar
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -321,7 +321,7 @@ def fit_encoder(data, out, config: SSLConfig = SSLConfig(mode="encoder"), datase
     n_near = config.batch // 2
     losses, seen, seconds = [], 0, 0.0
     with torch.enable_grad():
-        for _ in tqdm(range(config.steps), desc=f"fit-ssl {spec.name}", unit="step", disable=not progress):
+        for _ in progress_bar(range(config.steps), desc=f"fit-ssl {spec.name}", unit="step", disable=not progress):
             pairs = sampler.sample(n_near, config.batch - n_near, rng)
             tiles = dataset.images(np.concatenate([pairs.i, pairs.j]))
             if target is not None:

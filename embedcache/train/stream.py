@@ -352,7 +352,7 @@ class TileStream(torch.utils.data.Dataset):
             self._ram = self._preload(progress)
 
     def _preload(self, progress: bool) -> dict:
-        from tqdm.auto import tqdm
+        from embedcache.progress import progress_bar
 
         out = {"images": np.empty((len(self.tiles), *self.store.tile_shape, 3), dtype=np.uint8)}
         n_var = len(self.store.variants)
@@ -363,7 +363,7 @@ class TileStream(torch.utils.data.Dataset):
                 out[layer, "scales"] = np.empty((len(self.tiles), n_var, shape[0]), dtype=np.float32)
         order = np.argsort(self.tiles)
         step = max(1, int(self.store.config.unit_tiles))
-        with tqdm(total=len(order), unit="tile", desc="preload", disable=not progress, dynamic_ncols=True) as bar:
+        with progress_bar(total=len(order), unit="tile", desc="preload", disable=not progress, dynamic_ncols=True) as bar:
             for b in range(0, len(order), step):
                 pos = order[b:b + step]
                 ids = self.tiles[pos].tolist()

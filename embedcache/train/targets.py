@@ -199,7 +199,7 @@ class TargetCache:
     """
 
     def __init__(self, store, tiles, config: TargetConfig = TargetConfig(), progress: bool = False):
-        from tqdm.auto import tqdm
+        from embedcache.progress import progress_bar
 
         self.config = config
         self.tiles = np.asarray(sorted(set(int(t) for t in tiles)), dtype=np.int64)
@@ -212,7 +212,7 @@ class TargetCache:
         self.valid = np.zeros((n, h, w), dtype=bool)
         valid = store.tile_info()["valid"]
         step = max(1, int(store.config.unit_tiles))
-        with tqdm(total=n, unit="tile", desc="targets", disable=not progress, dynamic_ncols=True) as bar:
+        with progress_bar(total=n, unit="tile", desc="targets", disable=not progress, dynamic_ncols=True) as bar:
             for start in range(0, n, step):
                 idx = self.tiles[start:start + step]
                 inst, types = store.labels(idx)
