@@ -422,7 +422,7 @@ CASES = [
                                            "--nuclei", w.scratch / "nonuclei", "--quiet"],
      "nonuclei: no such nuclei file or folder"),
     ("cells-out-is-a-store", lambda w, t: ["cells", "--store", w.store, "--out", w.store, "--quiet"],
-     "s.zarr exists; pass --overwrite"),
+     "s.zarr exists and holds other cells"),
     ("cells-radius-zero", lambda w, t: ["cells", "--store", w.store, "--out", t / "c.zarr", "--radius", "0"],
      "'--radius': 0.0 is not in the range"),
     # fit-ssl

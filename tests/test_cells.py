@@ -389,8 +389,11 @@ def test_a_partial_made_otherwise_is_refused_unless_overwrite(data, tmp_path, mo
 
 def test_an_existing_cell_store_is_refused_without_overwrite(data, tmp_path):
     out = tmp_path / "done.cells"
-    build_cells(data["stack"], out, CellsConfig(layers="last", variants="identity"), progress=False)
-    with pytest.raises(StoreError, match="exists; pass --overwrite"):
+    first = build_cells(data["stack"], out, CellsConfig(layers="last", variants="identity"), progress=False)
+    # The same command again does nothing and says so (it was refused as if the cells were another's).
+    again = build_cells(data["stack"], out, CellsConfig(layers="last", variants="identity"), progress=False)
+    assert again.skipped and again.units_run == 0 and (again.n_cells, again.types) == (first.n_cells, first.types)
+    with pytest.raises(StoreError, match="exists and holds other cells .*; pass --overwrite"):
         build_cells(data["stack"], out, CellsConfig(layers="last"), progress=False)
     assert open_store(out).variants == ["identity"]
     build_cells(data["stack"], out, CellsConfig(layers="last"), overwrite=True, progress=False)

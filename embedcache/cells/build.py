@@ -44,6 +44,7 @@ class CellsResult:
     cells_run: int
     seconds: float
     types: dict = field(default_factory=dict)
+    skipped: bool = False  # the cell store was already complete with these settings
 
     @property
     def cells_per_second(self) -> float:
@@ -87,8 +88,6 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
 
     t0 = time.perf_counter()
     files.recover(out)
-    if Path(out).exists() and not overwrite:
-        raise StoreError(f"{out} exists; pass --overwrite to replace it")
     store = open_store(store_path)
     if isinstance(store, CellStore):
         raise StoreError(f"{store.path} is a cell store; pass the embedding store it was pooled from")
@@ -99,6 +98,14 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     variants = resolve_variants([store.variants[i] for i in chosen])
     images = source_images(store)
     source = nuclei_source(store, images, config.nuclei, config.radius)
+    source_store = {"path": str(Path(str(store.path)).absolute()) if store.location.is_local else str(store.path),
+                    "dataset_fingerprint": store.config.dataset_fingerprint,
+                    "weights_sha256": store.config.weights_sha256, "n_tiles": store.n_tiles}
+    settings = {"layers": {layer: store.layout(layer).shape[0] for layer in layers},
+                "variants": [v.name for v in variants], "encoder": store.encoder.to_dict(),
+                "source_store": source_store, "nuclei": source.describe(config.radius), "config": config.to_dict()}
+    if Path(out).exists() and not overwrite:
+        return _already_built(Path(out), settings, len(images), t0)
     info = store.tile_info()
     valid = info["valid"]
     image_units = _units(images, config.unit_tiles)
@@ -128,14 +135,9 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     bounds = np.cumsum([0] + [len(t["instance"]) for t in per_image])
     units = [(i0, i1, int(bounds[i0]), int(bounds[i1])) for i0, i1 in image_units]
     source_names = _source_names(images, info["source"])
-    record = {"n_cells": n_cells, "layers": {layer: store.layout(layer).shape[0] for layer in layers},
-             "variants": [v.name for v in variants],
-             "class_names": {str(k): v for k, v in sorted(source.class_names.items())},
-             "source_names": source_names, "mpp": store.tile_mpp, "encoder": store.encoder.to_dict(),
-             "source_store": {"path": str(Path(str(store.path)).absolute()) if store.location.is_local
-                              else str(store.path), "dataset_fingerprint": store.config.dataset_fingerprint,
-                              "weights_sha256": store.config.weights_sha256, "n_tiles": store.n_tiles},
-             "nuclei": source.describe(config.radius), "config": config.to_dict()}
+    record = {"n_cells": n_cells, **settings,
+              "class_names": {str(k): v for k, v in sorted(source.class_names.items())},
+              "source_names": source_names, "mpp": store.tile_mpp}
     dtype = "float32" if store.config.dtype == "float32" else "float16"  # pooled cells of int8 tokens: float16
     writer = CellWriter(out, record, table, record["layers"], dtype, units, overwrite=overwrite)
     done = writer.done()
@@ -152,6 +154,33 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
               for t in np.unique(types)}
     return CellsResult(Path(path), n_cells, len(images), layers, [v.name for v in variants], len(units), len(todo),
                        cells_run, time.perf_counter() - t0, counts)
+
+
+def _already_built(out: Path, settings: dict, n_images: int, t0: float) -> CellsResult:
+    """The result of a cell store already built with these settings (running again does nothing).
+
+    Raises
+    ------
+    StoreError
+        ``out`` is not a complete cell store of the same store, nuclei and settings.
+    """
+    from embedcache.store.cells import CellStore
+
+    try:
+        old = open_store(out)
+    except StoreError:
+        old = None
+    same = isinstance(old, CellStore) and old.complete and \
+        {k: old.attrs.get(k) for k in settings} == files.plain_json(settings)
+    if not same:
+        raise StoreError(f"{out} exists and holds other cells (another store, nuclei or settings); pass "
+                         "--overwrite to replace it, or choose another --out")
+    types = np.asarray(old.table()["type"]) if old.n_cells else np.zeros(0, np.int64)
+    counts = {old.class_names.get(int(t), f"type {t}") if t else "unknown": int((types == t).sum())
+              for t in np.unique(types)}
+    n_units = len(old.attrs.get("units", []))
+    return CellsResult(out, old.n_cells, n_images, old.layers, old.variants, n_units, 0, 0,
+                       time.perf_counter() - t0, counts, skipped=True)
 
 
 def _source_names(images, source: np.ndarray) -> list[str]:

@@ -52,6 +52,9 @@ def cells(store, out, nuclei, radius, layers, variants, overwrite, as_json, quie
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    if r.skipped:
+        click.echo(f"{r.path} is already complete with these settings; nothing to do")
+        return
     resumed = f", {r.units - r.units_run} of {r.units} units already done" if r.units_run < r.units else ""
     click.echo(f"wrote {r.path}: {r.n_cells} cells of {r.n_images} images x {len(r.layers)} layers x "
                f"{len(r.variants)} variants in {r.seconds:.1f} s{resumed}")
