@@ -44,7 +44,7 @@ from bench_decoder import timed_steps  # this script's folder
 
 FULL = {"encoders": {"ViT-S/16": "timm:vit_small_patch16_224", "ViT-L/16": "timm:vit_large_patch16_224"},
         "sizes": (224, 256)}
-DRY = {"encoders": {"ViT-S stand-in": "timm:test_vit", "ViT-L stand-in": "timm:test_vit"}, "sizes": (224, 256)}
+DRY = {"encoders": {"ViT-S stand-in": "timm:test_vit", "ViT-L stand-in": "timm:test_vit"}, "sizes": (64, 96)}
 
 
 def sync(device):

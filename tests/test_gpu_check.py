@@ -22,4 +22,4 @@ def test_gpu_check_dry_run_prints_every_figure(tmp_path):
         mbs = float(row.split("write path ")[1].split()[0])
         assert 0 < ratio and mbs > 0, row
     assert any(ln.startswith("decoder steps/s") and "cached/live" in ln for ln in lines)
-    assert (tmp_path / "ViT-S-stand-in-256.zarr").is_dir()  # the stores it measured are real stores
+    assert (tmp_path / "ViT-S-stand-in-96.zarr").is_dir()  # the stores it measured are real stores

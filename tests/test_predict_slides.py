@@ -192,9 +192,9 @@ def test_peak_memory_does_not_grow_with_the_slide(setup):
     big = tmp / "big"
     big.mkdir()
     write_slide_tiff(big / "b.tif", np.tile(setup["image"], (2, 2, 1)), mpp=0.5, levels=2, tile=128)
+    predict_slides(setup["run"], setup["slides"], tmp / "mem-warm", run_mpp=0.5, region=96, progress=False)
     peaks = []
-    for name, folder in (("small", setup["slides"]), ("big", big)):
-        predict_slides(setup["run"], folder, tmp / f"mem-warm-{name}", run_mpp=0.5, region=96, progress=False)
+    for name, folder in (("small", setup["slides"]), ("big", big)):  # one warm-up serves both
         tracemalloc.start()
         res = predict_slides(setup["run"], folder, tmp / f"mem-{name}", run_mpp=0.5, region=96, progress=False)
         peaks.append(tracemalloc.get_traced_memory()[1])
