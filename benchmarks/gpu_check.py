@@ -179,7 +179,7 @@ def main():
                 per_tile = sum(int(np.prod(lay.shape)) for lay in job.run.layouts) * 2 / 1e6
                 print(f"{label:<15} {size} px  bare {n / t_bare:8.1f} tile-variants/s  extract {n / t_ext:8.1f}  "
                       f"ratio {t_bare / t_ext:.3f}  device waits {max(0.0, 1 - t_bare / t_ext):.0%}  "
-                      f"write path {mb:7.0f} MB/s ({per_tile:.2f} MB/tile-variant; zarr threads {workers})")
+                      f"write path {mb:8.2f} MB/s ({per_tile:.2f} MB/tile-variant; zarr threads {workers})")
                 if size == plan["sizes"][-1] and vits_store is None:
                     vits_store = (out, cfg)
                 del job
