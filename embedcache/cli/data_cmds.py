@@ -59,3 +59,19 @@ def check_data(path: Path, fmt: str, pixels: bool, tile_size: int, overlap, mpp,
     click.echo(f"{n} problem{'s' if n != 1 else ''} in {path}; fix {'them' if n != 1 else 'it'} and run check-data "
                "again")
     raise SystemExit(1)
+
+
+@main.command("datasets")
+def datasets():
+    """List the dataset layouts embedcache reads: for each, where to download it, its licence and the folder
+    to point --data (or check-data, evaluate --truth) at. `--format auto` tries them in this order.
+    """
+    from embedcache.datasets.registry import LAYOUTS, get_layout
+
+    get_layout("folder")  # loads every reader
+    for layout in LAYOUTS.values():
+        click.echo(f"{layout.name:<10} {layout.title}")
+        for key, value in (("download", layout.url), ("licence", layout.licence), ("point at", layout.point_at),
+                           ("knows", layout.note)):
+            if value:
+                click.echo(f"  {key:<9} {value}")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import click
 
-from embedcache.datasets import FORMATS
+from embedcache.datasets import formats
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
-                             help="Dataset layout (auto-detected by default).")
+format_option = click.option("--format", "fmt", type=click.Choice(formats()), default="auto", show_default=True,
+                             help="Dataset layout (auto-detected by default; `embedcache datasets` lists them).")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 magnification_option = click.option(
     "--magnification", default="40x", show_default=True, type=click.Choice(["40x", "20x"]),

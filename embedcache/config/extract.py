@@ -47,7 +47,8 @@ class ExtractConfig(_Config):
         a quarter of the tile, as live prediction cuts images (no seams).
         Slides, None: 0 (a plain grid); the overlap of ``predict --slides``
         (a quarter tile) makes a store it can read instead of the encoder.
-    format : {"auto", "pannuke", "conic", "folder", "slides"}
+    format : str
+        ``auto`` or a registered dataset layout (``embedcache datasets``).
     seed : int
         Seed of random initialisation with ``weights="random"``.
     mpp : float or None

@@ -98,7 +98,7 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
     variants = tta_variants(tta)
     features = store_features(s, variants)
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
-    layout = "stack" if s.dataset_layout in ("pannuke", "conic") else "folder"
+    layout = "stack" if s.tiles_are_images else "folder"
     writer = (prediction_writer(predictions, loaded, layout, len(images), overlays=False, geojson=False)
               if predictions is not None else None)
     with tqdm(total=len(images), unit="image", desc="evaluate", disable=not progress, dynamic_ncols=True) as bar:

@@ -175,7 +175,7 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
         check_features(loaded.store, s, loaded.path)
         features = store_features(s, variants)
         images = source_images(s, split_tiles(loaded, s, split))
-        layout = "stack" if s.dataset_layout in ("pannuke", "conic") else "folder"
+        layout = "stack" if s.tiles_are_images else "folder"
         n_images, mode, source = len(images), "cached", str(s.path)
         images = iter(images)
     else:

@@ -1,0 +1,65 @@
+"""Published datasets as their archives unzip, made small in code: the same tree, file names, dtypes, shapes,
+channel order, .mat keys, XML and CSV headers as the releases (the source of each fact is in the reader's
+docstring: embedcache/datasets/<name>.py), with few and small images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embedcache.datasets.synthetic import labels_to_pannuke_masks, make_tiles
+
+CONIC_HEADER = "neutrophil,epithelial,lymphocyte,plasma,eosinophil,connective"
+
+
+def write_pannuke_release(root: Path, sizes=(2, 2, 2), seed: int = 0):
+    """``Fold N/images/foldN/{images,types}.npy`` and ``Fold N/masks/foldN/masks.npy`` for N = 1.. len(sizes).
+
+    Images and masks float64 as released; masks channel 5 is background (1 where no nucleus); tissue names a
+    numpy str array. Returns the (images uint8, labels, tissue) of every tile, in fold order.
+    """
+    images, labels, tissue = make_tiles(sum(sizes), seed=seed, size=256)
+    start = 0
+    for k, n in enumerate(sizes, start=1):
+        sel = slice(start, start + n)
+        start += n
+        img_dir = root / f"Fold {k}" / "images" / f"fold{k}"
+        mask_dir = root / f"Fold {k}" / "masks" / f"fold{k}"
+        img_dir.mkdir(parents=True)
+        mask_dir.mkdir(parents=True)
+        np.save(img_dir / "images.npy", images[sel].astype(np.float64))
+        np.save(img_dir / "types.npy", np.asarray(tissue[sel]))
+        np.save(mask_dir / "masks.npy", labels_to_pannuke_masks(labels[sel]).astype(np.float64))
+    return images, labels, list(tissue)
+
+
+def write_conic_release(root: Path, patches: list[str], seed: int = 0):
+    """``README.txt``, ``images.npy`` (N, 256, 256, 3) uint8, ``labels.npy`` (N, 256, 256, 2) uint16 with
+    CoNIC classes 0..6, ``counts.csv`` and ``patch_info.csv`` (header ``patch_info``) naming ``patches``.
+
+    Returns (images, labels).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    n = len(patches)
+    images, labels, _ = make_tiles(n, seed=seed, size=256)
+    labels = labels.copy()
+    labels[..., 1] = np.where(labels[..., 0] > 0, labels[..., 0] % 6 + 1, 0)  # CoNIC's six classes
+    labels = labels.astype(np.uint16)
+    (root / "README.txt").write_text("CoNIC Challenge Data\n")
+    np.save(root / "images.npy", images)
+    np.save(root / "labels.npy", labels)
+    rows = [CONIC_HEADER]
+    for lab in labels:
+        ids, first = np.unique(lab[..., 0], return_index=True)
+        types = lab[..., 1].ravel()[first[ids > 0]]
+        rows.append(",".join(str(int((types == c).sum())) for c in range(1, 7)))
+    (root / "counts.csv").write_text("\n".join(rows) + "\n")
+    (root / "patch_info.csv").write_text("\n".join(["patch_info", *patches]) + "\n")
+    return images, labels
+
+
+def conic_patch_names(images_per_cohort: int = 3, patches_per_image: int = 2) -> list[str]:
+    """Patch names of the release's form ``<cohort>_<k>-<patch>`` for the five Lizard cohorts."""
+    return [f"{cohort}_{k}-{p:04d}" for cohort in ("consep", "crag", "dpath", "glas", "pannuke")
+            for k in range(1, images_per_cohort + 1) for p in range(patches_per_image)]

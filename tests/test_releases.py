@@ -1,0 +1,248 @@
+"""Published datasets read as their archives unzip: PanNuke's Fold trees, CoNIC's patches grouped by source image."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from decoder_helpers import make_store
+from release_fixtures import conic_patch_names, write_conic_release, write_pannuke_release
+from test_datasets import same_partition
+
+from embedcache import open_store
+from embedcache.cli import main
+from embedcache.datasets import detect_format, formats, open_dataset, read_label_maps
+from embedcache.datasets.check import check_data
+from embedcache.datasets.conic import challenge_split
+from embedcache.errors import ConfigError, DataError
+from embedcache.train.stream import make_split
+
+
+def problem_lines(output: str, root) -> list[str]:
+    """The ``FILE: message`` lines check-data prints for files under ``root`` (not its summary)."""
+    return [line for line in output.splitlines() if line.startswith(str(root)) and " layout, " not in line]
+
+
+def run(*args):
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.output
+    return res
+
+
+# ----------------------------------------------------------------------------- registry
+
+def test_every_layout_is_a_format_and_auto_tries_the_releases_first():
+    names = formats()
+    assert names[0] == "auto" and {"pannuke", "conic", "folder", "slides"} <= set(names)
+    assert names.index("pannuke") < names.index("folder") and names.index("conic") < names.index("folder")
+
+
+# ----------------------------------------------------------------------------- PanNuke
+
+@pytest.fixture(scope="module")
+def pannuke_release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pannuke") / "PanNuke"
+    return root, write_pannuke_release(root, sizes=(2, 3, 2))
+
+
+def test_pannuke_release_read_as_unzipped(pannuke_release):
+    root, (images, labels, tissue) = pannuke_release
+    assert detect_format(root) == "pannuke"
+    ds = open_dataset(root)
+    assert ds.n_tiles == 7 and ds.tile_shape == (256, 256)
+    assert ds.folds.tolist() == [0, 0, 1, 1, 1, 2, 2] and ds.fold_names == ["fold1", "fold2", "fold3"]
+    assert ds.splits == {"train": [0, 1], "test": [2]}
+    assert ds.tissue == tissue  # types.npy sits beside images.npy in the release, not beside masks.npy
+    assert ds.mpp == 0.25 and ds.protocol == "pannuke"
+    assert np.array_equal(ds.images(slice(None)), images)  # float64 whole numbers become the same uint8
+    got = ds.labels([6, 2, 0])
+    for g, want in zip(got, labels[[6, 2, 0]]):
+        assert np.array_equal(g[..., 1], want[..., 1]) and same_partition(g[..., 0], want[..., 0])
+
+
+@pytest.mark.parametrize("inside", ["Fold 2", "Fold 2/images/fold2", "Fold 2/masks/fold2"])
+def test_pannuke_one_fold_keeps_its_number_from_any_folder_inside(pannuke_release, inside):
+    root, (images, _, _) = pannuke_release
+    ds = open_dataset(root / inside)
+    assert ds.layout == "pannuke" and ds.n_tiles == 3
+    assert ds.folds.tolist() == [1, 1, 1] and ds.fold_names[1] == "fold2" and ds.splits == {}
+    assert np.array_equal(ds.images([0]), images[[2]])
+
+
+def test_pannuke_tile_reads_do_not_hold_the_fold(tmp_path):
+    """A fold of float64 tiles is memory-mapped: reading 2 tiles allocates about 2 tiles, not the fold."""
+    n = 40
+    d = tmp_path / "Fold 1" / "images" / "fold1"
+    m = tmp_path / "Fold 1" / "masks" / "fold1"
+    d.mkdir(parents=True)
+    m.mkdir(parents=True)
+    np.save(d / "images.npy", np.full((n, 256, 256, 3), 128.0))
+    np.save(d / "types.npy", np.asarray(["Colon"] * n))
+    np.save(m / "masks.npy", np.zeros((n, 256, 256, 6)))
+    ds = open_dataset(tmp_path)
+    fold_bytes = n * 256 * 256 * 3 * 8
+    tracemalloc.start()
+    ds.images([10, 11])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < fold_bytes / 5
+
+
+def test_pannuke_labels_for_evaluate_and_check_data_counts_folds(pannuke_release):
+    root, (_, labels, tissue) = pannuke_release
+    truth = read_label_maps(root)
+    assert truth.layout == "pannuke" and len(truth) == 7 and truth.tissue == tissue
+    report = check_data(root)
+    assert report.ok, report.problems
+    assert report.summary["splits"] == {"fold1": 2, "fold2": 3, "fold3": 2}
+    assert any(line.strip().startswith("splits    fold1 2 tiles, fold2 3 tiles") for line in report.lines())
+
+
+def test_pannuke_flat_folds_still_read(pannuke_dir):
+    ds = open_dataset(pannuke_dir)
+    assert ds.folds.tolist() == [0, 0, 0, 0, 1, 1] and ds.fold_names == ["fold1", "fold2"]
+
+
+def _copy_release(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    (lambda r: __import__("shutil").rmtree(r / "Fold 2"), ".", "PanNuke fold2 is missing"),
+    (lambda r: (r / "Fold 2" / "masks" / "fold2" / "masks.npy").unlink(), "Fold 2",
+     "a PanNuke fold folder without masks.npy"),
+    (lambda r: np.save(r / "Fold 3" / "images" / "fold3" / "images.npy", np.zeros((5, 256, 256, 3))),
+     "Fold 3", "holds 5 tiles of 256x256 px but masks/fold3/masks.npy 2 tiles"),
+])
+def test_pannuke_bad_release_one_line_naming_the_file_nothing_written(pannuke_release, tmp_path, damage, file,
+                                                                      message):
+    root = _copy_release(pannuke_release[0], tmp_path / "PanNuke")
+    damage(root)
+    res = run("check-data", root)
+    assert res.exit_code == 1
+    problems = problem_lines(res.output, root)
+    assert len(problems) == 1 and "Traceback" not in res.output
+    where = str(root) if file == "." else str(root / file)
+    assert problems[0].startswith(where + ":") and message in problems[0]
+    out = tmp_path / "s.zarr"
+    res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
+              "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- CoNIC
+
+@pytest.fixture(scope="module")
+def conic_release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conic") / "CoNIC Challenge Train"
+    patches = conic_patch_names(images_per_cohort=5, patches_per_image=2)
+    return root, patches, write_conic_release(root, patches)
+
+
+def test_conic_patches_take_their_source_image_and_cohort(conic_release):
+    root, patches, (images, labels) = conic_release
+    ds = open_dataset(root)
+    assert ds.layout == "conic" and ds.n_tiles == 50 and ds.class_names[6] == "connective"
+    names = ds.tiles.source_names
+    assert len(names) == 25 and [names[s] for s in ds.tiles.source[:4]] == ["consep_1", "consep_1", "consep_2",
+                                                                            "consep_2"]
+    assert ds.tissue[:2] == ["consep", "consep"] and ds.tissue[-1] == "pannuke"
+    assert ds.mpp == 0.5 and ds.protocol == "conic"
+    assert np.array_equal(ds.images([7]), images[[7]])
+    assert np.array_equal(ds.labels([3]), labels[[3]].astype(np.int32))
+
+
+def test_conic_challenge_split_is_over_images_stratified_by_cohort(conic_release):
+    root, patches, _ = conic_release
+    ds = open_dataset(root)
+    assert ds.fold_names == ["train", "val"] and ds.splits == {"train": [0], "val": [1]}
+    held = {ds.tiles.source_names[s] for s in ds.tiles.source[ds.folds == 1]}
+    kept = {ds.tiles.source_names[s] for s in ds.tiles.source[ds.folds == 0]}
+    assert not held & kept and len(held) == 5  # a fifth of the 25 images
+    assert sorted(n.split("_")[0] for n in held) == ["consep", "crag", "dpath", "glas", "pannuke"]  # one each
+    # The published rule, written out with scikit-learn as hover_net's generate_split.py does.
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    sources = np.unique([p.split("-")[0] for p in patches])
+    _, cohorts = np.unique([s.split("_")[0] for s in sources], return_inverse=True)
+    _, valid = next(StratifiedShuffleSplit(n_splits=10, train_size=0.8, test_size=0.2,
+                                           random_state=5).split(sources, cohorts))
+    assert held == set(sources[valid].tolist())
+    assert challenge_split(list(sources)).tolist() == [int(s in held) for s in sources]
+
+
+@pytest.fixture(scope="module")
+def conic_store(conic_release, tmp_path_factory):
+    root = conic_release[0]
+    return open_store(make_store(root, tmp_path_factory.mktemp("cs") / "s.zarr", variants="none"))
+
+
+def test_conic_no_split_fold_or_resample_puts_one_image_on_both_sides(conic_store):
+    from embedcache.probes.fit import make_folds
+    from embedcache.probes.labels import split_groups, tile_labels
+
+    store = conic_store
+    source = np.asarray(store.tile_info()["source"])
+    assert store.official_splits == {"train": [0], "val": [1]} and store.tile_mpp == 0.5
+    for spec in ("auto", "official", "val", "frac:0.2", "frac:0.5"):
+        for seed in range(3):
+            split = make_split(store, spec, seed=seed)
+            assert not set(source[split.val]) & set(source[split.train]), (spec, seed)
+    labels = tile_labels(store, "tissue")  # the cohort, a probe label
+    assert sorted(set(labels.names)) == ["consep", "crag", "dpath", "glas", "pannuke"]
+    groups, unit = split_groups(store, labels)
+    assert unit == "source image"
+    folds = make_folds(labels.y, 5, None, 0, groups)
+    for k in range(5):
+        assert not set(source[folds == k]) & set(source[folds != k])
+
+
+def test_conic_store_scores_each_patch_as_its_own_image(conic_store):
+    from embedcache.store.images import image_truth, source_images
+
+    images = source_images(conic_store, [0, 1, 2])
+    assert [j.name for j in images] == ["tile00000", "tile00001", "tile00002"]
+    truth = image_truth(conic_store, images)
+    assert truth.layout == "conic" and truth.instances[1].shape == (256, 256)
+    assert np.array_equal(truth.instances[1], conic_store.labels(1)[0])
+
+
+def test_conic_official_split_unknown_to_a_plain_stack(conic_dir, tmp_path):
+    store = open_store(make_store(conic_dir, tmp_path / "p.zarr", variants="none"))
+    with pytest.raises(ConfigError, match="no official val split"):
+        make_split(store, "val")
+
+
+def test_conic_patch_info_of_another_length_one_line(conic_release, tmp_path):
+    root = _copy_release(conic_release[0], tmp_path / "c")
+    (root / "patch_info.csv").write_text("patch_info\nconsep_1-0000\n")
+    with pytest.raises(DataError, match=r"patch_info.csv: 1 patches listed for 50"):
+        open_dataset(root)
+    res = run("check-data", root)
+    assert res.exit_code == 1
+    assert problem_lines(res.output, root) == [
+        f"{root / 'patch_info.csv'}: 1 patches listed for 50 in images.npy/labels.npy; it must name every patch, "
+        "in order (use the release's own file)"]
+
+
+def test_conic_check_data_counts_sources_and_split(conic_release):
+    report = check_data(conic_release[0])
+    assert report.ok and report.summary["sources"] == 25
+    assert report.summary["splits"] == {"train": 40, "val": 10}
+
+
+def test_datasets_command_lists_every_layout_with_licence_and_folder():
+    res = run("datasets")
+    assert res.exit_code == 0
+    out = res.output
+    for name in formats()[1:]:
+        assert any(line.startswith(f"{name} ") for line in out.splitlines()), name
+    block = out[out.index("pannuke "):out.index("conic ")]
+    assert "CC BY-NC-SA 4.0" in block and "Fold 1" in block and "warwick.ac.uk" in block
+    assert "CC BY-NC-SA 4.0" in out[out.index("conic "):]
