@@ -63,3 +63,38 @@ def conic_patch_names(images_per_cohort: int = 3, patches_per_image: int = 2) ->
     """Patch names of the release's form ``<cohort>_<k>-<patch>`` for the five Lizard cohorts."""
     return [f"{cohort}_{k}-{p:04d}" for cohort in ("consep", "crag", "dpath", "glas", "pannuke")
             for k in range(1, images_per_cohort + 1) for p in range(patches_per_image)]
+
+
+def write_cytodark0_release(root: Path, folds=(0, 0, 1, 2), seed: int = 0, magnifications=("20x", "40x")):
+    """``cytoDArk0/<mag>/<size>/{image/NAME.png, label/NAME.tiff, graymask4/NAME.png, folds.csv}`` with images
+    of the release's size (1024x1024 at 20x, 2048x2048 at 40x: only 20x holds images here unless asked), RGB
+    uint8 PNGs, uint16 TIFF instance maps and ``folds.csv`` (``img_id,fold``). Returns {stem: (image, inst)} of
+    the 20x images."""
+    import tifffile
+    from PIL import Image
+
+    sizes = {"20x": ("1024x1024", 1024), "40x": ("2048x2048", 2048)}
+    out = {}
+    for mag in magnifications:
+        folder, side = sizes[mag]
+        base = root / "cytoDArk0" / mag / folder
+        for sub in ("image", "label", "graymask4"):
+            (base / sub).mkdir(parents=True)
+        rows = ["img_id,fold"]
+        n = len(folds) if mag == "20x" else 1
+        for k in range(n):
+            stem = f"brain_{mag}_{k:02d}"
+            rng = np.random.default_rng(seed + k)
+            image = rng.integers(90, 200, (side, side, 3), dtype=np.uint8)
+            inst = np.zeros((side, side), np.uint16)
+            for j in range(4):
+                r, c = 100 + 200 * j, 80 + 230 * j
+                inst[r:r + 30, c:c + 24] = j + 1
+            Image.fromarray(image).save(base / "image" / f"{stem}.png")
+            tifffile.imwrite(base / "label" / f"{stem}.tiff", inst)
+            Image.fromarray(((inst > 0) * 2).astype(np.uint8)).save(base / "graymask4" / f"{stem}.png")
+            rows.append(f"{stem},{folds[k] if mag == '20x' else 0}")
+            if mag == "20x":
+                out[stem] = (image, inst)
+        (base / "folds.csv").write_text("\n".join(rows) + "\n")
+    return out

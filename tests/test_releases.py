@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from decoder_helpers import make_store
-from release_fixtures import conic_patch_names, write_conic_release, write_pannuke_release
+from release_fixtures import (
+    conic_patch_names, write_conic_release, write_cytodark0_release, write_pannuke_release,
+)
 from test_datasets import same_partition
 
 from embedcache import open_store
@@ -246,3 +248,54 @@ def test_datasets_command_lists_every_layout_with_licence_and_folder():
     block = out[out.index("pannuke "):out.index("conic ")]
     assert "CC BY-NC-SA 4.0" in block and "Fold 1" in block and "warwick.ac.uk" in block
     assert "CC BY-NC-SA 4.0" in out[out.index("conic "):]
+
+
+# ----------------------------------------------------------------------------- CytoDArk0
+
+@pytest.fixture(scope="module")
+def cytodark0_release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cyto")
+    return root / "cytoDArk0", write_cytodark0_release(root)
+
+
+@pytest.mark.parametrize("inside, side", [(".", 1024), ("20x", 1024), ("20x/1024x1024", 1024), ("40x", 2048)])
+def test_cytodark0_read_from_the_root_or_a_magnification(cytodark0_release, inside, side):
+    root, images = cytodark0_release
+    path = root if inside == "." else root / inside
+    assert detect_format(path) == "cytodark0"
+    ds = open_dataset(path)
+    assert ds.stain == "Nissl" and ds.describe()["magnification"] == ("40x" if side == 2048 else "20x")
+    ends = ds.tiles.offset + ds.tiles.valid
+    assert ends.max() == side and ends.min() > 0  # the release's image size, whole, cut without resizing
+    if side == 1024:
+        stem = "brain_20x_02"
+        k = ds.tiles.source_names.index(stem)
+        image, inst = images[stem]
+        assert np.array_equal(ds.source_labels(k)[..., 0], inst)
+        first = int(np.flatnonzero(ds.tiles.source == k)[0])
+        assert np.array_equal(ds.images([first])[0], image[:256, :256])
+
+
+def test_cytodark0_folds_csv_is_the_default_split(cytodark0_release):
+    root, _ = cytodark0_release
+    ds = open_dataset(root)
+    fold_of = {ds.tiles.source_names[s]: int(f) for s, f in zip(ds.tiles.source, ds.folds)}
+    assert fold_of == {"brain_20x_00": 0, "brain_20x_01": 0, "brain_20x_02": 1, "brain_20x_03": 2}
+    assert ds.fold_names == ["train", "val", "test"] and ds.splits == {"train": [0], "val": [1], "test": [2]}
+    report = check_data(root, pixels=True)
+    assert report.ok, report.problems
+    assert report.summary["images"] == 4 and report.summary["nuclei"] == {"untyped": 16}
+    assert any("Nissl stain, not H&E" in n for n in report.notes)
+    truth = read_label_maps(root)
+    assert truth.layout == "cytodark0" and truth.names[0] == "brain_20x_00" and truth.types is None
+
+
+def test_cytodark0_folds_csv_naming_a_missing_image_one_line(cytodark0_release, tmp_path):
+    root = _copy_release(cytodark0_release[0], tmp_path / "cytoDArk0")
+    (root / "20x" / "1024x1024" / "image" / "brain_20x_01.png").unlink()
+    res = run("check-data", root)
+    assert res.exit_code == 1
+    folds_csv = root / "20x" / "1024x1024" / "folds.csv"
+    assert problem_lines(res.output, root) == [
+        f"{folds_csv}: names image 'brain_20x_01', which is not in {folds_csv.parent / 'image'} (1 missing); "
+        "unzip the release again"]

@@ -36,7 +36,8 @@ def detect_format(path: Path, labels_only: bool = False) -> str:
 
 
 def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | None = None,
-                 tile_mpp: float = 0.5, min_tissue: float = 0.5, overlap: int | None = None) -> TileDataset:
+                 tile_mpp: float = 0.5, min_tissue: float = 0.5, overlap: int | None = None,
+                 magnification: str | None = None) -> TileDataset:
     """Open a dataset for extraction.
 
     Parameters
@@ -58,6 +59,9 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
         Slides only: level-0 microns per pixel overriding the files, microns
         per pixel of the tiles, smallest tissue fraction of a kept tile
         (:class:`~embedcache.datasets.slides.SlideDataset`).
+    magnification : {"20x", "40x"}, optional
+        Releases with both (CytoDArk0) read at the archive's root: which one
+        (default 20x); pointing at the magnification's folder does the same.
     """
     path = Path(path)
     if not path.exists():
@@ -66,8 +70,10 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
         layout, root = detect_layout(path)
     else:
         layout, root = get_layout(format), path
-    return layout.open(root, tile_size=tile_size, mpp=mpp, tile_mpp=tile_mpp, min_tissue=min_tissue,
-                       overlap=overlap)
+    options = dict(tile_size=tile_size, mpp=mpp, tile_mpp=tile_mpp, min_tissue=min_tissue, overlap=overlap)
+    if magnification is not None:
+        options["magnification"] = magnification
+    return layout.open(root, **options)
 
 
 __all__ = [
