@@ -98,3 +98,62 @@ def write_cytodark0_release(root: Path, folds=(0, 0, 1, 2), seed: int = 0, magni
                 out[stem] = (image, inst)
         (base / "folds.csv").write_text("\n".join(rows) + "\n")
     return out
+
+
+def nuclei_map(h: int, w: int, n: int, seed: int = 0) -> np.ndarray:
+    """An instance map (float64, as MATLAB saves it) of ``n`` separate rectangles, ids 1..n."""
+    rng = np.random.default_rng(seed)
+    inst = np.zeros((h, w))
+    for k in range(1, n + 1):
+        r, c = (k - 1) * (h // n) + 2, int(rng.integers(0, w - 20))
+        inst[r:r + max(3, h // n - 4), c:c + 15] = k
+    return inst
+
+
+def write_consep_release(root: Path, train: int = 2, test: int = 1, side: int = 1000):
+    """``CoNSeP/{Train,Test}/{Images,Labels,Overlay}``: ``train_K.png`` / ``test_K.png`` RGBA 1000x1000, and
+    ``.mat`` files (scipy.io.savemat) with ``inst_map``, ``type_map`` (0..7), ``inst_type`` (N, 1) and
+    ``inst_centroid`` (N, 2: x, y), all float64. Returns {"Train/train_1": (rgba, inst, types)}."""
+    from PIL import Image
+    from scipy.io import savemat
+
+    out = {}
+    for split, n in (("Train", train), ("Test", test)):
+        for sub in ("Images", "Labels", "Overlay"):
+            (root / "CoNSeP" / split / sub).mkdir(parents=True)
+        for k in range(1, n + 1):
+            name = f"{split.lower()}_{k}"
+            rng = np.random.default_rng(k + 10 * len(out))
+            rgba = np.concatenate([rng.integers(0, 255, (side, side, 3), dtype=np.uint8),
+                                   np.full((side, side, 1), 255, np.uint8)], axis=-1)
+            inst = nuclei_map(side, side, 14, seed=k)
+            inst_type = np.asarray([[(j % 7) + 1] for j in range(14)], dtype=np.float64)
+            types = np.where(inst > 0, inst_type[np.maximum(inst.astype(int) - 1, 0), 0], 0)
+            ys, xs = np.nonzero(inst)
+            centroid = np.asarray([[xs[inst[ys, xs] == j].mean(), ys[inst[ys, xs] == j].mean()] for j in range(1, 15)])
+            Image.fromarray(rgba).save(root / "CoNSeP" / split / "Images" / f"{name}.png")
+            Image.fromarray(rgba[..., :3]).save(root / "CoNSeP" / split / "Overlay" / f"{name}.png")
+            savemat(root / "CoNSeP" / split / "Labels" / f"{name}.mat",
+                    {"inst_map": inst, "type_map": types, "inst_type": inst_type, "inst_centroid": centroid})
+            out[f"{split}/{name}"] = (rgba, inst.astype(np.int32), types.astype(np.int32))
+    return out
+
+
+def write_cpm17_release(root: Path, sizes=((500, 500), (600, 600)), test: int = 1):
+    """``cpm17/{train,test}/{Images,Labels}``: ``image_NN.png`` RGB and ``image_NN.mat`` with ``inst_map``
+    (float64) only. Returns {"train/image_00": (rgb, inst)}."""
+    from PIL import Image
+    from scipy.io import savemat
+
+    out = {}
+    for split, shapes in (("train", sizes), ("test", sizes[:test])):
+        for sub in ("Images", "Labels"):
+            (root / "cpm17" / split / sub).mkdir(parents=True)
+        for k, (h, w) in enumerate(shapes):
+            name = f"image_{k:02d}"
+            rgb = np.random.default_rng(k).integers(0, 255, (h, w, 3), dtype=np.uint8)
+            inst = nuclei_map(h, w, 9, seed=k)
+            Image.fromarray(rgb).save(root / "cpm17" / split / "Images" / f"{name}.png")
+            savemat(root / "cpm17" / split / "Labels" / f"{name}.mat", {"inst_map": inst})
+            out[f"{split}/{name}"] = (rgb, inst.astype(np.int32))
+    return out

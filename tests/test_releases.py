@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 from decoder_helpers import make_store
 from release_fixtures import (
-    conic_patch_names, write_conic_release, write_cytodark0_release, write_pannuke_release,
+    conic_patch_names, write_conic_release, write_consep_release, write_cpm17_release, write_cytodark0_release,
+    write_pannuke_release,
 )
 from test_datasets import same_partition
 
@@ -299,3 +300,81 @@ def test_cytodark0_folds_csv_naming_a_missing_image_one_line(cytodark0_release, 
     assert problem_lines(res.output, root) == [
         f"{folds_csv}: names image 'brain_20x_01', which is not in {folds_csv.parent / 'image'} (1 missing); "
         "unzip the release again"]
+
+
+# ----------------------------------------------------------------------------- CoNSeP, CPM-17
+
+@pytest.fixture(scope="module")
+def consep_release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("consep")
+    return root / "CoNSeP", write_consep_release(root)
+
+
+def test_consep_read_as_unzipped_rgba_as_rgb_types_merged(consep_release):
+    from embedcache.datasets.consep import HOVERNET_CLASSES
+
+    root, images = consep_release
+    assert detect_format(root) == "consep"
+    ds = open_dataset(root)
+    assert ds.tiles.source_names == ["Train/train_1", "Train/train_2", "Test/test_1"]
+    assert ds.fold_names == ["train", "test"] and ds.splits == {"train": [0], "test": [1]}
+    assert sorted(set(ds.folds.tolist())) == [0, 1] and ds.class_names == HOVERNET_CLASSES
+    rgba, inst, types = images["Train/train_2"]
+    maps = ds.source_labels(1)
+    assert np.array_equal(maps[..., 0], inst)
+    # HoVer-Net's merge, written out: 3, 4 -> 3 epithelial; 5, 6, 7 -> 4 spindle-shaped.
+    merged = {0: 0, 1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4}
+    assert np.array_equal(maps[..., 1], np.vectorize(merged.get)(types))
+    first = int(np.flatnonzero(ds.tiles.source == 1)[0])
+    assert np.array_equal(ds.images([first])[0], rgba[:256, :256, :3])
+    seven = open_dataset(root, classes="consep")
+    assert np.array_equal(seven.source_labels(1)[..., 1], types) and len(seven.class_names) == 7
+    one = open_dataset(root / "Test")
+    assert one.tiles.source_names == ["test_1"] and one.folds.tolist() == [1] * one.n_tiles
+
+
+def test_consep_evaluated_against_itself_and_checked(consep_release):
+    from embedcache.metrics.evaluation import evaluate
+
+    root, _ = consep_release
+    ev = evaluate(root, root, "hovernet")
+    assert ev.summary["pq"] == pytest.approx(1.0)
+    report = check_data(root, pixels=True)
+    assert report.ok, report.problems
+    assert report.summary["images"] == 3 and report.summary["splits"]["test"] > 0
+    assert sum(report.summary["nuclei"].values()) == 42 and set(report.summary["nuclei"]) == {
+        "other", "inflammatory", "epithelial", "spindle-shaped"}
+
+
+def test_consep_mat_without_inst_map_one_line_nothing_written(consep_release, tmp_path):
+    from scipy.io import savemat
+
+    root = _copy_release(consep_release[0], tmp_path / "CoNSeP")
+    bad = root / "Train" / "Labels" / "train_2.mat"
+    savemat(bad, {"type_map": np.zeros((1000, 1000))})
+    res = run("check-data", root)
+    assert res.exit_code == 1
+    assert problem_lines(res.output, root) == [
+        f"{bad}: no 'inst_map' in this .mat file (it holds type_map); the release's label files hold it"]
+    with pytest.raises(DataError, match="no 'inst_map'"):
+        open_dataset(root).source_labels(1)
+    out = tmp_path / "s.zarr"
+    res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
+              "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "no 'inst_map'" in res.output
+    assert not out.exists()
+
+
+def test_cpm17_read_as_unzipped(tmp_path):
+    images = write_cpm17_release(tmp_path)
+    root = tmp_path / "cpm17"
+    assert detect_format(root) == "cpm17" and detect_format(root / "test") == "cpm17"
+    ds = open_dataset(root)
+    assert ds.tiles.source_names == ["train/image_00", "train/image_01", "test/image_00"]
+    assert ds.class_names is None and ds.splits == {"train": [0], "test": [1]}
+    rgb, inst = images["train/image_01"]
+    assert np.array_equal(ds.source_labels(1)[..., 0], inst) and not ds.source_labels(1)[..., 1].any()
+    ends = ds.tiles.offset[ds.tiles.source == 1] + ds.tiles.valid[ds.tiles.source == 1]
+    assert tuple(ends.max(0)) == (600, 600)
+    truth = read_label_maps(root)
+    assert truth.layout == "cpm17" and truth.types is None and truth.instances[1].shape == (600, 600)

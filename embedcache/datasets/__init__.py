@@ -37,7 +37,7 @@ def detect_format(path: Path, labels_only: bool = False) -> str:
 
 def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | None = None,
                  tile_mpp: float = 0.5, min_tissue: float = 0.5, overlap: int | None = None,
-                 magnification: str | None = None) -> TileDataset:
+                 magnification: str | None = None, classes: str | None = None) -> TileDataset:
     """Open a dataset for extraction.
 
     Parameters
@@ -62,6 +62,9 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
     magnification : {"20x", "40x"}, optional
         Releases with both (CytoDArk0) read at the archive's root: which one
         (default 20x); pointing at the magnification's folder does the same.
+    classes : str, optional
+        Releases with more than one class set (CoNSeP: ``hovernet``, the
+        default, or ``consep``): which one.
     """
     path = Path(path)
     if not path.exists():
@@ -71,8 +74,9 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
     else:
         layout, root = get_layout(format), path
     options = dict(tile_size=tile_size, mpp=mpp, tile_mpp=tile_mpp, min_tissue=min_tissue, overlap=overlap)
-    if magnification is not None:
-        options["magnification"] = magnification
+    for key, value in (("magnification", magnification), ("classes", classes)):
+        if value is not None:
+            options[key] = value
     return layout.open(root, **options)
 
 

@@ -19,6 +19,8 @@ def _check_release(report: DataReport, path: Path, pixels: bool, tile_size: int,
     except DataError as exc:
         _add(report, exc, path)
         return
+    for problem in getattr(ds, "header_problems", lambda: [])():
+        _add(report, problem, path)
     s = report.summary
     s.update(release=True, images=len(ds.tiles.source_names), tiles=ds.n_tiles, tile_size=tile_size,
              overlap=overlap, labels=_labels_line(ds))
