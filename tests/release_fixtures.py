@@ -157,3 +157,77 @@ def write_cpm17_release(root: Path, sizes=((500, 500), (600, 600)), test: int = 
             savemat(root / "cpm17" / split / "Labels" / f"{name}.mat", {"inst_map": inst})
             out[f"{split}/{name}"] = (rgb, inst.astype(np.int32))
     return out
+
+
+def write_lizard_release(root: Path, images=(("consep_1", "consep", 1, (300, 420)), ("crag_1", "crag", 2, (256, 300)),
+                                             ("glas_2", "glas", 3, (280, 256)))):
+    """``Lizard_Images1/``, ``Lizard_Images2/`` (RGB PNGs, split between them), ``Lizard_Labels/Labels/NAME.mat``
+    (``inst_map`` float64, ``id``, ``class``, ``bbox``, ``centroid``) and ``Lizard_Labels/info.csv``
+    (``Filename,Source,Split``). Returns {name: (rgb, inst, types)}."""
+    from PIL import Image
+    from scipy.io import savemat
+
+    for sub in ("Lizard_Images1", "Lizard_Images2", "Lizard_Labels/Labels"):
+        (root / sub).mkdir(parents=True)
+    rows, out = ["Filename,Source,Split"], {}
+    for k, (name, source, split, (h, w)) in enumerate(images):
+        rgb = np.random.default_rng(k).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        inst = nuclei_map(h, w, 8, seed=k)
+        ids = np.arange(1, 9).reshape(-1, 1)
+        classes = ((ids + k) % 6 + 1).astype(np.int64)
+        bbox = np.zeros((8, 4), np.int64)
+        centroid = np.zeros((8, 2))
+        for j in range(8):
+            ys, xs = np.nonzero(inst == j + 1)
+            bbox[j] = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+            centroid[j] = (xs.mean(), ys.mean())
+        Image.fromarray(rgb).save(root / ("Lizard_Images1" if k % 2 == 0 else "Lizard_Images2") / f"{name}.png")
+        savemat(root / "Lizard_Labels" / "Labels" / f"{name}.mat",
+                {"inst_map": inst, "id": ids, "class": classes, "bbox": bbox, "centroid": centroid})
+        rows.append(f"{name},{source},{split}")
+        types = np.where(inst > 0, classes[np.maximum(inst.astype(int) - 1, 0), 0], 0)
+        out[name] = (rgb, inst.astype(np.int32), types.astype(np.int32))
+    (root / "Lizard_Labels" / "info.csv").write_text("\n".join(rows) + "\n")
+    return out
+
+
+def aperio_xml(outlines, mpp: float = 0.2521) -> str:
+    """Aperio ImageScope XML of ``outlines`` (lists of (x, y) vertices), one Region each, as MoNuSeg's files."""
+    regions = []
+    for k, pts in enumerate(outlines, start=1):
+        vertices = "\n".join(f'<Vertex X="{x}" Y="{y}" Z="0"/>' for x, y in pts)
+        regions.append(f'<Region Id="{k}" Type="0" Zoom="1" Selected="0" ImageLocation="" ImageFocus="-1" '
+                       f'Length="0" Area="0" LengthMicrons="0" AreaMicrons="0" Text="" NegativeROA="0" '
+                       f'InputRegionId="0" Analyze="1" DisplayId="{k}">\n<Attributes/>\n<Vertices>\n{vertices}\n'
+                       '</Vertices>\n</Region>')
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Annotations MicronsPerPixel="{mpp:f}">\n'
+            '<Annotation Id="1" Name="" ReadOnly="0" NameReadOnly="0" LineColorReadOnly="0" Incremental="0" '
+            'Type="4" LineColor="65280" Visible="1" Selected="1" MarkupImagePath="" MacroName="">\n'
+            '<Attributes>\n<Attribute Name="Description" Id="0" Value=""/>\n</Attributes>\n<Regions>\n'
+            '<RegionAttributeHeaders>\n<AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/>\n'
+            '</RegionAttributeHeaders>\n' + "\n".join(regions) + '\n</Regions>\n<Plots/>\n</Annotation>\n'
+            '</Annotations>\n')
+
+
+def write_monuseg_release(root: Path, train=("TCGA-A7-A13E-01Z-00-DX1", "TCGA-B0-5711-01Z-00-DX1"),
+                          test=("TCGA-2Z-A9J9-01A-01-TS1",), side: int = 1000):
+    """``MoNuSeg 2018 Training Data/{Tissue Images,Annotations}`` and ``MoNuSegTestData`` with 1000x1000 RGB
+    ``.tif`` images and Aperio XML outlines: two overlapping squares and a triangle per image. Returns
+    {stem: (rgb, outlines)}."""
+    import tifffile
+
+    out = {}
+    places = [(root / "MoNuSeg 2018 Training Data" / "Tissue Images", root / "MoNuSeg 2018 Training Data" /
+               "Annotations", train), (root / "MoNuSegTestData", root / "MoNuSegTestData", test)]
+    for k, (images, annotations, names) in enumerate(places):
+        images.mkdir(parents=True, exist_ok=True)
+        annotations.mkdir(parents=True, exist_ok=True)
+        for j, name in enumerate(names):
+            rgb = np.random.default_rng(10 * k + j).integers(0, 255, (side, side, 3), dtype=np.uint8)
+            outlines = [[(100, 100), (140, 100), (140, 140), (100, 140)],      # x, y
+                        [(130, 130), (170, 130), (170, 170), (130, 170)],      # overlaps the first
+                        [(600.5, 700.2), (650.7, 760.1), (580.3, 790.9)]]
+            tifffile.imwrite(images / f"{name}.tif", rgb, photometric="rgb")
+            (annotations / f"{name}.xml").write_text(aperio_xml(outlines))
+            out[name] = (rgb, outlines)
+    return out

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from decoder_helpers import make_store
 from release_fixtures import (
-    conic_patch_names, write_conic_release, write_consep_release, write_cpm17_release, write_cytodark0_release,
-    write_pannuke_release,
+    aperio_xml, conic_patch_names, write_conic_release, write_consep_release, write_cpm17_release,
+    write_cytodark0_release, write_lizard_release, write_monuseg_release, write_pannuke_release,
 )
 from test_datasets import same_partition
 
@@ -378,3 +378,95 @@ def test_cpm17_read_as_unzipped(tmp_path):
     assert tuple(ends.max(0)) == (600, 600)
     truth = read_label_maps(root)
     assert truth.layout == "cpm17" and truth.types is None and truth.instances[1].shape == (600, 600)
+
+
+# ----------------------------------------------------------------------------- Lizard
+
+@pytest.fixture(scope="module")
+def lizard_release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lizard")
+    return root, write_lizard_release(root)
+
+
+@pytest.mark.parametrize("inside", [".", "Lizard_Labels", "Lizard_Images2"])
+def test_lizard_read_as_unzipped_with_its_splits_and_cohorts(lizard_release, inside):
+    root, images = lizard_release
+    path = root if inside == "." else root / inside
+    assert detect_format(path) == "lizard"
+    ds = open_dataset(path)
+    assert ds.tiles.source_names == ["consep_1", "crag_1", "glas_2"]  # from both image folders
+    assert ds.class_names[1] == "neutrophil" and ds.class_names[6] == "connective" and ds.mpp == 0.5
+    fold_of = {ds.tiles.source_names[s]: (int(f), t) for s, f, t in zip(ds.tiles.source, ds.folds, ds.tissue)}
+    assert fold_of == {"consep_1": (0, "consep"), "crag_1": (1, "crag"), "glas_2": (2, "glas")}
+    rgb, inst, types = images["crag_1"]
+    maps = ds.source_labels(1)
+    assert np.array_equal(maps[..., 0], inst) and np.array_equal(maps[..., 1], types)
+    assert np.array_equal(ds.images([int(np.flatnonzero(ds.tiles.source == 1)[0])])[0], rgb[:256, :256])
+
+
+def test_lizard_evaluated_against_itself(lizard_release):
+    from embedcache.metrics.evaluation import evaluate
+
+    root, _ = lizard_release
+    truth = read_label_maps(root)
+    assert truth.layout == "lizard" and truth.tissue == ["consep", "crag", "glas"]
+    assert evaluate(truth, truth, "hovernet").summary["pq"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- MoNuSeg
+
+@pytest.fixture(scope="module")
+def monuseg_release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("monuseg")
+    return root, write_monuseg_release(root)
+
+
+def test_monuseg_outlines_rasterised_later_region_on_top(monuseg_release):
+    from skimage.draw import polygon
+
+    root, images = monuseg_release
+    assert detect_format(root) == "monuseg"
+    ds = open_dataset(root)
+    assert ds.tiles.source_names == ["TCGA-A7-A13E-01Z-00-DX1", "TCGA-B0-5711-01Z-00-DX1", "TCGA-2Z-A9J9-01A-01-TS1"]
+    assert ds.fold_names == ["train", "test"] and ds.splits == {"train": [0], "test": [1]}
+    assert ds.mpp == pytest.approx(0.2521) and ds.tissue is None  # the test images' organs are not published
+    inst = ds.source_labels(0)[..., 0]
+    assert inst[105, 105] == 1 and inst[135, 135] == 2 and inst[165, 165] == 2 and inst[150, 120] == 0
+    tri = np.asarray(images["TCGA-A7-A13E-01Z-00-DX1"][1][2])
+    rr, cc = polygon(tri[:, 1], tri[:, 0], shape=inst.shape)
+    assert set(np.unique(inst[rr, cc])) == {3} and (inst == 3).sum() == len(rr)
+    train = open_dataset(root / "MoNuSeg 2018 Training Data")
+    assert train.tissue[0] == "breast" and train.tissue[-1] == "kidney" and set(train.folds.tolist()) == {0}
+    rgb = images["TCGA-2Z-A9J9-01A-01-TS1"][0]
+    test = open_dataset(root / "MoNuSegTestData")
+    assert np.array_equal(test.images([0])[0], rgb[:256, :256]) and set(test.folds.tolist()) == {1}
+
+
+def test_monuseg_polygon_of_two_vertices_one_line_nothing_written(monuseg_release, tmp_path):
+    root = _copy_release(monuseg_release[0], tmp_path / "m")
+    bad = root / "MoNuSegTestData" / "TCGA-2Z-A9J9-01A-01-TS1.xml"
+    bad.write_text(aperio_xml([[(10, 10), (20, 20), (10, 30)], [(50, 50), (60, 60)]]))
+    res = run("check-data", root)
+    assert res.exit_code == 1
+    assert problem_lines(res.output, root) == [
+        f"{bad}: Region 2 has 2 vertices; an outline needs at least three"]
+    out = tmp_path / "s.zarr"
+    res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
+              "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "Region 2 has 2 vertices" in res.output
+    assert not out.exists()
+
+
+def test_cpm17_extracted_and_put_back_together_by_image(tmp_path):
+    from embedcache.store.images import image_truth, source_images
+
+    images = write_cpm17_release(tmp_path, sizes=((300, 340),), test=1)
+    store = open_store(make_store(tmp_path / "cpm17", tmp_path / "s.zarr", variants="none"))
+    assert store.dataset_layout == "cpm17" and not store.tiles_are_images
+    assert store.official_splits == {"train": [0], "test": [1]}
+    whole = source_images(store)
+    assert [j.name for j in whole] == ["train/image_00", "test/image_00"] and whole[0].shape == (300, 340)
+    truth = image_truth(store, whole)
+    assert np.array_equal(truth.instances[0], images["train/image_00"][1])
+    val = make_split(store, "official")
+    assert set(np.asarray(store.tile_info()["source"])[val.val].tolist()) == {1}

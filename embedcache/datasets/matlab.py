@@ -57,6 +57,25 @@ def mat_instances(mat: dict, path: Path, image_hw: tuple[int, int]) -> np.ndarra
     return inst
 
 
+def mat_header_problems(mats: list[Path]) -> list[DataError]:
+    """Label files without ``inst_map``, from their headers (:func:`scipy.io.whosmat`), for ``check-data``."""
+    from scipy.io import whosmat
+
+    out = []
+    for mat in mats:
+        try:
+            names = [name for name, _, _ in whosmat(mat)]
+        except NotImplementedError:
+            out.append(DataError(f"{mat}: a MATLAB v7.3 (HDF5) file; the releases ship v5 .mat files"))
+            continue
+        except Exception as exc:  # scipy raises many kinds on a damaged file
+            out.append(DataError(f"{mat}: cannot read .mat file ({exc})"))
+            continue
+        if "inst_map" not in names:
+            out.append(missing_key(mat, "inst_map", names))
+    return out
+
+
 def types_from_instances(inst: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """A type map from per-instance classes: instance ``ids[k]`` has type ``classes[k]`` (ids not listed: 0)."""
     ids, classes = np.asarray(ids).ravel().astype(np.int64), np.asarray(classes).ravel().astype(np.int64)
@@ -116,22 +135,7 @@ class SplitFolderRelease(ImageSetDataset):
         return np.zeros_like(inst)
 
     def header_problems(self) -> list[DataError]:
-        """Label files without ``inst_map``, from their headers (:func:`scipy.io.whosmat`), for ``check-data``."""
-        from scipy.io import whosmat
-
-        out = []
-        for mat in self._mats:
-            try:
-                names = [name for name, _, _ in whosmat(mat)]
-            except NotImplementedError:
-                out.append(DataError(f"{mat}: a MATLAB v7.3 (HDF5) file; the releases ship v5 .mat files"))
-                continue
-            except Exception as exc:
-                out.append(DataError(f"{mat}: cannot read .mat file ({exc})"))
-                continue
-            if "inst_map" not in names:
-                out.append(missing_key(mat, "inst_map", names))
-        return out
+        return mat_header_problems(self._mats)
 
     def _source_files(self):
         return [*self._files, *self._mats]
