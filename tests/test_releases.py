@@ -28,6 +28,15 @@ def problem_lines(output: str, root) -> list[str]:
     return [line for line in output.splitlines() if line.startswith(str(root)) and " layout, " not in line]
 
 
+def assert_extract_refuses(root, tmp_path, message: str) -> None:
+    """extract stops in one line holding ``message`` before it writes a store."""
+    out = tmp_path / "s.zarr"
+    res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
+              "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output
+    assert not out.exists()
+
+
 def run(*args):
     res = CliRunner().invoke(main, [str(a) for a in args])
     assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.output
@@ -132,11 +141,7 @@ def test_pannuke_bad_release_one_line_naming_the_file_nothing_written(pannuke_re
     assert len(problems) == 1 and "Traceback" not in res.output
     where = str(root) if file == "." else str(root / file)
     assert problems[0].startswith(where + ":") and message in problems[0]
-    out = tmp_path / "s.zarr"
-    res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
-              "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
-    assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output
-    assert not out.exists()
+    assert_extract_refuses(root, tmp_path, message)
 
 
 # ----------------------------------------------------------------------------- CoNIC
@@ -358,11 +363,7 @@ def test_consep_mat_without_inst_map_one_line_nothing_written(consep_release, tm
         f"{bad}: no 'inst_map' in this .mat file (it holds type_map); the release's label files hold it"]
     with pytest.raises(DataError, match="no 'inst_map'"):
         open_dataset(root).source_labels(1)
-    out = tmp_path / "s.zarr"
-    res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
-              "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
-    assert res.exit_code == 2 and res.output.count("\n") == 1 and "no 'inst_map'" in res.output
-    assert not out.exists()
+    assert_extract_refuses(root, tmp_path, "no 'inst_map'")
 
 
 def test_cpm17_read_as_unzipped(tmp_path):
@@ -450,11 +451,7 @@ def test_monuseg_polygon_of_two_vertices_one_line_nothing_written(monuseg_releas
     assert res.exit_code == 1
     assert problem_lines(res.output, root) == [
         f"{bad}: Region 2 has 2 vertices; an outline needs at least three"]
-    out = tmp_path / "s.zarr"
-    res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
-              "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
-    assert res.exit_code == 2 and res.output.count("\n") == 1 and "Region 2 has 2 vertices" in res.output
-    assert not out.exists()
+    assert_extract_refuses(root, tmp_path, "Region 2 has 2 vertices")
 
 
 def test_cpm17_extracted_and_put_back_together_by_image(tmp_path):

@@ -245,3 +245,24 @@ def check_label_map(array: np.ndarray, where: str) -> np.ndarray:
     if array.size and array.max() > np.iinfo(np.int32).max:
         raise DataError(f"{where}: label ids exceed int32")
     return array.astype(np.int32, copy=False)
+
+
+def read_table(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a release's CSV table (header required), each a dict of stripped strings.
+
+    Raises
+    ------
+    DataError
+        Unreadable, or without one of ``columns``.
+    """
+    import csv
+
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    header = set(rows[0]) if rows else set()
+    if not set(columns) <= header:
+        raise DataError(f"{path}: needs columns {', '.join(columns)} (got {', '.join(sorted(header)) or 'no rows'})")
+    return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in rows]

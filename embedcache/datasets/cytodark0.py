@@ -24,12 +24,11 @@ magnifications, not microns per pixel, so none is recorded.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from embedcache.datasets.base import check_label_map
+from embedcache.datasets.base import check_label_map, read_table
 from embedcache.datasets.images import ImageSetDataset, default_overlap
 from embedcache.datasets.registry import Layout, register
 from embedcache.errors import DataError
@@ -61,17 +60,9 @@ def read_folds(path: Path) -> dict[str, int]:
     DataError
         No ``img_id`` and ``fold`` columns, a fold other than 0, 1, 2, an image listed twice.
     """
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    header = set(rows[0]) if rows else set()
-    if not {"img_id", "fold"} <= header:
-        raise DataError(f"{path}: needs columns img_id and fold (got {', '.join(sorted(header)) or 'no rows'})")
     out: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):
-        name, fold = Path(row["img_id"].strip()).stem, row["fold"].strip()
+    for line, row in enumerate(read_table(path, ("img_id", "fold")), start=2):
+        name, fold = Path(row["img_id"]).stem, row["fold"]
         if fold not in ("0", "1", "2"):
             raise DataError(f"{path}:{line}: fold {fold!r} for {name!r}; folds are 0 (train), 1 (val), 2 (test)")
         if name in out:

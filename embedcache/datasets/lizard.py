@@ -23,12 +23,11 @@ cross-validation folds; official split: train folds 1 and 2, test fold 3),
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from embedcache.datasets.base import CONIC_CLASSES
+from embedcache.datasets.base import CONIC_CLASSES, read_table
 from embedcache.datasets.images import ImageSetDataset, default_overlap
 from embedcache.datasets.matlab import (
     load_mat, mat_header_problems, mat_instances, missing_key, types_from_instances,
@@ -62,20 +61,12 @@ def _image_dirs(root: Path) -> list[Path]:
 
 def read_info(path: Path) -> dict[str, tuple[str, int]]:
     """``info.csv``: image stem -> (source cohort, split 1..3)."""
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    header = set(rows[0]) if rows else set()
-    if not {"Filename", "Source", "Split"} <= header:
-        raise DataError(f"{path}: needs columns Filename, Source, Split (got {', '.join(sorted(header)) or 'no rows'})")
     out = {}
-    for line, row in enumerate(rows, start=2):
-        split = row["Split"].strip()
+    for line, row in enumerate(read_table(path, ("Filename", "Source", "Split")), start=2):
+        split = row["Split"]
         if split not in ("1", "2", "3"):
             raise DataError(f"{path}:{line}: Split {split!r}; Lizard's splits are 1, 2, 3")
-        out[Path(row["Filename"].strip()).stem] = (row["Source"].strip(), int(split))
+        out[Path(row["Filename"]).stem] = (row["Source"], int(split))
     return out
 
 
