@@ -467,3 +467,13 @@ def test_cpm17_extracted_and_put_back_together_by_image(tmp_path):
     assert np.array_equal(truth.instances[0], images["train/image_00"][1])
     val = make_split(store, "official")
     assert set(np.asarray(store.tile_info()["source"])[val.val].tolist()) == {1}
+
+
+def test_stain_variants_refused_on_nissl(cytodark0_release, tmp_path):
+    root, _ = cytodark0_release
+    out = tmp_path / "s.zarr"
+    res = run("extract", "--data", root / "20x", "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
+              "--variants", "d4+stain", "--workers", "0", "--quiet", "--loader-workers", "0")
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "Nissl-stained, not H&E" in res.output and "stain_a, stain_b" in res.output
+    assert not out.exists()
