@@ -321,7 +321,7 @@ def test_consep_read_as_unzipped_rgba_as_rgb_types_merged(consep_release):
     root, images = consep_release
     assert detect_format(root) == "consep"
     ds = open_dataset(root)
-    assert ds.tiles.source_names == ["Train/train_1", "Train/train_2", "Test/test_1"]
+    assert ds.tiles.source_names == ["train_1", "train_2", "test_1"]
     assert ds.fold_names == ["train", "test"] and ds.splits == {"train": [0], "test": [1]}
     assert sorted(set(ds.folds.tolist())) == [0, 1] and ds.class_names == HOVERNET_CLASSES
     rgba, inst, types = images["Train/train_2"]
@@ -371,7 +371,7 @@ def test_cpm17_read_as_unzipped(tmp_path):
     root = tmp_path / "cpm17"
     assert detect_format(root) == "cpm17" and detect_format(root / "test") == "cpm17"
     ds = open_dataset(root)
-    assert ds.tiles.source_names == ["train/image_00", "train/image_01", "test/image_00"]
+    assert ds.tiles.source_names == ["train_image_00", "train_image_01", "test_image_00"]
     assert ds.class_names is None and ds.splits == {"train": [0], "test": [1]}
     rgb, inst = images["train/image_01"]
     assert np.array_equal(ds.source_labels(1)[..., 0], inst) and not ds.source_labels(1)[..., 1].any()
@@ -379,6 +379,12 @@ def test_cpm17_read_as_unzipped(tmp_path):
     assert tuple(ends.max(0)) == (600, 600)
     truth = read_label_maps(root)
     assert truth.layout == "cpm17" and truth.types is None and truth.instances[1].shape == (600, 600)
+    from embedcache.infer.predict import data_images
+
+    live, layout, n, _ = data_images(root, "auto", (256, 256), 64)  # what predict --data cuts
+    live = list(live)
+    assert layout == "folder" and n == 3 and [j.name for j in live] == truth.names
+    assert [j.shape for j in live] == [(500, 500), (600, 600), (500, 500)]
 
 
 # ----------------------------------------------------------------------------- Lizard
@@ -462,7 +468,7 @@ def test_cpm17_extracted_and_put_back_together_by_image(tmp_path):
     assert store.dataset_layout == "cpm17" and not store.tiles_are_images
     assert store.official_splits == {"train": [0], "test": [1]}
     whole = source_images(store)
-    assert [j.name for j in whole] == ["train/image_00", "test/image_00"] and whole[0].shape == (300, 340)
+    assert [j.name for j in whole] == ["train_image_00", "test_image_00"] and whole[0].shape == (300, 340)
     truth = image_truth(store, whole)
     assert np.array_equal(truth.instances[0], images["train/image_00"][1])
     val = make_split(store, "official")

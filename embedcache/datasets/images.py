@@ -94,6 +94,10 @@ class ImageSetDataset(TileDataset):
         """Instance and type maps of image ``k``, ``(H, W, 2) int32``, of the image's size."""
         raise NotImplementedError
 
+    def source_image(self, k: int) -> np.ndarray:
+        """Source image ``k`` whole, ``(H, W, 3) ndarray of uint8``."""
+        return self._image(k)
+
     def source_labels(self, k: int) -> np.ndarray:
         """Instance and type maps of source image ``k`` whole, ``(H, W, 2) ndarray of int32``."""
         if not self.has_labels:

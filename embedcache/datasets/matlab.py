@@ -114,7 +114,11 @@ class SplitFolderRelease(ImageSetDataset):
                 folds.append(self.split_dirs.index(split))
         self._mats = labels
         self.has_labels = True
-        names = [f.stem if len(chosen) == 1 else f"{f.parent.parent.name}/{f.stem}" for f in files]
+        # Names are file names as prediction folders write them: the stem, prefixed by the split where two
+        # splits hold the same stem (CPM-17's image_00 is in train and test).
+        stems = [f.stem for f in files]
+        names = stems if len(set(stems)) == len(stems) else [f"{f.parent.parent.name.lower()}_{f.stem}"
+                                                             for f in files]
         self._tile_images(files, names, tile_size, default_overlap(tile_size, overlap))
         self.folds = np.asarray(folds, dtype=np.int64)[self.tiles.source]
         self.fold_names = [s.lower() for s in self.split_dirs]

@@ -68,6 +68,11 @@ def data_images(path, format: str, tile_shape, overlap: int) -> tuple[Iterator[T
             raise DataError(f"{path}: no images found")
         return (tile_image(f.stem, read(f), tile_shape, overlap) for f in files), "folder", len(files), {}
     ds = open_dataset(path, format=layout)
+    if not ds.stack:  # a release of whole images: each image whole, cut as live prediction cuts it
+        tissue = getattr(ds, "source_tissue", None)
+        names = ds.tiles.source_names
+        return ((tile_image(name, ds.source_image(k), tile_shape, overlap, tissue[k] if tissue else None)
+                 for k, name in enumerate(names)), "folder", len(names), dict(ds.class_names or {}))
     tissue = ds.tissue
     images = (tile_image(stack_name(i), ds.images([i])[0], tile_shape, overlap, tissue[i] if tissue else None)
               for i in range(ds.n_tiles))
