@@ -483,3 +483,44 @@ def test_stain_variants_refused_on_nissl(cytodark0_release, tmp_path):
     assert res.exit_code == 2 and res.output.count("\n") == 1
     assert "Nissl-stained, not H&E" in res.output and "stain_a, stain_b" in res.output
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- every release, end to end
+
+RELEASES = {  # fixture, folder under the fixture's root, the release's official held-out split
+    "pannuke": ("pannuke_release", ".", "test"),
+    "conic": ("conic_release", ".", "val"),
+    "cytodark0": ("cytodark0_release", "20x", "val"),
+    "consep": ("consep_release", ".", "test"),
+    "lizard": ("lizard_release", ".", "test"),
+    "monuseg": ("monuseg_release", ".", "test"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASES))
+def test_every_release_scores_itself_perfectly(request, name):
+    from embedcache.metrics.evaluation import evaluate
+
+    fixture, inside, _ = RELEASES[name]
+    root = request.getfixturevalue(fixture)[0]
+    truth = read_label_maps(root / inside)
+    assert truth.layout == name and len(truth) > 0
+    ev = evaluate(truth, truth, "hovernet")
+    assert ev.summary["pq"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["cytodark0", "consep", "lizard", "monuseg"])
+def test_whole_image_releases_extract_with_what_they_know(request, tmp_path, name):
+    fixture, inside, held = RELEASES[name]
+    root = request.getfixturevalue(fixture)[0] / inside
+    ds = open_dataset(root, tile_size=512, overlap=0)
+    store = open_store(make_store(root, tmp_path / "s.zarr", encoder="timm:test_vit", variants="none",
+                                  tile_size=512, overlap=0))
+    assert store.n_tiles == ds.n_tiles and store.dataset_layout == name
+    assert list(store.source_names) == ds.tiles.source_names
+    assert store.official_splits == ds.splits and store.fold_names == ds.fold_names
+    assert store.tile_mpp == ds.mpp and dict(store.class_names or {}) == dict(ds.class_names or {})
+    split = make_split(store, "official")
+    assert set(np.asarray(store.tile_info()["fold"])[split.val].tolist()) == set(ds.splits[held])
+    k = int(np.flatnonzero(ds.tiles.source == 0)[0])
+    assert np.array_equal(store.labels(k)[0], ds.labels([k])[0, ..., 0])
