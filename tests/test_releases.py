@@ -239,10 +239,27 @@ def test_conic_patch_info_of_another_length_one_line(conic_release, tmp_path):
         "in order (use the release's own file)"]
 
 
-def test_conic_check_data_counts_sources_and_split(conic_release):
-    report = check_data(conic_release[0])
+def test_conic_check_data_counts_sources_split_and_nuclei(conic_release):
+    root, _, (_, labels) = conic_release
+    report = check_data(root, pixels=True)
     assert report.ok and report.summary["sources"] == 25
     assert report.summary["splits"] == {"train": 40, "val": 10}
+    want = {}
+    for lab in labels:  # each nucleus once, by the class of its pixels
+        for i in np.unique(lab[..., 0])[1:]:
+            name = ["neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective"][
+                int(lab[..., 1][lab[..., 0] == i][0]) - 1]
+            want[name] = want.get(name, 0) + 1
+    assert report.summary["nuclei"] == want
+    assert any(line.startswith("  nuclei    ") for line in report.lines())
+
+
+def test_pannuke_check_data_counts_nuclei_per_class(pannuke_release):
+    root, (_, labels, _) = pannuke_release
+    report = check_data(root, pixels=True)
+    names = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
+    want = {n: sum(len(np.unique(lab[..., 0][lab[..., 1] == c + 1])) for lab in labels) for c, n in enumerate(names)}
+    assert report.ok and report.summary["nuclei"] == want
 
 
 def test_datasets_command_lists_every_layout_with_licence_and_folder():

@@ -89,7 +89,7 @@ def _check_image_pixels(tile, i):
 
 
 def _check_pannuke(report: DataReport, path: Path, pixels: bool) -> None:
-    from embedcache.datasets.base import check_label_map
+    from embedcache.datasets.base import PANNUKE_CLASSES, check_label_map
     from embedcache.datasets.pannuke import pannuke_folds
 
     try:
@@ -104,7 +104,7 @@ def _check_pannuke(report: DataReport, path: Path, pixels: bool) -> None:
                              "masks.npy, types.npy per fold)")
         return
     shapes, dtypes = set(), set()
-    split_tiles = {}
+    split_tiles, nuclei = {}, {}
     for k, fold in enumerate(folds):
         images = _npy(report, fold.images, required=True)
         masks = _npy(report, fold.masks, required=True)
@@ -133,13 +133,21 @@ def _check_pannuke(report: DataReport, path: Path, pixels: bool) -> None:
         if pixels and images_ok:
             _scan(report, images, fold.images, _check_image_pixels)
         if pixels and masks_ok:
-            _scan(report, masks, fold.masks, lambda t, i: check_label_map(t, f"tile {i}"))
+            def count(tile, i):
+                check_label_map(tile, f"tile {i}")
+                for c, name in PANNUKE_CLASSES.items():  # channel c - 1 holds the instances of class c
+                    ids = np.unique(tile[..., c - 1])
+                    nuclei[name] = nuclei.get(name, 0) + int((ids > 0).sum())
+
+            _scan(report, masks, fold.masks, count)
     if len(shapes) > 1:
         report.problem(path, f"folds have different tile sizes {sorted(shapes)}")
     s["tile_shape"] = next(iter(shapes)) if len(shapes) == 1 else None
     s["tiles"] = s["images"]
     s["stack"] = True
     s["splits"] = split_tiles
+    if pixels:
+        s["nuclei"] = nuclei
     s["labels"] = f"masks.npy ({', '.join(sorted(dtypes)) or 'none readable'}), 5 PanNuke classes"
     if shapes and s["images"] == 0:
         report.problem(path, "the dataset has no tiles")
@@ -184,14 +192,21 @@ def _check_conic(report: DataReport, path: Path, pixels: bool) -> None:
         top = max(classes) if classes else None
         found: set[int] = set()
 
+        nuclei: dict[str, int] = {}
+
         def check(tile, i):
             m = check_label_map(tile, f"tile {i}")
             used = set(np.unique(m[..., 1]).tolist())
             found.update(used)
             if top is not None and max(used) > top:
                 raise DataError(f"tile {i}: type id {max(used)} outside the classes 0..{top}")
+            ids, first = np.unique(m[..., 0], return_index=True)
+            for t in m[..., 1].ravel()[first[ids > 0]].tolist():
+                name = (classes or {}).get(t, f"type {t}" if t else "untyped")
+                nuclei[name] = nuclei.get(name, 0) + 1
 
         _scan(report, labels, path / "labels.npy", check)
+        s["nuclei"] = nuclei
         if found:
             report.note(f"labels.npy: type ids used: {', '.join(str(t) for t in sorted(found))}")
 
