@@ -266,3 +266,11 @@ def read_table(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     if not set(columns) <= header:
         raise DataError(f"{path}: needs columns {', '.join(columns)} (got {', '.join(sorted(header)) or 'no rows'})")
     return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in rows]
+
+
+def image_stem(name: str) -> str:
+    """A table's image name without an image suffix, if it has one (``a.png`` -> ``a``; ``a.2`` stays)."""
+    for suffix in (".png", ".tif", ".tiff", ".jpg", ".jpeg"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

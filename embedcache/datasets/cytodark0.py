@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedcache.datasets.base import check_label_map, read_table
+from embedcache.datasets.base import check_label_map, image_stem, read_table
 from embedcache.datasets.images import ImageSetDataset, default_overlap
 from embedcache.datasets.registry import Layout, register
 from embedcache.errors import DataError
@@ -62,7 +62,7 @@ def read_folds(path: Path) -> dict[str, int]:
     """
     out: dict[str, int] = {}
     for line, row in enumerate(read_table(path, ("img_id", "fold")), start=2):
-        name, fold = Path(row["img_id"]).stem, row["fold"]
+        name, fold = image_stem(row["img_id"]), row["fold"]
         if fold not in ("0", "1", "2"):
             raise DataError(f"{path}:{line}: fold {fold!r} for {name!r}; folds are 0 (train), 1 (val), 2 (test)")
         if name in out:

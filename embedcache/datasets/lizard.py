@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedcache.datasets.base import CONIC_CLASSES, read_table
+from embedcache.datasets.base import CONIC_CLASSES, image_stem, read_table
 from embedcache.datasets.images import ImageSetDataset, default_overlap
 from embedcache.datasets.matlab import (
     load_mat, mat_header_problems, mat_instances, missing_key, types_from_instances,
@@ -66,7 +66,7 @@ def read_info(path: Path) -> dict[str, tuple[str, int]]:
         split = row["Split"]
         if split not in ("1", "2", "3"):
             raise DataError(f"{path}:{line}: Split {split!r}; Lizard's splits are 1, 2, 3")
-        out[Path(row["Filename"]).stem] = (row["Source"], int(split))
+        out[image_stem(row["Filename"])] = (row["Source"], int(split))
     return out
 
 
