@@ -52,7 +52,8 @@ class DataReport:
         self.problems.append(Problem(str(file), message))
 
     def note(self, message: str) -> None:
-        self.notes.append(message)
+        if message not in self.notes:  # one note for the same conversion of every fold
+            self.notes.append(message)
 
     def summary_lines(self) -> list[str]:
         """The summary as printed by ``embedcache check-data``."""
@@ -92,7 +93,8 @@ class DataReport:
         if s.get("nuclei"):
             lines.append("  nuclei    " + ", ".join(f"{k} {v}" for k, v in s["nuclei"].items()))
         if s.get("splits"):
-            lines.append("  splits    " + ", ".join(f"{k} {v} tiles" for k, v in s["splits"].items()))
+            lines.append("  splits    " + ", ".join(f"{k} {v} tile{'s' if v != 1 else ''}"
+                                                    for k, v in s["splits"].items()))
         return lines
 
     def lines(self) -> list[str]:
