@@ -541,3 +541,14 @@ def test_whole_image_releases_extract_with_what_they_know(request, tmp_path, nam
     assert set(np.asarray(store.tile_info()["fold"])[split.val].tolist()) == set(ds.splits[held])
     k = int(np.flatnonzero(ds.tiles.source == 0)[0])
     assert np.array_equal(store.labels(k)[0], ds.labels([k])[0, ..., 0])
+
+
+def test_conic_whole_cohorts_held_out_by_name(conic_store, conic_dir, tmp_path):
+    cohort = np.asarray(conic_store.tissue)
+    for seed in range(3):
+        split = make_split(conic_store, "frac:0.4,groups=tissue", seed=seed)
+        held = set(cohort[split.val])
+        assert len(held) == 2 and not held & set(cohort[split.train])
+    plain = open_store(make_store(conic_dir, tmp_path / "p.zarr", variants="none"))
+    with pytest.raises(DataError, match="gives no tissue or cohort"):
+        make_split(plain, "frac:0.4,groups=tissue")

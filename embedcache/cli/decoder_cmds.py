@@ -22,7 +22,8 @@ from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, Targe
 @click.option("--val", default="auto", show_default=True,
               help="Held-out split: auto (the release's validation split, else the last fold, else frac:0.2), "
                    "official, train, val, test (the release's own), foldK, frac:F (of the source images), "
-                   "frac:F,groups=FILE.csv (of the groups FILE gives each image: image,group), tiles:I,J, sources:A,B.")
+                   "frac:F,groups=FILE.csv (of the groups FILE gives each image: image,group), frac:F,groups=tissue "
+                   "(of the release's tissues or cohorts), tiles:I,J, sources:A,B.")
 @click.option("--train", "train_split", default="rest", show_default=True,
               help="Training split, same syntax; rest = every tile not held out.")
 @click.option("--tune", default=None, metavar="SPLIT",

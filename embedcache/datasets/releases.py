@@ -1,4 +1,4 @@
-"""Imports every reader module, each registering its layout, and sets :func:`~embedcache.datasets.registry.detect_layout`'s order.
+"""Imports every reader module, each registering its layout, and gives the detection order.
 
 Published releases first (each recognised by its own files), then slides,
 then the plain image folder, which any folder of pictures matches.

@@ -17,6 +17,8 @@ Splits (:func:`make_split`) are written as strings, recorded in the run:
 ``frac:F``        a seeded fraction F of the *source images* (tiles of one image stay together)
 ``frac:F,groups=FILE.csv``  a seeded fraction F of the *groups* (patient, centre) that FILE
                   gives each source image (columns ``image,group``): images of one group stay together
+``frac:F,groups=tissue``  a seeded fraction F of the tissues or cohorts the release names (PanNuke's
+                  tissues, CoNIC's and Lizard's cohorts, MoNuSeg's organs): whole cohorts held out
 ``tiles:I,J,..``  tile ids
 ``sources:A,B``   source image names (file stems of the folder layout)
 ``rest``          every tile not in the other split (training's default)
@@ -149,8 +151,15 @@ def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
             frac = -1.0
         if not 0 < frac < 1:
             raise ConfigError(f"{which} split {spec!r}: the fraction must lie strictly between 0 and 1")
-        # The unit drawn: the source image, or the group the file gives each image.
-        unit = source if not group_file else read_groups(group_file, store)[source]
+        # The unit drawn: the source image, the tissue or cohort the release gives each image, or the group
+        # the file gives each image.
+        if group_file == "tissue":
+            unit = np.asarray(info["tissue"])
+            if not getattr(store, "tissue_names", None) or (unit < 0).any():
+                raise DataError(f"{which} split {spec},groups=tissue: the store's dataset gives no tissue or cohort "
+                                "to every tile; use groups=FILE.csv")
+        else:
+            unit = source if not group_file else read_groups(group_file, store)[source]
         units = np.unique(unit)
         if len(units) < 2:
             raise DataError(f"{group_file or 'the store'}: a single {'group' if group_file else 'source image'}; "
