@@ -92,7 +92,7 @@ def find_consep(path: Path) -> Path | None:
 register(Layout(
     name="consep", title="CoNSeP", find=find_consep, open=ConsepDataset,
     url="https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/ (consep.zip)",
-    licence="see the publisher's page (research use)",
+    licence="see the publisher's page (its terms of use)",
     point_at="CoNSeP/ as unzipped (Train/ and Test/), or one of them",
     note="7 classes merged to HoVer-Net's 4 by default (classes consep: the 7); splits train, test",
 ))

@@ -46,7 +46,7 @@ def find_cpm17(path: Path) -> Path | None:
 register(Layout(
     name="cpm17", title="CPM-17", find=find_cpm17, open=Cpm17Dataset,
     url="https://drive.google.com/drive/folders/1l55cv3DuY-f7-JotDN7N5nbNnjbLWchK (linked from hover_net)",
-    licence="see the challenge's terms (research use)",
+    licence="see the challenge's terms of use",
     point_at="cpm17/ as unzipped (train/ and test/), or one of them",
     note="instance maps only (no classes); splits train, test",
 ))

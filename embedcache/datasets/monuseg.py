@@ -15,7 +15,10 @@ the row in pixels. Checked against torch_em
 ``*/Tissue*/*`` and ``*/Annotations/*``, ``MoNuSegTestData/*.tif`` and
 ``*.xml``; the training images' organs, from the release's description) and
 torch_em's ``generate_labeled_array_from_xml`` (every ``Region``, its
-``Vertex`` X and Y, ``skimage.draw.polygon`` with rows Y and columns X).
+``Vertex`` X and Y, ``skimage.draw.polygon`` with rows Y and columns X) and
+CellViT's ``cell_segmentation/datasets/prepare_monuseg.py`` (``Annotation`` /
+``Regions`` / ``Region`` whose second child is ``Vertices``; float vertices;
+regions filled in file order, a later one over an earlier one).
 
 Rasterising: each Region becomes instance ``k`` (its position in the file,
 from 1) with :func:`skimage.draw.polygon` over its vertices (float
@@ -182,7 +185,7 @@ def find_monuseg(path: Path) -> Path | None:
 register(Layout(
     name="monuseg", title="MoNuSeg", find=find_monuseg, open=MonusegDataset,
     url="https://monuseg.grand-challenge.org/Data/ (training and test archives)",
-    licence="CC BY-NC-SA 4.0 (non-commercial; see the challenge page)",
+    licence="see the challenge page (its terms of use)",
     point_at=f"the folder holding '{TRAIN_DIR}' and '{TEST_DIR}' as unzipped, or one of them",
     note="7 organs, 1000x1000 at 40x, nuclei outlined in Aperio XML (rasterised); splits train, test",
 ))

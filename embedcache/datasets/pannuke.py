@@ -8,12 +8,16 @@ The release (Gamper et al., 2020; https://warwick.ac.uk/fac/cross_fac/tia/data/p
     Fold 1/masks/fold1/masks.npy     (2656, 256, 256, 6) float64
     Fold 2/...  Fold 3/...           (2523 and 2722 tiles)
 
-Checked against torch_em ``torch_em/data/datasets/histopathology/pannuke.py``
-(archive names, ``glob('**/images.npy')`` / ``'**/masks.npy'``, the mask
-channels 0..4 neoplastic, inflammatory, connective, dead, epithelial and 5
-background) and CellViT's PanNuke preparation (``types.npy`` beside
-``images.npy``; 40x, 0.25 um/px). Also read: the flat layout
-``fold1/{images,masks,types}.npy`` (or one folder holding the three).
+Checked against pathml ``pathml/datasets/pannuke.py``
+(``_process_downloaded_pannuke``: ``Fold {k}/images/fold{k}/images.npy``,
+``Fold {k}/masks/fold{k}/masks.npy``, ``Fold {k}/images/fold{k}/types.npy``,
+read with ``mmap_mode='r'``), torch_em
+``torch_em/data/datasets/histopathology/pannuke.py`` (archive names, the mask
+channels 0..4 neoplastic, inflammatory, connective, dead, epithelial and the
+last background) and the release's README (the channels, ``types.npy``, the
+licence). The images are 40x (the paper); 0.25 um/px, the usual 40x
+resolution, is recorded as their microns per pixel. Also read: the flat
+layout ``fold1/{images,masks,types}.npy`` (or one folder holding the three).
 
 A fold's number comes from its folder names (``Fold 1``, ``fold1``,
 ``fold_1``), so folds are ``fold1..fold3`` whichever folders the user
@@ -39,7 +43,7 @@ from embedcache.datasets.stacks import check_stack, load_npy
 from embedcache.errors import DataError
 
 FOLD_NUMBER = re.compile(r"^fold[\s_-]*(\d+)$", re.IGNORECASE)
-PANNUKE_MPP = 0.25  # 40x (Gamper et al. 2020; CellViT)
+PANNUKE_MPP = 0.25  # 40x (Gamper et al. 2020)
 
 
 @dataclass(frozen=True)
