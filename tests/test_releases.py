@@ -237,6 +237,7 @@ def test_conic_patch_info_of_another_length_one_line(conic_release, tmp_path):
     assert problem_lines(res.output, root) == [
         f"{root / 'patch_info.csv'}: 1 patches listed for 50 in images.npy/labels.npy; it must name every patch, "
         "in order (use the release's own file)"]
+    assert_extract_refuses(root, tmp_path, "patch_info.csv: 1 patches listed for 50")
 
 
 def test_conic_check_data_counts_sources_split_and_nuclei(conic_release):
@@ -322,6 +323,7 @@ def test_cytodark0_folds_csv_naming_a_missing_image_one_line(cytodark0_release, 
     assert problem_lines(res.output, root) == [
         f"{folds_csv}: names image 'brain_20x_01', which is not in {folds_csv.parent / 'image'} (1 missing); "
         "unzip the release again"]
+    assert_extract_refuses(root, tmp_path, "names image 'brain_20x_01', which is not in")
 
 
 # ----------------------------------------------------------------------------- CoNSeP, CPM-17
