@@ -554,3 +554,14 @@ def test_conic_whole_cohorts_held_out_by_name(conic_store, conic_dir, tmp_path):
     plain = open_store(make_store(conic_dir, tmp_path / "p.zarr", variants="none"))
     with pytest.raises(DataError, match="gives no tissue or cohort"):
         make_split(plain, "frac:0.4,groups=tissue")
+
+
+def test_conic_evaluation_records_each_patch_source_for_the_report(conic_store):
+    from embedcache.store.images import image_groups, source_images
+
+    val = make_split(conic_store, "official").val
+    images = source_images(conic_store, val)
+    groups = image_groups(conic_store, images)
+    source = np.asarray(conic_store.tile_info()["source"])
+    assert groups == [conic_store.source_names[source[t]] for t in val]
+    assert len(set(groups)) == 5 and len(groups) == 10  # five held-out Lizard images, two patches each

@@ -73,3 +73,16 @@ def image_truth(store, images: list[TiledImage]):
     return LabelSet(layout if store.tiles_are_images else "folder", [j.name for j in images], insts,
                     types if has_types else None, [j.tissue or "" for j in images] if store.tissue else None,
                     dict(store.class_names) or None)
+
+
+def image_groups(store, images: list[TiledImage]) -> list[str] | None:
+    """The source image of each image when some share one (CoNIC patches of one Lizard image), else None.
+
+    Statistics over images resample and permute whole sources with it
+    (:mod:`embedcache.report.compare`).
+    """
+    info, names = store.tile_info(), store.source_names
+    source = [int(info["source"][image.tiles[0][1]]) for image in images]
+    if len(set(source)) == len(source):
+        return None
+    return [str(names[s]) if s < len(names) else str(s) for s in source]
