@@ -565,3 +565,24 @@ def test_conic_evaluation_records_each_patch_source_for_the_report(conic_store):
     source = np.asarray(conic_store.tile_info()["source"])
     assert groups == [conic_store.source_names[source[t]] for t in val]
     assert len(set(groups)) == 5 and len(groups) == 10  # five held-out Lizard images, two patches each
+
+
+def test_magnification_and_classes_chosen_from_the_command_line(cytodark0_release, consep_release, tmp_path):
+    from embedcache.config import ExtractConfig
+
+    assert "magnification" not in ExtractConfig().to_dict() and "classes" not in ExtractConfig().to_dict()
+    cfg = ExtractConfig(magnification="40x", classes="consep")
+    assert ExtractConfig.from_dict(cfg.to_dict()) == cfg
+    root = cytodark0_release[0]
+    res = run("check-data", root, "--magnification", "40x")
+    assert res.exit_code == 0 and "  images    1" in res.output
+    fast = ["--encoder", "timm:test_vit", "--weights", "random", "--variants", "none", "--workers", "0", "--quiet",
+            "--loader-workers", "0", "--tile-size", "512", "--overlap", "0"]
+    res = run("extract", "--data", root, "--out", tmp_path / "c.zarr", "--magnification", "40x", *fast)
+    assert res.exit_code == 0, res.output
+    store = open_store(tmp_path / "c.zarr")
+    assert store.n_tiles == 16 and list(store.source_names) == ["brain_40x_00"]  # one 2048x2048 image
+    res = run("extract", "--data", consep_release[0] / "Test", "--out", tmp_path / "s.zarr", "--classes", "consep",
+              *fast)
+    assert res.exit_code == 0, res.output
+    assert len(open_store(tmp_path / "s.zarr").class_names) == 7

@@ -60,7 +60,8 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
         from embedcache.datasets.check import require_clean_data
 
         require_clean_data(data, config.format, tile_size=config.tile_size, overlap=config.overlap,
-                           mpp=config.mpp, tile_mpp=config.tile_mpp)
+                           mpp=config.mpp, tile_mpp=config.tile_mpp, magnification=config.magnification,
+                           classes=config.classes)
     if workers or scheduler:
         return extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
                                    overwrite=overwrite, progress=progress, timeout=timeout)

@@ -55,7 +55,8 @@ CHECKS = {
 
 
 def check_data(path, format: str = "auto", pixels: bool = False, *, tile_size: int = 256,
-               overlap: int | None = None, mpp: float | None = None, tile_mpp: float = 0.5) -> DataReport:
+               overlap: int | None = None, mpp: float | None = None, tile_mpp: float = 0.5,
+               magnification: str | None = None, classes: str | None = None) -> DataReport:
     """Every problem extraction would meet in a dataset, listed at once.
 
     Parameters
@@ -74,6 +75,8 @@ def check_data(path, format: str = "auto", pixels: bool = False, *, tile_size: i
         Slides: level-0 microns per pixel overriding the files (a slide that
         records none is a problem unless this is given), microns per pixel of
         the tiles (for the summary).
+    magnification, classes
+        Releases: the part and class set to read, as for extract.
 
     Returns
     -------
@@ -113,7 +116,9 @@ def check_data(path, format: str = "auto", pixels: bool = False, *, tile_size: i
     if format == "folder" and tile_size < 32:
         raise ConfigError(f"tile size {tile_size} is too small; use at least 32 px")
     check = CHECKS.get(format, _check_release)
-    check(report, root, pixels=pixels, tile_size=tile_size, overlap=overlap, mpp=mpp, tile_mpp=tile_mpp)
+    release = {k: v for k, v in (("magnification", magnification), ("classes", classes)) if v}
+    check(report, root, pixels=pixels, tile_size=tile_size, overlap=overlap, mpp=mpp, tile_mpp=tile_mpp,
+          release=release)
     return report
 
 

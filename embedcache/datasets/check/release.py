@@ -11,11 +11,12 @@ from embedcache.datasets.check.report import DataReport, _add
 from embedcache.errors import DataError
 
 
-def _check_release(report: DataReport, path: Path, pixels: bool, tile_size: int, overlap: int, **_) -> None:
+def _check_release(report: DataReport, path: Path, pixels: bool, tile_size: int, overlap: int,
+                   release: dict | None = None, **_) -> None:
     from embedcache.datasets.registry import get_layout
 
     try:
-        ds = get_layout(report.layout).open(path, tile_size=tile_size, overlap=overlap)
+        ds = get_layout(report.layout).open(path, tile_size=tile_size, overlap=overlap, **(release or {}))
     except DataError as exc:
         _add(report, exc, path)
         return
