@@ -8,7 +8,7 @@ from conftest import shared_data
 from PIL import Image
 
 from embedcache.datasets import detect_format, open_dataset, read_label_maps
-from embedcache.datasets.stacks import pannuke_masks_to_labels
+from embedcache.datasets.pannuke import pannuke_masks_to_labels
 from embedcache.datasets.synthetic import make_tiles, write_demo_data
 from embedcache.errors import DataError
 

@@ -404,3 +404,38 @@ def test_with_several_seeds_p_never_ignores_seed_noise():
     assert c["p"] == max(c["p_sign_flip"], c["p_bootstrap"]) and c["lo"] < 0 < c["hi"]
     one = compare(score_encoder("A", a[:1], plan), score_encoder("B", b[:1], plan), "pq")
     assert one["p"] == one["p_sign_flip"] and one["test"] == "sign-flip over images"
+
+
+def _grouped(pq, groups) -> ImageScores:
+    s = _hov(pq)
+    return ImageScores.from_rows("hovernet", [{"name": n, **{k: float(v[i]) for k, v in s.columns.items()}}
+                                              for i, n in enumerate(s.names)], groups=groups)
+
+
+def test_patches_of_one_source_are_resampled_and_flipped_together():
+    """Patches cut from one image (CoNIC) are one unit: resamples hold whole sources, sign flips swap them."""
+    from embedcache.report.compare import sign_flip_test
+
+    groups = [f"img{k // 5}" for k in range(30)]  # 6 source images of 5 patches each
+    plan = resample_plan(30, 300, seed=2, groups=_grouped(np.zeros(30), groups).groups)
+    members = {g: {i for i, h in enumerate(groups) if h == g} for g in set(groups)}
+    for row in plan.rows[:50]:
+        drawn = list(row)
+        for g, idx in members.items():  # every source is in a resample 0, 1, 2 ... whole times
+            counts = [drawn.count(i) for i in idx]
+            assert len(set(counts)) == 1
+        assert len(drawn) % 5 == 0
+    # A difference carried by one source's patches: over independent patches it looks real, over sources not.
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.4, 0.6, 30)
+    a, b = base.copy(), base.copy()
+    b[:5] += 0.3  # one source image much better for b, the others equal
+    b[5:] += rng.normal(0, 0.001, 25)
+    alone = sign_flip_test(_hov(a), _hov(b), "pq")
+    grouped = sign_flip_test(_grouped(a, groups), _grouped(b, groups), "pq")
+    assert alone["n_units"] == 30 and grouped["n_units"] == 6 and grouped["method"] == "exact"
+    assert alone["p"] < 0.05 <= grouped["p"]
+    lb = leaderboard("conic", {"A": [_grouped(a, groups)], "B": [_grouped(b, groups)]}, n_boot=300, seed=1)
+    assert [c for c in lb.comparisons if c["metric"] == "pq"][0]["n_units"] == 6
+    with pytest.raises(DataError, match="grouped by source otherwise"):
+        leaderboard("conic", {"A": [_grouped(a, groups)], "B": [_hov(b)]}, n_boot=50)

@@ -171,15 +171,14 @@ def _already_built(out: Path, settings: dict, n_images: int, t0: float) -> Cells
     except StoreError:
         old = None
     same = isinstance(old, CellStore) and old.complete and \
-        {k: old.attrs.get(k) for k in settings} == files.plain_json(settings)
+        old.built_from(settings) == files.plain_json(settings)
     if not same:
         raise StoreError(f"{out} exists and holds other cells (another store, nuclei or settings); pass "
                          "--overwrite to replace it, or choose another --out")
     types = np.asarray(old.table()["type"]) if old.n_cells else np.zeros(0, np.int64)
     counts = {old.class_names.get(int(t), f"type {t}") if t else "unknown": int((types == t).sum())
               for t in np.unique(types)}
-    n_units = len(old.attrs.get("units", []))
-    return CellsResult(out, old.n_cells, n_images, old.layers, old.variants, n_units, 0, 0,
+    return CellsResult(out, old.n_cells, n_images, old.layers, old.variants, old.n_units, 0, 0,
                        time.perf_counter() - t0, counts, skipped=True)
 
 

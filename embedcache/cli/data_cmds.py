@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
-from embedcache.cli.options import format_option
+from embedcache.cli.options import format_option, release_options
 
 
 @main.command("demo-data")
@@ -40,7 +40,9 @@ def demo_data(out: Path, tiles: int, seed: int, folds: int):
 @click.option("--mpp", default=None, type=float,
               help="Slides: level-0 microns per pixel, overriding the files (as for extract).")
 @click.option("--tile-mpp", default=0.5, show_default=True, type=float, help="Slides: microns per pixel of the tiles.")
-def check_data(path: Path, fmt: str, pixels: bool, tile_size: int, overlap, mpp, tile_mpp):
+@release_options
+def check_data(path: Path, fmt: str, pixels: bool, tile_size: int, overlap, mpp, tile_mpp, release_magnification,
+               classes):
     """List every problem extract would meet in a dataset, at once: unreadable images, modes that are not RGB,
     missing or mis-sized label maps, RGB-coded instance maps, stacks that disagree, slides without microns per pixel.
 
@@ -49,7 +51,8 @@ def check_data(path: Path, fmt: str, pixels: bool, tile_size: int, overlap, mpp,
     """
     from embedcache.datasets.check import check_data as run_check
 
-    report = run_check(path, fmt, pixels=pixels, tile_size=tile_size, overlap=overlap, mpp=mpp, tile_mpp=tile_mpp)
+    report = run_check(path, fmt, pixels=pixels, tile_size=tile_size, overlap=overlap, mpp=mpp, tile_mpp=tile_mpp,
+                       magnification=release_magnification, classes=classes)
     for line in report.lines():
         click.echo(line)
     if report.ok:
@@ -59,3 +62,19 @@ def check_data(path: Path, fmt: str, pixels: bool, tile_size: int, overlap, mpp,
     click.echo(f"{n} problem{'s' if n != 1 else ''} in {path}; fix {'them' if n != 1 else 'it'} and run check-data "
                "again")
     raise SystemExit(1)
+
+
+@main.command("datasets")
+def datasets():
+    """List the dataset layouts embedcache reads: for each, where to download it, its licence and the folder
+    to point --data (or check-data, evaluate --truth) at. `--format auto` tries them in this order.
+    """
+    from embedcache.datasets.registry import LAYOUTS, get_layout
+
+    get_layout("folder")  # loads every reader
+    for layout in LAYOUTS.values():
+        click.echo(f"{layout.name:<10} {layout.title}")
+        for key, value in (("download", layout.url), ("licence", layout.licence), ("point at", layout.point_at),
+                           ("knows", layout.note)):
+            if value:
+                click.echo(f"  {key:<9} {value}")

@@ -20,8 +20,10 @@ from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, Targe
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
 @click.option("--epochs", default=FitConfig.epochs, show_default=True, type=click.IntRange(min=1), help="Most epochs.")
 @click.option("--val", default="auto", show_default=True,
-              help="Held-out split: auto (last fold, else frac:0.2), foldK, frac:F (of the source images), "
-                   "frac:F,groups=FILE.csv (of the groups FILE gives each image: image,group), tiles:I,J, sources:A,B.")
+              help="Held-out split: auto (the release's validation split, else the last fold, else frac:0.2), "
+                   "official, train, val, test (the release's own), foldK, frac:F (of the source images), "
+                   "frac:F,groups=FILE.csv (of the groups FILE gives each image: image,group), frac:F,groups=tissue "
+                   "(of the release's tissues or cohorts), tiles:I,J, sources:A,B.")
 @click.option("--train", "train_split", default="rest", show_default=True,
               help="Training split, same syntax; rest = every tile not held out.")
 @click.option("--tune", default=None, metavar="SPLIT",

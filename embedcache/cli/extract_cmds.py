@@ -10,7 +10,7 @@ import click
 from embedcache.cli import main
 from embedcache.cli.options import (
     dask_workers_option, device_option, format_option, json_option, loader_workers_option, quiet_option,
-    scheduler_option,
+    release_options, scheduler_option,
 )
 from embedcache.report import human_bytes
 
@@ -49,6 +49,7 @@ from embedcache.report import human_bytes
 @click.option("--tile-mpp", default=0.5, show_default=True, type=float, help="Slides: microns per pixel of the tiles.")
 @click.option("--min-tissue", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Slides: smallest tissue fraction of a kept tile.")
+@release_options
 @click.option("--overwrite", is_flag=True, help="Replace a store made with another configuration "
                                                 "(the old one stays until the new one is complete).")
 @click.option("--repair", is_flag=True, help="Check the store's chunks and compute again only the units whose "
@@ -56,8 +57,8 @@ from embedcache.report import human_bytes
                                              "options as the extraction that made it.")
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, codec, weights, norm, unit_tiles,
-            workers, scheduler, loader_workers, tile_size, overlap, mpp, tile_mpp, min_tissue, overwrite, repair,
-            quiet):
+            workers, scheduler, loader_workers, tile_size, overlap, mpp, tile_mpp, min_tissue, release_magnification,
+            classes, overwrite, repair, quiet):
     """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
 
     An interrupted run resumes when the same command is run again. With
@@ -73,7 +74,8 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
                            batch_size=batch_size, device=device, dtype=dtype, codec=codec, norm=norm,
                            unit_tiles=unit_tiles,
                            loader_workers=loader_workers, tile_size=tile_size, overlap=overlap, format=fmt, mpp=mpp,
-                           tile_mpp=tile_mpp, min_tissue=min_tissue)
+                           tile_mpp=tile_mpp, min_tissue=min_tissue, magnification=release_magnification,
+                           classes=classes)
     from embedcache.extract import extract as run_extract
 
     result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import click
 
-from embedcache.datasets import FORMATS
+from embedcache.datasets import formats
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
-                             help="Dataset layout (auto-detected by default).")
+format_option = click.option("--format", "fmt", type=click.Choice(formats()), default="auto", show_default=True,
+                             help="Dataset layout (auto-detected by default; `embedcache datasets` lists them).")
+
+
+def release_options(f):
+    """``--magnification`` and ``--classes``: the part and class set of a release to read (extract, check-data)."""
+    f = click.option("--classes", default=None, metavar="NAME",
+                     help="Releases with several class sets (CoNSeP: hovernet, the default, or consep).")(f)
+    return click.option("--magnification", "release_magnification", default=None, type=click.Choice(["20x", "40x"]),
+                        help="Releases with both, read at the archive's root (CytoDArk0): which one "
+                             "(default 20x).")(f)
+
+
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 magnification_option = click.option(
     "--magnification", default="40x", show_default=True, type=click.Choice(["40x", "20x"]),

@@ -47,7 +47,8 @@ class ExtractConfig(_Config):
         a quarter of the tile, as live prediction cuts images (no seams).
         Slides, None: 0 (a plain grid); the overlap of ``predict --slides``
         (a quarter tile) makes a store it can read instead of the encoder.
-    format : {"auto", "pannuke", "conic", "folder", "slides"}
+    format : str
+        ``auto`` or a registered dataset layout (``embedcache datasets``).
     seed : int
         Seed of random initialisation with ``weights="random"``.
     mpp : float or None
@@ -57,6 +58,12 @@ class ExtractConfig(_Config):
         Slides: microns per pixel of the tiles.
     min_tissue : float
         Slides: smallest tissue fraction (0..1) of a kept tile.
+    magnification : {"20x", "40x"} or None
+        Releases with both, read at the archive's root (CytoDArk0): which one
+        (None: the reader's default, 20x).
+    classes : str or None
+        Releases with several class sets (CoNSeP: ``hovernet``, the default,
+        or ``consep``): which one.
     """
 
     encoder: str = "efficientnet_lite0"
@@ -77,6 +84,8 @@ class ExtractConfig(_Config):
     mpp: float | None = None
     tile_mpp: float = 0.5
     min_tissue: float = 0.5
+    magnification: str | None = None
+    classes: str | None = None
 
     def __post_init__(self):
         if self.mpp is not None and not self.mpp > 0:
@@ -96,11 +105,23 @@ class ExtractConfig(_Config):
         if self.codec not in ("lz4", "zstd"):
             raise ConfigError(f"codec must be lz4 or zstd, got {self.codec!r}")
         check_device(self.device)
+        if self.magnification is not None and self.magnification not in ("20x", "40x"):
+            raise ConfigError(f"magnification must be 20x or 40x, got {self.magnification!r}")
 
     def dataset_options(self) -> dict:
         """Keyword arguments of :func:`embedcache.datasets.open_dataset` besides the format."""
         return {"tile_size": self.tile_size, "mpp": self.mpp, "tile_mpp": self.tile_mpp,
-                "min_tissue": self.min_tissue, "overlap": self.overlap}
+                "min_tissue": self.min_tissue, "overlap": self.overlap,
+                **{k: v for k, v in (("magnification", self.magnification), ("classes", self.classes)) if v}}
+
+    def to_dict(self) -> dict:
+        # The release options are recorded only when set, so stores and pipeline steps made before they
+        # existed keep their records and content keys.
+        d = super().to_dict()
+        for key in ("magnification", "classes"):
+            if d.get(key) is None:
+                d.pop(key, None)
+        return d
 
 
 # (d_row, d_col) of each channel. Lengths do not matter: every side of every

@@ -58,7 +58,32 @@ class TileDataset:
     Subclasses set ``layout``, ``path``, ``tile_shape``, ``tiles``
     (:class:`TileIndex`), ``has_labels``, ``class_names``, ``tissue`` and
     ``folds``, and implement :meth:`_read_images`, :meth:`_read_labels` and
-    :meth:`_source_files`.
+    :meth:`_source_files`. What a published release knows about itself
+    travels in the remaining attributes, recorded in a store by
+    :meth:`describe`, so later stages read it as data.
+
+    Attributes
+    ----------
+    tissue : list of str, or None
+        Per tile: the tissue (PanNuke) or cohort (CoNIC, Lizard) of its
+        image; a probe label.
+    folds : (N,) ndarray of int, or None
+        Per tile: the fold code (0-based) of its image.
+    fold_names : list of str, or None
+        Name of each fold code (``fold1``, ``train``, ``test``...).
+    splits : dict of str to list of int
+        Named splits of the release (``train``, ``val``, ``test``): the
+        fold codes each holds; ``official`` (the release's held-out split
+        for validation) is ``val`` when there is one, else ``test``.
+    mpp : float or None
+        Microns per pixel of the images, as the release documents it.
+    protocol : str or None
+        The scoring protocol its authors use (``pannuke``, ``conic``,
+        ``hovernet``).
+    stain : str
+        ``H&E`` unless the release says otherwise (CytoDArk0 is Nissl).
+    stack : bool
+        Every tile is a whole image (``.npy`` stacks of patches).
     """
 
     layout: str = ""
@@ -69,6 +94,12 @@ class TileDataset:
     class_names: dict[int, str] | None = None
     tissue: list[str] | None = None
     folds: np.ndarray | None = None
+    fold_names: list[str] | None = None
+    splits: dict[str, list[int]] = {}
+    mpp: float | None = None
+    protocol: str | None = None
+    stain: str = "H&E"
+    stack: bool = False
 
     @property
     def n_tiles(self) -> int:
@@ -142,6 +173,12 @@ class TileDataset:
             "n_sources": len(self.tiles.source_names),
             "has_labels": self.has_labels,
             "class_names": {str(k): v for k, v in (self.class_names or {}).items()},
+            **({"fold_names": list(self.fold_names)} if self.fold_names else {}),
+            **({"splits": {k: [int(f) for f in v] for k, v in self.splits.items()}} if self.splits else {}),
+            **({"mpp": float(self.mpp)} if self.mpp else {}),
+            **({"protocol": self.protocol} if self.protocol else {}),
+            **({"stain": self.stain} if self.stain != "H&E" else {}),
+            "stack": bool(self.stack),
         }
 
     # -- for subclasses --------------------------------------------------
@@ -272,3 +309,32 @@ def check_label_map(array: np.ndarray, where: str) -> np.ndarray:
     if array.size and array.max() > np.iinfo(np.int32).max:
         raise DataError(f"{where}: label ids exceed int32")
     return array.astype(np.int32, copy=False)
+
+
+def read_table(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a release's CSV table (header required), each a dict of stripped strings.
+
+    Raises
+    ------
+    DataError
+        Unreadable, or without one of ``columns``.
+    """
+    import csv
+
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    header = set(rows[0]) if rows else set()
+    if not set(columns) <= header:
+        raise DataError(f"{path}: needs columns {', '.join(columns)} (got {', '.join(sorted(header)) or 'no rows'})")
+    return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in rows]
+
+
+def image_stem(name: str) -> str:
+    """A table's image name without an image suffix, if it has one (``a.png`` -> ``a``; ``a.2`` stays)."""
+    for suffix in (".png", ".tif", ".tiff", ".jpg", ".jpeg"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

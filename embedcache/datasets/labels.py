@@ -13,8 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from embedcache.datasets.base import check_label_map
-from embedcache.datasets.base import stack_name
+from embedcache.datasets.base import check_label_map, stack_name
 from embedcache.datasets.folder import LABEL_SUFFIXES, find_label_file, read_image_file
 from embedcache.errors import DataError
 
@@ -26,7 +25,7 @@ class LabelSet:
     Attributes
     ----------
     layout : str
-        ``"pannuke"``, ``"conic"`` or ``"folder"``.
+        The layout read (``"pannuke"``, ``"conic"``, ``"folder"``, a release of whole images).
     names : list of str
         One per image: the tile's name in a stack (``tile00003``, :func:`~embedcache.datasets.base.stack_name`),
         or the file stem.
@@ -57,9 +56,11 @@ def read_label_maps(path, format: str = "auto") -> LabelSet:
     Parameters
     ----------
     path : str or Path
-        A PanNuke folder (``masks.npy``), a CoNIC folder (``labels.npy``) or
-        a folder of ``NAME_inst.png`` [+ ``NAME_type.png``] files.
-    format : {"auto", "pannuke", "conic", "folder"}
+        A dataset as its release unzips (PanNuke, CoNIC, ...), or a folder
+        of ``NAME_inst.png`` [+ ``NAME_type.png``] files (with or without
+        the images).
+    format : str
+        ``auto`` or a registered layout.
 
     Examples
     --------
@@ -67,30 +68,30 @@ def read_label_maps(path, format: str = "auto") -> LabelSet:
     >>> labels.instances[0].shape                         # doctest: +SKIP
     (256, 256)
     """
-    from embedcache.datasets import detect_format
-    from embedcache.datasets.stacks import ConicDataset, PanNukeDataset
+    from embedcache.datasets.registry import detect_layout, get_layout
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    layout = detect_format(path, labels_only=True) if format == "auto" else format
-    if layout in ("pannuke", "conic"):
-        ds = (PanNukeDataset if layout == "pannuke" else ConicDataset)(path, require_images=False)
-        if not ds.has_labels:
-            raise DataError(f"{path}: no labels.npy found (CoNIC layout)")
+    layout, root = detect_layout(path, labels_only=True) if format == "auto" else (get_layout(format), path)
+    if not layout.has_labels:
+        raise DataError(f"{path}: the {layout.name} layout holds no label maps to score against")
+    if layout.name == "folder":  # also prediction folders: label maps without their images
+        return _read_folder_labels(root)
+    ds = layout.open(root, require_images=False) if layout.stack else layout.open(root)
+    if not ds.has_labels:
+        raise DataError(f"{root}: no label maps found ({layout.title} layout)")
+    if layout.stack:
         maps = ds.labels(slice(None))
-        # Both stack layouts carry a type for every pixel: tiles without nuclei have types too (all 0).
-        return LabelSet(
-            layout=layout,
-            names=[stack_name(i) for i in range(len(maps))],
-            instances=[m for m in maps[..., 0]],
-            types=[m for m in maps[..., 1]],
-            tissue=ds.tissue,
-            class_names=ds.class_names,
-        )
-    if layout == "folder":
-        return _read_folder_labels(path)
-    raise DataError(f"unknown format {format!r}; use auto, pannuke, conic or folder")
+        # Stacks carry a type for every pixel: tiles without nuclei have types too (all 0).
+        return LabelSet(layout=layout.name, names=[stack_name(i) for i in range(len(maps))],
+                        instances=[m for m in maps[..., 0]], types=[m for m in maps[..., 1]],
+                        tissue=ds.tissue, class_names=ds.class_names)
+    maps = [ds.source_labels(k) for k in range(len(ds.tiles.source_names))]
+    tissue = getattr(ds, "source_tissue", None)
+    return LabelSet(layout=layout.name, names=list(ds.tiles.source_names), instances=[m[..., 0] for m in maps],
+                    types=[m[..., 1] for m in maps] if ds.class_names else None, tissue=tissue,
+                    class_names=ds.class_names)
 
 
 def _read_folder_labels(path: Path) -> LabelSet:

@@ -36,6 +36,7 @@ import numpy as np
 from embedcache.datasets.annotations import ANNOTATION_SUFFIXES, read_geojson, tile_labels
 from embedcache.datasets.base import TileDataset, TileIndex
 from embedcache.datasets.folder import PAD_VALUE
+from embedcache.datasets.registry import Layout, register
 from embedcache.datasets.wsi import (
     SLIDE_SUFFIXES, Slide, box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue,
     working_shape,
@@ -233,3 +234,22 @@ class SlideDataset(TileDataset):
 
         ti = self.tiles
         return TileGeometry.from_tiles(ti.source, ti.offset, self.tile_shape, self.tile_mpp, ti.source_names)
+
+
+def _open_slides(path, tile_size: int = 256, tile_mpp: float = 0.5, mpp: float | None = None,
+                 min_tissue: float = 0.5, overlap: int | None = None, **_) -> SlideDataset:
+    return SlideDataset(path, tile_size=tile_size, tile_mpp=tile_mpp, mpp=mpp, min_tissue=min_tissue,
+                        overlap=overlap or 0)
+
+
+def _find_slides(path: Path) -> Path | None:
+    from embedcache.datasets.wsi import looks_like_slides
+
+    return Path(path) if looks_like_slides(path) else None
+
+
+register(Layout(
+    name="slides", title="Whole-slide images", find=_find_slides, open=_open_slides, has_labels=False,
+    point_at="a slide file, or a folder of slides (.svs, .ndpi, .mrxs, .scn, tiled .tif), GeoJSON beside them",
+    note="tiled over the tissue at --tile-mpp; labels from GeoJSON",
+))

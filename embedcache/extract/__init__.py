@@ -79,7 +79,8 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
         from embedcache.datasets.check import require_clean_data
 
         report = require_clean_data(data, config.format, tile_size=config.tile_size, overlap=config.overlap,
-                                    mpp=config.mpp, tile_mpp=config.tile_mpp)
+                                    mpp=config.mpp, tile_mpp=config.tile_mpp, magnification=config.magnification,
+                                    classes=config.classes)
         for note in report.notes if on_note else ():
             on_note(note)
     if workers or scheduler:

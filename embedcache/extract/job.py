@@ -26,7 +26,7 @@ from embedcache.device import resolve_device
 from embedcache.encoders import get_spec
 from embedcache.encoders.features import FeatureExtractor, resolve_layers
 from embedcache.encoders.load import load_encoder
-from embedcache.errors import DataError, StoreError
+from embedcache.errors import ConfigError, DataError, StoreError
 from embedcache.store import schema
 from embedcache.store.location import StoreLocation
 from embedcache.store.quant import quantize
@@ -209,6 +209,12 @@ class ExtractionJob:
         if self.dataset.n_tiles == 0:
             raise DataError(f"{data}: the dataset has no tiles")
         self.run = Extraction(config, self.dataset.tile_shape)
+        stained = [v.name for v in self.run.variants if v.stain is not None]
+        if stained and self.dataset.stain != "H&E":
+            # The stain variants move haematoxylin and eosin densities: meaningless on another stain.
+            raise ConfigError(f"{data}: the {self.dataset.layout} images are {self.dataset.stain}-stained, not H&E; "
+                              f"the stain variants ({', '.join(stained)}) perturb H&E only: use --variants flips "
+                              "or d4")
         self.n_units = schema.n_units(self.dataset.n_tiles, config.unit_tiles)
         ds = self.dataset
         self.tissue_names = sorted(set(ds.tissue)) if ds.tissue else []

@@ -77,7 +77,7 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
     torch.set_grad_enabled(False)
     job = ExtractionJob(data, config)
     run, dataset = job.run, job.dataset
-    if dataset.layout in ("pannuke", "conic"):  # the loader only slices memory-mapped stacks: no core of its own
+    if dataset.stack:  # the loader only slices memory-mapped stacks: no core of its own
         torch.set_num_threads(compute_threads(0))
     writer = job.open_writer(out, overwrite, repair)
     if writer is None:

@@ -26,7 +26,7 @@ from embedcache.infer.tune import run_postprocess
 from embedcache.metrics import evaluate
 from embedcache.metrics.protocols import auto_protocol, detection_radius
 from embedcache.store import open_store
-from embedcache.store.images import image_truth, source_images
+from embedcache.store.images import image_groups, image_truth, source_images
 from embedcache.train.checkpoint import check_features, load_run
 
 
@@ -98,7 +98,7 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
     variants = tta_variants(tta)
     features = store_features(s, variants)
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
-    layout = "stack" if s.dataset_layout in ("pannuke", "conic") else "folder"
+    layout = "stack" if s.tiles_are_images else "folder"
     writer = (prediction_writer(predictions, loaded, layout, len(images), overlays=False, geojson=False)
               if predictions is not None else None)
     with progress_bar(total=len(images), unit="image", desc="evaluate", disable=not progress, dynamic_ncols=True) as bar:
@@ -110,5 +110,8 @@ def evaluate_run(run, store=None, *, out=None, predictions=None, protocol: str =
     result = evaluate(truth, pred, protocol, radius=detection_radius(magnification))
     data = {**result.to_dict(), "protocol": protocol, "tiles": [int(t) for t in tiles], "n_nuclei": n_nuclei,
             "tta": tta, "postprocess": post.to_dict(), "postprocess_source": post_source}
+    groups = image_groups(s, images)
+    if groups is not None:  # patches of shared source images: the report resamples whole sources
+        data["groups"] = groups
     write_json(Path(out or loaded.path) / "eval.json", data)
     return result

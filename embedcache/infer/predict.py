@@ -65,6 +65,11 @@ def data_images(path, format: str, tile_shape, overlap: int) -> tuple[Iterator[T
             raise DataError(f"{path}: no images found")
         return (tile_image(f.stem, read_rgb_file(f), tile_shape, overlap) for f in files), "folder", len(files), {}
     ds = open_dataset(path, format=layout)
+    if not ds.stack:  # a release of whole images: each image whole, cut as live prediction cuts it
+        tissue = getattr(ds, "source_tissue", None)
+        names = ds.tiles.source_names
+        return ((tile_image(name, ds.source_image(k), tile_shape, overlap, tissue[k] if tissue else None)
+                 for k, name in enumerate(names)), "folder", len(names), dict(ds.class_names or {}))
     tissue = ds.tissue
     images = (tile_image(stack_name(i), ds.images([i])[0], tile_shape, overlap, tissue[i] if tissue else None)
               for i in range(ds.n_tiles))
@@ -172,7 +177,7 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
         check_features(loaded.store, s, loaded.path)
         features = store_features(s, variants)
         images = source_images(s, split_tiles(loaded, s, split))
-        layout = "stack" if s.dataset_layout in ("pannuke", "conic") else "folder"
+        layout = "stack" if s.tiles_are_images else "folder"
         n_images, mode, source = len(images), "cached", str(s.path)
         images = iter(images)
     else:

@@ -268,7 +268,7 @@ def _cell(pipeline: Pipeline, ds: DatasetSpec, enc: EncoderEntry, root: Path, da
         fit_inputs = {"store": extract_step.key,
                       "fit": {k: v for k, v in fcfg.to_dict().items() if k not in RUNTIME_FIT}}
         groups = fcfg.val.partition(",groups=")[2]
-        if groups:  # the groups file by content, so editing it draws the held-out images again
+        if groups and groups != "tissue":  # the groups file by content, so editing it draws the held-out images again
             fit_inputs["groups"] = _file_identity(groups, "fit val groups file")
 
         def do_fit(d: Path, fcfg=fcfg) -> dict:

@@ -12,7 +12,10 @@ images with replacement and, independently for each encoder, its seeds
 with replacement; the statistic is the mean over the drawn seeds of the
 protocol value on the drawn images. The point estimate is the mean over
 seeds of the protocol value on all images. With one seed this is the
-ordinary percentile bootstrap over images.
+ordinary percentile bootstrap over images. When images are patches of
+larger source images (CoNIC), the evaluation records each one's source
+(``groups``) and both the resamples and the sign flips take whole sources,
+so the patches of one image never count as independent evidence.
 
 Paired comparisons (:func:`compare`): every encoder is scored on the *same*
 image resamples, so the difference of two encoders' resampled statistics
@@ -81,6 +84,10 @@ class ImageScores:
     tissues : list of str
     classes : tuple of int
         Type ids scored (CoNIC's pooled mPQ+ and R2 are per class).
+    groups : (n,) ndarray of int or None
+        The unit each image belongs to when images are not independent (CoNIC
+        patches cut from one Lizard image): resamples and sign flips take
+        whole units. None: every image is its own unit.
     """
 
     protocol: str
@@ -89,10 +96,13 @@ class ImageScores:
     tissue: np.ndarray | None = None
     tissues: list[str] = field(default_factory=list)
     classes: tuple[int, ...] = ()
+    groups: np.ndarray | None = None
 
     @classmethod
-    def from_rows(cls, protocol: str, rows: Sequence[Mapping], classes: Sequence[int] = ()) -> "ImageScores":
-        """From :attr:`embedcache.metrics.Evaluation.rows` (or ``eval.json``'s ``images``)."""
+    def from_rows(cls, protocol: str, rows: Sequence[Mapping], classes: Sequence[int] = (),
+                  groups: Sequence[str] | None = None) -> "ImageScores":
+        """From :attr:`embedcache.metrics.Evaluation.rows` (or ``eval.json``'s ``images``); ``groups``: the
+        source image of each row (``eval.json``'s ``groups``)."""
         if protocol not in HEADLINE:
             raise DataError(f"unknown protocol {protocol!r}; use one of {', '.join(HEADLINE)}")
         names = [str(r.get("name", i)) for i, r in enumerate(rows)]
@@ -106,7 +116,12 @@ class ImageScores:
             tissue = np.array([tissues.index(t) for t in labels], dtype=np.int64)
         if protocol == "conic" and not classes:
             classes = sorted(int(k[3:]) for k in keys if k.startswith("tp_") and k[3:].isdigit())
-        return cls(protocol, names, columns, tissue, tissues, tuple(int(c) for c in classes))
+        codes = None
+        if groups is not None:
+            if len(groups) != len(names):
+                raise DataError(f"{len(groups)} groups for {len(names)} images; evaluate again")
+            codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1].astype(np.int64)
+        return cls(protocol, names, columns, tissue, tissues, tuple(int(c) for c in classes), codes)
 
     @property
     def n(self) -> int:
@@ -194,17 +209,30 @@ class ResamplePlan:
     Attributes
     ----------
     images : (B, n) ndarray of int
+        Image indices of each resample (no groups).
     seed : int
         Base seed; each encoder's seed draws come from ``(seed, crc32(name))``,
         so an encoder's interval does not depend on which others are compared.
+    groups : (n,) ndarray of int or None
+        With groups, each resample draws whole groups with replacement (as
+        many as there are groups) and holds their images: ``rows``, of
+        varying lengths, replace ``images``.
+    rows : tuple of ndarray
     """
 
-    images: np.ndarray
+    images: np.ndarray | None
     seed: int = 0
+    groups: np.ndarray | None = None
+    rows: tuple = ()
 
     @property
     def n_boot(self) -> int:
-        return len(self.images)
+        return len(self.rows) if self.groups is not None else len(self.images)
+
+    @property
+    def n(self) -> int:
+        """Images resampled."""
+        return len(self.groups) if self.groups is not None else self.images.shape[1]
 
     def seed_draws(self, name: str, n_seeds: int) -> np.ndarray:
         """(B, n_seeds) indices of the seeds drawn for encoder ``name`` in each resample."""
@@ -213,13 +241,35 @@ class ResamplePlan:
             return np.zeros((self.n_boot, 1), dtype=np.int64)
         return rng.integers(0, n_seeds, size=(self.n_boot, n_seeds))
 
+    def summarise(self, scores: ImageScores) -> dict[str, np.ndarray]:
+        """:func:`summarise` on every resample, ``(B,)`` per metric (resamples of one length at a time)."""
+        if self.groups is None:
+            return summarise(scores, self.images)
+        lengths = np.array([len(r) for r in self.rows])
+        out = {m: np.empty(len(self.rows)) for m in HEADLINE[scores.protocol]}
+        for length in np.unique(lengths):
+            which = np.flatnonzero(lengths == length)
+            values = summarise(scores, np.stack([self.rows[i] for i in which]))
+            for m in out:
+                out[m][which] = values[m]
+        return out
 
-def resample_plan(n_images: int, n_boot: int = 2000, seed: int = 0) -> ResamplePlan:
-    """Image resamples with replacement, the same for every encoder (seeded)."""
+
+def resample_plan(n_images: int, n_boot: int = 2000, seed: int = 0, groups: np.ndarray | None = None) -> ResamplePlan:
+    """Image resamples with replacement, the same for every encoder (seeded); with ``groups`` (a code per
+    image), whole groups are drawn, so images of one source stay together."""
     if n_images < 1:
         raise DataError("no images to resample")
     rng = np.random.default_rng(seed)
-    return ResamplePlan(rng.integers(0, n_images, size=(n_boot, n_images)), seed)
+    if groups is None:
+        return ResamplePlan(rng.integers(0, n_images, size=(n_boot, n_images)), seed)
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(groups) != n_images:
+        raise DataError(f"{len(groups)} groups for {n_images} images")
+    codes, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(codes))]
+    draws = rng.integers(0, len(codes), size=(n_boot, len(codes)))
+    return ResamplePlan(None, seed, groups, tuple(np.concatenate([members[g] for g in d]) for d in draws))
 
 
 @dataclass
@@ -268,11 +318,11 @@ def score_encoder(name: str, evaluations: Sequence[ImageScores], plan: ResampleP
         raise DataError(f"{name}: no evaluation to score")
     ref = evaluations[0]
     _check_same_images(evaluations, ref.names, name)
-    if plan.images.shape[1] != ref.n:
-        raise DataError(f"{name}: {ref.n} images, but the resamples are of {plan.images.shape[1]}")
+    if plan.n != ref.n:
+        raise DataError(f"{name}: {ref.n} images, but the resamples are of {plan.n}")
     full = np.arange(ref.n)[None]
     per_seed = [summarise(e, full) for e in evaluations]
-    boots = [summarise(e, plan.images) for e in evaluations]  # each metric (B,)
+    boots = [plan.summarise(e) for e in evaluations]  # each metric (B,)
     draws = plan.seed_draws(name, len(evaluations))
     rows = np.arange(plan.n_boot)[:, None]
     metrics = HEADLINE[ref.protocol]
@@ -284,7 +334,7 @@ def score_encoder(name: str, evaluations: Sequence[ImageScores], plan: ResampleP
     keys = set.intersection(*(set(e.columns) for e in evaluations))
     mean = ImageScores(ref.protocol, ref.names,
                        {k: _nanmean(np.stack([e.columns[k] for e in evaluations]), axis=0) for k in keys},
-                       ref.tissue, ref.tissues, ref.classes)
+                       ref.tissue, ref.tissues, ref.classes, ref.groups)
     return EncoderScores(name, ref.protocol, len(evaluations), ref.n, point,
                          {m: [float(s[m][0]) for s in per_seed] for m in metrics}, boot, mean)
 
@@ -306,8 +356,10 @@ def sign_flip_test(a: ImageScores, b: ImageScores, metric: str, seed: int = 0) -
     """Two-sided sign-flip test of "no difference" between two encoders on the same images.
 
     The protocol's statistic (:func:`summarise`) is recomputed with ``a``
-    and ``b`` swapped on each subset of images: every subset when there
-    are at most :data:`EXACT_UNITS` images (exact), else
+    and ``b`` swapped on each subset of images (of whole groups when the
+    images have ``groups``: the patches of one source image are not
+    independent): every subset when there are at most :data:`EXACT_UNITS`
+    units (exact), else
     :data:`RANDOM_PATTERNS` random ones. ``p`` is the share of patterns
     whose difference is at least as large as the observed one (the
     observed pattern included, so never 0).
@@ -320,16 +372,20 @@ def sign_flip_test(a: ImageScores, b: ImageScores, metric: str, seed: int = 0) -
         (``2 / 2^n`` exact: a pattern and its complement tie).
     """
     n = a.n
+    # The units flipped: images, or whole groups (every image of a source image swaps together).
+    unit = np.unique(a.groups, return_inverse=True)[1] if a.groups is not None else np.arange(n)
+    n_units = int(unit.max()) + 1 if n else 0
     both = ImageScores(a.protocol, a.names + b.names,
                        {k: np.concatenate([a.columns[k], b.columns[k]]) for k in set(a.columns) & set(b.columns)},
                        None if a.tissue is None else np.concatenate([a.tissue, b.tissue]), a.tissues, a.classes)
-    if n <= EXACT_UNITS:
-        flips = (np.arange(2 ** n)[:, None] >> np.arange(n)[None]) & 1
-        method, min_p = "exact", 2.0 / 2 ** n if n else 1.0
+    if n_units <= EXACT_UNITS:
+        flips = (np.arange(2 ** n_units)[:, None] >> np.arange(n_units)[None]) & 1
+        method, min_p = "exact", 2.0 / 2 ** n_units if n_units else 1.0
     else:
         rng = np.random.default_rng([seed, zlib.crc32(f"{metric}".encode())])
-        flips = np.concatenate([np.zeros((1, n), np.int64), rng.integers(0, 2, (RANDOM_PATTERNS, n))])
+        flips = np.concatenate([np.zeros((1, n_units), np.int64), rng.integers(0, 2, (RANDOM_PATTERNS, n_units))])
         method, min_p = "random", 1.0 / (RANDOM_PATTERNS + 1)
+    flips = flips[:, unit]
     own = np.arange(n)[None]
     d = summarise(both, own + n * flips)[metric] - summarise(both, own + n * (1 - flips))[metric]
     observed = d[0]  # pattern 0 swaps nothing
@@ -337,7 +393,7 @@ def sign_flip_test(a: ImageScores, b: ImageScores, metric: str, seed: int = 0) -
         p = math.nan
     else:
         p = float(np.mean(np.abs(np.nan_to_num(d, nan=0.0)) >= abs(observed) - 1e-12))
-    return {"p": p, "n_units": n, "method": method, "patterns": int(len(flips)), "min_p": float(min_p)}
+    return {"p": p, "n_units": n_units, "method": method, "patterns": int(len(flips)), "min_p": float(min_p)}
 
 
 def compare(a: EncoderScores, b: EncoderScores, metric: str) -> dict:
@@ -487,7 +543,12 @@ def leaderboard(dataset: str, evaluations: Mapping[str, Sequence[ImageScores]], 
             if first.protocol in PUBLISHED_CLASSES and e.classes != first.classes:
                 raise DataError(f"{dataset}: {name} was scored on classes {list(e.classes)}, another evaluation "
                                 f"on {list(first.classes)}; evaluate every encoder on the same classes")
-    plan = resample_plan(first.n, n_boot, seed)
+    for name, evs in evaluations.items():
+        if any((e.groups is None) != (first.groups is None) or
+               (e.groups is not None and not np.array_equal(e.groups, first.groups)) for e in evs):
+            raise DataError(f"{dataset}: {name}'s images are grouped by source otherwise than the rest; "
+                            "evaluate every encoder on the same store")
+    plan = resample_plan(first.n, n_boot, seed, first.groups)
     scored = [score_encoder(name, evs, plan) for name, evs in evaluations.items()]
     primary = HEADLINE[first.protocol][0]
     scored.sort(key=lambda s: -s.point[primary] if math.isfinite(s.point[primary]) else math.inf)

@@ -93,7 +93,8 @@ def _interval(s: dict) -> str:
 def read_evaluation(folder: Path) -> ImageScores:
     """An ``eval.json`` written by a pipeline's evaluate step, as per-image columns."""
     data = json.loads((Path(folder) / "eval.json").read_text())
-    return ImageScores.from_rows(data["protocol"], data["images"], [int(c) for c in data.get("classes") or []])
+    return ImageScores.from_rows(data["protocol"], data["images"], [int(c) for c in data.get("classes") or []],
+                                 data.get("groups"))
 
 
 def dataset_leaderboards(cells: list[CellResult], n_boot: int, seed: int) -> dict[str, Leaderboard]:

@@ -96,6 +96,15 @@ class CellStore:
         self.complete = bool(attrs.get("complete"))
         self.verify_rows = int(attrs["config"]["unit_cells"])
 
+    def built_from(self, keys) -> dict:
+        """The record's entries ``keys`` (``layers``, ``variants``, ``encoder``, ``source_store``, ``nuclei``,
+        ``config``): what a build with the same settings would record."""
+        return {k: self.attrs.get(k) for k in keys}
+
+    @property
+    def n_units(self) -> int:
+        return len(self.attrs.get("units", []))
+
     def __repr__(self) -> str:
         state = "complete" if self.complete else "INCOMPLETE"
         return (f"<CellStore {self.path} {self.encoder.name} {self.n_cells} cells x {len(self.variants)} variants, "

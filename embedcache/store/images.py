@@ -24,11 +24,16 @@ def source_images(store, tiles=None) -> list[TiledImage]:
     tissue = store.tissue
     chosen = np.arange(store.n_tiles) if tiles is None else np.asarray(tiles, dtype=np.int64)
     out = []
+    if store.tiles_are_images:  # patches of a stack: each its own image (CoNIC patches share a source image)
+        for i in np.unique(chosen).tolist():
+            shape = tuple(int(v) for v in info["valid"][i])
+            out.append(TiledImage(stack_name(i), shape, [((0, 0), int(i))], tissue[i] if tissue else None))
+        return out
     for src in sorted(set(info["source"][chosen].tolist())):
         ids = np.flatnonzero(info["source"] == src)
         ends = info["offset"][ids] + info["valid"][ids]
         shape = (int(ends[:, 0].max()), int(ends[:, 1].max()))
-        name = names[src] if store.dataset_layout == "folder" and src < len(names) else stack_name(int(ids[0]))
+        name = names[src] if src < len(names) else stack_name(int(ids[0]))
         out.append(TiledImage(name, shape, [(tuple(int(v) for v in info["offset"][i]), int(i)) for i in ids],
                               tissue[ids[0]] if tissue else None))
     return out
@@ -61,6 +66,19 @@ def image_truth(store, images: list[TiledImage]):
         types.append(typ)
     layout = store.dataset_layout or "folder"
     has_types = any(t.any() for t in types)
-    return LabelSet(layout if layout in ("pannuke", "conic") else "folder", [j.name for j in images], insts,
+    return LabelSet(layout if store.tiles_are_images else "folder", [j.name for j in images], insts,
                     types if has_types else None, [j.tissue or "" for j in images] if store.tissue else None,
                     dict(store.class_names) or None)
+
+
+def image_groups(store, images: list[TiledImage]) -> list[str] | None:
+    """The source image of each image when some share one (CoNIC patches of one Lizard image), else None.
+
+    Statistics over images resample and permute whole sources with it
+    (:mod:`embedcache.report.compare`).
+    """
+    info, names = store.tile_info(), store.source_names
+    source = [int(info["source"][image.tiles[0][1]]) for image in images]
+    if len(set(source)) == len(source):
+        return None
+    return [str(names[s]) if s < len(names) else str(s) for s in source]

@@ -112,8 +112,26 @@ class Store:
 
     @property
     def dataset_layout(self) -> str | None:
-        """The layout the store was extracted from: ``pannuke``, ``conic``, ``folder``, ``slides``."""
+        """The layout the store was extracted from (``pannuke``, ``conic``, ``folder``, ``slides``, a release)."""
         return self.provenance.dataset.get("layout")
+
+    @property
+    def tiles_are_images(self) -> bool:
+        """Every tile is a whole image of its own (``.npy`` stacks of patches), not a piece of a larger one."""
+        recorded = self.provenance.dataset.get("stack")
+        if recorded is not None:
+            return bool(recorded)
+        return self.dataset_layout in ("pannuke", "conic")  # stores made before the layout recorded it
+
+    @property
+    def official_splits(self) -> dict[str, list[int]]:
+        """The release's named splits (``train``, ``val``, ``test``) as fold codes; empty when it has none."""
+        return {k: [int(f) for f in v] for k, v in (self.provenance.dataset.get("splits") or {}).items()}
+
+    @property
+    def fold_names(self) -> list[str]:
+        """Name of each fold code (``fold1``, ``train``...); empty when the dataset named none."""
+        return list(self.provenance.dataset.get("fold_names") or [])
 
     @property
     def tile_mpp(self) -> float | None:

@@ -9,11 +9,16 @@ uninterrupted one.
 
 Splits (:func:`make_split`) are written as strings, recorded in the run:
 
-``auto``          the last fold when the store has several, else ``frac:0.2``
-``foldK``         tiles of fold K (1-based, in the order of the dataset's fold folders)
+``auto``          the release's official validation split when it has one (CoNIC's challenge split,
+                  CytoDArk0's ``folds.csv``), else the last fold when the store has several, else ``frac:0.2``
+``official``      the release's validation split, or its test split when it names no validation split
+``train``, ``val``, ``test``  the release's own splits (``embedcache datasets`` lists them)
+``foldK``         tiles of fold K (1-based: PanNuke's fold number, else the order of the dataset's folds)
 ``frac:F``        a seeded fraction F of the *source images* (tiles of one image stay together)
 ``frac:F,groups=FILE.csv``  a seeded fraction F of the *groups* (patient, centre) that FILE
                   gives each source image (columns ``image,group``): images of one group stay together
+``frac:F,groups=tissue``  a seeded fraction F of the tissues or cohorts the release names (PanNuke's
+                  tissues, CoNIC's and Lizard's cohorts, MoNuSeg's organs): whole cohorts held out
 ``tiles:I,J,..``  tile ids
 ``sources:A,B``   source image names (file stems of the folder layout)
 ``rest``          every tile not in the other split (training's default)
@@ -121,8 +126,18 @@ def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
     folds = np.asarray(info["fold"])
     source = np.asarray(info["source"])
     spec = spec.strip()
+    named = getattr(store, "official_splits", None) or {}
     if spec == "auto":
-        spec = f"fold{int(folds.max()) + 1}" if folds.max() > 0 else "frac:0.2"
+        spec = "val" if "val" in named else (f"fold{int(folds.max()) + 1}" if len(np.unique(folds)) > 1
+                                             else "frac:0.2")
+    if spec == "official":
+        spec = "val" if "val" in named else "test"
+    if spec in named:
+        return np.flatnonzero(np.isin(folds, named[spec]))
+    if spec in ("train", "val", "test"):
+        names = f"it names {', '.join(named)}" if named else "it names none"
+        raise ConfigError(f"{which} split {spec!r}: the store's dataset has no official {spec} split ({names}); "
+                          "use foldK or frac:F")
     if spec.startswith("fold"):
         k = spec[4:].lstrip(":")
         if not k.isdigit() or int(k) < 1:
@@ -136,8 +151,15 @@ def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
             frac = -1.0
         if not 0 < frac < 1:
             raise ConfigError(f"{which} split {spec!r}: the fraction must lie strictly between 0 and 1")
-        # The unit drawn: the source image, or the group the file gives each image.
-        unit = source if not group_file else read_groups(group_file, store)[source]
+        # The unit drawn: the source image, the tissue or cohort the release gives each image, or the group
+        # the file gives each image.
+        if group_file == "tissue":
+            unit = np.asarray(info["tissue"])
+            if not getattr(store, "tissue_names", None) or (unit < 0).any():
+                raise DataError(f"{which} split {spec},groups=tissue: the store's dataset gives no tissue or cohort "
+                                "to every tile; use groups=FILE.csv")
+        else:
+            unit = source if not group_file else read_groups(group_file, store)[source]
         units = np.unique(unit)
         if len(units) < 2:
             raise DataError(f"{group_file or 'the store'}: a single {'group' if group_file else 'source image'}; "
@@ -163,8 +185,8 @@ def _select(store, spec: str, seed: int, which: str) -> np.ndarray:
             shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
             raise ConfigError(f"{which} split {spec!r}: no source image {missing[0]!r} in the store (it has {shown})")
         return np.flatnonzero(np.isin(source, [names.index(w) for w in wanted]))
-    raise ConfigError(f"{which} split {spec!r} not understood; use auto, foldK, frac:F, frac:F,groups=FILE.csv, "
-                      "tiles:I,J or sources:A,B")
+    raise ConfigError(f"{which} split {spec!r} not understood; use auto, official, train, val, test, foldK, frac:F, "
+                      "frac:F,groups=FILE.csv, tiles:I,J or sources:A,B")
 
 
 def tuning_tiles(store, spec: str, seed: int, split, on_val: bool = False) -> np.ndarray:

@@ -38,19 +38,33 @@ from pathlib import Path
 from embedcache.datasets.check.folder import _check_folder
 from embedcache.datasets.check.report import DataReport, Problem, _add
 from embedcache.datasets.check.slides import _check_slides
+from embedcache.datasets.check.release import _check_release
 from embedcache.datasets.check.stacks import _check_conic, _check_pannuke
 from embedcache.errors import ConfigError, DataError
 
+# Layouts with a check of their own that reads headers only; any other layout is opened by its reader
+# (:func:`~embedcache.datasets.check.release._check_release`).
+CHECKS = {
+    "folder": lambda report, path, pixels, tile_size, overlap, **_: _check_folder(report, path, pixels, tile_size,
+                                                                                 overlap),
+    "pannuke": lambda report, path, pixels, **_: _check_pannuke(report, path, pixels),
+    "conic": lambda report, path, pixels, **_: _check_conic(report, path, pixels),
+    "slides": lambda report, path, tile_size, mpp, tile_mpp, **_: _check_slides(report, path, tile_size, mpp,
+                                                                                tile_mpp),
+}
+
 
 def check_data(path, format: str = "auto", pixels: bool = False, *, tile_size: int = 256,
-               overlap: int | None = None, mpp: float | None = None, tile_mpp: float = 0.5) -> DataReport:
+               overlap: int | None = None, mpp: float | None = None, tile_mpp: float = 0.5,
+               magnification: str | None = None, classes: str | None = None) -> DataReport:
     """Every problem extraction would meet in a dataset, listed at once.
 
     Parameters
     ----------
     path : str or Path
         A dataset folder or one slide, as for :func:`~embedcache.datasets.open_dataset`.
-    format : {"auto", "pannuke", "conic", "folder", "slides"}
+    format : str
+        ``auto`` or a registered layout.
     pixels : bool
         Decode every image and label map (slow on big datasets; catches
         truncated files and bad values). By default only headers are read.
@@ -61,18 +75,24 @@ def check_data(path, format: str = "auto", pixels: bool = False, *, tile_size: i
         Slides: level-0 microns per pixel overriding the files (a slide that
         records none is a problem unless this is given), microns per pixel of
         the tiles (for the summary).
+    magnification, classes
+        Releases: the part and class set to read, as for extract.
 
     Returns
     -------
     DataReport
         ``.ok`` when there are no problems.
     """
-    from embedcache.datasets import FOLDER_OVERLAP, FORMATS, detect_format
+    from embedcache.datasets import FOLDER_OVERLAP
+    from embedcache.datasets.registry import LAYOUTS, detect_layout, get_layout
 
     path = Path(path)
     report = DataReport(path, pixels=bool(pixels))
-    if format not in FORMATS:
-        raise ConfigError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if format != "auto":
+        try:
+            get_layout(format)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
     if tile_size < 16:  # folder needs 32 (checked below), slides 16
         raise ConfigError(f"tile size {tile_size} is too small; use at least 16 px (32 for image folders)")
     overlap = tile_size // FOLDER_OVERLAP if overlap is None else int(overlap)
@@ -81,26 +101,24 @@ def check_data(path, format: str = "auto", pixels: bool = False, *, tile_size: i
     if not path.exists():
         report.problem(path, "no such file or folder")
         return report
+    root = path
     if format == "auto":
         try:
-            format = detect_format(path)
+            layout, root = detect_layout(path)
         except DataError as exc:
             _add(report, exc, path)
             return report
+        format = layout.name
     report.layout = format
-    if format != "slides" and not path.is_dir():
+    if LAYOUTS[format].has_labels and not root.is_dir():
         report.problem(path, f"expected a folder for the {format} layout")
         return report
-    if format == "folder":
-        if tile_size < 32:
-            raise ConfigError(f"tile size {tile_size} is too small; use at least 32 px")
-        _check_folder(report, path, pixels, tile_size, overlap)
-    elif format == "pannuke":
-        _check_pannuke(report, path, pixels)
-    elif format == "conic":
-        _check_conic(report, path, pixels)
-    else:
-        _check_slides(report, path, tile_size, mpp, tile_mpp)
+    if format == "folder" and tile_size < 32:
+        raise ConfigError(f"tile size {tile_size} is too small; use at least 32 px")
+    check = CHECKS.get(format, _check_release)
+    release = {k: v for k, v in (("magnification", magnification), ("classes", classes)) if v}
+    check(report, root, pixels=pixels, tile_size=tile_size, overlap=overlap, mpp=mpp, tile_mpp=tile_mpp,
+          release=release)
     return report
 
 

@@ -52,7 +52,8 @@ class DataReport:
         self.problems.append(Problem(str(file), message))
 
     def note(self, message: str) -> None:
-        self.notes.append(message)
+        if message not in self.notes:  # one note for the same conversion of every fold
+            self.notes.append(message)
 
     def summary_lines(self) -> list[str]:
         """The summary as printed by ``embedcache check-data``."""
@@ -69,12 +70,18 @@ class DataReport:
             lines.append(f"  labels    {s['inst_maps']} instance maps, {s['type_maps']} type maps")
             lines.append(f"  tiles     {s['tiles']} of {s['tile_size']}x{s['tile_size']} px "
                          f"(overlap {s['overlap']} px) for extract")
-        elif self.layout in ("pannuke", "conic") and "images" in s:
+        elif s.get("stack") and "images" in s:
             shape = "x".join(str(v) for v in s["tile_shape"]) if s.get("tile_shape") else "?"
             folds = f", in {s['folds']} folds" if s.get("folds", 1) > 1 else ""
             lines.append(f"  images    {s['images']} tiles of {shape} px{folds}, {_mpx(s['pixels'])} in all")
             lines.append(f"  labels    {s['labels']}")
-            lines.append(f"  tiles     {s['tiles']} for extract (one per image)")
+            sources = f" cut from {s['sources']} source images" if s.get("sources") else ""
+            lines.append(f"  tiles     {s['tiles']} for extract (one per image){sources}")
+        elif s.get("release") and "images" in s:
+            lines.append(f"  images    {s['images']}")
+            lines.append(f"  labels    {s['labels']}")
+            lines.append(f"  tiles     {s['tiles']} of {s['tile_size']}x{s['tile_size']} px "
+                         f"(overlap {s['overlap']} px) for extract")
         elif self.layout == "slides" and "slides" in s:
             sizes = ""
             if s.get("min_size"):
@@ -83,6 +90,11 @@ class DataReport:
                          f"{sizes}")
             lines.append(f"  tiles     at most {s['tiles']} of {s['tile_size']} px at {s['tile_mpp']:g} um/px "
                          "(extract keeps those with tissue)")
+        if s.get("nuclei"):
+            lines.append("  nuclei    " + ", ".join(f"{k} {v}" for k, v in s["nuclei"].items()))
+        if s.get("splits"):
+            lines.append("  splits    " + ", ".join(f"{k} {v} tile{'s' if v != 1 else ''}"
+                                                    for k, v in s["splits"].items()))
         return lines
 
     def lines(self) -> list[str]:
@@ -91,8 +103,13 @@ class DataReport:
 
 
 def _add(report: DataReport, exc: Exception, file) -> None:
-    """A reader's ``FILE: message`` error as a problem of ``file`` (the prefix split off when it names it)."""
-    report.problem(file, str(exc).removeprefix(f"{file}: "))
+    """A reader's ``FILE: message`` error as a problem of the file it names when that lies in ``file`` (the
+    dataset's folder), else of ``file``."""
+    head, sep, rest = str(exc).partition(": ")
+    if sep and (head == str(file) or head.startswith(f"{file}/")):
+        report.problem(head, rest)
+    else:
+        report.problem(file, str(exc))
 
 
 def _wh(size) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,10 @@ MAX_TILE_PROBLEMS = 5  # per stack file: more bad tiles are counted in one furth
 
 
 def _npy(report: DataReport, path: Path, required: bool):
-    from embedcache.datasets.stacks import _load
+    from embedcache.datasets.stacks import load_npy
 
     try:
-        return _load(path, required=required)
+        return load_npy(path, required=required)
     except DataError as exc:
         _add(report, exc, path)
         return None
@@ -88,31 +89,40 @@ def _check_image_pixels(tile, i):
 
 
 def _check_pannuke(report: DataReport, path: Path, pixels: bool) -> None:
-    from embedcache.datasets.base import check_label_map
-    from embedcache.datasets.stacks import pannuke_fold_dirs
+    from embedcache.datasets.base import PANNUKE_CLASSES, check_label_map
+    from embedcache.datasets.pannuke import pannuke_folds
 
-    dirs = pannuke_fold_dirs(path)
+    try:
+        folds = pannuke_folds(path)
+    except DataError as exc:
+        _add(report, exc, path)
+        return
     s = report.summary
-    s.update(images=0, tile_shape=None, pixels=0, tiles=0, folds=len(dirs), labels="masks.npy, none readable")
-    if not dirs:
-        report.problem(path, "no masks.npy found (PanNuke layout: images.npy, masks.npy, types.npy per fold)")
+    s.update(images=0, tile_shape=None, pixels=0, tiles=0, folds=len(folds), labels="masks.npy, none readable")
+    if not folds:
+        report.problem(path, "no masks.npy found (PanNuke: Fold N/masks/foldN/masks.npy, or images.npy, "
+                             "masks.npy, types.npy per fold)")
         return
     shapes, dtypes = set(), set()
-    for d in dirs:
-        images = _npy(report, d / "images.npy", required=True)
-        masks = _npy(report, d / "masks.npy", required=True)
-        types = _npy(report, d / "types.npy", required=False)
-        images_ok = images is not None and _images_header(report, images, d / "images.npy")
+    split_tiles, nuclei = {}, {}
+    for k, fold in enumerate(folds):
+        images = _npy(report, fold.images, required=True)
+        masks = _npy(report, fold.masks, required=True)
+        types = _npy(report, fold.types, required=False)
+        images_ok = images is not None and _images_header(report, images, fold.images)
         masks_ok = masks is not None
         if masks_ok and (masks.ndim != 4 or masks.shape[-1] != 6):
-            report.problem(d / "masks.npy", f"expected shape (N, H, W, 6), got {masks.shape}")
+            report.problem(fold.masks, f"expected shape (N, H, W, 6), got {masks.shape}")
             masks_ok = False
-        masks_ok = masks_ok and _labels_dtype(report, masks, d / "masks.npy")
+        masks_ok = masks_ok and _labels_dtype(report, masks, fold.masks)
         if images_ok and masks_ok and images.shape[:3] != masks.shape[:3]:
-            report.problem(d, f"images.npy holds {_tiles_of(images)} px but masks.npy {_tiles_of(masks)} px; "
-                              "they must agree tile for tile")
+            home = Path(os.path.commonpath([fold.images, fold.masks]))
+            report.problem(home, f"{fold.images.relative_to(home)} holds {_tiles_of(images)} px but "
+                                 f"{fold.masks.relative_to(home)} {_tiles_of(masks)} px; they must agree tile for tile")
         if types is not None and masks_ok and len(types) != len(masks):
-            report.problem(d / "types.npy", f"{len(types)} tissue names for {len(masks)} tiles in masks.npy")
+            report.problem(fold.types, f"{len(types)} tissue names for {len(masks)} tiles in masks.npy")
+        if masks_ok:
+            split_tiles[f"fold{fold.number or k + 1}"] = int(masks.shape[0])
         ref = images if images_ok else (masks if masks_ok else None)
         if ref is not None:
             shapes.add(tuple(int(v) for v in ref.shape[1:3]))
@@ -121,13 +131,23 @@ def _check_pannuke(report: DataReport, path: Path, pixels: bool) -> None:
         if masks_ok:
             dtypes.add(str(masks.dtype))
         if pixels and images_ok:
-            _scan(report, images, d / "images.npy", _check_image_pixels)
+            _scan(report, images, fold.images, _check_image_pixels)
         if pixels and masks_ok:
-            _scan(report, masks, d / "masks.npy", lambda t, i: check_label_map(t, f"tile {i}"))
+            def count(tile, i):
+                check_label_map(tile, f"tile {i}")
+                for c, name in PANNUKE_CLASSES.items():  # channel c - 1 holds the instances of class c
+                    ids = np.unique(tile[..., c - 1])
+                    nuclei[name] = nuclei.get(name, 0) + int((ids > 0).sum())
+
+            _scan(report, masks, fold.masks, count)
     if len(shapes) > 1:
         report.problem(path, f"folds have different tile sizes {sorted(shapes)}")
     s["tile_shape"] = next(iter(shapes)) if len(shapes) == 1 else None
     s["tiles"] = s["images"]
+    s["stack"] = True
+    s["splits"] = split_tiles
+    if pixels:
+        s["nuclei"] = nuclei
     s["labels"] = f"masks.npy ({', '.join(sorted(dtypes)) or 'none readable'}), 5 PanNuke classes"
     if shapes and s["images"] == 0:
         report.problem(path, "the dataset has no tiles")
@@ -135,7 +155,7 @@ def _check_pannuke(report: DataReport, path: Path, pixels: bool) -> None:
 
 def _check_conic(report: DataReport, path: Path, pixels: bool) -> None:
     from embedcache.datasets.base import check_label_map
-    from embedcache.datasets.stacks import _conic_class_names
+    from embedcache.datasets.conic import conic_class_names as _conic_class_names
 
     images = _npy(report, path / "images.npy", required=True)
     labels = _npy(report, path / "labels.npy", required=False)
@@ -149,6 +169,7 @@ def _check_conic(report: DataReport, path: Path, pixels: bool) -> None:
     if images_ok and labels_ok and images.shape[:3] != labels.shape[:3]:
         report.problem(path, f"images.npy holds {_tiles_of(images)} px but labels.npy {_tiles_of(labels)} px; "
                              "they must agree tile for tile")
+    _check_patch_info(report, path, images if images_ok else (labels if labels_ok else None))
     try:
         classes = _conic_class_names(path / "counts.csv")
     except (OSError, UnicodeDecodeError, IndexError) as exc:
@@ -162,6 +183,7 @@ def _check_conic(report: DataReport, path: Path, pixels: bool) -> None:
                                                          else "class names unknown (no counts.csv naming them)"))
              if labels_ok else "none (no labels.npy)")
     s["tiles"] = s["images"]
+    s["stack"] = True
     if ref is not None and len(ref) == 0:
         report.problem(path, "the dataset has no tiles")
     if pixels and images_ok:
@@ -170,13 +192,42 @@ def _check_conic(report: DataReport, path: Path, pixels: bool) -> None:
         top = max(classes) if classes else None
         found: set[int] = set()
 
+        nuclei: dict[str, int] = {}
+
         def check(tile, i):
             m = check_label_map(tile, f"tile {i}")
             used = set(np.unique(m[..., 1]).tolist())
             found.update(used)
             if top is not None and max(used) > top:
                 raise DataError(f"tile {i}: type id {max(used)} outside the classes 0..{top}")
+            ids, first = np.unique(m[..., 0], return_index=True)
+            for t in m[..., 1].ravel()[first[ids > 0]].tolist():
+                name = (classes or {}).get(t, f"type {t}" if t else "untyped")
+                nuclei[name] = nuclei.get(name, 0) + 1
 
         _scan(report, labels, path / "labels.npy", check)
+        s["nuclei"] = nuclei
         if found:
             report.note(f"labels.npy: type ids used: {', '.join(str(t) for t in sorted(found))}")
+
+
+def _check_patch_info(report: DataReport, path: Path, ref) -> None:
+    """CoNIC ``patch_info.csv``: one name per patch; the summary gets the source images and the challenge split."""
+    from embedcache.datasets.conic import challenge_split, patch_image, read_patch_info
+
+    info = path / "patch_info.csv"
+    if ref is None or not info.exists():
+        return
+    try:
+        images = [patch_image(p) for p in read_patch_info(info, len(ref))]
+    except DataError as exc:
+        _add(report, exc, info)
+        return
+    names, source = np.unique(np.asarray(images), return_inverse=True)
+    report.summary["sources"] = len(names)
+    try:
+        folds = challenge_split(list(names))[source]
+    except ValueError:
+        report.note("patch_info.csv: too few images per cohort for the challenge's split")
+        return
+    report.summary["splits"] = {"train": int((folds == 0).sum()), "val": int((folds == 1).sum())}
