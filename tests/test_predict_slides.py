@@ -341,6 +341,11 @@ def test_every_predict_option_works_for_each_input_or_is_refused_in_one_line(set
             err = [ln for ln in res.stderr.splitlines() if ln.strip()]
             assert res.exit_code != 0 and len(err) == 1 and "applies to" in err[0], (kind, name, res.output)
             assert not (tmp / f"opt-{kind}-{name}").exists()
+        if kind == "images":  # --mpp resamples images only for a run trained at a working resolution
+            res = runner.invoke(main, ["predict", "--run", str(setup["run"]), *given, "--out",
+                                       str(tmp / "opt-images-mpp"), *values["mpp"]])
+            assert res.exit_code != 0 and "trained on images as they are" in res.stderr, res.output
+            usable.remove("mpp")
         # Everything that applies, at once (the cluster options aside: a cluster is tested on its own).
         args = [a for name in usable if name not in ("workers", "scheduler") for a in values[name]]
         res = runner.invoke(main, ["predict", "--run", str(setup["run"]), *given, "--out", str(tmp / f"all-{kind}"),

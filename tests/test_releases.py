@@ -400,7 +400,7 @@ def test_cpm17_read_as_unzipped(tmp_path):
     assert truth.layout == "cpm17" and truth.types is None and truth.instances[1].shape == (600, 600)
     from embedcache.infer.predict import data_images
 
-    live, layout, n, _ = data_images(root, "auto", (256, 256), 64)  # what predict --data cuts
+    live, layout, n, _, _ = data_images(root, "auto", (256, 256), 64)  # what predict --data cuts
     live = list(live)
     assert layout == "folder" and n == 3 and [j.name for j in live] == truth.names
     assert [j.shape for j in live] == [(500, 500), (600, 600), (500, 500)]

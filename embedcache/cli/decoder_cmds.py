@@ -113,7 +113,7 @@ def fit_decoder(store, out, epochs, val, train_split, tune, seed, batch_size, lr
 PREDICT_INPUTS = {"tiles": "a store's tiles (--store)", "images": "images (--data)",
                   "slides": "whole slides (--slides)"}
 _SLIDES = {"slides"}
-PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", "slides"}, "mpp": _SLIDES,
+PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", "slides"}, "mpp": {"images", "slides"},
                    "run_mpp": _SLIDES, "region": _SLIDES, "margin": _SLIDES, "post_workers": _SLIDES,
                    "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES}
 
@@ -148,7 +148,10 @@ PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", 
 @click.option("--slides", type=click.Path(path_type=Path),
               help="Whole slides (a slide file or a folder): nuclei region by region into OUT/SLIDE/ "
                    "(nuclei.parquet, nuclei.geojson, thumbnail.png, summary.json) and OUT/slides.csv.")
-@click.option("--mpp", default=None, type=float, help="Slides: level-0 microns per pixel, for slides that record none.")
+@click.option("--mpp", default=None, type=float,
+              help="Slides: level-0 microns per pixel, for slides that record none. Images, with a run trained at "
+                   "a working resolution (extract --working-mpp): the resolution of images that record none and "
+                   "are not in mpp.csv (each is resampled to the run's, its nuclei mapped back to its pixels).")
 @click.option("--run-mpp", default=None, type=float,
               help="Slides: microns per pixel of the tiles the run was trained on (when the run does not record it).")
 @click.option("--region", default=2048, show_default=True, type=click.IntRange(min=16),
@@ -216,7 +219,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
     result = predict(run_dir, out, store=store, data=data, format=fmt, split=split, overlap=overlap,
                      magnification=magnification, postprocess=given_postprocess(post_spec, magnification), tta=tta,
                      batch_size=batch_size, device=device, overlays=overlays,
-                     geojson=geojson, progress=not quiet)
+                     geojson=geojson, progress=not quiet, mpp=mpp)
     click.echo(f"wrote {result.path}: {result.n_nuclei} nuclei in {result.n_images} images "
                f"({result.mode} features, {result.layout} layout, {result.seconds:.1f} s)")
     if result.postprocess_source == "tuned":

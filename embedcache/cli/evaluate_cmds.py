@@ -30,6 +30,10 @@ def _parse_classes(ctx, param, value):
 @format_option
 @click.option("--radius", default=12.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="hovernet detection radius in pixels: 12 at 40x, 6 at 20x.")
+@click.option("--radius-um", default=None, type=click.FloatRange(min=0, min_open=True), metavar="UM",
+              help="Or the radius in microns, in pixels at each truth image's own resolution (metadata or "
+                   "mpp.csv beside the truth): 3 um is 12 px at 0.25 um/px and 6 px at 0.5, for folders that mix "
+                   "magnifications.")
 @click.option("--classes", default=None, callback=_parse_classes,
               help="Type ids to score, e.g. 1,2,3,5. Default: the protocol's own (pannuke 1..5, conic 1..6, "
                    "hovernet the truth's types); another set is marked as not the published protocol.")
@@ -41,7 +45,7 @@ def _parse_classes(ctx, param, value):
               help="Write the summary and per-image rows as JSON (NaN as null).")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False, writable=True),
               help="Write one row per image as CSV.")
-def evaluate_cmd(protocol, truth, pred, fmt, radius, classes, on, json_out, csv_out):
+def evaluate_cmd(protocol, truth, pred, fmt, radius, radius_um, classes, on, json_out, csv_out):
     """Score predicted nuclei against the truth as the published tables do.
 
     Values agree with each protocol's reference code (see docs/metrics.md).
@@ -56,7 +60,7 @@ def evaluate_cmd(protocol, truth, pred, fmt, radius, classes, on, json_out, csv_
     from embedcache.metrics.evaluation import evaluate
     from embedcache.metrics.tables import format_evaluation
 
-    result = evaluate(truth, pred, protocol, format=fmt, radius=radius, classes=classes, on=on)
+    result = evaluate(truth, pred, protocol, format=fmt, radius=radius, classes=classes, on=on, radius_um=radius_um)
     click.echo(format_evaluation(result))
     if json_out:
         click.echo(f"wrote {result.write_json(json_out)}")

@@ -45,7 +45,12 @@ from embedcache.report import human_bytes
                    "live prediction cuts images (0: a plain grid, whose cached predictions have seams). Slides: "
                    "default 0; a quarter tile makes a store predict --slides --store can read.")
 @click.option("--mpp", default=None, type=float,
-              help="Slides: level-0 microns per pixel, overriding the files (for slides that record none).")
+              help="Slides: level-0 microns per pixel, overriding the files (for slides that record none). Image "
+                   "folders: the microns per pixel of images that record none and are not in mpp.csv.")
+@click.option("--working-mpp", default=None, type=click.FloatRange(min=0, min_open=True), metavar="UM",
+              help="Image folders and releases of whole images: resample every image from its own resolution "
+                   "(file metadata, mpp.csv beside the images, --mpp) to UM microns per pixel before tiling, so "
+                   "the encoder sees one scale (label maps by nearest neighbour, ids kept).")
 @click.option("--tile-mpp", default=0.5, show_default=True, type=float, help="Slides: microns per pixel of the tiles.")
 @click.option("--min-tissue", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Slides: smallest tissue fraction of a kept tile.")
@@ -57,8 +62,8 @@ from embedcache.report import human_bytes
                                              "options as the extraction that made it.")
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, codec, weights, norm, unit_tiles,
-            workers, scheduler, loader_workers, tile_size, overlap, mpp, tile_mpp, min_tissue, release_magnification,
-            classes, overwrite, repair, quiet):
+            workers, scheduler, loader_workers, tile_size, overlap, mpp, working_mpp, tile_mpp, min_tissue,
+            release_magnification, classes, overwrite, repair, quiet):
     """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
 
     An interrupted run resumes when the same command is run again. With
@@ -75,7 +80,7 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
                            unit_tiles=unit_tiles,
                            loader_workers=loader_workers, tile_size=tile_size, overlap=overlap, format=fmt, mpp=mpp,
                            tile_mpp=tile_mpp, min_tissue=min_tissue, magnification=release_magnification,
-                           classes=classes)
+                           classes=classes, working_mpp=working_mpp)
     from embedcache.extract import extract as run_extract
 
     result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,

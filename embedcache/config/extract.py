@@ -53,7 +53,8 @@ class ExtractConfig(_Config):
         Seed of random initialisation with ``weights="random"``.
     mpp : float or None
         Slides: level-0 microns per pixel, overriding what the files record
-        (needed for slides that record none).
+        (needed for slides that record none). Whole images: the resolution
+        of those that record none and are not in ``mpp.csv``.
     tile_mpp : float
         Slides: microns per pixel of the tiles.
     min_tissue : float
@@ -64,6 +65,9 @@ class ExtractConfig(_Config):
     classes : str or None
         Releases with several class sets (CoNSeP: ``hovernet``, the default,
         or ``consep``): which one.
+    working_mpp : float or None
+        Whole images: microns per pixel every image is resampled to before
+        tiling (:mod:`embedcache.datasets.resolution`); None: as they are.
     """
 
     encoder: str = "efficientnet_lite0"
@@ -86,8 +90,11 @@ class ExtractConfig(_Config):
     min_tissue: float = 0.5
     magnification: str | None = None
     classes: str | None = None
+    working_mpp: float | None = None
 
     def __post_init__(self):
+        if self.working_mpp is not None and not self.working_mpp > 0:
+            raise ConfigError(f"working_mpp must be positive, got {self.working_mpp}")
         if self.mpp is not None and not self.mpp > 0:
             raise ConfigError(f"mpp must be positive, got {self.mpp}")
         if not self.tile_mpp > 0:
@@ -112,13 +119,14 @@ class ExtractConfig(_Config):
         """Keyword arguments of :func:`embedcache.datasets.open_dataset` besides the format."""
         return {"tile_size": self.tile_size, "mpp": self.mpp, "tile_mpp": self.tile_mpp,
                 "min_tissue": self.min_tissue, "overlap": self.overlap,
-                **{k: v for k, v in (("magnification", self.magnification), ("classes", self.classes)) if v}}
+                **{k: v for k, v in (("magnification", self.magnification), ("classes", self.classes),
+                                     ("working_mpp", self.working_mpp)) if v}}
 
     def to_dict(self) -> dict:
         # The release options are recorded only when set, so stores and pipeline steps made before they
         # existed keep their records and content keys.
         d = super().to_dict()
-        for key in ("magnification", "classes"):
+        for key in ("magnification", "classes", "working_mpp"):
             if d.get(key) is None:
                 d.pop(key, None)
         return d

@@ -230,4 +230,27 @@ class PostprocessConfig(_Config):
             raise ConfigError(f"magnification must be 40x or 20x, not {magnification!r}")
         return cls(**{**presets[magnification], **overrides})
 
+    @classmethod
+    def for_mpp(cls, mpp: float, **overrides) -> "PostprocessConfig":
+        """Defaults for maps at ``mpp`` microns per pixel: the nucleus sizes in microns, in pixels at ``mpp``.
+
+        0.25 and 0.5 um/px give the 40x and 20x defaults exactly; between and
+        beyond, the 40x sizes are scaled (areas with the square of the
+        resolution, the marker radius linearly).
+
+        >>> PostprocessConfig.for_mpp(0.5) == PostprocessConfig.for_magnification("20x")
+        True
+        >>> PostprocessConfig.for_mpp(0.125).min_size
+        64
+        """
+        for anchor, magnification in ((0.25, "40x"), (0.5, "20x")):
+            if abs(mpp / anchor - 1) < 0.05:
+                return cls.for_magnification(magnification, **overrides)
+        base, linear, area = cls(), 0.25 / mpp, (0.25 / mpp) ** 2
+        sizes = {"marker_radius": int(round(base.marker_radius * linear)),
+                 "marker_min_size": max(1, int(round(base.marker_min_size * area))),
+                 "min_size": max(1, int(round(base.min_size * area))),
+                 "hole_area": max(1, int(round(base.hole_area * area)))}
+        return cls(**{**sizes, **overrides})
+
 

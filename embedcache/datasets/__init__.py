@@ -17,7 +17,7 @@ from embedcache.datasets.images import OVERLAP_DIVISOR as FOLDER_OVERLAP
 from embedcache.datasets.labels import LabelSet, read_label_maps
 from embedcache.datasets.registry import LAYOUTS, detect_layout, get_layout, is_stack
 from embedcache.datasets.variants import Variant, resolve_variants
-from embedcache.errors import DataError
+from embedcache.errors import ConfigError, DataError
 
 
 def formats() -> tuple[str, ...]:
@@ -37,7 +37,8 @@ def detect_format(path: Path, labels_only: bool = False) -> str:
 
 def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | None = None,
                  tile_mpp: float = 0.5, min_tissue: float = 0.5, overlap: int | None = None,
-                 magnification: str | None = None, classes: str | None = None) -> TileDataset:
+                 magnification: str | None = None, classes: str | None = None,
+                 working_mpp: float | None = None) -> TileDataset:
     """Open a dataset for extraction.
 
     Parameters
@@ -56,9 +57,14 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
         and tile probes; give the overlap of ``predict --slides`` for a store
         that serves it).
     mpp, tile_mpp, min_tissue
-        Slides only: level-0 microns per pixel overriding the files, microns
+        Slides: level-0 microns per pixel overriding the files, microns
         per pixel of the tiles, smallest tissue fraction of a kept tile
-        (:class:`~embedcache.datasets.slides.SlideDataset`).
+        (:class:`~embedcache.datasets.slides.SlideDataset`). Whole images:
+        ``mpp`` is the resolution of images that record none and are not in
+        an ``mpp.csv`` (:mod:`embedcache.datasets.resolution`).
+    working_mpp : float, optional
+        Whole images: resample each image from its own resolution to this
+        one before tiling (images of unknown resolution are refused).
     magnification : {"20x", "40x"}, optional
         Releases with both (CytoDArk0) read at the archive's root: which one
         (default 20x); pointing at the magnification's folder does the same.
@@ -77,7 +83,16 @@ def open_dataset(path, format: str = "auto", tile_size: int = 256, mpp: float | 
     for key, value in (("magnification", magnification), ("classes", classes)):
         if value is not None:
             options[key] = value
-    return layout.open(root, **options)
+    ds = layout.open(root, **options)
+    from embedcache.datasets.images import ImageSetDataset
+
+    if isinstance(ds, ImageSetDataset):
+        ds.set_resolution(mpp, working_mpp)
+    elif working_mpp is not None:
+        raise ConfigError(f"{path}: --working-mpp resamples datasets of whole images (image folders, CoNSeP, "
+                          f"CPM-17, Lizard, MoNuSeg, CytoDArk0); the {layout.name} layout has tiles of fixed size"
+                          + ("; slides take --tile-mpp" if layout.name == "slides" else ""))
+    return ds
 
 
 __all__ = [

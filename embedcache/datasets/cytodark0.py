@@ -117,7 +117,7 @@ class CytoDArk0Dataset(ImageSetDataset):
         except Exception as exc:  # tifffile raises many kinds on a damaged file
             raise DataError(f"{path}: cannot read ({exc})") from None
         inst = check_label_map(np.squeeze(inst), str(path))
-        image_hw = self._image(k).shape[:2]
+        image_hw = self.original_shape(k)
         if inst.shape != image_hw:
             raise DataError(f"{path}: label map of shape {inst.shape} does not match its image {image_hw}")
         return np.stack([inst, np.zeros_like(inst)], axis=-1)

@@ -67,7 +67,7 @@ class FolderDataset(ImageSetDataset):
         self._tile_images(files, [f.stem for f in files], tile_size, overlap)
 
     def _load_label(self, k: int) -> np.ndarray:
-        image_hw = self._image(k).shape[:2]
+        image_hw = self.original_shape(k)
         inst = check_label_map(read_image_file(self._inst[k]), str(self._inst[k]))
         maps = [inst]
         if self._type[k] is not None:

@@ -123,6 +123,10 @@ class ImageSetDataset(TileDataset):
     overlap: int = 0
     _files: list[Path]
 
+    source_mpp: list | None = None  # microns per pixel of each image as read (None: unknown)
+    mpp_sources: list | None = None  # where each came from (resolution.image_mpps)
+    working_mpp: float | None = None  # the resolution images were resampled to before tiling
+
     def _tile_images(self, files: list[Path], names: list[str], tile_size: int, overlap: int,
                      sizes: list[tuple[int, int]] | None = None) -> None:
         if tile_size < 32:
@@ -131,9 +135,16 @@ class ImageSetDataset(TileDataset):
             raise DataError(f"overlap {overlap} px: use 0..{tile_size // 2} px for {tile_size}-px tiles")
         self._files, self.overlap = list(files), int(overlap)
         self.tile_shape = (tile_size, tile_size)
+        self._sizes = [tuple(sizes[k]) if sizes is not None else image_size(f) for k, f in enumerate(self._files)]
+        self._names = list(names)
+        self._scale = [1.0] * len(self._files)
+        self._plan_tiles()
+
+    def _plan_tiles(self) -> None:
+        tile_size = self.tile_shape[0]
         source, offset, valid = [], [], []
-        for k, f in enumerate(self._files):
-            h, w = sizes[k] if sizes is not None else image_size(f)
+        for k in range(len(self._files)):
+            h, w = self.source_shape(k)
             for r, c in plan_tiles((h, w), self.tile_shape, self.overlap):
                 source.append(k)
                 offset.append((r, c))
@@ -142,10 +153,63 @@ class ImageSetDataset(TileDataset):
             source=np.asarray(source, dtype=np.int64),
             offset=np.asarray(offset, dtype=np.int64).reshape(-1, 2),
             valid=np.asarray(valid, dtype=np.int64).reshape(-1, 2),
-            source_names=list(names),
+            source_names=list(self._names),
         )
-        self._image = lru_cache(maxsize=2)(self._load_image)
-        self._label = lru_cache(maxsize=2)(self._load_label)
+        self._image = lru_cache(maxsize=2)(self._scaled_image)
+        self._label = lru_cache(maxsize=2)(self._scaled_label)
+
+    def set_resolution(self, mpp: float | None = None, working_mpp: float | None = None) -> None:
+        """Find each image's microns per pixel (:func:`~embedcache.datasets.resolution.image_mpps`) and, with
+        ``working_mpp``, resample every image to it before tiling.
+
+        Without ``working_mpp`` nothing is resampled; the dataset's ``mpp``
+        becomes the images' common resolution when they share one.
+
+        Raises
+        ------
+        DataError
+            ``working_mpp`` with an image of unknown resolution (named), or a bad ``mpp.csv``.
+        """
+        from embedcache.datasets.resolution import image_mpps
+
+        folder = self.path if Path(self.path).is_dir() else Path(self.path).parent
+        self.source_mpp, self.mpp_sources = image_mpps(self._files, self._names, folder, mpp, self.mpp)
+        if working_mpp is None:
+            known = {m for m in self.source_mpp if m is not None}
+            if len(known) == 1 and None not in self.source_mpp:
+                self.mpp = known.pop()
+            elif known:  # mixed: the tiles have no one resolution
+                self.mpp = None
+            return
+        unknown = [n for n, m in zip(self._names, self.source_mpp) if m is None]
+        if unknown:
+            raise DataError(f"{self.path}: {len(unknown)} image(s) of unknown resolution (first: {unknown[0]}) "
+                            f"cannot be resampled to {working_mpp:g} um/px; give their microns per pixel in "
+                            "mpp.csv (image,mpp) beside them, or --mpp for the whole folder")
+        self.working_mpp = float(working_mpp)
+        self._scale = [m / self.working_mpp for m in self.source_mpp]
+        self.mpp = self.working_mpp
+        self._plan_tiles()
+
+    def source_shape(self, k: int) -> tuple[int, int]:
+        """(height, width) of image ``k`` as tiled: at the working resolution when there is one."""
+        from embedcache.datasets.resolution import scaled_shape
+
+        return scaled_shape(self._sizes[k], self._scale[k])
+
+    def original_shape(self, k: int) -> tuple[int, int]:
+        """(height, width) of image ``k`` in its own file's pixels."""
+        return tuple(self._sizes[k])
+
+    def _scaled_image(self, k: int) -> np.ndarray:
+        from embedcache.datasets.resolution import resize_image
+
+        return resize_image(self._load_image(k), self.source_shape(k))
+
+    def _scaled_label(self, k: int) -> np.ndarray:
+        from embedcache.datasets.resolution import resize_labels
+
+        return resize_labels(self._load_label(k), self.source_shape(k))
 
     def _load_image(self, k: int) -> np.ndarray:
         return read_rgb_file(self._files[k])
@@ -178,9 +242,19 @@ class ImageSetDataset(TileDataset):
 
     def fingerprint(self) -> str:
         base = super().fingerprint()
+        if self.working_mpp is not None:  # resampled images are other tiles
+            scales = ",".join(f"{s:.6g}" for s in self._scale)
+            base = hashlib.sha256(f"{base}:working_mpp={self.working_mpp:g}:{scales}".encode()).hexdigest()
         if not self.overlap:  # stores made before tiles could overlap keep their fingerprint
             return base
         return hashlib.sha256(f"{base}:overlap={self.overlap}".encode()).hexdigest()
 
     def describe(self) -> dict:
-        return {**super().describe(), "overlap": self.overlap}
+        out = {**super().describe(), "overlap": self.overlap}
+        if self.source_mpp is not None and any(m is not None for m in self.source_mpp):
+            out["source_mpp"] = list(self.source_mpp)
+            out["mpp_sources"] = list(self.mpp_sources)
+        if self.working_mpp is not None:
+            out["working_mpp"] = self.working_mpp
+            out["source_shapes"] = [list(s) for s in self._sizes]
+        return out

@@ -110,7 +110,7 @@ class LizardDataset(ImageSetDataset):
     def _load_label(self, k: int) -> np.ndarray:
         path = self._mats[k]
         mat = load_mat(path, ("inst_map",))
-        inst = mat_instances(mat, path, self._image(k).shape[:2])
+        inst = mat_instances(mat, path, self.original_shape(k))
         for key in ("id", "class"):
             if key not in mat:
                 raise missing_key(path, key, [k for k in mat if not k.startswith("__")])

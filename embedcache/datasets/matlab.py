@@ -132,7 +132,7 @@ class SplitFolderRelease(ImageSetDataset):
     def _load_label(self, k: int) -> np.ndarray:
         path = self._mats[k]
         mat = load_mat(path)
-        inst = mat_instances(mat, path, self._image(k).shape[:2])
+        inst = mat_instances(mat, path, self.original_shape(k))
         return np.stack([inst, self._types(mat, inst, path)], axis=-1)
 
     def _types(self, mat: dict, inst: np.ndarray, path: Path) -> np.ndarray:

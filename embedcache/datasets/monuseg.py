@@ -158,7 +158,7 @@ class MonusegDataset(ImageSetDataset):
 
     def _load_label(self, k: int) -> np.ndarray:
         outlines, _ = read_regions(self._xmls[k])
-        inst = rasterise(outlines, self._image(k).shape[:2])
+        inst = rasterise(outlines, self.original_shape(k))
         return np.stack([inst, np.zeros_like(inst)], axis=-1)
 
     def header_problems(self) -> list[DataError]:

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from embedcache.config import PostprocessConfig
-from embedcache.datasets import PANNUKE_CLASSES, detect_format, open_dataset
+from embedcache.datasets import PANNUKE_CLASSES, detect_format, is_stack, open_dataset
 from embedcache.datasets.folder import IMAGE_SUFFIXES, list_images, read_rgb_file
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, DataError
@@ -47,8 +47,21 @@ class PredictResult:
     postprocess_source: str = "default"  # "tuned" (the run's postprocess.json), "given" or "default"
 
 
-def data_images(path, format: str, tile_shape, overlap: int) -> tuple[Iterator[TiledImage], str, int, dict]:
-    """Images of a dataset folder or one image file, cut into tiles: ``(images, layout, n_images, class_names)``."""
+def data_images(path, format: str, tile_shape, overlap: int, working_mpp: float | None = None,
+                mpp: float | None = None) -> tuple[Iterator[TiledImage], str, int, dict, dict]:
+    """Images of a dataset folder or one image file, cut into tiles.
+
+    With ``working_mpp`` (the resolution the run was trained at) whole
+    images are first resampled from their own resolution (file metadata,
+    ``mpp.csv``, ``mpp``: :mod:`embedcache.datasets.resolution`) to it.
+
+    Returns
+    -------
+    images, layout, n_images, class_names
+    original : dict of str to (int, int)
+        The own size of each image that was resampled, to map its
+        predictions back to its pixels.
+    """
 
     path = Path(path)
     if not path.exists():
@@ -57,23 +70,56 @@ def data_images(path, format: str, tile_shape, overlap: int) -> tuple[Iterator[T
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)}) or a dataset folder")
-        return iter([tile_image(path.stem, read_rgb_file(path), tile_shape, overlap)]), "folder", 1, {}
+        pixels, original = read_rgb_file(path), {}
+        if working_mpp is not None:
+            pixels, original = _to_working(path, pixels, working_mpp, mpp)
+        return iter([tile_image(path.stem, pixels, tile_shape, overlap)]), "folder", 1, {}, original
     layout = detect_format(path) if format == "auto" else format
-    if layout == "folder":
+    if layout == "folder" and working_mpp is None:
         files = list_images(path)
         if not files:
             raise DataError(f"{path}: no images found")
-        return (tile_image(f.stem, read_rgb_file(f), tile_shape, overlap) for f in files), "folder", len(files), {}
-    ds = open_dataset(path, format=layout)
+        return ((tile_image(f.stem, read_rgb_file(f), tile_shape, overlap) for f in files), "folder", len(files), {},
+                {})
+    ds = open_dataset(path, format=layout, **({"working_mpp": working_mpp, "mpp": mpp} if working_mpp and
+                                              not is_stack(layout) else {}))
+    original = ({name: ds.original_shape(k) for k, name in enumerate(ds.tiles.source_names)}
+                if getattr(ds, "working_mpp", None) else {})
     if not ds.stack:  # a release of whole images: each image whole, cut as live prediction cuts it
         tissue = getattr(ds, "source_tissue", None)
         names = ds.tiles.source_names
         return ((tile_image(name, ds.source_image(k), tile_shape, overlap, tissue[k] if tissue else None)
-                 for k, name in enumerate(names)), "folder", len(names), dict(ds.class_names or {}))
+                 for k, name in enumerate(names)), "folder", len(names), dict(ds.class_names or {}), original)
     tissue = ds.tissue
     images = (tile_image(stack_name(i), ds.images([i])[0], tile_shape, overlap, tissue[i] if tissue else None)
               for i in range(ds.n_tiles))
-    return images, "stack", ds.n_tiles, dict(ds.class_names or {})
+    return images, "stack", ds.n_tiles, dict(ds.class_names or {}), {}
+
+
+def _to_working(path: Path, pixels: np.ndarray, working_mpp: float, mpp: float | None):
+    """One image file resampled to ``working_mpp`` from its own resolution, and ``{name: own size}``."""
+    from embedcache.datasets.resolution import image_mpps, resize_image, scaled_shape
+
+    (own,), _ = image_mpps([path], [path.stem], path.parent, mpp)
+    if own is None:
+        raise DataError(f"{path}: the run was trained at {working_mpp:g} um/px and this image records no "
+                        "resolution; give it in mpp.csv (image,mpp) beside it, or --mpp")
+    return (resize_image(pixels, scaled_shape(pixels.shape[:2], own / working_mpp)),
+            {path.stem: tuple(pixels.shape[:2])})
+
+
+def to_own_pixels(predicted, original: dict):
+    """Predictions of resampled images mapped back to each image's own pixels (label maps by nearest
+    neighbour; the instances and their scores unchanged), so they are scored against its own truth."""
+    from embedcache.datasets.resolution import resize_image, resize_labels
+
+    for image, nuclei, pixels in predicted:
+        shape = original.get(image.name)
+        if shape is not None:
+            nuclei = {**nuclei, "inst": resize_labels(nuclei["inst"], shape),
+                      "types": resize_labels(nuclei["types"], shape) if nuclei.get("types") is not None else None}
+            pixels = resize_image(pixels, shape) if pixels is not None else None
+        yield image, nuclei, pixels
 
 
 def split_tiles(run, store, split: str) -> np.ndarray | None:
@@ -122,7 +168,7 @@ def write_predictions(writer: PredictionWriter | None, predicted, progress_bar=N
 def predict(run, out, *, store=None, data=None, format: str = "auto", split: str = "all",
             overlap: int | None = None, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
             tta: str = "none", batch_size: int = 8, device: str = "cpu", overlays: bool = True, geojson: bool = True,
-            progress: bool = True) -> PredictResult:
+            progress: bool = True, mpp: float | None = None) -> PredictResult:
     """Predict nuclei with a trained decoder and write them (see :mod:`embedcache.infer.writer`).
 
     Parameters
@@ -154,6 +200,11 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
     device : str
     overlays, geojson : bool
         Also write overlay PNGs and GeoJSON.
+    mpp : float, optional
+        Live, for a run trained at a working resolution (``extract
+        --working-mpp``): the microns per pixel of images that record none
+        and are not in ``mpp.csv``. Each image is resampled to the run's
+        resolution and its nuclei mapped back to its own pixels.
 
     Returns
     -------
@@ -184,12 +235,19 @@ def predict(run, out, *, store=None, data=None, format: str = "auto", split: str
         if split != "all":
             raise ConfigError("--split applies to --store predictions; with --data every image is predicted")
         overlap = min(tile) // 4 if overlap is None else overlap
-        images, layout, n_images, _ = data_images(data, format, tile, overlap)
+        working = (loaded.store.get("extract_config") or {}).get("working_mpp")
+        if mpp is not None and working is None:
+            raise ConfigError(f"--mpp resamples images to the resolution a run was trained at; {loaded.path} was "
+                              "trained on images as they are (extract without --working-mpp): leave --mpp out")
+        images, layout, n_images, _, original = data_images(data, format, tile, overlap, working, mpp)
         features, mode, source = LiveFeatures(loaded, str(dev), batch_size, variants), "live", str(data)
     writer = prediction_writer(out, loaded, layout, n_images, overlays, geojson)
     with progress_bar(total=n_images, unit="image", desc=f"predict ({mode})", disable=not progress,
               dynamic_ncols=True) as bar:
-        _, _, total = write_predictions(writer, predictor.run(images, features), bar)
+        predicted = predictor.run(images, features)
+        if store is None and original:
+            predicted = to_own_pixels(predicted, original)
+        _, _, total = write_predictions(writer, predicted, bar)
     path = writer.close(prediction_info(loaded, mode, source, split, overlap if mode == "live" else 0,
                                         magnification, post, tta, post_source))
     return PredictResult(path, n_images, total, layout, mode, time.perf_counter() - t0, post_source)

@@ -104,7 +104,12 @@ def tune_postprocess(run, spec: str, *, store=None, magnification: str = "40x", 
 def run_postprocess(run_path, magnification: str = "40x", given: PostprocessConfig | None = None
                     ) -> tuple[PostprocessConfig, str]:
     """The post-processing a run's predictions use and where it comes from: ``given`` (the caller's),
-    ``tuned`` (``RUN/postprocess.json`` at that magnification) or ``default`` (the magnification's)."""
+    ``tuned`` (``RUN/postprocess.json`` at that magnification) or ``default`` (the magnification's).
+
+    A run trained at a working resolution (``extract --working-mpp``) makes
+    its maps at that resolution whatever the images': its defaults are the
+    nucleus sizes at that resolution (:meth:`PostprocessConfig.for_mpp`),
+    not the magnification's."""
     if given is not None:
         return given, "given"
     path = Path(run_path) / TUNED
@@ -112,7 +117,19 @@ def run_postprocess(run_path, magnification: str = "40x", given: PostprocessConf
         data = json.loads(path.read_text())
         if data.get("magnification") == magnification:
             return PostprocessConfig(**data["chosen"]), "tuned"
+    working = _working_mpp(run_path)
+    if working is not None:
+        return PostprocessConfig.for_mpp(working), "default"
     return PostprocessConfig.for_magnification(magnification), "default"
+
+
+def _working_mpp(run_path) -> float | None:
+    """The resolution a run's store was resampled to (None: images as they were)."""
+    meta = Path(run_path) / "run.json"
+    if not meta.is_file():
+        return None
+    store = json.loads(meta.read_text()).get("store") or {}
+    return (store.get("extract_config") or {}).get("working_mpp")
 
 
 def given_postprocess(spec: str, magnification: str = "40x") -> PostprocessConfig | None:

@@ -153,8 +153,29 @@ def _align(truth: LabelSet, pred: LabelSet, on: str | None = None) -> _Pairs:
     return _Pairs(scored, [where[names[k]] for k in scored], missing, extra)
 
 
+def _radii(truth, names: list[str], radius_um: float) -> list[float]:
+    """The detection radius in pixels of each truth image: ``radius_um`` at the image's own resolution."""
+    from embedcache.datasets.folder import IMAGE_SUFFIXES, LABEL_SUFFIXES
+    from embedcache.datasets.resolution import image_mpps
+
+    if isinstance(truth, LabelSet) or not Path(truth).is_dir():
+        raise ConfigError("a radius in microns needs the truth as a folder (its images' resolutions)")
+    folder = Path(truth)
+    files = []
+    for name in names:  # the image if it is there, else its instance map (either may record the resolution)
+        found = [folder / f"{name}{s}" for s in IMAGE_SUFFIXES] + [folder / f"{name}_inst{s}" for s in LABEL_SUFFIXES]
+        files.append(next((f for f in found if f.is_file()), folder / name))
+    mpps, _ = image_mpps(files, names, folder)
+    unknown = [n for n, m in zip(names, mpps) if m is None]
+    if unknown:
+        raise DataError(f"{folder}: a radius of {radius_um:g} um needs each image's microns per pixel; "
+                        f"{len(unknown)} record none (first: {unknown[0]}): give them in {folder / 'mpp.csv'}")
+    return [radius_um / m for m in mpps]
+
+
 def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float = DEFAULT_RADIUS,
-             classes: Sequence[int] | None = None, on: str | None = None) -> Evaluation:
+             classes: Sequence[int] | None = None, on: str | None = None,
+             radius_um: float | None = None) -> Evaluation:
     """Score predicted label maps against the truth under a published protocol.
 
     Parameters
@@ -168,6 +189,12 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
         Layout of both sides; ``auto`` tells each side's from its files.
     radius : float
         Detection radius in pixels for ``hovernet``: 12 at 40x, 6 at 20x.
+    radius_um : float, optional
+        Or the radius in microns, turned into pixels for each truth image
+        by its own resolution (:func:`~embedcache.datasets.resolution.image_mpps`:
+        file metadata, ``mpp.csv``): 3 um is 12 px at 0.25 um/px and 6 px
+        at 0.5, the protocol's own radii at 40x and 20x. Truth given as a
+        folder only.
     classes : sequence of int, optional
         Type ids to score. Default: the protocol's own, whatever the data
         holds (PanNuke's five, CoNIC's six; HoVer-Net's code scores the
@@ -229,7 +256,7 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
     published = PUBLISHED_CLASSES.get(protocol)
     kwargs = {"names": t_names, "classes": list(classes) if classes is not None else published}
     if protocol == "hovernet":
-        kwargs["radius"] = radius
+        kwargs["radius"] = radius if radius_um is None else _radii(truth, t_names, radius_um)
     if protocol == "pannuke":
         kwargs["tissue"] = t_tissue
     result = PROTOCOLS[protocol](t_inst, p_inst, t_type, p_type, **kwargs)

@@ -131,7 +131,7 @@ def _check_classes(classes) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------
 
 def hovernet(true_inst: Sequence, pred_inst: Sequence, true_type: Sequence | None = None,
-             pred_type: Sequence | None = None, *, radius: float = DEFAULT_RADIUS,
+             pred_type: Sequence | None = None, *, radius: float | Sequence[float] = DEFAULT_RADIUS,
              classes: Sequence[int] | None = None, names: Sequence[str] | None = None) -> dict:
     """The HoVer-Net protocol (CoNSeP, Kumar, CPM tables).
 
@@ -159,8 +159,9 @@ def hovernet(true_inst: Sequence, pred_inst: Sequence, true_type: Sequence | Non
         One instance map per image, ids arbitrary, 0 = background.
     true_type, pred_type : sequence of (H, W) array_like of int, optional
         Type maps; without both, ``type_f1`` is ``{}``.
-    radius : float
-        Detection radius in pixels: 12 at 40x (default), 6 at 20x.
+    radius : float or sequence of float
+        Detection radius in pixels: 12 at 40x (default), 6 at 20x; or one
+        per image, for images of different resolutions (the same microns).
     classes : sequence of int, optional
         Type ids to score; default the non-zero instance types in the truth.
     names : sequence of str, optional
@@ -173,17 +174,20 @@ def hovernet(true_inst: Sequence, pred_inst: Sequence, true_type: Sequence | Non
         type_f1`` (dict by type id), ``detection`` (pooled tp/fp/fn),
         ``radius, n_images, n_images_scored, images`` (rows).
     """
-    if radius <= 0:
-        raise ConfigError(f"radius must be positive (pixels), got {radius}")
+    radii = [float(r) for r in radius] if np.ndim(radius) else [float(radius)] * len(true_inst)
+    if len(radii) != len(true_inst):
+        raise ConfigError(f"{len(radii)} detection radii for {len(true_inst)} images")
+    if min(radii, default=1.0) <= 0:
+        raise ConfigError(f"radius must be positive (pixels), got {min(radii)}")
     typed = true_type is not None and pred_type is not None
     rows = []
     paired_tt, paired_pt, unpaired_tt, unpaired_pt = [], [], [], []
     det = np.zeros(3, np.int64)
-    for name, t, p, tt, pt in _tiles(true_inst, pred_inst, true_type, pred_type, names):
+    for (name, t, p, tt, pt), r in zip(_tiles(true_inst, pred_inst, true_type, pred_type, names), radii):
         ov = overlap(t, p)
         st = match(ov).stats()
         dq, sq, pq = st.scores()
-        pairs, ut, up = pair_centroids(t.centroids(), p.centroids(), radius)
+        pairs, ut, up = pair_centroids(t.centroids(), p.centroids(), r)
         det += (len(pairs), len(up), len(ut))
         rows.append({
             "name": name, "n_true": t.n, "n_pred": p.n,
@@ -204,7 +208,7 @@ def hovernet(true_inst: Sequence, pred_inst: Sequence, true_type: Sequence | Non
     tp, fp, fn = (int(x) for x in det)
     out["f1_detection"] = detection_f1(tp, fp, fn)
     out["detection"] = {"tp": tp, "fp": fp, "fn": fn}
-    out["radius"] = float(radius)
+    out["radius"] = radii[0] if np.ndim(radius) == 0 else radii
     out["type_accuracy"] = float("nan")
     out["type_f1"] = {}
     if typed:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from embedcache.metrics.evaluation import SUMMARY_KEYS, Evaluation
 
 
@@ -55,7 +57,9 @@ def format_evaluation(ev: Evaluation) -> str:
     head = f"{ev.protocol} protocol: {s['n_images']} images"
     if ev.protocol == "hovernet":
         det = s["detection"]
-        head += f" ({s['n_images_scored']} with nuclei), detection radius {s['radius']:g} px"
+        r = s["radius"]
+        radius = f"{r:g} px" if np.ndim(r) == 0 else f"{min(r):g} to {max(r):g} px by each image's resolution"
+        head += f" ({s['n_images_scored']} with nuclei), detection radius {radius}"
     scalar = [k for k in SUMMARY_KEYS[ev.protocol] if not isinstance(s[k], dict)]
     if ev.protocol == "hovernet":
         scalar.append("type_accuracy")

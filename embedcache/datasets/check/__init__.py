@@ -45,8 +45,8 @@ from embedcache.errors import ConfigError, DataError
 # Layouts with a check of their own that reads headers only; any other layout is opened by its reader
 # (:func:`~embedcache.datasets.check.release._check_release`).
 CHECKS = {
-    "folder": lambda report, path, pixels, tile_size, overlap, **_: _check_folder(report, path, pixels, tile_size,
-                                                                                 overlap),
+    "folder": lambda report, path, pixels, tile_size, overlap, mpp=None, **_: _check_folder(
+        report, path, pixels, tile_size, overlap, mpp),
     "pannuke": lambda report, path, pixels, **_: _check_pannuke(report, path, pixels),
     "conic": lambda report, path, pixels, **_: _check_conic(report, path, pixels),
     "slides": lambda report, path, tile_size, mpp, tile_mpp, **_: _check_slides(report, path, tile_size, mpp,

@@ -85,7 +85,26 @@ def _check_scattered(report: DataReport, p: Path, inst: np.ndarray, dtype) -> No
                     "nucleus its own id")
 
 
-def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, overlap: int) -> None:
+def _check_resolution(report: DataReport, path: Path, files: list[Path], mpp: float | None) -> None:
+    """Each image's microns per pixel and where it comes from, for the summary (``resolution``)."""
+    from embedcache.datasets.resolution import TABLE, image_mpps
+
+    try:
+        mpps, sources = image_mpps(files, [f.stem for f in files], path, mpp)
+    except DataError as exc:
+        report.problem(path / TABLE, str(exc).split(": ", 1)[-1])
+        return
+    groups: dict[tuple, int] = {}
+    for m, source in zip(mpps, sources):
+        groups[(m, source)] = groups.get((m, source), 0) + 1
+    report.summary["resolution"] = [(m, source, n) for (m, source), n in sorted(groups.items(), key=str)]
+    if len({m for m in mpps if m is not None}) > 1:
+        report.note("the images have different resolutions: extract --working-mpp UM resamples them to one, so "
+                    "the encoder sees one scale")
+
+
+def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, overlap: int,
+                  mpp: float | None = None) -> None:
     from PIL import Image
 
     from embedcache.datasets.folder import (IMAGE_SUFFIXES, LABEL_SUFFIXES, find_label_file, image_mode_problem,
@@ -160,6 +179,7 @@ def _check_folder(report: DataReport, path: Path, pixels: bool, tile_size: int, 
     if sizes:
         by_area = sorted(sizes, key=lambda s: (s[0] * s[1], s))
         summary.update(min_size=by_area[0], max_size=by_area[-1], pixels=sum(w * h for w, h in sizes))
+    _check_resolution(report, path, files, mpp)
 
     # Label maps the reader never reads: beside no image, or shadowed by another suffix.
     stems = {f.stem for f in files}

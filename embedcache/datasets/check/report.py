@@ -70,6 +70,10 @@ class DataReport:
             lines.append(f"  labels    {s['inst_maps']} instance maps, {s['type_maps']} type maps")
             lines.append(f"  tiles     {s['tiles']} of {s['tile_size']}x{s['tile_size']} px "
                          f"(overlap {s['overlap']} px) for extract")
+            if s.get("resolution"):
+                parts = [f"{n} at {m:g} um/px ({source})" if m is not None else
+                         f"{n} unknown (no metadata, mpp.csv or --mpp)" for m, source, n in s["resolution"]]
+                lines.append("  mpp       " + ", ".join(parts))
         elif s.get("stack") and "images" in s:
             shape = "x".join(str(v) for v in s["tile_shape"]) if s.get("tile_shape") else "?"
             folds = f", in {s['folds']} folds" if s.get("folds", 1) > 1 else ""
@@ -82,6 +86,10 @@ class DataReport:
             lines.append(f"  labels    {s['labels']}")
             lines.append(f"  tiles     {s['tiles']} of {s['tile_size']}x{s['tile_size']} px "
                          f"(overlap {s['overlap']} px) for extract")
+            if s.get("resolution"):
+                parts = [f"{n} at {m:g} um/px ({source})" if m is not None else
+                         f"{n} unknown (no metadata, mpp.csv or --mpp)" for m, source, n in s["resolution"]]
+                lines.append("  mpp       " + ", ".join(parts))
         elif self.layout == "slides" and "slides" in s:
             sizes = ""
             if s.get("min_size"):
