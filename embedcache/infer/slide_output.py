@@ -60,6 +60,7 @@ def region_rows(inst: np.ndarray, nuclei: dict, centroids: np.ndarray, owned: np
     from shapely.geometry.polygon import orient
 
     out = {c: [] for c in COLUMNS}
+    out["instance"] = []  # ids in ``inst`` of the rows (not a column: what a region's cells are pooled from)
     score, type_id, type_score = (np.asarray(nuclei.get(k, [])) for k in ("score", "type_id", "type_score"))
     for k, sl in enumerate(ndi.find_objects(inst), 1):
         if sl is None or not owned[k - 1]:
@@ -92,6 +93,7 @@ def region_rows(inst: np.ndarray, nuclei: dict, centroids: np.ndarray, owned: np
         out["score"].append(float(score[k - 1]) if len(score) >= k else float("nan"))
         out["type_score"].append(float(type_score[k - 1]) if len(type_score) >= k else float("nan"))
         out["polygon_wkb"].append(wkb.dumps(poly))
+        out["instance"].append(k)
     return out
 
 

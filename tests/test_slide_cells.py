@@ -1,0 +1,159 @@
+"""Cell vectors of whole slides from predict's own forward: the vectors `cells` pools from a store of the slide."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from decoder_helpers import fit_config, make_store, one_thread, write_conic  # noqa: F401 (one_thread: pytestmark)
+
+from embedcache.cells import build_cells
+from embedcache.config import CellsConfig
+from embedcache.datasets.synthetic_slides import make_slide, write_slide_tiff
+from embedcache.errors import ConfigError
+from embedcache.infer import slide_cells
+from embedcache.infer.slides import predict_slides
+from embedcache.store import open_store
+from embedcache.train.loop import fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("slidecells")
+    conic = write_conic(tmp / "conic", n=6)
+    store = make_store(conic, tmp / "s.zarr", variants="none")
+    fit(store, tmp / "run", fit_config(epochs=2, lr=3e-3), progress=False)
+    slides = tmp / "slides"
+    slides.mkdir()
+    image = make_slide((256, 320), mpp=0.5, seed=1).image
+    write_slide_tiff(slides / "a.tif", image, mpp=0.5, levels=2, tile=128)
+    # Every tile kept (min_tissue 0): `cells` then chooses among the same grid tiles a region holds.
+    cache = make_store(slides, tmp / "slides.zarr", variants="none", format="slides", tile_size=64,
+                       overlap=16, tile_mpp=0.5, min_tissue=0.0)
+    return {"tmp": tmp, "run": tmp / "run", "slides": slides, "image": image, "cache": cache}
+
+
+def _table(folder):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(folder / "nuclei.parquet").to_pydict()
+
+
+def _vectors(folder, layer):
+    import zarr
+
+    return np.asarray(zarr.open_group(str(folder / "cells.zarr"), mode="r")[f"vectors/{layer}"][:])
+
+
+def _run(setup, out, monkeypatch=None, **kw):
+    return predict_slides(setup["run"], setup["slides"], setup["tmp"] / out, run_mpp=0.5, region=96, margin=80,
+                          progress=False, cells="all", **kw)
+
+
+def test_vectors_equal_those_cells_pools_from_a_store_of_the_slide(setup, monkeypatch):
+    """The regions' kept nuclei, painted into one map of the slide, given to `cells` over a store of the same
+    slide and grid: the same vector for every nucleus, from tokens captured during predict's forward."""
+    tmp = setup["tmp"]
+    seen = []
+    real = slide_cells.region_weights
+
+    def spy(inst, instances, tiles, tile, grids):
+        seen.append((inst.copy(), list(instances)))
+        return real(inst, instances, tiles, tile, grids)
+
+    monkeypatch.setattr("embedcache.infer.slides.region_weights", spy)
+    res = _run(setup, "pred", store=setup["cache"])
+    assert res[0].status == "done" and res[0].regions > 4
+    table = _table(tmp / "pred" / "a")
+    n = len(table["id"])
+    assert n > 5
+    # The slide's nuclei map, from the regions' own instance maps (each kept nucleus is whole in its read box).
+    from embedcache.infer.slides import on_tile_grid, plan_slide
+
+    plan = plan_slide(setup["slides"] / "a.tif", 0.5, 96, 80)
+    boxes = on_tile_grid(plan.regions, plan.shape, (64, 64), 16)
+    slide_map = np.zeros(plan.shape, np.int32)
+    k = 0
+    for r, (inst, kept) in zip(boxes, seen):
+        q0, d0 = r.read[:2]
+        for i in kept:
+            k += 1
+            rr, cc = np.nonzero(inst == i)
+            slide_map[rr + q0, cc + d0] = k
+    assert k == n
+    labels = tmp / "labels"
+    labels.mkdir()
+    # The store's image runs to its last tile's end (past the slide's edge, read as background): no nuclei there.
+    shape = open_store(setup["cache"]).tile_info()
+    h, w = (shape["offset"] + shape["valid"]).max(axis=0)
+    np.save(labels / "tile00000_inst.npy", np.pad(slide_map, ((0, h - plan.shape[0]), (0, w - plan.shape[1]))))
+    cells = build_cells(setup["cache"], tmp / "cells.zarr", CellsConfig(nuclei=str(labels)), progress=False)
+    store = open_store(cells.path)
+    centroid = store.table()["centroid"]  # (row, col) pixel indices; the slide table's level-0 px are +0.5
+    order = np.lexsort((centroid[:, 1], centroid[:, 0]))
+    mine = np.lexsort((np.asarray(table["x_px"]) - 0.5, np.asarray(table["y_px"]) - 0.5))
+    np.testing.assert_allclose(centroid[order], np.column_stack([table["y_px"], table["x_px"]])[mine] - 0.5,
+                               atol=1e-6)
+    for layer in store.layers:
+        ours = _vectors(tmp / "pred" / "a", layer)
+        assert ours.shape == (n, store.dims[layer])
+        np.testing.assert_allclose(ours[mine], store.vectors(layer)[order], rtol=1e-3, atol=1e-3)
+        assert np.abs(ours).sum(axis=1).min() > 0  # every nucleus got tokens
+
+
+def test_live_vectors_equal_cached_ones_and_resume_is_exact(setup, monkeypatch):
+    """Tokens of the live encoder give the vectors of the store's; a killed run resumes to the same files."""
+    from embedcache.infer import slide_output
+
+    tmp = setup["tmp"]
+    live = _run(setup, "live", overlap=16)
+    assert live[0].status == "done"
+    table = _table(tmp / "live" / "a")
+    real = slide_output.write_region
+    calls = []
+
+    def dies_on_the_third(path, rows, work=None):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, rows, work)
+
+    monkeypatch.setattr("embedcache.infer.slides.write_region", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(setup, "killed", overlap=16)
+    monkeypatch.setattr("embedcache.infer.slides.write_region", real)
+    assert _run(setup, "killed", overlap=16)[0].status == "done"
+    assert _table(tmp / "killed" / "a") == table
+    layers = open_store(setup["cache"]).layers
+    for layer in layers:
+        np.testing.assert_array_equal(_vectors(tmp / "killed" / "a", layer), _vectors(tmp / "live" / "a", layer))
+    if (tmp / "pred" / "a").exists():  # the store's tokens: the same vectors up to the store's rounding
+        np.testing.assert_allclose(_vectors(tmp / "live" / "a", layers[-1]), _vectors(tmp / "pred" / "a", layers[-1]),
+                                   rtol=1e-2, atol=1e-2)
+
+
+def test_post_workers_give_the_same_vectors_for_the_same_nuclei(setup):
+    """Workers post-process maps sent as float16, so a few outlines may move; every nucleus found the same
+    (centroid and area) gets the same vector, and the rows follow the table."""
+    tmp = setup["tmp"]
+    _run(setup, "workers", overlap=16, post_workers=1)
+    if not (tmp / "live" / "a").exists():
+        _run(setup, "live", overlap=16)
+    a, b = _table(tmp / "workers" / "a"), _table(tmp / "live" / "a")
+    key = lambda t: {(round(x, 6), round(y, 6), s): i  # noqa: E731
+                     for i, (x, y, s) in enumerate(zip(t["x_px"], t["y_px"], t["area_um2"]))}
+    ka, kb = key(a), key(b)
+    same = sorted(set(ka) & set(kb))
+    assert len(same) >= 3
+    for layer in open_store(setup["cache"]).layers:
+        va, vb = _vectors(tmp / "workers" / "a", layer), _vectors(tmp / "live" / "a", layer)
+        assert len(va) == len(a["id"])
+        np.testing.assert_array_equal(va[[ka[k] for k in same]], vb[[kb[k] for k in same]])
+
+
+def test_a_layer_the_encoder_does_not_tap_is_refused_in_one_line(setup):
+    out = setup["tmp"] / "badlayer"
+    with pytest.raises(ConfigError, match="--cells.*nope"):
+        predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, cells="nope", progress=False)
+    assert not out.exists()
