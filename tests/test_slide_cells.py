@@ -157,3 +157,52 @@ def test_a_layer_the_encoder_does_not_tap_is_refused_in_one_line(setup):
     with pytest.raises(ConfigError, match="--cells.*nope"):
         predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, cells="nope", progress=False)
     assert not out.exists()
+
+
+def _predicted(setup):
+    if not (setup["tmp"] / "pred" / "a").exists():
+        _run(setup, "pred", store=setup["cache"])
+    return setup["tmp"] / "pred"
+
+
+def test_cells_of_a_slide_store_from_predicted_outlines_or_a_qupath_export(setup):
+    """`cells --store SLIDE_STORE --nuclei OUT` draws predict's outlines onto the store's image: the same nuclei
+    (centroids within a pixel, the outlines being simplified by half a pixel) and nearly the same vectors;
+    QuPath's GeoJSON export of the same detections gives the same cells."""
+    import shutil
+
+    from embedcache.errors import DataError
+
+    tmp = setup["tmp"]
+    pred = _predicted(setup)
+    table = _table(pred / "a")
+    cells = open_store(build_cells(setup["cache"], tmp / "from-out.zarr", CellsConfig(nuclei=str(pred)),
+                                   progress=False).path)
+    assert cells.n_cells == len(table["id"]) and cells.nuclei["kind"] == "outlines"
+    got = cells.table()["centroid"]
+    want = np.column_stack([table["y_px"], table["x_px"]]) - 0.5
+    order, mine = np.lexsort(got.T[::-1]), np.lexsort(want.T[::-1])
+    assert np.abs(got[order] - want[mine]).max() < 1.0
+    layer = cells.layers[-1]
+    a, b = cells.vectors(layer)[order], _vectors(pred / "a", layer)[mine]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.95
+    names = {n for n in table["type_name"] if n}
+    assert {v for v in cells.class_names.values()} >= names
+    qupath = tmp / "qupath"
+    qupath.mkdir()
+    shutil.copy(pred / "a" / "nuclei.geojson", qupath / "a.geojson")
+    again = open_store(build_cells(setup["cache"], tmp / "from-qupath.zarr", CellsConfig(nuclei=str(qupath)),
+                                   progress=False).path)
+    np.testing.assert_array_equal(again.table()["centroid"], cells.table()["centroid"])
+    np.testing.assert_allclose(again.vectors(layer), cells.vectors(layer), atol=1e-6)
+    # A GeoJSON of another slide (coordinates outside this one): one line, nothing written.
+    fc = __import__("json").loads((qupath / "a.geojson").read_text())
+    for f in fc["features"]:
+        f["geometry"]["coordinates"] = [[[x + 1000, y] for x, y in ring] for ring in f["geometry"]["coordinates"]]
+    other = tmp / "other"
+    other.mkdir()
+    (other / "a.geojson").write_text(__import__("json").dumps(fc))
+    with pytest.raises(DataError, match="outside slide 'a'"):
+        build_cells(setup["cache"], tmp / "bad.zarr", CellsConfig(nuclei=str(other)), progress=False)
+    assert not (tmp / "bad.zarr").exists() and not (tmp / "bad.zarr.partial").exists()

@@ -17,7 +17,9 @@ from embedcache.cli.options import json_option, quiet_option
               help="The cell store to write (built as OUT.partial, renamed when complete).")
 @click.option("--nuclei", default="store", show_default=True, metavar="SOURCE",
               help="'store' (its label maps), a folder of label maps or a predict output, a points CSV "
-                   "(image,x,y,label), or a folder of NAME.csv (x,y,label) or QuPath NAME.geojson point files.")
+                   "(image,x,y,label), or a folder of NAME.csv (x,y,label) or QuPath NAME.geojson point files. "
+                   "A store of slides: a predict --slides output folder, or QuPath detections exported as "
+                   "SLIDE.geojson (outlines in level-0 px).")
 @click.option("--radius", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Points: radius in pixels of the disc that stands for each nucleus.")
 @click.option("--layers", default="all", show_default=True, help="'all', 'last', or layer names or indices.")
