@@ -206,3 +206,83 @@ def test_cells_of_a_slide_store_from_predicted_outlines_or_a_qupath_export(setup
     with pytest.raises(DataError, match="outside slide 'a'"):
         build_cells(setup["cache"], tmp / "bad.zarr", CellsConfig(nuclei=str(other)), progress=False)
     assert not (tmp / "bad.zarr").exists() and not (tmp / "bad.zarr.partial").exists()
+
+
+def _hand_classifier(setup, layer=None, encoder=None):
+    """A classifier of the run's encoder made by hand (the slide is too small to train one)."""
+    from embedcache.probes.classifier import CellClassifier
+    from embedcache.train.checkpoint import load_run
+
+    run = load_run(setup["run"], device="cpu")
+    layer = layer or run.store["layers"][-1]
+    dim = int(run.store["shapes"][layer][0])
+    rng = np.random.default_rng(0)
+    return CellClassifier(layer, dim, ["tumour", "immune", "stroma"], rng.normal(size=dim), rng.uniform(0.5, 2, dim),
+                          rng.normal(size=(3, dim)), rng.normal(size=3), encoder or run.store["encoder"]["name"],
+                          run.store["weights_sha256"])
+
+
+def test_a_cell_classifier_types_every_nucleus_into_the_table_geojson_and_summary(setup):
+    import json
+
+    tmp = setup["tmp"]
+    clf = _hand_classifier(setup)
+    path = clf.save(tmp / "clf")
+    res = predict_slides(setup["run"], setup["slides"], tmp / "typed", run_mpp=0.5, region=96, margin=80,
+                         overlap=16, progress=False, cell_classifier=path)  # no --cells: the classifier's layer
+    assert res[0].status == "done"
+    folder = tmp / "typed" / "a"
+    import pyarrow.parquet as pq
+
+    classes = pq.read_table(folder / "cell_classes.parquet").to_pydict()
+    table = _table(folder)
+    X = _vectors(folder, clf.layer)
+    p = clf.predict_proba(X)
+    assert classes["id"] == table["id"]
+    np.testing.assert_allclose(np.column_stack([classes[f"p_{n}"] for n in clf.classes]), p, rtol=1e-5, atol=1e-6)
+    assert classes["class_name"] == [clf.classes[i] for i in p.argmax(1)]
+    fc = json.loads((folder / "nuclei.geojson").read_text())
+    assert [f["properties"]["classification"]["name"] for f in fc["features"]] == classes["class_name"]
+    assert all(f"p_{n}" in f["properties"]["measurements"] for f in fc["features"] for n in clf.classes)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["cells_per_class"] == {n: classes["class_name"].count(n) for n in clf.classes}
+    assert sum(summary["cells_per_class"].values()) == summary["nuclei"]
+
+
+def test_a_classifier_of_another_encoder_or_layer_is_refused_and_nothing_written(setup):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    tmp = setup["tmp"]
+    other = _hand_classifier(setup, encoder="uni").save(tmp / "clf-uni")
+    out = tmp / "refused"
+    res = CliRunner().invoke(main, ["predict", "--run", str(setup["run"]), "--slides", str(setup["slides"]),
+                                    "--run-mpp", "0.5", "--out", str(out), "--cell-classifier", str(other)])
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(err) == 1 and "trained on uni" in err[0], res.output
+    assert not out.exists()
+    cells_out = tmp / "refused.cells.zarr"
+    res = CliRunner().invoke(main, ["cells", "--store", str(setup["cache"]), "--out", str(cells_out),
+                                    "--nuclei", str(_predicted(setup)), "--classify", str(other)])
+    assert res.exit_code != 0 and "trained on uni" in res.stderr and not cells_out.exists()
+
+
+def test_cells_classify_writes_each_cells_class_and_probabilities(setup):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+    import pyarrow.parquet as pq
+
+    tmp = setup["tmp"]
+    clf = _hand_classifier(setup)
+    path = clf.save(tmp / "clf2")
+    out = tmp / "classified.cells.zarr"
+    res = CliRunner().invoke(main, ["cells", "--store", str(setup["cache"]), "--out", str(out), "--nuclei",
+                                    str(_predicted(setup)), "--classify", str(path)])
+    assert res.exit_code == 0, res.output
+    got = pq.read_table(out / "cell_classes.parquet").to_pydict()
+    X = open_store(out).vectors(clf.layer)
+    np.testing.assert_allclose(np.column_stack([got[f"p_{n}"] for n in clf.classes]), clf.predict_proba(X),
+                               rtol=1e-5, atol=1e-6)
+    assert got["id"] == list(range(len(X)))

@@ -114,7 +114,7 @@ _SLIDES = {"slides"}
 PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", "slides"}, "mpp": _SLIDES,
                    "run_mpp": _SLIDES, "region": _SLIDES, "margin": _SLIDES, "post_workers": _SLIDES,
                    "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES,
-                   "cells": _SLIDES}
+                   "cells": _SLIDES, "cell_classifier": _SLIDES}
 
 
 @main.command("predict")
@@ -163,10 +163,13 @@ PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", 
 @click.option("--cells", default=None, metavar="LAYERS",
               help="Slides: also a vector per nucleus (OUT/SLIDE/cells.zarr), pooled from these layers' tokens of "
                    "the same forward as `cells` pools them: 'default' or 'all' (every tapped layer), or names.")
+@click.option("--cell-classifier", default=None, type=click.Path(path_type=Path), metavar="CLASSIFIER",
+              help="Slides: classify every nucleus from its vector with a classifier of `probe --level cell --save` "
+                   "(OUT/SLIDE/cell_classes.parquet, the GeoJSON's classes, per-class counts in summary.json).")
 @quiet_option
 def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, post_spec, tta, batch_size, device,
                 overlays, geojson, slides, mpp, run_mpp, region, margin, post_workers, workers, scheduler, gzip_geojson,
-                overwrite, cells, quiet):
+                overwrite, cells, cell_classifier, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
     From a store (cached features) or from raw images with the encoder run live
@@ -202,7 +205,8 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
                                  scheduler=scheduler, device=device, batch_size=batch_size,
                                  magnification=magnification, postprocess=given_postprocess(post_spec, magnification),
                                  gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta, geojson=geojson,
-                                 overlays=overlays, cells=cells, progress=not quiet)
+                                 overlays=overlays, cells=cells, cell_classifier=cell_classifier,
+                                 progress=not quiet)
         for r in results:
             line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
             click.echo(line + (f" ({r.reason})" if r.reason else ""))

@@ -36,6 +36,7 @@ from embedcache.cells.nuclei import image_nuclei
 from embedcache.geometry import TiledImage
 
 VECTORS_DTYPE = "float32"
+PROBA = "proba@classifier"  # a region file's cell classifier probabilities (not a layer name: '@')
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,20 @@ def pool_region(tokens: list[np.ndarray], weights: dict, layers: CellLayers) -> 
     return out
 
 
+def region_cells(tokens: list[np.ndarray], weights: dict, layers: CellLayers, classifier=None) -> dict:
+    """A region's record: each layer's vectors (:func:`pool_region`) and, with a cell classifier, its
+    probabilities ``(m, K)`` under :data:`PROBA`."""
+    out = pool_region(tokens, weights, layers)
+    if classifier is not None:
+        out[PROBA] = classifier.predict_proba(out[classifier.layer]).astype(np.float32)
+    return out
+
+
+def region_classes(partial: Path, classifier):
+    """``cell_classes(region_file) -> (names, proba)`` of :func:`embedcache.infer.slide_output.finish_slide`."""
+    return lambda region_file: (classifier.classes, np.load(vectors_file(partial, int(Path(region_file).stem)))[PROBA])
+
+
 def vectors_file(partial: Path, index: int) -> Path:
     return partial / "vectors" / f"{index:05d}.npz"
 
@@ -161,12 +176,15 @@ def write_vectors(path: Path, vectors: dict[str, np.ndarray]) -> None:
             np.savez(fh, **vectors)
 
 
-def finish_vectors(folder: Path, partial: Path, region_files: list[Path], layers: CellLayers, record: dict) -> int:
+def finish_vectors(folder: Path, partial: Path, region_files: list[Path], layers: CellLayers, record: dict,
+                   classifier=None) -> dict:
     """Merge the regions' vectors into ``folder/cells.zarr`` (region by region: memory of one region).
 
     Layout: ``vectors/<layer>`` ``(n, C)`` float32, row ``i`` the nucleus of
     id ``i + 1`` in ``nuclei.parquet``; attributes ``embedcache_slide_cells``:
-    ``record`` with the layers and their widths. Returns the number of rows.
+    ``record`` with the layers and their widths. With ``classifier``, also
+    ``cell_classes.parquet`` (:func:`embedcache.probes.classifier.write_classes`,
+    ids those of ``nuclei.parquet``). Returns the cells per class (``{}`` without a classifier).
     """
     import zarr
 
@@ -177,13 +195,22 @@ def finish_vectors(folder: Path, partial: Path, region_files: list[Path], layers
     arrays = {name: group.create_array(f"vectors/{name}", shape=(n, dim), dtype=VECTORS_DTYPE,
                                        chunks=(max(1, min(n, 4096)), dim), fill_value=0)
               for name, dim in zip(layers.names, layers.dims)}
-    start = 0
+    start, probas = 0, []
     for p, m in zip(region_files, counts):
         data = np.load(vectors_file(partial, int(p.stem)))
         for name in layers.names:
             if m:
                 arrays[name][start:start + m] = data[name]
+        if classifier is not None:
+            probas.append(data[PROBA])
         start += m
     group.attrs["embedcache_slide_cells"] = {**record, "n_cells": n,
                                             "layers": dict(zip(layers.names, layers.dims))}
-    return n
+    if classifier is None:
+        return {}
+    from embedcache.probes.classifier import write_classes
+
+    proba = np.concatenate(probas) if probas else np.zeros((0, len(classifier.classes)), np.float32)
+    index = proba.argmax(axis=1)
+    write_classes(folder / "cell_classes.parquet", classifier, index, proba, np.arange(1, n + 1))
+    return {name: int((index == k).sum()) for k, name in enumerate(classifier.classes)}

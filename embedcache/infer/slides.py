@@ -63,7 +63,8 @@ from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
 from embedcache.infer.features import LiveFeatures, SlideFeatures
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.slide_cells import (
-    CellLayers, TokenKeeper, cell_layers, finish_vectors, pool_region, region_weights, vectors_file, write_vectors,
+    CellLayers, TokenKeeper, cell_layers, finish_vectors, region_cells, region_classes, region_weights, vectors_file,
+    write_vectors,
 )
 from embedcache.infer.slide_output import finish_slide, region_rows, region_work, write_region
 from embedcache.infer.tiling import cut_tile
@@ -99,6 +100,7 @@ class Outputs:
     overlays: bool = True  # the thumbnail with every nucleus dotted on it
     gzip_geojson: bool = False
     cells: CellLayers | None = None  # layers pooled into a vector per nucleus (cells.zarr)
+    classifier: object = None  # a CellClassifier applied to each nucleus's vector (cell_classes.parquet)
 
 
 @dataclass
@@ -216,7 +218,7 @@ def _init_worker(parent: int):
 
 def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessConfig, overlap: int,
               store=None, tta: str = "none", outputs: tuple[bool, bool] = (True, True),
-              cells: CellLayers | None = None) -> dict:
+              cells: CellLayers | None = None, classifier: str | None = None) -> dict:
     st = plan.path.stat()
     meta = Path(run.path) / "run.json"
     settings = {"version": PLAN_VERSION, "run": str(Path(run.path).resolve()),
@@ -232,6 +234,8 @@ def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessC
         settings["geojson"], settings["overlays"] = outputs
     if cells is not None:
         settings["cells"] = list(cells.names)
+    if classifier is not None:
+        settings["cell_classifier"] = str(Path(classifier).resolve())
     return settings
 
 
@@ -250,7 +254,8 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                    batch_size: int = 8, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
                    gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True,
                    table: bool = True, tta: str = "none", geojson: bool = True,
-                   overlays: bool = True, cells: str | None = None) -> list[SlideResult]:
+                   overlays: bool = True, cells: str | None = None,
+                   cell_classifier=None) -> list[SlideResult]:
     """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
 
     ``tta`` (``flips``, ``d4``) averages the decoder's maps over the
@@ -260,6 +265,10 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     the nuclei dotted on it. ``cells`` (``default``, ``all`` or layer names):
     a vector per nucleus pooled from those layers' tokens of the same
     forward, into ``cells.zarr`` (:mod:`embedcache.infer.slide_cells`).
+    ``cell_classifier`` (``probe --level cell --save``): each nucleus's class
+    and probabilities from its vector (``cell_classes.parquet``, the GeoJSON's
+    classifications and the summary's ``cells_per_class``); its layer is
+    pooled whether ``cells`` names it or not.
 
     ``store``: a store extracted from these slides on prediction's grid
     (``extract --format slides --overlap`` a quarter tile, at the run's
@@ -280,7 +289,7 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
         options = dict(mpp=mpp, run_mpp=run_mpp, region=region, margin=margin, overlap=overlap, store=store,
                        post_workers=post_workers, device=device, batch_size=batch_size, magnification=magnification,
                        postprocess=postprocess, gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta,
-                       geojson=geojson, overlays=overlays, cells=cells)
+                       geojson=geojson, overlays=overlays, cells=cells, cell_classifier=cell_classifier)
         return _predict_on_cluster(run, paths, Path(out), options, workers, scheduler, progress)
     loaded = load_run(run, device=str(resolve_device(device)))
     work_mpp = run_mpp or loaded.store.get("mpp")
@@ -301,9 +310,20 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
     features = SlideFeatures(LiveFeatures(loaded, str(resolve_device(device)), batch_size, variants), cache,
                              run=loaded, work_mpp=float(work_mpp), overlap=overlap, variants=variants)
+    classifier = None
+    if cell_classifier is not None:
+        from embedcache.probes.classifier import load_classifier
+
+        classifier = load_classifier(cell_classifier)
+        shapes = loaded.store["shapes"]
+        classifier.check(loaded.store["encoder"]["name"], loaded.store["weights_sha256"],
+                         {n: int(s[0]) for n, s in shapes.items()}, str(cell_classifier))
+        named = [] if cells is None else [n for n in cells.split(",") if n.strip()] if cells not in (
+            "default", "all") else list(loaded.store["layers"])
+        cells = ",".join(dict.fromkeys([*named, classifier.layer]))
     layers = (cell_layers(cells, list(loaded.store["layers"]), loaded.store["shapes"])
               if cells is not None else None)
-    outputs = Outputs(tta, geojson, overlays, gzip_geojson, layers)
+    outputs = Outputs(tta, geojson, overlays, gzip_geojson, layers, classifier)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with use_threads(beside=post_workers):  # the post-processing processes share the thread budget
@@ -387,7 +407,8 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     from embedcache.progress import progress_bar
 
     settings = _settings(run, plan, region, margin, post, overlap, features.store, outputs.tta,
-                         (outputs.geojson, outputs.overlays), outputs.cells)
+                         (outputs.geojson, outputs.overlays), outputs.cells,
+                         outputs.classifier and outputs.classifier.path)
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
@@ -431,7 +452,8 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
         def write(r, rows, tokens=None):
             """A finished region, with the work it took (time since the last region was written)."""
             if tokens is not None:  # its vectors first: a region with a table has its vectors
-                write_vectors(vectors_file(partial, r.index), pool_region(tokens, rows.pop("weights"), outputs.cells))
+                write_vectors(vectors_file(partial, r.index),
+                              region_cells(tokens, rows.pop("weights"), outputs.cells, outputs.classifier))
             now = time.perf_counter()
             n_tiles = len(plan_tiles(tuple(r.read[2 + k] - r.read[k] for k in (0, 1)), tile, overlap))
             write_region(region_file(r), rows, {"cached": cached[r.index], "encoded": n_tiles - cached[r.index],
@@ -478,13 +500,17 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
                "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
                "work_mpp": plan.work_mpp, "level": plan.level,
                "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"])}}
+    classes = region_classes(partial, outputs.classifier) if outputs.classifier is not None else None
     summary = finish_slide(partial, region_files, class_names, summary, thumb, thumb_scale, outputs.gzip_geojson,
-                           outputs.geojson, outputs.overlays)
+                           outputs.geojson, outputs.overlays, classes)
     if outputs.cells is not None:
         record = {"slide": plan.path.name, "mpp0": plan.mpp0, "work_mpp": plan.work_mpp,
                   "encoder": run.store.get("encoder"), "weights_sha256": run.store.get("weights_sha256"),
                   "run": settings["run"], "pooling": "area-weighted patch tokens, identity frame"}
-        finish_vectors(partial, partial, region_files, outputs.cells, record)
+        per_class = finish_vectors(partial, partial, region_files, outputs.cells, record, outputs.classifier)
+        if outputs.classifier is not None:
+            summary = {**summary, "cells_per_class": per_class}
+            files.write_json(partial / "summary.json", summary)
         files.remove(partial / "vectors")
     files.remove(partial / "regions")  # merged into nuclei.parquet
     files.swap_in(partial, final)
