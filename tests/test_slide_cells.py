@@ -286,3 +286,46 @@ def test_cells_classify_writes_each_cells_class_and_probabilities(setup):
     np.testing.assert_allclose(np.column_stack([got[f"p_{n}"] for n in clf.classes]), clf.predict_proba(X),
                                rtol=1e-5, atol=1e-6)
     assert got["id"] == list(range(len(X)))
+
+
+def test_anndata_holds_the_table_centroids_in_microns_and_every_layers_vectors(setup):
+    """cells.h5ad read back by anndata: obs the nuclei table and classes, obsm['spatial'] the centroids in um,
+    obsm['X_<layer>'] the vectors of cells.zarr, row for row."""
+    import json
+
+    import anndata as ad
+    import pyarrow.parquet as pq
+
+    tmp = setup["tmp"]
+    clf = _hand_classifier(setup).save(tmp / "clf-ad")
+    res = predict_slides(setup["run"], setup["slides"], tmp / "ad", run_mpp=0.5, region=96, margin=80, overlap=16,
+                         progress=False, cells="all", cell_classifier=clf, anndata=True)
+    assert res[0].status == "done"
+    folder = tmp / "ad" / "a"
+    adata = ad.read_h5ad(folder / "cells.h5ad")
+    table = _table(folder)
+    assert adata.n_obs == len(table["id"]) and list(adata.obs_names) == [str(i) for i in table["id"]]
+    np.testing.assert_allclose(adata.obsm["spatial"], np.column_stack([table["x_um"], table["y_um"]]))
+    np.testing.assert_allclose(adata.obsm["spatial"], np.column_stack([table["x_px"], table["y_px"]]) * 0.5)
+    for layer in open_store(setup["cache"]).layers:
+        np.testing.assert_array_equal(adata.obsm[f"X_{layer}"], _vectors(folder, layer))
+    classes = pq.read_table(folder / "cell_classes.parquet").to_pydict()
+    assert list(adata.obs["class_name"]) == classes["class_name"]
+    assert json.loads(adata.uns["embedcache"])["slide"] == "a.tif"
+
+
+def test_anndata_without_the_package_names_the_extra_and_writes_nothing(setup, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_anndata(name, *a, **kw):
+        if name == "anndata":
+            raise ImportError(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_anndata)
+    out = setup["tmp"] / "no-anndata"
+    with pytest.raises(ConfigError, match=r"embedcache\[cells\]"):
+        predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, cells="all", anndata=True, progress=False)
+    assert not out.exists()

@@ -114,7 +114,8 @@ _SLIDES = {"slides"}
 PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", "slides"}, "mpp": _SLIDES,
                    "run_mpp": _SLIDES, "region": _SLIDES, "margin": _SLIDES, "post_workers": _SLIDES,
                    "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES,
-                   "cells": _SLIDES, "cell_classifier": _SLIDES}
+                   "cells": _SLIDES, "cell_classifier": _SLIDES,
+                   "anndata": _SLIDES}
 
 
 @main.command("predict")
@@ -166,10 +167,13 @@ PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", 
 @click.option("--cell-classifier", default=None, type=click.Path(path_type=Path), metavar="CLASSIFIER",
               help="Slides: classify every nucleus from its vector with a classifier of `probe --level cell --save` "
                    "(OUT/SLIDE/cell_classes.parquet, the GeoJSON's classes, per-class counts in summary.json).")
+@click.option("--anndata", is_flag=True,
+              help="Slides: also OUT/SLIDE/cells.h5ad for scanpy/squidpy (obs the cell table, obsm['spatial'] "
+                   "centroids in um, obsm['X_<layer>'] the vectors of --cells); needs pip install 'embedcache[cells]'.")
 @quiet_option
 def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, post_spec, tta, batch_size, device,
                 overlays, geojson, slides, mpp, run_mpp, region, margin, post_workers, workers, scheduler, gzip_geojson,
-                overwrite, cells, cell_classifier, quiet):
+                overwrite, cells, cell_classifier, anndata, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
     From a store (cached features) or from raw images with the encoder run live
@@ -206,7 +210,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
                                  magnification=magnification, postprocess=given_postprocess(post_spec, magnification),
                                  gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta, geojson=geojson,
                                  overlays=overlays, cells=cells, cell_classifier=cell_classifier,
-                                 progress=not quiet)
+                                 anndata=anndata, progress=not quiet)
         for r in results:
             line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
             click.echo(line + (f" ({r.reason})" if r.reason else ""))

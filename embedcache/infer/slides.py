@@ -101,6 +101,7 @@ class Outputs:
     gzip_geojson: bool = False
     cells: CellLayers | None = None  # layers pooled into a vector per nucleus (cells.zarr)
     classifier: object = None  # a CellClassifier applied to each nucleus's vector (cell_classes.parquet)
+    anndata: bool = False  # cells.h5ad
 
 
 @dataclass
@@ -218,7 +219,7 @@ def _init_worker(parent: int):
 
 def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessConfig, overlap: int,
               store=None, tta: str = "none", outputs: tuple[bool, bool] = (True, True),
-              cells: CellLayers | None = None, classifier: str | None = None) -> dict:
+              cells: CellLayers | None = None, classifier: str | None = None, anndata: bool = False) -> dict:
     st = plan.path.stat()
     meta = Path(run.path) / "run.json"
     settings = {"version": PLAN_VERSION, "run": str(Path(run.path).resolve()),
@@ -236,6 +237,8 @@ def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessC
         settings["cells"] = list(cells.names)
     if classifier is not None:
         settings["cell_classifier"] = str(Path(classifier).resolve())
+    if anndata:
+        settings["anndata"] = True
     return settings
 
 
@@ -255,7 +258,7 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                    gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True,
                    table: bool = True, tta: str = "none", geojson: bool = True,
                    overlays: bool = True, cells: str | None = None,
-                   cell_classifier=None) -> list[SlideResult]:
+                   cell_classifier=None, anndata: bool = False) -> list[SlideResult]:
     """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
 
     ``tta`` (``flips``, ``d4``) averages the decoder's maps over the
@@ -268,7 +271,8 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     ``cell_classifier`` (``probe --level cell --save``): each nucleus's class
     and probabilities from its vector (``cell_classes.parquet``, the GeoJSON's
     classifications and the summary's ``cells_per_class``); its layer is
-    pooled whether ``cells`` names it or not.
+    pooled whether ``cells`` names it or not. ``anndata``: also ``cells.h5ad``
+    (:mod:`embedcache.infer.slide_anndata`; needs the ``cells`` extra).
 
     ``store``: a store extracted from these slides on prediction's grid
     (``extract --format slides --overlap`` a quarter tile, at the run's
@@ -282,6 +286,10 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
         No slides, an unknown resolution for the run, a partial made by
         another run or with other settings (without ``overwrite``), or a full disk.
     """
+    if anndata:
+        from embedcache.infer.slide_anndata import require_anndata
+
+        require_anndata()
     paths = list_slides(Path(slides)) if Path(slides).exists() else []
     if not paths:
         raise DataError(f"{slides}: no slides found (a slide file or a folder of .tif, .svs, .ndpi, ...)")
@@ -289,7 +297,8 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
         options = dict(mpp=mpp, run_mpp=run_mpp, region=region, margin=margin, overlap=overlap, store=store,
                        post_workers=post_workers, device=device, batch_size=batch_size, magnification=magnification,
                        postprocess=postprocess, gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta,
-                       geojson=geojson, overlays=overlays, cells=cells, cell_classifier=cell_classifier)
+                       geojson=geojson, overlays=overlays, cells=cells, cell_classifier=cell_classifier,
+                       anndata=anndata)
         return _predict_on_cluster(run, paths, Path(out), options, workers, scheduler, progress)
     loaded = load_run(run, device=str(resolve_device(device)))
     work_mpp = run_mpp or loaded.store.get("mpp")
@@ -323,7 +332,7 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
         cells = ",".join(dict.fromkeys([*named, classifier.layer]))
     layers = (cell_layers(cells, list(loaded.store["layers"]), loaded.store["shapes"])
               if cells is not None else None)
-    outputs = Outputs(tta, geojson, overlays, gzip_geojson, layers, classifier)
+    outputs = Outputs(tta, geojson, overlays, gzip_geojson, layers, classifier, anndata)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with use_threads(beside=post_workers):  # the post-processing processes share the thread budget
@@ -408,7 +417,7 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
 
     settings = _settings(run, plan, region, margin, post, overlap, features.store, outputs.tta,
                          (outputs.geojson, outputs.overlays), outputs.cells,
-                         outputs.classifier and outputs.classifier.path)
+                         outputs.classifier and outputs.classifier.path, outputs.anndata)
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
@@ -512,6 +521,10 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
             summary = {**summary, "cells_per_class": per_class}
             files.write_json(partial / "summary.json", summary)
         files.remove(partial / "vectors")
+    if outputs.anndata:
+        from embedcache.infer.slide_anndata import write_anndata
+
+        write_anndata(partial, {k: summary.get(k) for k in ("slide", "settings", "mpp0", "work_mpp")})
     files.remove(partial / "regions")  # merged into nuclei.parquet
     files.swap_in(partial, final)
     return SlideResult(plan.name, "done", summary["nuclei"], seconds, regions=len(plan.regions))
