@@ -329,3 +329,40 @@ def test_anndata_without_the_package_names_the_extra_and_writes_nothing(setup, m
     with pytest.raises(ConfigError, match=r"embedcache\[cells\]"):
         predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, cells="all", anndata=True, progress=False)
     assert not out.exists()
+
+
+def test_each_tile_of_the_grid_is_encoded_once_and_the_outputs_are_those_of_encoding_every_read(setup, monkeypatch):
+    """Regions share their margins' tiles: each tile position is encoded once per slide; a run that encodes
+    every region's read box whole gives the same nuclei and vectors."""
+    import json
+
+    from embedcache.infer.slides import on_tile_grid, plan_slide
+    from embedcache.geometry import plan_tiles
+
+    tmp = setup["tmp"]
+    calls = {"n": 0}
+
+    class EveryRead:  # what prediction did before: every region encodes its whole read box
+        def __init__(self, features, uses):
+            self.features, self.reused = features, 0
+
+        def __getattr__(self, name):
+            return getattr(self.features, name)
+
+        def __call__(self, keys):
+            calls["n"] += len(keys)
+            return self.features(keys)
+
+    _run(setup, "shared", overlap=16)
+    monkeypatch.setattr("embedcache.infer.slides.SharedTiles", EveryRead)
+    _run(setup, "every-read", overlap=16)
+    assert _table(tmp / "shared" / "a") == _table(tmp / "every-read" / "a")
+    for layer in open_store(setup["cache"]).layers:
+        np.testing.assert_array_equal(_vectors(tmp / "shared" / "a", layer), _vectors(tmp / "every-read" / "a", layer))
+    plan = plan_slide(setup["slides"] / "a.tif", 0.5, 96, 80)
+    reads = [r.read for r in on_tile_grid(plan.regions, plan.shape, (64, 64), 16)]
+    positions = [(q0 + o[0], d0 + o[1]) for q0, d0, q1, d1 in reads for o in plan_tiles((q1 - q0, d1 - d0), (64, 64), 16)]
+    tiles = lambda name: json.loads((tmp / name / "a" / "summary.json").read_text())["tiles"]  # noqa: E731
+    assert tiles("shared")["encoded"] == len(set(positions)) < len(positions)
+    assert tiles("shared")["encoded"] + tiles("shared")["reused"] == len(positions)
+    assert tiles("every-read")["encoded"] == calls["n"] == len(positions)

@@ -214,3 +214,61 @@ def finish_vectors(folder: Path, partial: Path, region_files: list[Path], layers
     index = proba.argmax(axis=1)
     write_classes(folder / "cell_classes.parquet", classifier, index, proba, np.arange(1, n + 1))
     return {name: int((index == k).sum()) for k, name in enumerate(classifier.classes)}
+
+
+class SharedTiles:
+    """A feature source that encodes each tile of the slide-wide grid once, however many regions read it.
+
+    Regions' read boxes overlap by their margins and sit on one tile grid
+    (:func:`embedcache.infer.slides.on_tile_grid`), so neighbouring regions
+    ask for the same tiles (at the same slide position). ``uses`` counts, per
+    tile position, the regions still to ask for it; a tile's tokens are kept
+    from its first request until its last, then dropped. Regions go in raster
+    order, so what is kept is the margin band of the region row above and the
+    column to the left: memory grows with the slide's width, not its area.
+
+    ``keys`` are ``((row, col), pixels)`` as for
+    :class:`~embedcache.infer.features.SlideFeatures`; the tokens of a kept
+    tile are those its first region's pixels gave (the same pixels, where
+    the slide has a level at the run's resolution).
+    """
+
+    def __init__(self, features, uses: dict):
+        self.features, self.uses = features, dict(uses)
+        self.kept: dict = {}
+        self.reused = 0
+
+    def __getattr__(self, name):  # index, store, start, counts: the wrapped source's
+        return getattr(self.features, name)
+
+    def __call__(self, keys):
+        pixels = np.stack([px for _, px in keys])
+        positions = [tuple(pos) for pos, _ in keys]
+        fresh: dict = {}
+        for k, pos in enumerate(positions):
+            if pos not in self.kept and pos not in fresh:
+                fresh[pos] = k
+        if fresh:
+            tokens, _ = self.features([keys[k] for k in fresh.values()])
+            for j, pos in enumerate(fresh):
+                self.kept[pos] = [t[j] for t in tokens]
+        self.reused += len(keys) - len(fresh)
+        out = [np.stack([self.kept[pos][j] for pos in positions]) for j in range(len(self.kept[positions[0]]))]
+        for pos in positions:
+            self.uses[pos] = self.uses.get(pos, 1) - 1
+            if self.uses[pos] <= 0:
+                self.kept.pop(pos, None)
+        return out, pixels
+
+
+def tile_uses(regions, tile: tuple[int, int], overlap: int) -> dict:
+    """How many of ``regions`` (on the slide-wide grid) read each tile position ``(row, col)``."""
+    from embedcache.geometry import plan_tiles
+
+    uses: dict = {}
+    for r in regions:
+        q0, d0, q1, d1 = r.read
+        for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap):
+            pos = (q0 + o[0], d0 + o[1])
+            uses[pos] = uses.get(pos, 0) + 1
+    return uses

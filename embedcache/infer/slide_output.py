@@ -124,10 +124,11 @@ def write_region(path: Path, rows: dict[str, list], work: dict | None = None) ->
 
 
 def region_work(paths: list[Path]) -> dict[str, float]:
-    """The work recorded in region files (:func:`write_region`), summed: ``cached``, ``encoded``, ``seconds``."""
+    """The work recorded in region files (:func:`write_region`), summed: ``cached``, ``encoded``, ``reused``
+    (tiles served from a neighbouring region's encoding), ``seconds``."""
     import pyarrow.parquet as pq
 
-    total = {"cached": 0, "encoded": 0, "seconds": 0.0}
+    total = {"cached": 0, "encoded": 0, "reused": 0, "seconds": 0.0}
     for path in paths:
         meta = pq.read_schema(path).metadata or {}
         work = json.loads(meta.get(b"embedcache.work", b"{}"))

@@ -13,9 +13,13 @@ For each slide:
    tiles, encoded live, decoded and its maps stitched; post-processing runs
    on the whole read box, and the region keeps the nuclei whose centroid
    lies in its core: every nucleus once, whole, as one region over the
-   whole slide would find it. The margins cost encoder work: regions of
-   2048 px with 320-px margins (256-px tiles) encode ~1.7 times the tissue.
-   Memory is that of a region, whatever the slide's size.
+   whole slide would find it. Neighbouring regions' read boxes share their
+   margins' tiles, which are encoded once
+   (:class:`~embedcache.infer.slide_cells.SharedTiles`: kept from their first
+   region to their last, regions in raster order); encoding every read box
+   whole cost ~1.7 times the tissue (regions of 2048 px, 320-px margins,
+   256-px tiles). Memory is that of a region plus the kept margin tiles (a
+   band of the slide's width), whatever the slide's length.
 3. **Progress.** Each finished region is written to
    ``OUT/SLIDE.partial/regions/NNNNN.parquet`` at once; a killed run resumes
    with the regions not yet written and ends with the same files as an
@@ -63,7 +67,7 @@ from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
 from embedcache.infer.features import LiveFeatures, SlideFeatures
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.slide_cells import (
-    CellLayers, TokenKeeper, cell_layers, finish_vectors, region_cells, region_classes, region_weights, vectors_file,
+    CellLayers, SharedTiles, TokenKeeper, cell_layers, tile_uses, finish_vectors, region_cells, region_classes, region_weights, vectors_file,
     write_vectors,
 )
 from embedcache.infer.slide_output import finish_slide, region_rows, region_work, write_region
@@ -445,18 +449,17 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     features.start(plan.name, plan.dims0, plan.mpp0)
     slide = open_slide(plan.path)
     try:
-        cached: dict[int, int] = {}  # tiles of each region the store holds
-
         def images():
             for r in todo:
                 q0, d0, q1, d1 = r.read
                 pixels = read_box(slide, plan, r.read)
                 tiles = [(o, ((q0 + o[0], d0 + o[1]), cut_tile(pixels, o, tile)))
                          for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
-                cached[r.index] = sum(pos in features.index for _, (pos, _) in tiles)
                 yield TiledImage(f"{r.index}", (q1 - q0, d1 - d0), tiles)
 
+        shared = SharedTiles(features, tile_uses(todo, tile, overlap))  # margins encoded once
         clock = [time.perf_counter()]
+        counted = [0, 0, 0]  # tiles read from the store, encoded and reused, at the last region written
 
         def write(r, rows, tokens=None):
             """A finished region, with the work it took (time since the last region was written)."""
@@ -464,10 +467,11 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
                 write_vectors(vectors_file(partial, r.index),
                               region_cells(tokens, rows.pop("weights"), outputs.cells, outputs.classifier))
             now = time.perf_counter()
-            n_tiles = len(plan_tiles(tuple(r.read[2 + k] - r.read[k] for k in (0, 1)), tile, overlap))
-            write_region(region_file(r), rows, {"cached": cached[r.index], "encoded": n_tiles - cached[r.index],
-                                                "seconds": round(now - clock[0], 3)})
-            clock[0] = now
+            # The work since the last region written (batches span regions; a slide's sums are exact).
+            count = [features.cached, features.computed, shared.reused]
+            work = dict(zip(("cached", "encoded", "reused"), (c - c0 for c, c0 in zip(count, counted))))
+            write_region(region_file(r), rows, {**work, "seconds": round(now - clock[0], 3)})
+            counted[:], clock[0] = count, now
             bar.update(1)
 
         by_name = {str(r.index): r for r in todo}
@@ -482,8 +486,8 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
                 r, fut, tokens = pending.pop(0)
                 write(r, fut.result(), tokens)
 
-        keeper = TokenKeeper(features, outputs.cells) if outputs.cells is not None else None
-        for image, maps, _ in predictor.stitched(images(), keeper or features):
+        keeper = TokenKeeper(shared, outputs.cells) if outputs.cells is not None else None
+        for image, maps, _ in predictor.stitched(images(), keeper or shared):
             r = by_name[image.name]
             tokens = keeper.take(len(image.tiles)) if keeper is not None else None
             cells = ([o for o, _ in image.tiles], tile, outputs.cells.grids) if keeper is not None else None
@@ -508,7 +512,8 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
                "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
                "work_mpp": plan.work_mpp, "level": plan.level,
-               "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"])}}
+               "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"]),
+                         "reused": int(work["reused"])}}
     classes = region_classes(partial, outputs.classifier) if outputs.classifier is not None else None
     summary = finish_slide(partial, region_files, class_names, summary, thumb, thumb_scale, outputs.gzip_geojson,
                            outputs.geojson, outputs.overlays, classes)
