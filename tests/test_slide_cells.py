@@ -361,7 +361,8 @@ def test_each_tile_of_the_grid_is_encoded_once_and_the_outputs_are_those_of_enco
         np.testing.assert_array_equal(_vectors(tmp / "shared" / "a", layer), _vectors(tmp / "every-read" / "a", layer))
     plan = plan_slide(setup["slides"] / "a.tif", 0.5, 96, 80)
     reads = [r.read for r in on_tile_grid(plan.regions, plan.shape, (64, 64), 16)]
-    positions = [(q0 + o[0], d0 + o[1]) for q0, d0, q1, d1 in reads for o in plan_tiles((q1 - q0, d1 - d0), (64, 64), 16)]
+    positions = [(q0 + o[0], d0 + o[1]) for q0, d0, q1, d1 in reads
+                 for o in plan_tiles((q1 - q0, d1 - d0), (64, 64), 16)]
     tiles = lambda name: json.loads((tmp / name / "a" / "summary.json").read_text())["tiles"]  # noqa: E731
     assert tiles("shared")["encoded"] == len(set(positions)) < len(positions)
     assert tiles("shared")["encoded"] + tiles("shared")["reused"] == len(positions)

@@ -61,9 +61,9 @@ def write_anndata(folder: Path, provenance: dict) -> Path:
     spatial = table[["x_um", "y_um"]].to_numpy(np.float64)
     vectors = None
     if (folder / "cells.zarr").exists():
-        import zarr
+        from embedcache.store.slide_cells import slide_cell_vectors
 
-        vectors = zarr.open_group(str(folder / "cells.zarr"), mode="r")["vectors"]
+        vectors = slide_cell_vectors(folder / "cells.zarr")
     adata = ad.AnnData(obs=table, obsm={"spatial": spatial},
                        uns={"embedcache": json.dumps(provenance, default=str)})
     out = folder / "cells.h5ad"
@@ -71,12 +71,11 @@ def write_anndata(folder: Path, provenance: dict) -> Path:
         adata.write_h5ad(tmp)
         if vectors is not None:
             with h5py.File(tmp, "r+") as h5:
-                for name in sorted(vectors.array_keys()):
-                    src = vectors[name]
+                for name, src in vectors.items():
                     n, c = src.shape
                     dst = h5["obsm"].create_dataset(f"X_{name}", shape=(n, c), dtype="float32",
                                                     chunks=(max(1, min(n, 4096)), c) if n else None)
-                    dst.attrs["encoding-type"], dst.attrs["encoding-version"] = "array", "0.2.0"
+                    dst.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})  # anndata's
                     for s in range(0, n, BLOCK):
                         dst[s:s + BLOCK] = src[s:min(n, s + BLOCK)]
     return out

@@ -35,7 +35,6 @@ from embedcache.cells.build import unit_pooling
 from embedcache.cells.nuclei import image_nuclei
 from embedcache.geometry import TiledImage
 
-VECTORS_DTYPE = "float32"
 PROBA = "proba@classifier"  # a region file's cell classifier probabilities (not a layer name: '@')
 
 
@@ -186,15 +185,11 @@ def finish_vectors(folder: Path, partial: Path, region_files: list[Path], layers
     ``cell_classes.parquet`` (:func:`embedcache.probes.classifier.write_classes`,
     ids those of ``nuclei.parquet``). Returns the cells per class (``{}`` without a classifier).
     """
-    import zarr
+    from embedcache.store.slide_cells import create_slide_cells
 
     counts = [int(np.load(vectors_file(partial, int(p.stem)))[layers.names[0]].shape[0]) for p in region_files]
     n = sum(counts)
-    out = folder / "cells.zarr"
-    group = zarr.open_group(str(out), mode="w")
-    arrays = {name: group.create_array(f"vectors/{name}", shape=(n, dim), dtype=VECTORS_DTYPE,
-                                       chunks=(max(1, min(n, 4096)), dim), fill_value=0)
-              for name, dim in zip(layers.names, layers.dims)}
+    arrays = create_slide_cells(folder / "cells.zarr", n, dict(zip(layers.names, layers.dims)), record)
     start, probas = 0, []
     for p, m in zip(region_files, counts):
         data = np.load(vectors_file(partial, int(p.stem)))
@@ -204,8 +199,6 @@ def finish_vectors(folder: Path, partial: Path, region_files: list[Path], layers
         if classifier is not None:
             probas.append(data[PROBA])
         start += m
-    group.attrs["embedcache_slide_cells"] = {**record, "n_cells": n,
-                                            "layers": dict(zip(layers.names, layers.dims))}
     if classifier is None:
         return {}
     from embedcache.probes.classifier import write_classes

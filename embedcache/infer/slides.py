@@ -67,8 +67,8 @@ from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
 from embedcache.infer.features import LiveFeatures, SlideFeatures
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.slide_cells import (
-    CellLayers, SharedTiles, TokenKeeper, cell_layers, tile_uses, finish_vectors, region_cells, region_classes, region_weights, vectors_file,
-    write_vectors,
+    CellLayers, SharedTiles, TokenKeeper, cell_layers, finish_vectors, region_cells, region_classes, region_weights,
+    tile_uses, vectors_file, write_vectors,
 )
 from embedcache.infer.slide_output import finish_slide, region_rows, region_work, write_region
 from embedcache.infer.tiling import cut_tile
