@@ -343,7 +343,7 @@ def test_each_tile_of_the_grid_is_encoded_once_and_the_outputs_are_those_of_enco
     calls = {"n": 0}
 
     class EveryRead:  # what prediction did before: every region encodes its whole read box
-        def __init__(self, features, uses):
+        def __init__(self, features, uses, limit=None):
             self.features, self.reused = features, 0
 
         def __getattr__(self, name):
@@ -367,3 +367,35 @@ def test_each_tile_of_the_grid_is_encoded_once_and_the_outputs_are_those_of_enco
     assert tiles("shared")["encoded"] == len(set(positions)) < len(positions)
     assert tiles("shared")["encoded"] + tiles("shared")["reused"] == len(positions)
     assert tiles("every-read")["encoded"] == calls["n"] == len(positions)
+
+
+
+def test_a_limit_on_kept_tiles_bounds_memory_and_keeps_the_outputs(setup, monkeypatch):
+    """With room for a few tiles only, the tiles needed furthest ahead are dropped and encoded again: more
+    encodes, never more tiles kept than the limit, the same nuclei and vectors."""
+    import json
+
+    from embedcache.infer import slide_cells as sc
+
+    tmp = setup["tmp"]
+    if not (tmp / "shared" / "a").exists():
+        _run(setup, "shared", overlap=16)
+    most = []
+    real_call = sc.SharedTiles.__call__
+
+    def watched(self, keys):
+        out = real_call(self, keys)
+        most.append(len(self.kept))
+        return out
+
+    monkeypatch.setattr("embedcache.infer.slides.kept_limit", lambda *a: 6)
+    monkeypatch.setattr(sc.SharedTiles, "__call__", watched)
+    _run(setup, "limited", overlap=16)
+    assert max(most) <= 6
+    assert _table(tmp / "limited" / "a") == _table(tmp / "shared" / "a")
+    for layer in open_store(setup["cache"]).layers:
+        np.testing.assert_array_equal(_vectors(tmp / "limited" / "a", layer), _vectors(tmp / "shared" / "a", layer))
+    tiles = lambda name: json.loads((tmp / name / "a" / "summary.json").read_text())["tiles"]  # noqa: E731
+    limited, shared = tiles("limited"), tiles("shared")
+    assert limited["encoded"] > shared["encoded"] and limited["reused"] > 0
+    assert limited["encoded"] + limited["reused"] == shared["encoded"] + shared["reused"]

@@ -214,11 +214,14 @@ class SharedTiles:
 
     Regions' read boxes overlap by their margins and sit on one tile grid
     (:func:`embedcache.infer.slides.on_tile_grid`), so neighbouring regions
-    ask for the same tiles (at the same slide position). ``uses`` counts, per
-    tile position, the regions still to ask for it; a tile's tokens are kept
-    from its first request until its last, then dropped. Regions go in raster
-    order, so what is kept is the margin band of the region row above and the
-    column to the left: memory grows with the slide's width, not its area.
+    ask for the same tiles (at the same slide position). ``uses`` lists, per
+    tile position, the regions (their order of processing) that read it; a
+    tile's tokens are kept from its first request until its last, then
+    dropped. At most ``limit`` tiles are kept: past it, the tile needed
+    furthest ahead is dropped (and encoded again when its region comes), so
+    memory stays that of a few regions on however wide a slide; with the
+    default limit (two read boxes) the margin band of a row of 2048-px
+    regions fits on slides up to ~15,000 px wide at 256-px tiles.
 
     ``keys`` are ``((row, col), pixels)`` as for
     :class:`~embedcache.infer.features.SlideFeatures`; the tokens of a kept
@@ -226,8 +229,10 @@ class SharedTiles:
     the slide has a level at the run's resolution).
     """
 
-    def __init__(self, features, uses: dict):
-        self.features, self.uses = features, dict(uses)
+    def __init__(self, features, uses: dict, limit: int | None = None):
+        self.features = features
+        self.uses = {pos: list(order) for pos, order in uses.items()}
+        self.limit = limit
         self.kept: dict = {}
         self.reused = 0
 
@@ -241,27 +246,42 @@ class SharedTiles:
         for k, pos in enumerate(positions):
             if pos not in self.kept and pos not in fresh:
                 fresh[pos] = k
+        served: dict = {}
         if fresh:
             tokens, _ = self.features([keys[k] for k in fresh.values()])
-            for j, pos in enumerate(fresh):
-                self.kept[pos] = [t[j] for t in tokens]
+            served = {pos: [t[j] for t in tokens] for j, pos in enumerate(fresh)}
         self.reused += len(keys) - len(fresh)
-        out = [np.stack([self.kept[pos][j] for pos in positions]) for j in range(len(self.kept[positions[0]]))]
+        out = [np.stack([(self.kept.get(pos) or served[pos])[j] for pos in positions])
+               for j in range(len(self.kept.get(positions[0]) or served[positions[0]]))]
         for pos in positions:
-            self.uses[pos] = self.uses.get(pos, 1) - 1
-            if self.uses[pos] <= 0:
-                self.kept.pop(pos, None)
+            order = self.uses.get(pos)
+            if order:
+                order.pop(0)
+        for pos, tok in served.items():
+            self.kept[pos] = tok
+        for pos in list(self.kept):
+            if not self.uses.get(pos):
+                del self.kept[pos]
+        while self.limit is not None and len(self.kept) > self.limit:
+            del self.kept[max(self.kept, key=lambda p: self.uses[p][0])]  # needed furthest ahead
         return out, pixels
 
 
 def tile_uses(regions, tile: tuple[int, int], overlap: int) -> dict:
-    """How many of ``regions`` (on the slide-wide grid) read each tile position ``(row, col)``."""
+    """The regions (positions in ``regions``, on the slide-wide grid) that read each tile position ``(row, col)``."""
     from embedcache.geometry import plan_tiles
 
     uses: dict = {}
-    for r in regions:
+    for k, r in enumerate(regions):
         q0, d0, q1, d1 = r.read
         for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap):
-            pos = (q0 + o[0], d0 + o[1])
-            uses[pos] = uses.get(pos, 0) + 1
+            uses.setdefault((q0 + o[0], d0 + o[1]), []).append(k)
     return uses
+
+
+def kept_limit(regions, tile: tuple[int, int], overlap: int, boxes: int = 2) -> int:
+    """Tiles :class:`SharedTiles` keeps at most: those of ``boxes`` of the largest read box among ``regions``."""
+    from embedcache.geometry import plan_tiles
+
+    return boxes * max((len(plan_tiles((r.read[2] - r.read[0], r.read[3] - r.read[1]), tile, overlap))
+                        for r in regions), default=0)

@@ -16,10 +16,10 @@ For each slide:
    whole slide would find it. Neighbouring regions' read boxes share their
    margins' tiles, which are encoded once
    (:class:`~embedcache.infer.slide_cells.SharedTiles`: kept from their first
-   region to their last, regions in raster order); encoding every read box
-   whole cost ~1.7 times the tissue (regions of 2048 px, 320-px margins,
-   256-px tiles). Memory is that of a region plus the kept margin tiles (a
-   band of the slide's width), whatever the slide's length.
+   region to their last, at most two read boxes of them); encoding every
+   read box whole cost ~1.7 times the tissue (regions of 2048 px, 320-px
+   margins, 256-px tiles). Memory is that of a few regions, whatever the
+   slide's size.
 3. **Progress.** Each finished region is written to
    ``OUT/SLIDE.partial/regions/NNNNN.parquet`` at once; a killed run resumes
    with the regions not yet written and ends with the same files as an
@@ -67,8 +67,8 @@ from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
 from embedcache.infer.features import LiveFeatures, SlideFeatures
 from embedcache.infer.predictor import Predictor
 from embedcache.infer.slide_cells import (
-    CellLayers, SharedTiles, TokenKeeper, cell_layers, finish_vectors, region_cells, region_classes, region_weights,
-    tile_uses, vectors_file, write_vectors,
+    CellLayers, SharedTiles, TokenKeeper, cell_layers, finish_vectors, kept_limit, region_cells, region_classes,
+    region_weights, tile_uses, vectors_file, write_vectors,
 )
 from embedcache.infer.slide_output import finish_slide, region_rows, region_work, write_region
 from embedcache.infer.tiling import cut_tile
@@ -457,7 +457,8 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
                          for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
                 yield TiledImage(f"{r.index}", (q1 - q0, d1 - d0), tiles)
 
-        shared = SharedTiles(features, tile_uses(todo, tile, overlap))  # margins encoded once
+        shared = SharedTiles(features, tile_uses(todo, tile, overlap),  # margins encoded once
+                             kept_limit(todo, tile, overlap))
         clock = [time.perf_counter()]
         counted = [0, 0, 0]  # tiles read from the store, encoded and reused, at the last region written
 
