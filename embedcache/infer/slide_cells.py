@@ -221,7 +221,7 @@ class SharedTiles:
     furthest ahead is dropped (and encoded again when its region comes), so
     memory stays that of a few regions on however wide a slide; with the
     default limit (two read boxes) the margin band of a row of 2048-px
-    regions fits on slides up to ~15,000 px wide at 256-px tiles.
+    regions fits on slides up to ~12,000 px wide at 256-px tiles.
 
     ``keys`` are ``((row, col), pixels)`` as for
     :class:`~embedcache.infer.features.SlideFeatures`; the tokens of a kept
