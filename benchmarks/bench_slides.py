@@ -13,7 +13,13 @@ peak resident memory (and its workers'). Then, in this process:
     its ratio to the whole prediction; the rest is reading, stitching,
     post-processing and writing;
   * post-processing throughput of one region's maps on one core, and the
-    speed-up of two worker processes over four regions.
+    speed-up of two worker processes over four regions;
+  * tiles encoded against the tiles of the slide-wide grid the regions read
+    (each once: 1.00 when neighbouring regions share their margins' tiles;
+    the sum of every region's read box over it is what encoding each read
+    box whole would cost);
+  * the small slide again with ``--cells all`` (a vector per nucleus from the
+    same forward): cells/s and the wall time against nuclei only.
 """
 
 from __future__ import annotations
@@ -36,11 +42,26 @@ def child(args):
     from embedcache.infer.slides import predict_slides
 
     t = time.perf_counter()
-    res = predict_slides(args.run, args.slide, args.out, run_mpp=0.5, post_workers=args.workers, progress=False)
+    res = predict_slides(args.run, args.slide, args.out, run_mpp=0.5, post_workers=args.workers, progress=False,
+                         cells=args.cells)
+    summary = json.loads((Path(args.out) / Path(args.slide).stem / "summary.json").read_text())
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"seconds": time.perf_counter() - t, "nuclei": res[0].nuclei, "status": res[0].status,
-                      "reason": res[0].reason, "regions": res[0].regions, "peak_mb": own, "worker_peak_mb": kids}))
+                      "reason": res[0].reason, "regions": res[0].regions, "peak_mb": own, "worker_peak_mb": kids,
+                      "tiles": summary["tiles"], "grid_tiles": grid_tiles(args.slide)}))
+
+
+def grid_tiles(slide) -> dict:
+    """Tiles of the slide-wide grid the regions read: ``distinct`` positions, and ``reads`` summed over regions."""
+    from embedcache.geometry import plan_tiles
+    from embedcache.infer.slides import on_tile_grid, plan_slide
+
+    tile, overlap = (256, 256), 64
+    plan = plan_slide(Path(slide), 0.5, 2048, 320)
+    reads = [r.read for r in on_tile_grid(plan.regions, plan.shape, tile, overlap)]
+    pos = [(q0 + o[0], d0 + o[1]) for q0, d0, q1, d1 in reads for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
+    return {"distinct": len(set(pos)), "reads": len(pos)}
 
 
 def build_run(work: Path) -> Path:
@@ -69,12 +90,12 @@ def write_slides(work: Path, size: int) -> tuple[Path, Path]:
     return small, large
 
 
-def predict_in_child(run: Path, slide: Path, out: Path, workers: int) -> dict:
+def predict_in_child(run: Path, slide: Path, out: Path, workers: int, cells: str | None = None) -> dict:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)  # a fresh prediction each time (a finished one is only skipped)
     cmd = [sys.executable, __file__, "--child", "--run", str(run), "--slide", str(slide), "--out", str(out),
-           "--workers", str(workers)]
+           "--workers", str(workers)] + (["--cells", cells] if cells else [])
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     print(f"  {slide.name}: {res.stdout.strip().splitlines()[-1]}", flush=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -144,6 +165,7 @@ def main():
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cells", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
@@ -171,6 +193,13 @@ def main():
           f"them {bare:.1f} s -> share of the whole {bare / a['seconds']:.2f}; the rest (reading, stitching, "
           f"post-processing, writing) {a['seconds'] - bare:.1f} s")
     print(f"peak memory large / small: {b['peak_mb'] / a['peak_mb']:.2f}")
+    g, t = a["grid_tiles"], a["tiles"]
+    print(f"small slide: {t['encoded'] + t['cached']} tiles encoded (or read), {t['reused']} reused, for "
+          f"{g['distinct']} grid tiles read: {(t['encoded'] + t['cached']) / g['distinct']:.2f} (each read box "
+          f"encoded whole: {g['reads'] / g['distinct']:.2f})")
+    c = predict_in_child(run, small, work / "out-cells", args.workers, cells="all")
+    print(f"small slide with --cells all: {c['nuclei'] / c['seconds']:.1f} cells/s, {c['seconds']:.1f} s against "
+          f"{a['seconds']:.1f} s without ({c['seconds'] / a['seconds']:.2f}x); peak memory {c['peak_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

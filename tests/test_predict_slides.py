@@ -112,7 +112,10 @@ def test_a_killed_run_resumes_to_the_same_outputs(setup, monkeypatch):
     assert _table(tmp / "killed" / "a") == _table(tmp / "many" / "a")
     # The summary counts the work of both runs, not only the resumed part.
     summary = lambda name: json.loads((tmp / name / "a" / "summary.json").read_text())  # noqa: E731
-    assert summary("killed")["tiles"] == summary("many")["tiles"] and summary("many")["tiles"]["encoded"] > 0
+    # Tiles a finished region shared with the rest are encoded again after the kill (their tokens went with it).
+    killed, many = summary("killed")["tiles"], summary("many")["tiles"]
+    assert many["encoded"] > 0 and killed["encoded"] >= many["encoded"]
+    assert killed["encoded"] + killed["reused"] == many["encoded"] + many["reused"]
     assert summary("killed")["nuclei"] == summary("many")["nuclei"]
     again = predict_slides(setup["run"], setup["slides"], tmp / "killed", run_mpp=0.5, region=96, margin=80,
                            progress=False)
@@ -304,6 +307,18 @@ def test_tta_geojson_and_overlays_work_on_slides(setup):
         predict_slides(setup["run"], setup["slides"], tmp / "tta-d4", tta="d4", store=cache, **kw)
 
 
+def _classifier(run_dir, out):
+    """A cell classifier of the run's encoder and last layer, weights made by hand."""
+    from embedcache.probes.classifier import CellClassifier
+    from embedcache.train.checkpoint import load_run
+
+    run = load_run(run_dir, device="cpu")
+    layer = run.store["layers"][-1]
+    dim = int(run.store["shapes"][layer][0])
+    return CellClassifier(layer, dim, ["a", "b"], np.zeros(dim), np.ones(dim), np.ones((1, dim)), np.zeros(1),
+                          run.store["encoder"]["name"], run.store["weights_sha256"]).save(out)
+
+
 def test_every_predict_option_works_for_each_input_or_is_refused_in_one_line(setup):
     """Each option of ``predict`` against tiles (--store), images (--data) and slides (--slides): where it
     applies the command runs with it, elsewhere it is refused in one line before any work."""
@@ -324,7 +339,8 @@ def test_every_predict_option_works_for_each_input_or_is_refused_in_one_line(set
               "run_mpp": ["--run-mpp", "0.5"], "region": ["--region", "200"], "margin": ["--margin", "70"],
               "post_workers": ["--post-workers", "0"], "workers": ["--workers", "0"],
               "scheduler": ["--scheduler", "tcp://127.0.0.1:1"], "gzip_geojson": ["--gzip"],
-              "overwrite": ["--overwrite"], "quiet": ["--quiet"]}
+              "overwrite": ["--overwrite"], "quiet": ["--quiet"], "cells": ["--cells", "all"], "anndata": ["--anndata"],
+              "cell_classifier": ["--cell-classifier", str(_classifier(setup["run"], tmp / "clf"))]}
     command = main.commands["predict"]
     names = {p.name for p in command.params} - {"run_dir", "out", "store", "data", "slides"}
     assert names == set(values), "a new predict option: give it a value here and say where it applies"

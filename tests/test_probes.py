@@ -533,3 +533,14 @@ def test_instance_only_stores_probe_counts_and_patches_and_refuse_types(tmp_path
         run_probes([store], ProbeConfig(labels="type", method="linear", folds=3))
     patch, _ = run_probes([store], ProbeConfig(level="patch", labels="nuclei", method="linear", folds=3, n_boot=20))
     assert patch[0].confusion.shape == (24, 2, 2) and patch[0].confusion.sum() > 0
+
+
+def test_a_training_split_of_one_source_image_is_a_clear_error_not_a_traceback():
+    """The L2 sweep holds out whole images; with one image in a fold's training split scikit-learn failed."""
+    from embedcache.errors import DataError
+    from embedcache.probes.fit import fit_linear
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)), np.tile([0, 1], 20)
+    with pytest.raises(DataError, match="single source image"):
+        fit_linear(X, y, np.zeros(40, int))

@@ -53,7 +53,7 @@ class NucleiSource:
 
     Attributes
     ----------
-    kind : {"labels", "prediction", "points"}
+    kind : {"labels", "prediction", "points", "outlines"}
     source : str
         ``store`` or the path given.
     fingerprint : str
@@ -284,6 +284,11 @@ def nuclei_source(store, images: list[TiledImage], nuclei: str = "store", radius
     path = Path(nuclei)
     if not path.exists():
         raise DataError(f"{path}: no such nuclei file or folder (give 'store', label maps or points)")
+    if getattr(store, "dataset_layout", None) == "slides":
+        from embedcache.cells.slide_nuclei import SlideOutlineNuclei, is_slide_nuclei
+
+        if is_slide_nuclei(path) or (path.is_dir() and any(path.glob("*.geojson"))):
+            return SlideOutlineNuclei(path, store, images)
     if path.is_file() or _holds_points(path):
         return PointNuclei(path, store, images, radius)
     return LabelMapNuclei(path, store, images)

@@ -17,16 +17,21 @@ from embedcache.cli.options import json_option, quiet_option
               help="The cell store to write (built as OUT.partial, renamed when complete).")
 @click.option("--nuclei", default="store", show_default=True, metavar="SOURCE",
               help="'store' (its label maps), a folder of label maps or a predict output, a points CSV "
-                   "(image,x,y,label), or a folder of NAME.csv (x,y,label) or QuPath NAME.geojson point files.")
+                   "(image,x,y,label), or a folder of NAME.csv (x,y,label) or QuPath NAME.geojson point files. "
+                   "A store of slides: a predict --slides output folder, or QuPath detections exported as "
+                   "SLIDE.geojson (outlines in level-0 px).")
 @click.option("--radius", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Points: radius in pixels of the disc that stands for each nucleus.")
 @click.option("--layers", default="all", show_default=True, help="'all', 'last', or layer names or indices.")
 @click.option("--variants", default="all", show_default=True, type=click.Choice(["all", "identity"]),
               help="Pool every cached variant (invariance needs them), or the identity only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cell store (or start an interrupted one afresh).")
+@click.option("--classify", default=None, type=click.Path(path_type=Path), metavar="CLASSIFIER",
+              help="Classify every cell with a classifier of `probe --level cell --save` (of this store's encoder "
+                   "and one of --layers): OUT/cell_classes.parquet, class and probabilities per cell.")
 @json_option
 @quiet_option
-def cells(store, out, nuclei, radius, layers, variants, overwrite, as_json, quiet):
+def cells(store, out, nuclei, radius, layers, variants, overwrite, classify, as_json, quiet):
     """Pool one vector per nucleus, layer and variant from a store's tokens:
     each patch token weighted by the share of the nucleus it covers. Each
     cell keeps its tile, source image, centroid (pixels; microns when the
@@ -45,10 +50,20 @@ def cells(store, out, nuclei, radius, layers, variants, overwrite, as_json, quie
     from embedcache.config import CellsConfig
 
     config = CellsConfig(nuclei=nuclei, radius=radius, layers=layers, variants=variants)
+    if classify is not None:
+        from embedcache.probes.classifier import check_for_store
+
+        check_for_store(classify, store, layers)
     r = build_cells(store, out, config, overwrite=overwrite, progress=not (quiet or as_json))
+    if classify is not None:
+        from embedcache.probes.classifier import classify_cells
+
+        classes, counts = classify_cells(r.path, classify)
     data = {"path": str(r.path), "n_cells": r.n_cells, "n_images": r.n_images, "layers": r.layers,
             "variants": r.variants, "types": r.types, "units_run": r.units_run, "units": r.units,
             "seconds": round(r.seconds, 2)}
+    if classify is not None:
+        data.update(classes=str(classes), cells_per_class=counts)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -59,3 +74,5 @@ def cells(store, out, nuclei, radius, layers, variants, overwrite, as_json, quie
     click.echo(f"wrote {r.path}: {r.n_cells} cells of {r.n_images} images x {len(r.layers)} layers x "
                f"{len(r.variants)} variants in {r.seconds:.1f} s{resumed}")
     click.echo("  types: " + ", ".join(f"{k} {v}" for k, v in r.types.items()))
+    if classify is not None:
+        click.echo(f"wrote {classes}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

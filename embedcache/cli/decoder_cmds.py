@@ -115,7 +115,9 @@ PREDICT_INPUTS = {"tiles": "a store's tiles (--store)", "images": "images (--dat
 _SLIDES = {"slides"}
 PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", "slides"}, "mpp": {"images", "slides"},
                    "run_mpp": _SLIDES, "region": _SLIDES, "margin": _SLIDES, "post_workers": _SLIDES,
-                   "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES}
+                   "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES,
+                   "cells": _SLIDES, "cell_classifier": _SLIDES,
+                   "anndata": _SLIDES}
 
 
 @main.command("predict")
@@ -164,10 +166,19 @@ PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", 
 @scheduler_option
 @click.option("--gzip", "gzip_geojson", is_flag=True, help="Slides: write nuclei.geojson.gz.")
 @click.option("--overwrite", is_flag=True, help="Slides: start afresh over another run's partial results.")
+@click.option("--cells", default=None, metavar="LAYERS",
+              help="Slides: also a vector per nucleus (OUT/SLIDE/cells.zarr), pooled from these layers' tokens of "
+                   "the same forward as `cells` pools them: 'default' or 'all' (every tapped layer), or names.")
+@click.option("--cell-classifier", default=None, type=click.Path(path_type=Path), metavar="CLASSIFIER",
+              help="Slides: classify every nucleus from its vector with a classifier of `probe --level cell --save` "
+                   "(OUT/SLIDE/cell_classes.parquet, the GeoJSON's classes, per-class counts in summary.json).")
+@click.option("--anndata", is_flag=True,
+              help="Slides: also OUT/SLIDE/cells.h5ad for scanpy/squidpy (obs the cell table, obsm['spatial'] "
+                   "centroids in um, obsm['X_<layer>'] the vectors of --cells); needs pip install 'embedcache[cells]'.")
 @quiet_option
 def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, post_spec, tta, batch_size, device,
                 overlays, geojson, slides, mpp, run_mpp, region, margin, post_workers, workers, scheduler, gzip_geojson,
-                overwrite, quiet):
+                overwrite, cells, cell_classifier, anndata, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
     From a store (cached features) or from raw images with the encoder run live
@@ -203,7 +214,8 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
                                  scheduler=scheduler, device=device, batch_size=batch_size,
                                  magnification=magnification, postprocess=given_postprocess(post_spec, magnification),
                                  gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta, geojson=geojson,
-                                 overlays=overlays, progress=not quiet)
+                                 overlays=overlays, cells=cells, cell_classifier=cell_classifier,
+                                 anndata=anndata, progress=not quiet)
         for r in results:
             line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
             click.echo(line + (f" ({r.reason})" if r.reason else ""))

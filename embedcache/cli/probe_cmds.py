@@ -43,10 +43,14 @@ from embedcache.cli.options import json_option, quiet_option
               help="Cell level: a CSV of image,group (patient, centre); folds and intervals keep a group together.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for probe.json, probe.csv and probe.png (score against depth).")
+@click.option("--save", default=None, type=click.Path(file_okay=False, path_type=Path), metavar="CLASSIFIER",
+              help="Cell level, one store: keep the best layer's linear probe, refitted on every typed cell, as a "
+                   "classifier folder (safetensors + JSON) for `predict --slides --cell-classifier` and "
+                   "`cells --classify`.")
 @json_option
 @quiet_option
 def probe(stores, labels, level, layers, method, pooled, folds, k, augment, n_boot, seed, fractions, pca, groups,
-          out, as_json, quiet):
+          out, save, as_json, quiet):
     """Probe what each cached layer holds: logistic regression (L2 swept on the
     training split) and cosine kNN on pooled tile vectors, or a linear probe
     on patch tokens scored by Dice and mIoU.
@@ -72,11 +76,16 @@ def probe(stores, labels, level, layers, method, pooled, folds, k, augment, n_bo
     except ValueError:
         raise click.BadParameter(f"{fractions!r}: give shares of training cells like 0.01,0.1,1",
                                  param_hint="--fractions") from None
+    if save is not None and (level != "cell" or len(stores) != 1):
+        from embedcache.errors import ConfigError
+
+        raise ConfigError("--save keeps the classifier of one cell store: give --level cell and one --store")
     if level == "cell":
         return _cell_probe(list(stores), ProbeConfig(labels=labels, level=level, layers=layers, method=method or "both",
                                                      folds=folds, k=k, augment=augment, n_boot=n_boot, seed=seed,
                                                      fractions=fractions, pca=pca,
-                                                     groups=str(groups) if groups else None), out, as_json, quiet)
+                                                     groups=str(groups) if groups else None), out, as_json, quiet,
+                           save)
     config = ProbeConfig(labels=labels, level=level, layers=layers,
                          method=method or ("linear" if level == "patch" else "both"), pooled=pooled, folds=folds,
                          k=k, augment=augment, n_boot=n_boot, seed=seed)
@@ -110,7 +119,7 @@ def _default_level(path: str) -> str:
     return "cell" if isinstance(open_store(path), CellStore) else "tile"
 
 
-def _cell_probe(stores: list, config, out, as_json: bool, quiet: bool) -> None:
+def _cell_probe(stores: list, config, out, as_json: bool, quiet: bool, save=None) -> None:
     from embedcache.probes.cell import open_cell_stores, run_cell_probes
     from embedcache.probes.stores import store_label
     from embedcache.report.cells import score_cell_probes
@@ -123,3 +132,10 @@ def _cell_probe(stores: list, config, out, as_json: bool, quiet: bool) -> None:
         opened = open_cell_stores(stores)
         written, warnings = report.write(out, [(store_label(s, opened), s) for s in opened], seed=config.seed)
         _wrote(written, warnings, as_json)
+    if save is not None:
+        from embedcache.probes.classifier import keep_classifier
+
+        clf = keep_classifier(stores[0], result, config)
+        clf.save(save)
+        click.echo(f"wrote classifier {save}: layer {clf.layer}, {len(clf.classes)} classes, balanced accuracy "
+                   f"{clf.scores['balanced_accuracy_oof']:.3f} out of fold", err=as_json)

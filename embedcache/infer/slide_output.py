@@ -60,6 +60,7 @@ def region_rows(inst: np.ndarray, nuclei: dict, centroids: np.ndarray, owned: np
     from shapely.geometry.polygon import orient
 
     out = {c: [] for c in COLUMNS}
+    out["instance"] = []  # ids in ``inst`` of the rows (not a column: what a region's cells are pooled from)
     score, type_id, type_score = (np.asarray(nuclei.get(k, [])) for k in ("score", "type_id", "type_score"))
     for k, sl in enumerate(ndi.find_objects(inst), 1):
         if sl is None or not owned[k - 1]:
@@ -92,6 +93,7 @@ def region_rows(inst: np.ndarray, nuclei: dict, centroids: np.ndarray, owned: np
         out["score"].append(float(score[k - 1]) if len(score) >= k else float("nan"))
         out["type_score"].append(float(type_score[k - 1]) if len(type_score) >= k else float("nan"))
         out["polygon_wkb"].append(wkb.dumps(poly))
+        out["instance"].append(k)
     return out
 
 
@@ -122,10 +124,11 @@ def write_region(path: Path, rows: dict[str, list], work: dict | None = None) ->
 
 
 def region_work(paths: list[Path]) -> dict[str, float]:
-    """The work recorded in region files (:func:`write_region`), summed: ``cached``, ``encoded``, ``seconds``."""
+    """The work recorded in region files (:func:`write_region`), summed: ``cached``, ``encoded``, ``reused``
+    (tiles served from a neighbouring region's encoding), ``seconds``."""
     import pyarrow.parquet as pq
 
-    total = {"cached": 0, "encoded": 0, "seconds": 0.0}
+    total = {"cached": 0, "encoded": 0, "reused": 0, "seconds": 0.0}
     for path in paths:
         meta = pq.read_schema(path).metadata or {}
         work = json.loads(meta.get(b"embedcache.work", b"{}"))
@@ -134,8 +137,13 @@ def region_work(paths: list[Path]) -> dict[str, float]:
     return total
 
 
-def features(table, class_names: dict) -> list[dict]:
-    """GeoJSON Features (QuPath detections, level-0 pixel coordinates) of a table's nuclei."""
+def features(table, class_names: dict, classes: tuple | None = None) -> list[dict]:
+    """GeoJSON Features (QuPath detections, level-0 pixel coordinates) of a table's nuclei.
+
+    ``classes``: ``(names, proba (n, K))`` of a cell classifier: each detection's classification is then its
+    most probable class (coloured from the classifier's own table, by class position) and the probabilities
+    are measurements ``p_<class>``; the decoder's type stays in ``type_id``.
+    """
     from shapely import wkb
     from shapely.geometry import mapping
 
@@ -145,6 +153,11 @@ def features(table, class_names: dict) -> list[dict]:
         props = detection(cols["id"][i], int(cols["type_id"][i]), class_names,
                           {"area_um2": round(float(cols["area_um2"][i]), 2), "score": round(float(cols["score"][i]), 4),
                            "type_score": round(float(cols["type_score"][i]), 4)})
+        if classes is not None:
+            names, proba = classes
+            best = int(np.argmax(proba[i]))
+            props["classification"] = {"name": names[best], "color": list(colour(best + 1))}
+            props["measurements"].update({f"p_{n}": round(float(p), 4) for n, p in zip(names, proba[i])})
         geom = mapping(wkb.loads(cols["polygon_wkb"][i]))
         geom["coordinates"] = [[[round(x, 2), round(y, 2)] for x, y in ring] for ring in geom["coordinates"]]
         out.append({"type": "Feature", "geometry": geom, "properties": props})
@@ -160,13 +173,14 @@ def draw_nuclei(draw, table, scale: float) -> None:
 
 def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summary: dict, thumb: np.ndarray,
                  thumb_scale: float, gzip_geojson: bool = False, geojson: bool = True,
-                 overlays: bool = True) -> dict:
+                 overlays: bool = True, cell_classes=None) -> dict:
     """Merge a slide's regions into the table, GeoJSON, thumbnail and summary inside ``folder``.
 
     Region by region: the table is appended to and the GeoJSON streamed,
     so memory is that of one region's nuclei, however many the slide holds.
     Nuclei are numbered 1..N in region order. ``geojson=False`` and
-    ``overlays=False`` leave out the GeoJSON and the thumbnail.
+    ``overlays=False`` leave out the GeoJSON and the thumbnail. ``cell_classes(region_file)``: a cell
+    classifier's ``(names, proba)`` of that region's nuclei, written into the GeoJSON (:func:`features`).
     """
     import contextlib
 
@@ -192,7 +206,8 @@ def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summ
                 table = table.set_column(0, "id", pa.array(np.arange(n + 1, n + 1 + table.num_rows), pa.int64()))
                 n += table.num_rows
                 writer.write_table(table)
-                for f in features(table, class_names) if geojson else ():
+                classes = cell_classes(path) if cell_classes is not None and geojson else None
+                for f in features(table, class_names, classes) if geojson else ():
                     out.write((b"" if first else b", ") + json.dumps(f).encode())
                     first = False
                 if overlays:

@@ -13,16 +13,23 @@ For each slide:
    tiles, encoded live, decoded and its maps stitched; post-processing runs
    on the whole read box, and the region keeps the nuclei whose centroid
    lies in its core: every nucleus once, whole, as one region over the
-   whole slide would find it. The margins cost encoder work: regions of
-   2048 px with 320-px margins (256-px tiles) encode ~1.7 times the tissue.
-   Memory is that of a region, whatever the slide's size.
+   whole slide would find it. Neighbouring regions' read boxes share their
+   margins' tiles, which are encoded once
+   (:class:`~embedcache.infer.slide_cells.SharedTiles`: kept from their first
+   region to their last, at most two read boxes of them); encoding every
+   read box whole cost ~1.7 times the tissue (regions of 2048 px, 320-px
+   margins, 256-px tiles). Memory is that of a few regions, whatever the
+   slide's size.
 3. **Progress.** Each finished region is written to
    ``OUT/SLIDE.partial/regions/NNNNN.parquet`` at once; a killed run resumes
    with the regions not yet written and ends with the same files as an
    uninterrupted one. The settings are recorded in ``plan.json``: a partial
    made with another run or settings is refused.
 4. **Outputs** (:mod:`embedcache.infer.slide_output`) go to ``OUT/SLIDE/``,
-   swapped in complete. ``OUT/slides.csv`` records every slide's status,
+   swapped in complete; with ``cells`` also ``cells.zarr``, a vector per
+   nucleus pooled from the same forward's tokens
+   (:mod:`embedcache.infer.slide_cells`; each region's vectors are a progress
+   record beside its table). ``OUT/slides.csv`` records every slide's status,
    nuclei, time and, for a slide that failed, why; the others go on.
 5. **Post-processing beside the forward**: with ``post_workers`` > 0
    regions are post-processed in that many processes while the main
@@ -59,6 +66,10 @@ from embedcache.errors import ConfigError, DataError, OutputMismatchError
 from embedcache.geometry import Region, TiledImage, plan_regions, plan_tiles
 from embedcache.infer.features import LiveFeatures, SlideFeatures
 from embedcache.infer.predictor import Predictor
+from embedcache.infer.slide_cells import (
+    CellLayers, SharedTiles, TokenKeeper, cell_layers, finish_vectors, kept_limit, region_cells, region_classes,
+    region_weights, tile_uses, vectors_file, write_vectors,
+)
 from embedcache.infer.slide_output import finish_slide, region_rows, region_work, write_region
 from embedcache.infer.tiling import cut_tile
 from embedcache.infer.tta import tta_variants
@@ -92,6 +103,9 @@ class Outputs:
     geojson: bool = True
     overlays: bool = True  # the thumbnail with every nucleus dotted on it
     gzip_geojson: bool = False
+    cells: CellLayers | None = None  # layers pooled into a vector per nucleus (cells.zarr)
+    classifier: object = None  # a CellClassifier applied to each nucleus's vector (cell_classes.parquet)
+    anndata: bool = False  # cells.h5ad
 
 
 @dataclass
@@ -176,8 +190,12 @@ def read_box(slide, plan: SlidePlan, box: tuple[int, int, int, int]) -> np.ndarr
 
 
 def region_nuclei(maps: np.ndarray, n_dist: int, n_types: int, post: PostprocessConfig, directions, region: Region,
-                  scale: float, mpp0: float, class_names: dict) -> dict:
-    """Post-process a region's stitched maps and keep its own nuclei: table columns (runs in a worker)."""
+                  scale: float, mpp0: float, class_names: dict, cells: tuple | None = None) -> dict:
+    """Post-process a region's stitched maps and keep its own nuclei: table columns (runs in a worker).
+
+    ``cells``: ``(tiles, tile, grids)`` of :func:`~embedcache.infer.slide_cells.region_weights`; the kept
+    nuclei's pooling weights are then returned too, under ``weights``.
+    """
     maps = maps.astype(np.float32, copy=False)
     types = maps[3 + n_dist:] if n_types else None
     nuclei = instances_from_maps(maps[:3], maps[3:3 + n_dist], types, post, directions)
@@ -190,7 +208,10 @@ def region_nuclei(maps: np.ndarray, n_dist: int, n_types: int, post: Postprocess
 
         centroids = np.asarray(ndi.center_of_mass(np.ones_like(inst), inst, np.arange(1, k + 1)))
     owned = region.owns(centroids + (q0, d0))
-    return region_rows(inst, nuclei, centroids, owned, region.index, np.array([q0, d0]), scale, mpp0, class_names)
+    rows = region_rows(inst, nuclei, centroids, owned, region.index, np.array([q0, d0]), scale, mpp0, class_names)
+    if cells is not None:
+        rows["weights"] = region_weights(inst, rows["instance"], *cells)
+    return rows
 
 
 def _init_worker(parent: int):
@@ -201,7 +222,8 @@ def _init_worker(parent: int):
 
 
 def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessConfig, overlap: int,
-              store=None, tta: str = "none", outputs: tuple[bool, bool] = (True, True)) -> dict:
+              store=None, tta: str = "none", outputs: tuple[bool, bool] = (True, True),
+              cells: CellLayers | None = None, classifier: str | None = None, anndata: bool = False) -> dict:
     st = plan.path.stat()
     meta = Path(run.path) / "run.json"
     settings = {"version": PLAN_VERSION, "run": str(Path(run.path).resolve()),
@@ -215,6 +237,12 @@ def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessC
         settings["tta"] = tta
     if outputs != (True, True):
         settings["geojson"], settings["overlays"] = outputs
+    if cells is not None:
+        settings["cells"] = list(cells.names)
+    if classifier is not None:
+        settings["cell_classifier"] = str(Path(classifier).resolve())
+    if anndata:
+        settings["anndata"] = True
     return settings
 
 
@@ -233,14 +261,22 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                    batch_size: int = 8, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
                    gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True,
                    table: bool = True, tta: str = "none", geojson: bool = True,
-                   overlays: bool = True) -> list[SlideResult]:
+                   overlays: bool = True, cells: str | None = None,
+                   cell_classifier=None, anndata: bool = False) -> list[SlideResult]:
     """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
 
     ``tta`` (``flips``, ``d4``) averages the decoder's maps over the
     variants of each tile, as ``predict`` does (the encoder runs once per
     variant, or a store's cached variants are read); ``geojson=False`` and
     ``overlays=False`` leave out ``nuclei.geojson`` and the thumbnail with
-    the nuclei dotted on it.
+    the nuclei dotted on it. ``cells`` (``default``, ``all`` or layer names):
+    a vector per nucleus pooled from those layers' tokens of the same
+    forward, into ``cells.zarr`` (:mod:`embedcache.infer.slide_cells`).
+    ``cell_classifier`` (``probe --level cell --save``): each nucleus's class
+    and probabilities from its vector (``cell_classes.parquet``, the GeoJSON's
+    classifications and the summary's ``cells_per_class``); its layer is
+    pooled whether ``cells`` names it or not. ``anndata``: also ``cells.h5ad``
+    (:mod:`embedcache.infer.slide_anndata`; needs the ``cells`` extra).
 
     ``store``: a store extracted from these slides on prediction's grid
     (``extract --format slides --overlap`` a quarter tile, at the run's
@@ -254,6 +290,10 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
         No slides, an unknown resolution for the run, a partial made by
         another run or with other settings (without ``overwrite``), or a full disk.
     """
+    if anndata:
+        from embedcache.infer.slide_anndata import require_anndata
+
+        require_anndata()
     paths = list_slides(Path(slides)) if Path(slides).exists() else []
     if not paths:
         raise DataError(f"{slides}: no slides found (a slide file or a folder of .tif, .svs, .ndpi, ...)")
@@ -261,7 +301,8 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
         options = dict(mpp=mpp, run_mpp=run_mpp, region=region, margin=margin, overlap=overlap, store=store,
                        post_workers=post_workers, device=device, batch_size=batch_size, magnification=magnification,
                        postprocess=postprocess, gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta,
-                       geojson=geojson, overlays=overlays)
+                       geojson=geojson, overlays=overlays, cells=cells, cell_classifier=cell_classifier,
+                       anndata=anndata)
         return _predict_on_cluster(run, paths, Path(out), options, workers, scheduler, progress)
     loaded = load_run(run, device=str(resolve_device(device)))
     work_mpp = run_mpp or loaded.store.get("mpp")
@@ -282,7 +323,20 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     predictor = Predictor(loaded.model, loaded.directions, batch_size, post, variants)
     features = SlideFeatures(LiveFeatures(loaded, str(resolve_device(device)), batch_size, variants), cache,
                              run=loaded, work_mpp=float(work_mpp), overlap=overlap, variants=variants)
-    outputs = Outputs(tta, geojson, overlays, gzip_geojson)
+    classifier = None
+    if cell_classifier is not None:
+        from embedcache.probes.classifier import load_classifier
+
+        classifier = load_classifier(cell_classifier)
+        shapes = loaded.store["shapes"]
+        classifier.check(loaded.store["encoder"]["name"], loaded.store["weights_sha256"],
+                         {n: int(s[0]) for n, s in shapes.items()}, str(cell_classifier))
+        named = [] if cells is None else [n for n in cells.split(",") if n.strip()] if cells not in (
+            "default", "all") else list(loaded.store["layers"])
+        cells = ",".join(dict.fromkeys([*named, classifier.layer]))
+    layers = (cell_layers(cells, list(loaded.store["layers"]), loaded.store["shapes"])
+              if cells is not None else None)
+    outputs = Outputs(tta, geojson, overlays, gzip_geojson, layers, classifier, anndata)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with use_threads(beside=post_workers):  # the post-processing processes share the thread budget
@@ -366,7 +420,8 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     from embedcache.progress import progress_bar
 
     settings = _settings(run, plan, region, margin, post, overlap, features.store, outputs.tta,
-                         (outputs.geojson, outputs.overlays))
+                         (outputs.geojson, outputs.overlays), outputs.cells,
+                         outputs.classifier and outputs.classifier.path, outputs.anndata)
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
@@ -394,26 +449,30 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     features.start(plan.name, plan.dims0, plan.mpp0)
     slide = open_slide(plan.path)
     try:
-        cached: dict[int, int] = {}  # tiles of each region the store holds
-
         def images():
             for r in todo:
                 q0, d0, q1, d1 = r.read
                 pixels = read_box(slide, plan, r.read)
                 tiles = [(o, ((q0 + o[0], d0 + o[1]), cut_tile(pixels, o, tile)))
                          for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
-                cached[r.index] = sum(pos in features.index for _, (pos, _) in tiles)
                 yield TiledImage(f"{r.index}", (q1 - q0, d1 - d0), tiles)
 
+        shared = SharedTiles(features, tile_uses(todo, tile, overlap),  # margins encoded once
+                             kept_limit(todo, tile, overlap))
         clock = [time.perf_counter()]
+        counted = [0, 0, 0]  # tiles read from the store, encoded and reused, at the last region written
 
-        def write(r, rows):
+        def write(r, rows, tokens=None):
             """A finished region, with the work it took (time since the last region was written)."""
+            if tokens is not None:  # its vectors first: a region with a table has its vectors
+                write_vectors(vectors_file(partial, r.index),
+                              region_cells(tokens, rows.pop("weights"), outputs.cells, outputs.classifier))
             now = time.perf_counter()
-            n_tiles = len(plan_tiles(tuple(r.read[2 + k] - r.read[k] for k in (0, 1)), tile, overlap))
-            write_region(region_file(r), rows, {"cached": cached[r.index], "encoded": n_tiles - cached[r.index],
-                                                "seconds": round(now - clock[0], 3)})
-            clock[0] = now
+            # The work since the last region written (batches span regions; a slide's sums are exact).
+            count = [features.cached, features.computed, shared.reused]
+            work = dict(zip(("cached", "encoded", "reused"), (c - c0 for c, c0 in zip(count, counted))))
+            write_region(region_file(r), rows, {**work, "seconds": round(now - clock[0], 3)})
+            counted[:], clock[0] = count, now
             bar.update(1)
 
         by_name = {str(r.index): r for r in todo}
@@ -425,16 +484,19 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
 
         def settle(block: bool):
             while pending and (block or pending[0][1].done()):
-                r, fut = pending.pop(0)
-                write(r, fut.result())
+                r, fut, tokens = pending.pop(0)
+                write(r, fut.result(), tokens)
 
-        for image, maps, _ in predictor.stitched(images(), features):
+        keeper = TokenKeeper(shared, outputs.cells) if outputs.cells is not None else None
+        for image, maps, _ in predictor.stitched(images(), keeper or shared):
             r = by_name[image.name]
+            tokens = keeper.take(len(image.tiles)) if keeper is not None else None
+            cells = ([o for o, _ in image.tiles], tile, outputs.cells.grids) if keeper is not None else None
             if pool is None:
-                write(r, region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names))
+                write(r, region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names, cells), tokens)
                 continue
             pending.append((r, pool.submit(region_nuclei, maps.astype(np.float16), *args, r, plan.scale,
-                                           plan.mpp0, class_names)))
+                                           plan.mpp0, class_names, cells), tokens))
             settle(block=len(pending) > workers)
         settle(block=True)
         bar.close()
@@ -451,9 +513,24 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
                "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
                "work_mpp": plan.work_mpp, "level": plan.level,
-               "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"])}}
+               "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"]),
+                         "reused": int(work["reused"])}}
+    classes = region_classes(partial, outputs.classifier) if outputs.classifier is not None else None
     summary = finish_slide(partial, region_files, class_names, summary, thumb, thumb_scale, outputs.gzip_geojson,
-                           outputs.geojson, outputs.overlays)
+                           outputs.geojson, outputs.overlays, classes)
+    if outputs.cells is not None:
+        record = {"slide": plan.path.name, "mpp0": plan.mpp0, "work_mpp": plan.work_mpp,
+                  "encoder": run.store.get("encoder"), "weights_sha256": run.store.get("weights_sha256"),
+                  "run": settings["run"], "pooling": "area-weighted patch tokens, identity frame"}
+        per_class = finish_vectors(partial, partial, region_files, outputs.cells, record, outputs.classifier)
+        if outputs.classifier is not None:
+            summary = {**summary, "cells_per_class": per_class}
+            files.write_json(partial / "summary.json", summary)
+        files.remove(partial / "vectors")
+    if outputs.anndata:
+        from embedcache.infer.slide_anndata import write_anndata
+
+        write_anndata(partial, {k: summary.get(k) for k in ("slide", "settings", "mpp0", "work_mpp")})
     files.remove(partial / "regions")  # merged into nuclei.parquet
     files.swap_in(partial, final)
     return SlideResult(plan.name, "done", summary["nuclei"], seconds, regions=len(plan.regions))

@@ -152,6 +152,9 @@ def _inner_split(y: np.ndarray, groups: np.ndarray, seed: int):
     from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 
     tiles, first = np.unique(groups, return_index=True)
+    if len(tiles) < 2:  # scikit-learn would fail with an empty training split
+        raise DataError("a training split holds the cells or tiles of a single source image: the L2 sweep holds "
+                        "out whole images; use more --folds (one image per fold at most) or more images")
     y_tile = y[first] if y.ndim == 1 else None
     n_val = math.ceil(0.2 * len(tiles))
     n_classes = len(np.unique(y_tile)) if y_tile is not None else 0
