@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -87,6 +88,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=FitConfig.epochs)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--only", choices=("as-they-are", "working-0.25"), default=None,
+                    help="run one arm (the other's saved result is printed beside it when there is one)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     if not args.data.exists():
@@ -98,7 +101,15 @@ def main():
     val = val_folder(data, args.work)
     (val / "mpp.csv").write_text("\n".join(ln for ln in (data / "mpp.csv").read_text().splitlines()
                                            if ln.startswith("image,") or ln.split(",")[0] in VAL) + "\n")
-    rows = [arm("as-they-are", None, data, args.work, val, args), arm("working-0.25", 0.25, data, args.work, val, args)]
+    rows = []
+    for name, working in (("as-they-are", None), ("working-0.25", 0.25)):
+        done = args.work / f"{name}.json"
+        if args.only and name != args.only:
+            if done.exists():  # the other arm, run in another process
+                rows.append(json.loads(done.read_text()))
+            continue
+        rows.append(arm(name, working, data, args.work, val, args))
+        done.write_text(json.dumps(rows[-1]))
     print(f"\nCPM-15, mixed 20x/40x: train on 8 images, score {', '.join(VAL)} "
           f"({', '.join(MAGNIFICATION[n] for n in VAL)}) on their own pixels; efficientnet_lite0, d4, "
           f"{args.epochs} epochs at most, HoVer-Net protocol, detection radius 3 um")
