@@ -87,7 +87,7 @@ def test_vectors_equal_those_cells_pools_from_a_store_of_the_slide(setup, monkey
     # The store's image runs to its last tile's end (past the slide's edge, read as background): no nuclei there.
     shape = open_store(setup["cache"]).tile_info()
     h, w = (shape["offset"] + shape["valid"]).max(axis=0)
-    np.save(labels / "tile00000_inst.npy", np.pad(slide_map, ((0, h - plan.shape[0]), (0, w - plan.shape[1]))))
+    np.save(labels / "a_inst.npy", np.pad(slide_map, ((0, h - plan.shape[0]), (0, w - plan.shape[1]))))
     cells = build_cells(setup["cache"], tmp / "cells.zarr", CellsConfig(nuclei=str(labels)), progress=False)
     store = open_store(cells.path)
     centroid = store.table()["centroid"]  # (row, col) pixel indices; the slide table's level-0 px are +0.5
