@@ -394,6 +394,11 @@ class Claims:
             self._seen.pop(name, None)
             return True
 
+    def acquire_waiting(self, name: str, poll_s: float = 0.2) -> None:
+        """Claim ``name``, waiting while a live process holds it."""
+        while not self.acquire(name):
+            time.sleep(poll_s)
+
     def release(self, name: str) -> None:
         """Give up ``name`` (deleting its claim only if it is still this process's)."""
         with self._lock:
@@ -488,3 +493,88 @@ class Claims:
         """Remove the claims folder once no claim is left in it (locally; a prefix vanishes by itself)."""
         if not self.folder.names():
             self.folder.remove_if_empty()
+
+
+class SharedUnits:
+    """The units of one job as this process works through them beside others, and the tally of what it did.
+
+    Iterating gives one pass: each unit not done and claimed by this
+    process, in order (the caller computes it, then calls
+    :meth:`finished`); units done are counted, units held by live
+    processes are kept in :attr:`pending` for a later pass. :meth:`wait`
+    blocks until one of those may be claimed (its owner released it
+    unfinished, or died) or all are done.
+
+    Parameters
+    ----------
+    claims : Claims
+    units : iterable of int
+        The units this process may compute (those not done when it started).
+    is_done : callable
+        ``is_done(unit) -> bool``, read afresh from the output each time.
+    name : callable
+        ``name(unit) -> str``, the unit's claim name.
+    """
+
+    def __init__(self, claims: Claims, units, is_done, name=lambda u: f"unit-{u:06d}"):
+        self.claims, self.is_done, self.name = claims, is_done, name
+        self.pending = [int(u) for u in units]
+        self.computed: list[int] = []
+        self.by_others = 0  # held by another process when first looked at, and finished by one
+        self._looked: set[int] = set()
+
+    def _count_done(self, unit: int) -> None:
+        if unit in self._looked:
+            self.by_others += 1
+
+    def __iter__(self):
+        busy = []
+        for k, unit in enumerate(self.pending):
+            if self.is_done(unit):
+                self._count_done(unit)
+                continue
+            if not self.claims.acquire(self.name(unit)):
+                self._looked.add(unit)
+                busy.append(unit)
+                continue
+            if self.is_done(unit):  # finished by its owner between the two looks
+                self.claims.release(self.name(unit))
+                self._count_done(unit)
+                continue
+            self._looked.add(unit)
+            yield unit
+        self.pending = busy
+
+    def finished(self, unit: int) -> None:
+        """``unit`` is written and marked done by this process: its claim goes."""
+        self.computed.append(int(unit))
+        self.claims.release(self.name(unit))
+
+    def wait(self, poll_s: float = 0.5, stop=lambda: False) -> bool:
+        """Block until a pending unit may be claimed (True) or none is left to wait for (False).
+
+        ``stop()`` True ends the wait early (the output was finished by another process).
+        """
+        while self.pending:
+            if stop():
+                return False
+            time.sleep(poll_s)
+            left = []
+            for unit in self.pending:
+                if self.is_done(unit):
+                    self._count_done(unit)
+                    continue
+                left.append(unit)
+                state = self.claims.state(self.name(unit))
+                if state is None or state.state in ("stale", "corrupt"):
+                    self.pending = left + self.pending[self.pending.index(unit) + 1:]
+                    return True
+            self.pending = left
+        return False
+
+    def summary(self, total: int) -> str:
+        """One line: how many of ``total`` units this process computed, found done and left to others."""
+        others = self.by_others + len(self.pending)
+        found = total - len(self.computed) - others  # those done before it started count as found done too
+        return (f"this process computed {len(self.computed)} of {total} units, found {found} done, "
+                f"{others} claimed by other processes")

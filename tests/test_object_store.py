@@ -167,3 +167,18 @@ def test_decoder_and_probe_read_a_store_on_s3(s3, data, tmp_path, one_thread):
                                "--method", "knn", "--k", "2", "--json"])
     assert res.exit_code == 0, res.output
     assert SECRET not in res.output and KEY_ID not in res.output
+
+
+def test_processes_share_an_extraction_on_s3_through_claims(s3, data, reference):
+    from embedcache.claims import Claims, claims_place
+
+    url = f"s3://{BUCKET}/shared.zarr"
+    holder = Claims(claims_place(url), ExtractionJob(data, CFG).store_id)  # a live process holding unit 1
+    assert holder.acquire("unit-000001")
+    first = extract(data, url, CFG, progress=False, wait=False)
+    assert first.finished_by is None and first.units_run == 3 and not open_store(url).complete
+    holder.release_all()
+    second = extract(data, url, CFG, progress=False)
+    assert second.finished_by == "this" and second.units_run == 1
+    assert_same_store(open_store(url), reference)
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="shared.zarr.claims").get("Contents")

@@ -54,13 +54,18 @@ from embedcache.report import human_bytes
 @click.option("--repair", is_flag=True, help="Check the store's chunks and compute again only the units whose "
                                              "chunks fail their checksums (what `verify` reports); the same "
                                              "options as the extraction that made it.")
+@click.option("--no-wait", is_flag=True, help="When the units left are all being computed by other processes on "
+                                              "this --out, exit instead of waiting to finish the store with them.")
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, codec, weights, norm, unit_tiles,
             workers, scheduler, loader_workers, tile_size, overlap, mpp, tile_mpp, min_tissue, overwrite, repair,
-            quiet):
+            no_wait, quiet):
     """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
 
-    An interrupted run resumes when the same command is run again. With
+    An interrupted run resumes when the same command is run again. The
+    same command run several times at once (a job array, two terminals)
+    shares the work: each process claims units before computing them and
+    one of them finishes the store. With
     --workers N or --scheduler ADDRESS, units of work run as dask tasks.
     With --repair, a store damaged on disk gets only its damaged units
     computed again.
@@ -77,11 +82,20 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
     from embedcache.extract import extract as run_extract
 
     result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                         progress=not quiet, repair=repair, on_note=lambda note: click.echo(f"note: {note}"))
+                         progress=not quiet, repair=repair, on_note=lambda note: click.echo(f"note: {note}"),
+                         wait=not no_wait)
     if result.redone is not None:
         redo, kept = result.redone
         click.echo(f"the data changed since the interrupted run: kept {kept} finished units, computed {redo} "
                    "again (those with tiles of changed files)")
+    if not result.skipped and result.finished_by != "this" and result.shared is not None:
+        click.echo(result.shared)
+        if result.finished_by == "another":
+            click.echo(f"{result.path} was finished by another process")
+        else:
+            click.echo(f"{result.path}: the units left are being computed by other processes; one of them "
+                       "finishes the store (--no-wait)")
+        return
     if result.skipped:
         intact = "; every chunk reads back, nothing to repair" if repair else "; nothing to do"
         click.echo(f"{result.path} is already complete with these settings{intact}")
@@ -95,6 +109,8 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
         on = f", units run by {len(workers_seen)} dask workers" if workers_seen else ""
         click.echo(f"wrote {result.path}: {result.n_tiles} tiles x {result.n_variants} variants, "
                    f"layers {', '.join(result.layers)} ({result.tiles_per_second:.2f} tiles/s{on})")
+        if result.shared is not None and result.units_run < result.units_total:
+            click.echo(result.shared)  # resumed, or beside other processes: what this one did
 
 
 @main.command()

@@ -6,6 +6,13 @@ device, runs ``forward_intermediates`` in batches of ``batch_size``
 tile-variants, and hands the unit's arrays to a writer thread, which
 compresses and writes them while the next unit computes. A unit is marked
 done only after all its arrays are written.
+
+Several processes may run this on one output at once: the loader's
+sampler claims each unit before it is read (:class:`~embedcache.claims.SharedUnits`),
+passes over units done or claimed by live processes, and a process with
+nothing left to claim waits for the others (or, without ``wait``, returns);
+creating, resuming and swapping the store in happen one process at a
+time, under the ``store`` claim.
 """
 
 from __future__ import annotations
@@ -14,34 +21,41 @@ import os
 import queue
 import threading
 import time
+from pathlib import Path
 
 import torch
 
+from embedcache.claims import Claims, SharedUnits, claims_place
 from embedcache.config import ExtractConfig
 from embedcache.datasets import TileDataset
 from embedcache.datasets.variants import Variant
 from embedcache.extract.job import ExtractionJob, ExtractResult, read_unit
+from embedcache.errors import StoreError
+from embedcache.store import schema
 from embedcache.store.location import StoreLocation
 from embedcache.threads import compute_threads, use_threads
 from embedcache.workers import die_with_parent
 
 
 class _Units(torch.utils.data.Dataset):
-    """Unit ``k`` of a list -> its number, tiles, labels and pixel-wise (stain) variants."""
+    """Unit number -> its number, tiles, labels and pixel-wise (stain) variants (the sampler picks the units)."""
 
-    def __init__(self, dataset: TileDataset, units: list[int], unit_tiles: int, variants: tuple[Variant, ...]):
-        self.dataset, self.units, self.unit_tiles, self.variants = dataset, units, unit_tiles, variants
+    def __init__(self, dataset: TileDataset, unit_tiles: int, variants: tuple[Variant, ...]):
+        self.dataset, self.unit_tiles, self.variants = dataset, unit_tiles, variants
 
     def __len__(self):
-        return len(self.units)
+        return schema.n_units(self.dataset.n_tiles, self.unit_tiles)
 
-    def __getitem__(self, k):
+    def __getitem__(self, unit):
         # As tensors, a unit leaves a worker through shared memory instead of being pickled down a pipe
         # (11 MB a unit of 256-px tiles with labels: the main thread waited ~60 ms a unit unpickling them).
-        unit = self.units[k]
         images, labels, stained = read_unit(self.dataset, unit, self.unit_tiles, self.variants)
         return (unit, torch.from_numpy(images), None if labels is None else torch.from_numpy(labels),
                 {name: torch.from_numpy(a) for name, a in stained.items()})
+
+
+# An audit of who computed what: when set, each process appends "<pid> <unit>" to this file per unit written.
+UNIT_LOG = "EMBEDCACHE_UNIT_LOG"
 
 
 def _collate(batch):
@@ -62,38 +76,128 @@ def _worker_init(parent: int):
 
 
 def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite: bool = False,
-                  progress: bool = True, repair: bool = False) -> ExtractResult:
+                  progress: bool = True, repair: bool = False, wait: bool = True) -> ExtractResult:
     """:func:`embedcache.extract.extract` in this process (``workers`` and ``scheduler`` unset); torch's
     threads and the loader processes share the thread budget (:mod:`embedcache.threads`)."""
     with use_threads(beside=config.loader_workers):
-        return _extract_local(data, out, config, overwrite, progress, repair)
+        return _extract_local(data, out, config, overwrite, progress, repair, wait)
+
+
+class _FinishedElsewhere(Exception):
+    """The partial store was swapped in by another process while this one looked at it."""
 
 
 def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: bool,
-                   repair: bool = False) -> ExtractResult:
-    from embedcache.progress import progress_bar
-
+                   repair: bool = False, wait: bool = True) -> ExtractResult:
     t0 = time.perf_counter()
     torch.set_grad_enabled(False)
     job = ExtractionJob(data, config)
     run, dataset = job.run, job.dataset
     if dataset.layout in ("pannuke", "conic"):  # the loader only slices memory-mapped stacks: no core of its own
         torch.set_num_threads(compute_threads(0))
-    writer = job.open_writer(out, overwrite, repair)
-    if writer is None:
-        return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
-                             time.perf_counter() - t0, skipped=True, layers=job.layers)
-    todo = writer.todo_units()
+    with Claims(claims_place(out), job.store_id) as claims:
+        with StoreLocation.parse(out).errors():  # the first request to object storage: credentials, network
+            writer = _open_shared(job, claims, out, overwrite, repair)
+        if writer is None:
+            claims.remove_if_empty()
+            return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
+                                 time.perf_counter() - t0, skipped=True, layers=job.layers)
+        units = SharedUnits(claims, writer.todo_units(), _done_reader(writer))
+        t_run = time.perf_counter()
+        timings: list[dict] = []  # compute seconds of each unit: the repeats a cost's spread is measured over
+        finished_by = None
+        try:
+            while True:
+                _run_pass(job, writer, units, timings, progress)
+                if not units.pending or not wait or not units.wait(stop=lambda: _finished(writer)):
+                    break
+            seconds = time.perf_counter() - t_run
+            if not units.pending or _finished(writer):
+                finished_by = _finish_shared(writer, claims)
+        except _FinishedElsewhere:
+            seconds, finished_by = time.perf_counter() - t_run, "another"
+    return ExtractResult(writer.out, dataset.n_tiles, len(run.variants), len(units.computed), job.n_units, seconds,
+                         layers=job.layers, units=timings, redone=writer.redone, repaired=writer.repaired,
+                         shared=units.summary(job.n_units), finished_by=finished_by)
+
+
+def _open_shared(job: ExtractionJob, claims: Claims, out, overwrite: bool, repair: bool):
+    """Create, resume or find complete the store, one process at a time (under the ``store`` claim).
+
+    ``--overwrite`` starts the store again only when no live process of
+    the same settings is working on it (the same command run N times
+    joins the first one instead of wiping its work); a live process
+    building another store at ``out`` is refused.
+    """
+    claims.acquire_waiting("store")
+    try:
+        foreign = claims.foreign()
+        if foreign is not None:
+            raise StoreError(f"{out} is being built by another extraction with other settings ({foreign.describe()}); "
+                             "wait for it to finish, or choose another --out")
+        joined = any(c.state == "live" for c in claims.all())
+        return job.open_writer(out, overwrite and not joined, repair)
+    finally:
+        claims.release("store")
+
+
+def _done_reader(writer):
+    """``is_done(unit)`` read afresh from the store; raises :class:`_FinishedElsewhere` once it was swapped in."""
+    done = writer.array(schema.DONE)
+    building = Path(str(writer.path)) if writer.location.is_local else None
+
+    def is_done(unit: int) -> bool:
+        value = bool(done[unit])
+        # Read first, then check the partial is still there: a unit of a store swapped in reads as 0.
+        if building is not None and not building.exists():
+            raise _FinishedElsewhere
+        return value
+
+    return is_done
+
+
+def _finished(writer) -> bool:
+    """Whether another process has finished the store this one writes into."""
+    if writer.location.is_local:
+        return not Path(str(writer.path)).exists()
+    from embedcache.store.writer import read_attrs
+
+    return bool((read_attrs(writer.location) or {}).get("complete"))
+
+
+def _finish_shared(writer, claims: Claims) -> str | None:
+    """Swap the store in when every unit is done, once (under the ``store`` claim): ``"this"``, ``"another"``
+    (a process finished it first) or None (units are still missing: others are computing them)."""
+    claims.acquire_waiting("store")
+    try:
+        if _finished(writer):
+            return "another"
+        if not writer.done_units().all():
+            return None
+        writer.finish()
+        return "this"
+    finally:
+        claims.release("store")
+        claims.remove_if_empty()
+
+
+def _run_pass(job: ExtractionJob, writer, units: SharedUnits, timings: list, progress: bool) -> None:
+    """One pass over the units this process can claim: a loader reads them, the encoder runs, a thread writes."""
+    from embedcache.progress import progress_bar
+
+    config, run, dataset = job.config, job.run, job.dataset
     loader = torch.utils.data.DataLoader(
-        _Units(dataset, todo, config.unit_tiles, run.variants), batch_size=1, shuffle=False,
+        _Units(dataset, config.unit_tiles, run.variants), batch_size=1, sampler=iter(units),
         num_workers=config.loader_workers, collate_fn=_collate,
         prefetch_factor=2 if config.loader_workers else None, persistent_workers=False,
         worker_init_fn=_worker_init(os.getpid()) if config.loader_workers else None)
-
+    todo = units.pending
     bar = progress_bar(total=dataset.n_tiles, initial=dataset.n_tiles - job.tiles_in(todo), unit="tile",
-               disable=not progress, dynamic_ncols=True, desc=f"extract {run.spec.name} x{len(run.variants)} variants")
+                       disable=not progress, dynamic_ncols=True,
+                       desc=f"extract {run.spec.name} x{len(run.variants)} variants")
     pending: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
+    log = os.environ.get(UNIT_LOG)
 
     def write_loop():
         while (item := pending.get()) is not None:
@@ -102,14 +206,15 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
                 continue
             try:
                 writer.write_unit(unit, arrays)
+                units.finished(unit)
+                if log:
+                    _log_unit(log, unit)
                 bar.update(next(iter(arrays.values())).shape[0])
             except BaseException as exc:  # reported by the main thread
                 failure.append(exc)
 
     thread = threading.Thread(target=write_loop, name="embedcache-writer", daemon=True)
     thread.start()
-    t_run = time.perf_counter()
-    timings = []  # compute seconds of each unit: the repeats a cost's spread is measured over
     try:
         for item in loader:
             if failure:
@@ -126,7 +231,12 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
         bar.close()
     if failure:
         raise failure[0]
-    seconds = time.perf_counter() - t_run
-    path = writer.finish()
-    return ExtractResult(path, dataset.n_tiles, len(run.variants), len(todo), job.n_units, seconds,
-                         layers=job.layers, units=timings, redone=writer.redone, repaired=writer.repaired)
+
+
+def _log_unit(path: str, unit: int) -> None:
+    """Append ``<pid> <unit>`` to the unit log: one short write with O_APPEND, whole even when processes share it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()} {unit}\n".encode())
+    finally:
+        os.close(fd)

@@ -1,0 +1,135 @@
+"""Several `extract` processes on one --out share the work: each unit computed once, one process finishes.
+
+Real processes (the same command started N times, as a job array does), one
+killed with SIGKILL in a trial; every unit each process writes is counted
+from the unit log (``EMBEDCACHE_UNIT_LOG``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from conftest import TINY_VIT
+from store_helpers import assert_same_store, conic_folder
+
+from embedcache import open_store
+from embedcache.claims import Claims, claims_place
+from embedcache.config import ExtractConfig
+from embedcache.errors import StoreError
+from embedcache.extract import ExtractionJob, extract
+from embedcache.files import partial_path
+
+N_TILES = 10
+CFG = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3", variants="flips", unit_tiles=1, batch_size=4,
+                    loader_workers=0, device="cpu")
+ARGS = ["--encoder", TINY_VIT, "--weights", "random", "--layers", "1,3", "--variants", "flips", "--unit-tiles", "1",
+        "--batch-size", "4", "--loader-workers", "0", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return conic_folder(tmp_path_factory.mktemp("shared"), N_TILES, seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    return open_store(extract(data, tmp_path_factory.mktemp("ref") / "ref.zarr", CFG, progress=False).path)
+
+
+def _start(data, out, log, *extra):
+    env = {**os.environ, "EMBEDCACHE_UNIT_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "embedcache", "extract", "--data", str(data), "--out", str(out),
+                             *ARGS, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _logged(log) -> list[tuple[int, int]]:
+    if not log.exists():
+        return []
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+
+
+def _nothing_left(out):
+    assert not partial_path(out).exists() and not claims_place(out).exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["log", out.name])
+
+
+@pytest.mark.parametrize("n,kill", [(3, False), (2, True)])
+def test_processes_share_one_extraction(data, reference, tmp_path, n, kill):
+    out, log = tmp_path / "shared.zarr", tmp_path / "log"
+    procs = [_start(data, out, log) for _ in range(n)]
+    killed = None
+    if kill:
+        deadline = time.time() + 120
+        while len(_logged(log)) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        killed = random.choice(procs)
+        os.kill(killed.pid, signal.SIGKILL)
+    outputs = {p.pid: p.communicate(timeout=300) for p in procs}
+    survivors = [p for p in procs if p is not killed]
+    for p in survivors:
+        assert p.returncode == 0, outputs[p.pid][1]
+    stdout = [outputs[p.pid][0] for p in survivors]
+    # Exactly one process swapped the store in; the others say so (one starting late finds it complete).
+    assert sum("wrote " in s for s in stdout) == 1, stdout
+    assert sum("was finished by another process" in s or "is already complete" in s
+               for s in stdout) == len(survivors) - 1, stdout
+
+    logged = _logged(log)
+    counts = Counter(unit for _, unit in logged)
+    assert max(counts.values()) == 1, f"units written twice: {counts}"
+    missing = set(range(N_TILES)) - set(counts)
+    # Only the killed process can have written a unit and died before logging it.
+    assert not missing if not kill else len(missing) <= 1
+    # Each survivor's own tally matches the units the log has from it.
+    for p, s in zip(survivors, stdout):
+        mine = sum(pid == p.pid for pid, _ in logged)
+        said = f"this process computed {mine} of {N_TILES} units" in s
+        # A process that computed every unit, or found the store complete, has nothing to share to report.
+        assert said or (mine == N_TILES and "wrote " in s) or (mine == 0 and "already complete" in s), s
+    assert_same_store(open_store(out), reference)
+    _nothing_left(out)
+
+
+def test_no_wait_leaves_units_claimed_by_a_live_process(data, reference, tmp_path, capsys):
+    out = tmp_path / "nowait.zarr"
+    job_id = ExtractionJob(data, CFG).store_id
+    holder = Claims(claims_place(out), job_id)  # this test process: alive, on this host
+    assert holder.acquire("unit-000002") and holder.acquire("unit-000007")
+    first = extract(data, out, CFG, progress=False, wait=False)
+    assert first.finished_by is None and first.units_run == N_TILES - 2
+    assert "2 claimed by other processes" in first.shared
+    assert not out.exists() and not open_store(out).complete
+    holder.release_all()
+    second = extract(data, out, CFG, progress=False, wait=False)
+    assert second.finished_by == "this" and second.units_run == 2
+    assert "computed 2 of 10 units, found 8 done, 0 claimed" in second.shared
+    assert_same_store(open_store(out), reference)
+    assert not claims_place(out).exists()
+
+
+def test_claims_of_a_dead_process_are_taken_over(data, reference, tmp_path):
+    out = tmp_path / "dead.zarr"
+    job_id = ExtractionJob(data, CFG).store_id
+    code = ("import os, sys; from embedcache.claims import Claims; c = Claims(sys.argv[1], sys.argv[2]); "
+            "[c.acquire(f'unit-{u:06d}') for u in range(10)]; os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(claims_place(out)), job_id], check=True, timeout=60)
+    result = extract(data, out, CFG, progress=False)
+    assert result.finished_by == "this" and result.units_run == N_TILES
+    assert_same_store(open_store(out), reference)
+    assert not claims_place(out).exists()
+
+
+def test_another_configuration_at_work_on_the_same_out_is_refused(data, tmp_path):
+    out = tmp_path / "other.zarr"
+    other = Claims(claims_place(out), "a-store-of-other-settings")
+    assert other.acquire("unit-000000")
+    with pytest.raises(StoreError, match="being built by another extraction with other settings"):
+        extract(data, out, CFG, progress=False, overwrite=True)
+    assert not out.exists() and not partial_path(out).exists()
