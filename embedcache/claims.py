@@ -578,3 +578,30 @@ class SharedUnits:
         found = total - len(self.computed) - others  # those done before it started count as found done too
         return (f"this process computed {len(self.computed)} of {total} units, found {found} done, "
                 f"{others} claimed by other processes")
+
+
+@contextlib.contextmanager
+def sole(out, job: str, what: str = "--out"):
+    """Hold the one claim on ``out`` for the block: a second process writing ``out`` is refused while this lives.
+
+    A claim left by a dead process is taken over (the block then resumes
+    its work); the claims folder goes once the block ends.
+
+    Raises
+    ------
+    ClaimedError
+        A live process holds ``out``: one line naming it.
+    """
+    from embedcache.errors import ClaimedError
+
+    with Claims(claims_place(out), job) as claims:
+        if not claims.acquire(job):
+            held = claims.state(job)
+            who = f"pid {held.record.get('pid')} on {held.record.get('host')}" if held is not None else "another process"
+            raise ClaimedError(f"{what} {out} is being written by {who} now; wait for it to finish "
+                               f"(a dead one's work is resumed by running again), or choose another {what}")
+        try:
+            yield claims
+        finally:
+            claims.release(job)
+            claims.remove_if_empty()
