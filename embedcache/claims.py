@@ -580,6 +580,97 @@ class SharedUnits:
                 f"{others} claimed by other processes")
 
 
+
+class FinishedElsewhere(Exception):
+    """The output this process writes into was finished (swapped in) by another process meanwhile."""
+
+
+def done_reader(done, building: Path | None = None):
+    """``is_done(unit)`` read afresh from a ``done`` marker array (one element a unit).
+
+    With ``building`` (a local ``OUT.partial``), raises
+    :class:`FinishedElsewhere` once it was swapped in: the markers of a
+    folder renamed away read as "not done", so the folder is checked
+    *after* each read.
+    """
+
+    def is_done(unit: int) -> bool:
+        value = bool(done[unit])
+        if building is not None and not Path(building).exists():
+            raise FinishedElsewhere
+        return value
+
+    return is_done
+
+
+def open_alone(claims: Claims, what: str, open_output):
+    """``open_output(joined)`` run by one process at a time (under the ``store`` claim); returns what it returns.
+
+    ``joined`` is True when live processes of this job hold claims (the
+    caller then resumes their output rather than starting it again with
+    ``--overwrite``). A live process of another job at the same place
+    is refused.
+
+    Raises
+    ------
+    ClaimedError
+        Another job (other settings) is being written at this place.
+    """
+    from embedcache.errors import ClaimedError
+
+    claims.acquire_waiting("store")
+    try:
+        foreign = claims.foreign()
+        if foreign is not None:
+            raise ClaimedError(f"{what} is being built by another process with other settings "
+                               f"({foreign.describe()}); wait for it to finish, or choose another output")
+        return open_output(any(c.state == "live" for c in claims.all()))
+    finally:
+        claims.release("store")
+
+
+def work_through(claims: Claims, units: SharedUnits, run_pass, finished, finish, wait: bool = True) -> str | None:
+    """Passes over ``units`` until none is left for this process, then the output finished once.
+
+    Parameters
+    ----------
+    run_pass : callable
+        ``run_pass()`` computes the units of one iteration of ``units``.
+    finished : callable
+        ``finished() -> bool``: whether another process has finished the output.
+    finish : callable
+        ``finish()`` finishes the output; called under the ``store`` claim
+        by one process, once every unit is done.
+    wait : bool
+        Wait for units held by other live processes (False: return when
+        only those are left).
+
+    Returns
+    -------
+    str or None
+        ``"this"`` (this process finished the output), ``"another"``, or
+        None (units are left to other processes).
+    """
+    try:
+        while True:
+            run_pass()
+            if not units.pending or not wait or not units.wait(stop=finished):
+                break
+        if units.pending and not finished():
+            return None
+        claims.acquire_waiting("store")
+        try:
+            if finished():
+                return "another"
+            finish()
+            return "this"
+        finally:
+            claims.release("store")
+            claims.remove_if_empty()
+    except FinishedElsewhere:
+        return "another"
+
+
 @contextlib.contextmanager
 def sole(out, job: str, what: str = "--out"):
     """Hold the one claim on ``out`` for the block: a second process writing ``out`` is refused while this lives.

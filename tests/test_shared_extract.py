@@ -22,7 +22,7 @@ from store_helpers import assert_same_store, conic_folder
 from embedcache import open_store
 from embedcache.claims import Claims, claims_place
 from embedcache.config import ExtractConfig
-from embedcache.errors import StoreError
+from embedcache.errors import ClaimedError
 from embedcache.extract import ExtractionJob, extract
 from embedcache.files import partial_path
 
@@ -130,6 +130,6 @@ def test_another_configuration_at_work_on_the_same_out_is_refused(data, tmp_path
     out = tmp_path / "other.zarr"
     other = Claims(claims_place(out), "a-store-of-other-settings")
     assert other.acquire("unit-000000")
-    with pytest.raises(StoreError, match="being built by another extraction with other settings"):
+    with pytest.raises(ClaimedError, match="being built by another process with other settings"):
         extract(data, out, CFG, progress=False, overwrite=True)
     assert not out.exists() and not partial_path(out).exists()

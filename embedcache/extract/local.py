@@ -25,12 +25,11 @@ from pathlib import Path
 
 import torch
 
-from embedcache.claims import Claims, SharedUnits, claims_place
+from embedcache.claims import Claims, SharedUnits, claims_place, done_reader, open_alone, work_through
 from embedcache.config import ExtractConfig
 from embedcache.datasets import TileDataset
 from embedcache.datasets.variants import Variant
 from embedcache.extract.job import ExtractionJob, ExtractResult, read_unit
-from embedcache.errors import StoreError
 from embedcache.store import schema
 from embedcache.store.location import StoreLocation
 from embedcache.threads import compute_threads, use_threads
@@ -83,10 +82,6 @@ def extract_local(data, out, config: ExtractConfig = ExtractConfig(), overwrite:
         return _extract_local(data, out, config, overwrite, progress, repair, wait)
 
 
-class _FinishedElsewhere(Exception):
-    """The partial store was swapped in by another process while this one looked at it."""
-
-
 def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: bool,
                    repair: bool = False, wait: bool = True) -> ExtractResult:
     t0 = time.perf_counter()
@@ -97,63 +92,24 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
         torch.set_num_threads(compute_threads(0))
     with Claims(claims_place(out), job.store_id) as claims:
         with StoreLocation.parse(out).errors():  # the first request to object storage: credentials, network
-            writer = _open_shared(job, claims, out, overwrite, repair)
+            # --overwrite starts again only when no live process of these settings works on it: the same
+            # command run N times joins the first one instead of wiping its work.
+            writer = open_alone(claims, str(out), lambda joined: job.open_writer(out, overwrite and not joined,
+                                                                                  repair))
         if writer is None:
             claims.remove_if_empty()
             return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
                                  time.perf_counter() - t0, skipped=True, layers=job.layers)
-        units = SharedUnits(claims, writer.todo_units(), _done_reader(writer))
+        building = Path(str(writer.path)) if writer.location.is_local else None
+        units = SharedUnits(claims, writer.todo_units(), done_reader(writer.array(schema.DONE), building))
         t_run = time.perf_counter()
         timings: list[dict] = []  # compute seconds of each unit: the repeats a cost's spread is measured over
-        finished_by = None
-        try:
-            while True:
-                _run_pass(job, writer, units, timings, progress)
-                if not units.pending or not wait or not units.wait(stop=lambda: _finished(writer)):
-                    break
-            seconds = time.perf_counter() - t_run
-            if not units.pending or _finished(writer):
-                finished_by = _finish_shared(writer, claims)
-        except _FinishedElsewhere:
-            seconds, finished_by = time.perf_counter() - t_run, "another"
+        finished_by = work_through(claims, units, lambda: _run_pass(job, writer, units, timings, progress),
+                                   lambda: _finished(writer), writer.finish, wait)
+        seconds = time.perf_counter() - t_run
     return ExtractResult(writer.out, dataset.n_tiles, len(run.variants), len(units.computed), job.n_units, seconds,
                          layers=job.layers, units=timings, redone=writer.redone, repaired=writer.repaired,
                          shared=units.summary(job.n_units), finished_by=finished_by)
-
-
-def _open_shared(job: ExtractionJob, claims: Claims, out, overwrite: bool, repair: bool):
-    """Create, resume or find complete the store, one process at a time (under the ``store`` claim).
-
-    ``--overwrite`` starts the store again only when no live process of
-    the same settings is working on it (the same command run N times
-    joins the first one instead of wiping its work); a live process
-    building another store at ``out`` is refused.
-    """
-    claims.acquire_waiting("store")
-    try:
-        foreign = claims.foreign()
-        if foreign is not None:
-            raise StoreError(f"{out} is being built by another extraction with other settings ({foreign.describe()}); "
-                             "wait for it to finish, or choose another --out")
-        joined = any(c.state == "live" for c in claims.all())
-        return job.open_writer(out, overwrite and not joined, repair)
-    finally:
-        claims.release("store")
-
-
-def _done_reader(writer):
-    """``is_done(unit)`` read afresh from the store; raises :class:`_FinishedElsewhere` once it was swapped in."""
-    done = writer.array(schema.DONE)
-    building = Path(str(writer.path)) if writer.location.is_local else None
-
-    def is_done(unit: int) -> bool:
-        value = bool(done[unit])
-        # Read first, then check the partial is still there: a unit of a store swapped in reads as 0.
-        if building is not None and not building.exists():
-            raise _FinishedElsewhere
-        return value
-
-    return is_done
 
 
 def _finished(writer) -> bool:
@@ -163,22 +119,6 @@ def _finished(writer) -> bool:
     from embedcache.store.writer import read_attrs
 
     return bool((read_attrs(writer.location) or {}).get("complete"))
-
-
-def _finish_shared(writer, claims: Claims) -> str | None:
-    """Swap the store in when every unit is done, once (under the ``store`` claim): ``"this"``, ``"another"``
-    (a process finished it first) or None (units are still missing: others are computing them)."""
-    claims.acquire_waiting("store")
-    try:
-        if _finished(writer):
-            return "another"
-        if not writer.done_units().all():
-            return None
-        writer.finish()
-        return "this"
-    finally:
-        claims.release("store")
-        claims.remove_if_empty()
 
 
 def _run_pass(job: ExtractionJob, writer, units: SharedUnits, timings: list, progress: bool) -> None:
