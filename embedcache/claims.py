@@ -82,6 +82,9 @@ from pathlib import Path
 
 SUFFIX = ".claim"
 CLAIMS = ".claims"
+# An audit of who computed what: when set, each process appends "<pid> <unit's claim name>" to this file for
+# every unit it writes (extraction, cell stores, slide prediction alike).
+UNIT_LOG = "EMBEDCACHE_UNIT_LOG"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
 
@@ -163,9 +166,14 @@ class _LocalFolder:
         return self.path / f".{uuid.uuid4().hex}.tmp"
 
     def create(self, name: str, data: bytes) -> bytes | None:
-        self.path.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp()
-        tmp.write_bytes(data)
+        while True:
+            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.write_bytes(data)
+                break
+            except FileNotFoundError:  # the folder was removed as empty by a process finishing: make it again
+                continue
         try:
             os.link(tmp, self.path / name)
         except FileExistsError:
@@ -546,9 +554,11 @@ class SharedUnits:
         self.pending = busy
 
     def finished(self, unit: int) -> None:
-        """``unit`` is written and marked done by this process: its claim goes."""
+        """``unit`` is written and marked done by this process: its claim goes (and the unit log gets a line)."""
         self.computed.append(int(unit))
         self.claims.release(self.name(unit))
+        if os.environ.get(UNIT_LOG):
+            _log_unit(os.environ[UNIT_LOG], self.name(unit))
 
     def wait(self, poll_s: float = 0.5, stop=lambda: False) -> bool:
         """Block until a pending unit may be claimed (True) or none is left to wait for (False).
@@ -579,6 +589,15 @@ class SharedUnits:
         return (f"this process computed {len(self.computed)} of {total} units, found {found} done, "
                 f"{others} claimed by other processes")
 
+
+
+def _log_unit(path: str, name: str) -> None:
+    """Append ``<pid> <name>``: one short write with O_APPEND, whole even when processes share the file."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()} {name}\n".encode())
+    finally:
+        os.close(fd)
 
 
 class FinishedElsewhere(Exception):

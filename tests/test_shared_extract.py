@@ -52,7 +52,7 @@ def _start(data, out, log, *extra):
 def _logged(log) -> list[tuple[int, int]]:
     if not log.exists():
         return []
-    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    return [(int(pid), int(name.split("-")[1])) for pid, name in map(str.split, log.read_text().splitlines())]
 
 
 def _nothing_left(out):

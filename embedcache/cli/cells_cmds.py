@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
-from embedcache.cli.options import json_option, quiet_option
+from embedcache.cli.options import json_option, no_wait_option, quiet_option, say_shared
 
 
 @main.command("cells")
@@ -24,9 +24,13 @@ from embedcache.cli.options import json_option, quiet_option
 @click.option("--variants", default="all", show_default=True, type=click.Choice(["all", "identity"]),
               help="Pool every cached variant (invariance needs them), or the identity only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cell store (or start an interrupted one afresh).")
+@click.option("--unit-tiles", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Tiles pooled per unit of work: what an interrupted run keeps, and what processes sharing "
+                   "the build claim one at a time.")
 @json_option
+@no_wait_option
 @quiet_option
-def cells(store, out, nuclei, radius, layers, variants, overwrite, as_json, quiet):
+def cells(store, out, nuclei, radius, layers, variants, overwrite, unit_tiles, as_json, no_wait, quiet):
     """Pool one vector per nucleus, layer and variant from a store's tokens:
     each patch token weighted by the share of the nucleus it covers. Each
     cell keeps its tile, source image, centroid (pixels; microns when the
@@ -44,15 +48,22 @@ def cells(store, out, nuclei, radius, layers, variants, overwrite, as_json, quie
     from embedcache.cells import build_cells
     from embedcache.config import CellsConfig
 
-    config = CellsConfig(nuclei=nuclei, radius=radius, layers=layers, variants=variants)
-    r = build_cells(store, out, config, overwrite=overwrite, progress=not (quiet or as_json))
+    config = CellsConfig(nuclei=nuclei, radius=radius, layers=layers, variants=variants, unit_tiles=unit_tiles)
+    r = build_cells(store, out, config, overwrite=overwrite, progress=not (quiet or as_json), wait=not no_wait)
     data = {"path": str(r.path), "n_cells": r.n_cells, "n_images": r.n_images, "layers": r.layers,
             "variants": r.variants, "types": r.types, "units_run": r.units_run, "units": r.units,
-            "seconds": round(r.seconds, 2)}
+            "seconds": round(r.seconds, 2), "finished_by": r.finished_by}
     if as_json:
         click.echo(json.dumps(data, indent=2))
+        return
+    if r.skipped:
+        click.echo(f"{r.path} is already complete with these settings; nothing to do")
+        return
+    if say_shared(r.path, r.shared, r.finished_by):
         return
     resumed = f", {r.units - r.units_run} of {r.units} units already done" if r.units_run < r.units else ""
     click.echo(f"wrote {r.path}: {r.n_cells} cells of {r.n_images} images x {len(r.layers)} layers x "
                f"{len(r.variants)} variants in {r.seconds:.1f} s{resumed}")
     click.echo("  types: " + ", ".join(f"{k} {v}" for k, v in r.types.items()))
+    if r.shared is not None and r.units_run < r.units:
+        click.echo(r.shared)  # resumed, or beside other processes: what this one did

@@ -9,8 +9,8 @@ import click
 
 from embedcache.cli import main
 from embedcache.cli.options import (
-    dask_workers_option, device_option, format_option, json_option, loader_workers_option, quiet_option,
-    scheduler_option,
+    dask_workers_option, device_option, format_option, json_option, loader_workers_option, no_wait_option,
+    quiet_option, say_shared, scheduler_option,
 )
 from embedcache.report import human_bytes
 
@@ -54,8 +54,7 @@ from embedcache.report import human_bytes
 @click.option("--repair", is_flag=True, help="Check the store's chunks and compute again only the units whose "
                                              "chunks fail their checksums (what `verify` reports); the same "
                                              "options as the extraction that made it.")
-@click.option("--no-wait", is_flag=True, help="When the units left are all being computed by other processes on "
-                                              "this --out, exit instead of waiting to finish the store with them.")
+@no_wait_option
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, codec, weights, norm, unit_tiles,
             workers, scheduler, loader_workers, tile_size, overlap, mpp, tile_mpp, min_tissue, overwrite, repair,
@@ -88,13 +87,7 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
         redo, kept = result.redone
         click.echo(f"the data changed since the interrupted run: kept {kept} finished units, computed {redo} "
                    "again (those with tiles of changed files)")
-    if not result.skipped and result.finished_by != "this" and result.shared is not None:
-        click.echo(result.shared)
-        if result.finished_by == "another":
-            click.echo(f"{result.path} was finished by another process")
-        else:
-            click.echo(f"{result.path}: the units left are being computed by other processes; one of them "
-                       "finishes the store (--no-wait)")
+    if not result.skipped and say_shared(result.path, result.shared, result.finished_by):
         return
     if result.skipped:
         intact = "; every chunk reads back, nothing to repair" if repair else "; nothing to do"

@@ -76,7 +76,7 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
     finished store in (``ExtractResult.finished_by`` is ``"this"`` for it,
     ``"another"`` for the others). Set the environment variable
     ``EMBEDCACHE_UNIT_LOG`` to a file to have each process append
-    ``<pid> <unit>`` to it for every unit it writes.
+    ``<pid> unit-<number>`` to it for every unit it writes.
 
     Returns
     -------

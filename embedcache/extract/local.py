@@ -53,10 +53,6 @@ class _Units(torch.utils.data.Dataset):
                 {name: torch.from_numpy(a) for name, a in stained.items()})
 
 
-# An audit of who computed what: when set, each process appends "<pid> <unit>" to this file per unit written.
-UNIT_LOG = "EMBEDCACHE_UNIT_LOG"
-
-
 def _collate(batch):
     return batch[0]
 
@@ -137,7 +133,6 @@ def _run_pass(job: ExtractionJob, writer, units: SharedUnits, timings: list, pro
                        desc=f"extract {run.spec.name} x{len(run.variants)} variants")
     pending: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
-    log = os.environ.get(UNIT_LOG)
 
     def write_loop():
         while (item := pending.get()) is not None:
@@ -147,8 +142,6 @@ def _run_pass(job: ExtractionJob, writer, units: SharedUnits, timings: list, pro
             try:
                 writer.write_unit(unit, arrays)
                 units.finished(unit)
-                if log:
-                    _log_unit(log, unit)
                 bar.update(next(iter(arrays.values())).shape[0])
             except BaseException as exc:  # reported by the main thread
                 failure.append(exc)
@@ -171,12 +164,3 @@ def _run_pass(job: ExtractionJob, writer, units: SharedUnits, timings: list, pro
         bar.close()
     if failure:
         raise failure[0]
-
-
-def _log_unit(path: str, unit: int) -> None:
-    """Append ``<pid> <unit>`` to the unit log: one short write with O_APPEND, whole even when processes share it."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{os.getpid()} {unit}\n".encode())
-    finally:
-        os.close(fd)
