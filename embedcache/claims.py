@@ -622,8 +622,8 @@ def done_reader(done, building: Path | None = None):
     return is_done
 
 
-def open_alone(claims: Claims, what: str, open_output):
-    """``open_output(joined)`` run by one process at a time (under the ``store`` claim); returns what it returns.
+def open_alone(claims: Claims, what: str, open_output, name: str = "store"):
+    """``open_output(joined)`` run by one process at a time (under the claim ``name``); returns what it returns.
 
     ``joined`` is True when live processes of this job hold claims (the
     caller then resumes their output rather than starting it again with
@@ -637,7 +637,7 @@ def open_alone(claims: Claims, what: str, open_output):
     """
     from embedcache.errors import ClaimedError
 
-    claims.acquire_waiting("store")
+    claims.acquire_waiting(name)
     try:
         foreign = claims.foreign()
         if foreign is not None:
@@ -645,10 +645,11 @@ def open_alone(claims: Claims, what: str, open_output):
                                f"({foreign.describe()}); wait for it to finish, or choose another output")
         return open_output(any(c.state == "live" for c in claims.all()))
     finally:
-        claims.release("store")
+        claims.release(name)
 
 
-def work_through(claims: Claims, units: SharedUnits, run_pass, finished, finish, wait: bool = True) -> str | None:
+def work_through(claims: Claims, units: SharedUnits, run_pass, finished, finish, wait: bool = True,
+                 name: str = "store") -> str | None:
     """Passes over ``units`` until none is left for this process, then the output finished once.
 
     Parameters
@@ -658,7 +659,7 @@ def work_through(claims: Claims, units: SharedUnits, run_pass, finished, finish,
     finished : callable
         ``finished() -> bool``: whether another process has finished the output.
     finish : callable
-        ``finish()`` finishes the output; called under the ``store`` claim
+        ``finish()`` finishes the output; called under the claim ``name``
         by one process, once every unit is done.
     wait : bool
         Wait for units held by other live processes (False: return when
@@ -677,14 +678,14 @@ def work_through(claims: Claims, units: SharedUnits, run_pass, finished, finish,
                 break
         if units.pending and not finished():
             return None
-        claims.acquire_waiting("store")
+        claims.acquire_waiting(name)
         try:
             if finished():
                 return "another"
             finish()
             return "this"
         finally:
-            claims.release("store")
+            claims.release(name)
             claims.remove_if_empty()
     except FinishedElsewhere:
         return "another"

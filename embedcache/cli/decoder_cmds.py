@@ -8,8 +8,8 @@ import click
 
 from embedcache.cli import main
 from embedcache.cli.options import (
-    dask_workers_option, device_option, format_option, loader_workers_option, magnification_option, quiet_option,
-    refuse_options, scheduler_option,
+    dask_workers_option, device_option, format_option, loader_workers_option, magnification_option, no_wait_option,
+    quiet_option, refuse_options, scheduler_option,
 )
 from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, TargetConfig
 
@@ -113,7 +113,8 @@ PREDICT_INPUTS = {"tiles": "a store's tiles (--store)", "images": "images (--dat
 _SLIDES = {"slides"}
 PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", "slides"}, "mpp": _SLIDES,
                    "run_mpp": _SLIDES, "region": _SLIDES, "margin": _SLIDES, "post_workers": _SLIDES,
-                   "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES}
+                   "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES,
+                   "no_wait": _SLIDES}
 
 
 @main.command("predict")
@@ -159,10 +160,11 @@ PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", 
 @scheduler_option
 @click.option("--gzip", "gzip_geojson", is_flag=True, help="Slides: write nuclei.geojson.gz.")
 @click.option("--overwrite", is_flag=True, help="Slides: start afresh over another run's partial results.")
+@no_wait_option
 @quiet_option
 def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, post_spec, tta, batch_size, device,
                 overlays, geojson, slides, mpp, run_mpp, region, margin, post_workers, workers, scheduler, gzip_geojson,
-                overwrite, quiet):
+                overwrite, no_wait, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
     From a store (cached features) or from raw images with the encoder run live
@@ -198,7 +200,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
                                  scheduler=scheduler, device=device, batch_size=batch_size,
                                  magnification=magnification, postprocess=given_postprocess(post_spec, magnification),
                                  gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta, geojson=geojson,
-                                 overlays=overlays, progress=not quiet)
+                                 overlays=overlays, progress=not quiet, wait=not no_wait)
         for r in results:
             line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
             click.echo(line + (f" ({r.reason})" if r.reason else ""))

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from embedcache import files
+from embedcache.claims import Claims, FinishedElsewhere, SharedUnits, claims_place, open_alone, work_through
 from embedcache.config import PostprocessConfig
 from embedcache.datasets.wsi import (
     box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue, working_shape,
@@ -233,7 +234,7 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                    batch_size: int = 8, magnification: str = "40x", postprocess: PostprocessConfig | None = None,
                    gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True,
                    table: bool = True, tta: str = "none", geojson: bool = True,
-                   overlays: bool = True) -> list[SlideResult]:
+                   overlays: bool = True, wait: bool = True) -> list[SlideResult]:
     """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
 
     ``tta`` (``flips``, ``d4``) averages the decoder's maps over the
@@ -241,6 +242,15 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     variant, or a store's cached variants are read); ``geojson=False`` and
     ``overlays=False`` leave out ``nuclei.geojson`` and the thumbnail with
     the nuclei dotted on it.
+
+    Several processes predicting into the same ``out`` share the work
+    (claims in ``OUT.claims``, :mod:`embedcache.claims`): each claims a
+    region before computing it, and the process that finds a slide's last
+    region written merges the slide; a process first goes through every
+    slide taking what no live process holds, then (unless ``wait`` is
+    False) waits for the regions others hold and finishes those slides
+    with them. A slide left to others has the status ``"left to other
+    processes"``; one another process merged, ``"done by another process"``.
 
     ``store``: a store extracted from these slides on prediction's grid
     (``extract --format slides --overlap`` a quarter tile, at the run's
@@ -286,13 +296,23 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with use_threads(beside=post_workers):  # the post-processing processes share the thread budget
-        return _predict_paths(paths, loaded, predictor, features, out, float(work_mpp), mpp, region, margin,
-                              overlap, post, post_workers, outputs, overwrite, progress, table)
+        with Claims(claims_place(out), "predict-slides") as claims:
+            args = (loaded, predictor, features, out, float(work_mpp), mpp, region, margin, overlap, post,
+                    post_workers, outputs, overwrite, progress, table, claims)
+            # First every slide's regions no live process holds; then, waiting, the slides left to others.
+            results = _predict_paths(paths, *args, wait=False)
+            left = [k for k, r in enumerate(results) if r.status == LEFT]
+            if wait and left:
+                for k, r in zip(left, _predict_paths([paths[k] for k in left], *args, wait=True)):
+                    results[k] = r
+                if table:
+                    _write_table(out, results)
+        return results
 
 
 def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: float, mpp, region: int, margin: int,
                    overlap: int, post, post_workers: int, outputs: Outputs, overwrite: bool, progress: bool,
-                   table: bool) -> list[SlideResult]:
+                   table: bool, claims: Claims, wait: bool) -> list[SlideResult]:
     from embedcache.progress import progress_bar
 
     results: list[SlideResult] = []
@@ -306,7 +326,7 @@ def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: floa
             try:
                 plan = plan_slide(path, float(work_mpp), region, margin, mpp)
                 result = _predict_slide(loaded, plan, predictor, features, out, pool, post_workers, region, margin,
-                                        overlap, post, outputs, overwrite, progress)
+                                        overlap, post, outputs, overwrite, progress, claims, wait)
             except OutputMismatchError:
                 raise
             except DataError as exc:
@@ -362,7 +382,8 @@ def _predict_on_cluster(run, paths: list[Path], out: Path, options: dict, worker
 
 
 def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Path, pool, workers: int, region: int,
-                   margin: int, overlap: int, post, outputs: Outputs, overwrite: bool, progress: bool):
+                   margin: int, overlap: int, post, outputs: Outputs, overwrite: bool, progress: bool,
+                   claims: Claims, wait: bool = True):
     from embedcache.progress import progress_bar
 
     settings = _settings(run, plan, region, margin, post, overlap, features.store, outputs.tta,
@@ -370,90 +391,136 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
-        summary = json.loads(done.read_text())
-        if summary.get("settings") == settings:
-            return SlideResult(plan.name, "already done", summary["nuclei"], summary.get("seconds", 0.0),
-                               regions=len(plan.regions))
-        raise OutputMismatchError(f"{final} holds nuclei from another run or other settings; pass --overwrite to "
-                                  "replace them (they stay until the new ones are complete), or choose another --out")
+        return _finished_slide(plan, final, settings, "already done")
     partial = files.partial_path(final)
     plan_file = partial / "plan.json"
-    if partial.exists() and not overwrite:
-        old = json.loads(plan_file.read_text()) if plan_file.exists() else None
-        if old != settings:
-            raise OutputMismatchError(f"{partial} holds another run's partial results (or other settings); pass "
-                                      "--overwrite to start that slide afresh, or choose another --out")
-    else:
-        files.remove(partial)
-        (partial / "regions").mkdir(parents=True)
-        files.write_json(plan_file, settings)
-    region_file = lambda r: partial / "regions" / f"{r.index:05d}.parquet"  # noqa: E731
+
+    def open_partial(joined: bool) -> bool:
+        """Create or resume the slide's partial (one process at a time); False when another finished the slide."""
+        if done.exists() and (joined or not overwrite):
+            return False
+        if partial.exists() and not (overwrite and not joined):
+            old = json.loads(plan_file.read_text()) if plan_file.exists() else None
+            if old != settings:
+                raise OutputMismatchError(f"{partial} holds another run's partial results (or other settings); pass "
+                                          "--overwrite to start that slide afresh, or choose another --out")
+        else:
+            files.remove(partial)
+            (partial / "regions").mkdir(parents=True)
+            files.write_json(plan_file, settings)
+        return True
+
+    if not open_alone(claims, str(final), open_partial, name=f"{plan.name}.slide"):
+        return _finished_slide(plan, final, settings, "done by another process")
+    region_file = lambda r: partial / "regions" / f"{r:05d}.parquet"  # noqa: E731
     tile = tuple(run.store["tile_shape"])
-    todo = on_tile_grid([r for r in plan.regions if not region_file(r).exists()], plan.shape, tile, overlap)
+    left = {r.index: r for r in on_tile_grid([r for r in plan.regions if not region_file(r.index).exists()],
+                                             plan.shape, tile, overlap)}
+
+    def region_done(index: int) -> bool:
+        value = region_file(index).exists()
+        # Read first: a finishing process merges the regions away only after writing the partial's summary.
+        if not partial.exists() or (partial / "summary.json").exists():
+            raise FinishedElsewhere
+        return value
+
+    shared = SharedUnits(claims, sorted(left), region_done, name=lambda i: f"{plan.name}.r{i:05d}")
     class_names = {int(k): v for k, v in run.store.get("class_names", {}).items()}
     features.start(plan.name, plan.dims0, plan.mpp0)
-    slide = open_slide(plan.path)
-    try:
-        cached: dict[int, int] = {}  # tiles of each region the store holds
+    clock = [time.perf_counter()]
 
-        def images():
-            for r in todo:
-                q0, d0, q1, d1 = r.read
-                pixels = read_box(slide, plan, r.read)
-                tiles = [(o, ((q0 + o[0], d0 + o[1]), cut_tile(pixels, o, tile)))
-                         for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
-                cached[r.index] = sum(pos in features.index for _, (pos, _) in tiles)
-                yield TiledImage(f"{r.index}", (q1 - q0, d1 - d0), tiles)
+    def run_pass():
+        slide = open_slide(plan.path)
+        try:
+            cached: dict[int, int] = {}  # tiles of each region the store holds
 
-        clock = [time.perf_counter()]
+            def images():
+                for index in shared:
+                    q0, d0, q1, d1 = left[index].read
+                    pixels = read_box(slide, plan, left[index].read)
+                    tiles = [(o, ((q0 + o[0], d0 + o[1]), cut_tile(pixels, o, tile)))
+                             for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
+                    cached[index] = sum(pos in features.index for _, (pos, _) in tiles)
+                    yield TiledImage(f"{index}", (q1 - q0, d1 - d0), tiles)
 
-        def write(r, rows):
-            """A finished region, with the work it took (time since the last region was written)."""
-            now = time.perf_counter()
-            n_tiles = len(plan_tiles(tuple(r.read[2 + k] - r.read[k] for k in (0, 1)), tile, overlap))
-            write_region(region_file(r), rows, {"cached": cached[r.index], "encoded": n_tiles - cached[r.index],
-                                                "seconds": round(now - clock[0], 3)})
-            clock[0] = now
-            bar.update(1)
+            def write(r, rows):
+                """A finished region, with the work it took (time since the last region was written)."""
+                now = time.perf_counter()
+                n_tiles = len(plan_tiles(tuple(r.read[2 + k] - r.read[k] for k in (0, 1)), tile, overlap))
+                write_region(region_file(r.index), rows, {"cached": cached[r.index],
+                                                          "encoded": n_tiles - cached[r.index],
+                                                          "seconds": round(now - clock[0], 3)})
+                shared.finished(r.index)
+                clock[0] = now
+                bar.update(1)
 
-        by_name = {str(r.index): r for r in todo}
-        model = predictor.model
-        args = (model.n_dist, model.n_types, post, predictor.directions)
-        pending = []
-        bar = progress_bar(total=len(plan.regions), initial=len(plan.regions) - len(todo), unit="region",
-                   desc=plan.name, disable=not progress, dynamic_ncols=True)
+            model = predictor.model
+            args = (model.n_dist, model.n_types, post, predictor.directions)
+            pending = []
+            bar = progress_bar(total=len(plan.regions), initial=len(plan.regions) - len(shared.pending),
+                               unit="region", desc=plan.name, disable=not progress, dynamic_ncols=True)
 
-        def settle(block: bool):
-            while pending and (block or pending[0][1].done()):
-                r, fut = pending.pop(0)
-                write(r, fut.result())
+            def settle(block: bool):
+                while pending and (block or pending[0][1].done()):
+                    r, fut = pending.pop(0)
+                    write(r, fut.result())
 
-        for image, maps, _ in predictor.stitched(images(), features):
-            r = by_name[image.name]
-            if pool is None:
-                write(r, region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names))
-                continue
-            pending.append((r, pool.submit(region_nuclei, maps.astype(np.float16), *args, r, plan.scale,
-                                           plan.mpp0, class_names)))
-            settle(block=len(pending) > workers)
-        settle(block=True)
-        bar.close()
-        th, tw = slide.dims[plan.mask_level]
-        thumb = slide.read(plan.mask_level, 0, 0, th, tw)
-        thumb_scale = slide.downsample(plan.mask_level)
-    finally:
-        slide.close()
-    region_files = sorted((partial / "regions").glob("*.parquet"))
-    # The work of every run that wrote a region of this slide, not only this one's (a resumed slide).
-    work = region_work(region_files)
-    seconds = work["seconds"] + time.perf_counter() - clock[0]
-    area_mm2 = plan.tissue_fraction * plan.shape[0] * plan.shape[1] * plan.work_mpp ** 2 / 1e6
-    summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
-               "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
-               "work_mpp": plan.work_mpp, "level": plan.level,
-               "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"])}}
-    summary = finish_slide(partial, region_files, class_names, summary, thumb, thumb_scale, outputs.gzip_geojson,
-                           outputs.geojson, outputs.overlays)
-    files.remove(partial / "regions")  # merged into nuclei.parquet
-    files.swap_in(partial, final)
-    return SlideResult(plan.name, "done", summary["nuclei"], seconds, regions=len(plan.regions))
+            for image, maps, _ in predictor.stitched(images(), features):
+                r = left[int(image.name)]
+                if pool is None:
+                    write(r, region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names))
+                    continue
+                pending.append((r, pool.submit(region_nuclei, maps.astype(np.float16), *args, r, plan.scale,
+                                               plan.mpp0, class_names)))
+                settle(block=len(pending) > workers)
+            settle(block=True)
+            bar.close()
+        finally:
+            slide.close()
+
+    result: list[float] = []
+
+    def finish():
+        slide = open_slide(plan.path)
+        try:
+            th, tw = slide.dims[plan.mask_level]
+            thumb = slide.read(plan.mask_level, 0, 0, th, tw)
+            thumb_scale = slide.downsample(plan.mask_level)
+        finally:
+            slide.close()
+        region_files = sorted((partial / "regions").glob("*.parquet"))
+        # The work of every run that wrote a region of this slide, not only this one's (a resumed slide).
+        work = region_work(region_files)
+        seconds = work["seconds"] + time.perf_counter() - clock[0]
+        area_mm2 = plan.tissue_fraction * plan.shape[0] * plan.shape[1] * plan.work_mpp ** 2 / 1e6
+        summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
+                   "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
+                   "work_mpp": plan.work_mpp, "level": plan.level,
+                   "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"])}}
+        summary = finish_slide(partial, region_files, class_names, summary, thumb, thumb_scale, outputs.gzip_geojson,
+                               outputs.geojson, outputs.overlays)
+        files.remove(partial / "regions")  # merged into nuclei.parquet
+        files.swap_in(partial, final)
+        result[:] = [summary["nuclei"], seconds]
+
+    finished_by = work_through(claims, shared, run_pass, lambda: done.exists(), finish, wait,
+                               name=f"{plan.name}.slide")
+    if finished_by == "this":
+        return SlideResult(plan.name, "done", int(result[0]), result[1], regions=len(plan.regions))
+    if finished_by == "another":
+        return _finished_slide(plan, final, settings, "done by another process")
+    return SlideResult(plan.name, LEFT, regions=len(plan.regions),
+                       reason=shared.summary(len(plan.regions)).replace("units", "regions"))
+
+
+LEFT = "left to other processes"
+
+
+def _finished_slide(plan: SlidePlan, final: Path, settings: dict, status: str) -> SlideResult:
+    """A slide found finished (by an earlier run or another process); refused when made otherwise."""
+    summary = json.loads((final / "summary.json").read_text())
+    if summary.get("settings") == settings:
+        return SlideResult(plan.name, status, summary["nuclei"], summary.get("seconds", 0.0),
+                           regions=len(plan.regions))
+    raise OutputMismatchError(f"{final} holds nuclei from another run or other settings; pass --overwrite to "
+                              "replace them (they stay until the new ones are complete), or choose another --out")
