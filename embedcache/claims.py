@@ -716,3 +716,22 @@ def sole(out, job: str, what: str = "--out"):
         finally:
             claims.release(job)
             claims.remove_if_empty()
+
+
+def claims_of(out) -> list[ClaimState]:
+    """The claims on the output ``out`` (or its ``OUT.partial``), each judged now: what ``info`` and ``verify`` show.
+
+    A claim of another host is reported live the first time it is seen: its
+    heartbeat can only be judged over ``stale_s`` of watching.
+    """
+    text = os.fspath(out) if isinstance(out, os.PathLike) else str(out)
+    text = text.rstrip("/")
+    if text.endswith(".partial"):
+        text = text[: -len(".partial")]
+    return Claims(claims_place(text), "").all()
+
+
+def describe_claims(states: list[ClaimState]) -> list[str]:
+    """One line per claim, live ones first."""
+    order = {"live": 0, "stale": 1, "corrupt": 2}
+    return [s.describe() for s in sorted(states, key=lambda s: (order.get(s.state, 3), s.name))]

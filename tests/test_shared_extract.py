@@ -133,3 +133,33 @@ def test_another_configuration_at_work_on_the_same_out_is_refused(data, tmp_path
     with pytest.raises(ClaimedError, match="being built by another process with other settings"):
         extract(data, out, CFG, progress=False, overwrite=True)
     assert not out.exists() and not partial_path(out).exists()
+
+
+def test_info_and_verify_show_live_and_stale_claims(data, tmp_path):
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    out = tmp_path / "watched.zarr"
+    job_id = ExtractionJob(data, CFG).store_id
+    live = Claims(claims_place(out), job_id)
+    assert live.acquire("unit-000004")
+    code = ("import os, sys; from embedcache.claims import Claims; "
+            "Claims(sys.argv[1], sys.argv[2]).acquire('unit-000009'); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(claims_place(out)), job_id], check=True, timeout=60)
+    extract(data, out, CFG, progress=False, wait=False)  # takes over unit 9, leaves unit 4
+    code = ("import os, sys; from embedcache.claims import Claims; "
+            "Claims(sys.argv[1], sys.argv[2]).acquire('unit-000005'); os._exit(0)")  # a dead one's, left behind
+    subprocess.run([sys.executable, "-c", code, str(claims_place(out)), job_id], check=True, timeout=60)
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert f"claim  unit-000004: live claim by pid {os.getpid()}" in info.output
+    assert "claim  unit-000005: stale claim by pid" in info.output and "unit-000009" not in info.output
+    assert "INCOMPLETE (9/10 units)" in info.output
+    as_json = _json.loads(CliRunner().invoke(main, ["info", str(out), "--json"]).output)
+    states = {c["name"]: c["state"] for c in as_json["claims"]}
+    assert states == {"unit-000004": "live", "unit-000005": "stale"}
+    verify = CliRunner().invoke(main, ["verify", str(out), "--quiet"])
+    assert verify.exit_code == 1 and "claim unit-000004: live claim" in verify.output

@@ -113,10 +113,17 @@ def info(store, as_json):
     """Summarise a store (or a cell store): tiles, variants, layers with shapes, bytes on disk, complete or not."""
     from embedcache.store import open_store
 
+    from embedcache.claims import claims_of, describe_claims
+
     s = open_store(store).summary()
+    claims = claims_of(s["path"])
     if as_json:
+        s["claims"] = [{"name": c.name, "state": c.state, "pid": c.record.get("pid"), "host": c.record.get("host")}
+                       for c in claims]
         click.echo(json.dumps(s, indent=2))
         return
+    for line in describe_claims(claims):  # processes working on it now, or claims the dead left behind
+        click.echo(f"claim  {line}")
     if s.get("kind") == "cells":
         return _cells_info(s)
     state = "complete" if s["complete"] else f"INCOMPLETE ({s['units_done'][0]}/{s['units_done'][1]} units)"
@@ -159,10 +166,14 @@ def verify(store, quiet):
 
     from embedcache.store import open_store, verify_store
 
+    from embedcache.claims import claims_of, describe_claims
+
     s = open_store(store)
     arrays = s.arrays()
     with progress_bar(total=len(arrays) - 1, unit="array", disable=quiet, desc="verify") as bar:
         problems = verify_store(s, progress=lambda path: bar.update(1))
+    for line in describe_claims(claims_of(s.path)):
+        click.echo(f"{s.path}: claim {line}")
     if problems:
         for p in problems:
             click.echo(f"{s.path}: {p}", err=True)
