@@ -708,7 +708,8 @@ def sole(out, job: str, what: str = "--out"):
     with Claims(claims_place(out), job) as claims:
         if not claims.acquire(job):
             held = claims.state(job)
-            who = f"pid {held.record.get('pid')} on {held.record.get('host')}" if held is not None else "another process"
+            who = (f"pid {held.record.get('pid')} on {held.record.get('host')}" if held is not None
+                   else "another process")
             raise ClaimedError(f"{what} {out} is being written by {who} now; wait for it to finish "
                                f"(a dead one's work is resumed by running again), or choose another {what}")
         try:
