@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from embedcache import files
-from embedcache.claims import Claims, SharedUnits, claims_place, done_reader, open_alone, work_through
+from embedcache.claims import Claims, claims_place
+from embedcache.shared import SharedUnits, done_reader, open_alone, work_through
 from embedcache.cells.nuclei import image_nuclei, nuclei_source
 from embedcache.cells.pool import inst_to_cells, sparse_weights
 from embedcache.config import CellsConfig

@@ -8,7 +8,7 @@ compresses and writes them while the next unit computes. A unit is marked
 done only after all its arrays are written.
 
 Several processes may run this on one output at once: the loader's
-sampler claims each unit before it is read (:class:`~embedcache.claims.SharedUnits`),
+sampler claims each unit before it is read (:class:`~embedcache.shared.SharedUnits`),
 passes over units done or claimed by live processes, and a process with
 nothing left to claim waits for the others (or, without ``wait``, returns);
 creating, resuming and swapping the store in happen one process at a
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from embedcache.claims import Claims, SharedUnits, claims_place, done_reader, open_alone, work_through
+from embedcache.claims import Claims, claims_place
+from embedcache.shared import SharedUnits, done_reader, open_alone, work_through
 from embedcache.config import ExtractConfig
 from embedcache.datasets import TileDataset
 from embedcache.datasets.variants import Variant

@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from embedcache import files
-from embedcache.claims import Claims, FinishedElsewhere, SharedUnits, claims_place, open_alone, work_through
+from embedcache.claims import Claims, claims_place
+from embedcache.shared import FinishedElsewhere, SharedUnits, open_alone, work_through
 from embedcache.config import PostprocessConfig
 from embedcache.datasets.wsi import (
     box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue, working_shape,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from embedcache import files
-from embedcache.claims import sole
+from embedcache.shared import sole
 from embedcache.config import FitConfig
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, RunError, TrainingError
