@@ -117,8 +117,9 @@ def test_no_wait_leaves_units_claimed_by_a_live_process(data, reference, tmp_pat
 def test_claims_of_a_dead_process_are_taken_over(data, reference, tmp_path):
     out = tmp_path / "dead.zarr"
     job_id = ExtractionJob(data, CFG).store_id
+    # It died holding every unit and the store itself (as if killed while finishing).
     code = ("import os, sys; from embedcache.claims import Claims; c = Claims(sys.argv[1], sys.argv[2]); "
-            "[c.acquire(f'unit-{u:06d}') for u in range(10)]; os._exit(0)")
+            "c.acquire('store'); [c.acquire(f'unit-{u:06d}') for u in range(10)]; os._exit(0)")
     subprocess.run([sys.executable, "-c", code, str(claims_place(out)), job_id], check=True, timeout=60)
     result = extract(data, out, CFG, progress=False)
     assert result.finished_by == "this" and result.units_run == N_TILES
@@ -163,3 +164,17 @@ def test_info_and_verify_show_live_and_stale_claims(data, tmp_path):
     assert states == {"unit-000004": "live", "unit-000005": "stale"}
     verify = CliRunner().invoke(main, ["verify", str(out), "--quiet"])
     assert verify.exit_code == 1 and "claim unit-000004: live claim" in verify.output
+
+
+def test_overwrite_joins_a_live_job_of_the_same_settings_instead_of_wiping_it(data, reference, tmp_path):
+    out = tmp_path / "joined.zarr"
+    holder = Claims(claims_place(out), ExtractionJob(data, CFG).store_id)
+    assert holder.acquire("unit-000006")  # a live process of these settings at work
+    first = extract(data, out, CFG, progress=False, wait=False)
+    assert first.units_run == N_TILES - 1
+    again = extract(data, out, CFG, progress=False, wait=False, overwrite=True)  # the same command, --overwrite
+    assert again.units_run == 0 and "found 9 done, 1 claimed" in again.shared
+    holder.release_all()
+    last = extract(data, out, CFG, progress=False, overwrite=True)  # alone now: --overwrite starts afresh
+    assert last.units_run == N_TILES and last.finished_by == "this"
+    assert_same_store(open_store(out), reference)
