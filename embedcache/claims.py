@@ -362,6 +362,7 @@ class Claims:
         self.me = {"store": store_id, "owner": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
                    "boot": _boot_id(), "start": _start_time(os.getpid())}
         self._held: dict[str, tuple[int, object]] = {}  # name -> (beat, tag of what was last written)
+        self.taken: dict[str, int] = {}  # claims taken over: "stale" (owner dead), "corrupt" (unreadable file)
         self._lost: set[str] = set()
         self._seen: dict[str, tuple[bytes, float]] = {}  # name -> (content, reader's monotonic time first seen)
         self._lock = threading.RLock()
@@ -390,8 +391,12 @@ class Claims:
                 current = self.folder.read(fname)
                 if current is None:  # released meanwhile: try once more
                     tag = self.folder.create(fname, self._payload(name, 0))
-                elif self.judge(name, current[0]).state in ("stale", "corrupt"):
-                    tag = self.folder.take_over(fname, self._payload(name, 0), current[1])
+                else:
+                    state = self.judge(name, current[0]).state
+                    if state in ("stale", "corrupt"):
+                        tag = self.folder.take_over(fname, self._payload(name, 0), current[1])
+                        if tag is not None:
+                            self.taken[state] = self.taken.get(state, 0) + 1
             if tag is None:
                 return False
             self._held[name] = (0, tag)

@@ -108,8 +108,12 @@ class SharedUnits:
         """One line: how many of ``total`` units this process computed, found done and left to others."""
         others = self.by_others + len(self.pending)
         found = total - len(self.computed) - others  # those done before it started count as found done too
+        taken = self.claims.taken
+        notes = "".join(f"; took over {n} {what}" for what, n in (
+            ("claims left by dead processes", taken.get("stale", 0)),
+            ("unreadable (damaged) claim files", taken.get("corrupt", 0))) if n)
         return (f"this process computed {len(self.computed)} of {total} units, found {found} done, "
-                f"{others} claimed by other processes")
+                f"{others} claimed by other processes{notes}")
 
 
 

@@ -106,7 +106,7 @@ def test_corrupt_and_foreign_claims(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / ("u" + SUFFIX)).write_bytes(b"\x00garbage")
     assert me.state("u").state == "corrupt" and "unreadable" in me.state("u").describe()
-    assert me.acquire("u")
+    assert me.acquire("u") and me.taken == {"corrupt": 1}
     other = Claims(tmp_path / "c", "another-store")
     assert other.acquire("v") and me.foreign().record["store"] == "another-store"
     assert not me.acquire("v")  # alive: not ours to take

@@ -123,6 +123,7 @@ def test_claims_of_a_dead_process_are_taken_over(data, reference, tmp_path):
     subprocess.run([sys.executable, "-c", code, str(claims_place(out)), job_id], check=True, timeout=60)
     result = extract(data, out, CFG, progress=False)
     assert result.finished_by == "this" and result.units_run == N_TILES
+    assert result.shared.endswith("; took over 11 claims left by dead processes")
     assert_same_store(open_store(out), reference)
     assert not claims_place(out).exists()
 

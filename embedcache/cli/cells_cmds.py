@@ -65,5 +65,5 @@ def cells(store, out, nuclei, radius, layers, variants, overwrite, unit_tiles, a
     click.echo(f"wrote {r.path}: {r.n_cells} cells of {r.n_images} images x {len(r.layers)} layers x "
                f"{len(r.variants)} variants in {r.seconds:.1f} s{resumed}")
     click.echo("  types: " + ", ".join(f"{k} {v}" for k, v in r.types.items()))
-    if r.shared is not None and r.units_run < r.units:
+    if r.shared is not None and (r.units_run < r.units or "took over" in r.shared):
         click.echo(r.shared)  # resumed, or beside other processes: what this one did

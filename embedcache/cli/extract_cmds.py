@@ -102,7 +102,7 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
         on = f", units run by {len(workers_seen)} dask workers" if workers_seen else ""
         click.echo(f"wrote {result.path}: {result.n_tiles} tiles x {result.n_variants} variants, "
                    f"layers {', '.join(result.layers)} ({result.tiles_per_second:.2f} tiles/s{on})")
-        if result.shared is not None and result.units_run < result.units_total:
+        if result.shared is not None and (result.units_run < result.units_total or "took over" in result.shared):
             click.echo(result.shared)  # resumed, or beside other processes: what this one did
 
 
