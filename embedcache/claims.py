@@ -351,7 +351,8 @@ class Claims:
         claim from another host may stay unchanged before it is stale.
 
     Use as a context manager to rewrite held claims every ``heartbeat_s``
-    in a background thread and release them all on leaving.
+    in a background thread, and on leaving release them all and remove the
+    claims folder if no claim is left in it.
     """
 
     def __init__(self, where, store_id: str, *, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S):
@@ -452,6 +453,8 @@ class Claims:
         if self._thread is not None:
             self._thread.join()
         self.release_all()
+        with contextlib.suppress(OSError):  # nothing of ours is left: no empty folder either (a read-only one stays)
+            self.remove_if_empty()
 
     # -- judging ---------------------------------------------------------------------------------
 

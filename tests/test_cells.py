@@ -367,7 +367,11 @@ def test_an_interrupted_build_resumes_with_only_the_units_left(data, tmp_path, m
     result = build_cells(data["stack"], out, config, progress=False)
     assert ran == [1, 2] and result.units == 3 and result.units_run == 2
     assert out.exists() and not partial_path(out).exists()
-    cells, once = open_store(out), open_store(data["tmp"] / "stack.cells")
+    assert_same_cells(open_store(out), open_store(data["tmp"] / "stack.cells"))
+
+
+def assert_same_cells(cells, once):
+    """``cells`` complete, intact, and holding the vectors and table of ``once``."""
     assert cells.complete and verify_store(cells) == []
     for layer in once.layers:
         np.testing.assert_array_equal(cells.vectors(layer, variant=None), once.vectors(layer, variant=None))
@@ -577,41 +581,15 @@ def test_qupath_geojson_points_read_as_the_same_csv(data, tmp_path):
 
 @pytest.mark.parametrize("kill", [False, True])
 def test_processes_share_one_cell_build(data, tmp_path, kill):
-    import os
-    import random
-    import signal
-    import subprocess
-    import sys
-    import time
-    from collections import Counter
+    from process_helpers import run_together
 
     from embedcache.claims import claims_place
 
     out, log = tmp_path / "shared.cells", tmp_path / "log"
-    env = {**os.environ, "EMBEDCACHE_UNIT_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "embedcache", "cells", "--store", str(data["stack"]), "--out", str(out),
-           "--unit-tiles", "1", "--quiet"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(3)]
-    killed = None
-    if kill:
-        deadline = time.time() + 120
-        while (not log.exists() or not log.read_text()) and time.time() < deadline:
-            time.sleep(0.005)
-        killed = random.choice(procs)
-        os.kill(killed.pid, signal.SIGKILL)
-    said = {p.pid: p.communicate(timeout=300) for p in procs}
-    survivors = [p for p in procs if p is not killed]
-    assert all(p.returncode == 0 for p in survivors), [said[p.pid][1] for p in survivors]
-    stdout = [said[p.pid][0] for p in survivors]
-    assert sum("wrote " in s for s in stdout) == 1, stdout
-    units = Counter(line.split()[1] for line in log.read_text().splitlines())
-    assert max(units.values()) == 1, units  # no unit pooled twice
-    assert len(units) >= (5 if kill else 6)  # the killed process may die between its last write and its log line
-    cells, once = open_store(out), open_store(data["tmp"] / "stack.cells")
-    assert cells.complete and verify_store(cells) == []
-    for layer in once.layers:
-        np.testing.assert_array_equal(cells.vectors(layer, variant=None), once.vectors(layer, variant=None))
-    for column, values in once.table().items():
-        np.testing.assert_array_equal(cells.table()[column], values)
+    ran = run_together(["cells", "--store", str(data["stack"]), "--out", str(out), "--unit-tiles", "1", "--quiet"],
+                       3, log, kill)
+    assert sum("wrote " in s for s in ran.stdout) == 1, ran.stdout
+    assert max(ran.units.values()) == 1, ran.units  # no unit pooled twice
+    assert len(ran.units) >= (5 if kill else 6)  # the killed process may die between its last write and its log line
+    assert_same_cells(open_store(out), open_store(data["tmp"] / "stack.cells"))
     assert not partial_path(out).exists() and not claims_place(out).exists()

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from process_helpers import leave_dead_claims
 from s3_helpers import BUCKET, s3  # noqa: F401 (a fixture)
 
 from embedcache.claims import SUFFIX, Claims, claims_place
@@ -56,8 +57,7 @@ def test_processes_racing_for_units_each_get_distinct_ones(tmp_path):
 
 def test_a_dead_owner_is_taken_over(tmp_path):
     place = tmp_path / "c"
-    code = "import sys, os; from embedcache.claims import Claims; Claims(sys.argv[1], 'job').acquire('u'); os._exit(0)"
-    subprocess.run([sys.executable, "-c", code, str(place)], check=True, timeout=60)
+    leave_dead_claims(place, "job", ["u"])
     me = Claims(place, "job")
     assert me.state("u").state == "stale"
     assert me.acquire("u") and json.loads((place / ("u" + SUFFIX)).read_text())["pid"] == os.getpid()

@@ -352,39 +352,18 @@ def test_every_predict_option_works_for_each_input_or_is_refused_in_one_line(set
 
 @pytest.mark.parametrize("kill", [False, True])
 def test_processes_share_the_regions_of_a_slide(setup, tmp_path, kill):
-    import os
-    import random
-    import signal
-    import subprocess
-    import sys
-    import time
-    from collections import Counter
+    from process_helpers import run_together
 
     from embedcache.claims import claims_place
 
     one = predict_slides(setup["run"], setup["slides"], tmp_path / "one", run_mpp=0.5, region=96, margin=80,
                          progress=False)
     out, log = tmp_path / "shared", tmp_path / "log"
-    env = {**os.environ, "EMBEDCACHE_UNIT_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "embedcache", "predict", "--run", str(setup["run"]), "--slides",
-           str(setup["slides"]), "--run-mpp", "0.5", "--region", "96", "--margin", "80", "--out", str(out), "--quiet"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(3)]
-    killed = None
-    if kill:
-        deadline = time.time() + 120
-        while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.time() < deadline:
-            time.sleep(0.005)
-        killed = random.choice(procs)
-        os.kill(killed.pid, signal.SIGKILL)
-    said = {p.pid: p.communicate(timeout=300) for p in procs}
-    survivors = [p for p in procs if p is not killed]
-    assert all(p.returncode == 0 for p in survivors), [said[p.pid][1] for p in survivors]
-    stdout = [said[p.pid][0] for p in survivors]
-    assert sum("a: done," in s for s in stdout) == 1, stdout  # one process merged the slide
-    assert all("a: done" in s or "a: already done" in s for s in stdout), stdout
-    regions = Counter(line.split()[1] for line in log.read_text().splitlines())
-    assert max(regions.values()) == 1, regions  # no region computed twice
-    assert len(regions) >= one[0].regions - (1 if kill else 0)
+    ran = run_together(["predict", "--run", str(setup["run"]), "--slides", str(setup["slides"]), "--run-mpp", "0.5",
+                        "--region", "96", "--margin", "80", "--out", str(out), "--quiet"], 3, log, kill, after=2)
+    assert sum("a: done," in s for s in ran.stdout) == 1, ran.stdout  # one process merged the slide
+    assert all("a: done" in s or "a: already done" in s for s in ran.stdout), ran.stdout
+    assert max(ran.units.values()) == 1, ran.units  # no region computed twice
+    assert len(ran.units) >= one[0].regions - (1 if kill else 0)
     assert _table(out / "a") == _table(tmp_path / "one" / "a")
     assert not (out / "a.partial").exists() and not claims_place(out).exists()

@@ -8,15 +8,10 @@ from the unit log (``EMBEDCACHE_UNIT_LOG``).
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
-import sys
-import time
-from collections import Counter
 
 import pytest
 from conftest import TINY_VIT
+from process_helpers import leave_dead_claims, run_together
 from store_helpers import assert_same_store, conic_folder
 
 from embedcache import open_store
@@ -43,18 +38,6 @@ def reference(data, tmp_path_factory):
     return open_store(extract(data, tmp_path_factory.mktemp("ref") / "ref.zarr", CFG, progress=False).path)
 
 
-def _start(data, out, log, *extra):
-    env = {**os.environ, "EMBEDCACHE_UNIT_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "embedcache", "extract", "--data", str(data), "--out", str(out),
-                             *ARGS, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _logged(log) -> list[tuple[int, int]]:
-    if not log.exists():
-        return []
-    return [(int(pid), int(name.split("-")[1])) for pid, name in map(str.split, log.read_text().splitlines())]
-
-
 def _nothing_left(out):
     assert not partial_path(out).exists() and not claims_place(out).exists()
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(["log", out.name])
@@ -63,33 +46,18 @@ def _nothing_left(out):
 @pytest.mark.parametrize("n,kill", [(3, False), (2, True)])
 def test_processes_share_one_extraction(data, reference, tmp_path, n, kill):
     out, log = tmp_path / "shared.zarr", tmp_path / "log"
-    procs = [_start(data, out, log) for _ in range(n)]
-    killed = None
-    if kill:
-        deadline = time.time() + 120
-        while len(_logged(log)) < 2 and time.time() < deadline:
-            time.sleep(0.01)
-        killed = random.choice(procs)
-        os.kill(killed.pid, signal.SIGKILL)
-    outputs = {p.pid: p.communicate(timeout=300) for p in procs}
-    survivors = [p for p in procs if p is not killed]
-    for p in survivors:
-        assert p.returncode == 0, outputs[p.pid][1]
-    stdout = [outputs[p.pid][0] for p in survivors]
+    ran = run_together(["extract", "--data", str(data), "--out", str(out), *ARGS], n, log, kill, after=2)
     # Exactly one process swapped the store in; the others say so (one starting late finds it complete).
-    assert sum("wrote " in s for s in stdout) == 1, stdout
+    assert sum("wrote " in s for s in ran.stdout) == 1, ran.stdout
     assert sum("was finished by another process" in s or "is already complete" in s
-               for s in stdout) == len(survivors) - 1, stdout
-
-    logged = _logged(log)
-    counts = Counter(unit for _, unit in logged)
-    assert max(counts.values()) == 1, f"units written twice: {counts}"
-    missing = set(range(N_TILES)) - set(counts)
+               for s in ran.stdout) == len(ran.pids) - 1, ran.stdout
+    assert max(ran.units.values()) == 1, f"units written twice: {ran.units}"
+    missing = {f"unit-{u:06d}" for u in range(N_TILES)} - set(ran.units)
     # Only the killed process can have written a unit and died before logging it.
     assert not missing if not kill else len(missing) <= 1
     # Each survivor's own tally matches the units the log has from it.
-    for p, s in zip(survivors, stdout):
-        mine = sum(pid == p.pid for pid, _ in logged)
+    for pid, s in zip(ran.pids, ran.stdout):
+        mine = sum(p == pid for p, _ in ran.logged)
         said = f"this process computed {mine} of {N_TILES} units" in s
         # A process that computed every unit, or found the store complete, has nothing to share to report.
         assert said or (mine == N_TILES and "wrote " in s) or (mine == 0 and "already complete" in s), s
@@ -118,9 +86,7 @@ def test_claims_of_a_dead_process_are_taken_over(data, reference, tmp_path):
     out = tmp_path / "dead.zarr"
     job_id = ExtractionJob(data, CFG).store_id
     # It died holding every unit and the store itself (as if killed while finishing).
-    code = ("import os, sys; from embedcache.claims import Claims; c = Claims(sys.argv[1], sys.argv[2]); "
-            "c.acquire('store'); [c.acquire(f'unit-{u:06d}') for u in range(10)]; os._exit(0)")
-    subprocess.run([sys.executable, "-c", code, str(claims_place(out)), job_id], check=True, timeout=60)
+    leave_dead_claims(claims_place(out), job_id, ["store"] + [f"unit-{u:06d}" for u in range(N_TILES)])
     result = extract(data, out, CFG, progress=False)
     assert result.finished_by == "this" and result.units_run == N_TILES
     assert result.shared.endswith("; took over 11 claims left by dead processes")
@@ -148,13 +114,9 @@ def test_info_and_verify_show_live_and_stale_claims(data, tmp_path):
     job_id = ExtractionJob(data, CFG).store_id
     live = Claims(claims_place(out), job_id)
     assert live.acquire("unit-000004")
-    code = ("import os, sys; from embedcache.claims import Claims; "
-            "Claims(sys.argv[1], sys.argv[2]).acquire('unit-000009'); os._exit(0)")
-    subprocess.run([sys.executable, "-c", code, str(claims_place(out)), job_id], check=True, timeout=60)
+    leave_dead_claims(claims_place(out), job_id, ["unit-000009"])
     extract(data, out, CFG, progress=False, wait=False)  # takes over unit 9, leaves unit 4
-    code = ("import os, sys; from embedcache.claims import Claims; "
-            "Claims(sys.argv[1], sys.argv[2]).acquire('unit-000005'); os._exit(0)")  # a dead one's, left behind
-    subprocess.run([sys.executable, "-c", code, str(claims_place(out)), job_id], check=True, timeout=60)
+    leave_dead_claims(claims_place(out), job_id, ["unit-000005"])  # a dead one's, left behind
     info = CliRunner().invoke(main, ["info", str(out)])
     assert info.exit_code == 0, info.output
     assert f"claim  unit-000004: live claim by pid {os.getpid()}" in info.output
