@@ -502,6 +502,14 @@ class Claims:
                 return c
         return None
 
+    def clear_stale(self) -> None:
+        """Delete the claims of dead processes (a unit they finished but had not released yet)."""
+        for c in self.all():
+            if c.state in ("stale", "corrupt"):
+                current = self.folder.read(c.name + SUFFIX)
+                if current is not None and self.judge(c.name, current[0]).state in ("stale", "corrupt"):
+                    self.folder.delete(c.name + SUFFIX, current[1])
+
     def remove_if_empty(self) -> None:
         """Remove the claims folder once no claim is left in it (locally; a prefix vanishes by itself)."""
         if not self.folder.names():

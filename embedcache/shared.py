@@ -212,6 +212,8 @@ def work_through(claims: Claims, units: SharedUnits, run_pass, finished, finish,
             return "this"
         finally:
             claims.release(name)
+            # A process killed between marking a unit done and releasing it left its claim: nobody needs it now.
+            claims.clear_stale()
             claims.remove_if_empty()
     except FinishedElsewhere:
         return "another"

@@ -140,3 +140,13 @@ def test_claims_on_s3_are_conditional_writes(s3):  # noqa: F811
     b.release("u")  # b's claim was replaced: the release leaves a's alone
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"A"
     assert [c.name for c in a.all()] == ["u"]
+
+
+def test_clearing_stale_claims_keeps_live_ones(tmp_path):
+    place = tmp_path / "c"
+    leave_dead_claims(place, "job", ["dead"])
+    live = Claims(place, "job")
+    assert live.acquire("alive")
+    (place / ("broken" + SUFFIX)).write_bytes(b"{")
+    Claims(place, "job").clear_stale()
+    assert sorted(p.name for p in place.iterdir()) == ["alive" + SUFFIX]

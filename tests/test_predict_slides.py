@@ -324,7 +324,7 @@ def test_every_predict_option_works_for_each_input_or_is_refused_in_one_line(set
               "run_mpp": ["--run-mpp", "0.5"], "region": ["--region", "200"], "margin": ["--margin", "70"],
               "post_workers": ["--post-workers", "0"], "workers": ["--workers", "0"],
               "scheduler": ["--scheduler", "tcp://127.0.0.1:1"], "gzip_geojson": ["--gzip"],
-              "overwrite": ["--overwrite"], "quiet": ["--quiet"]}
+              "overwrite": ["--overwrite"], "no_wait": ["--no-wait"], "quiet": ["--quiet"]}
     command = main.commands["predict"]
     names = {p.name for p in command.params} - {"run_dir", "out", "store", "data", "slides"}
     assert names == set(values), "a new predict option: give it a value here and say where it applies"
