@@ -453,7 +453,9 @@ class Claims:
         if self._thread is not None:
             self._thread.join()
         self.release_all()
-        with contextlib.suppress(OSError):  # nothing of ours is left: no empty folder either (a read-only one stays)
+        # Nothing of ours is left: no empty folder either. Best effort: a read-only folder, or storage that
+        # cannot be reached (no credentials), must not hide the error that ended the block.
+        with contextlib.suppress(Exception):
             self.remove_if_empty()
 
     # -- judging ---------------------------------------------------------------------------------
