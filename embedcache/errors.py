@@ -81,3 +81,7 @@ class PipelineError(EmbedcacheError):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ClaimedError(EmbedcacheError):
+    """An output that another live process is writing now (a second command on the same --out)."""

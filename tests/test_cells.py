@@ -367,7 +367,11 @@ def test_an_interrupted_build_resumes_with_only_the_units_left(data, tmp_path, m
     result = build_cells(data["stack"], out, config, progress=False)
     assert ran == [1, 2] and result.units == 3 and result.units_run == 2
     assert out.exists() and not partial_path(out).exists()
-    cells, once = open_store(out), open_store(data["tmp"] / "stack.cells")
+    assert_same_cells(open_store(out), open_store(data["tmp"] / "stack.cells"))
+
+
+def assert_same_cells(cells, once):
+    """``cells`` complete, intact, and holding the vectors and table of ``once``."""
     assert cells.complete and verify_store(cells) == []
     for layer in once.layers:
         np.testing.assert_array_equal(cells.vectors(layer, variant=None), once.vectors(layer, variant=None))
@@ -572,3 +576,23 @@ def test_qupath_geojson_points_read_as_the_same_csv(data, tmp_path):
     # the disc at (85, 95) lies 5 px from the image's right and bottom edges: whole in the last tile only
     k = int(np.flatnonzero(a.table()["instance"] == 4)[0])
     assert a.table()["tile"][k] == 3 and a.table()["area"][k] == disc_by_hand(BIG_SHAPE, 85.0, 95.0, 4.0).sum()
+
+
+# ----------------------------------------------------------------------------
+# Several processes building one cell store
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kill", [False, True])
+def test_processes_share_one_cell_build(data, tmp_path, kill):
+    from process_helpers import run_together
+
+    from embedcache.claims import claims_place
+
+    out, log = tmp_path / "shared.cells", tmp_path / "log"
+    ran = run_together(["cells", "--store", str(data["stack"]), "--out", str(out), "--unit-tiles", "1", "--quiet"],
+                       3, log, kill)
+    assert sum("wrote " in s for s in ran.stdout) == 1, ran.stdout
+    assert max(ran.units.values()) == 1, ran.units  # no unit pooled twice
+    assert len(ran.units) >= (5 if kill else 6)  # the killed process may die between its last write and its log line
+    assert_same_cells(open_store(out), open_store(data["tmp"] / "stack.cells"))
+    assert not partial_path(out).exists() and not claims_place(out).exists()

@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "embedcache"
 
 # Stages in the order data flows; a module imports only from its own stage or earlier ones.
 STAGES = [
-    ("errors", "files", "device", "config", "layers", "geometry", "workers", "threads", "progress"),
+    ("errors", "files", "claims", "shared", "device", "config", "layers", "geometry", "workers", "threads",
+     "progress"),
     ("datasets",),
     ("encoders",),
     ("store",),

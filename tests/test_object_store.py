@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import TINY_VIT
 from decoder_helpers import one_thread  # noqa: F401 (a fixture)
+from s3_helpers import BUCKET, KEY_ID, SECRET, s3  # noqa: F401 (s3: a fixture)
 from store_helpers import assert_same_store, conic_folder
 
 from embedcache import open_store
@@ -22,40 +22,6 @@ from embedcache.store.location import StoreLocation
 
 CFG = ExtractConfig(encoder=TINY_VIT, weights="random", layers="1,3,5", variants="flips", batch_size=6, unit_tiles=2,
                     loader_workers=0, device="cpu")
-BUCKET = "embedcache-test"
-KEY_ID = "AKIDEMBEDCACHETEST01"
-SECRET = "s3cr3t-Embedcache-do-not-print-9f8e7d"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 and the environment that points the AWS libraries at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-    from s3fs import S3FileSystem
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true",
-           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        S3FileSystem.clear_instance_cache()
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-    server.stop()
-    S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +167,18 @@ def test_decoder_and_probe_read_a_store_on_s3(s3, data, tmp_path, one_thread):
                                "--method", "knn", "--k", "2", "--json"])
     assert res.exit_code == 0, res.output
     assert SECRET not in res.output and KEY_ID not in res.output
+
+
+def test_processes_share_an_extraction_on_s3_through_claims(s3, data, reference):
+    from embedcache.claims import Claims, claims_place
+
+    url = f"s3://{BUCKET}/shared.zarr"
+    holder = Claims(claims_place(url), ExtractionJob(data, CFG).store_id)  # a live process holding unit 1
+    assert holder.acquire("unit-000001")
+    first = extract(data, url, CFG, progress=False, wait=False)
+    assert first.finished_by is None and first.units_run == 3 and not open_store(url).complete
+    holder.release_all()
+    second = extract(data, url, CFG, progress=False)
+    assert second.finished_by == "this" and second.units_run == 1
+    assert_same_store(open_store(url), reference)
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="shared.zarr.claims").get("Contents")

@@ -395,3 +395,36 @@ def test_a_seeded_split_holds_out_the_same_images_for_every_seed(copy):
     assert [p.cells[0].fits[s].inputs["fit"]["split_seed"] for s in SEEDS] == [0, 0]
     (row,) = leaderboard(out)["leaderboards"]["syn"]["rows"]
     assert row["n_seeds"] == 2 and row["n_images"] == 4
+
+
+def test_a_step_another_process_computes_is_waited_for_and_the_others_run_meanwhile(tmp_path):
+    import threading
+    import time
+
+    from embedcache.claims import Claims, claims_place
+
+    out = tmp_path / "out"
+    path = write(tmp_path, study(out, seeds=[0]))
+    p = plan(load_pipeline(path), progress=False)
+    fit0, eval0 = p.cells[0].fits[0], p.cells[0].evals[0]
+    other = Claims(claims_place(out / "steps"), "pipeline")  # a second `embedcache run`, alive, computing the fit
+    assert other.acquire(fit0.dir.name)
+    lines: list[str] = []
+
+    def the_other_run():
+        while not any(line.startswith("wait") for line in lines):
+            time.sleep(0.05)
+        fit0.run()  # the other process finishes its step, then lets go
+        other.release(fit0.dir.name)
+
+    helper = threading.Thread(target=the_other_run)
+    helper.start()
+    outcome = execute(p, progress=False, echo=lines.append)
+    helper.join()
+    assert f"wait  {fit0.label}: another process is computing it" in lines
+    assert f"wait  {eval0.label}: another process is computing {fit0.label}" in lines
+    assert fit0.label in outcome.reused and fit0.label not in outcome.ran  # computed once, by the other
+    assert eval0.label in outcome.ran and eval0.done and p.cells[0].extract.label in outcome.ran
+    assert lines.index(f"wait  {fit0.label}: another process is computing it") < \
+        next(k for k, line in enumerate(lines) if line.startswith(f"run   {eval0.label}"))
+    assert not claims_place(out / "steps").exists()

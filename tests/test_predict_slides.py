@@ -339,7 +339,8 @@ def test_every_predict_option_works_for_each_input_or_is_refused_in_one_line(set
               "run_mpp": ["--run-mpp", "0.5"], "region": ["--region", "200"], "margin": ["--margin", "70"],
               "post_workers": ["--post-workers", "0"], "workers": ["--workers", "0"],
               "scheduler": ["--scheduler", "tcp://127.0.0.1:1"], "gzip_geojson": ["--gzip"],
-              "overwrite": ["--overwrite"], "quiet": ["--quiet"], "cells": ["--cells", "all"], "anndata": ["--anndata"],
+              "overwrite": ["--overwrite"], "no_wait": ["--no-wait"], "quiet": ["--quiet"], "cells": ["--cells", "all"],
+              "anndata": ["--anndata"],
               "cell_classifier": ["--cell-classifier", str(_classifier(setup["run"], tmp / "clf"))]}
     command = main.commands["predict"]
     names = {p.name for p in command.params} - {"run_dir", "out", "store", "data", "slides"}
@@ -369,3 +370,22 @@ def test_every_predict_option_works_for_each_input_or_is_refused_in_one_line(set
         assert res.exit_code == 0, (kind, res.output)
         out = tmp / f"all-{kind}"
         assert not list(out.rglob("*.geojson*")) and not list(out.rglob("*.png")), (kind, sorted(out.rglob("*")))
+
+
+@pytest.mark.parametrize("kill", [False, True])
+def test_processes_share_the_regions_of_a_slide(setup, tmp_path, kill):
+    from process_helpers import run_together
+
+    from embedcache.claims import claims_place
+
+    one = predict_slides(setup["run"], setup["slides"], tmp_path / "one", run_mpp=0.5, region=96, margin=80,
+                         progress=False)
+    out, log = tmp_path / "shared", tmp_path / "log"
+    ran = run_together(["predict", "--run", str(setup["run"]), "--slides", str(setup["slides"]), "--run-mpp", "0.5",
+                        "--region", "96", "--margin", "80", "--out", str(out), "--quiet"], 3, log, kill, after=2)
+    assert sum("a: done," in s for s in ran.stdout) == 1, ran.stdout  # one process merged the slide
+    assert all("a: done" in s or "a: already done" in s for s in ran.stdout), ran.stdout
+    assert max(ran.units.values()) == 1, ran.units  # no region computed twice
+    assert len(ran.units) >= one[0].regions - (1 if kill else 0)
+    assert _table(out / "a") == _table(tmp_path / "one" / "a")
+    assert not (out / "a.partial").exists() and not claims_place(out).exists()

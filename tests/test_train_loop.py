@@ -87,17 +87,21 @@ def test_same_seed_same_weights_other_seed_other_weights(data, tmp_path):
     assert same(a, b) and not same(a, c)
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
-    cfg = fit_config(epochs=2)
-    fit(data["store"], tmp_path / "whole", cfg, progress=False)
-    real = loop.Trainer.train_epoch
-
+def _stopping_at_second(real):
+    """``Trainer.train_epoch`` interrupted (as by Ctrl-C) when the second epoch starts."""
     def stop_at_second(self, epoch, *a):
         if epoch == 1:
             raise KeyboardInterrupt
         return real(self, epoch, *a)
 
-    monkeypatch.setattr(loop.Trainer, "train_epoch", stop_at_second)
+    return stop_at_second
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
+    cfg = fit_config(epochs=2)
+    fit(data["store"], tmp_path / "whole", cfg, progress=False)
+    real = loop.Trainer.train_epoch
+    monkeypatch.setattr(loop.Trainer, "train_epoch", _stopping_at_second(real))
     with pytest.raises(KeyboardInterrupt):
         fit(data["store"], tmp_path / "cut", cfg, progress=False)
     assert (tmp_path / "cut.partial" / "last.safetensors").exists() and not (tmp_path / "cut").exists()
@@ -176,3 +180,35 @@ def test_collate_keeps_layers_apart():
     s = {"tokens": [torch.zeros(2, 3, 3), torch.zeros(4, 1, 1)], "tile": 3}
     b = collate([s, s])
     assert [t.shape for t in b["tokens"]] == [(2, 2, 3, 3), (2, 4, 1, 1)] and b["tile"].tolist() == [3, 3]
+
+
+def test_a_second_fit_into_a_live_run_is_refused_and_a_dead_ones_is_resumed(data, tmp_path, monkeypatch):
+    from process_helpers import leave_dead_claims
+
+    from embedcache.claims import Claims, claims_place
+    from embedcache.errors import ClaimedError
+
+    cfg, out = fit_config(epochs=2), tmp_path / "run"
+    first = Claims(claims_place(out), "fit-decoder")  # a live fit-decoder (this process) writing the run
+    assert first.acquire("fit-decoder")
+    with pytest.raises(ClaimedError, match=r"^--out .*run is being written by pid \d+ on .* now; wait") as err:
+        fit(data["store"], out, cfg, progress=False)
+    assert "\n" not in str(err.value) and not out.exists() and not (tmp_path / "run.partial").exists()
+    first.release_all()
+
+    # The first fit is killed after its first epoch: its claim stays behind, its owner dead.
+    real = loop.Trainer.train_epoch
+    monkeypatch.setattr(loop.Trainer, "train_epoch", _stopping_at_second(real))
+    with pytest.raises(KeyboardInterrupt):
+        fit(data["store"], out, cfg, progress=False)
+    epochs = []
+
+    def count(self, epoch, *a):
+        epochs.append(epoch)
+        return real(self, epoch, *a)
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", count)
+    leave_dead_claims(claims_place(out), "fit-decoder", ["fit-decoder"])
+    res = fit(data["store"], out, cfg, progress=False)
+    assert epochs == [1] and res.epochs_run == 2 and len(res.history) == 2  # resumed at epoch 2
+    assert not claims_place(out).exists()

@@ -11,6 +11,7 @@ serves every variant and the same nucleus is compared with itself.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,12 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from embedcache import files
+from embedcache.claims import Claims, claims_place
+from embedcache.shared import SharedUnits, done_reader, open_alone, work_through
 from embedcache.cells.nuclei import image_nuclei, nuclei_source
 from embedcache.cells.pool import inst_to_cells, sparse_weights
 from embedcache.config import CellsConfig
 from embedcache.datasets import resolve_variants
 from embedcache.errors import DataError, StoreError
-from embedcache.store.cells import TABLE, CellStore, CellWriter
+from embedcache.store import schema
+from embedcache.store.cells import CELLS_ATTRS, TABLE, CellStore, CellWriter
 from embedcache.store.images import source_images
 from embedcache.store.reader import open_store
 from embedcache.threads import budget
@@ -44,6 +48,8 @@ class CellsResult:
     cells_run: int
     seconds: float
     types: dict = field(default_factory=dict)
+    shared: str | None = None  # beside other processes: what this one computed, found done, left to others
+    finished_by: str | None = "this"  # or "another" process swapped the cell store in; None: left unfinished
     skipped: bool = False  # the cell store was already complete with these settings
 
     @property
@@ -71,8 +77,14 @@ def _units(images, unit_tiles: int) -> list[tuple[int, int]]:
 
 
 def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwrite: bool = False,
-                progress: bool = True) -> CellsResult:
+                progress: bool = True, wait: bool = True) -> CellsResult:
     """Pool a vector per nucleus, layer and variant from a complete store into the cell store ``out``.
+
+    Several processes building the same cell store share its units
+    (claims in ``OUT.claims``, :mod:`embedcache.claims`): each pools the
+    units no live process holds, and one of them swaps the store in;
+    ``wait=False`` returns when only units held by others are left. Every
+    process measures the nuclei of all images (the units' pooling weights).
 
     Raises
     ------
@@ -139,21 +151,88 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
               "class_names": {str(k): v for k, v in sorted(source.class_names.items())},
               "source_names": source_names, "mpp": store.tile_mpp}
     dtype = "float32" if store.config.dtype == "float32" else "float16"  # pooled cells of int8 tokens: float16
-    writer = CellWriter(out, record, table, record["layers"], dtype, units, overwrite=overwrite)
-    done = writer.done()
-    todo = [u for u in range(len(units)) if not done[u]]
-    cells_run = sum(units[u][3] - units[u][2] for u in todo)
-    with progress_bar(total=cells_run, desc="cells", unit="cell", disable=not progress) as bar:
-        read = lambda u: unit_tokens(store, unit_weights[u][0], layers, chosen, variants)  # noqa: E731
-        for u, tokens in zip(todo, store.read_ahead(read, todo, depth=1)):
-            writer.write_unit(u, pool_unit(tokens, unit_weights[u][1]))
-            bar.update(units[u][3] - units[u][2])
-    path = writer.finish()
+    with Claims(claims_place(out), _digest(record)) as claims:
+        writer = open_alone(claims, str(out), lambda joined: _open_cells(out, record, table, dtype, units,
+                                                                         overwrite and not joined))
+        if writer is None:  # finished meanwhile by another process with these settings
+            claims.remove_if_empty()
+            return CellsResult(Path(out), n_cells, len(images), layers, [v.name for v in variants], len(units), 0, 0,
+                               time.perf_counter() - t0, finished_by=None, skipped=True)
+        done = writer.done()
+        todo = [u for u in range(len(units)) if not done[u]]
+        shared = SharedUnits(claims, todo, done_reader(writer.group[schema.DONE], writer.tmp),
+                             name=lambda u: f"cells-{u:06d}")
+        cells_run = sum(units[u][3] - units[u][2] for u in todo)
+
+        def run_pass():
+            with progress_bar(total=cells_run, desc="cells", unit="cell", disable=not progress) as bar:
+                read = lambda u: (u, unit_tokens(store, unit_weights[u][0], layers, chosen, variants))  # noqa: E731
+                for u, tokens in store.read_ahead(read, iter(shared), depth=1):
+                    vectors = pool_unit(tokens, unit_weights[u][1])
+                    with _chunks_held(claims, writer, units[u]):
+                        writer.write_unit(u, vectors)
+                    shared.finished(u)
+                    bar.update(units[u][3] - units[u][2])
+
+        finished_by = work_through(claims, shared, run_pass, lambda: not writer.tmp.exists(), writer.finish, wait)
+    path = out
     types = table["type"]
     counts = {source.class_names.get(int(t), f"type {t}") if t else "unknown": int((types == t).sum())
               for t in np.unique(types)}
-    return CellsResult(Path(path), n_cells, len(images), layers, [v.name for v in variants], len(units), len(todo),
-                       cells_run, time.perf_counter() - t0, counts)
+    ran = len(shared.computed)
+    return CellsResult(Path(path), n_cells, len(images), layers, [v.name for v in variants], len(units), ran,
+                       sum(units[u][3] - units[u][2] for u in shared.computed), time.perf_counter() - t0, counts,
+                       shared=shared.summary(len(units)), finished_by=finished_by)
+
+
+@contextlib.contextmanager
+def _chunks_held(claims, writer: CellWriter, unit: tuple):
+    """Hold the vector chunks a unit's cells fall in while it is written.
+
+    Units are runs of whole images, chunks runs of ``unit_cells`` cells, so
+    two units may share a chunk; zarr writes part of a chunk by reading,
+    merging and rewriting it, so two processes writing one chunk at once
+    would lose one's cells. Chunks are claimed in ascending order: no two
+    processes wait on each other.
+    """
+    _, _, c0, c1 = unit
+    rows = writer.chunk_rows
+    names = [f"chunk-{k:06d}" for k in range(c0 // rows, (c1 - 1) // rows + 1)] if c1 > c0 else []
+    for name in names:
+        claims.acquire_waiting(name, poll_s=0.05)
+    try:
+        yield
+    finally:
+        for name in names:
+            claims.release(name)
+
+
+def _digest(record: dict) -> str:
+    """What identifies a cell store's settings among the processes building it."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cells_record(out) -> dict | None:
+    """The record of the cell store at ``out`` (None when there is none or it cannot be read)."""
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(out), mode="r").attrs).get(CELLS_ATTRS)
+    except Exception:
+        return None
+
+
+def _open_cells(out, record: dict, table: dict, dtype: str, units: list, overwrite: bool) -> CellWriter | None:
+    """Create or resume the cell store; None when ``out`` is already complete with this record."""
+    old = _cells_record(out) if Path(out).exists() and not overwrite else None
+    if old is not None and old.get("complete"):
+        kept = {k: v for k, v in old.items() if k not in ("complete", "created", "format", "units")}
+        if kept == record:
+            return None
+    return CellWriter(out, record, table, record["layers"], dtype, units, overwrite=overwrite)
 
 
 def _already_built(out: Path, settings: dict, n_images: int, t0: float) -> CellsResult:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from embedcache.cli import main
-from embedcache.cli.options import json_option, quiet_option
+from embedcache.cli.options import json_option, no_wait_option, quiet_option, say_shared
 
 
 @main.command("cells")
@@ -29,9 +29,13 @@ from embedcache.cli.options import json_option, quiet_option
 @click.option("--classify", default=None, type=click.Path(path_type=Path), metavar="CLASSIFIER",
               help="Classify every cell with a classifier of `probe --level cell --save` (of this store's encoder "
                    "and one of --layers): OUT/cell_classes.parquet, class and probabilities per cell.")
+@click.option("--unit-tiles", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Tiles pooled per unit of work: what an interrupted run keeps, and what processes sharing "
+                   "the build claim one at a time.")
 @json_option
+@no_wait_option
 @quiet_option
-def cells(store, out, nuclei, radius, layers, variants, overwrite, classify, as_json, quiet):
+def cells(store, out, nuclei, radius, layers, variants, overwrite, classify, unit_tiles, as_json, no_wait, quiet):
     """Pool one vector per nucleus, layer and variant from a store's tokens:
     each patch token weighted by the share of the nucleus it covers. Each
     cell keeps its tile, source image, centroid (pixels; microns when the
@@ -49,20 +53,20 @@ def cells(store, out, nuclei, radius, layers, variants, overwrite, classify, as_
     from embedcache.cells import build_cells
     from embedcache.config import CellsConfig
 
-    config = CellsConfig(nuclei=nuclei, radius=radius, layers=layers, variants=variants)
+    config = CellsConfig(nuclei=nuclei, radius=radius, layers=layers, variants=variants, unit_tiles=unit_tiles)
     if classify is not None:
         from embedcache.probes.classifier import check_for_store
 
         check_for_store(classify, store, layers)
-    r = build_cells(store, out, config, overwrite=overwrite, progress=not (quiet or as_json))
-    if classify is not None:
+    r = build_cells(store, out, config, overwrite=overwrite, progress=not (quiet or as_json), wait=not no_wait)
+    if classify is not None and r.finished_by is not None:
         from embedcache.probes.classifier import classify_cells
 
         classes, counts = classify_cells(r.path, classify)
     data = {"path": str(r.path), "n_cells": r.n_cells, "n_images": r.n_images, "layers": r.layers,
             "variants": r.variants, "types": r.types, "units_run": r.units_run, "units": r.units,
-            "seconds": round(r.seconds, 2)}
-    if classify is not None:
+            "seconds": round(r.seconds, 2), "finished_by": r.finished_by}
+    if classify is not None and r.finished_by is not None:
         data.update(classes=str(classes), cells_per_class=counts)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -70,9 +74,13 @@ def cells(store, out, nuclei, radius, layers, variants, overwrite, classify, as_
     if r.skipped:
         click.echo(f"{r.path} is already complete with these settings; nothing to do")
         return
+    if say_shared(r.path, r.shared, r.finished_by):
+        return
     resumed = f", {r.units - r.units_run} of {r.units} units already done" if r.units_run < r.units else ""
     click.echo(f"wrote {r.path}: {r.n_cells} cells of {r.n_images} images x {len(r.layers)} layers x "
                f"{len(r.variants)} variants in {r.seconds:.1f} s{resumed}")
     click.echo("  types: " + ", ".join(f"{k} {v}" for k, v in r.types.items()))
-    if classify is not None:
+    if r.shared is not None and (r.units_run < r.units or "took over" in r.shared):
+        click.echo(r.shared)  # resumed, or beside other processes: what this one did
+    if classify is not None and r.finished_by is not None:
         click.echo(f"wrote {classes}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

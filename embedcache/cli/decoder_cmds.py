@@ -8,8 +8,8 @@ import click
 
 from embedcache.cli import main
 from embedcache.cli.options import (
-    dask_workers_option, device_option, format_option, loader_workers_option, magnification_option, quiet_option,
-    refuse_options, scheduler_option,
+    dask_workers_option, device_option, format_option, loader_workers_option, magnification_option, no_wait_option,
+    quiet_option, refuse_options, scheduler_option,
 )
 from embedcache.config import DecoderConfig, FitConfig, PostprocessConfig, TargetConfig
 
@@ -117,7 +117,7 @@ PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", 
                    "run_mpp": _SLIDES, "region": _SLIDES, "margin": _SLIDES, "post_workers": _SLIDES,
                    "workers": _SLIDES, "scheduler": _SLIDES, "gzip_geojson": _SLIDES, "overwrite": _SLIDES,
                    "cells": _SLIDES, "cell_classifier": _SLIDES,
-                   "anndata": _SLIDES}
+                   "anndata": _SLIDES, "no_wait": _SLIDES}
 
 
 @main.command("predict")
@@ -175,10 +175,11 @@ PREDICT_OPTIONS = {"split": {"tiles"}, "fmt": {"images"}, "overlap": {"images", 
 @click.option("--anndata", is_flag=True,
               help="Slides: also OUT/SLIDE/cells.h5ad for scanpy/squidpy (obs the cell table, obsm['spatial'] "
                    "centroids in um, obsm['X_<layer>'] the vectors of --cells); needs pip install 'embedcache[cells]'.")
+@no_wait_option
 @quiet_option
 def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, post_spec, tta, batch_size, device,
                 overlays, geojson, slides, mpp, run_mpp, region, margin, post_workers, workers, scheduler, gzip_geojson,
-                overwrite, cells, cell_classifier, anndata, quiet):
+                overwrite, cells, cell_classifier, anndata, no_wait, quiet):
     """Predict nuclei instances and types with a trained decoder.
 
     From a store (cached features) or from raw images with the encoder run live
@@ -215,7 +216,7 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
                                  magnification=magnification, postprocess=given_postprocess(post_spec, magnification),
                                  gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta, geojson=geojson,
                                  overlays=overlays, cells=cells, cell_classifier=cell_classifier,
-                                 anndata=anndata, progress=not quiet)
+                                 anndata=anndata, progress=not quiet, wait=not no_wait)
         for r in results:
             line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
             click.echo(line + (f" ({r.reason})" if r.reason else ""))

@@ -9,8 +9,8 @@ import click
 
 from embedcache.cli import main
 from embedcache.cli.options import (
-    dask_workers_option, device_option, format_option, json_option, loader_workers_option, quiet_option,
-    release_options, scheduler_option,
+    dask_workers_option, device_option, format_option, json_option, loader_workers_option, no_wait_option,
+    quiet_option, release_options, say_shared, scheduler_option,
 )
 from embedcache.report import human_bytes
 
@@ -60,13 +60,17 @@ from embedcache.report import human_bytes
 @click.option("--repair", is_flag=True, help="Check the store's chunks and compute again only the units whose "
                                              "chunks fail their checksums (what `verify` reports); the same "
                                              "options as the extraction that made it.")
+@no_wait_option
 @quiet_option
 def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype, codec, weights, norm, unit_tiles,
             workers, scheduler, loader_workers, tile_size, overlap, mpp, working_mpp, tile_mpp, min_tissue,
-            release_magnification, classes, overwrite, repair, quiet):
+            release_magnification, classes, overwrite, repair, no_wait, quiet):
     """Run a frozen encoder over every tile and variant of a dataset into a Zarr store.
 
-    An interrupted run resumes when the same command is run again. With
+    An interrupted run resumes when the same command is run again. The
+    same command run several times at once (a job array, two terminals)
+    shares the work: each process claims units before computing them and
+    one of them finishes the store. With
     --workers N or --scheduler ADDRESS, units of work run as dask tasks.
     With --repair, a store damaged on disk gets only its damaged units
     computed again.
@@ -84,11 +88,14 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
     from embedcache.extract import extract as run_extract
 
     result = run_extract(data, out, config, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                         progress=not quiet, repair=repair, on_note=lambda note: click.echo(f"note: {note}"))
+                         progress=not quiet, repair=repair, on_note=lambda note: click.echo(f"note: {note}"),
+                         wait=not no_wait)
     if result.redone is not None:
         redo, kept = result.redone
         click.echo(f"the data changed since the interrupted run: kept {kept} finished units, computed {redo} "
                    "again (those with tiles of changed files)")
+    if not result.skipped and say_shared(result.path, result.shared, result.finished_by):
+        return
     if result.skipped:
         intact = "; every chunk reads back, nothing to repair" if repair else "; nothing to do"
         click.echo(f"{result.path} is already complete with these settings{intact}")
@@ -102,6 +109,8 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
         on = f", units run by {len(workers_seen)} dask workers" if workers_seen else ""
         click.echo(f"wrote {result.path}: {result.n_tiles} tiles x {result.n_variants} variants, "
                    f"layers {', '.join(result.layers)} ({result.tiles_per_second:.2f} tiles/s{on})")
+        if result.shared is not None and (result.units_run < result.units_total or "took over" in result.shared):
+            click.echo(result.shared)  # resumed, or beside other processes: what this one did
 
 
 @main.command()
@@ -111,10 +120,17 @@ def info(store, as_json):
     """Summarise a store (or a cell store): tiles, variants, layers with shapes, bytes on disk, complete or not."""
     from embedcache.store import open_store
 
+    from embedcache.claims import claims_of, describe_claims
+
     s = open_store(store).summary()
+    claims = claims_of(s["path"])
     if as_json:
+        s["claims"] = [{"name": c.name, "state": c.state, "pid": c.record.get("pid"), "host": c.record.get("host")}
+                       for c in claims]
         click.echo(json.dumps(s, indent=2))
         return
+    for line in describe_claims(claims):  # processes working on it now, or claims the dead left behind
+        click.echo(f"claim  {line}")
     if s.get("kind") == "cells":
         return _cells_info(s)
     state = "complete" if s["complete"] else f"INCOMPLETE ({s['units_done'][0]}/{s['units_done'][1]} units)"
@@ -157,10 +173,14 @@ def verify(store, quiet):
 
     from embedcache.store import open_store, verify_store
 
+    from embedcache.claims import claims_of, describe_claims
+
     s = open_store(store)
     arrays = s.arrays()
     with progress_bar(total=len(arrays) - 1, unit="array", disable=quiet, desc="verify") as bar:
         problems = verify_store(s, progress=lambda path: bar.update(1))
+    for line in describe_claims(claims_of(s.path)):
+        click.echo(f"{s.path}: claim {line}")
     if problems:
         for p in problems:
             click.echo(f"{s.path}: {p}", err=True)

@@ -76,3 +76,22 @@ def refuse_options(ctx: click.Context, kind: str, applies: dict[str, set[str]], 
                 flag = max(param.secondary_opts, key=len)
             targets = " and ".join(kinds[k] for k in kinds if k in where)
             raise ConfigError(f"{flag} applies to {targets}, not to {kinds[kind]}; leave it out")
+
+
+no_wait_option = click.option(
+    "--no-wait", is_flag=True,
+    help="When the units left are all being computed by other processes on this --out (the same command run "
+         "again, a job array), exit instead of waiting to finish the output with them.")
+
+
+def say_shared(path, shared: str | None, finished_by: str | None) -> bool:
+    """Print what a process sharing an output did, when another finishes it; True when so (nothing more to say)."""
+    if shared is None or finished_by == "this":
+        return False
+    click.echo(shared)
+    if finished_by == "another":
+        click.echo(f"{path} was finished by another process")
+    else:
+        click.echo(f"{path}: the units left are being computed by other processes; one of them finishes it "
+                   "(--no-wait)")
+    return True

@@ -18,7 +18,7 @@ from embedcache.extract.local import extract_local
 def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int | None = None,
             scheduler: str | None = None, overwrite: bool = False, progress: bool = True,
             timeout: float | None = None, check: bool = True, repair: bool = False,
-            on_note=None) -> ExtractResult:
+            on_note=None, wait: bool = True) -> ExtractResult:
     """Run ``config.encoder`` over every tile and variant of ``data`` into a store at ``out``.
 
     Parameters
@@ -61,6 +61,22 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
     on_note : callable, optional
         Called with each of the check's notes (conversions it will make,
         padding that dominates the tiles) before the work starts.
+    wait : bool
+        In this process (no dask): when the units left are all being
+        computed by other processes on the same ``out``, wait for them and
+        finish the store (True), or return at once, leaving the store for
+        them to finish (False; ``ExtractResult.finished_by`` is None).
+
+    Several processes running this on the same ``out`` with the same
+    settings share the work (a job array, a second terminal, a rerun
+    while a lost node may still be alive): each claims a unit before
+    computing it (:mod:`embedcache.claims`, claims kept in ``OUT.claims``
+    beside the store), skips units done or claimed by a live process,
+    takes over the claims of dead ones, and exactly one of them swaps the
+    finished store in (``ExtractResult.finished_by`` is ``"this"`` for it,
+    ``"another"`` for the others). Set the environment variable
+    ``EMBEDCACHE_UNIT_LOG`` to a file to have each process append
+    ``<pid> unit-<number>`` to it for every unit it writes.
 
     Returns
     -------
@@ -87,7 +103,7 @@ def extract(data, out, config: ExtractConfig = ExtractConfig(), *, workers: int 
         return extract_distributed(data, out, config, workers=workers or None, scheduler=scheduler,
                                    overwrite=overwrite, progress=progress, timeout=timeout, repair=repair)
 
-    return extract_local(data, out, config, overwrite=overwrite, progress=progress, repair=repair)
+    return extract_local(data, out, config, overwrite=overwrite, progress=progress, repair=repair, wait=wait)
 
 
 __all__ = ["ExtractResult", "Extraction", "ExtractionJob", "extract"]

@@ -48,6 +48,8 @@ class ExtractResult:
     units: list[dict] = field(default_factory=list)  # each unit run: ``unit, tiles, compute_s`` (+ worker, read/write)
     redone: tuple[int, int] | None = None  # after a fixed source file: (units computed again, finished units kept)
     repaired: list[int] | None = None  # with repair: the damaged units computed again
+    shared: str | None = None  # beside other processes: what this one computed, found done, left to others
+    finished_by: str | None = None  # "this" or "another" process swapped the store in; None: left unfinished
 
     @property
     def tiles_per_second(self) -> float:
@@ -253,6 +255,17 @@ class ExtractionJob:
 
     def compute_unit(self, unit: int) -> dict[str, np.ndarray]:
         return self.unit_arrays(unit, *self.read_unit(unit))
+
+    @property
+    def store_id(self) -> str:
+        """A digest of the store configuration: processes with the same one can share an extraction."""
+        import hashlib
+        import json
+
+        if not hasattr(self, "_store_id"):
+            config = self.run.store_config(self.dataset, self.dataset.fingerprint()).to_dict()
+            self._store_id = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self._store_id
 
     def open_writer(self, out, overwrite: bool = False, repair: bool = False) -> StoreWriter | None:
         """Create or resume the store at ``out`` (path or URL); None when it is already complete (and, with

@@ -34,7 +34,7 @@ For each slide:
 5. **Post-processing beside the forward**: with ``post_workers`` > 0
    regions are post-processed in that many processes while the main
    process encodes and decodes the next ones.
-6. **Many slides on a dask cluster**: with ``workers`` (a local cluster of
+6. **Many slides on a dask cluster** (:mod:`embedcache.infer.slide_cluster`): with ``workers`` (a local cluster of
    that many processes) or ``scheduler`` (a running one), each slide is a
    task; ``out`` must be a folder every worker can write (a shared file
    system). A worker that dies fails its slide (recorded with the reason)
@@ -57,6 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from embedcache import files
+from embedcache.claims import Claims, claims_place
+from embedcache.shared import FinishedElsewhere, SharedUnits, open_alone, work_through
 from embedcache.config import PostprocessConfig
 from embedcache.datasets.wsi import (
     box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue, working_shape,
@@ -246,7 +248,8 @@ def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessC
     return settings
 
 
-def _write_table(out: Path, results: list[SlideResult]) -> None:
+def write_table(out: Path, results: list[SlideResult]) -> None:
+    """``OUT/slides.csv``: every slide's status, nuclei, regions, time and, for a failure, why."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["slide", "status", "nuclei", "regions", "seconds", "reason"])
@@ -262,7 +265,7 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                    gzip_geojson: bool = False, overwrite: bool = False, progress: bool = True,
                    table: bool = True, tta: str = "none", geojson: bool = True,
                    overlays: bool = True, cells: str | None = None,
-                   cell_classifier=None, anndata: bool = False) -> list[SlideResult]:
+                   cell_classifier=None, anndata: bool = False, wait: bool = True) -> list[SlideResult]:
     """Nuclei of every slide of ``slides`` (a slide file or a folder) into ``out`` (module docstring).
 
     ``tta`` (``flips``, ``d4``) averages the decoder's maps over the
@@ -277,6 +280,15 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     classifications and the summary's ``cells_per_class``); its layer is
     pooled whether ``cells`` names it or not. ``anndata``: also ``cells.h5ad``
     (:mod:`embedcache.infer.slide_anndata`; needs the ``cells`` extra).
+
+    Several processes predicting into the same ``out`` share the work
+    (claims in ``OUT.claims``, :mod:`embedcache.claims`): each claims a
+    region before computing it, and the process that finds a slide's last
+    region written merges the slide; a process first goes through every
+    slide taking what no live process holds, then (unless ``wait`` is
+    False) waits for the regions others hold and finishes those slides
+    with them. A slide left to others has the status ``"left to other
+    processes"``; one another process merged, ``"done by another process"``.
 
     ``store``: a store extracted from these slides on prediction's grid
     (``extract --format slides --overlap`` a quarter tile, at the run's
@@ -303,7 +315,9 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                        postprocess=postprocess, gzip_geojson=gzip_geojson, overwrite=overwrite, tta=tta,
                        geojson=geojson, overlays=overlays, cells=cells, cell_classifier=cell_classifier,
                        anndata=anndata)
-        return _predict_on_cluster(run, paths, Path(out), options, workers, scheduler, progress)
+        from embedcache.infer.slide_cluster import predict_on_cluster
+
+        return predict_on_cluster(run, paths, Path(out), options, workers, scheduler, progress)
     loaded = load_run(run, device=str(resolve_device(device)))
     work_mpp = run_mpp or loaded.store.get("mpp")
     if not work_mpp:
@@ -340,13 +354,23 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with use_threads(beside=post_workers):  # the post-processing processes share the thread budget
-        return _predict_paths(paths, loaded, predictor, features, out, float(work_mpp), mpp, region, margin,
-                              overlap, post, post_workers, outputs, overwrite, progress, table)
+        with Claims(claims_place(out), "predict-slides") as claims:
+            args = (loaded, predictor, features, out, float(work_mpp), mpp, region, margin, overlap, post,
+                    post_workers, outputs, overwrite, progress, table, claims)
+            # First every slide's regions no live process holds; then, waiting, the slides left to others.
+            results = _predict_paths(paths, *args, wait=False)
+            left = [k for k, r in enumerate(results) if r.status == LEFT]
+            if wait and left:
+                for k, r in zip(left, _predict_paths([paths[k] for k in left], *args, wait=True)):
+                    results[k] = r
+                if table:
+                    write_table(out, results)
+        return results
 
 
 def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: float, mpp, region: int, margin: int,
                    overlap: int, post, post_workers: int, outputs: Outputs, overwrite: bool, progress: bool,
-                   table: bool) -> list[SlideResult]:
+                   table: bool, claims: Claims, wait: bool) -> list[SlideResult]:
     from embedcache.progress import progress_bar
 
     results: list[SlideResult] = []
@@ -360,7 +384,7 @@ def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: floa
             try:
                 plan = plan_slide(path, float(work_mpp), region, margin, mpp)
                 result = _predict_slide(loaded, plan, predictor, features, out, pool, post_workers, region, margin,
-                                        overlap, post, outputs, overwrite, progress)
+                                        overlap, post, outputs, overwrite, progress, claims, wait)
             except OutputMismatchError:
                 raise
             except DataError as exc:
@@ -373,50 +397,16 @@ def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: floa
             result.seconds = result.seconds or time.perf_counter() - t0
             results.append(result)
             if table:
-                _write_table(out, results)
+                write_table(out, results)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return results
 
 
-def _slide_task(run, path: Path, out: Path, options: dict) -> SlideResult:
-    """One slide on a dask worker (a local cluster's workers carry their share of the thread budget in
-    ``EMBEDCACHE_THREADS``, which :func:`predict_slides` sizes torch by)."""
-    return predict_slides(run, path, out, progress=False, table=False, **options)[0]
-
-
-def _predict_on_cluster(run, paths: list[Path], out: Path, options: dict, workers: int, scheduler: str | None,
-                        progress: bool) -> list[SlideResult]:
-    """Every slide as one task on a dask cluster; slides.csv written here, in the slides' order, as they finish."""
-    from distributed import as_completed
-    from embedcache.progress import progress_bar
-
-    from embedcache.extract.distributed import connect_cluster
-
-    out.mkdir(parents=True, exist_ok=True)
-    run = str(Path(run).resolve())
-    done: dict[int, SlideResult] = {}
-    with connect_cluster(workers or None, scheduler, options["device"], None) as (client, _):
-        futures = {client.submit(_slide_task, run, p, out, options, key=f"slide-{k}-{p.name}", pure=False,
-                                 retries=0): k for k, p in enumerate(paths)}
-        bar = progress_bar(total=len(paths), unit="slide", desc="slides", disable=not progress, dynamic_ncols=True)
-        for fut in as_completed(list(futures), loop=client.loop):  # ours, not the default client's
-            k = futures[fut]
-            try:
-                done[k] = fut.result()
-            except OutputMismatchError:
-                raise
-            except Exception as exc:  # a worker that died or failed outside the slide's own checks
-                done[k] = SlideResult(paths[k].stem, "failed", reason=f"{type(exc).__name__}: {exc}")
-            _write_table(out, [done[i] for i in sorted(done)])
-            bar.update(1)
-        bar.close()
-    return [done[k] for k in range(len(paths))]
-
-
 def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Path, pool, workers: int, region: int,
-                   margin: int, overlap: int, post, outputs: Outputs, overwrite: bool, progress: bool):
+                   margin: int, overlap: int, post, outputs: Outputs, overwrite: bool, progress: bool,
+                   claims: Claims, wait: bool = True):
     from embedcache.progress import progress_bar
 
     settings = _settings(run, plan, region, margin, post, overlap, features.store, outputs.tta,
@@ -425,112 +415,159 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
-        summary = json.loads(done.read_text())
-        if summary.get("settings") == settings:
-            return SlideResult(plan.name, "already done", summary["nuclei"], summary.get("seconds", 0.0),
-                               regions=len(plan.regions))
-        raise OutputMismatchError(f"{final} holds nuclei from another run or other settings; pass --overwrite to "
-                                  "replace them (they stay until the new ones are complete), or choose another --out")
+        return _finished_slide(plan, final, settings, "already done")
     partial = files.partial_path(final)
     plan_file = partial / "plan.json"
-    if partial.exists() and not overwrite:
-        old = json.loads(plan_file.read_text()) if plan_file.exists() else None
-        if old != settings:
-            raise OutputMismatchError(f"{partial} holds another run's partial results (or other settings); pass "
-                                      "--overwrite to start that slide afresh, or choose another --out")
-    else:
-        files.remove(partial)
-        (partial / "regions").mkdir(parents=True)
-        files.write_json(plan_file, settings)
-    region_file = lambda r: partial / "regions" / f"{r.index:05d}.parquet"  # noqa: E731
+
+    def open_partial(joined: bool) -> bool:
+        """Create or resume the slide's partial (one process at a time); False when another finished the slide."""
+        if done.exists() and (joined or not overwrite):
+            return False
+        if partial.exists() and not (overwrite and not joined):
+            old = json.loads(plan_file.read_text()) if plan_file.exists() else None
+            if old != settings:
+                raise OutputMismatchError(f"{partial} holds another run's partial results (or other settings); pass "
+                                          "--overwrite to start that slide afresh, or choose another --out")
+        else:
+            files.remove(partial)
+            (partial / "regions").mkdir(parents=True)
+            files.write_json(plan_file, settings)
+        return True
+
+    if not open_alone(claims, str(final), open_partial, name=f"{plan.name}.slide"):
+        return _finished_slide(plan, final, settings, "done by another process")
+    region_file = lambda r: partial / "regions" / f"{r:05d}.parquet"  # noqa: E731
     tile = tuple(run.store["tile_shape"])
-    todo = on_tile_grid([r for r in plan.regions if not region_file(r).exists()], plan.shape, tile, overlap)
+    left = {r.index: r for r in on_tile_grid([r for r in plan.regions if not region_file(r.index).exists()],
+                                             plan.shape, tile, overlap)}
+
+    def region_done(index: int) -> bool:
+        value = region_file(index).exists()
+        # Read first: a finishing process merges the regions away only after writing the partial's summary.
+        if not partial.exists() or (partial / "summary.json").exists():
+            raise FinishedElsewhere
+        return value
+
+    shared = SharedUnits(claims, sorted(left), region_done, name=lambda i: f"{plan.name}.r{i:05d}")
     class_names = {int(k): v for k, v in run.store.get("class_names", {}).items()}
     features.start(plan.name, plan.dims0, plan.mpp0)
-    slide = open_slide(plan.path)
-    try:
-        def images():
-            for r in todo:
-                q0, d0, q1, d1 = r.read
-                pixels = read_box(slide, plan, r.read)
-                tiles = [(o, ((q0 + o[0], d0 + o[1]), cut_tile(pixels, o, tile)))
-                         for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
-                yield TiledImage(f"{r.index}", (q1 - q0, d1 - d0), tiles)
+    clock = [time.perf_counter()]
+    # Margins encoded once: the tiles regions share are kept between them (bounded), over the regions left in
+    # order; another process's regions only keep a tile longer, and a tile kept or encoded again is the same.
+    order = [left[i] for i in sorted(left)]
+    tiles_shared = SharedTiles(features, tile_uses(order, tile, overlap), kept_limit(order, tile, overlap))
+    counted = [0, 0, 0]  # tiles read from the store, encoded and reused, at the last region written
 
-        shared = SharedTiles(features, tile_uses(todo, tile, overlap),  # margins encoded once
-                             kept_limit(todo, tile, overlap))
-        clock = [time.perf_counter()]
-        counted = [0, 0, 0]  # tiles read from the store, encoded and reused, at the last region written
+    def run_pass():
+        slide = open_slide(plan.path)
+        try:
+            def images():
+                for index in shared:
+                    q0, d0, q1, d1 = left[index].read
+                    pixels = read_box(slide, plan, left[index].read)
+                    tiles = [(o, ((q0 + o[0], d0 + o[1]), cut_tile(pixels, o, tile)))
+                             for o in plan_tiles((q1 - q0, d1 - d0), tile, overlap)]
+                    yield TiledImage(f"{index}", (q1 - q0, d1 - d0), tiles)
 
-        def write(r, rows, tokens=None):
-            """A finished region, with the work it took (time since the last region was written)."""
-            if tokens is not None:  # its vectors first: a region with a table has its vectors
-                write_vectors(vectors_file(partial, r.index),
-                              region_cells(tokens, rows.pop("weights"), outputs.cells, outputs.classifier))
-            now = time.perf_counter()
-            # The work since the last region written (batches span regions; a slide's sums are exact).
-            count = [features.cached, features.computed, shared.reused]
-            work = dict(zip(("cached", "encoded", "reused"), (c - c0 for c, c0 in zip(count, counted))))
-            write_region(region_file(r), rows, {**work, "seconds": round(now - clock[0], 3)})
-            counted[:], clock[0] = count, now
-            bar.update(1)
+            def write(r, rows, tokens=None):
+                """A finished region, with the work it took (time since the last region was written)."""
+                if tokens is not None:  # its vectors first: a region with a table has its vectors
+                    write_vectors(vectors_file(partial, r.index),
+                                  region_cells(tokens, rows.pop("weights"), outputs.cells, outputs.classifier))
+                now = time.perf_counter()
+                # The work since the last region written (batches span regions; a slide's sums are exact).
+                count = [features.cached, features.computed, tiles_shared.reused]
+                work = dict(zip(("cached", "encoded", "reused"), (c - c0 for c, c0 in zip(count, counted))))
+                write_region(region_file(r.index), rows, {**work, "seconds": round(now - clock[0], 3)})
+                shared.finished(r.index)
+                counted[:], clock[0] = count, now
+                bar.update(1)
 
-        by_name = {str(r.index): r for r in todo}
-        model = predictor.model
-        args = (model.n_dist, model.n_types, post, predictor.directions)
-        pending = []
-        bar = progress_bar(total=len(plan.regions), initial=len(plan.regions) - len(todo), unit="region",
-                   desc=plan.name, disable=not progress, dynamic_ncols=True)
+            model = predictor.model
+            args = (model.n_dist, model.n_types, post, predictor.directions)
+            pending = []
+            bar = progress_bar(total=len(plan.regions), initial=len(plan.regions) - len(shared.pending),
+                               unit="region", desc=plan.name, disable=not progress, dynamic_ncols=True)
 
-        def settle(block: bool):
-            while pending and (block or pending[0][1].done()):
-                r, fut, tokens = pending.pop(0)
-                write(r, fut.result(), tokens)
+            def settle(block: bool):
+                while pending and (block or pending[0][1].done()):
+                    r, fut, tokens = pending.pop(0)
+                    write(r, fut.result(), tokens)
 
-        keeper = TokenKeeper(shared, outputs.cells) if outputs.cells is not None else None
-        for image, maps, _ in predictor.stitched(images(), keeper or shared):
-            r = by_name[image.name]
-            tokens = keeper.take(len(image.tiles)) if keeper is not None else None
-            cells = ([o for o, _ in image.tiles], tile, outputs.cells.grids) if keeper is not None else None
-            if pool is None:
-                write(r, region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names, cells), tokens)
-                continue
-            pending.append((r, pool.submit(region_nuclei, maps.astype(np.float16), *args, r, plan.scale,
-                                           plan.mpp0, class_names, cells), tokens))
-            settle(block=len(pending) > workers)
-        settle(block=True)
-        bar.close()
-        th, tw = slide.dims[plan.mask_level]
-        thumb = slide.read(plan.mask_level, 0, 0, th, tw)
-        thumb_scale = slide.downsample(plan.mask_level)
-    finally:
-        slide.close()
-    region_files = sorted((partial / "regions").glob("*.parquet"))
-    # The work of every run that wrote a region of this slide, not only this one's (a resumed slide).
-    work = region_work(region_files)
-    seconds = work["seconds"] + time.perf_counter() - clock[0]
-    area_mm2 = plan.tissue_fraction * plan.shape[0] * plan.shape[1] * plan.work_mpp ** 2 / 1e6
-    summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
-               "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
-               "work_mpp": plan.work_mpp, "level": plan.level,
-               "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"]),
-                         "reused": int(work["reused"])}}
-    classes = region_classes(partial, outputs.classifier) if outputs.classifier is not None else None
-    summary = finish_slide(partial, region_files, class_names, summary, thumb, thumb_scale, outputs.gzip_geojson,
-                           outputs.geojson, outputs.overlays, classes)
-    if outputs.cells is not None:
-        record = {"slide": plan.path.name, "mpp0": plan.mpp0, "work_mpp": plan.work_mpp,
-                  "encoder": run.store.get("encoder"), "weights_sha256": run.store.get("weights_sha256"),
-                  "run": settings["run"], "pooling": "area-weighted patch tokens, identity frame"}
-        per_class = finish_vectors(partial, partial, region_files, outputs.cells, record, outputs.classifier)
-        if outputs.classifier is not None:
-            summary = {**summary, "cells_per_class": per_class}
-            files.write_json(partial / "summary.json", summary)
-        files.remove(partial / "vectors")
-    if outputs.anndata:
-        from embedcache.infer.slide_anndata import write_anndata
+            keeper = TokenKeeper(tiles_shared, outputs.cells) if outputs.cells is not None else None
+            for image, maps, _ in predictor.stitched(images(), keeper or tiles_shared):
+                r = left[int(image.name)]
+                tokens = keeper.take(len(image.tiles)) if keeper is not None else None
+                cells = ([o for o, _ in image.tiles], tile, outputs.cells.grids) if keeper is not None else None
+                if pool is None:
+                    write(r, region_nuclei(maps, *args, r, plan.scale, plan.mpp0, class_names, cells), tokens)
+                    continue
+                pending.append((r, pool.submit(region_nuclei, maps.astype(np.float16), *args, r, plan.scale,
+                                               plan.mpp0, class_names, cells), tokens))
+                settle(block=len(pending) > workers)
+            settle(block=True)
+            bar.close()
+        finally:
+            slide.close()
 
-        write_anndata(partial, {k: summary.get(k) for k in ("slide", "settings", "mpp0", "work_mpp")})
-    files.remove(partial / "regions")  # merged into nuclei.parquet
-    files.swap_in(partial, final)
-    return SlideResult(plan.name, "done", summary["nuclei"], seconds, regions=len(plan.regions))
+    result: list[float] = []
+
+    def finish():
+        slide = open_slide(plan.path)
+        try:
+            th, tw = slide.dims[plan.mask_level]
+            thumb = slide.read(plan.mask_level, 0, 0, th, tw)
+            thumb_scale = slide.downsample(plan.mask_level)
+        finally:
+            slide.close()
+        region_files = sorted((partial / "regions").glob("*.parquet"))
+        # The work of every run that wrote a region of this slide, not only this one's (a resumed slide).
+        work = region_work(region_files)
+        seconds = work["seconds"] + time.perf_counter() - clock[0]
+        area_mm2 = plan.tissue_fraction * plan.shape[0] * plan.shape[1] * plan.work_mpp ** 2 / 1e6
+        summary = {"slide": plan.path.name, "settings": settings, "regions": len(plan.regions),
+                   "tissue_mm2": round(area_mm2, 3), "seconds": round(seconds, 2), "mpp0": plan.mpp0,
+                   "work_mpp": plan.work_mpp, "level": plan.level,
+                   "tiles": {"cached": int(work["cached"]), "encoded": int(work["encoded"]),
+                             "reused": int(work["reused"])}}
+        classes = region_classes(partial, outputs.classifier) if outputs.classifier is not None else None
+        summary = finish_slide(partial, region_files, class_names, summary, thumb, thumb_scale,
+                               outputs.gzip_geojson, outputs.geojson, outputs.overlays, classes)
+        if outputs.cells is not None:
+            record = {"slide": plan.path.name, "mpp0": plan.mpp0, "work_mpp": plan.work_mpp,
+                      "encoder": run.store.get("encoder"), "weights_sha256": run.store.get("weights_sha256"),
+                      "run": settings["run"], "pooling": "area-weighted patch tokens, identity frame"}
+            per_class = finish_vectors(partial, partial, region_files, outputs.cells, record, outputs.classifier)
+            if outputs.classifier is not None:
+                summary = {**summary, "cells_per_class": per_class}
+                files.write_json(partial / "summary.json", summary)
+            files.remove(partial / "vectors")
+        if outputs.anndata:
+            from embedcache.infer.slide_anndata import write_anndata
+
+            write_anndata(partial, {k: summary.get(k) for k in ("slide", "settings", "mpp0", "work_mpp")})
+        files.remove(partial / "regions")  # merged into nuclei.parquet
+        files.swap_in(partial, final)
+        result[:] = [summary["nuclei"], seconds]
+
+    finished_by = work_through(claims, shared, run_pass, lambda: done.exists(), finish, wait,
+                               name=f"{plan.name}.slide")
+    if finished_by == "this":
+        return SlideResult(plan.name, "done", int(result[0]), result[1], regions=len(plan.regions))
+    if finished_by == "another":
+        return _finished_slide(plan, final, settings, "done by another process")
+    return SlideResult(plan.name, LEFT, regions=len(plan.regions),
+                       reason=shared.summary(len(plan.regions)).replace("units", "regions"))
+
+
+LEFT = "left to other processes"
+
+
+def _finished_slide(plan: SlidePlan, final: Path, settings: dict, status: str) -> SlideResult:
+    """A slide found finished (by an earlier run or another process); refused when made otherwise."""
+    summary = json.loads((final / "summary.json").read_text())
+    if summary.get("settings") == settings:
+        return SlideResult(plan.name, status, summary["nuclei"], summary.get("seconds", 0.0),
+                           regions=len(plan.regions))
+    raise OutputMismatchError(f"{final} holds nuclei from another run or other settings; pass --overwrite to "
+                              "replace them (they stay until the new ones are complete), or choose another --out")

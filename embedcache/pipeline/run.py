@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from embedcache.claims import Claims, claims_place
 from embedcache.errors import ConfigError, EmbedcacheError, PipelineError, WeightsError
 from embedcache.pipeline.spec import DatasetSpec, EncoderEntry, Pipeline, describe
 from embedcache.files import write_json
@@ -410,20 +412,73 @@ def execute(p: Plan, *, only: tuple[str, ...] = (), progress: bool = True,
     write_json(root / "pipeline.json", describe(p.pipeline))
     ran, reused, skipped = [], [], []
     failed = dict(p.failed)
-    for step in p.steps:
-        if step.done:
+    with Claims(claims_place(root / "steps"), "pipeline") as claims:
+        pending = list(p.steps)
+        while pending:
+            # Steps another live process is computing (or whose inputs it is) wait for a later pass.
+            held = [s for s in pending if _run_step(s, claims, only, failed, ran, reused, skipped, echo, p)]
+            if not held:
+                break
+            _wait_for_any(held, claims)
+            pending = held
+        report, report_reused = None, False
+        if not only or "report" in only:
+            p.failed = failed
+            claims.acquire_waiting("report")  # built once: a second process finds its key and reuses it
+            try:
+                report, report_reused = _report(p, echo)
+            finally:
+                claims.release("report")
+    claims.remove_if_empty()
+    return RunOutcome(ran, reused, skipped, failed, report, report_reused)
+
+
+def _blocker(step: Step, claims: Claims) -> Step | None:
+    """The step (this one or an input) a live other process is computing now, if any."""
+    for s in [*step.deps, step]:
+        if not s.done:
+            state = claims.state(s.dir.name)
+            if state is not None and state.state == "live":
+                return s
+    return None
+
+
+def _wait_for_any(steps: list[Step], claims: Claims, poll_s: float = 0.5) -> None:
+    """Until a step that held these back is done or no longer held by a live process."""
+    while True:
+        time.sleep(poll_s)
+        if any(_blocker(s, claims) is None for s in steps):
+            return
+
+
+def _run_step(step: Step, claims: Claims, only, failed: dict, ran: list, reused: list, skipped: list, echo,
+              p: Plan) -> bool:
+    """Run, reuse or skip one step; True when it waits for another process (it or an input is being computed)."""
+    if step.done:
+        reused.append(step.label)
+        return False
+    if step.group in failed or any(d.group in failed for d in step.deps):
+        skipped.append(step.label)
+        return False
+    if only and step.kind not in only:
+        skipped.append(step.label)
+        return False
+    blocker = _blocker(step, claims)
+    if blocker is not None:
+        echo(f"wait  {step.label}: another process is computing "
+             f"{'it' if blocker is step else blocker.label}")
+        return True
+    if any(not d.done for d in step.deps):
+        skipped.append(step.label)
+        echo(f"skip  {step.label}: needs {next(d.label for d in step.deps if not d.done)} first")
+        return False
+    if not claims.acquire(step.dir.name):
+        echo(f"wait  {step.label}: another process is computing it")
+        return True
+    try:
+        if step.done:  # finished by another process between the looks
             reused.append(step.label)
-            continue
-        if step.group in failed or any(d.group in failed for d in step.deps):
-            skipped.append(step.label)
-            continue
-        if only and step.kind not in only:
-            skipped.append(step.label)
-            continue
-        if any(not d.done for d in step.deps):
-            skipped.append(step.label)
-            echo(f"skip  {step.label}: needs {next(d.label for d in step.deps if not d.done)} first")
-            continue
+            return False
         echo(f"{'resume' if step.dir.exists() else 'run'}   {step.label}  ->  {step.dir}")
         try:
             step.run()
@@ -431,15 +486,13 @@ def execute(p: Plan, *, only: tuple[str, ...] = (), progress: bool = True,
             if p.pipeline.on_error == "skip" and step.group and not step.group.startswith("dataset:"):
                 failed[step.group] = f"{step.label}: {exc}"
                 echo(f"failed {step.label}: {exc} (skipping {step.group}'s other steps)")
-                continue
+                return False
             raise PipelineError(f"{step.label}: {exc} (finished steps are kept; run again to go on)",
                                 exc.exit_code) from exc
         ran.append(step.label)
-    report, report_reused = None, False
-    if not only or "report" in only:
-        p.failed = failed
-        report, report_reused = _report(p, echo)
-    return RunOutcome(ran, reused, skipped, failed, report, report_reused)
+        return False
+    finally:
+        claims.release(step.dir.name)
 
 
 def _report(p: Plan, echo) -> tuple[Path | None, bool]:

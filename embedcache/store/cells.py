@@ -275,6 +275,11 @@ class CellWriter:
     def done(self) -> np.ndarray:
         return np.asarray(self.group[schema.DONE][:]).astype(bool)
 
+    @property
+    def chunk_rows(self) -> int:
+        """Cells per chunk of the vector arrays (units of work do not line up with them)."""
+        return max(1, int(self.group.attrs[CELLS_ATTRS]["config"]["unit_cells"]))
+
     def write_unit(self, unit: int, vectors: dict[str, np.ndarray]) -> None:
         """Write a unit's ``(m, V, C)`` vectors of every layer, then mark it done."""
         _, _, c0, c1 = self.units[unit]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from embedcache import files
+from embedcache.shared import sole
 from embedcache.config import FitConfig
 from embedcache.device import resolve_device
 from embedcache.errors import ConfigError, RunError, TrainingError
@@ -286,6 +287,12 @@ def _fit(store_path, out, config: FitConfig, overwrite: bool, progress: bool, sc
     variants = variant_ids(store, config.variants)
     meta = {"format": RUN_FORMAT, "version": RUN_VERSION, "config": config.to_dict(),
             "store": store_provenance(store), "split": split.to_dict()}
+    with sole(out, "fit-decoder"):  # a second fit-decoder into this run directory is refused while this lives
+        return _fit_in(out, store, split, variants, meta, config, overwrite, progress, scorer, t0)
+
+
+def _fit_in(out: Path, store, split, variants, meta: dict, config: FitConfig, overwrite: bool, progress: bool,
+            scorer, t0: float) -> FitResult:
     where, old = _open_run_dir(out, meta, overwrite)
     st = (old or {}).get("state", {})
     if st.get("done") and (st["stopped_early"] or st["epoch"] >= config.epochs):
