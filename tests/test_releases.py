@@ -586,3 +586,30 @@ def test_magnification_and_classes_chosen_from_the_command_line(cytodark0_releas
               *fast)
     assert res.exit_code == 0, res.output
     assert len(open_store(tmp_path / "s.zarr").class_names) == 7
+
+
+def test_a_pipeline_runs_on_pannuke_as_unzipped_with_its_official_split(tmp_path):
+    """The seed study's first dataset straight from its archives: extract, fit holding out the official fold,
+    score with the protocol the release names, report; no conversion step."""
+    import json
+
+    from embedcache.pipeline.run import execute, plan
+    from embedcache.pipeline.spec import parse_pipeline
+
+    root = tmp_path / "pannuke"
+    write_pannuke_release(root, sizes=(2, 2, 2))
+    spec = parse_pipeline({
+        "out": str(tmp_path / "study"),
+        "datasets": {"pannuke": {"path": str(root), "fit": {"val": "official"}}},
+        "encoders": {"cnn": {"encoder": "timm:test_efficientnet", "weights": "random", "variants": "none",
+                             "unit_tiles": 2, "loader_workers": 0, "device": "cpu"}},
+        "fit": {"epochs": 1, "batch_size": 2, "loader_workers": 0, "preload": "no", "device": "cpu",
+                "decoder": {"width": 8, "depth": 1}},
+        "report": {"n_boot": 200, "overlays": 0}}, "study.yaml")
+    p = plan(spec, progress=False)
+    outcome = execute(p, progress=False, echo=lambda line: None)
+    assert outcome.report is not None and not outcome.failed
+    run = json.loads(next(tmp_path.glob("study/steps/fit-*/run/run.json")).read_text())
+    assert len(run["split"]["val"]) == 2 and sorted(run["split"]["val"]) == [4, 5]  # fold 3's tiles, as released
+    ev = json.loads(next(tmp_path.glob("study/steps/evaluate-*/eval.json")).read_text())
+    assert ev["protocol"] == "pannuke"
