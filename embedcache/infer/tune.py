@@ -33,7 +33,7 @@ from embedcache.metrics.protocols import detection_radius
 from embedcache.postprocess import instances_from_maps
 from embedcache.store import open_store
 from embedcache.store.images import image_truth, source_images
-from embedcache.train.checkpoint import check_features, load_run
+from embedcache.train.checkpoint import check_features, load_run, read_meta
 from embedcache.train.stream import tuning_tiles
 
 TUNED = "postprocess.json"
@@ -125,10 +125,7 @@ def run_postprocess(run_path, magnification: str = "40x", given: PostprocessConf
 
 def _working_mpp(run_path) -> float | None:
     """The resolution a run's store was resampled to (None: images as they were)."""
-    meta = Path(run_path) / "run.json"
-    if not meta.is_file():
-        return None
-    store = json.loads(meta.read_text()).get("store") or {}
+    store = read_meta(run_path).get("store") or {}
     return (store.get("extract_config") or {}).get("working_mpp")
 
 

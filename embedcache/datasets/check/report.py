@@ -68,12 +68,7 @@ class DataReport:
                 sizes = f", {_wh(s['min_size'])} to {_wh(s['max_size'])} px (width x height)"
             lines.append(f"  images    {s['images']}{sizes}, {_mpx(s['pixels'])} in all")
             lines.append(f"  labels    {s['inst_maps']} instance maps, {s['type_maps']} type maps")
-            lines.append(f"  tiles     {s['tiles']} of {s['tile_size']}x{s['tile_size']} px "
-                         f"(overlap {s['overlap']} px) for extract")
-            if s.get("resolution"):
-                parts = [f"{n} at {m:g} um/px ({source})" if m is not None else
-                         f"{n} unknown (no metadata, mpp.csv or --mpp)" for m, source, n in s["resolution"]]
-                lines.append("  mpp       " + ", ".join(parts))
+            lines += _tile_lines(s)
         elif s.get("stack") and "images" in s:
             shape = "x".join(str(v) for v in s["tile_shape"]) if s.get("tile_shape") else "?"
             folds = f", in {s['folds']} folds" if s.get("folds", 1) > 1 else ""
@@ -84,12 +79,7 @@ class DataReport:
         elif s.get("release") and "images" in s:
             lines.append(f"  images    {s['images']}")
             lines.append(f"  labels    {s['labels']}")
-            lines.append(f"  tiles     {s['tiles']} of {s['tile_size']}x{s['tile_size']} px "
-                         f"(overlap {s['overlap']} px) for extract")
-            if s.get("resolution"):
-                parts = [f"{n} at {m:g} um/px ({source})" if m is not None else
-                         f"{n} unknown (no metadata, mpp.csv or --mpp)" for m, source, n in s["resolution"]]
-                lines.append("  mpp       " + ", ".join(parts))
+            lines += _tile_lines(s)
         elif self.layout == "slides" and "slides" in s:
             sizes = ""
             if s.get("min_size"):
@@ -118,6 +108,17 @@ def _add(report: DataReport, exc: Exception, file) -> None:
         report.problem(head, rest)
     else:
         report.problem(file, str(exc))
+
+
+def _tile_lines(s: dict) -> list[str]:
+    """The tiles extract will cut from whole images and, when known, each image's resolution."""
+    lines = [f"  tiles     {s['tiles']} of {s['tile_size']}x{s['tile_size']} px (overlap {s['overlap']} px) "
+             "for extract"]
+    if s.get("resolution"):
+        parts = [f"{n} at {m:g} um/px ({source})" if m is not None else
+                 f"{n} unknown (no metadata, mpp.csv or --mpp)" for m, source, n in s["resolution"]]
+        lines.append("  mpp       " + ", ".join(parts))
+    return lines
 
 
 def _wh(size) -> str:
