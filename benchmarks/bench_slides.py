@@ -45,7 +45,9 @@ def child(args):
     res = predict_slides(args.run, args.slide, args.out, run_mpp=0.5, post_workers=args.workers, progress=False,
                          cells=args.cells)
     summary = json.loads((Path(args.out) / Path(args.slide).stem / "summary.json").read_text())
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # This process's own high-water mark: ru_maxrss would carry the parent's peak (writing the large slide)
+    # across fork + exec.
+    own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"seconds": time.perf_counter() - t, "nuclei": res[0].nuclei, "status": res[0].status,
                       "reason": res[0].reason, "regions": res[0].regions, "peak_mb": own, "worker_peak_mb": kids,
