@@ -18,7 +18,7 @@ from embedcache.datasets import LabelSet, read_label_maps
 from embedcache.datasets.base import stack_name, stack_row
 from embedcache.errors import ConfigError, DataError
 from embedcache.files import plain_json, write_json
-from embedcache.metrics.protocols import DEFAULT_RADIUS, PROTOCOLS, PUBLISHED_CLASSES
+from embedcache.metrics.protocols import DEFAULT_RADIUS, PROTOCOLS, PUBLISHED_CLASSES, auto_protocol
 
 SUMMARY_KEYS = {
     "hovernet": ("dice", "aji", "aji_plus", "dq", "sq", "pq", "f1_detection", "type_f1"),
@@ -184,7 +184,10 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
         Folders in the PanNuke layout (``masks.npy`` [+ ``types.npy``]), the
         CoNIC layout (``labels.npy``) or the folder layout
         (``NAME_inst.png`` [+ ``NAME_type.png``]); the two may differ.
-    protocol : {"hovernet", "pannuke", "conic"}
+    protocol : {"auto", "hovernet", "pannuke", "conic"}
+        ``auto``: the truth's own, by its classes (PanNuke's five: pannuke;
+        CoNIC's six, CoNIC and Lizard: conic; anything else, instances
+        only or CoNSeP's classes: hovernet), as ``fit-decoder`` picks it.
     format : {"auto", "pannuke", "conic", "folder"}
         Layout of both sides; ``auto`` tells each side's from its files.
     radius : float
@@ -228,12 +231,14 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
         different shapes, labels that are not non-negative integers, or type
         maps missing where the protocol needs them.
     """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if protocol != "auto" and protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; use auto or one of {', '.join(PROTOCOLS)}")
     if on not in (None, *ON):
         raise ConfigError(f"unknown on={on!r}; use common, truth or pred (or None to refuse unpaired images)")
     t = _read("truth", truth, format)
     p = _read("prediction", pred, format)
+    if protocol == "auto":
+        protocol = auto_protocol(t.class_names, t.types is not None and p.types is not None)
     pairs = _align(t, p, on)
     t_inst = [t.instances[k] for k in pairs.truth]
     t_type = None if t.types is None else [t.types[k] for k in pairs.truth]
