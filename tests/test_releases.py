@@ -29,12 +29,20 @@ def problem_lines(output: str, root) -> list[str]:
 
 
 def assert_extract_refuses(root, tmp_path, message: str) -> None:
-    """extract stops in one line holding ``message`` before it writes a store."""
+    """extract stops in one line holding ``message`` before it writes a store, and the release's files are as
+    they were (none written, moved or changed)."""
     out = tmp_path / "s.zarr"
+    before = _tree(root)
     res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
               "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
     assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "s.zarr.partial").exists()
+    assert _tree(root) == before
+
+
+def _tree(root) -> dict:
+    """Every file under ``root``: its size and modification time (ns)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def run(*args):
