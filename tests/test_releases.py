@@ -16,7 +16,7 @@ from test_datasets import same_partition
 
 from embedcache import open_store
 from embedcache.cli import main
-from embedcache.datasets import detect_format, formats, open_dataset, read_label_maps
+from embedcache.datasets import CONIC_CLASSES, detect_format, formats, open_dataset, read_label_maps
 from embedcache.datasets.check import check_data
 from embedcache.datasets.conic import challenge_split
 from embedcache.errors import ConfigError, DataError
@@ -455,6 +455,34 @@ def test_lizard_evaluated_against_itself(lizard_release):
     truth = read_label_maps(root)
     assert truth.layout == "lizard" and truth.tissue == ["consep", "crag", "glas"]
     assert evaluate(truth, truth, "hovernet").summary["pq"] == pytest.approx(1.0)
+
+
+def test_lizard_scored_as_conic_counts_whole_images_not_a_patch_centre():
+    """CoNIC's R2 counts the central 224x224 of a 256x256 patch; on Lizard's whole images a nucleus in a corner
+    counts too: the prediction that misses one is not perfect."""
+    from embedcache.datasets import LabelSet
+    from embedcache.metrics.evaluation import evaluate
+
+    def image(corner: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        inst = np.zeros((512, 512), np.int32)
+        inst[250:262, 250:262] = 1  # the centre
+        inst[100 + 20 * seed:110 + 20 * seed, 300:310] = 2
+        if corner:
+            inst[5:15, 5:15] = 3  # far outside the central 224x224
+        return inst, np.where(inst > 0, 2, 0).astype(np.int32)
+
+    def labels(corners):
+        maps = [image(c, k) for k, c in enumerate(corners)]
+        return LabelSet("lizard", [f"crag_{k}" for k in range(len(maps))], [m[0] for m in maps],
+                        [m[1] for m in maps], None, dict(CONIC_CLASSES))
+
+    truth, pred = labels([True, False, True]), labels([False, False, True])
+    ev = evaluate(truth, pred, "auto")
+    assert ev.protocol == "conic" and ev.summary["count_crop"] is None
+    assert ev.summary["r2_per_class"][2] < 1  # epithelial counts 3, 2, 3 against 2, 2, 3
+    tiles = LabelSet("conic", truth.names, [m[200:456, 200:456] for m in truth.instances],
+                     [m[200:456, 200:456] for m in truth.types], None, dict(CONIC_CLASSES))
+    assert evaluate(tiles, tiles, "auto").summary["count_crop"] == 224  # CoNIC's own patches
 
 
 # ----------------------------------------------------------------------------- MoNuSeg
