@@ -13,13 +13,22 @@ from embedcache.datasets.synthetic import labels_to_pannuke_masks, make_tiles
 CONIC_HEADER = "neutrophil,epithelial,lymphocyte,plasma,eosinophil,connective"
 
 
-def write_pannuke_release(root: Path, sizes=(2, 2, 2), seed: int = 0):
-    """``Fold N/images/foldN/{images,types}.npy`` and ``Fold N/masks/foldN/masks.npy`` for N = 1.. len(sizes).
+# The synthetic tissues under names of PanNuke's 19 (PanNuke-metrics run.py ``tissue_types``), as types.npy
+# writes them.
+PANNUKE_TISSUE = {"breast": "Breast", "colon": "Colon", "lymph_node": "Adrenal_gland", "skin": "Skin",
+                  "liver": "Bile-duct"}
 
-    Images and masks float64 as released; masks channel 5 is background (1 where no nucleus); tissue names a
-    numpy str array. Returns the (images uint8, labels, tissue) of every tile, in fold order.
+
+def write_pannuke_release(root: Path, sizes=(2, 2, 2), seed: int = 0):
+    """``Fold N/images/foldN/{images,types}.npy``, ``Fold N/masks/foldN/masks.npy`` and the README files
+    (``Fold N/README.md``, ``Fold N/masks/{README.md,by-nc-sa.md}``) for N = 1.. len(sizes).
+
+    Images and masks float64 as released; masks channels 0..4 the instance ids of neoplastic, inflammatory,
+    connective, dead and epithelial nuclei, channel 5 background (1 where no nucleus); ``types.npy`` a numpy
+    str array of PanNuke tissue names. Returns the (images uint8, labels, tissue) of every tile, in fold order.
     """
     images, labels, tissue = make_tiles(sum(sizes), seed=seed, size=256)
+    tissue = [PANNUKE_TISSUE[t] for t in tissue]
     start = 0
     for k, n in enumerate(sizes, start=1):
         sel = slice(start, start + n)
@@ -31,12 +40,16 @@ def write_pannuke_release(root: Path, sizes=(2, 2, 2), seed: int = 0):
         np.save(img_dir / "images.npy", images[sel].astype(np.float64))
         np.save(img_dir / "types.npy", np.asarray(tissue[sel]))
         np.save(mask_dir / "masks.npy", labels_to_pannuke_masks(labels[sel]).astype(np.float64))
-    return images, labels, list(tissue)
+        for readme in (root / f"Fold {k}" / "README.md", mask_dir.parent / "README.md", mask_dir.parent / "by-nc-sa.md"):
+            readme.write_text("PanNuke\n")
+    return images, labels, tissue
 
 
 def write_conic_release(root: Path, patches: list[str], seed: int = 0):
-    """``README.txt``, ``images.npy`` (N, 256, 256, 3) uint8, ``labels.npy`` (N, 256, 256, 2) uint16 with
-    CoNIC classes 0..6, ``counts.csv`` and ``patch_info.csv`` (header ``patch_info``) naming ``patches``.
+    """``images.npy`` (N, 256, 256, 3) uint8, ``labels.npy`` (N, 256, 256, 2) uint16 [instance ids 0..n per
+    patch, CoNIC classes 0..6], ``counts.csv`` (the six class names; nuclei in the central 224x224, as the
+    release's ``extract_patches.py`` counts them) and ``patch_info.csv`` (header ``patch_info``) naming
+    ``patches``.
 
     Returns (images, labels).
     """
@@ -46,14 +59,11 @@ def write_conic_release(root: Path, patches: list[str], seed: int = 0):
     labels = labels.copy()
     labels[..., 1] = np.where(labels[..., 0] > 0, labels[..., 0] % 6 + 1, 0)  # CoNIC's six classes
     labels = labels.astype(np.uint16)
-    (root / "README.txt").write_text("CoNIC Challenge Data\n")
     np.save(root / "images.npy", images)
     np.save(root / "labels.npy", labels)
     rows = [CONIC_HEADER]
-    for lab in labels:
-        ids, first = np.unique(lab[..., 0], return_index=True)
-        types = lab[..., 1].ravel()[first[ids > 0]]
-        rows.append(",".join(str(int((types == c).sum())) for c in range(1, 7)))
+    for lab in labels[:, 16:240, 16:240]:
+        rows.append(",".join(str(len(np.unique(lab[..., 0][lab[..., 1] == c]))) for c in range(1, 7)))
     (root / "counts.csv").write_text("\n".join(rows) + "\n")
     (root / "patch_info.csv").write_text("\n".join(["patch_info", *patches]) + "\n")
     return images, labels
@@ -65,11 +75,16 @@ def conic_patch_names(images_per_cohort: int = 3, patches_per_image: int = 2) ->
             for k in range(1, images_per_cohort + 1) for p in range(patches_per_image)]
 
 
+CYTODARK0_NAMES = {"20x": ("ID1_Aud_Cortex_Tursiops", "ID2_Aud_Cortex_Tursiops", "ID57_Cerebellum_Chimpanzee",
+                            "ID62_Visual_Cortex_Chimpanzee"),
+                    "40x": ("ID54_Cerebellum_Bovine",)}
+
+
 def write_cytodark0_release(root: Path, folds=(0, 0, 1, 2), seed: int = 0, magnifications=("20x", "40x")):
     """``cytoDArk0/<mag>/<size>/{image/NAME.png, label/NAME.tiff, graymask4/NAME.png, folds.csv}`` with images
-    of the release's size (1024x1024 at 20x, 2048x2048 at 40x: only 20x holds images here unless asked), RGB
-    uint8 PNGs, uint16 TIFF instance maps and ``folds.csv`` (``img_id,fold``). Returns {stem: (image, inst)} of
-    the 20x images."""
+    of the release's size (1024x1024 at 20x, 2048x2048 at 40x; one image at 40x), names of the release's form
+    (``ID<k>_<area>_<species>``, :data:`CYTODARK0_NAMES`), RGB uint8 PNGs, uint16 TIFF instance maps and
+    ``folds.csv`` (``img_id,fold``). Returns {stem: (image, inst)} of the 20x images."""
     import tifffile
     from PIL import Image
 
@@ -83,7 +98,7 @@ def write_cytodark0_release(root: Path, folds=(0, 0, 1, 2), seed: int = 0, magni
         rows = ["img_id,fold"]
         n = len(folds) if mag == "20x" else 1
         for k in range(n):
-            stem = f"brain_{mag}_{k:02d}"
+            stem = CYTODARK0_NAMES[mag][k]
             rng = np.random.default_rng(seed + k)
             image = rng.integers(90, 200, (side, side, 3), dtype=np.uint8)
             inst = np.zeros((side, side), np.uint16)
@@ -111,8 +126,8 @@ def nuclei_map(h: int, w: int, n: int, seed: int = 0) -> np.ndarray:
 
 
 def write_consep_release(root: Path, train: int = 2, test: int = 1, side: int = 1000):
-    """``CoNSeP/{Train,Test}/{Images,Labels,Overlay}``: ``train_K.png`` / ``test_K.png`` RGBA 1000x1000, and
-    ``.mat`` files (scipy.io.savemat) with ``inst_map``, ``type_map`` (0..7), ``inst_type`` (N, 1) and
+    """``CoNSeP/README.txt`` and ``CoNSeP/{Train,Test}/{Images,Labels,Overlay}``: ``train_K.png`` / ``test_K.png``
+    RGBA 1000x1000, and ``.mat`` files (scipy.io.savemat) with ``inst_map``, ``type_map`` (0..7), ``inst_type`` (N, 1) and
     ``inst_centroid`` (N, 2: x, y), all float64. Returns {"Train/train_1": (rgba, inst, types)}."""
     from PIL import Image
     from scipy.io import savemat
@@ -121,6 +136,8 @@ def write_consep_release(root: Path, train: int = 2, test: int = 1, side: int = 
     for split, n in (("Train", train), ("Test", test)):
         for sub in ("Images", "Labels", "Overlay"):
             (root / "CoNSeP" / split / sub).mkdir(parents=True)
+    (root / "CoNSeP" / "README.txt").write_text("Colorectal Nuclear Segmentation and Phenotypes (CoNSeP) Dataset\n")
+    for split, n in (("Train", train), ("Test", test)):
         for k in range(1, n + 1):
             name = f"{split.lower()}_{k}"
             rng = np.random.default_rng(k + 10 * len(out))
@@ -159,11 +176,13 @@ def write_cpm17_release(root: Path, sizes=((500, 500), (600, 600)), test: int = 
     return out
 
 
-def write_lizard_release(root: Path, images=(("consep_1", "consep", 1, (300, 420)), ("crag_1", "crag", 2, (256, 300)),
-                                             ("glas_2", "glas", 3, (280, 256)))):
+def write_lizard_release(root: Path, images=(("consep_1", "test_14", 1, (300, 420)),
+                                             ("crag_1", "train_105", 2, (256, 300)),
+                                             ("glas_2", "train_22", 3, (280, 256)))):
     """``Lizard_Images1/``, ``Lizard_Images2/`` (RGB PNGs, split between them), ``Lizard_Labels/Labels/NAME.mat``
-    (``inst_map`` float64, ``id``, ``class``, ``bbox``, ``centroid``) and ``Lizard_Labels/info.csv``
-    (``Filename,Source,Split``). Returns {name: (rgb, inst, types)}."""
+    (``inst_map`` int32, ``id``, ``class`` (N, 1), ``bbox`` (N, 4: y1, y2, x1, x2), ``centroid`` (N, 2: x, y)) and
+    ``Lizard_Labels/info.csv`` (``Filename,Source,Split``; ``Source`` the image's name in its original dataset).
+    ``images``: (name, source, split, (H, W)). Returns {name: (rgb, inst, types)}."""
     from PIL import Image
     from scipy.io import savemat
 
@@ -172,7 +191,7 @@ def write_lizard_release(root: Path, images=(("consep_1", "consep", 1, (300, 420
     rows, out = ["Filename,Source,Split"], {}
     for k, (name, source, split, (h, w)) in enumerate(images):
         rgb = np.random.default_rng(k).integers(0, 255, (h, w, 3), dtype=np.uint8)
-        inst = nuclei_map(h, w, 8, seed=k)
+        inst = nuclei_map(h, w, 8, seed=k).astype(np.int32)
         ids = np.arange(1, 9).reshape(-1, 1)
         classes = ((ids + k) % 6 + 1).astype(np.int64)
         bbox = np.zeros((8, 4), np.int64)
@@ -185,8 +204,8 @@ def write_lizard_release(root: Path, images=(("consep_1", "consep", 1, (300, 420
         savemat(root / "Lizard_Labels" / "Labels" / f"{name}.mat",
                 {"inst_map": inst, "id": ids, "class": classes, "bbox": bbox, "centroid": centroid})
         rows.append(f"{name},{source},{split}")
-        types = np.where(inst > 0, classes[np.maximum(inst.astype(int) - 1, 0), 0], 0)
-        out[name] = (rgb, inst.astype(np.int32), types.astype(np.int32))
+        types = np.where(inst > 0, classes[np.maximum(inst - 1, 0), 0], 0)
+        out[name] = (rgb, inst, types.astype(np.int32))
     (root / "Lizard_Labels" / "info.csv").write_text("\n".join(rows) + "\n")
     return out
 

@@ -16,7 +16,7 @@ from test_datasets import same_partition
 
 from embedcache import open_store
 from embedcache.cli import main
-from embedcache.datasets import detect_format, formats, open_dataset, read_label_maps
+from embedcache.datasets import CONIC_CLASSES, detect_format, formats, open_dataset, read_label_maps
 from embedcache.datasets.check import check_data
 from embedcache.datasets.conic import challenge_split
 from embedcache.errors import ConfigError, DataError
@@ -29,12 +29,20 @@ def problem_lines(output: str, root) -> list[str]:
 
 
 def assert_extract_refuses(root, tmp_path, message: str) -> None:
-    """extract stops in one line holding ``message`` before it writes a store."""
+    """extract stops in one line holding ``message`` before it writes a store, and the release's files are as
+    they were (none written, moved or changed)."""
     out = tmp_path / "s.zarr"
+    before = _tree(root)
     res = run("extract", "--data", root, "--out", out, "--encoder", "timm:test_vit", "--weights", "random",
               "--variants", "none", "--workers", "0", "--quiet", "--loader-workers", "0")
     assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "s.zarr.partial").exists()
+    assert _tree(root) == before
+
+
+def _tree(root) -> dict:
+    """Every file under ``root``: its size and modification time (ns)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def run(*args):
@@ -289,10 +297,11 @@ def test_cytodark0_read_from_the_root_or_a_magnification(cytodark0_release, insi
     assert detect_format(path) == "cytodark0"
     ds = open_dataset(path)
     assert ds.stain == "Nissl" and ds.describe()["magnification"] == ("40x" if side == 2048 else "20x")
+    assert ds.mpp == (0.274 if side == 2048 else 0.548)  # cytoark's metadata: the release's own resolution
     ends = ds.tiles.offset + ds.tiles.valid
     assert ends.max() == side and ends.min() > 0  # the release's image size, whole, cut without resizing
     if side == 1024:
-        stem = "brain_20x_02"
+        stem = "ID57_Cerebellum_Chimpanzee"
         k = ds.tiles.source_names.index(stem)
         image, inst = images[stem]
         assert np.array_equal(ds.source_labels(k)[..., 0], inst)
@@ -304,26 +313,30 @@ def test_cytodark0_folds_csv_is_the_default_split(cytodark0_release):
     root, _ = cytodark0_release
     ds = open_dataset(root)
     fold_of = {ds.tiles.source_names[s]: int(f) for s, f in zip(ds.tiles.source, ds.folds)}
-    assert fold_of == {"brain_20x_00": 0, "brain_20x_01": 0, "brain_20x_02": 1, "brain_20x_03": 2}
+    assert fold_of == {"ID1_Aud_Cortex_Tursiops": 0, "ID2_Aud_Cortex_Tursiops": 0, "ID57_Cerebellum_Chimpanzee": 1,
+                       "ID62_Visual_Cortex_Chimpanzee": 2}
     assert ds.fold_names == ["train", "val", "test"] and ds.splits == {"train": [0], "val": [1], "test": [2]}
+    area_of = {ds.tiles.source_names[s]: t for s, t in zip(ds.tiles.source, ds.tissue)}
+    assert area_of == {"ID1_Aud_Cortex_Tursiops": "auditory cortex", "ID2_Aud_Cortex_Tursiops": "auditory cortex",
+                       "ID57_Cerebellum_Chimpanzee": "cerebellum", "ID62_Visual_Cortex_Chimpanzee": "visual cortex"}
     report = check_data(root, pixels=True)
     assert report.ok, report.problems
     assert report.summary["images"] == 4 and report.summary["nuclei"] == {"untyped": 16}
     assert any("Nissl stain, not H&E" in n for n in report.notes)
     truth = read_label_maps(root)
-    assert truth.layout == "cytodark0" and truth.names[0] == "brain_20x_00" and truth.types is None
+    assert truth.layout == "cytodark0" and truth.names[0] == "ID1_Aud_Cortex_Tursiops" and truth.types is None
 
 
 def test_cytodark0_folds_csv_naming_a_missing_image_one_line(cytodark0_release, tmp_path):
     root = _copy_release(cytodark0_release[0], tmp_path / "cytoDArk0")
-    (root / "20x" / "1024x1024" / "image" / "brain_20x_01.png").unlink()
+    (root / "20x" / "1024x1024" / "image" / "ID2_Aud_Cortex_Tursiops.png").unlink()
     res = run("check-data", root)
     assert res.exit_code == 1
     folds_csv = root / "20x" / "1024x1024" / "folds.csv"
     assert problem_lines(res.output, root) == [
-        f"{folds_csv}: names image 'brain_20x_01', which is not in {folds_csv.parent / 'image'} (1 missing); "
+        f"{folds_csv}: names image 'ID2_Aud_Cortex_Tursiops', which is not in {folds_csv.parent / 'image'} (1 missing); "
         "unzip the release again"]
-    assert_extract_refuses(root, tmp_path, "names image 'brain_20x_01', which is not in")
+    assert_extract_refuses(root, tmp_path, "names image 'ID2_Aud_Cortex_Tursiops', which is not in")
 
 
 # ----------------------------------------------------------------------------- CoNSeP, CPM-17
@@ -342,7 +355,7 @@ def test_consep_read_as_unzipped_rgba_as_rgb_types_merged(consep_release):
     ds = open_dataset(root)
     assert ds.tiles.source_names == ["train_1", "train_2", "test_1"]
     assert ds.fold_names == ["train", "test"] and ds.splits == {"train": [0], "test": [1]}
-    assert sorted(set(ds.folds.tolist())) == [0, 1] and ds.class_names == HOVERNET_CLASSES
+    assert sorted(set(ds.folds.tolist())) == [0, 1] and ds.class_names == HOVERNET_CLASSES and ds.mpp == 0.25
     rgba, inst, types = images["Train/train_2"]
     maps = ds.source_labels(1)
     assert np.array_equal(maps[..., 0], inst)
@@ -385,9 +398,14 @@ def test_consep_mat_without_inst_map_one_line_nothing_written(consep_release, tm
     assert_extract_refuses(root, tmp_path, "no 'inst_map'")
 
 
-def test_cpm17_read_as_unzipped(tmp_path):
-    images = write_cpm17_release(tmp_path)
-    root = tmp_path / "cpm17"
+@pytest.fixture(scope="module")
+def cpm17_release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cpm17")
+    return root / "cpm17", write_cpm17_release(root)
+
+
+def test_cpm17_read_as_unzipped(cpm17_release):
+    root, images = cpm17_release
     assert detect_format(root) == "cpm17" and detect_format(root / "test") == "cpm17"
     ds = open_dataset(root)
     assert ds.tiles.source_names == ["train_image_00", "train_image_01", "test_image_00"]
@@ -437,6 +455,34 @@ def test_lizard_evaluated_against_itself(lizard_release):
     truth = read_label_maps(root)
     assert truth.layout == "lizard" and truth.tissue == ["consep", "crag", "glas"]
     assert evaluate(truth, truth, "hovernet").summary["pq"] == pytest.approx(1.0)
+
+
+def test_lizard_scored_as_conic_counts_whole_images_not_a_patch_centre():
+    """CoNIC's R2 counts the central 224x224 of a 256x256 patch; on Lizard's whole images a nucleus in a corner
+    counts too: the prediction that misses one is not perfect."""
+    from embedcache.datasets import LabelSet
+    from embedcache.metrics.evaluation import evaluate
+
+    def image(corner: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        inst = np.zeros((512, 512), np.int32)
+        inst[250:262, 250:262] = 1  # the centre
+        inst[100 + 20 * seed:110 + 20 * seed, 300:310] = 2
+        if corner:
+            inst[5:15, 5:15] = 3  # far outside the central 224x224
+        return inst, np.where(inst > 0, 2, 0).astype(np.int32)
+
+    def labels(corners):
+        maps = [image(c, k) for k, c in enumerate(corners)]
+        return LabelSet("lizard", [f"crag_{k}" for k in range(len(maps))], [m[0] for m in maps],
+                        [m[1] for m in maps], None, dict(CONIC_CLASSES))
+
+    truth, pred = labels([True, False, True]), labels([False, False, True])
+    ev = evaluate(truth, pred, "auto")
+    assert ev.protocol == "conic" and ev.summary["count_crop"] is None
+    assert ev.summary["r2_per_class"][2] < 1  # epithelial counts 3, 2, 3 against 2, 2, 3
+    tiles = LabelSet("conic", truth.names, [m[200:456, 200:456] for m in truth.instances],
+                     [m[200:456, 200:456] for m in truth.types], None, dict(CONIC_CLASSES))
+    assert evaluate(tiles, tiles, "auto").summary["count_crop"] == 224  # CoNIC's own patches
 
 
 # ----------------------------------------------------------------------------- MoNuSeg
@@ -581,7 +627,7 @@ def test_magnification_and_classes_chosen_from_the_command_line(cytodark0_releas
     res = run("extract", "--data", root, "--out", tmp_path / "c.zarr", "--magnification", "40x", *fast)
     assert res.exit_code == 0, res.output
     store = open_store(tmp_path / "c.zarr")
-    assert store.n_tiles == 16 and list(store.source_names) == ["brain_40x_00"]  # one 2048x2048 image
+    assert store.n_tiles == 16 and list(store.source_names) == ["ID54_Cerebellum_Bovine"]  # one 2048x2048 image
     res = run("extract", "--data", consep_release[0] / "Test", "--out", tmp_path / "s.zarr", "--classes", "consep",
               *fast)
     assert res.exit_code == 0, res.output

@@ -21,8 +21,10 @@ def _parse_classes(ctx, param, value):
 
 
 @main.command("evaluate")
-@click.option("--protocol", required=True, type=click.Choice(["hovernet", "pannuke", "conic"]),
-              help="hovernet: CoNSeP/Kumar/CPM tables; pannuke: PanNuke bPQ/mPQ; conic: CoNIC mPQ+ and R2.")
+@click.option("--protocol", default="auto", show_default=True,
+              type=click.Choice(["auto", "hovernet", "pannuke", "conic"]),
+              help="hovernet: CoNSeP/Kumar/CPM tables; pannuke: PanNuke bPQ/mPQ; conic: CoNIC mPQ+ and R2; auto: "
+                   "the truth's own (pannuke or conic for their classes, else hovernet).")
 @click.option("--truth", required=True, type=click.Path(),
               help="Ground-truth folder (PanNuke, CoNIC or NAME_inst.png folder layout).")
 @click.option("--pred", required=True, type=click.Path(),
@@ -55,6 +57,7 @@ def evaluate_cmd(protocol, truth, pred, fmt, radius, radius_um, classes, on, jso
     \b
     Example:
       embedcache evaluate --protocol pannuke --truth fold3/ --pred pred/ --json scores.json
+      embedcache evaluate --truth "data/pannuke/Fold 3" --pred pred/   # the release's own protocol
       embedcache evaluate --protocol hovernet --truth test/ --pred pred/ --on truth
     """
     from embedcache.metrics.evaluation import evaluate

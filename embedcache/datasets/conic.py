@@ -3,19 +3,38 @@
 The release (Graham et al., 2024, https://conic-challenge.grand-challenge.org/,
 "CoNIC Challenge Train" folder) holds::
 
-    README.txt
     images.npy       (4981, 256, 256, 3) uint8, RGB
-    labels.npy       (4981, 256, 256, 2) uint16 [instance id 0..N, class 0..6]
-    counts.csv       header neutrophil,epithelial,lymphocyte,plasma,eosinophil,connective; one row per patch
-    patch_info.csv   one column (header patch_info): the patch's Lizard image and number, "crag_1-0003"
+    labels.npy       (4981, 256, 256, 2) uint16 [instance id 0..n per patch, class 0..6]
+    counts.csv       header neutrophil,epithelial,lymphocyte,plasma,eosinophil,connective; one row per patch,
+                     nuclei of each class in the central 224x224
+    patch_info.csv   one column, header patch_info: the patch's Lizard image and number, "crag_1-0003"
 
-Checked against the release's README.txt (dtypes, shapes, channel order,
-the counts' columns), the CoNIC repository's README (TissueImageAnalytics/CoNIC:
-the counts.csv headers), hover_net's ``conic`` branch ``generate_split.py`` and
-torch_em ``torch_em/data/datasets/histopathology/conic.py`` (file names,
-``np.squeeze(pd.read_csv('patch_info.csv').to_numpy())``, the image as the
-part before ``-`` and the cohort (consep, crag, dpath, glas, pannuke) as the
-part before ``_``); 20x, 0.5 um/px (the Lizard paper).
+Sources of each fact (TissueImageAnalytics/CoNIC unless named):
+
+- dtypes, channel order, headers: ``extract_patches.py``, the publishers'
+  script that made the release (images ``astype("uint8")``; instance and
+  class maps ``astype("uint16")`` stacked as [instance, class];
+  ``remap_label`` so ids run 0..n in each patch; counts over the central
+  224x224 written with ``index=False`` under the six class names; patch
+  names ``"%s-%04d" % (basename, idx)`` under the header ``patch_info``);
+- shapes (4981 patches), class ids 0 background, 1 neutrophil .. 6
+  connective, ``patch_info.csv`` as printed (``consep_1-0000``):
+  ``notebooks/data.ipynb``; the counts.csv columns again: ``README.md``;
+- the split: hover_net's ``conic`` branch ``generate_split.py`` (and the
+  same cell in CoNIC ``notebooks/baseline.ipynb``): ``pd.read_csv`` then
+  ``np.squeeze(info.to_numpy())``, the image as the part before ``-``, the
+  cohort (consep, crag, dpath, glas, pannuke) as the part before ``_``;
+  torch_em ``torch_em/data/datasets/histopathology/conic.py`` takes its
+  ``FOLD_IDX = 0``;
+- 20x, 0.5 um/px: the CoNIC baseline notebook ("the result for evaluation is
+  at 0.5mpp").
+- the licence, CC BY-NC-SA 4.0: the saahilw/nuclei-conic dataset card on the
+  Hugging Face hub (a converted copy); the first rows of ``counts.csv`` and
+  ``patch_info.csv`` as the MedOtter/CoNIC2022 viewer shows them
+  (``consep_1-0000``: 0,117,0,0,0,0, as ``notebooks/data.ipynb`` prints).
+
+Not checked: any file of the release beside these four (the challenge site
+is not in the sources read).
 
 Every patch records its Lizard image as its source image, so every split,
 fold and resample of embedcache (``frac:F``, probe folds, bootstrap
@@ -23,10 +42,9 @@ intervals) keeps the patches of one image on one side; the cohort is the
 tissue label. The challenge's split is over source images, stratified by
 cohort: scikit-learn's ``StratifiedShuffleSplit(n_splits=10,
 train_size=0.8, test_size=0.2, random_state=5)`` over the sorted image
-names with the cohort codes as classes, its first split (the baseline's
-``FOLD_IDX = 0``, as torch_em takes it); folds ``train`` and ``val``
-(``--val official``). Without ``patch_info.csv`` (a plain stack in this
-layout) each patch is its own source and there is no official split.
+names with the cohort codes as classes, its first split; folds ``train`` and
+``val`` (``--val official``). Without ``patch_info.csv`` (a plain stack in
+this layout) each patch is its own source and there is no official split.
 """
 
 from __future__ import annotations

@@ -3,22 +3,39 @@
 The release (Graham et al., 2019, https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/)
 unzips to::
 
+    CoNSeP/README.txt                                   the description quoted below
     CoNSeP/Train/Images/train_1.png ... train_27.png   1000x1000 RGBA (the alpha channel carries nothing)
-    CoNSeP/Train/Labels/train_1.mat                     inst_map (1000, 1000), type_map (1000, 1000) 0..7,
+    CoNSeP/Train/Labels/train_1.mat                     inst_map (1000, 1000) 0..N, type_map (1000, 1000) 0..7,
                                                         inst_type (N, 1), inst_centroid (N, 2) x, y
     CoNSeP/Train/Overlay/train_1.png                    drawings of the labels: not read
     CoNSeP/Test/Images/test_1.png ... test_14.png, Test/Labels/, Test/Overlay/
 
-Checked against hover_net's ``dataset.py`` (``__CoNSeP.load_ann``:
-``sio.loadmat(path)["inst_map"]`` and ``["type_map"]``, and the merge
-below), the release's README as quoted beside hover_net's loaders (the four
-keys, their shapes, types 0..7) and torch_em's ``consep.py`` (the paper
-and the split names). The seven classes are 1 other, 2 inflammatory,
-3 healthy epithelial, 4 dysplastic/malignant epithelial, 5 fibroblast,
-6 muscle, 7 endothelial. HoVer-Net scores four (``classes="hovernet"``, the
-default, as its authors score CoNSeP): 3 and 4 become 3 epithelial, 5, 6
-and 7 become 4 spindle-shaped; ``classes="consep"`` keeps the seven. The
-splits are the release's ``train`` and ``test`` (``--val official``: test).
+Sources of each fact:
+
+- the four keys, their shapes and meanings, the seven classes and the merge
+  into four ("In our paper we combine classes 3 & 4 into the epithelial
+  class and 5,6 & 7 into the spindle-shaped class"): the release's
+  ``README.txt`` (its text is stored in the public code index; found by its
+  opening line, its repository is not named there);
+- ``sio.loadmat(path)["inst_map"]`` and ``["type_map"]``, the merge as code
+  (``ann_type[(ann_type == 3) | (ann_type == 4)] = 3``; 5, 6, 7 -> 4):
+  vqdang/hover_net ``dataset.py`` (``__CoNSeP.load_ann``);
+- the tree (``Train``/``Test`` with ``Images``, ``Labels``, ``Overlay``;
+  ``README.txt`` at the root), 27 train and 14 test images, 40x at
+  0.25 um/px (``overwrite_mpp=0.25``), the four class names other,
+  inflammatory, epithelial, spindle-shaped: kaiko-ai/eva
+  ``docs/datasets/consep.md`` and ``src/eva/vision/data/datasets/segmentation/consep.py``;
+- RGBA images whose colour is the first three channels:
+  JohnsonLee98/hover_1 ``src/transform_data.py`` (``img[..., :3]``), while
+  hover_net reads them with ``cv2.imread``, which drops the alpha channel.
+
+Not checked against the release itself: the dtypes inside the ``.mat``
+files (hover_net casts with ``astype("int32")``; any numeric type is read).
+
+HoVer-Net scores four classes (``classes="hovernet"``, the default, as its
+authors score CoNSeP): 3 and 4 become 3 epithelial, 5, 6 and 7 become 4
+spindle-shaped; ``classes="consep"`` keeps the seven. The splits are the
+release's ``train`` and ``test`` (``--val official``: test).
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ CONSEP_CLASSES = {1: "other", 2: "inflammatory", 3: "healthy epithelial", 4: "dy
 HOVERNET_CLASSES = {1: "other", 2: "inflammatory", 3: "epithelial", 4: "spindle-shaped"}
 HOVERNET_MERGE = np.array([0, 1, 2, 3, 3, 4, 4, 4], dtype=np.int32)  # CoNSeP type -> HoVer-Net's four
 CLASS_SETS = {"hovernet": HOVERNET_CLASSES, "consep": CONSEP_CLASSES}
+CONSEP_MPP = 0.25  # 40x (eva's CoNSeP dataset: overwrite_mpp=0.25)
 
 
 def merge_consep_types(types: np.ndarray) -> np.ndarray:
@@ -47,6 +65,7 @@ def merge_consep_types(types: np.ndarray) -> np.ndarray:
 class ConsepDataset(SplitFolderRelease):
     layout = "consep"
     protocol = "hovernet"
+    mpp = CONSEP_MPP
     split_dirs = ("Train", "Test")
 
     def __init__(self, path, tile_size: int = 256, overlap: int | None = None, classes: str | None = None, **_):
@@ -92,7 +111,8 @@ def find_consep(path: Path) -> Path | None:
 register(Layout(
     name="consep", title="CoNSeP", find=find_consep, open=ConsepDataset,
     url="https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/ (consep.zip)",
-    licence="see the publisher's page (its terms of use)",
+    licence="the publisher's terms (eva's documentation gives Apache 2.0); cite the HoVer-Net paper",
     point_at="CoNSeP/ as unzipped (Train/ and Test/), or one of them",
-    note="7 classes merged to HoVer-Net's 4 by default (classes consep: the 7); splits train, test",
+    note="40x (0.25 um/px); 7 classes merged to HoVer-Net's 4 by default (classes consep: the 7); splits train, "
+         "test. The page has been offline at times (hover_net issue 267)",
 ))

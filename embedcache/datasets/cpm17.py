@@ -8,10 +8,22 @@ restructured copy) unzips to::
     cpm17/train/Labels/image_00.mat       inst_map (H, W): instance ids, 0 = background
     cpm17/test/Images/ ... test/Labels/
 
-Checked against torch_em ``torch_em/data/datasets/histopathology/cpm.py``
-(``f"{split}/Images"``, ``f"{split}/Labels"``, ``loadmat(path)["inst_map"]``,
-only train and test) and hover_net's ``dataset.py`` (``__CPM17.load_ann``:
-instance map only, no types). The splits are ``train`` and ``test``.
+Sources of each fact: torch_em ``torch_em/data/datasets/histopathology/cpm.py``
+(the Google Drive folder hover_net's README links, the restructuring its
+authors describe in hover_net issue 5, ``f"{split}/Images"`` ``*.png``,
+``f"{split}/Labels"`` ``*.mat``, ``loadmat(path)["inst_map"]``, "Explicit val
+split does not exist for cpm17": only train and test); vqdang/hover_net
+``dataset.py`` (``__CPM17.load_ann``: ``inst_map`` only, ``astype("int32")``,
+no types) and ``README.md`` (no classification labels for CPM17).
+
+hover_net issue 293 names the images ``image_00`` .. ``image_07`` (eight per
+cancer type); issue 262 gives 32 test images. Issue 5 first described the
+labels as the organisers' CSV vectors; the copy torch_em reads holds ``.mat``
+files, which is what is read here.
+
+Not confirmed by a source read: the image sizes (500x500 or 600x600), the
+``.mat`` dtype (any numeric type is read), and a resolution: the challenge mixes 20x and 40x images, so none is
+recorded (``--mpp``/``mpp.csv`` give it). The splits are ``train`` and ``test``.
 """
 
 from __future__ import annotations

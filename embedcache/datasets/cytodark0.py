@@ -3,27 +3,50 @@
 The release (Vadori et al., 2024, "CISCA and CytoDArk0", https://zenodo.org/records/13694738,
 ``cytoDArk0.zip``) unzips to::
 
-    cytoDArk0/20x/1024x1024/image/NAME.png       RGB
+    cytoDArk0/20x/1024x1024/image/NAME.png       RGB, 1024x1024, 0.548 um/px (69 images)
     cytoDArk0/20x/1024x1024/label/NAME.tiff      instance ids (0 = background)
     cytoDArk0/20x/1024x1024/graymask4/NAME.png   4-class pixel map (background, cell, boundary...): not read
-    cytoDArk0/20x/1024x1024/folds.csv            columns img_id, fold (0 train, 1 validation, 2 test)
-    cytoDArk0/40x/2048x2048/...                  the same at 40x
+    cytoDArk0/20x/1024x1024/folds.csv            img_id,fold (0 train, 1 validation, 2 test)
+    cytoDArk0/40x/2048x2048/...                  the same at 40x: 2048x2048, 0.274 um/px (58 images)
 
-Checked against torch_em ``torch_em/data/datasets/histopathology/cytodark0.py``
-(the tree, ``image/*.png`` with ``label/<stem>.tiff`` and ``graymask4/<stem>.png``,
-``folds.csv`` read with ``fold.loc[fold["fold"] == i, "img_id"]`` for
-i = 0, 1, 2 as train, val, test; images asserted (H, W, 3)) and the paper
-(Nissl stain, neurons and glia). Point at the archive's root (20x is read),
-at ``20x`` or ``40x``, or at a ``1024x1024`` / ``2048x2048`` folder.
-``folds.csv`` gives the default split (``--val auto`` holds out its
-validation images; ``train``, ``val``, ``test`` by name). The stain is Nissl,
-not H&E: H&E stain variants and normalisation do not describe it (the
-dataset says so, and ``check-data`` notes it). The release gives
-magnifications, not microns per pixel, so none is recorded.
+with NAME as ``ID1_Aud_Cortex_Tursiops``: an id, the brain area (auditory
+and visual cortex, cerebellum, hippocampus) and the species. Sources of each
+fact:
+
+- the tree, ``image/*.png`` with ``label/<stem>.tiff`` and
+  ``graymask4/<stem>.png``, ``folds.csv`` read with
+  ``fold.loc[fold["fold"] == i, "img_id"]`` for i = 0, 1, 2 as train, val,
+  test, images asserted (H, W, 3), the archive's URL: torch_em
+  ``torch_em/data/datasets/histopathology/cytodark0.py``;
+- ``<dataset>/<mag>/<side>x<side>/{image,label,graymask4,folds.csv}`` and
+  ``folds.csv`` grouped by ``fold`` into ``img_id`` lists (header
+  ``img_id,fold``, as in its ``datasets/pannuke/40x/256x256/folds.csv``):
+  vadori/cytoark ``cisca/model.py``; the image names, their species, area,
+  magnification, resolution (0.548 um/px at 20x, 0.274 at 40x) and size:
+  vadori/cytoark ``datasets/cytodark0/cytoDArk0_metadata.xlsx`` (sheets
+  ``cytoDArk0_20x_1024`` and ``cytoDArk0_40x_2048``); the area as the
+  per-tissue row of its evaluations: its ``tissue_stats_*.csv`` (Auditory
+  Cortex, Cerebellum, Hippocampus, Visual Cortex);
+- Nissl stain, neurons and glia: vadori/cytoark ``README.md``, torch_em's
+  module docstring.
+
+Not checked against the archive itself: its licence (the cytoark code is
+CC BY-NC-SA 4.0; the Zenodo record states the dataset's), the label TIFFs'
+dtype (any integer type is read), and whether it also holds the 256x256 and
+512x512 crops cytoark's scripts cut (a folder of that form is read when
+pointed at).
+
+Point at the archive's root (20x is read), at ``20x`` or ``40x``, or at a
+``1024x1024`` / ``2048x2048`` folder. ``folds.csv`` gives the default split
+(``--val auto`` holds out its validation images; ``train``, ``val``,
+``test`` by name). The stain is Nissl, not H&E: H&E stain variants and
+normalisation do not describe it (the dataset says so, and ``check-data``
+notes it). Each image's brain area is its tissue label.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +57,10 @@ from embedcache.datasets.registry import Layout, register
 from embedcache.errors import DataError
 
 MAGNIFICATIONS = {"20x": "1024x1024", "40x": "2048x2048"}
+MPP = {"20x": 0.548, "40x": 0.274}  # cytoark datasets/cytodark0/cytoDArk0_metadata.xlsx, Resolution
+AREAS = {"Aud_Cortex": "auditory cortex", "Visual_Cortex": "visual cortex", "Cerebellum": "cerebellum",
+         "Hippocampus": "hippocampus"}
+IMAGE_NAME = re.compile(r"^ID\d+_(.+)_[A-Za-z]+$")  # ID<k>_<area>_<species>
 SPLITS = ("train", "val", "test")  # folds.csv fold 0, 1, 2
 
 
@@ -50,6 +77,14 @@ def cytodark0_folder(path: Path, magnification: str | None = None) -> Path | Non
             if found is not None:
                 return found
     return None
+
+
+def brain_area(stem: str) -> str | None:
+    """The brain area an image name gives (``ID57_Cerebellum_Chimpanzee`` -> ``cerebellum``), else None."""
+    m = IMAGE_NAME.match(stem)
+    if m is None:
+        return None
+    return AREAS.get(m.group(1), m.group(1).replace("_", " ").lower())
 
 
 def read_folds(path: Path) -> dict[str, int]:
@@ -83,6 +118,7 @@ class CytoDArk0Dataset(ImageSetDataset):
             raise DataError(f"{self.path}: not CytoDArk0 (no image/, label/ and folds.csv under 20x/1024x1024 or "
                             "40x/2048x2048)")
         self.magnification = base.parent.name if base.parent.name in MAGNIFICATIONS else None
+        self.mpp = MPP.get(self.magnification)
         folds = read_folds(base / "folds.csv")
         files = sorted((base / "image").glob("*.png"))
         if not files:
@@ -105,6 +141,9 @@ class CytoDArk0Dataset(ImageSetDataset):
         self.class_names = None
         self._tile_images(files, [f.stem for f in files], tile_size, default_overlap(tile_size, overlap))
         self.folds = np.asarray([folds[f.stem] for f in files], dtype=np.int64)[self.tiles.source]
+        areas = [brain_area(f.stem) for f in files]
+        self.source_tissue = areas if all(areas) else None
+        self.tissue = [areas[s] for s in self.tiles.source] if all(areas) else None
         self.fold_names = list(SPLITS)
         self.splits = {name: [k] for k, name in enumerate(SPLITS)}
 
@@ -139,7 +178,8 @@ def find_cytodark0(path: Path) -> Path | None:
 register(Layout(
     name="cytodark0", title="CytoDArk0", find=find_cytodark0, open=CytoDArk0Dataset,
     url="https://zenodo.org/records/13694738 (cytoDArk0.zip)",
-    licence="see the Zenodo record",
+    licence="see the Zenodo record (the authors' code, vadori/cytoark, is CC BY-NC-SA 4.0)",
     point_at="cytoDArk0/ as unzipped (reads 20x), or its 20x/ or 40x/ folder",
-    note="Nissl-stained brain (not H&E), neurons and glia; folds.csv 0/1/2 = train/val/test",
+    note="Nissl-stained brain (not H&E), neurons and glia; 20x 0.548 um/px, 40x 0.274 um/px; folds.csv 0/1/2 = "
+         "train/val/test; the brain area as tissue",
 ))

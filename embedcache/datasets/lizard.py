@@ -3,22 +3,47 @@
 The release (Graham et al., 2021, https://warwick.ac.uk/fac/cross_fac/tia/data/lizard/,
 ``lizard_images1.zip``, ``lizard_images2.zip``, ``lizard_labels.zip``) unzips to::
 
-    Lizard_Images1/consep_1.png ...            RGB, of any size
+    Lizard_Images1/consep_1.png ...            RGB, of any size (dpath_1 is 1190x928)
     Lizard_Images2/...
-    Lizard_Labels/Labels/consep_1.mat          inst_map (H, W), id (N, 1), class (N, 1) 1..6,
-                                               bbox (N, 4), centroid (N, 2)
-    Lizard_Labels/info.csv                     columns Filename, Source, Split (1, 2 or 3)
+    Lizard_Labels/Labels/consep_1.mat          inst_map (H, W) int32, id (N, 1), class (N, 1) 1..6,
+                                               bbox (N, 4) y1, y2, x1, x2, centroid (N, 2) x, y
+    Lizard_Labels/info.csv                     Filename,Source,Split: dpath_1,<original file>,3
+    Lizard_Labels/read_label.py                the publishers' example reader: not read
 
 (the Kaggle copy torch_em downloads wraps each in a lower-case folder,
-``lizard_images1/Lizard_Images1``: both are read). Checked against torch_em
-``torch_em/data/datasets/histopathology/lizard.py`` (the folders,
-``info.csv`` with ``df['Split']`` and ``df['Filename']``, ``loadmat(...)["inst_map"]``
-and ``["class"]``, images asserted (H, W, 3)) and the CoNIC challenge
-(its six classes are Lizard's: neutrophil, epithelial, lymphocyte, plasma,
-eosinophil, connective; 20x, 0.5 um/px). The type of instance ``id[k]`` is
-``class[k]``. ``Split`` gives folds ``fold1..fold3`` (the release's
-cross-validation folds; official split: train folds 1 and 2, test fold 3),
-``Source`` the cohort of each image (a probe label).
+``lizard_images1/Lizard_Images1``, and adds ``overlay/Overlay``: both are
+read). Sources of each fact:
+
+- the tree, ``info.csv`` read as ``df['Split']`` / ``df['Filename']``,
+  ``loadmat(...)["inst_map"]`` and ``["class"]``, images (H, W, 3): torch_em
+  ``torch_em/data/datasets/histopathology/lizard.py``;
+- the ``.mat`` keys, shapes and meanings (``inst_map`` int32 0..N; ``id``
+  maps ``class``, ``bbox`` and ``centroid`` rows to instance ids; bbox order
+  y1, y2, x1, x2; centroid x, y): the release's own
+  ``Lizard_Labels/read_label.py`` (a copy in marekfejda/ZNEUS_data_zadanie_2
+  ``lizard_labels/Lizard_Labels/read_label.py``), and TissueImageAnalytics/CoNIC
+  ``extract_patches.py`` (``np.squeeze(ann["class"])`` indexed by
+  ``np.squeeze(ann["id"])``);
+- ``info.csv`` itself (the same copy, ``lizard_labels/Lizard_Labels/info.csv``):
+  header ``Filename,Source,Split``; ``Source`` is the image's name in the
+  dataset it was taken from (``test_14``, ``train_105``, ``testB_10``,
+  ``None`` for the PanNuke images), not a cohort; the cohort is the prefix
+  of ``Filename`` (consep, crag, dpath, glas, pannuke: 16, 64, 69, 61 and 28
+  images, 238 in all), as CoNIC's ``patch_info`` names use it;
+- the six classes (neutrophil, epithelial, lymphocyte, plasma, eosinophil,
+  connective), 20x and 0.5 um/px: CoNIC ``notebooks/data.ipynb`` and the
+  CoNIC baseline (``process_segmentation``: "the evaluation is at 0.5mpp").
+- the licence, CC BY-NC-SA 4.0 for research "as the release's README
+  states": the saahilw/nuclei-lizard dataset card on the Hugging Face hub (a
+  converted copy; the README itself is not in the sources read).
+
+Not checked against the release itself: the dtypes of ``id``, ``class``,
+``bbox`` and ``centroid`` (any numeric type is read).
+
+The type of instance ``id[k]`` is ``class[k]``. ``Split`` gives folds
+``fold1..fold3`` (the release's cross-validation folds; official split:
+train folds 1 and 2, test fold 3); the cohort is each image's tissue
+label (a probe label and a group for ``groups=tissue``).
 """
 
 from __future__ import annotations
@@ -59,20 +84,27 @@ def _image_dirs(root: Path) -> list[Path]:
                   if d.is_dir())
 
 
-def read_info(path: Path) -> dict[str, tuple[str, int]]:
-    """``info.csv``: image stem -> (source cohort, split 1..3)."""
+def read_info(path: Path) -> dict[str, int]:
+    """``info.csv``: image stem -> split 1..3 (its ``Source`` column, the image's name in its original dataset,
+    is not needed)."""
     out = {}
     for line, row in enumerate(read_table(path, ("Filename", "Source", "Split")), start=2):
         split = row["Split"]
         if split not in ("1", "2", "3"):
             raise DataError(f"{path}:{line}: Split {split!r}; Lizard's splits are 1, 2, 3")
-        out[image_stem(row["Filename"])] = (row["Source"], int(split))
+        out[image_stem(row["Filename"])] = int(split)
     return out
+
+
+def lizard_cohort(name: str) -> str:
+    """The cohort of a Lizard image, the prefix of its name (``crag_12`` -> ``crag``)."""
+    return name.split("_")[0]
 
 
 class LizardDataset(ImageSetDataset):
     layout = "lizard"
     mpp = LIZARD_MPP
+    protocol = "conic"  # CoNIC's patches are Lizard's images; the same six classes, scored the same way
 
     def __init__(self, path, tile_size: int = 256, overlap: int | None = None, **_):
         self.path = Path(path)
@@ -90,7 +122,7 @@ class LizardDataset(ImageSetDataset):
                             f"({len(missing)} missing); unzip lizard_images1.zip and lizard_images2.zip beside it")
         unlisted = next((f for f in files if f.stem not in info), None)
         if unlisted is not None:
-            raise DataError(f"{unlisted}: not in {info_csv}; every image needs its Source and Split")
+            raise DataError(f"{unlisted}: not in {info_csv}; every image needs its row (Filename,Source,Split)")
         labels_dir = info_csv.parent / "Labels"
         self._mats = [labels_dir / f"{f.stem}.mat" for f in files]
         absent = next((m for m in self._mats if not m.exists()), None)
@@ -100,9 +132,9 @@ class LizardDataset(ImageSetDataset):
         self.class_names = dict(CONIC_CLASSES)
         self._tile_images(files, [f.stem for f in files], tile_size, default_overlap(tile_size, overlap))
         source = self.tiles.source
-        self.source_tissue = [info[f.stem][0] for f in files]
+        self.source_tissue = [lizard_cohort(f.stem) for f in files]
         self.tissue = [self.source_tissue[s] for s in source]
-        self.folds = np.asarray([info[f.stem][1] - 1 for f in files], dtype=np.int64)[source]
+        self.folds = np.asarray([info[f.stem] - 1 for f in files], dtype=np.int64)[source]
         self.fold_names = ["fold1", "fold2", "fold3"]
         self.splits = {"train": [0, 1], "test": [2]}
         self._info = info_csv
@@ -141,5 +173,6 @@ register(Layout(
         "lizard_labels.zip)",
     licence="CC BY-NC-SA 4.0 (non-commercial)",
     point_at="the folder holding Lizard_Images1, Lizard_Images2 and Lizard_Labels as unzipped",
-    note="colon, CoNIC's 6 classes, 20x (0.5 um/px); info.csv Split 1..3 as fold1..fold3, Source as cohort",
+    note="colon, CoNIC's 6 classes, 20x (0.5 um/px); info.csv Split 1..3 as fold1..fold3, the file name's "
+         "prefix (consep, crag, dpath, glas, pannuke) as cohort",
 ))

@@ -17,8 +17,18 @@ the row in pixels. Checked against torch_em
 torch_em's ``generate_labeled_array_from_xml`` (every ``Region``, its
 ``Vertex`` X and Y, ``skimage.draw.polygon`` with rows Y and columns X) and
 CellViT's ``cell_segmentation/datasets/prepare_monuseg.py`` (``Annotation`` /
-``Regions`` / ``Region`` whose second child is ``Vertices``; float vertices;
-regions filled in file order, a later one over an earlier one).
+``Regions`` / ``Region`` whose second child is ``Vertices``, the first its
+``Attributes``; float vertices; regions filled in file order, a later one
+over an earlier one). ``MicronsPerPixel`` on the root (``0.252000`` in a
+MoNuSeg file) is quoted by a MoNuSeg XML parser's documentation in the public
+code index (its repository not named there); 40x and the organs of the
+training images: torch_em's ``ORGAN_SPLITS`` (from the release's
+description), which gives none for the test images.
+
+37 training and 14 test images, and the licence, CC BY-NC-SA 4.0 "as stated
+on the source page": the saahilw/nuclei-monuseg dataset card on the Hugging
+Face hub (a converted copy); the challenge page itself is not in the sources
+read.
 
 Rasterising: each Region becomes instance ``k`` (its position in the file,
 from 1) with :func:`skimage.draw.polygon` over its vertices (float
@@ -185,7 +195,7 @@ def find_monuseg(path: Path) -> Path | None:
 register(Layout(
     name="monuseg", title="MoNuSeg", find=find_monuseg, open=MonusegDataset,
     url="https://monuseg.grand-challenge.org/Data/ (training and test archives)",
-    licence="see the challenge page (its terms of use)",
+    licence="CC BY-NC-SA 4.0 (non-commercial), as the challenge page states",
     point_at=f"the folder holding '{TRAIN_DIR}' and '{TEST_DIR}' as unzipped, or one of them",
     note="7 organs, 1000x1000 at 40x, nuclei outlined in Aperio XML (rasterised); splits train, test",
 ))

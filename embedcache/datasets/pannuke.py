@@ -3,21 +3,44 @@
 The release (Gamper et al., 2020; https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke,
 ``fold_1.zip`` .. ``fold_3.zip``) unzips to::
 
+    Fold 1/README.md
     Fold 1/images/fold1/images.npy   (2656, 256, 256, 3) float64, RGB, whole numbers 0..255
     Fold 1/images/fold1/types.npy    (2656,) str: tissue of each tile ("Breast", "Colon", ...)
     Fold 1/masks/fold1/masks.npy     (2656, 256, 256, 6) float64
+    Fold 1/masks/README.md, Fold 1/masks/by-nc-sa.md
     Fold 2/...  Fold 3/...           (2523 and 2722 tiles)
 
-Checked against pathml ``pathml/datasets/pannuke.py``
-(``_process_downloaded_pannuke``: ``Fold {k}/images/fold{k}/images.npy``,
-``Fold {k}/masks/fold{k}/masks.npy``, ``Fold {k}/images/fold{k}/types.npy``,
-read with ``mmap_mode='r'``), torch_em
-``torch_em/data/datasets/histopathology/pannuke.py`` (archive names, the mask
-channels 0..4 neoplastic, inflammatory, connective, dead, epithelial and the
-last background) and the release's README (the channels, ``types.npy``, the
-licence). The images are 40x (the paper); 0.25 um/px, the usual 40x
-resolution, is recorded as their microns per pixel. Also read: the flat
-layout ``fold1/{images,masks,types}.npy`` (or one folder holding the three).
+Sources of each fact:
+
+- the three paths of each fold, read with ``mmap_mode='r'``: pathml
+  ``pathml/datasets/pannuke.py`` (``_process_downloaded_pannuke``);
+- the archives' URLs (``fold_1.zip`` .. ``fold_3.zip``), masks channels
+  0..4 neoplastic, inflammatory, connective/soft tissue, dead, epithelial and
+  channel 5 background: torch_em
+  ``torch_em/data/datasets/histopathology/pannuke.py`` (``_channels_to_instances``
+  drops the last channel);
+- the same channel order scored (channel 4 "non-neoplastic"), ``types.npy``
+  beside ``masks.npy`` in the scoring layout, the 19 tissue names as
+  ``types.npy`` holds them (``Adrenal_gland``, ``Bile-duct``, ``Breast``, ...,
+  ``HeadNeck``, ``Uterus``), instance ids per channel (``remap_label`` of
+  each): TissueImageAnalytics/PanNuke-metrics ``run.py``;
+- images as float arrays (``astype(np.uint8)`` before saving a tile):
+  TIO-IKIM/CellViT ``cell_segmentation/datasets/prepare_pannuke.py``;
+- the tree with its README files: qiuyukong11/icip
+  ``data/split_util/panNukescripts/readme.md`` (a copy of a PanNuke
+  preprocessing README); the fold's README text (the files, the channels,
+  "The ``masks/`` directory and it's contents are licensed under" CC
+  BY-NC-SA 4.0) is stored in the public code index, its repository not named
+  there; the licence also in vqdang/hover_net ``README.md``;
+  40x: the PanNuke papers (Gamper et al. 2019, 2020).
+
+Not stated in any source read: the microns per pixel. 0.25 um/px, the usual
+40x resolution (eva records the same for CoNSeP's 40x), is recorded as the
+images' microns per pixel. Fold 1's 2656 tiles are in torch_em's comment
+(``img.shape -> (3, 2656, 256, 256)``; the preprocessing README above says
+2,657, 2,524 and 2,723); float64 and the other folds' counts are not
+confirmed by a source read (uint8 images read the same). Also read: the flat layout
+``fold1/{images,masks,types}.npy`` (or one folder holding the three).
 
 A fold's number comes from its folder names (``Fold 1``, ``fold1``,
 ``fold_1``), so folds are ``fold1..fold3`` whichever folders the user

@@ -18,7 +18,9 @@ from embedcache.datasets import LabelSet, read_label_maps
 from embedcache.datasets.base import stack_name, stack_row
 from embedcache.errors import ConfigError, DataError
 from embedcache.files import plain_json, write_json
-from embedcache.metrics.protocols import DEFAULT_RADIUS, PROTOCOLS, PUBLISHED_CLASSES
+from embedcache.metrics.protocols import (
+    CONIC_COUNT_CROP, DEFAULT_RADIUS, PROTOCOLS, PUBLISHED_CLASSES, auto_protocol,
+)
 
 SUMMARY_KEYS = {
     "hovernet": ("dice", "aji", "aji_plus", "dq", "sq", "pq", "f1_detection", "type_f1"),
@@ -26,6 +28,9 @@ SUMMARY_KEYS = {
     "conic": ("bpq", "mpq_plus", "per_class_pq", "r2"),
 }
 """Keys each protocol's summary carries at least (the published table's)."""
+
+CONIC_PATCH = 256
+"""The side of CoNIC's patches, whose central 224x224 its counts cover; a larger image is counted whole."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +189,13 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
         Folders in the PanNuke layout (``masks.npy`` [+ ``types.npy``]), the
         CoNIC layout (``labels.npy``) or the folder layout
         (``NAME_inst.png`` [+ ``NAME_type.png``]); the two may differ.
-    protocol : {"hovernet", "pannuke", "conic"}
+    protocol : {"auto", "hovernet", "pannuke", "conic"}
+        ``auto``: the truth's own, by its classes (PanNuke's five: pannuke;
+        CoNIC's six, CoNIC and Lizard: conic; anything else, instances
+        only or CoNSeP's classes: hovernet), as ``fit-decoder`` picks it.
+        ``conic`` counts nuclei for R2 in the central 224x224 of its
+        256x256 patches, and whole images (Lizard's) whole; the summary's
+        ``count_crop`` says which (224 or None).
     format : {"auto", "pannuke", "conic", "folder"}
         Layout of both sides; ``auto`` tells each side's from its files.
     radius : float
@@ -228,12 +239,14 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
         different shapes, labels that are not non-negative integers, or type
         maps missing where the protocol needs them.
     """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if protocol != "auto" and protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; use auto or one of {', '.join(PROTOCOLS)}")
     if on not in (None, *ON):
         raise ConfigError(f"unknown on={on!r}; use common, truth or pred (or None to refuse unpaired images)")
     t = _read("truth", truth, format)
     p = _read("prediction", pred, format)
+    if protocol == "auto":
+        protocol = auto_protocol(t.class_names, t.types is not None and p.types is not None)
     pairs = _align(t, p, on)
     t_inst = [t.instances[k] for k in pairs.truth]
     t_type = None if t.types is None else [t.types[k] for k in pairs.truth]
@@ -259,7 +272,14 @@ def evaluate(truth, pred, protocol: str, *, format: str = "auto", radius: float 
         kwargs["radius"] = radius if radius_um is None else _radii(truth, t_names, radius_um)
     if protocol == "pannuke":
         kwargs["tissue"] = t_tissue
+    if protocol == "conic":
+        # CoNIC counts the central 224x224 of its 256x256 patches so that nuclei cut by a patch's edge are not
+        # counted; whole images larger than a patch (Lizard's) are counted whole, or R2 would see a corner.
+        whole = any(max(np.shape(m)) > CONIC_PATCH for m in t_inst)
+        kwargs["count_crop"] = None if whole else CONIC_COUNT_CROP
     result = PROTOCOLS[protocol](t_inst, p_inst, t_type, p_type, **kwargs)
+    if protocol == "conic":
+        result["count_crop"] = kwargs["count_crop"]
     rows = result.pop("images")
     result["classes"] = sorted(result.get("per_class_pq") or result.get("type_f1") or [])
     result["class_names"] = {c: t.class_names[c] for c in result["classes"] if c in (t.class_names or {})}
