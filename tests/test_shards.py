@@ -173,7 +173,7 @@ def test_samples_read_from_shards_equal_zarrs_and_fail_loudly_on_damage(tmp_path
     _write_units(writer, values)
     store = open_store(writer.finish())
     pairs = [(6, 2), (0, 1), (1, 0), (4, 2), (6, 0), (3, 1)]  # tile 1 all zeros, tile 6 in the short unit
-    assert store._direct(schema.tokens_path("late")) is not None
+    assert store._unit_array(schema.tokens_path("late")).sharding is not None
     tokens, images = store.samples(pairs, ["early", "late"], stored=True)
     for k, (t, v) in enumerate(pairs):
         assert np.array_equal(images[k], values[schema.IMAGES][t])
@@ -210,7 +210,7 @@ def test_training_reads_the_same_batches_from_shards_as_through_zarr(tmp_path, m
     try:
         direct = fit(store, tmp_path / "direct", fit_config(epochs=2), progress=False)
         assert calls  # the batches came straight from the shards
-        monkeypatch.setattr(Store, "_direct", lambda self, path: None)
+        monkeypatch.setattr(Store, "_unit_array", lambda self, path: None)
         through_zarr = fit(store, tmp_path / "zarr", fit_config(epochs=2), progress=False)
     finally:
         torch.set_num_threads(before)

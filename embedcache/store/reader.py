@@ -306,8 +306,6 @@ class Store:
             paths += [schema.scales_path(layer) for layer in layers]
         try:
             chunks = self._read_samples(paths, pairs)
-        except StoreError:
-            raise
         except Exception as exc:  # a chunk that does not decode: corruption
             raise StoreError(f"{self.path}: cannot read tokens ({type(exc).__name__}: {exc}); the store may be "
                              "corrupted: run `embedcache verify` and re-extract with --overwrite") from exc
@@ -326,13 +324,6 @@ class Store:
 
             self._cache[key] = UnitArray.of(self._array(path))
         return self._cache[key]
-
-    def _direct(self, path: str):
-        """The array's shards read chunk by chunk directly when its inner chunks hold one tile (images) or one
-        tile and variant (tokens, scales); None: through zarr."""
-        ua = self._unit_array(path)
-        lead = 1 if path == schema.IMAGES else 2
-        return ua if ua is not None and ua.sharding is not None and ua.sharding.inner[:lead] == (1,) * lead else None
 
     def _read_units(self, path: str, sel, rest: tuple):
         """Tiles ``sel`` (a slice), variants ``rest`` (none, or one index, slice or list), every unit's object
@@ -355,8 +346,10 @@ class Store:
         complete store; one ranged read per chunk, all in flight together)
         when every array allows; else through zarr, one concurrent batch.
         """
-        direct = [self._direct(p) for p in paths + [schema.IMAGES]]
-        if all(d is not None for d in direct):
+        direct = [self._unit_array(p) for p in paths + [schema.IMAGES]]
+        # Directly when inner chunks hold one tile and variant (tokens, scales) or one tile (images).
+        if all(d is not None and d.sharding is not None and d.sharding.inner[:k] == (1,) * k
+               for d, k in zip(direct, [2] * len(paths) + [1])):
             from embedcache.store.shards import read_chunks
 
             requests = [(d, (t, v)) for d in direct[:-1] for t, v in pairs]
