@@ -14,7 +14,10 @@ For a ViT-S/16 and a ViT-L/16 sized encoder (random weights) at 224 and
 2. the write path alone: MB/s of raw float16 tokens written by
    ``StoreWriter.write_unit`` (arrays of a real unit, written again and again);
 3. decoder training steps/s from the ViT-S store against the same steps with
-   the encoder run live on every batch.
+   the encoder run live on every batch;
+4. the read path: the same decoder steps/s streaming every batch from the
+   store on disk against the same batches preloaded in RAM (same loader
+   workers): the share of the I/O the loader hides.
 
 Prints one line per figure and ratios; nothing is kept unless ``--work``.
 """
@@ -40,7 +43,7 @@ from embedcache.train.decoder import NucleiDecoder, NucleiLoss
 from embedcache.train.stream import EpochBatches, TileStream, make_loader
 from embedcache.train.targets import TargetCache
 
-from bench_decoder import timed_steps  # this script's folder
+from bench_decoder import Epochs, timed_steps  # this script's folder
 
 FULL = {"encoders": {"ViT-S/16": "timm:vit_small_patch16_224", "ViT-L/16": "timm:vit_large_patch16_224"},
         "sizes": (224, 256)}
@@ -196,6 +199,17 @@ def main():
         s_live = steps_per_second(Step(store, dev), live, args.steps, encoder=ext.fx)
         print(f"decoder steps/s (batch 8, {store.encoder.name} {store.tile_shape[0]} px): cached {s_cached:.1f}  "
               f"live {s_live:.1f}  cached/live {s_cached / s_live:.2f}")
+        disk = make_loader(TileStream(store, tiles, targets), Epochs(batches), workers=args.loader_workers)
+        ram = make_loader(TileStream(store, tiles, targets, preload=True), Epochs(batches),
+                          workers=args.loader_workers)
+        step = Step(store, dev)
+        s_disk, s_ram = [], []
+        for _ in range(args.repeats):  # alternating, on one decoder: the arms see the same device state
+            s_ram.append(steps_per_second(step, ram, args.steps))
+            s_disk.append(steps_per_second(step, disk, args.steps))
+        paired = statistics.median(d / r for d, r in zip(s_disk, s_ram))
+        print(f"read path (decoder steps/s, batch 8): from disk {statistics.median(s_disk):.1f}  from RAM "
+              f"{statistics.median(s_ram):.1f}  disk/RAM {paired:.2f} (median of {args.repeats} paired repeats)")
         print(f"tokens stored as {store.config.dtype}, codec {cfg.codec}")
     finally:
         if args.work is None:

@@ -22,4 +22,6 @@ def test_gpu_check_dry_run_prints_every_figure(tmp_path):
         mbs = float(row.split("write path ")[1].split()[0])
         assert 0 < ratio and mbs > 0, row
     assert any(ln.startswith("decoder steps/s") and "cached/live" in ln for ln in lines)
+    read = [ln for ln in lines if ln.startswith("read path")]
+    assert len(read) == 1 and float(read[0].split("disk/RAM ")[1].split()[0]) > 0, read
     assert (tmp_path / "ViT-S-stand-in-96.zarr").is_dir()  # the stores it measured are real stores

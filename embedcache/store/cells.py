@@ -95,6 +95,7 @@ class CellStore:
         self.nuclei = dict(attrs["nuclei"])
         self.complete = bool(attrs.get("complete"))
         self.verify_rows = int(attrs["config"]["unit_cells"])
+        self._blocks = {}  # vector array path -> its chunks read directly (store.shards), or None
 
     def built_from(self, keys) -> dict:
         """The record's entries ``keys`` (``layers``, ``variants``, ``encoder``, ``source_store``, ``nuclei``,
@@ -139,11 +140,29 @@ class CellStore:
         arr = self._array(vectors_path(self.resolve_layer(layer)))
         sel = schema.variant_selection(self.variants, variant, self.path)
         try:
-            out = arr.get_orthogonal_selection((idx if isinstance(idx, slice) else np.asarray(idx), sel))
+            out = self._read_blocks(arr, idx, sel)
+            if out is None:
+                out = arr.get_orthogonal_selection((idx if isinstance(idx, slice) else np.asarray(idx), sel))
         except Exception as exc:
             raise StoreError(f"{self.path}: cannot read {vectors_path(layer)} ({type(exc).__name__}: {exc}); "
                              "run `embedcache verify` and rebuild with --overwrite") from exc
         return np.asarray(out, dtype=np.float32)
+
+    def _read_blocks(self, arr, idx, sel):
+        """A run of cells, every chunk of it read in one concurrent batch and decoded directly
+        (:func:`embedcache.store.shards.read_rows`); None for a selection or array left to zarr."""
+        from embedcache.store.shards import UnitArray, read_rows, rows_of, second_axis
+
+        rows, along = rows_of(idx, self.n_cells), second_axis(sel, len(self.variants))
+        if rows is None or along is None:
+            return None
+        if arr.path not in self._blocks:
+            self._blocks[arr.path] = UnitArray.of(arr)
+        ua = self._blocks[arr.path]
+        if ua is None:
+            return None
+        out = read_rows(self.group.store, ua, *rows, along[0])
+        return out[:, 0] if along[1] else out
 
     def table(self) -> dict[str, np.ndarray]:
         """Every column of the cell table: ``tile``, ``source``, ``instance``, ``centroid`` (n, 2) pixels,

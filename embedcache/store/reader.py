@@ -94,6 +94,7 @@ class Store:
         self.class_names = dict(attrs.class_names)
         self._layouts = {lay.name: lay for lay in attrs.layers}
         self._cache = {}
+        self._indexes = {}  # (path, unit) -> shard index, read once (store.shards)
         self._tile_info = None
 
     def __repr__(self) -> str:
@@ -229,7 +230,9 @@ class Store:
     def _read(self, path: str, idx, *rest):
         sel, squeeze = _index(idx, self.n_tiles)
         try:
-            out = self._array(path).get_orthogonal_selection((sel, *rest))
+            out = self._read_units(path, sel, rest)
+            if out is None:
+                out = self._array(path).get_orthogonal_selection((sel, *rest))
         except (IndexError, StoreError):
             raise
         except Exception as exc:  # a chunk that does not decode: corruption
@@ -296,25 +299,13 @@ class Store:
             (:meth:`stored_tokens`), for a reader that converts elsewhere.
         images : (n, H, W, 3) ndarray of uint8
         """
-        import asyncio
-
-        from zarr.core.sync import sync
-
         layers = [self._layer(layer) for layer in layers]
         pairs = [(int(t), self._variant(v)) for t, v in pairs]
         paths = [schema.tokens_path(layer) for layer in layers]
         if self.quantized:
             paths += [schema.scales_path(layer) for layer in layers]
-        arrays = [self._array(path).async_array for path in paths]
-        image_array = self._array(schema.IMAGES).async_array
-
-        async def read_all():
-            reads = [a.getitem((t, v)) for a in arrays for t, v in pairs]
-            reads += [image_array.getitem((t,)) for t, _ in pairs]
-            return await asyncio.gather(*reads)
-
         try:
-            chunks = sync(read_all())
+            chunks = self._read_samples(paths, pairs)
         except Exception as exc:  # a chunk that does not decode: corruption
             raise StoreError(f"{self.path}: cannot read tokens ({type(exc).__name__}: {exc}); the store may be "
                              "corrupted: run `embedcache verify` and re-extract with --overwrite") from exc
@@ -324,6 +315,63 @@ class Store:
         if not stored:
             tokens = [quant.to_float(*t) for t in tokens]
         return tokens, np.stack(chunks[len(paths) * n:])
+
+    def _unit_array(self, path: str):
+        """The array's units read directly (:mod:`embedcache.store.shards`); None: through zarr."""
+        key = ("units", path)
+        if key not in self._cache:
+            from embedcache.store.shards import UnitArray
+
+            self._cache[key] = UnitArray.of(self._array(path))
+        return self._cache[key]
+
+    def _read_units(self, path: str, sel, rest: tuple):
+        """Tiles ``sel`` (a slice), variants ``rest`` (none, or one index, slice or list), every unit's object
+        read whole and decoded directly; None when the selection or the array is left to zarr."""
+        from embedcache.store.shards import read_rows, rows_of, second_axis
+
+        ua, rows = self._unit_array(path), rows_of(sel, self.n_tiles)
+        if ua is None or rows is None or len(rest) > 1:
+            return None
+        along = second_axis(rest[0], ua.shape[1]) if rest else (None, False)
+        if along is None:
+            return None
+        out = read_rows(self.group.store, ua, *rows, along[0])
+        return out[:, 0] if along[1] else out
+
+    def _read_samples(self, paths: list[str], pairs: list[tuple[int, int]]) -> list[np.ndarray]:
+        """The chunk of each ``(tile, variant)`` pair in each of ``paths``, then each tile's image, in that order.
+
+        Read straight from the shards (each shard index once, kept for a
+        complete store; one ranged read per chunk, all in flight together)
+        when every array allows; else through zarr, one concurrent batch.
+        """
+        direct = [self._unit_array(p) for p in paths + [schema.IMAGES]]
+        # Directly when inner chunks hold one tile and variant (tokens, scales) or one tile (images).
+        if all(d is not None and d.sharding is not None and d.sharding.inner[:k] == (1,) * k
+               for d, k in zip(direct, [2] * len(paths) + [1])):
+            from embedcache.store.shards import read_chunks
+
+            requests = [(d, (t, v)) for d in direct[:-1] for t, v in pairs]
+            requests += [(direct[-1], (t,)) for t, _ in pairs]
+            if len(self._indexes) > 8192:  # a bound for very large stores; a window of units needs far fewer
+                self._indexes.clear()
+            chunks = read_chunks(self.group.store, requests, self._indexes if self.complete else None)
+            n = len(paths) * len(pairs)
+            return [c[0, 0] for c in chunks[:n]] + [c[0] for c in chunks[n:]]
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        arrays = [self._array(path).async_array for path in paths]
+        image_array = self._array(schema.IMAGES).async_array
+
+        async def read_all():
+            reads = [a.getitem((t, v)) for a in arrays for t, v in pairs]
+            reads += [image_array.getitem((t,)) for t, _ in pairs]
+            return await asyncio.gather(*reads)
+
+        return sync(read_all())
 
     def pooled(self, layer, idx=slice(None), variant=0, kind: str = "mean") -> np.ndarray:
         """Pooled vectors of one variant, ``(n, D) ndarray of float32``.

@@ -135,6 +135,7 @@ class StoreWriter:
         self.n_tiles = int(config.n_tiles)
         self.n_units = schema.n_units(self.n_tiles, self.unit_tiles)
         self._arrays = {}
+        self._units = {}
         self.redone: tuple[int, int] | None = None  # (units computed again, finished units kept) after a fix
         self.repaired: list[int] | None = None  # with repair: the damaged units marked to compute again
 
@@ -237,9 +238,10 @@ class StoreWriter:
     def _unmark(self, units: list[int]) -> None:
         """Mark ``units`` not done, delete what they stored, and mark the store incomplete.
 
-        The objects go: a damaged shard cannot be rewritten in part (zarr
-        reads it back to merge a write that covers only some of it, as the
-        last, shorter unit's does), and a unit missing its objects reads as
+        The objects go: a damaged shard cannot be rewritten in part where
+        zarr writes it (zarr reads it back to merge a write that covers only
+        some of it, as the last, shorter unit's does; :meth:`write_unit`'s
+        own encoder never reads), and a unit missing its objects reads as
         zeros, so they are deleted only once the unit is marked not done.
         """
         import asyncio
@@ -326,26 +328,50 @@ class StoreWriter:
     def todo_units(self) -> list[int]:
         return [int(u) for u in np.flatnonzero(~self.done_units())]
 
+    def unit_array(self, path: str):
+        """The direct encoder of an array's unit objects (:mod:`embedcache.store.shards`); None: zarr writes it."""
+        if path not in self._units:
+            from embedcache.store.shards import UnitArray
+
+            self._units[path] = UnitArray.of(self.array(path))
+        return self._units[path]
+
     def write_unit(self, unit: int, arrays: dict[str, np.ndarray]):
         """Write every array of one unit, then mark it done (in that order).
 
-        The arrays go out in one concurrent batch: one event-loop round trip
-        instead of one per array, and their chunks are encoded in zarr's
-        threads (the codecs release the GIL) while this thread waits.
+        Each array's unit is one object (a shard, or a chunk), encoded in
+        one call (:mod:`embedcache.store.shards`: the bytes zarr writes,
+        without its ~1 ms of per-chunk overhead), and the objects go out in
+        one concurrent batch; an array whose codecs that module does not
+        know goes through zarr in the same batch.
         """
         import asyncio
 
+        from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         start, stop = schema.unit_range(unit, self.n_tiles, self.unit_tiles)
         for path, data in arrays.items():
             if data.shape[0] != stop - start:
                 raise StoreError(f"unit {unit}: {path} has {data.shape[0]} tiles, expected {stop - start}")
+        direct, through_zarr = [], []
+        for path, data in arrays.items():
+            encoder = self.unit_array(path)
+            if encoder is not None and encoder.whole_rows and encoder.rows == self.unit_tiles:
+                direct.append((encoder, data))
+            else:
+                through_zarr.append((self.array(path).async_array, data))
+        store, proto = self.group.store, default_buffer_prototype()
 
-        targets = [(self.array(path).async_array, data) for path, data in arrays.items()]
+        async def put(encoder, data):
+            # One thread hop per array (the codecs release the GIL): the arrays encode side by side where
+            # there are cores to spare, as zarr's chunks did, and one after another on one core.
+            encoded = await asyncio.to_thread(encoder.encode, data)
+            await store.set(encoder.key(unit), proto.buffer.from_bytes(encoded))
 
         async def write_all():
-            await asyncio.gather(*(a.setitem(slice(start, stop), data) for a, data in targets))
+            await asyncio.gather(*(put(e, data) for e, data in direct),
+                                 *(a.setitem(slice(start, stop), data) for a, data in through_zarr))
 
         sync(write_all())
         self.array(schema.DONE)[unit] = 1
