@@ -85,3 +85,32 @@ def test_probe_save_on_the_command_line(cells):
     res = CliRunner().invoke(main, ["probe", "--store", str(path), "--store", str(path), "--level", "cell",
                                     "--save", str(tmp / "two")])
     assert res.exit_code != 0 and "one --store" in res.stderr and not (tmp / "two").exists()
+
+
+def test_a_classifier_of_another_class_set_is_refused_in_one_line(cells):
+    """Its JSON naming other classes than its weights hold (two classifiers' files mixed); cells annotated in
+    other classes; and the same checks passing where the classes agree or the types are a decoder's."""
+    import json
+    import shutil
+
+    tmp, path, *_ = cells
+    config = ProbeConfig(level="cell", labels="type", layers="all", method="linear", fractions=())
+    clf = keep_classifier(path, run_cell_probes([path], config), config)
+    saved = clf.save(tmp / "mixed")
+    assert load_classifier(saved).sha256  # its content is known to outputs that record it
+    meta = json.loads((saved / "classifier.json").read_text())
+    meta["classes"] = ["tumour", "lymphocyte", "stroma", "necrosis"]
+    (saved / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="names 4 classes .* holds weights \\(3, 16\\)") as exc:
+        load_classifier(saved)
+    assert "\n" not in str(exc.value)
+    named = {1: "tumour", 2: "lymphocyte", 3: "stroma"}
+    clf.check_labels(named, "labels", "x")  # its own classes
+    clf.check_labels({0: "background", **named, 4: "necrosis"}, "points", "x")  # a superset
+    with pytest.raises(ConfigError, match="predicts tumour, lymphocyte, stroma, but these cells are labelled "
+                                          "epithelial, lymphocyte, stroma \\(no tumour\\)") as exc:
+        clf.check_labels({1: "epithelial", 2: "lymphocyte", 3: "stroma"}, "labels", "x")
+    assert "\n" not in str(exc.value)
+    clf.check_labels({1: "epithelial"}, "outlines", "x")  # a decoder's types: the classifier refines them
+    clf.check_labels({}, "labels", "x")  # no names
+    shutil.rmtree(saved)

@@ -102,16 +102,11 @@ def test_vectors_equal_those_cells_pools_from_a_store_of_the_slide(setup, monkey
         assert np.abs(ours).sum(axis=1).min() > 0  # every nucleus got tokens
 
 
-def test_live_vectors_equal_cached_ones_and_resume_is_exact(setup, monkeypatch):
-    """Tokens of the live encoder give the vectors of the store's; a killed run resumes to the same files."""
+def _killed_mid_slide(monkeypatch, run):
+    """``run()`` killed as it writes its third region (KeyboardInterrupt, as from a kill), then the writer restored."""
     from embedcache.infer import slide_output
 
-    tmp = setup["tmp"]
-    live = _run(setup, "live", overlap=16)
-    assert live[0].status == "done"
-    table = _table(tmp / "live" / "a")
-    real = slide_output.write_region
-    calls = []
+    real, calls = slide_output.write_region, []
 
     def dies_on_the_third(path, rows, work=None):
         calls.append(path)
@@ -121,8 +116,17 @@ def test_live_vectors_equal_cached_ones_and_resume_is_exact(setup, monkeypatch):
 
     monkeypatch.setattr("embedcache.infer.slides.write_region", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
-        _run(setup, "killed", overlap=16)
+        run()
     monkeypatch.setattr("embedcache.infer.slides.write_region", real)
+
+
+def test_live_vectors_equal_cached_ones_and_resume_is_exact(setup, monkeypatch):
+    """Tokens of the live encoder give the vectors of the store's; a killed run resumes to the same files."""
+    tmp = setup["tmp"]
+    live = _run(setup, "live", overlap=16)
+    assert live[0].status == "done"
+    table = _table(tmp / "live" / "a")
+    _killed_mid_slide(monkeypatch, lambda: _run(setup, "killed", overlap=16))
     assert _run(setup, "killed", overlap=16)[0].status == "done"
     assert _table(tmp / "killed" / "a") == table
     layers = open_store(setup["cache"]).layers
@@ -208,7 +212,7 @@ def test_cells_of_a_slide_store_from_predicted_outlines_or_a_qupath_export(setup
     assert not (tmp / "bad.zarr").exists() and not (tmp / "bad.zarr.partial").exists()
 
 
-def _hand_classifier(setup, layer=None, encoder=None):
+def _hand_classifier(setup, layer=None, encoder=None, classes=("tumour", "immune", "stroma")):
     """A classifier of the run's encoder made by hand (the slide is too small to train one)."""
     from embedcache.probes.classifier import CellClassifier
     from embedcache.train.checkpoint import load_run
@@ -217,8 +221,9 @@ def _hand_classifier(setup, layer=None, encoder=None):
     layer = layer or run.store["layers"][-1]
     dim = int(run.store["shapes"][layer][0])
     rng = np.random.default_rng(0)
-    return CellClassifier(layer, dim, ["tumour", "immune", "stroma"], rng.normal(size=dim), rng.uniform(0.5, 2, dim),
-                          rng.normal(size=(3, dim)), rng.normal(size=3), encoder or run.store["encoder"]["name"],
+    k = len(classes)
+    return CellClassifier(layer, dim, list(classes), rng.normal(size=dim), rng.uniform(0.5, 2, dim),
+                          rng.normal(size=(k, dim)), rng.normal(size=k), encoder or run.store["encoder"]["name"],
                           run.store["weights_sha256"])
 
 
@@ -399,3 +404,186 @@ def test_a_limit_on_kept_tiles_bounds_memory_and_keeps_the_outputs(setup, monkey
     limited, shared = tiles("limited"), tiles("shared")
     assert limited["encoded"] > shared["encoded"] and limited["reused"] > 0
     assert limited["encoded"] + limited["reused"] == shared["encoded"] + shared["reused"]
+
+
+def test_a_slides_cells_zarr_is_described_by_info_and_probe_says_what_to_give_instead(setup):
+    """cells.zarr of predict --slides --cells is not a cell store (no tiles, variants or labels of its own):
+    `info` describes it, `probe --level cell` refuses it in one line naming the command that makes a cell store
+    of those nuclei, and writes nothing."""
+    import json
+
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    pred = _predicted(setup)
+    zarr_path = pred / "a" / "cells.zarr"
+    n = len(_table(pred / "a")["id"])
+    res = CliRunner().invoke(main, ["info", str(zarr_path)])
+    assert res.exit_code == 0, res.output
+    assert f"cells     {n}:" in res.output and "slide a.tif" in res.output
+    for layer in open_store(setup["cache"]).layers:
+        assert f"{layer} (" in res.output
+    data = json.loads(CliRunner().invoke(main, ["info", str(zarr_path), "--json"]).output)
+    assert data["kind"] == "slide cells" and data["n_cells"] == n and data["slide"] == "a.tif"
+    out = setup["tmp"] / "probe-slide-cells"
+    res = CliRunner().invoke(main, ["probe", "--level", "cell", "--store", str(zarr_path), "--out", str(out)])
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(err) == 1, res.output
+    assert "not a cell store" in err[0] and f"embedcache cells --store SLIDE_STORE --nuclei {pred}" in err[0]
+    assert "Traceback" not in res.output and not out.exists()
+
+
+def test_a_classifier_of_another_class_set_is_refused_and_nothing_written(setup):
+    """Cells a person labelled (points with labels, over the slide store) in other classes than the classifier's:
+    refused before the cell store is built. A classifier of their classes is applied."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    tmp = setup["tmp"]
+    table = _table(_predicted(setup) / "a")
+    points = tmp / "labelled-points.csv"
+    with open(points, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "x", "y", "label"])
+        for k, (x, y) in enumerate(zip(table["x_px"][:12], table["y_px"][:12])):
+            w.writerow(["a", round(x - 0.5, 2), round(y - 0.5, 2), ("epithelial", "lymphocyte")[k % 2]])
+    other = _hand_classifier(setup).save(tmp / "clf-classes")
+    out = tmp / "labelled.cells.zarr"
+    args = ["cells", "--quiet", "--store", str(setup["cache"]), "--out", str(out), "--nuclei", str(points),
+            "--classify"]
+    res = CliRunner().invoke(main, [*args, str(other)])
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(err) == 1, res.output
+    assert "predicts tumour, immune, stroma, but these cells are labelled epithelial, lymphocyte" in err[0]
+    assert not out.exists() and not files_partial(out).exists()
+    same = _hand_classifier(setup, classes=("epithelial", "lymphocyte")).save(tmp / "clf-points")
+    res = CliRunner().invoke(main, [*args, str(same)])
+    assert res.exit_code == 0, res.output
+    assert len(pq_rows(out / "cell_classes.parquet")) == open_store(out).n_cells > 0
+    # The store built, a classifier of other classes applied to it later: refused, its classes left as they are.
+    before = (out / "cell_classes.parquet").read_bytes()
+    from embedcache.probes.classifier import classify_cells
+
+    with pytest.raises(ConfigError, match="predicts tumour, immune, stroma"):
+        classify_cells(out, other)
+    assert (out / "cell_classes.parquet").read_bytes() == before
+
+
+def pq_rows(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pydict()["id"]
+
+
+def files_partial(path):
+    from embedcache.files import partial_path
+
+    return partial_path(path)
+
+
+def test_a_slide_half_classified_by_one_classifier_is_not_finished_by_one_of_other_classes(setup, monkeypatch):
+    """The classifier's folder rewritten with other classes between a kill and the resume: refused in one line
+    (the classes both ways), the partial left as it was; --overwrite starts afresh with the new classifier."""
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+    from embedcache.errors import OutputMismatchError
+
+    tmp = setup["tmp"]
+    clf = tmp / "clf-changed"
+    _hand_classifier(setup).save(clf)
+    _killed_mid_slide(monkeypatch, lambda: predict_slides(setup["run"], setup["slides"], tmp / "changed", run_mpp=0.5,
+                                                          region=96, margin=80, overlap=16, progress=False,
+                                                          cell_classifier=clf))
+    _hand_classifier(setup, classes=("a", "b")).save(clf)
+    partial = tmp / "changed" / "a.partial"
+    before = sorted((p.relative_to(partial), p.read_bytes()) for p in partial.rglob("*") if p.is_file())
+    with pytest.raises(OutputMismatchError, match="classified into tumour, immune, stroma, .* predicts a, b"):
+        predict_slides(setup["run"], setup["slides"], tmp / "changed", run_mpp=0.5, region=96, margin=80,
+                       overlap=16, progress=False, cell_classifier=clf)
+    res = CliRunner().invoke(main, ["predict", "--run", str(setup["run"]), "--slides", str(setup["slides"]),
+                                    "--run-mpp", "0.5", "--region", "96", "--margin", "80", "--overlap", "16",
+                                    "--out", str(tmp / "changed"), "--cell-classifier", str(clf)])
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(err) == 1 and "predicts a, b" in err[0], res.output
+    assert sorted((p.relative_to(partial), p.read_bytes()) for p in partial.rglob("*") if p.is_file()) == before
+
+
+def _outputs(folder):
+    """Everything a slide's cells outputs hold, as comparable values."""
+    import anndata as ad
+    import pyarrow.parquet as pq
+    import zarr
+
+    group = zarr.open_group(str(folder / "cells.zarr"), mode="r")
+    adata = ad.read_h5ad(folder / "cells.h5ad")
+    return {"table": _table(folder), "classes": pq.read_table(folder / "cell_classes.parquet").to_pydict(),
+            "vectors": {k: np.asarray(v[:]) for k, v in group["vectors"].arrays()},
+            "obs": adata.obs, "obsm": {k: np.asarray(v) for k, v in adata.obsm.items()}, "uns": dict(adata.uns)}
+
+
+def _same_outputs(a, b):
+    assert a["table"] == b["table"] and a["classes"] == b["classes"] and a["uns"] == b["uns"]
+    assert sorted(a["vectors"]) == sorted(b["vectors"]) and sorted(a["obsm"]) == sorted(b["obsm"])
+    for k in a["vectors"]:
+        np.testing.assert_array_equal(a["vectors"][k], b["vectors"][k])
+    for k in a["obsm"]:
+        np.testing.assert_array_equal(a["obsm"][k], b["obsm"][k])
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(a["obs"], b["obs"])
+
+
+def test_runs_killed_in_a_region_or_while_writing_anndata_resume_to_identical_cells(setup, monkeypatch):
+    """Cell table, classes, vectors and cells.h5ad after a kill mid-slide, and after a kill while the slide's
+    outputs were being merged, are those of an uninterrupted run."""
+    from embedcache.infer import slide_anndata
+
+    tmp = setup["tmp"]
+    clf = _hand_classifier(setup).save(tmp / "clf-resume")
+    kw = dict(run_mpp=0.5, region=96, margin=80, overlap=16, progress=False, cells="all", cell_classifier=clf,
+              anndata=True)
+    assert predict_slides(setup["run"], setup["slides"], tmp / "whole", **kw)[0].status == "done"
+    want = _outputs(tmp / "whole" / "a")
+    assert len(want["table"]["id"]) > 5
+
+    _killed_mid_slide(monkeypatch, lambda: predict_slides(setup["run"], setup["slides"], tmp / "cut", **kw))
+    assert predict_slides(setup["run"], setup["slides"], tmp / "cut", **kw)[0].status == "done"
+    _same_outputs(_outputs(tmp / "cut" / "a"), want)
+
+    def dies_writing(folder, provenance, block=slide_anndata.BLOCK):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slide_anndata, "write_anndata", dies_writing)
+    with pytest.raises(KeyboardInterrupt):
+        predict_slides(setup["run"], setup["slides"], tmp / "merging", **kw)
+    assert (tmp / "merging" / "a.partial" / "cells.zarr").exists() and not (tmp / "merging" / "a").exists()
+    monkeypatch.undo()
+    assert predict_slides(setup["run"], setup["slides"], tmp / "merging", **kw)[0].status == "done"
+    _same_outputs(_outputs(tmp / "merging" / "a"), want)
+    assert not (tmp / "merging" / "a.partial").exists()
+
+
+def test_a_slide_that_fails_is_recorded_and_the_others_get_their_cells(setup):
+    import shutil
+
+    import anndata as ad
+
+    tmp = setup["tmp"]
+    mixed = tmp / "mixed-cells"
+    mixed.mkdir()
+    shutil.copy(setup["slides"] / "a.tif", mixed / "a.tif")
+    (mixed / "broken.tif").write_bytes(b"not a tiff at all")
+    res = {r.name: r for r in predict_slides(setup["run"], mixed, tmp / "mixed-cells-out", run_mpp=0.5, region=96,
+                                             margin=80, overlap=16, progress=False, cells="all", anndata=True)}
+    assert res["broken"].status == "failed" and "cannot open slide" in res["broken"].reason
+    assert res["a"].status == "done" and res["a"].nuclei > 0
+    folder = tmp / "mixed-cells-out" / "a"
+    assert ad.read_h5ad(folder / "cells.h5ad").n_obs == res["a"].nuclei == len(_table(folder)["id"])
+    assert not (tmp / "mixed-cells-out" / "broken").exists()
+    rows = (tmp / "mixed-cells-out" / "slides.csv").read_text().splitlines()
+    assert any(r.startswith("broken,failed,") for r in rows) and any(r.startswith("a,done,") for r in rows)

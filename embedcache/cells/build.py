@@ -77,7 +77,7 @@ def _units(images, unit_tiles: int) -> list[tuple[int, int]]:
 
 
 def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwrite: bool = False,
-                progress: bool = True, wait: bool = True) -> CellsResult:
+                progress: bool = True, wait: bool = True, check=None) -> CellsResult:
     """Pool a vector per nucleus, layer and variant from a complete store into the cell store ``out``.
 
     Several processes building the same cell store share its units
@@ -85,6 +85,8 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     units no live process holds, and one of them swaps the store in;
     ``wait=False`` returns when only units held by others are left. Every
     process measures the nuclei of all images (the units' pooling weights).
+    ``check(record)``, given the cell store's record once the nuclei are
+    known, may raise to refuse the build before anything is written.
 
     Raises
     ------
@@ -151,6 +153,8 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
               "class_names": {str(k): v for k, v in sorted(source.class_names.items())},
               "source_names": source_names, "mpp": store.tile_mpp}
     dtype = "float32" if store.config.dtype == "float32" else "float16"  # pooled cells of int8 tokens: float16
+    if check is not None:
+        check(record)
     with Claims(claims_place(out), _digest(record)) as claims:
         writer = open_alone(claims, str(out), lambda joined: _open_cells(out, record, table, dtype, units,
                                                                          overwrite and not joined))

@@ -54,11 +54,15 @@ def cells(store, out, nuclei, radius, layers, variants, overwrite, classify, uni
     from embedcache.config import CellsConfig
 
     config = CellsConfig(nuclei=nuclei, radius=radius, layers=layers, variants=variants, unit_tiles=unit_tiles)
+    check = None
     if classify is not None:
         from embedcache.probes.classifier import check_for_store
 
-        check_for_store(classify, store, layers)
-    r = build_cells(store, out, config, overwrite=overwrite, progress=not (quiet or as_json), wait=not no_wait)
+        classifier = check_for_store(classify, store, layers)
+        check = lambda record: classifier.check_labels(  # noqa: E731 (cells labelled in another class set)
+            {int(k): v for k, v in record["class_names"].items()}, record["nuclei"]["kind"], str(classify))
+    r = build_cells(store, out, config, overwrite=overwrite, progress=not (quiet or as_json), wait=not no_wait,
+                    check=check)
     if classify is not None and r.finished_by is not None:
         from embedcache.probes.classifier import classify_cells
 

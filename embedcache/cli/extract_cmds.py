@@ -117,11 +117,15 @@ def extract(encoder, data, fmt, out, layers, variants, batch_size, device, dtype
 @click.argument("store")
 @json_option
 def info(store, as_json):
-    """Summarise a store (or a cell store): tiles, variants, layers with shapes, bytes on disk, complete or not."""
+    """Summarise a store (or a cell store, or a slide's cells.zarr): tiles, variants, layers with shapes, bytes
+    on disk, complete or not."""
     from embedcache.store import open_store
+    from embedcache.store.slide_cells import slide_cells_record, slide_cells_summary
 
     from embedcache.claims import claims_of, describe_claims
 
+    if slide_cells_record(store) is not None:  # predict --slides --cells: whole on disk, no claims or units
+        return _slide_cells_info(slide_cells_summary(store), as_json)
     s = open_store(store).summary()
     claims = claims_of(s["path"])
     if as_json:
@@ -147,6 +151,18 @@ def info(store, as_json):
         ratio = lay["bytes_per_tile_variant"] / lay["raw_float32_per_tile_variant"]
         click.echo(f"  {name:<12} {shape:<18} {lay['dtype']:<8} {human_bytes(lay['bytes']):>10} "
                    f"{human_bytes(lay['bytes_per_tile_variant']):>17} {ratio:>10.2f}")
+
+
+def _slide_cells_info(s: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"{s['path']}  [complete] cell vectors of slide {s['slide']} (predict --slides --cells)")
+    click.echo(f"  encoder   {s['encoder']}, weights {str(s['weights_sha256'])[:12]}, run {s['run']}")
+    click.echo(f"  cells     {s['n_cells']}: row i is the nucleus of id i + 1 in nuclei.parquet beside it")
+    click.echo("  layers    " + ", ".join(f"{k} ({v['dim']})" for k, v in s["layers"].items()))
+    click.echo(f"  pooling   {s['pooling']}, tiles at {s['work_mpp']} um/px")
+    click.echo(f"  size      {human_bytes(s['bytes'])} on disk")
 
 
 def _cells_info(s: dict) -> None:

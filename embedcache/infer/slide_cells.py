@@ -182,31 +182,54 @@ def finish_vectors(folder: Path, partial: Path, region_files: list[Path], layers
     Layout: ``vectors/<layer>`` ``(n, C)`` float32, row ``i`` the nucleus of
     id ``i + 1`` in ``nuclei.parquet``; attributes ``embedcache_slide_cells``:
     ``record`` with the layers and their widths. With ``classifier``, also
-    ``cell_classes.parquet`` (:func:`embedcache.probes.classifier.write_classes`,
-    ids those of ``nuclei.parquet``). Returns the cells per class (``{}`` without a classifier).
+    ``cell_classes.parquet`` (the columns of :func:`embedcache.probes.classifier.write_classes`,
+    ids those of ``nuclei.parquet``), appended region by region. Returns the cells per class (``{}``
+    without a classifier).
     """
+    import contextlib
+
     from embedcache.store.slide_cells import create_slide_cells
 
     counts = [int(np.load(vectors_file(partial, int(p.stem)))[layers.names[0]].shape[0]) for p in region_files]
     n = sum(counts)
     arrays = create_slide_cells(folder / "cells.zarr", n, dict(zip(layers.names, layers.dims)), record)
-    start, probas = 0, []
-    for p, m in zip(region_files, counts):
-        data = np.load(vectors_file(partial, int(p.stem)))
-        for name in layers.names:
-            if m:
-                arrays[name][start:start + m] = data[name]
-        if classifier is not None:
-            probas.append(data[PROBA])
-        start += m
+    per_class = np.zeros(len(classifier.classes) if classifier is not None else 0, np.int64)
+    with (files.atomic_file(folder / "cell_classes.parquet") if classifier is not None
+          else contextlib.nullcontext()) as classes_tmp:
+        writer = None
+        try:
+            start = 0
+            for p, m in zip(region_files, counts):
+                data = np.load(vectors_file(partial, int(p.stem)))
+                for name in layers.names:
+                    if m:
+                        arrays[name][start:start + m] = data[name]
+                if classifier is not None:  # the region's classes appended: memory of one region
+                    proba = data[PROBA]
+                    writer = append_classes(writer, classes_tmp, classifier, proba, start)
+                    per_class += np.bincount(proba.argmax(axis=1), minlength=len(per_class))
+                start += m
+            if classifier is not None and writer is None:  # no regions: the file still has its columns
+                writer = append_classes(writer, classes_tmp, classifier,
+                                        np.zeros((0, len(classifier.classes)), np.float32), 0)
+        finally:
+            if writer is not None:
+                writer.close()
     if classifier is None:
         return {}
-    from embedcache.probes.classifier import write_classes
+    return {name: int(c) for name, c in zip(classifier.classes, per_class)}
 
-    proba = np.concatenate(probas) if probas else np.zeros((0, len(classifier.classes)), np.float32)
-    index = proba.argmax(axis=1)
-    write_classes(folder / "cell_classes.parquet", classifier, index, proba, np.arange(1, n + 1))
-    return {name: int((index == k).sum()) for k, name in enumerate(classifier.classes)}
+
+def append_classes(writer, path, classifier, proba: np.ndarray, start: int):
+    """Append the rows of nuclei ``start + 1 ..`` (ids) of ``proba`` to ``cell_classes.parquet``; the writer."""
+    import pyarrow.parquet as pq
+
+    from embedcache.probes.classifier import classes_table
+
+    table = classes_table(classifier, proba.argmax(axis=1), proba, np.arange(start + 1, start + 1 + len(proba)))
+    writer = writer or pq.ParquetWriter(str(path), table.schema)
+    writer.write_table(table)
+    return writer
 
 
 class SharedTiles:

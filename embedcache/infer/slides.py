@@ -225,7 +225,7 @@ def _init_worker(parent: int):
 
 def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessConfig, overlap: int,
               store=None, tta: str = "none", outputs: tuple[bool, bool] = (True, True),
-              cells: CellLayers | None = None, classifier: str | None = None, anndata: bool = False) -> dict:
+              cells: CellLayers | None = None, classifier=None, anndata: bool = False) -> dict:
     st = plan.path.stat()
     meta = Path(run.path) / "run.json"
     settings = {"version": PLAN_VERSION, "run": str(Path(run.path).resolve()),
@@ -241,8 +241,8 @@ def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessC
         settings["geojson"], settings["overlays"] = outputs
     if cells is not None:
         settings["cells"] = list(cells.names)
-    if classifier is not None:
-        settings["cell_classifier"] = str(Path(classifier).resolve())
+    if classifier is not None:  # its path, layer, classes and content: a classifier changed in place is another
+        settings["cell_classifier"] = classifier.describe()
     if anndata:
         settings["anndata"] = True
     return settings
@@ -411,7 +411,7 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
 
     settings = _settings(run, plan, region, margin, post, overlap, features.store, outputs.tta,
                          (outputs.geojson, outputs.overlays), outputs.cells,
-                         outputs.classifier and outputs.classifier.path, outputs.anndata)
+                         outputs.classifier, outputs.anndata)
     final = out / plan.name
     done = final / "summary.json"
     if done.exists() and not overwrite:
@@ -426,8 +426,9 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
         if partial.exists() and not (overwrite and not joined):
             old = json.loads(plan_file.read_text()) if plan_file.exists() else None
             if old != settings:
-                raise OutputMismatchError(f"{partial} holds another run's partial results (or other settings); pass "
-                                          "--overwrite to start that slide afresh, or choose another --out")
+                raise OutputMismatchError(f"{partial} holds another run's partial results (or other settings"
+                                          f"{_classified(old, settings)}); pass --overwrite to start that slide "
+                                          "afresh, or choose another --out")
         else:
             files.remove(partial)
             (partial / "regions").mkdir(parents=True)
@@ -541,12 +542,14 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
             if outputs.classifier is not None:
                 summary = {**summary, "cells_per_class": per_class}
                 files.write_json(partial / "summary.json", summary)
-            files.remove(partial / "vectors")
         if outputs.anndata:
             from embedcache.infer.slide_anndata import write_anndata
 
             write_anndata(partial, {k: summary.get(k) for k in ("slide", "settings", "mpp0", "work_mpp")})
-        files.remove(partial / "regions")  # merged into nuclei.parquet
+        # Merged into nuclei.parquet and cells.zarr. The regions go first: a run killed between the two
+        # computes the regions again, where vectors gone before their regions could never be merged.
+        files.remove(partial / "regions")
+        files.remove(partial / "vectors")
         files.swap_in(partial, final)
         result[:] = [summary["nuclei"], seconds]
 
@@ -569,5 +572,17 @@ def _finished_slide(plan: SlidePlan, final: Path, settings: dict, status: str) -
     if summary.get("settings") == settings:
         return SlideResult(plan.name, status, summary["nuclei"], summary.get("seconds", 0.0),
                            regions=len(plan.regions))
-    raise OutputMismatchError(f"{final} holds nuclei from another run or other settings; pass --overwrite to "
+    raise OutputMismatchError(f"{final} holds nuclei from another run or other settings"
+                              f"{_classified(summary.get('settings') or {}, settings)}; pass --overwrite to "
                               "replace them (they stay until the new ones are complete), or choose another --out")
+
+
+def _classified(old: dict, new: dict) -> str:
+    """Why two slides' settings differ when it is the cell classifier: its classes, or the classifier itself."""
+    a, b = old.get("cell_classifier"), new.get("cell_classifier")
+    if a == b or not (isinstance(a, dict) and b):
+        return ""
+    if a.get("classes") != b["classes"]:
+        return (f": its cells were classified into {', '.join(a.get('classes', []))}, "
+                f"{b['path']} predicts {', '.join(b['classes'])}")
+    return f": its cells were classified by another classifier than {b['path']}"

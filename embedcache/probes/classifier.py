@@ -30,6 +30,7 @@ from embedcache.errors import ConfigError, DataError
 
 FORMAT = 1
 WEIGHTS, META = "classifier.safetensors", "classifier.json"
+ANNOTATED = ("labels", "points")  # nuclei sources whose types are a person's labels
 
 
 @dataclass
@@ -66,6 +67,7 @@ class CellClassifier:
     trained_on: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
     path: str = ""  # where it was read from
+    sha256: str = ""  # of its two files, as read (what an output records to know the classifier again)
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         return ((np.asarray(X, np.float64) - self.mean) / self.scale) @ self.weight.T + self.bias
@@ -102,6 +104,35 @@ class CellClassifier:
             raise ConfigError(f"{where}: the classifier reads layer {self.layer} ({self.dim} wide), these cells "
                               f"have {have}; pool that layer (--cells / --layers {self.layer})")
 
+    def check_labels(self, class_names: dict, kind: str, where: str) -> None:
+        """Refuse cells annotated in another class set, in one line.
+
+        Cells whose types are annotations (``kind`` ``labels`` or
+        ``points``, :class:`~embedcache.cells.nuclei.NucleiSource`) name
+        the classes a classifier of them must predict; a classifier of
+        other classes would write classes beside the labels that no label
+        can match. Nuclei a decoder found (``prediction``, ``outlines``)
+        carry the decoder's types, which a classifier may refine into
+        classes of its own: those are not checked.
+
+        ``class_names``: ``{type id: name}`` of the cells (0, unknown, ignored).
+
+        Raises
+        ------
+        ConfigError
+        """
+        names = {str(v) for k, v in class_names.items() if int(k)}
+        other = [c for c in self.classes if c not in names]
+        if kind in ANNOTATED and names and other:
+            raise ConfigError(f"{where}: the classifier predicts {', '.join(self.classes)}, but these cells are "
+                              f"labelled {', '.join(sorted(names))} (no {', '.join(other)}); train a classifier on "
+                              "cells labelled with these classes (probe --level cell --save), or classify nuclei "
+                              "a decoder found (--nuclei PREDICTIONS)")
+
+    def describe(self) -> dict:
+        """What an output records of the classifier that typed its cells (a changed classifier is another)."""
+        return {"path": self.path, "layer": self.layer, "classes": list(self.classes), "sha256": self.sha256}
+
     def save(self, path) -> Path:
         """Write the folder ``path`` (module docstring); returns it."""
         from safetensors.numpy import save_file
@@ -133,16 +164,27 @@ def load_classifier(path) -> CellClassifier:
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise DataError(f"{path}: not a cell classifier (no {META} and {WEIGHTS}); write one with "
                         "`embedcache probe --level cell --save CLASSIFIER`")
+    import hashlib
+
     try:
-        meta = json.loads((path / META).read_text())
+        raw = {name: (path / name).read_bytes() for name in (META, WEIGHTS)}
+        meta = json.loads(raw[META])
         t = load_file(str(path / WEIGHTS))
     except Exception as exc:
         raise DataError(f"{path}: cannot read the classifier ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: classifier format {meta.get('format')}, this version reads {FORMAT}")
-    return CellClassifier(meta["layer"], int(meta["dim"]), list(meta["classes"]), t["mean"], t["scale"], t["weight"],
-                          t["bias"], meta["encoder"], meta["weights_sha256"], meta.get("trained_on", {}),
-                          meta.get("scores", {}), str(path.resolve()))
+    classes, dim = list(meta["classes"]), int(meta["dim"])
+    rows = t["weight"].shape[0]
+    if rows not in (len(classes), 1 if len(classes) == 2 else -1) or t["weight"].shape[1:] != (dim,) or \
+            t["mean"].shape != (dim,) or t["scale"].shape != (dim,) or t["bias"].shape != (rows,):
+        raise DataError(f"{path}: {META} names {len(classes)} classes of {dim}-wide vectors, but {WEIGHTS} holds "
+                        f"weights {tuple(t['weight'].shape)}: the two files are of different classifiers; save it "
+                        "again with `embedcache probe --level cell --save`")
+    digest = hashlib.sha256(raw[META] + raw[WEIGHTS]).hexdigest()
+    return CellClassifier(meta["layer"], dim, classes, t["mean"], t["scale"], t["weight"], t["bias"], meta["encoder"],
+                          meta["weights_sha256"], meta.get("trained_on", {}), meta.get("scores", {}),
+                          str(path.resolve()), digest)
 
 
 def from_pipeline(pipe, layer: str, dim: int, classes: list, encoder: str, weights_sha256: str,
@@ -206,21 +248,28 @@ def classify_vectors(classifier: CellClassifier, vectors, n: int, chunk: int = 6
     return index, proba
 
 
+def classes_table(classifier: CellClassifier, index: np.ndarray, proba: np.ndarray, ids: np.ndarray):
+    """The rows of ``cell_classes.parquet`` (:func:`write_classes`) of some cells, as a pyarrow Table."""
+    import pyarrow as pa
+
+    n = len(index)
+    cols = {"id": pa.array(ids, pa.int64()),
+            "class_name": pa.array(np.asarray(classifier.classes, dtype=object)[index] if n else [], pa.string()),
+            "class_score": pa.array(proba[np.arange(n), index] if n else np.zeros(0), pa.float32())}
+    for k, name in enumerate(classifier.classes):
+        cols[f"p_{name}"] = pa.array(proba[:, k], pa.float32())
+    return pa.table(cols)
+
+
 def write_classes(path: Path, classifier: CellClassifier, index: np.ndarray, proba: np.ndarray,
                   ids: np.ndarray | None = None) -> Path:
     """``cell_classes.parquet``: ``id`` (row of the cells, or the nuclei's ids), ``class_name``, ``class_score``
     and ``p_<class>`` for every class."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n = len(index)
-    cols = {"id": pa.array(np.arange(n) if ids is None else ids, pa.int64()),
-            "class_name": pa.array([classifier.classes[i] for i in index], pa.string()),
-            "class_score": pa.array(proba[np.arange(n), index] if n else np.zeros(0), pa.float32())}
-    for k, name in enumerate(classifier.classes):
-        cols[f"p_{name}"] = pa.array(proba[:, k], pa.float32())
+    table = classes_table(classifier, index, proba, np.arange(len(index)) if ids is None else ids)
     with files.atomic_file(path) as tmp:
-        pq.write_table(pa.table(cols), str(tmp))
+        pq.write_table(table, str(tmp))
     return Path(path)
 
 
@@ -231,13 +280,14 @@ def classify_cells(cells_path, classifier_path) -> tuple[Path, dict]:
     Raises
     ------
     ConfigError
-        A classifier of another encoder, weights or layer.
+        A classifier of another encoder, weights or layer, or of other classes than the cells' labels.
     """
     from embedcache.store import open_store
 
     classifier = load_classifier(classifier_path)
     store = open_store(cells_path)
     classifier.check(store.encoder.name, store.source_store.get("weights_sha256"), store.dims, str(classifier_path))
+    classifier.check_labels(store.class_names, store.nuclei.get("kind", ""), str(classifier_path))
     index, proba = classify_vectors(classifier, lambda a, b: store.vectors(classifier.layer, slice(a, b)),
                                     store.n_cells)
     out = write_classes(Path(store.path) / "cell_classes.parquet", classifier, index, proba)

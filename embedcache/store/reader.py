@@ -25,6 +25,7 @@ from embedcache.layers import select_layers
 from embedcache.store import quant, schema
 from embedcache.store.cells import CELLS_ATTRS, not_zarr_reason, open_cells
 from embedcache.store.location import StoreLocation
+from embedcache.store.slide_cells import SLIDE_CELLS_ATTRS, not_a_cell_store
 
 
 def _index(idx, n: int):
@@ -530,6 +531,9 @@ def open_store(path, mode: str = "r") -> Store:
                              "`embedcache extract`") from None
         attrs = dict(group.attrs).get(schema.ATTRS)
         cell_attrs = None if attrs else dict(group.attrs).get(CELLS_ATTRS)
+        slide_cells = None if attrs or cell_attrs else dict(group.attrs).get(SLIDE_CELLS_ATTRS)
+    if slide_cells:
+        raise StoreError(not_a_cell_store(loc, slide_cells))
     if cell_attrs and loc.is_local:
         return open_cells(loc.path, group, cell_attrs)
     if not attrs:

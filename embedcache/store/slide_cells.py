@@ -36,3 +36,44 @@ def slide_cell_vectors(path) -> dict:
     group = zarr.open_group(str(path), mode="r")
     record = dict(group.attrs)[SLIDE_CELLS_ATTRS]
     return {name: group[f"vectors/{name}"] for name in record["layers"]}
+
+
+def slide_cells_record(path) -> dict | None:
+    """The record of a slide's ``cells.zarr`` at ``path``; None when ``path`` is not one (or not a local folder)."""
+    import json
+    from pathlib import Path
+
+    meta = Path(str(path)) / "zarr.json"
+    try:
+        record = json.loads(meta.read_text()).get("attributes", {}).get(SLIDE_CELLS_ATTRS)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dict(record) if isinstance(record, dict) else None
+
+
+def slide_cells_summary(path) -> dict:
+    """Plain data: what ``embedcache info`` prints for a slide's ``cells.zarr``."""
+    from pathlib import Path
+
+    record = slide_cells_record(path)
+    path = Path(path)
+    encoder = record.get("encoder") or {}
+    return {"path": str(path), "kind": "slide cells", "slide": record.get("slide"),
+            "encoder": encoder.get("name") if isinstance(encoder, dict) else encoder,
+            "weights_sha256": record.get("weights_sha256"), "n_cells": int(record["n_cells"]),
+            "layers": {name: {"dim": int(dim)} for name, dim in record["layers"].items()},
+            "mpp0": record.get("mpp0"), "work_mpp": record.get("work_mpp"), "run": record.get("run"),
+            "pooling": record.get("pooling"),
+            "bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file())}
+
+
+def not_a_cell_store(where, record: dict) -> str:
+    """One line for a command given a slide's ``cells.zarr`` where it needs a cell store: what it is and what
+    to give instead."""
+    from pathlib import Path
+
+    out = Path(str(where)).parent.parent
+    return (f"{where}: the cell vectors of slide {record.get('slide')} written by predict --slides --cells, not a "
+            f"cell store; `embedcache info` describes it and anndata reads them with the table (--anndata: "
+            f"cells.h5ad); to probe or classify these nuclei, pool a cell store: embedcache cells --store "
+            f"SLIDE_STORE --nuclei {out} --out CELLS")
