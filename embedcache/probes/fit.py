@@ -1,8 +1,9 @@
 """Probes on features: logistic regression with an L2 sweep, and cosine kNN; arrays in, predictions out.
 
 Every tile is predicted once, by a probe fitted on the folds that do not
-hold it (out-of-fold). Each probe is a scikit-learn pipeline, so
-standardisation is fitted on the training split only, and the
+hold it (out-of-fold). Each probe standardises with a scaler fitted on the
+training split only (the linear probe is a scikit-learn pipeline, the kNN
+a :class:`~embedcache.probes.neighbours.CosineNeighbours` holding it), and the
 regularisation sweep (:func:`fit_linear`) holds out part of the training
 split, never the test fold. Cached variants can be added to the training
 split (``augment``); tests always use the identity variant.
