@@ -4,6 +4,8 @@
     python benchmarks/bench_cells.py --tiles 100 --cells 5000 --images 100 --repeats 1   # quick check
     python benchmarks/bench_cells.py --only kernel,build --build-repeats 3 --trace-build --work /tmp/bench-cells
     python benchmarks/bench_cells.py --only probe --method linear --fractions 0.1,1 --n-boot 200
+    python benchmarks/bench_cells.py --only probe --per-method --work /tmp/bench-cells   # kNN and linear apart
+    python benchmarks/bench_cells.py --scale --work /tmp/bench-cells   # 1,000,000 cells x 1 layer x 1,536
 
 1a. kernel: the pooling ``build_cells`` runs (``unit_pooling``: sparse weights
     of each unit's nuclei; ``pool_unit``: one sparse product with the unit's
@@ -29,7 +31,12 @@
     untyped) over ``--images`` source images, a weak type signal that grows
     with depth, and a per-image offset. ``ProbeConfig(level="cell",
     labels="type", layers="all")`` with its defaults unless ``--method``,
-    ``--fractions``, ``--n-boot`` or ``--folds`` say otherwise.
+    ``--fractions``, ``--n-boot`` or ``--folds`` say otherwise. ``--per-method``
+    times kNN and linear in runs of their own (the curve with linear), and
+    the kNN's floor is printed: its floating-point operations over this
+    machine's float32 matrix product speed (NumPy's BLAS, measured here).
+    ``--scale``: 1,000,000 cells x 1 layer x 1,536 (5,000 images), each
+    method apart, no curve, no traced rerun (the cell store: 3 GB of float16).
 
 The goal for 1a and 1b: >= 1,000,000 cells per minute on this CPU.
 
@@ -79,6 +86,9 @@ TILE = 256
 LAYER = "blocks.11"
 TYPE_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 PARTS = ("kernel", "build", "probe")
+# --scale: a study's worth of cells, one wide layer (a ViT-L/H's width), each method timed apart.
+SCALE = {"cells": 1_000_000, "layers": 1, "dim": 1536, "images": 5000, "fractions": "", "per_method": True,
+         "no_trace": True, "only": "probe"}
 
 
 # ----------------------------------------------------------------------------- memory
@@ -448,19 +458,63 @@ def part_probe(args) -> dict:
         return value, got
 
     # Timed untraced (tracemalloc made a small probe 2x slower), then once more traced for the Python peak.
-    result, out["probe"] = measured(run_cell_probes, [path], config)
+    if args.per_method:  # each method in a run of its own: its own time and peak (the curve with linear)
+        from dataclasses import replace
+
+        from embedcache.probes.cell import CellProbeResult
+
+        out["methods"], parts = {}, []
+        for m in config.methods:
+            one = replace(config, method=m, fractions=config.fractions if m == "linear" else ())
+            got, out["methods"][m] = measured(run_cell_probes, [path], one)
+            parts.append(got)
+        result = CellProbeResult([p for r in parts for p in r.predictions], [c for r in parts for c in r.curve],
+                                 parts[0].shifts, parts[0].info, parts[0].variants)
+        out["probe"] = {"seconds": sum(m["seconds"] for m in out["methods"].values()),
+                        "mem": max((m["mem"] for m in out["methods"].values()), key=lambda m: m["peak_mb"])}
+    else:
+        result, out["probe"] = measured(run_cell_probes, [path], config)
     report, out["score"] = measured(score_cell_probes, result, n_boot=config.n_boot, seed=config.seed)
     if not args.no_trace:
         _, out["probe_traced"] = measured(run_cell_probes, [path], config, traced=True)
         _, out["score_traced"] = measured(score_cell_probes, result, n_boot=config.n_boot, seed=config.seed,
                                           traced=True)
+    if "knn" in config.methods:
+        out["floor"] = knn_floor(result.info, args)
     out["fits"] = {"predictions": len(result.predictions), "curve": len(result.curve), "shifts": len(result.shifts)}
-    out["info"] = {k: result.info[k] for k in ("n_cells", "n_untyped", "folds")}
+    out["info"] = {k: result.info[k] for k in ("n_cells", "n_untyped", "folds", "n_folds")}
     out["rows"] = [{"layer": r["layer"], "method": r["method"], "ba": r["scores"]["balanced_accuracy"]}
                    for r in report.rows]
     out["curve"] = [{"fraction": c["fraction"], "n_train": c["n_train"], "ba": c["balanced_accuracy"]}
                     for c in report.curve]
     return out
+
+
+def sgemm_gflops(dim: int, rows: int = 1024, cols: int = 32768, repeats: int = 5) -> float:
+    """This machine's float32 matrix product through NumPy's BLAS (as the kNN probe runs it), best of
+    ``repeats``: a block of ``rows`` queries against ``cols`` training rows of width ``dim``."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((rows, dim), dtype=np.float32)
+    B = rng.standard_normal((cols, dim), dtype=np.float32)
+    C = np.empty((rows, cols), np.float32)
+    np.matmul(A, B.T, out=C)  # warm-up: page faults, thread start
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(A, B.T, out=C)
+        seconds.append(time.perf_counter() - t0)
+    return 2 * rows * cols * dim / min(seconds) / 1e9
+
+
+def knn_floor(info: dict, args) -> dict:
+    """The exact kNN's arithmetic and the least time the matrix products alone take at this machine's speed.
+
+    Every cell is a query once (out of fold), against the training rows of its fold: 2 D n_test n_train
+    floating-point operations per fold and layer, about 2 D n^2 (1 - 1/F) for F even folds."""
+    n, F = info["n_cells"], info["n_folds"]
+    flop = 2.0 * args.dim * n * n * (1 - 1 / F) * args.layers
+    gflops = sgemm_gflops(args.dim)
+    return {"flop": flop, "gflops": gflops, "seconds": flop / gflops / 1e9}
 
 
 # ----------------------------------------------------------------------------- threads
@@ -563,6 +617,11 @@ def main():
                     help="label-efficiency fractions, comma-separated ('' for none)")
     ap.add_argument("--n-boot", type=int, default=default.n_boot)
     ap.add_argument("--folds", type=int, default=None)
+    ap.add_argument("--per-method", action="store_true",
+                    help="time each probe method in a run of its own (time and peak memory of kNN and linear)")
+    ap.add_argument("--scale", action="store_true",
+                    help=f"the large case: {SCALE['cells']:,} cells x {SCALE['layers']} layer x {SCALE['dim']} "
+                         "synthetic vectors, each method timed apart, no curve, no traced rerun")
     ap.add_argument("--no-trace", action="store_true",
                     help="skip the probe's traced rerun (no tracemalloc peak; halves the probe's time)")
     ap.add_argument("--threads", type=int, default=None, help="cap BLAS / OpenMP threads of every part")
@@ -571,6 +630,9 @@ def main():
                     help="keep the stores here and reuse them when the sizes match (default: a temporary folder)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.scale:
+        for name, value in SCALE.items():
+            setattr(args, name, value)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
@@ -646,6 +708,13 @@ def main():
                           if t else "tracemalloc: not run (--no-trace)")
                 print(f"   {what:<18} {p['seconds']:8.1f} s wall   peak RSS {p['mem']['peak_mb']} MB "
                       f"({p['mem']['rise_mb']:+d} MB; {p['mem']['how']}); {traced}")
+            for m, p in r.get("methods", {}).items():
+                print(f"     {m:<16} {p['seconds']:8.1f} s wall   peak RSS {p['mem']['peak_mb']} MB "
+                      f"({p['mem']['rise_mb']:+d} MB)")
+            if "floor" in r:
+                fl = r["floor"]
+                print(f"   kNN products: {fl['flop']:.3g} FLOP; float32 matrix product here {fl['gflops']:.0f} GFLOP/s "
+                      f"(NumPy BLAS, the probe's threads): floor {fl['seconds']:.1f} s for the exact kNN")
             print("   balanced accuracy [95% interval]: " + "; ".join(
                 f"{x['layer']} {x['method']} {interval(x['ba'])}" for x in r["rows"]))
             if r["curve"]:

@@ -117,9 +117,10 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
         label = names[j] if names else store_label(s, stores)
         layers = s.select_layers(config.layers)
         shared = [s.variants.index(v) for v in variants]
-        best, best_score, best_X = None, -np.inf, None
+        best, best_score = None, -np.inf
         for i, layer in enumerate(layers):
-            X = s.vectors(layer, variant=shared)[keep]
+            X = None  # one layer's vectors in memory at a time
+            X = read_cells(s, layer, shared, keep)
             for method in config.methods:
                 pred = cross_validate(X, y, folds, method, k=config.k, l2_grid=config.l2_grid, augment=config.augment,
                                       seed=config.seed, groups=groups, pca=config.pca, transfer=n_var > 1)
@@ -127,14 +128,16 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
                 result.predictions.append(pred)
                 score = balanced_accuracy_score(y, pred.y_pred)
                 if method == "linear" and score > best_score:
-                    best, best_score, best_X = layer, score, X[:, 0].copy()  # the curve refits on it
+                    best, best_score = layer, score  # the curve refits on it
                 if progress:
                     progress(f"{label} {layer} {method}")
             if n_var > 1:
                 result.shifts[label, layer, "cell"] = variant_shift(X, config.seed, groups)
         if tiles and n_var > 1:
             result.shifts.update(_tile_shifts(s, label, layers, config.seed, variants))
+        X = None
         if best is not None and config.fractions:
+            best_X = read_cells(s, best, shared[:1], keep)[:, 0]
             for f in config.fractions:
                 pred = cross_validate(best_X, y, folds, "linear", l2_grid=config.l2_grid, seed=config.seed,
                                       groups=groups, pca=config.pca, fraction=f)
@@ -154,6 +157,23 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
         "features": _features(config.pca, widths),
         "variants": variants, "nuclei": stores[0].nuclei, "config": config.to_dict()}
     return result
+
+
+def read_cells(store: CellStore, layer: str, variants: list[int], keep: np.ndarray,
+               block: int = 1 << 16) -> np.ndarray:
+    """The kept cells' vectors of one layer, ``(keep.sum(), V, C) float32``, read ``block`` cells at a time.
+
+    Nothing of the size of all cells is made besides the result (a read of all rows, then the selection,
+    would hold the layer twice)."""
+    out = np.empty((int(keep.sum()), len(variants), store.dims[store.resolve_layer(layer)]), dtype=np.float32)
+    at = 0
+    for a in range(0, len(keep), block):
+        rows = keep[a:a + block]
+        if rows.any():
+            got = store.vectors(layer, slice(a, a + len(rows)), variant=variants)[rows]
+            out[at:at + len(got)] = got
+            at += len(got)
+    return out
 
 
 def _features(pca: int | None, widths: list[int]) -> str:

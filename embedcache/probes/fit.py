@@ -1,8 +1,9 @@
 """Probes on features: logistic regression with an L2 sweep, and cosine kNN; arrays in, predictions out.
 
 Every tile is predicted once, by a probe fitted on the folds that do not
-hold it (out-of-fold). Each probe is a scikit-learn pipeline, so
-standardisation is fitted on the training split only, and the
+hold it (out-of-fold). Each probe standardises with a scaler fitted on the
+training split only (the linear probe is a scikit-learn pipeline, the kNN
+a :class:`~embedcache.probes.neighbours.CosineNeighbours` holding it), and the
 regularisation sweep (:func:`fit_linear`) holds out part of the training
 split, never the test fold. Cached variants can be added to the training
 split (``augment``); tests always use the identity variant.
@@ -29,11 +30,13 @@ from threadpoolctl import threadpool_limits
 from embedcache.config import ProbeConfig
 from embedcache.errors import ConfigError, DataError
 from embedcache.probes.labels import CLASSIFICATION, REGRESSION, TileLabels
+from embedcache.probes.neighbours import CosineNeighbours, normalise
 
 SMALL_PROBLEM = 1 << 20  # feature values below which fits run on one BLAS thread
 # A probe needs the ranking of strengths, not the last digit of the loss: a loose
 # tolerance halves the sweep's time at the same scores (benchmarks/bench_probe.py).
 LOGISTIC = {"max_iter": 500, "tol": 1e-3, "class_weight": "balanced"}
+SCALER_BYTES = 512 << 20  # float64 work buffers of the scaler's fit, per block of training rows
 
 
 @dataclass
@@ -167,27 +170,33 @@ def _inner_split(y: np.ndarray, groups: np.ndarray, seed: int):
     return list(GroupShuffleSplit(1, test_size=0.2, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
-def _scaler(X: np.ndarray, pca: int | None, seed: int) -> list:
-    """Standardisation, then (``pca``) a projection onto that many principal components, fitted on ``X``."""
+def _scaler(n: int, width: int, pca: int | None, seed: int) -> list:
+    """Standardisation, then (``pca``) a projection onto that many principal components, for ``n`` rows of
+    ``width`` features (unfitted)."""
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
     steps = [StandardScaler()]
-    if pca is not None and pca < X.shape[1]:
-        steps.append(PCA(n_components=min(pca, len(X)), random_state=seed))
+    if pca is not None and pca < width:
+        steps.append(PCA(n_components=min(pca, n), random_state=seed))
     return steps
 
 
 def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
-               l2_grid: Sequence[float] = ProbeConfig.l2_grid, seed: int = 0, pca: int | None = None):
+               l2_grid: Sequence[float] = ProbeConfig.l2_grid, seed: int = 0, pca: int | None = None,
+               rows: np.ndarray | None = None):
     """Standardise, then fit an L2 logistic regression (``(n,)`` labels) or ridge (``(n, T)`` targets).
 
-    The sweep is scikit-learn's own (``LogisticRegressionCV``, warm-started
-    from strong to weak penalties, or ``RidgeCV``): each strength is scored
-    on a held-out fifth of the given rows (split by ``groups``, e.g. tiles,
-    so variants or patches of a tile stay together) by balanced accuracy or
-    R2, and the best is refitted on all rows. Strengths are per row:
-    ``C = 1 / (l2 * n)``, ``alpha = l2 * n``.
+    Each strength is scored on a held-out fifth of the given rows (split by
+    ``groups``, e.g. tiles, so variants or patches of a tile stay together)
+    by balanced accuracy or R2, and the best is refitted on all rows.
+    Strengths are per row: ``C = 1 / (l2 * n)``, ``alpha = l2 * n``. The
+    logistic sweep is ``LogisticRegressionCV``'s (L-BFGS from strong to weak
+    penalties, each warm-started from the last; balanced class weights of all
+    rows; the refit warm-started from the chosen strength's coefficients),
+    run by :func:`_logistic_sweep` on float32 features standardised once,
+    which ``LogisticRegressionCV`` would copy to float64 and split again.
+    Ridge is scikit-learn's ``RidgeCV``.
 
     Parameters
     ----------
@@ -200,13 +209,16 @@ def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
     pca : int, optional
         Project the standardised features onto this many principal
         components first (fitted on ``X``: the training rows).
+    rows : (n,) ndarray of int, optional
+        The training rows of ``X`` when it holds more (``y`` and ``groups``
+        are theirs), read without gathering a copy.
 
     Returns
     -------
     sklearn.pipeline.Pipeline
         Fitted; its ``best_params`` attribute holds the ``l2`` chosen.
     """
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
+    from sklearn.linear_model import Ridge, RidgeCV
     from sklearn.pipeline import make_pipeline
 
     n = len(y)
@@ -214,34 +226,150 @@ def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
     sweep = len(grid) > 1
     cv = _inner_split(y, np.arange(n) if groups is None else np.asarray(groups), seed) if sweep else None
     if y.ndim == 1:
-        cs = [1.0 / (lam * n) for lam in grid]
-        model = (LogisticRegressionCV(Cs=cs, cv=cv, scoring="balanced_accuracy", l1_ratios=(0.0,), **LOGISTIC)
-                 if sweep else LogisticRegression(C=cs[0], **LOGISTIC))
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        steps = _fit_scaler(X, rows, pca, seed)
+        # The validation rows last: the sweep fits on a leading view, not a copy.
+        order = np.concatenate(cv[0]) if sweep else np.arange(n)
+        Z = _standardised(steps, X, rows[order])
+        model, c = _logistic_sweep(Z, y[order], [1.0 / (lam * n) for lam in grid], len(cv[0][0]) if sweep else n)
+        pipe = make_pipeline(*(step for _, step in steps.steps), model)
+        penalty = 1.0 / (n * c)
     else:
+        X = X if rows is None else X[rows]
         alphas = [lam * n for lam in grid]
         model = RidgeCV(alphas=alphas, cv=cv, scoring="r2") if sweep else Ridge(alpha=alphas[0])
-    pipe = make_pipeline(*_scaler(X, pca, seed), model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence at a loose tolerance, and API-transition notices
-        pipe.fit(X, y)
-    if y.ndim == 1:
-        penalty = 1.0 / (n * float(np.ravel(model.C_)[0] if sweep else model.C))
-    else:
+        pipe = make_pipeline(*_scaler(len(X), X.shape[1], pca, seed), model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # API-transition notices
+            pipe.fit(X, y)
         penalty = float(model.alpha_ if sweep else model.alpha) / n
     pipe.best_params = {"l2": min(grid, key=lambda lam: abs(np.log(lam / penalty)))}
     return pipe
 
 
-def fit_knn(X: np.ndarray, y: np.ndarray, k: int = 20, pca: int | None = None, seed: int = 0):
-    """Standardise (and ``pca``), then a cosine k-nearest-neighbour vote (or mean, for ``(n, T)`` targets)."""
-    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+def _standardised(steps, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``steps.transform(X[rows])`` as float32, a block of rows at a time: ``(len(rows), D')``."""
+    out = np.empty((len(rows), steps.transform(X[rows[:1]]).shape[1]), dtype=np.float32)
+    for a, b in _row_blocks(len(rows), X.shape[1]):
+        out[a:b] = steps.transform(X[rows[a:b]])
+    return out
+
+
+def _logistic_sweep(Z: np.ndarray, y: np.ndarray, cs: Sequence[float], n_fit: int):
+    """``LogisticRegressionCV``'s sweep on float32 rows: ``(fitted LogisticRegression, C chosen)``.
+
+    Parameters
+    ----------
+    Z : (n, D) ndarray of float32
+        Standardised rows: the first ``n_fit`` fit each strength, the rest
+        score it (balanced accuracy); with ``n_fit == n``, ``cs`` holds one
+        strength, fitted on all rows.
+    y : (n,) ndarray of int
+    cs : sequence of float
+        Inverse strengths, strong penalty (small C) first: each fit starts
+        from the last one's coefficients.
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = np.unique(y)
+    # Weights of all rows, for the sweep's fits too (as LogisticRegressionCV passes them down).
+    weights = dict(zip(classes, compute_class_weight("balanced", classes=classes, y=y)))
+    settings = {**LOGISTIC, "class_weight": weights, "warm_start": True}
+    # One BLAS thread: the gradient's products are (classes x rows) by (rows x features), a shape whose
+    # threaded OpenBLAS kernel ran 10-50x slower than one thread on two busy cores (0.4-1.7 s against
+    # 0.03 s at 64,000 x 384); one thread also keeps the digits independent of the machine's cores.
+    with threadpool_limits(1, user_api="blas"):
+        return _sweep(Z, y, cs, n_fit, settings)
+
+
+def _sweep(Z: np.ndarray, y: np.ndarray, cs: Sequence[float], n_fit: int, settings: dict):
+    """:func:`_logistic_sweep` under its thread limit; ``settings``: LogisticRegression's."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    classes = np.unique(y)
+    best, scores, start = 0, [], []
+    if len(cs) > 1:
+        est = LogisticRegression(C=cs[0], **settings)
+        # A class missing from the fitted rows still gets coefficients, as in LogisticRegressionCV: all rows
+        # go in, the validation rows with weight 0 (the same objective, a fifth more work).
+        fit = ((Z[:n_fit], y[:n_fit]) if len(np.unique(y[:n_fit])) == len(classes)
+               else (Z, y, (np.arange(len(y)) < n_fit).astype(Z.dtype)))
+        for C in cs:
+            est.set_params(C=C)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence at a loose tolerance
+                est.fit(*fit)
+            scores.append(balanced_accuracy_score(y[n_fit:], est.predict(Z[n_fit:])))
+            start.append((est.coef_.copy(), est.intercept_.copy()))
+        best = int(np.argmax(scores))  # the strongest penalty of equal scores
+    model = LogisticRegression(C=cs[best], **settings)
+    if start:
+        model.coef_, model.intercept_ = start[best]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(Z, y)
+    # Fitted on float32, applied in float64 as LogisticRegressionCV's coefficients are (and as a saved
+    # classifier applies them).
+    model.coef_, model.intercept_ = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+    model.warm_start = False
+    return model, cs[best]
+
+
+def fit_knn(X: np.ndarray, y: np.ndarray, k: int = 20, pca: int | None = None, seed: int = 0,
+            rows: np.ndarray | None = None):
+    """Standardise (and ``pca``), then an exact cosine k-nearest-neighbour vote (or mean, for ``(n, T)`` targets).
+
+    The neighbours, votes and means are scikit-learn's ``KNeighborsClassifier``
+    (``KNeighborsRegressor``) with ``metric="cosine", algorithm="brute"``
+    after the same scaler; the search is :class:`~embedcache.probes.neighbours.CosineNeighbours`
+    (blocked float32 products, no distance matrix kept). The scaler is
+    fitted, and the training rows standardised and normalised, a block of
+    rows at a time, so the only copy of the features is the normalised one.
+
+    Parameters
+    ----------
+    X : (n, D) ndarray of float
+    y : (len(rows),) ndarray of int, or (len(rows), T) ndarray of float
+    rows : (m,) ndarray of int, optional
+        The training rows of ``X`` (default all), read without gathering a copy.
+
+    Returns
+    -------
+    CosineNeighbours
+        Fitted, with ``transform`` the fitted scaler (queries go in raw);
+        its ``best_params`` attribute holds ``k``.
+    """
+    rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+    steps = _fit_scaler(X, rows, pca, seed)
+    train = _standardised(steps, X, rows)
+    for a, b in _row_blocks(len(rows), train.shape[1]):
+        train[a:b] = normalise(train[a:b])
+    knn = CosineNeighbours(k, transform=steps.transform).fit(train, y, normalised=True)
+    knn.best_params = {"k": knn.k_}
+    return knn
+
+
+def _row_blocks(n: int, width: int) -> list[tuple[int, int]]:
+    """Runs of rows whose float64 work buffers take about ``SCALER_BYTES``."""
+    step = max(4096, SCALER_BYTES // (8 * max(width, 1)))
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _fit_scaler(X: np.ndarray, rows: np.ndarray, pca: int | None, seed: int):
+    """The scaler of :func:`_scaler` fitted on ``X[rows]``, reading a block of rows at a time.
+
+    One block (every set of fewer rows than ``SCALER_BYTES`` holds) fits exactly as ``fit`` on all rows
+    does; more are accumulated by ``partial_fit``, the same mean and variance to float64 rounding. PCA,
+    when asked for, is fitted on all standardised rows at once."""
     from sklearn.pipeline import make_pipeline
 
-    knn = (KNeighborsClassifier if y.ndim == 1 else KNeighborsRegressor)(
-        n_neighbors=min(k, len(y)), metric="cosine", algorithm="brute")
-    pipe = make_pipeline(*_scaler(X, pca, seed), knn).fit(X, y)
-    pipe.best_params = {"k": knn.n_neighbors}
-    return pipe
+    steps = _scaler(len(rows), X.shape[1], pca, seed)
+    for i, (a, b) in enumerate(_row_blocks(len(rows), X.shape[1])):
+        (steps[0].fit if i == 0 else steps[0].partial_fit)(X[rows[a:b]])
+    if len(steps) > 1:
+        steps[1].fit(steps[0].transform(X[rows]))
+    return make_pipeline(*steps)
 
 
 def _as_variants(X: np.ndarray) -> np.ndarray:
@@ -310,11 +438,16 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
             model = _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca,
                               1.0 if fraction is None else fraction, int(f))
             test = np.flatnonzero(folds == f)
-            y_pred[test] = np.asarray(model.predict(X[test, 0])).reshape(y_pred[test].shape)  # (n,): one target
-            if proba is not None:
-                proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test, 0])
+            if proba is not None and isinstance(model, CosineNeighbours):  # votes and label from one search
+                labels, proba[np.ix_(test, model.classes_)] = model.predict_with_proba(X[test, 0])
+            else:
+                labels = model.predict(X[test, 0])
+                if proba is not None:
+                    proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test, 0])
+            y_pred[test] = np.asarray(labels).reshape(y_pred[test].shape)  # (n,): one target
             if variant_pred is not None:
-                for v in range(X.shape[1]):
+                variant_pred[test, 0] = y_pred[test]
+                for v in range(1, X.shape[1]):
                     variant_pred[test, v] = model.predict(X[test, v])
             chosen.append(model.best_params)
             sizes.append(model.n_train)
@@ -343,15 +476,16 @@ def subsample(y: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np
 def _fit_fold(X, y, is_test, method, n_var, k, l2_grid, seed, groups, pca=None, fraction=1.0, fold=0):
     """Fit one fold's probe on its training tiles (and their variants)."""
     train = subsample(y, np.flatnonzero(~is_test), fraction, seed + fold)
-    X_tr = X[train, :n_var].reshape(len(train) * n_var, -1)
-    y_tr = np.repeat(y[train], n_var, axis=0)
-    if method == "linear":
-        # A few labelled rows cannot spare a fifth for the sweep: the middle strength, fitted as is.
-        small = fraction < 1 and len(train) < 50 and len(l2_grid) > 1
-        grid = (sorted(l2_grid)[len(l2_grid) // 2],) if small else l2_grid
-        model = fit_linear(X_tr, y_tr, np.repeat(groups[train], n_var), grid, seed, pca)
+    # A few labelled rows cannot spare a fifth for the sweep: the middle strength, fitted as is.
+    small = fraction < 1 and len(train) < 50 and len(l2_grid) > 1
+    grid = (sorted(l2_grid)[len(l2_grid) // 2],) if small else l2_grid
+    if n_var == 1:  # the training rows read in place: the standardised ones are the only copy
+        X_tr, y_tr, g_tr, rows = X[:, 0], y[train], groups[train], train
     else:
-        model = fit_knn(X_tr, y_tr, k, pca, seed)
+        X_tr, rows = X[train, :n_var].reshape(len(train) * n_var, -1), None
+        y_tr, g_tr = np.repeat(y[train], n_var, axis=0), np.repeat(groups[train], n_var)
+    model = (fit_linear(X_tr, y_tr, g_tr, grid, seed, pca, rows=rows) if method == "linear"
+             else fit_knn(X_tr, y_tr, k, pca, seed, rows=rows))
     model.n_train = len(train)
     return model
 
