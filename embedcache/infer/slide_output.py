@@ -248,7 +248,8 @@ def write_table(out: Path, results, claims=None) -> None:
     process at a time): rows of slides not in ``results`` (written by
     other processes sharing ``out``, or by earlier runs) are kept, and a
     slide's row is replaced only by a status at least as final
-    (:data:`STATUS_RANK`; ``done`` and ``failed`` rank highest).
+    (:data:`STATUS_RANK`; ``done`` and ``failed`` rank highest). Rows are
+    sorted by slide name.
 
     Parameters
     ----------
@@ -278,7 +279,7 @@ def write_table(out: Path, results, claims=None) -> None:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(TABLE)
-        w.writerows(rows.values())
+        w.writerows(rows[name] for name in sorted(rows))  # whichever process writes, and slides finish in any order
         files.write_text(path, buf.getvalue())
     if own:
         claims.remove_if_empty()
