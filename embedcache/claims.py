@@ -71,6 +71,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -165,12 +166,20 @@ class _LocalFolder:
     def create(self, name: str, data: bytes) -> bytes | None:
         tmp = self._tmp()
         while True:
-            self.path.mkdir(parents=True, exist_ok=True)
             try:
+                self.path.mkdir(parents=True, exist_ok=True)
                 tmp.write_bytes(data)
                 break
             except FileNotFoundError:  # the folder was removed as empty by a process finishing: make it again
                 continue
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                from embedcache.errors import OutputError
+
+                raise OutputError(f"cannot write claims in {self.path} ({exc.strerror}): every process "
+                                  "writing an output keeps its claims beside it; make that folder writable or "
+                                  "choose another output") from None
         try:
             os.link(tmp, self.path / name)
         except FileExistsError:

@@ -13,7 +13,8 @@ Two mechanisms, used by every step that writes:
   when complete. An existing ``OUT`` is moved aside as ``OUT.replaced``
   and removed only once the new folder is in place, so at every moment
   either the old or the new folder is whole. A swap interrupted between
-  its two renames is finished by the next one (:func:`recover`).
+  its two renames is finished by the next one (:func:`recover`): the new
+  folder moves in.
 
 >>> import tempfile, pathlib
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "report"
@@ -115,16 +116,29 @@ def remove(path) -> None:
         path.unlink()
 
 
-def recover(out) -> None:
-    """Finish a swap that stopped between its renames: the old ``out`` comes back if no new one arrived."""
+def recover(out, forward: bool = True) -> None:
+    """Finish a swap that stopped between its renames (the process was killed there).
+
+    The old ``out`` had been moved aside to ``OUT.replaced`` and the new
+    one not yet moved in. A staged ``OUT.partial`` is then the complete new
+    folder (:func:`swap_in` moves only complete folders, and every writer
+    recovers before staging anew): with ``forward`` it is moved in and the
+    old one removed. Otherwise the old ``out`` comes back. Either way
+    ``out`` is whole.
+    """
     out = Path(out)
     old = replaced_path(out)
     if not old.exists():
         return
-    if out.exists():
-        remove(old)
-    else:
-        old.rename(out)
+    if not out.exists():
+        newer = partial_path(out)
+        try:
+            (newer if forward and newer.exists() else old).rename(out)
+        except FileNotFoundError:  # another process recovering it first moved it
+            pass
+    if out.exists() and old.exists():
+        with contextlib.suppress(FileNotFoundError):
+            remove(old)
 
 
 def swap_in(staged, out) -> Path:
@@ -132,7 +146,7 @@ def swap_in(staged, out) -> Path:
     staged, out = Path(staged), Path(out)
     if staged == out:
         return out
-    recover(out)
+    recover(out, forward=False)  # this swap brings the new folder
     old = replaced_path(out)
     if out.exists():
         out.rename(old)
@@ -147,7 +161,9 @@ def swap_in(staged, out) -> Path:
 
 
 def fresh_partial(out) -> Path:
-    """An empty ``OUT.partial`` (a stale one from an earlier attempt is removed)."""
+    """An empty ``OUT.partial`` (a stale one from an earlier attempt is removed; one a killed swap left
+    complete is moved in first, :func:`recover`)."""
+    recover(out)
     tmp = partial_path(out)
     remove(tmp)
     tmp.mkdir(parents=True)

@@ -18,11 +18,13 @@ import os
 import time
 from pathlib import Path
 
-from embedcache.claims import Claims, claims_place
+from embedcache.claims import Claims, ClaimState, claims_place
 
 # An audit of who computed what: when set, each process appends "<pid> <unit's claim name>" to this file for
 # every unit it writes (extraction, cell stores, slide prediction alike).
 UNIT_LOG = "EMBEDCACHE_UNIT_LOG"
+# The claim of a process driving a dask extraction: it holds the whole output (its workers write the units).
+DASK_DRIVER = "dask-driver"
 
 
 class SharedUnits:
@@ -79,8 +81,7 @@ class SharedUnits:
         """``unit`` is written and marked done by this process: its claim goes (and the unit log gets a line)."""
         self.computed.append(int(unit))
         self.claims.release(self.name(unit))
-        if os.environ.get(UNIT_LOG):
-            _log_unit(os.environ[UNIT_LOG], self.name(unit))
+        audit(self.name(unit))
 
     def wait(self, poll_s: float = 0.5, stop=lambda: False) -> bool:
         """Block until a pending unit may be claimed (True) or none is left to wait for (False).
@@ -117,13 +118,27 @@ class SharedUnits:
 
 
 
-def _log_unit(path: str, name: str) -> None:
-    """Append ``<pid> <name>``: one short write with O_APPEND, whole even when processes share the file."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def audit(name: str) -> None:
+    """Append ``<pid> <name>`` to the unit log (:data:`UNIT_LOG`) when it is set: one short write with
+    O_APPEND, whole even when processes share the file."""
+    if not os.environ.get(UNIT_LOG):
+        return
+    fd = os.open(os.environ[UNIT_LOG], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{os.getpid()} {name}\n".encode())
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def held(claims: Claims, name: str, poll_s: float = 0.05):
+    """Hold the claim ``name`` for the block, waiting while a live process holds it: a lock among processes
+    (a dead holder's is taken over, see :mod:`embedcache.claims`)."""
+    claims.acquire_waiting(name, poll_s=poll_s)
+    try:
+        yield
+    finally:
+        claims.release(name)
 
 
 class FinishedElsewhere(Exception):
@@ -167,7 +182,8 @@ def open_alone(claims: Claims, what: str, open_output, name: str = "store"):
     try:
         foreign = claims.foreign()
         if foreign is not None:
-            raise ClaimedError(f"{what} is being built by another process with other settings "
+            how = ("on a dask cluster" if foreign.record.get("store") == DASK_DRIVER else "with other settings")
+            raise ClaimedError(f"{what} is being built by another process {how} "
                                f"({foreign.describe()}); wait for it to finish, or choose another output")
         return open_output(any(c.state == "live" for c in claims.all()))
     finally:
@@ -220,11 +236,13 @@ def work_through(claims: Claims, units: SharedUnits, run_pass, finished, finish,
 
 
 @contextlib.contextmanager
-def sole(out, job: str, what: str = "--out"):
+def sole(out, job: str, what: str = "--out", alone: bool = False):
     """Hold the one claim on ``out`` for the block: a second process writing ``out`` is refused while this lives.
 
     A claim left by a dead process is taken over (the block then resumes
-    its work); the claims folder goes once the block ends.
+    its work); the claims folder goes once the block ends. With ``alone``,
+    live claims of any other job on ``out`` (processes sharing its units)
+    are refused too.
 
     Raises
     ------
@@ -234,10 +252,15 @@ def sole(out, job: str, what: str = "--out"):
     from embedcache.errors import ClaimedError
 
     with Claims(claims_place(out), job) as claims:
-        if not claims.acquire(job):
-            held = claims.state(job)
-            who = (f"pid {held.record.get('pid')} on {held.record.get('host')}" if held is not None
-                   else "another process")
+        holder = None if claims.acquire(job) else claims.state(job) or "another process"
+        if holder is None and alone:
+            holder = next((c for c in claims.all() if c.state == "live" and c.name != job), None)
+            if holder is None:
+                claims.clear_stale()  # claims of dead processes sharing out: their units are in the store or not
+        if holder is not None:
+            claims.release(job)
+            who = (f"pid {holder.record.get('pid')} on {holder.record.get('host')}" if isinstance(holder, ClaimState)
+                   else holder)
             raise ClaimedError(f"{what} {out} is being written by {who} now; wait for it to finish "
                                f"(a dead one's work is resumed by running again), or choose another {what}")
         try:

@@ -364,8 +364,12 @@ def test_an_interrupted_build_resumes_with_only_the_units_left(data, tmp_path, m
     real = CellWriter.write_unit
     ran = []
     monkeypatch.setattr(CellWriter, "write_unit", lambda self, u, v: (ran.append(u), real(self, u, v)))
+    log = tmp_path / "log"
+    monkeypatch.setenv("EMBEDCACHE_UNIT_LOG", str(log))
     result = build_cells(data["stack"], out, config, progress=False)
     assert ran == [1, 2] and result.units == 3 and result.units_run == 2
+    # The units' pooling weights were left in the partial: no nucleus measured again.
+    assert [line.split()[1] for line in log.read_text().splitlines()] == ["cells-000001", "cells-000002"]
     assert out.exists() and not partial_path(out).exists()
     assert_same_cells(open_store(out), open_store(data["tmp"] / "stack.cells"))
 
@@ -592,7 +596,13 @@ def test_processes_share_one_cell_build(data, tmp_path, kill):
     ran = run_together(["cells", "--store", str(data["stack"]), "--out", str(out), "--unit-tiles", "1", "--quiet"],
                        3, log, kill)
     assert sum("wrote " in s for s in ran.stdout) == 1, ran.stdout
-    assert max(ran.units.values()) == 1, ran.units  # no unit pooled twice
-    assert len(ran.units) >= (5 if kill else 6)  # the killed process may die between its last write and its log line
+    pooled = {n: c for n, c in ran.units.items() if n.startswith("cells-")}
+    measured = {n: c for n, c in ran.units.items() if n.startswith("nuclei-")}
+    assert max(pooled.values()) == 1, pooled  # no unit pooled twice
+    assert len(pooled) >= (5 if kill else 6)  # the killed process may die between its last write and its log line
+    # Nuclei are measured once, by the process creating the cell store; the others read its units' weights. Killed
+    # while measuring, its units are measured again by the process that creates the store after it.
+    assert sorted(measured) == [f"nuclei-{u:06d}" for u in range(6)], measured
+    assert max(measured.values()) <= (2 if kill else 1), measured
     assert_same_cells(open_store(out), open_store(data["tmp"] / "stack.cells"))
     assert not partial_path(out).exists() and not claims_place(out).exists()

@@ -56,3 +56,10 @@ def test_a_swap_stopped_between_its_renames_is_finished(tmp_path):
     files.swap_in(new, out)
     assert (out / "w").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # Stopped between the renames with the complete new folder staged: it moves in, the old one goes.
+    staged = files.fresh_partial(out)
+    (staged / "w").write_text("newer")
+    out.rename(files.replaced_path(out))
+    files.recover(out)
+    assert (out / "w").read_text() == "newer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

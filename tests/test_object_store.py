@@ -182,3 +182,20 @@ def test_processes_share_an_extraction_on_s3_through_claims(s3, data, reference)
     assert second.finished_by == "this" and second.units_run == 1
     assert_same_store(open_store(url), reference)
     assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="shared.zarr.claims").get("Contents")
+
+
+def test_processes_share_one_extraction_on_s3(s3, data, reference, tmp_path):
+    """Two real processes on one s3:// store: claims are conditional writes; every unit computed once."""
+    from process_helpers import run_together
+
+    url = f"s3://{BUCKET}/together.zarr"
+    ran = run_together(["extract", "--data", str(data), "--out", url, "--encoder", TINY_VIT, "--weights", "random",
+                        "--layers", "1,3,5", "--variants", "flips", "--batch-size", "6", "--unit-tiles", "2",
+                        "--loader-workers", "0", "--device", "cpu", "--quiet"], 2, tmp_path / "log", kill=False)
+    assert sorted(ran.units) == [f"unit-{u:06d}" for u in range(4)] and max(ran.units.values()) == 1, ran.units
+    # One process swaps the store in, the other finds it finished.
+    said = sorted(("wrote " in s, "finished by another process" in s or "already complete" in s)
+                  for s in ran.stdout)
+    assert said == [(False, True), (True, False)], ran.stdout
+    assert_same_store(open_store(url), reference)
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="together.zarr.claims").get("Contents")

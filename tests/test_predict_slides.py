@@ -389,3 +389,81 @@ def test_processes_share_the_regions_of_a_slide(setup, tmp_path, kill):
     assert len(ran.units) >= one[0].regions - (1 if kill else 0)
     assert _table(out / "a") == _table(tmp_path / "one" / "a")
     assert not (out / "a.partial").exists() and not claims_place(out).exists()
+
+
+def test_slides_csv_keeps_every_processs_rows_and_the_most_final_status(tmp_path):
+    """Processes sharing --out each write the slides they saw; none drops another's rows or hides a 'done'."""
+    import csv
+
+    from embedcache.infer.slides import SlideResult
+    from embedcache.infer.slide_output import write_table
+
+    def rows():
+        with open(tmp_path / "slides.csv", newline="") as fh:
+            return [r[:3] for r in csv.reader(fh)][1:]
+
+    # Process A merged a, left b to others; B merged b, found a done by another; A, ending, still says b is left.
+    write_table(tmp_path, [SlideResult("a", "done", 7), SlideResult("b", "left to other processes")])
+    write_table(tmp_path, [SlideResult("a", "done by another process", 7), SlideResult("b", "done", 5),
+                           SlideResult("c", "failed", reason="cannot open slide")])
+    write_table(tmp_path, [SlideResult("a", "done", 7), SlideResult("b", "left to other processes")])
+    assert rows() == [["a", "done", "7"], ["b", "done", "5"], ["c", "failed", "0"]]
+    # A rerun finds them done; a slide that failed and now succeeds replaces its failure.
+    write_table(tmp_path, [SlideResult("a", "already done", 7), SlideResult("c", "done", 3)])
+    assert rows() == [["a", "done", "7"], ["b", "done", "5"], ["c", "done", "3"]]
+    from embedcache.claims import claims_place
+
+    assert not claims_place(tmp_path).exists()  # the lock's claims folder is gone
+
+
+@pytest.mark.parametrize("kill", [False, True])
+def test_processes_sharing_slides_write_one_table_with_every_slide_done(setup, tmp_path, kill):
+    import csv
+    import shutil
+
+    from process_helpers import run_together
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(setup["slides"] / "a.tif", slides / f"{name}.tif")
+    one = predict_slides(setup["run"], setup["slides"], tmp_path / "one", run_mpp=0.5, region=192, margin=80,
+                         progress=False)
+    out, log = tmp_path / "shared", tmp_path / "log"
+    ran = run_together(["predict", "--run", str(setup["run"]), "--slides", str(slides), "--run-mpp", "0.5",
+                        "--region", "192", "--margin", "80", "--out", str(out), "--quiet"], 3, log, kill, after=3)
+    assert max(ran.units.values()) == 1, ran.units  # no region computed twice
+    for name in ("a", "b", "c"):  # each slide merged by exactly one survivor (or by the one killed later)
+        assert sum(f"{name}: done," in s for s in ran.stdout) <= 1, ran.stdout
+        assert _table(out / name) == _table(tmp_path / "one" / "a")
+    with open(out / "slides.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    # A process killed after swapping a slide in, before writing its row, leaves the others' view of it.
+    final = ("done", "done by another process") if kill else ("done",)
+    assert [r["slide"] for r in table] == ["a", "b", "c"], table
+    assert all(r["status"] in final and int(r["nuclei"]) == one[0].nuclei for r in table), table
+    from embedcache.claims import claims_place
+
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c", "slides.csv"]
+    assert not claims_place(out).exists()
+
+
+def test_a_slide_merged_but_not_swapped_in_is_swapped_in_by_the_next_process(setup, tmp_path, monkeypatch):
+    """A process that died between merging a slide and its swap left a complete partial: it moves in as it is."""
+    from embedcache import files
+
+    one = predict_slides(setup["run"], setup["slides"], tmp_path / "one", run_mpp=0.5, region=256, progress=False)
+    real = files.swap_in
+
+    def killed(staged, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "swap_in", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict_slides(setup["run"], setup["slides"], tmp_path / "out", run_mpp=0.5, region=256, progress=False)
+    monkeypatch.setattr(files, "swap_in", real)
+    partial = tmp_path / "out" / "a.partial"
+    assert (partial / "summary.json").exists() and not (partial / "regions").exists()
+    again = predict_slides(setup["run"], setup["slides"], tmp_path / "out", run_mpp=0.5, region=256, progress=False)
+    assert again[0].status == "done by another process" and again[0].nuclei == one[0].nuclei
+    assert _table(tmp_path / "out" / "a") == _table(tmp_path / "one" / "a") and not partial.exists()

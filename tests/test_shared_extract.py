@@ -141,3 +141,114 @@ def test_overwrite_joins_a_live_job_of_the_same_settings_instead_of_wiping_it(da
     last = extract(data, out, CFG, progress=False, overwrite=True)  # alone now: --overwrite starts afresh
     assert last.units_run == N_TILES and last.finished_by == "this"
     assert_same_store(open_store(out), reference)
+
+
+def test_a_dask_driver_and_processes_sharing_units_refuse_each_other_in_one_line(data, tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+    from embedcache.shared import DASK_DRIVER
+
+    out = tmp_path / "dask.zarr"
+    sharing = Claims(claims_place(out), ExtractionJob(data, CFG).store_id)
+    assert sharing.acquire("unit-000003")  # a live process of the job-array kind at work
+    # Refused before any cluster starts (no workers here): the driver would write units the others hold.
+    res = CliRunner().invoke(main, ["extract", "--data", str(data), "--out", str(out), "--workers", "1", *ARGS])
+    assert res.exit_code == 2 and f"is being written by pid {os.getpid()}" in res.stderr, res.output
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.output
+    assert sharing.holds("unit-000003") and not out.exists()
+    sharing.release_all()
+    driver = Claims(claims_place(out), DASK_DRIVER)
+    assert driver.acquire(DASK_DRIVER)  # a live driver: a second driver, and processes sharing units, are refused
+    with pytest.raises(ClaimedError, match=f"being written by pid {os.getpid()} on"):
+        extract(data, out, CFG, workers=1, progress=False)
+    with pytest.raises(ClaimedError, match="being built by another process on a dask cluster"):
+        extract(data, out, CFG, progress=False)
+    assert not out.exists() and not partial_path(out).exists()
+    driver.release_all()
+    driver.remove_if_empty()
+    assert not claims_place(out).exists()
+
+
+KILL_AT_SWAP = """
+import os, pathlib, runpy, signal, sys
+real = pathlib.Path.rename
+def rename(self, target):
+    moved = real(self, target)
+    if str(target).endswith(".replaced"):  # the old store moved aside, the new one not yet moved in
+        os.kill(os.getpid(), signal.SIGKILL)
+    return moved
+pathlib.Path.rename = rename
+sys.argv = ["embedcache", *sys.argv[1:]]
+runpy.run_module("embedcache", run_name="__main__")
+"""
+
+
+def test_a_process_killed_in_the_final_swap_leaves_the_old_or_the_new_store(data, reference, tmp_path):
+    import dataclasses
+    import subprocess
+    import sys
+
+    from embedcache.files import replaced_path
+
+    out = tmp_path / "swapped.zarr"
+    extract(data, out, dataclasses.replace(CFG, layers="1"), progress=False)  # the old store
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_SWAP, "extract", "--data", str(data), "--out", str(out),
+                             *ARGS, "--overwrite"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -9, killed.stderr
+    # Killed between the two renames: the old store aside, the new one complete in its partial folder.
+    assert not out.exists() and replaced_path(out).exists() and partial_path(out).exists()
+    assert_same_store(open_store(out), reference)  # a reader opens the new one, whole
+    again = extract(data, out, CFG, progress=False)  # the same command again (or any writer): the swap finishes
+    assert again.skipped and again.units_run == 0
+    assert_same_store(open_store(out), reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["swapped.zarr"]
+
+
+def test_damaged_claim_files_and_a_dead_jobs_claims_are_taken_over_and_said(data, reference, tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    out = tmp_path / "claimed.zarr"
+    place = claims_place(out)
+    leave_dead_claims(place, "a-store-of-other-settings", ["unit-000001"])  # another job's, its process dead
+    (place / "unit-000004.claim").write_bytes(b'{"store": "x", "own')  # damaged (claims are never half-written)
+    res = CliRunner().invoke(main, ["extract", "--data", str(data), "--out", str(out), *ARGS])
+    assert res.exit_code == 0, res.output
+    assert ("this process computed 10 of 10 units, found 0 done, 0 claimed by other processes; took over 1 claims "
+            "left by dead processes; took over 1 unreadable (damaged) claim files") in res.output
+    assert_same_store(open_store(out), reference)
+    _nothing_left_but(out)
+
+
+def _nothing_left_but(out):
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def test_a_read_only_claims_folder_is_one_line_and_the_store_is_kept(data, reference, tmp_path, monkeypatch):
+    import errno
+    import pathlib
+    import shutil
+
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    out = tmp_path / "kept.zarr"
+    shutil.copytree(reference.path, out)
+    real = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # the folder holding the store is read-only (tests run as root: no chmod)
+        if self.name.endswith(".claims"):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    res = CliRunner().invoke(main, ["extract", "--data", str(data), "--out", str(out), *ARGS, "--overwrite"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
+    assert f"cannot write claims in {claims_place(out)} (Read-only file system)" in res.stderr
+    monkeypatch.setattr(pathlib.Path, "mkdir", real)
+    assert_same_store(open_store(out), reference)
+    _nothing_left_but(out)

@@ -21,14 +21,14 @@ import numpy as np
 
 from embedcache import files
 from embedcache.claims import Claims, claims_place
-from embedcache.shared import SharedUnits, done_reader, open_alone, work_through
+from embedcache.shared import SharedUnits, audit, done_reader, open_alone, work_through
 from embedcache.cells.nuclei import image_nuclei, nuclei_source
 from embedcache.cells.pool import inst_to_cells, sparse_weights
 from embedcache.config import CellsConfig
 from embedcache.datasets import resolve_variants
 from embedcache.errors import DataError, StoreError
 from embedcache.store import schema
-from embedcache.store.cells import CELLS_ATTRS, TABLE, CellStore, CellWriter
+from embedcache.store.cells import CELLS_ATTRS, TABLE, CellStore, CellWriter, table_path
 from embedcache.store.images import source_images
 from embedcache.store.reader import open_store
 from embedcache.threads import budget
@@ -83,10 +83,14 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     Several processes building the same cell store share its units
     (claims in ``OUT.claims``, :mod:`embedcache.claims`): each pools the
     units no live process holds, and one of them swaps the store in;
-    ``wait=False`` returns when only units held by others are left. Every
-    process measures the nuclei of all images (the units' pooling weights).
-    ``check(record)``, given the cell store's record once the nuclei are
-    known, may raise to refuse the build before anything is written.
+    ``wait=False`` returns when only units held by others are left. The
+    process that creates the cell store measures every image's nuclei
+    (the table needs every unit's count) and leaves each unit's pooling
+    weights in the partial store; the others, and a resumed build, read
+    the weights of the units they pool: nuclei are measured once.
+    ``check(record)``, given the cell store's settings record (classes,
+    nuclei source) before anything is measured or written, may raise to
+    refuse the build.
 
     Raises
     ------
@@ -101,7 +105,6 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     from embedcache.progress import progress_bar
 
     t0 = time.perf_counter()
-    files.recover(out)
     store = open_store(store_path)
     if isinstance(store, CellStore):
         raise StoreError(f"{store.path} is a cell store; pass the embedding store it was pooled from")
@@ -124,69 +127,119 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
     valid = info["valid"]
     image_units = _units(images, config.unit_tiles)
     grids = sorted({store.layout(layer).grid for layer in layers})
-    per_image, unit_weights = [], []
 
-    def measure(unit):
-        i0, i1 = unit
+    def measure(unit: int):
+        """The nuclei of unit ``unit``'s images (table rows per image) and its pooling weights."""
+        i0, i1 = image_units[unit]
         maps = source.maps_of(images[i0:i1])
         found = [image_nuclei(inst, types, im, store.tile_shape, valid) for im, (inst, types) in
                  zip(images[i0:i1], maps)]
+        audit(f"nuclei-{unit:06d}")
         return found, unit_pooling(images[i0:i1], [m[0] for m in maps], found, grids, store.tile_shape, valid)
 
-    with progress_bar(total=len(images), desc="nuclei", unit="image", disable=not progress) as bar, \
-            ThreadPoolExecutor(max_workers=min(THREADS, budget()), thread_name_prefix="embedcache-cells") as pool:
-        # Units are measured on THREADS threads (numpy and the codecs release the GIL), in order.
-        for (i0, i1), (found, weights) in zip(image_units, pool.map(measure, image_units)):
-            per_image += found
-            unit_weights.append(weights)
-            bar.update(i1 - i0)
-    n_cells = sum(len(t["instance"]) for t in per_image)
-    if n_cells == 0:
-        raise DataError(f"{source.source}: no nuclei in any of the store's {len(images)} images; "
-                        "nothing to pool (check the nuclei source)")
-    table = {c: np.concatenate([t[c] for t in per_image]) for c in TABLE if c != "source"}
-    table["source"] = info["source"][table["tile"]]
-    bounds = np.cumsum([0] + [len(t["instance"]) for t in per_image])
-    units = [(i0, i1, int(bounds[i0]), int(bounds[i1])) for i0, i1 in image_units]
-    source_names = _source_names(images, info["source"])
-    record = {"n_cells": n_cells, **settings,
-              "class_names": {str(k): v for k, v in sorted(source.class_names.items())},
-              "source_names": source_names, "mpp": store.tile_mpp}
+    def measure_all():
+        """Every unit measured (by the process that creates the cell store): the table, units and weights."""
+        per_image, unit_weights = [], []
+        with progress_bar(total=len(images), desc="nuclei", unit="image", disable=not progress) as bar, \
+                ThreadPoolExecutor(max_workers=min(THREADS, budget()), thread_name_prefix="embedcache-cells") as pool:
+            # Units are measured on THREADS threads (numpy and the codecs release the GIL), in order.
+            for (i0, i1), (found, weights) in zip(image_units, pool.map(measure, range(len(image_units)))):
+                per_image += found
+                unit_weights.append(weights)
+                bar.update(i1 - i0)
+        n_cells = sum(len(t["instance"]) for t in per_image)
+        if n_cells == 0:
+            raise DataError(f"{source.source}: no nuclei in any of the store's {len(images)} images; "
+                            "nothing to pool (check the nuclei source)")
+        table = {c: np.concatenate([t[c] for t in per_image]) for c in TABLE if c != "source"}
+        table["source"] = info["source"][table["tile"]]
+        bounds = np.cumsum([0] + [len(t["instance"]) for t in per_image])
+        return table, [(i0, i1, int(bounds[i0]), int(bounds[i1])) for i0, i1 in image_units], unit_weights
+
+    # What the cell store records besides what measuring finds (n_cells): what processes sharing it agree on.
+    base = {**settings, "class_names": {str(k): v for k, v in sorted(source.class_names.items())},
+            "source_names": _source_names(images, info["source"]), "mpp": store.tile_mpp}
     dtype = "float32" if store.config.dtype == "float32" else "float16"  # pooled cells of int8 tokens: float16
     if check is not None:
-        check(record)
-    with Claims(claims_place(out), _digest(record)) as claims:
-        writer = open_alone(claims, str(out), lambda joined: _open_cells(out, record, table, dtype, units,
+        check(base)
+    with Claims(claims_place(out), _digest(base)) as claims:
+        # Nuclei are measured by the process creating the cell store (it needs every unit's count); it leaves
+        # each unit's weights in the partial, so the processes joining it pool their units without measuring.
+        opened = open_alone(claims, str(out), lambda joined: _open_cells(out, base, measure_all, dtype,
                                                                          overwrite and not joined))
-        if writer is None:  # finished meanwhile by another process with these settings
+        if opened is None:  # finished meanwhile by another process with these settings
             claims.remove_if_empty()
-            return CellsResult(Path(out), n_cells, len(images), layers, [v.name for v in variants], len(units), 0, 0,
-                               time.perf_counter() - t0, finished_by=None, skipped=True)
+            built = _already_built(Path(out), settings, len(images), t0)
+            built.finished_by = None
+            return built
+        writer, measured = opened
+        units = writer.units
         done = writer.done()
         todo = [u for u in range(len(units)) if not done[u]]
         shared = SharedUnits(claims, todo, done_reader(writer.group[schema.DONE], writer.tmp),
                              name=lambda u: f"cells-{u:06d}")
         cells_run = sum(units[u][3] - units[u][2] for u in todo)
 
+        def weights_of(u: int):
+            return measured[u] if u in measured else _load_weights(writer.tmp, u, grids) or measure(u)[1]
+
         def run_pass():
             with progress_bar(total=cells_run, desc="cells", unit="cell", disable=not progress) as bar:
-                read = lambda u: (u, unit_tokens(store, unit_weights[u][0], layers, chosen, variants))  # noqa: E731
-                for u, tokens in store.read_ahead(read, iter(shared), depth=1):
-                    vectors = pool_unit(tokens, unit_weights[u][1])
+                def read(u):
+                    tiles, weights = weights_of(u)
+                    return u, weights, unit_tokens(store, tiles, layers, chosen, variants)
+
+                for u, weights, tokens in store.read_ahead(read, iter(shared), depth=1):
+                    vectors = pool_unit(tokens, weights)
                     with _chunks_held(claims, writer, units[u]):
                         writer.write_unit(u, vectors)
                     shared.finished(u)
                     bar.update(units[u][3] - units[u][2])
 
-        finished_by = work_through(claims, shared, run_pass, lambda: not writer.tmp.exists(), writer.finish, wait)
-    path = out
-    types = table["type"]
+        def finish():
+            files.remove(writer.tmp / WEIGHTS)  # scaffolding of the build, not part of the cell store
+            writer.finish()
+
+        types = np.asarray(writer.group[table_path("type")][:])
+        finished_by = work_through(claims, shared, run_pass, lambda: not writer.tmp.exists(), finish, wait)
     counts = {source.class_names.get(int(t), f"type {t}") if t else "unknown": int((types == t).sum())
               for t in np.unique(types)}
     ran = len(shared.computed)
-    return CellsResult(Path(path), n_cells, len(images), layers, [v.name for v in variants], len(units), ran,
+    return CellsResult(Path(out), len(types), len(images), layers, [v.name for v in variants], len(units), ran,
                        sum(units[u][3] - units[u][2] for u in shared.computed), time.perf_counter() - t0, counts,
                        shared=shared.summary(len(units)), finished_by=finished_by)
+
+
+WEIGHTS = ".unit_weights"  # in OUT.partial while it is built: each unit's pooling weights, one .npz a unit
+
+
+def _save_weights(tmp: Path, unit_weights: list) -> None:
+    """Each unit's ``(tiles, {grid: CSR weights})`` into ``tmp/.unit_weights/NNNNNN.npz`` (atomic files)."""
+    for u, (tiles, weights) in enumerate(unit_weights):
+        arrays = {"tiles": np.asarray(tiles, dtype=np.int64)}
+        for (gh, gw), m in weights.items():
+            key = f"g{gh}x{gw}"
+            arrays.update({f"{key}_data": m.data, f"{key}_indices": m.indices, f"{key}_indptr": m.indptr,
+                           f"{key}_shape": np.asarray(m.shape, dtype=np.int64)})
+        with files.atomic_file(tmp / WEIGHTS / f"{u:06d}.npz") as part, open(part, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def _load_weights(tmp: Path, unit: int, grids: list):
+    """A unit's weights saved by :func:`_save_weights`; None when they are not there (they are measured again)."""
+    from scipy.sparse import csr_matrix
+
+    path = tmp / WEIGHTS / f"{unit:06d}.npz"
+    try:
+        with np.load(path) as z:
+            weights = {}
+            for gh, gw in grids:
+                key = f"g{gh}x{gw}"
+                weights[(gh, gw)] = csr_matrix((z[f"{key}_data"], z[f"{key}_indices"], z[f"{key}_indptr"]),
+                                               shape=tuple(int(v) for v in z[f"{key}_shape"]))
+            return z["tiles"].tolist(), weights
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 @contextlib.contextmanager
@@ -229,14 +282,30 @@ def _cells_record(out) -> dict | None:
         return None
 
 
-def _open_cells(out, record: dict, table: dict, dtype: str, units: list, overwrite: bool) -> CellWriter | None:
-    """Create or resume the cell store; None when ``out`` is already complete with this record."""
-    old = _cells_record(out) if Path(out).exists() and not overwrite else None
-    if old is not None and old.get("complete"):
-        kept = {k: v for k, v in old.items() if k not in ("complete", "created", "format", "units")}
-        if kept == record:
+def _open_cells(out, base: dict, measure_all, dtype: str, overwrite: bool):
+    """Create or resume the cell store: ``(writer, {unit: weights} measured here)``; None when ``out`` is
+    already complete with these settings.
+
+    A partial of these settings is resumed as it is (nothing measured);
+    otherwise ``measure_all()`` gives the table, units and weights, the
+    store is created and the weights saved beside its arrays.
+    """
+    files.recover(out)  # under the claim: a process killed in the swap left the new cell store staged
+    same = lambda record: record is not None and files.plain_json(base) == {  # noqa: E731
+        k: v for k, v in record.items() if k not in ("n_cells", "complete", "created", "format", "units")}
+    if Path(out).exists() and not overwrite:
+        old = _cells_record(out)
+        if old is not None and old.get("complete") and same(old):
             return None
-    return CellWriter(out, record, table, record["layers"], dtype, units, overwrite=overwrite)
+    old = _cells_record(files.partial_path(out)) if not overwrite else None
+    if old is not None and "units" in old:
+        # Resumed (CellWriter refuses it, naming what differs, when made with other settings): nothing measured.
+        return CellWriter(out, {"n_cells": old.get("n_cells"), **base}, None, base["layers"], dtype, old["units"]), {}
+    table, units, unit_weights = measure_all()
+    writer = CellWriter(out, {"n_cells": len(table["tile"]), **base}, table, base["layers"], dtype, units,
+                        overwrite=overwrite)
+    _save_weights(writer.tmp, unit_weights)
+    return writer, dict(enumerate(unit_weights))
 
 
 def _already_built(out: Path, settings: dict, n_images: int, t0: float) -> CellsResult:

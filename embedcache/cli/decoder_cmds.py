@@ -220,6 +220,8 @@ def predict_cmd(run_dir, store, data, fmt, out, split, overlap, magnification, p
         for r in results:
             line = f"{r.name}: {r.status}, {r.nuclei} nuclei in {r.regions} regions, {r.seconds:.1f} s"
             click.echo(line + (f" ({r.reason})" if r.reason else ""))
+            if r.shared:
+                click.echo(f"  {r.shared}")  # beside other processes: what this one did
         failed = sum(r.status == "failed" for r in results)
         click.echo(f"wrote {out}: {len(results) - failed} of {len(results)} slides (table: {out}/slides.csv)")
         if failed:

@@ -21,6 +21,11 @@ or restarts mid-run (a nanny replacing a killed process) loads it once too.
 A worker lost mid-unit: the scheduler re-runs the unit elsewhere; the unit
 rewrites whole shards, so the store ends identical to a single-process run.
 
+One driver at a time extracts into an output: it holds the output's claim
+(:func:`~embedcache.shared.sole`), so a second driver, or processes
+sharing the output's units without dask (:mod:`embedcache.extract.local`),
+are refused in one line while it lives, and it is refused while they do.
+
 Workers read the dataset and the store at the same paths or URLs as the
 driver gives (shared file system or object storage), with credentials
 from their own environment; nothing secret travels in a task.
@@ -306,9 +311,14 @@ def extract_distributed(data, out, config: ExtractConfig = ExtractConfig(), *, w
     """
     if (workers is None) == (scheduler is None):
         raise ConfigError("give either --workers N (a local cluster) or --scheduler ADDRESS (a running one)")
+    from embedcache.shared import DASK_DRIVER, sole
+
     location = StoreLocation.parse(out)
     t0 = time.perf_counter()
-    with connect_cluster(workers, scheduler, config.device, timeout) as (client, threads):
+    # The workers write units without claims: one driver at a time holds the output, and processes sharing it
+    # through claims (the same command without dask) refuse it, or are refused, in one line.
+    with sole(out, DASK_DRIVER, alone=True), \
+            connect_cluster(workers, scheduler, config.device, timeout) as (client, threads):
         job = _Job(str(Path(data).absolute()), location.absolute().url, config, threads)
         return _drive(client, job, location, overwrite, progress, worker_wait, scheduler or "local cluster", t0,
                       repair)

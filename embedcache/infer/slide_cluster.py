@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from embedcache.errors import OutputMismatchError
-from embedcache.infer.slides import SlideResult, write_table
+from embedcache.infer.slide_output import write_table
+from embedcache.infer.slides import SlideResult
 
 
 def _slide_task(run, path: Path, out: Path, options: dict) -> SlideResult:

@@ -12,13 +12,17 @@ nuclei however many the slide holds) into::
     thumbnail.png           the slide at low resolution with each nucleus dotted in its type's colour
     summary.json            nuclei per type, tissue area, regions, time
 
+and, over every slide of an output folder, ``slides.csv`` (:func:`write_table`).
+
 QuPath: File > Import objects (or drag the ``.geojson`` onto the open
 slide); coordinates are level-0 pixels, as QuPath expects.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import os
 from pathlib import Path
@@ -227,3 +231,55 @@ def finish_slide(folder: Path, region_files: list[Path], class_names: dict, summ
                                    for t, c in sorted(counts.items())}}
     files.write_json(folder / "summary.json", summary)
     return summary
+
+
+TABLE = ["slide", "status", "nuclei", "regions", "seconds", "reason"]
+# How final a slide's status is. Several processes share one output folder and each writes what it saw of a
+# slide: one merged it ("done"), the others found it "done by another process" or left it to the others.
+# A row is replaced only by one at least as final, so no process's view hides what another did.
+LEFT = "left to other processes"
+STATUS_RANK = {LEFT: 0, "done by another process": 1, "already done": 1}
+
+
+def write_table(out: Path, results, claims=None) -> None:
+    """``OUT/slides.csv``: each slide's status, nuclei, regions, time and, for a failure, why.
+
+    A read, merge and atomic write under the claim ``slides.csv`` (one
+    process at a time): rows of slides not in ``results`` (written by
+    other processes sharing ``out``, or by earlier runs) are kept, and a
+    slide's row is replaced only by a status at least as final
+    (:data:`STATUS_RANK`; ``done`` and ``failed`` rank highest). Rows are
+    sorted by slide name.
+
+    Parameters
+    ----------
+    out : Path
+        The output folder.
+    results : list of SlideResult
+    claims : Claims, optional
+        This process's claims on ``out``; None: made for the write (and their folder removed when empty).
+    """
+    from embedcache.claims import Claims, claims_place
+    from embedcache.shared import held
+
+    own = claims is None
+    claims = Claims(claims_place(out), "predict-slides") if own else claims
+    path = Path(out) / "slides.csv"
+    with held(claims, "slides.csv"):
+        rows: dict[str, list[str]] = {}
+        if path.exists():
+            with open(path, newline="") as fh:
+                reader = csv.reader(fh)
+                if next(reader, None) == TABLE:  # a table of another layout is written afresh
+                    rows = {r[0]: r for r in reader if len(r) == len(TABLE)}
+        for r in results:
+            old = rows.get(r.name)
+            if old is None or STATUS_RANK.get(r.status, 2) >= STATUS_RANK.get(old[1], 2):
+                rows[r.name] = [r.name, r.status, str(r.nuclei), str(r.regions), f"{r.seconds:.1f}", r.reason]
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(TABLE)
+        w.writerows(rows[name] for name in sorted(rows))  # whichever process writes, and slides finish in any order
+        files.write_text(path, buf.getvalue())
+    if own:
+        claims.remove_if_empty()

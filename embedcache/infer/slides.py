@@ -30,7 +30,8 @@ For each slide:
    nucleus pooled from the same forward's tokens
    (:mod:`embedcache.infer.slide_cells`; each region's vectors are a progress
    record beside its table). ``OUT/slides.csv`` records every slide's status,
-   nuclei, time and, for a slide that failed, why; the others go on.
+   nuclei, time and, for a slide that failed, why; the others go on. Processes
+   sharing ``out`` merge their rows into it (:func:`~embedcache.infer.slide_output.write_table`).
 5. **Post-processing beside the forward**: with ``post_workers`` > 0
    regions are post-processed in that many processes while the main
    process encodes and decodes the next ones.
@@ -43,9 +44,7 @@ For each slide:
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
 import json
 import multiprocessing
 import os
@@ -58,7 +57,7 @@ import numpy as np
 
 from embedcache import files
 from embedcache.claims import Claims, claims_place
-from embedcache.shared import FinishedElsewhere, SharedUnits, open_alone, work_through
+from embedcache.shared import FinishedElsewhere, SharedUnits, held, open_alone, work_through
 from embedcache.config import PostprocessConfig
 from embedcache.datasets.wsi import (
     box_fractions, level_for, list_slides, open_slide, read_scaled, slide_tissue, working_shape,
@@ -72,7 +71,9 @@ from embedcache.infer.slide_cells import (
     CellLayers, SharedTiles, TokenKeeper, cell_layers, finish_vectors, kept_limit, region_cells, region_classes,
     region_weights, tile_uses, vectors_file, write_vectors,
 )
-from embedcache.infer.slide_output import finish_slide, region_rows, region_work, write_region
+from embedcache.infer.slide_output import (
+    LEFT, finish_slide, region_rows, region_work, write_region, write_table,
+)
 from embedcache.infer.tiling import cut_tile
 from embedcache.infer.tta import tta_variants
 from embedcache.postprocess import instances_from_maps
@@ -95,6 +96,7 @@ class SlideResult:
     seconds: float = 0.0
     reason: str = ""
     regions: int = 0
+    shared: str = ""  # beside other processes: the regions this one computed, found done, left to others
 
 
 @dataclass(frozen=True)
@@ -248,16 +250,6 @@ def _settings(run, plan: SlidePlan, region: int, margin: int, post: PostprocessC
     return settings
 
 
-def write_table(out: Path, results: list[SlideResult]) -> None:
-    """``OUT/slides.csv``: every slide's status, nuclei, regions, time and, for a failure, why."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["slide", "status", "nuclei", "regions", "seconds", "reason"])
-    for r in results:
-        w.writerow([r.name, r.status, r.nuclei, r.regions, f"{r.seconds:.1f}", r.reason])
-    files.write_text(out / "slides.csv", buf.getvalue())
-
-
 def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float | None = None, region: int = 2048,
                    margin: int | None = None, overlap: int | None = None, store=None, post_workers: int = 0,
                    workers: int = 0, scheduler: str | None = None, device: str = "auto",
@@ -364,7 +356,7 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                 for k, r in zip(left, _predict_paths([paths[k] for k in left], *args, wait=True)):
                     results[k] = r
                 if table:
-                    write_table(out, results)
+                    write_table(out, results, claims)
         return results
 
 
@@ -397,7 +389,7 @@ def _predict_paths(paths, loaded, predictor, features, out: Path, work_mpp: floa
             result.seconds = result.seconds or time.perf_counter() - t0
             results.append(result)
             if table:
-                write_table(out, results)
+                write_table(out, results, claims)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -421,6 +413,7 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
 
     def open_partial(joined: bool) -> bool:
         """Create or resume the slide's partial (one process at a time); False when another finished the slide."""
+        files.recover(final)  # a process killed in the slide's swap left it complete: it moves in
         if done.exists() and (joined or not overwrite):
             return False
         if partial.exists() and not (overwrite and not joined):
@@ -555,15 +548,26 @@ def _predict_slide(run, plan: SlidePlan, predictor: Predictor, features, out: Pa
 
     finished_by = work_through(claims, shared, run_pass, lambda: done.exists(), finish, wait,
                                name=f"{plan.name}.slide")
+    if finished_by == "another" and not done.exists():
+        # Another process was merging the slide: wait until it is done with it; a dead one's merge is finished.
+        with held(claims, f"{plan.name}.slide"):
+            files.recover(final)
+            if not done.exists() and (partial / "regions").exists():
+                finish()  # it died merging: every region is written, merged again here
+                finished_by = "this"
+            elif not done.exists() and partial.exists():
+                files.swap_in(partial, final)  # it died between merging and the swap: the partial is complete
+    said = shared.summary(len(plan.regions)).replace("units", "regions")
+    said = said if len(shared.computed) < len(plan.regions) or "took over" in said else ""
     if finished_by == "this":
-        return SlideResult(plan.name, "done", int(result[0]), result[1], regions=len(plan.regions))
+        return SlideResult(plan.name, "done", int(result[0]), result[1], regions=len(plan.regions), shared=said)
     if finished_by == "another":
-        return _finished_slide(plan, final, settings, "done by another process")
+        found = _finished_slide(plan, final, settings, "done by another process")
+        found.shared = said
+        return found
     return SlideResult(plan.name, LEFT, regions=len(plan.regions),
                        reason=shared.summary(len(plan.regions)).replace("units", "regions"))
 
-
-LEFT = "left to other processes"
 
 
 def _finished_slide(plan: SlidePlan, final: Path, settings: dict, status: str) -> SlideResult:
