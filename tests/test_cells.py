@@ -30,7 +30,8 @@ from embedcache.errors import DataError, StoreError, StoreMismatchError
 from embedcache.files import partial_path
 from embedcache.geometry import TiledImage
 from embedcache.store.cells import CellStore, CellWriter
-from embedcache.store.reader import Store, verify_store
+from embedcache.store.reader import Store
+from embedcache.store.verify import verify_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -161,7 +161,7 @@ def test_an_interrupted_unit_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     reference = StoreWriter.open(tmp_path / "reference.zarr", attrs, specs)
     _write_units(reference, values)
     assert _objects(out) == _objects(reference.finish())
-    from embedcache.store.reader import verify_store
+    from embedcache.store.verify import verify_store
 
     assert verify_store(open_store(out)) == []
 

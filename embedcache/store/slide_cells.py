@@ -67,11 +67,14 @@ def slide_cells_summary(path) -> dict:
             "bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file())}
 
 
-def not_a_cell_store(where, record: dict) -> str:
+def not_a_cell_store(where, attrs: dict) -> str | None:
     """One line for a command given a slide's ``cells.zarr`` where it needs a cell store: what it is and what
-    to give instead."""
+    to give instead; None when the group's ``attrs`` are not a slide's cells."""
     from pathlib import Path
 
+    record = attrs.get(SLIDE_CELLS_ATTRS)
+    if not isinstance(record, dict):
+        return None
     out = Path(str(where)).parent.parent
     return (f"{where}: the cell vectors of slide {record.get('slide')} written by predict --slides --cells, not a "
             f"cell store; `embedcache info` describes it and anndata reads them with the table (--anndata: "

@@ -215,7 +215,8 @@ class StoreWriter:
         ``OUT`` is only ever a complete store; its ``complete`` flag is
         cleared after the damaged units are unmarked.
         """
-        from embedcache.store.reader import damaged_units, open_store
+        from embedcache.store.reader import open_store
+        from embedcache.store.verify import damaged_units
 
         damaged = damaged_units(open_store(loc))
         if not damaged:
@@ -230,7 +231,8 @@ class StoreWriter:
     def _repair(self, repair: bool) -> "StoreWriter":
         """With ``repair``: the finished units of this unfinished store whose chunks cannot be read, unmarked."""
         if repair:
-            from embedcache.store.reader import damaged_units, open_store
+            from embedcache.store.reader import open_store
+            from embedcache.store.verify import damaged_units
 
             self._unmark(damaged_units(open_store(self.location.building)))
         return self
