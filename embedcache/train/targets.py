@@ -31,6 +31,8 @@ tests check it equals recomputing from the transformed labels.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -144,7 +146,14 @@ def channel_map(variant: Variant, directions) -> list[tuple[int, int]]:
 
     Read off the variant itself by moving a 3x3 field of (row, col) offsets,
     so it holds for any dihedral transform the variant module defines.
+    Remembered per (variant, directions): the training loader asks for it
+    once per sample, and working it out costs more than moving the maps.
     """
+    return list(_channel_map(variant, tuple(tuple(np.asarray(u).tolist()) for u in directions)))
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_map(variant: Variant, directions: tuple) -> tuple[tuple[int, int], ...]:
     r, c = np.mgrid[-1:2, -1:2]
     moved = variant.apply(np.stack([r, c], axis=-1), spatial=(0, 1), image=False)
     # Original offset of the pixels one row down and one column right, in the new frame.
@@ -161,9 +170,9 @@ def channel_map(variant: Variant, directions) -> list[tuple[int, int]]:
                 out.append((j, -1))
                 break
         else:
-            raise ConfigError(f"distance directions {directions} are not closed under variant {variant.name}; "
-                              "use the cisca or hovernet set")
-    return out
+            raise ConfigError(f"distance directions {list(directions)} are not closed under variant "
+                              f"{variant.name}; use the cisca or hovernet set")
+    return tuple(out)
 
 
 def transform_targets(targets: dict[str, np.ndarray], variant: Variant, directions) -> dict[str, np.ndarray]:
