@@ -57,6 +57,21 @@ def fit_config(**overrides) -> FitConfig:
     return FitConfig(**{**base, **overrides})
 
 
+def run_and_slide(tmp: Path, shape: tuple[int, int]) -> dict:
+    """A decoder trained briefly on six CoNIC-like tiles (``tmp/run``) and one synthetic slide of ``shape`` px at
+    0.5 um/px (``tmp/slides/a.tif``, two levels): what whole-slide tests predict with."""
+    from embedcache.datasets.synthetic_slides import make_slide, write_slide_tiff
+    from embedcache.train.loop import fit
+
+    store = make_store(write_conic(tmp / "conic", n=6), tmp / "s.zarr", variants="none")
+    fit(store, tmp / "run", fit_config(epochs=2, lr=3e-3), progress=False)
+    slides = tmp / "slides"
+    slides.mkdir()
+    image = make_slide(shape, mpp=0.5, seed=1).image
+    write_slide_tiff(slides / "a.tif", image, mpp=0.5, levels=2, tile=128)
+    return {"tmp": tmp, "run": tmp / "run", "slides": slides, "image": image}
+
+
 def disk_instances(shape, discs) -> np.ndarray:
     """An instance map of discs ``(row, col, radius)``, ids 1.. in order (later ones on top)."""
     from skimage.draw import disk

@@ -6,28 +6,19 @@ import json
 
 import numpy as np
 import pytest
-from decoder_helpers import fit_config, make_store, one_thread, write_conic  # noqa: F401 (one_thread: pytestmark)
+from decoder_helpers import make_store, one_thread, run_and_slide  # noqa: F401 (one_thread: pytestmark)
 
-from embedcache.datasets.synthetic_slides import make_slide, write_slide_tiff
+from embedcache.datasets.synthetic_slides import write_slide_tiff
 from embedcache.errors import DataError
 from embedcache.infer import slide_output
 from embedcache.infer.slides import predict_slides
-from embedcache.train.loop import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("wsi")
-    conic = write_conic(tmp / "conic", n=6)
-    store = make_store(conic, tmp / "s.zarr", variants="none")
-    fit(store, tmp / "run", fit_config(epochs=2, lr=3e-3), progress=False)
-    slides = tmp / "slides"
-    slides.mkdir()
-    image = make_slide((384, 448), mpp=0.5, seed=1).image
-    write_slide_tiff(slides / "a.tif", image, mpp=0.5, levels=2, tile=128)
-    return {"tmp": tmp, "run": tmp / "run", "slides": slides, "image": image}
+    return run_and_slide(tmp_path_factory.mktemp("wsi"), (384, 448))
 
 
 def _table(folder):

@@ -4,34 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from decoder_helpers import fit_config, make_store, one_thread, write_conic  # noqa: F401 (one_thread: pytestmark)
+from decoder_helpers import make_store, one_thread, run_and_slide  # noqa: F401 (one_thread: pytestmark)
 
 from embedcache.cells import build_cells
 from embedcache.config import CellsConfig
-from embedcache.datasets.synthetic_slides import make_slide, write_slide_tiff
 from embedcache.errors import ConfigError
 from embedcache.infer import slide_cells
 from embedcache.infer.slides import predict_slides
 from embedcache.store import open_store
-from embedcache.train.loop import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("slidecells")
-    conic = write_conic(tmp / "conic", n=6)
-    store = make_store(conic, tmp / "s.zarr", variants="none")
-    fit(store, tmp / "run", fit_config(epochs=2, lr=3e-3), progress=False)
-    slides = tmp / "slides"
-    slides.mkdir()
-    image = make_slide((256, 320), mpp=0.5, seed=1).image
-    write_slide_tiff(slides / "a.tif", image, mpp=0.5, levels=2, tile=128)
+    made = run_and_slide(tmp_path_factory.mktemp("slidecells"), (256, 320))
+    tmp, slides = made["tmp"], made["slides"]
     # Every tile kept (min_tissue 0): `cells` then chooses among the same grid tiles a region holds.
     cache = make_store(slides, tmp / "slides.zarr", variants="none", format="slides", tile_size=64,
                        overlap=16, tile_mpp=0.5, min_tissue=0.0)
-    return {"tmp": tmp, "run": tmp / "run", "slides": slides, "image": image, "cache": cache}
+    return {**made, "cache": cache}
 
 
 def _table(folder):
