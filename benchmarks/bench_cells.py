@@ -34,7 +34,8 @@
     ``--fractions``, ``--n-boot`` or ``--folds`` say otherwise. ``--per-method``
     times kNN and linear in runs of their own (the curve with linear), and
     the kNN's floor is printed: its floating-point operations over this
-    machine's float32 matrix product speed (NumPy's BLAS, measured here).
+    machine's matrix product speed, measured here in float32 (NumPy's BLAS)
+    and in bfloat16 (torch) where the prefilter runs in it.
     ``--scale``: 1,000,000 cells x 1 layer x 1,536 (5,000 images), each
     method apart, no curve, no traced rerun (the cell store: 3 GB of float16).
 
@@ -47,7 +48,8 @@ inherit its parent's peak as ``ru_maxrss``). Memory is reported as:
 - **peak RSS** of the process during the call: Linux ``VmHWM``, reset just
   before the call through ``/proc/self/clear_refs`` (elsewhere
   ``ru_maxrss``, the process's lifetime peak), with its rise above the RSS
-  just before the call;
+  just before the call; with the kNN, torch (its bfloat16 prefilter) is
+  imported before the calls and the memory its import takes printed apart;
 - **tracemalloc peak**: Python and NumPy allocations (zarr's codecs and
   BLAS allocate out of its sight). Tracing made a small probe 2x slower, so
   it never runs in a timed call: the probe is run once more traced (skip
@@ -438,11 +440,19 @@ def part_probe(args) -> dict:
     from embedcache.report.cells import score_cell_probes
 
     del sklearn
+    libraries_mb = None
+    if "knn" in probe_config(args).methods:  # the prefilter's torch: imported before the figure, counted apart
+        before = _status_mb("VmRSS")
+        import torch  # noqa: F401
+
+        after = _status_mb("VmRSS")
+        libraries_mb = None if before is None or after is None else round(after - before)
 
     config = probe_config(args)
     path = cell_store_path(args)
     out = {"config": {k: v for k, v in config.to_dict().items()
-                      if k in ("method", "fractions", "n_boot", "folds", "l2_grid", "k")}}
+                      if k in ("method", "fractions", "n_boot", "folds", "l2_grid", "k")},
+           "torch_libraries_mb": libraries_mb}
 
     def measured(call, *a, traced=False, **kw):
         if traced:
@@ -490,31 +500,47 @@ def part_probe(args) -> dict:
     return out
 
 
-def sgemm_gflops(dim: int, rows: int = 1024, cols: int = 32768, repeats: int = 5) -> float:
-    """This machine's float32 matrix product through NumPy's BLAS (as the kNN probe runs it), best of
-    ``repeats``: a block of ``rows`` queries against ``cols`` training rows of width ``dim``."""
+def gemm_gflops(dim: int, precision: str = "float32", rows: int = 1024, cols: int = 32768,
+                repeats: int = 5) -> float:
+    """This machine's matrix product as the kNN probe runs it, best of ``repeats``: a block of ``rows``
+    queries against ``cols`` training rows of width ``dim``; float32 through NumPy's BLAS, bfloat16
+    through torch (oneDNN), the prefilter's two precisions."""
+    import torch
+
     rng = np.random.default_rng(0)
     A = rng.standard_normal((rows, dim), dtype=np.float32)
     B = rng.standard_normal((cols, dim), dtype=np.float32)
-    C = np.empty((rows, cols), np.float32)
-    np.matmul(A, B.T, out=C)  # warm-up: page faults, thread start
+    if precision == "float32":
+        C = np.empty((rows, cols), np.float32)
+        product = lambda: np.matmul(A, B.T, out=C)  # noqa: E731
+    else:
+        A16, B16 = torch.from_numpy(A).bfloat16(), torch.from_numpy(B).bfloat16()
+        C = torch.empty((rows, cols), dtype=torch.bfloat16)
+        product = lambda: torch.matmul(A16, B16.T, out=C)  # noqa: E731
+    product()  # warm-up: page faults, thread start
     seconds = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        np.matmul(A, B.T, out=C)
+        product()
         seconds.append(time.perf_counter() - t0)
     return 2 * rows * cols * dim / min(seconds) / 1e9
 
 
 def knn_floor(info: dict, args) -> dict:
-    """The exact kNN's arithmetic and the least time the matrix products alone take at this machine's speed.
+    """The exact kNN's arithmetic and the least time the matrix products alone take at this machine's speed,
+    in float32 and in the precision the prefilter runs here.
 
     Every cell is a query once (out of fold), against the training rows of its fold: 2 D n_test n_train
     floating-point operations per fold and layer, about 2 D n^2 (1 - 1/F) for F even folds."""
+    from embedcache.probes.neighbours import default_precision
+
     n, F = info["n_cells"], info["n_folds"]
     flop = 2.0 * args.dim * n * n * (1 - 1 / F) * args.layers
-    gflops = sgemm_gflops(args.dim)
-    return {"flop": flop, "gflops": gflops, "seconds": flop / gflops / 1e9}
+    out = {"flop": flop, "precision": default_precision()}
+    for precision in sorted({"float32", out["precision"]}):
+        gflops = gemm_gflops(args.dim, precision)
+        out[precision] = {"gflops": gflops, "seconds": flop / gflops / 1e9}
+    return out
 
 
 # ----------------------------------------------------------------------------- threads
@@ -708,13 +734,18 @@ def main():
                           if t else "tracemalloc: not run (--no-trace)")
                 print(f"   {what:<18} {p['seconds']:8.1f} s wall   peak RSS {p['mem']['peak_mb']} MB "
                       f"({p['mem']['rise_mb']:+d} MB; {p['mem']['how']}); {traced}")
+            if r.get("torch_libraries_mb") is not None:
+                print(f"   (torch, imported before the calls for the kNN's prefilter: {r['torch_libraries_mb']} MB "
+                      "resident, libraries and all, in every peak below)")
             for m, p in r.get("methods", {}).items():
                 print(f"     {m:<16} {p['seconds']:8.1f} s wall   peak RSS {p['mem']['peak_mb']} MB "
                       f"({p['mem']['rise_mb']:+d} MB)")
             if "floor" in r:
                 fl = r["floor"]
-                print(f"   kNN products: {fl['flop']:.3g} FLOP; float32 matrix product here {fl['gflops']:.0f} GFLOP/s "
-                      f"(NumPy BLAS, the probe's threads): floor {fl['seconds']:.1f} s for the exact kNN")
+                speeds = "; ".join(f"{p} {fl[p]['gflops']:.0f} GFLOP/s, floor {fl[p]['seconds']:.1f} s"
+                                   for p in ("float32", "bfloat16") if p in fl)
+                print(f"   kNN products: {fl['flop']:.3g} FLOP (the probe's threads): {speeds}; "
+                      f"the prefilter runs in {fl['precision']} here")
             print("   balanced accuracy [95% interval]: " + "; ".join(
                 f"{x['layer']} {x['method']} {interval(x['ba'])}" for x in r["rows"]))
             if r["curve"]:

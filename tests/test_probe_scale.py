@@ -144,6 +144,75 @@ def test_zero_rows_and_far_rows_are_neighbours_like_any_other():
     assert got.tolist() == [[0, 1, 2]]  # distance 1, then 2 and 2 (both clip to 2: the lower index first)
 
 
+def brute_force(train, queries, k):
+    """Every similarity by the defining dot product (``exact_similarities``), a full stable sort per row."""
+    T, Q = neighbours.normalise(train), neighbours.normalise(queries)
+    r, c = np.divmod(np.arange(len(Q) * len(T)), len(T))
+    d = np.clip(np.float32(1) - neighbours.exact_similarities(Q, T, r, c), 0, 2).reshape(len(Q), len(T))
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+def near_ties(seed=0, n=500, d=48):
+    """Rows that a bfloat16 product cannot tell apart: clusters of copies moved by 1e-4 to 1e-6, exact
+    copies, a zero row and opposite rows; queries among them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, d))
+    train = centres[rng.integers(0, 12, n)] + rng.normal(size=(n, d)) * 10.0 ** rng.integers(-6, -3, (n, 1))
+    train[::37] = train[1::37][: len(train[::37])]  # exact copies at other indices
+    train[5] = 0
+    train[7] = -train[8]
+    queries = np.concatenate([centres + rng.normal(size=centres.shape) * 1e-5, train[:40]])
+    return train.astype(np.float32), queries.astype(np.float32)
+
+
+def graded(seed=0, n=400, d=64):
+    """Training rows at cosine similarities 0.30, 0.3001, ... 0.34 to a query (then shuffled): finer
+    steps than bfloat16's rounding of the inputs can order, so the approximate order is wrong and only the
+    margin keeps the true neighbours."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=d)
+    q /= np.linalg.norm(q)
+    w = rng.normal(size=(n, d))
+    w -= np.outer(w @ q, q)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    sims = rng.permutation(0.30 + 1e-4 * np.arange(n))
+    train = sims[:, None] * q + np.sqrt(1 - sims ** 2)[:, None] * w
+    return train.astype(np.float32), q[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("precision", neighbours.PRECISIONS)
+@pytest.mark.parametrize("k", [1, 7, 30])
+@pytest.mark.parametrize("block,chunk", [(None, None), (5, 64), (64, 37)])
+def test_the_prefilter_never_loses_a_neighbour(precision, k, block, chunk, small_groups):
+    """Whatever the prefilter's precision and blocks, the k nearest are those of the full exact computation,
+    in the same order, on near ties a bfloat16 product cannot separate."""
+    for train, queries in [near_ties(0), near_ties(1), graded(0), graded(1)]:
+        got = CosineNeighbours(k, block=block, chunk=chunk, precision=precision).fit(
+            train, np.zeros(len(train), int)).kneighbors(queries)
+        np.testing.assert_array_equal(got, brute_force(train, queries, k))
+
+
+def test_the_bfloat16_error_bound_holds(small_groups):
+    """The margin bounds |bfloat16 product - exact dot product| for every pair, rounding of the result included
+    (on rows of mixed scales, where relative rounding matters most), and is not vacuous."""
+    import torch
+
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(300, 96)) * rng.choice([1e-3, 1.0, 1e3], size=(300, 96))
+    T = neighbours.normalise(X[:200])
+    Q = neighbours.normalise(X[200:])
+    nn = CosineNeighbours(5, precision="bfloat16").fit(T, np.zeros(200, int), normalised=True)
+    low = torch.from_numpy(Q).bfloat16()
+    approx = (low @ nn._low.T).double().numpy()
+    margin = nn._margins(Q, low)
+    exact = Q.astype(np.float64) @ T.astype(np.float64).T
+    # the exact float32 dot products differ from float64 by at most gamma; the margin covers both
+    err = np.abs(approx - exact)
+    rounding = 2.0 ** -9 * np.abs(exact)  # the result's own rounding, handled apart by the threshold
+    assert (err <= margin[:, None] + rounding + 1e-6).all()
+    assert np.median(margin) < 0.02  # tight enough to prune: a few hundredths of the similarity
+
+
 # ----------------------------------------------------------------------------
 # The linear probe: LogisticRegressionCV's sweep, run on float32
 # ----------------------------------------------------------------------------

@@ -323,7 +323,8 @@ def fit_knn(X: np.ndarray, y: np.ndarray, k: int = 20, pca: int | None = None, s
     The neighbours, votes and means are scikit-learn's ``KNeighborsClassifier``
     (``KNeighborsRegressor``) with ``metric="cosine", algorithm="brute"``
     after the same scaler; the search is :class:`~embedcache.probes.neighbours.CosineNeighbours`
-    (blocked float32 products, no distance matrix kept). The scaler is
+    (a bfloat16 prefilter with a proven error bound, then exact float32 distances of the candidates;
+    no distance matrix kept). The scaler is
     fitted, and the training rows standardised and normalised, a block of
     rows at a time, so the only copy of the features is the normalised one.
 
