@@ -92,6 +92,27 @@ def _gamma(n: int) -> float:
     return n * u / (1 - n * u)
 
 
+def _float32(X) -> np.ndarray:
+    """A float32 NumPy array of a float32 or bfloat16 tensor (a view of float32)."""
+    import torch
+
+    return X.numpy() if X.dtype == torch.float32 else X.float().numpy()
+
+
+def _widen(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values, given as their int16 bit patterns, as float32 (the upper half of a float32's bits)."""
+    return (bits.astype(np.int32) << 16).view(np.float32)
+
+
+def _norms(D: int):
+    """Row norms of a float32 tensor, as float64 upper bounds: the float32 sum of squares and square root,
+    enlarged by their error bound (``gamma_(D+2)``)."""
+    import torch
+
+    grow = 1 + 2 * _gamma(D + 2)
+    return lambda X: torch.linalg.vector_norm(X, dim=1).double() * grow
+
+
 def exact_similarities(Q: np.ndarray, T: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The float32 dot products ``Q[rows[i]] . T[cols[i]]``, a bounded number of pairs gathered at a time.
 
@@ -161,11 +182,15 @@ class CosineNeighbours:
         self._low, self._train_err = None, 0.0
         if self.precision_ == "bfloat16":
             T = torch.from_numpy(self.train_)
-            self._low = T.bfloat16()
+            # Zero rows after the last, so a chunk's product always fills whole column groups in place (the
+            # columns past the training rows are then set apart, like the last chunk's empty places).
+            self._low = torch.zeros((len(T) + max(GROUPS, self.k_), T.shape[1]), dtype=torch.bfloat16)
+            self._low[:len(T)] = T
             # The largest distance of a training row from its bfloat16 copy (residual norm), by blocks.
-            for a in range(0, len(T), 1 << 16):
-                diff = T[a:a + (1 << 16)].double() - self._low[a:a + (1 << 16)].double()
-                self._train_err = max(self._train_err, torch.linalg.vector_norm(diff, dim=1).max().item())
+            norm = _norms(T.shape[1])
+            for a in range(0, len(T), 1 << 16):  # a float32 less its bfloat16 rounding: exact
+                diff = T[a:a + (1 << 16)] - self._low[a:min(a + (1 << 16), len(T))].float()
+                self._train_err = max(self._train_err, norm(diff).max().item())
         return self
 
     def _sizes(self, n_queries: int) -> tuple[int, int]:
@@ -201,18 +226,18 @@ class CosineNeighbours:
         import torch
 
         D = Q.shape[1]
-        Qt = torch.from_numpy(Q).double()  # norms in float64: their own rounding is negligible below
-        q_norm = torch.linalg.vector_norm(Qt, dim=1)
+        Qt = torch.from_numpy(Q)
+        norm = _norms(D)
+        q_norm = norm(Qt)
         t_norm = 1 + 2 * _gamma(D)  # a normalised training row's norm, at most (zero rows: 0)
         if low is None:  # float32 products: the accumulation of the prefilter's and of the exact ones
             return (2 * _gamma(D + 1) * q_norm * t_norm * (1 + 2.0 ** -20)).numpy()
-        low_f = low.double()
-        q_err = torch.linalg.vector_norm(Qt - low_f, dim=1)
-        low_norm = torch.linalg.vector_norm(low_f, dim=1)
+        low_f = low.float()
+        q_err, low_norm = norm(Qt - low_f), norm(low_f)  # a float32 less its bfloat16 rounding: exact
         # |q.t - q'.t'| <= |q - q'| |t| + |q'| |t - t'|; then the float32 sums of both products.
         bound = q_err * t_norm + low_norm * self._train_err
         bound += _gamma(D + 1) * (low_norm * (t_norm + self._train_err) + q_norm * t_norm)
-        return (bound * (1 + 2.0 ** -20)).numpy()  # the float rounding of this bound's own terms
+        return (bound * (1 + 2.0 ** -20)).numpy()  # the float64 rounding of this bound's own terms
 
     def _threshold(self, t: np.ndarray, margin: np.ndarray) -> np.ndarray:
         """The approximate similarity from which elements are candidates, given a lower bound ``t`` of the
@@ -254,24 +279,27 @@ class CosineNeighbours:
             gc = -(-nc // G)
             S = buf[:m * gc * G].view(m, gc * G)
             if Ql is not None:
-                torch.matmul(Ql, self._low[c0:c0 + nc].T, out=S[:, :nc]) if nc == gc * G else \
-                    S[:, :nc].copy_(Ql @ self._low[c0:c0 + nc].T)
+                torch.matmul(Ql, self._low[c0:c0 + gc * G].T, out=S)
             else:
                 np.matmul(Q, T[c0:c0 + nc].T, out=S.numpy()[:, :nc])
             S[:, nc:] = -np.inf  # the last chunk's empty places: never a candidate
-            grouped = S.view(m, gc, G)  # group j holds columns j, j + G, j + 2G, ...
-            top = grouped.amax(dim=1)  # (m, G)
+            # group j holds columns j, j + G, j + 2G, ...; its maxima by torch (bfloat16's order), the rest
+            # by NumPy on float32 (bfloat16 bits widened), several times faster than torch's small operations
+            top = _float32(S.view(m, gc, G).amax(dim=1))  # (m, G)
+            grouped = _float32(S).reshape(m, gc, G) if Ql is None else S.view(torch.int16).numpy().reshape(m, gc, G)
             if G >= k:
-                kth = torch.topk(top, k, dim=1, sorted=False).values.amin(dim=1)
-                running = np.maximum(running, kth.float().numpy())
-            bound = torch.from_numpy(self._threshold(running, margin))
-            r, j = torch.nonzero(top.float() >= bound[:, None], as_tuple=True)
-            vals = grouped[r, :, j].float()  # (pairs, gc)
-            keep = (vals >= bound[r, None]) & (vals > -np.inf)  # not the last chunk's empty places
-            pr, pp = torch.nonzero(keep, as_tuple=True)
-            rows.append(r[pr].numpy())
-            cols.append((c0 + pp * G + j[pr]).numpy())
-            sims.append(vals[pr, pp].numpy())
+                running = np.maximum(running, np.partition(top, G - k, axis=1)[:, G - k])
+            bound = self._threshold(running, margin)
+            r, j = np.nonzero(top >= bound[:, None])
+            vals = grouped[r, :, j]  # (pairs, gc)
+            vals = vals if Ql is None else _widen(vals)
+            keep = vals >= bound[r, None]
+            if nc < gc * G:
+                keep &= vals > -np.inf  # not the last chunk's empty places
+            pr, pp = np.nonzero(keep)
+            rows.append(r[pr])
+            cols.append(c0 + pp * G + j[pr])
+            sims.append(vals[pr, pp])
         r, c, s = np.concatenate(rows), np.concatenate(cols), np.concatenate(sims)
         # The candidates hold every approximate similarity at or above the running bound, so the row's k-th
         # largest approximate one among them is the k-th of all: the tightest bound, applied once more.
