@@ -204,7 +204,7 @@ def test_the_bfloat16_error_bound_holds(small_groups):
     nn = CosineNeighbours(5, precision="bfloat16").fit(T, np.zeros(200, int), normalised=True)
     low = torch.from_numpy(Q).bfloat16()
     approx = (low @ nn._low[:200].T).double().numpy()  # past 200: zero padding
-    margin = nn._margins(Q, low)
+    margin = nn._margins(Q, low.view(torch.int16).numpy())
     exact = Q.astype(np.float64) @ T.astype(np.float64).T
     # the exact float32 dot products differ from float64 by at most gamma; the margin covers both
     err = np.abs(approx - exact)

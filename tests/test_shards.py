@@ -192,6 +192,51 @@ def test_samples_read_from_shards_equal_zarrs_and_fail_loudly_on_damage(tmp_path
         open_store(tmp_path / "s.zarr").samples([(6, 0)], ["early"])
 
 
+def test_local_reads_are_zarrs_reads(tmp_path):
+    """A local store is read in this thread; every kind of request gives zarr's LocalStore bytes (absent: None),
+    and a sample read through zarr's event loop (any other store) is the same."""
+    import asyncio
+
+    from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import LocalStore, MemoryStore
+
+    from embedcache.store import shards
+
+    attrs, specs = _attrs(7, 3, ["identity", "hflip", "vflip"], "float16", "lz4")
+    values = _values(specs, seed=3)
+    writer = StoreWriter.open(tmp_path / "s.zarr", attrs, specs)
+    _write_units(writer, values)
+    path = writer.finish()
+    local = LocalStore(path)
+    key = "tokens/early/c/0/0/0/0/0"
+    requests = [(key, None), (key, RangeByteRequest(3, 40)), (key, SuffixByteRequest(16)),
+                ("tokens/early/c/9/0/0/0/0", None), ("no/such/key", RangeByteRequest(0, 4))]
+
+    Buffer = default_buffer_prototype().buffer
+
+    async def through_zarr():
+        got = [await local.get(k, prototype=default_buffer_prototype(), byte_range=r) for k, r in requests]
+        return [None if b is None else b.to_bytes() for b in got]
+
+    want = asyncio.run(through_zarr())
+    got = shards.fetch(local, requests)
+    assert [None if g is None else g.tobytes() for g in got] == want
+    assert want[0] is not None and want[3] is None and want[4] is None
+    # the same samples through an in-memory copy of the store (zarr's event loop)
+    memory = MemoryStore()
+    for file in Path(path).rglob("*"):
+        if file.is_file():
+            memory._store_dict[file.relative_to(path).as_posix()] = Buffer.from_bytes(file.read_bytes())
+    ua = UnitArray.of(open_store(path)._array(schema.tokens_path("late")))
+    pairs = [(ua, (6, 2)), (ua, (0, 1)), (ua, (3, 0))]
+    from_disk, from_memory = shards.read_chunks(local, pairs), shards.read_chunks(memory, pairs)
+    for (_, (t, v)), a, b in zip(pairs, from_disk, from_memory):
+        assert np.array_equal(a, b)
+        assert np.array_equal(a.reshape(values[schema.tokens_path("late")][t, v].shape),
+                              values[schema.tokens_path("late")][t, v])
+
+
 def test_training_reads_the_same_batches_from_shards_as_through_zarr(tmp_path, monkeypatch):
     """The loss curve and weights of a fit streaming from disk do not change with the read path."""
     import torch

@@ -96,7 +96,7 @@ def _float32(X) -> np.ndarray:
     """A float32 NumPy array of a float32 or bfloat16 tensor (a view of float32)."""
     import torch
 
-    return X.numpy() if X.dtype == torch.float32 else X.float().numpy()
+    return X.numpy() if X.dtype == torch.float32 else _widen(X.view(torch.int16).numpy())
 
 
 def _widen(bits: np.ndarray) -> np.ndarray:
@@ -105,12 +105,10 @@ def _widen(bits: np.ndarray) -> np.ndarray:
 
 
 def _norms(D: int):
-    """Row norms of a float32 tensor, as float64 upper bounds: the float32 sum of squares and square root,
+    """Row norms of a float32 array, as float64 upper bounds: the float32 sum of squares and square root,
     enlarged by their error bound (``gamma_(D+2)``)."""
-    import torch
-
     grow = 1 + 2 * _gamma(D + 2)
-    return lambda X: torch.linalg.vector_norm(X, dim=1).double() * grow
+    return lambda X: np.sqrt(np.einsum("ij,ij->i", X, X)).astype(np.float64) * grow
 
 
 def exact_similarities(Q: np.ndarray, T: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -187,10 +185,10 @@ class CosineNeighbours:
             self._low = torch.zeros((len(T) + max(GROUPS, self.k_), T.shape[1]), dtype=torch.bfloat16)
             self._low[:len(T)] = T
             # The largest distance of a training row from its bfloat16 copy (residual norm), by blocks.
-            norm = _norms(T.shape[1])
+            norm, bits = _norms(T.shape[1]), self._low.view(torch.int16).numpy()
             for a in range(0, len(T), 1 << 16):  # a float32 less its bfloat16 rounding: exact
-                diff = T[a:a + (1 << 16)] - self._low[a:min(a + (1 << 16), len(T))].float()
-                self._train_err = max(self._train_err, norm(diff).max().item())
+                diff = self.train_[a:a + (1 << 16)] - _widen(bits[a:min(a + (1 << 16), len(T))])
+                self._train_err = max(self._train_err, float(norm(diff).max()))
         return self
 
     def _sizes(self, n_queries: int) -> tuple[int, int]:
@@ -221,23 +219,21 @@ class CosineNeighbours:
             out[q0:q0 + block] = self._block(np.ascontiguousarray(Q, dtype=np.float32))
         return out
 
-    def _margins(self, Q: np.ndarray, low):
-        """Per query row: the bound of ``|approximate - exact similarity|`` (float64, ``(m,)``)."""
-        import torch
-
+    def _margins(self, Q: np.ndarray, low_bits: np.ndarray | None) -> np.ndarray:
+        """Per query row: the bound of ``|approximate - exact similarity|`` (float64, ``(m,)``), given the
+        queries' bfloat16 copy as int16 bits (``None``: a float32 prefilter)."""
         D = Q.shape[1]
-        Qt = torch.from_numpy(Q)
         norm = _norms(D)
-        q_norm = norm(Qt)
+        q_norm = norm(Q)
         t_norm = 1 + 2 * _gamma(D)  # a normalised training row's norm, at most (zero rows: 0)
-        if low is None:  # float32 products: the accumulation of the prefilter's and of the exact ones
-            return (2 * _gamma(D + 1) * q_norm * t_norm * (1 + 2.0 ** -20)).numpy()
-        low_f = low.float()
-        q_err, low_norm = norm(Qt - low_f), norm(low_f)  # a float32 less its bfloat16 rounding: exact
+        if low_bits is None:  # float32 products: the accumulation of the prefilter's and of the exact ones
+            return 2 * _gamma(D + 1) * q_norm * t_norm * (1 + 2.0 ** -20)
+        low_f = _widen(low_bits)
+        q_err, low_norm = norm(Q - low_f), norm(low_f)  # a float32 less its bfloat16 rounding: exact
         # |q.t - q'.t'| <= |q - q'| |t| + |q'| |t - t'|; then the float32 sums of both products.
         bound = q_err * t_norm + low_norm * self._train_err
         bound += _gamma(D + 1) * (low_norm * (t_norm + self._train_err) + q_norm * t_norm)
-        return (bound * (1 + 2.0 ** -20)).numpy()  # the float64 rounding of this bound's own terms
+        return bound * (1 + 2.0 ** -20)  # the float64 rounding of this bound's own terms
 
     def _threshold(self, t: np.ndarray, margin: np.ndarray) -> np.ndarray:
         """The approximate similarity from which elements are candidates, given a lower bound ``t`` of the
@@ -269,7 +265,7 @@ class CosineNeighbours:
         G = max(GROUPS, k) if chunk >= max(GROUPS, k) else chunk
         g = -(-chunk // G)
         Ql = torch.from_numpy(Q).bfloat16() if self._low is not None else None
-        margin = self._margins(Q, Ql)
+        margin = self._margins(Q, None if Ql is None else Ql.view(torch.int16).numpy())
         dtype = torch.bfloat16 if Ql is not None else torch.float32
         buf = torch.empty(m * g * G, dtype=dtype)
         running = np.full(m, -np.inf, dtype=np.float32)
