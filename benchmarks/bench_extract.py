@@ -139,14 +139,16 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "timm:vit_small_patch16_224"])
+    ap.add_argument("--loader-workers", type=int, default=ExtractConfig.loader_workers,
+                    help="extraction's DataLoader workers (torch gets the thread budget less these)")
     ap.add_argument("--process", action="store_true", help="also time both arms as whole processes")
     ap.add_argument("--breakdown", action="store_true", help="also time each piece of a unit alone")
     ap.add_argument("--bare-process", default=None, metavar="DATA", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare_process:
         return bare_process(args.bare_process, args.encoders[0], args.variants, args.batch_size)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, tiles {args.tiles}, "
-          f"variants {args.variants}, batch {args.batch_size}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (bare), tiles {args.tiles}, "
+          f"variants {args.variants}, batch {args.batch_size}, extraction's loader workers {args.loader_workers}")
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
         write_demo_data(work / "data", n_tiles=args.tiles, seed=1)
@@ -157,7 +159,7 @@ def main():
             spec = get_spec(name)
             weights = "random" if spec.weights.startswith("hf-hub:") else None
             cfg = ExtractConfig(encoder=name, weights=weights, variants=args.variants, batch_size=args.batch_size,
-                                device="cpu")
+                                device="cpu", loader_workers=args.loader_workers)
             enc = load_encoder(spec, weights, device="cpu")
             fx = FeatureExtractor(enc, resolve_layers(enc.model, spec.layers, "default"))
             images = torch.stack([v.apply_torch(t, spatial=(0, 1)) for v in variants for t in tiles])
