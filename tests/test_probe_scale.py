@@ -182,12 +182,12 @@ def graded(seed=0, n=400, d=64):
 
 @pytest.mark.parametrize("precision", neighbours.PRECISIONS)
 @pytest.mark.parametrize("k", [1, 7, 30])
-@pytest.mark.parametrize("block,chunk", [(None, None), (5, 64), (64, 37)])
-def test_the_prefilter_never_loses_a_neighbour(precision, k, block, chunk, small_groups):
-    """Whatever the prefilter's precision and blocks, the k nearest are those of the full exact computation,
-    in the same order, on near ties a bfloat16 product cannot separate."""
+@pytest.mark.parametrize("block,chunk,workers", [(None, None, 1), (5, 64, 3), (64, 37, 1), (7, 100, 2)])
+def test_the_prefilter_never_loses_a_neighbour(precision, k, block, chunk, workers, small_groups):
+    """Whatever the prefilter's precision, blocks and threads, the k nearest are those of the full exact
+    computation, in the same order, on near ties a bfloat16 product cannot separate."""
     for train, queries in [near_ties(0), near_ties(1), graded(0), graded(1)]:
-        got = CosineNeighbours(k, block=block, chunk=chunk, precision=precision).fit(
+        got = CosineNeighbours(k, block=block, chunk=chunk, precision=precision, workers=workers).fit(
             train, np.zeros(len(train), int)).kneighbors(queries)
         np.testing.assert_array_equal(got, brute_force(train, queries, k))
 

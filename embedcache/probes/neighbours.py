@@ -145,6 +145,9 @@ class CosineNeighbours:
     precision : {"bfloat16", "float32"}, optional
         The prefilter's products (default :func:`default_precision`).
         Results do not depend on it; only the speed does.
+    workers : int, optional
+        Blocks of queries searched side by side, one thread each (default
+        torch's threads). Results do not depend on it.
 
     Attributes (after ``fit``)
     --------------------------
@@ -155,7 +158,7 @@ class CosineNeighbours:
     """
 
     def __init__(self, n_neighbors: int = 20, block: int | None = None, chunk: int | None = None,
-                 transform=None, precision: str | None = None):
+                 transform=None, precision: str | None = None, workers: int | None = None):
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.n_neighbors = n_neighbors
@@ -163,6 +166,7 @@ class CosineNeighbours:
         self.chunk = chunk
         self.transform = transform
         self.precision = precision
+        self.workers = workers
 
     def fit(self, X: np.ndarray, y: np.ndarray, normalised: bool = False) -> "CosineNeighbours":
         """Keep the training rows (normalised; ``normalised``: already, kept without a copy) and labels.
@@ -214,14 +218,36 @@ class CosineNeighbours:
         -------
         (n, k) ndarray of int64
         """
+        import torch
+        from threadpoolctl import threadpool_limits
+
         n = len(X)
         block, _ = self._sizes(n)
         out = np.empty((n, self.k_), dtype=np.int64)
-        for q0 in range(0, n, block):
+
+        def one(q0: int) -> None:
             Q = X[q0:q0 + block]
             if not normalised:
                 Q = normalise(self.transform(Q) if self.transform is not None else Q)
             out[q0:q0 + block] = self._block(np.ascontiguousarray(Q, dtype=np.float32))
+
+        starts = range(0, n, block)
+        workers = min(self.workers or torch.get_num_threads(), len(starts))
+        if workers <= 1:
+            for q0 in starts:
+                one(q0)
+            return out
+        # Blocks side by side, one thread each (a product on one core, then its candidates): the selection,
+        # a third of a block's time, runs on one core anyway, and threaded products would wait for it.
+        from concurrent.futures import ThreadPoolExecutor
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
+                list(pool.map(one, starts))
+        finally:
+            torch.set_num_threads(before)
         return out
 
     def _margins(self, Q: np.ndarray, low_bits: np.ndarray | None) -> np.ndarray:
