@@ -6,6 +6,7 @@
     python benchmarks/bench_cells.py --only probe --method linear --fractions 0.1,1 --n-boot 200
     python benchmarks/bench_cells.py --only probe --per-method --work /tmp/bench-cells   # kNN and linear apart
     python benchmarks/bench_cells.py --scale --work /tmp/bench-cells   # 1,000,000 cells x 1 layer x 1,536
+    python benchmarks/bench_cells.py --scale --method knn --knn-slice 10000 --work /tmp/bench-cells   # its kNN, projected
 
 1a. kernel: the pooling ``build_cells`` runs (``unit_pooling``: sparse weights
     of each unit's nuclei; ``pool_unit``: one sparse product with the unit's
@@ -38,6 +39,10 @@
     and in bfloat16 (torch) where the prefilter runs in it.
     ``--scale``: 1,000,000 cells x 1 layer x 1,536 (5,000 images), each
     method apart, no curve, no traced rerun (the cell store: 3 GB of float16).
+    ``--knn-slice N``: the kNN's first fold on N of its test cells (its fit,
+    the N queries and the peak memory, through ``fit_knn``), the whole kNN
+    probe's time projected from them; at 1,000,000 cells the whole probe
+    runs for hours on two cores.
 
 The goal for 1a and 1b: >= 1,000,000 cells per minute on this CPU.
 
@@ -543,6 +548,38 @@ def knn_floor(info: dict, args) -> dict:
     return out
 
 
+def part_slice(args) -> dict:
+    """The kNN probe's first fold on ``--knn-slice`` of its test cells: the fit (scaler, normalised training
+    rows, the prefilter's copy) and that many queries, timed apart, with the process's peak memory; the
+    whole probe's time projected from them (every fold fits once; every cell is a query once)."""
+    import torch  # noqa: F401  (the prefilter's; imported before the figures, as in the probe part)
+
+    from embedcache.probes.cell import cell_labels, open_cell_stores, read_cells
+    from embedcache.probes.fit import fit_knn, make_folds
+
+    store = open_cell_stores([cell_store_path(args)])[0]
+    keep, y, classes = cell_labels(store)
+    groups = store.table()["source"][keep]
+    folds = make_folds(y, args.folds, None, args.seed, groups, classes)
+    layer = store.select_layers("all")[-1]
+    t0 = time.perf_counter()
+    X = read_cells(store, layer, [0], keep)[:, 0]
+    read = time.perf_counter() - t0
+    test, train = np.flatnonzero(folds == folds.min()), np.flatnonzero(folds != folds.min())
+    queries = test[:args.knn_slice]
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        knn = fit_knn(X, y[train], k=20, rows=train)
+        fit = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        knn.predict_with_proba(X[queries])
+        search = time.perf_counter() - t0
+    n_folds = len(np.unique(folds))
+    return {"n_cells": len(y), "n_train": len(train), "n_test": len(test), "queries": len(queries), "layer": layer,
+            "read_s": read, "fit_s": fit, "search_s": search, "n_folds": n_folds, "mem": mem.to_dict(),
+            "projected_s": read + n_folds * fit + search * len(y) / len(queries)}
+
+
 # ----------------------------------------------------------------------------- threads
 
 
@@ -648,6 +685,9 @@ def main():
     ap.add_argument("--scale", action="store_true",
                     help=f"the large case: {SCALE['cells']:,} cells x {SCALE['layers']} layer x {SCALE['dim']} "
                          "synthetic vectors, each method timed apart, no curve, no traced rerun")
+    ap.add_argument("--knn-slice", type=int, default=None, metavar="N",
+                    help="with --scale: time the kNN's first fold on N test cells instead of the whole kNN "
+                         "probe (its fit, the N queries, the peak memory) and project the whole probe's time")
     ap.add_argument("--no-trace", action="store_true",
                     help="skip the probe's traced rerun (no tracemalloc peak; halves the probe's time)")
     ap.add_argument("--threads", type=int, default=None, help="cap BLAS / OpenMP threads of every part")
@@ -667,7 +707,7 @@ def main():
         ap.error(f"--images {args.images} is more than --cells {args.cells}")
     if args.child:
         part = {"info": part_info, "kernel": part_kernel, "make": part_make, "build": part_build,
-                "probe": part_probe}[args.child]
+                "probe": part_probe, "slice": part_slice}[args.child]
         out = part(args)
         out["load"] = os.getloadavg()[0]  # the machine's load over the last minute, as the part ends
         print(json.dumps(out))
@@ -718,7 +758,17 @@ def main():
                           f"(an extra traced run, {r['traced_seconds']:.1f} s)")
             print(f"    peak RSS during the call {r['peak_mb']} MB ({r['rise_mb']:+d} MB above the {r['before_mb']} MB "
                   f"before it; {r['mem_how']}); {traced}")
-        if "probe" in args.parts:
+        if "probe" in args.parts and args.knn_slice:
+            r = child("slice", argv, env)
+            print(f"\n2. kNN probe, first fold, {r['queries']:,} of its {r['n_test']:,} test cells against its "
+                  f"{r['n_train']:,} training cells ({r['n_cells']:,} typed cells, layer {r['layer']}, {args.dim} "
+                  f"dims); load average {r['load']:.1f} at the end")
+            print(f"   read the layer {r['read_s']:.1f} s; fit (scaler, normalised rows, prefilter copy) "
+                  f"{r['fit_s']:.1f} s; {r['queries']:,} queries {r['search_s']:.1f} s; peak RSS {r['mem']['peak_mb']} MB "
+                  f"({r['mem']['rise_mb']:+d} MB)")
+            print(f"   the whole kNN probe ({r['n_folds']} folds, every cell a query once), projected: "
+                  f"{r['projected_s']:,.0f} s ({r['projected_s'] / 3600:.1f} h)")
+        elif "probe" in args.parts:
             r = child("probe", argv, env)
             c = r["config"]
             info = r["info"]
