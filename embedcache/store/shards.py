@@ -388,7 +388,7 @@ def _read_local(path, byte_range) -> np.ndarray | None:
 
 
 def read_chunks(zstore, requests: list[tuple["UnitArray", tuple[int, ...]]], indexes: dict | None = None) -> list:
-    """The inner chunks holding each requested element, every object read concurrently in one round trip.
+    """The inner chunks holding each requested element, every byte range read in one :func:`fetch`.
 
     Parameters
     ----------
