@@ -384,7 +384,8 @@ def _as_variants(X: np.ndarray) -> np.ndarray:
 def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str = "linear", *,
                    k: int = 20, l2_grid: Sequence[float] = ProbeConfig.l2_grid, augment: bool = False,
                    seed: int = 0, groups: np.ndarray | None = None, pca: int | None = None,
-                   fraction: float | None = None, transfer: bool = False) -> ProbePrediction:
+                   fraction: float | None = None, transfer: bool = False,
+                   fitted: dict | None = None) -> ProbePrediction:
     """Out-of-fold predictions of one probe on one set of features.
 
     Parameters
@@ -408,6 +409,12 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
         point. The rows each fold trained on are recorded (``train_sizes``).
     transfer : bool
         Also predict every variant of the test rows (``variant_pred``).
+    fitted : dict, optional
+        Fitted probes by fold: a fold found in it is predicted without
+        refitting, and every fold fitted here is put in it. Share one dict
+        only between calls whose fits are the same (the same training rows
+        of the same features, labels, method and settings), as the
+        label-efficiency curve's full fraction and the probe itself are.
 
     Returns
     -------
@@ -435,8 +442,12 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     # do not depend on how many variants the features carry.
     with threadpool_limits(1 if len(X) * n_var * X.shape[2] < SMALL_PROBLEM else None):
         for f in np.unique(folds):
-            model = _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca,
-                              1.0 if fraction is None else fraction, int(f))
+            model = fitted.get(int(f)) if fitted is not None else None
+            if model is None:
+                model = _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca,
+                                  1.0 if fraction is None else fraction, int(f))
+            if fitted is not None:
+                fitted[int(f)] = model
             test = np.flatnonzero(folds == f)
             if proba is not None and isinstance(model, CosineNeighbours):  # votes and label from one search
                 labels, proba[np.ix_(test, model.classes_)] = model.predict_with_proba(X[test, 0])
