@@ -31,12 +31,15 @@ from embedcache.config import ProbeConfig
 from embedcache.errors import ConfigError, DataError
 from embedcache.probes.labels import CLASSIFICATION, REGRESSION, TileLabels
 from embedcache.probes.neighbours import CosineNeighbours, normalise
+from embedcache.probes.scaling import partial_fit_rows, standardise_rows
 
 SMALL_PROBLEM = 1 << 20  # feature values below which fits run on one BLAS thread
 # A probe needs the ranking of strengths, not the last digit of the loss: a loose
 # tolerance halves the sweep's time at the same scores (benchmarks/bench_probe.py).
 LOGISTIC = {"max_iter": 500, "tol": 1e-3, "class_weight": "balanced"}
-SCALER_BYTES = 512 << 20  # float64 work buffers of the scaler's fit, per block of training rows
+# Training rows per block of the scaler's fit, as float64 bytes: blocks are merged as partial_fit merges them,
+# so the block size is part of the digits (the blocks are read in place; no buffer of this size is made).
+SCALER_BYTES = 512 << 20
 
 
 @dataclass
@@ -250,6 +253,8 @@ def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
 def _standardised(steps, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``steps.transform(X[rows])`` as float32, a block of rows at a time: ``(len(rows), D')``."""
     out = np.empty((len(rows), steps.transform(X[rows[:1]]).shape[1]), dtype=np.float32)
+    if len(steps) == 1 and X.dtype == np.float32:  # the scaler alone: the same float32 steps, in place
+        return standardise_rows(steps[0], X, rows, out)
     for a, b in _row_blocks(len(rows), X.shape[1]):
         out[a:b] = steps.transform(X[rows[a:b]])
     return out
@@ -360,13 +365,14 @@ def _fit_scaler(X: np.ndarray, rows: np.ndarray, pca: int | None, seed: int):
     """The scaler of :func:`_scaler` fitted on ``X[rows]``, reading a block of rows at a time.
 
     One block (every set of fewer rows than ``SCALER_BYTES`` holds) fits exactly as ``fit`` on all rows
-    does; more are accumulated by ``partial_fit``, the same mean and variance to float64 rounding. PCA,
-    when asked for, is fitted on all standardised rows at once."""
+    does; more are accumulated as by ``partial_fit``, the same mean and variance to float64 rounding. Each
+    block is read in place (:func:`~embedcache.probes.scaling.partial_fit_rows`: ``partial_fit``'s digits
+    without its float64 copies). PCA, when asked for, is fitted on all standardised rows at once."""
     from sklearn.pipeline import make_pipeline
 
     steps = _scaler(len(rows), X.shape[1], pca, seed)
-    for i, (a, b) in enumerate(_row_blocks(len(rows), X.shape[1])):
-        (steps[0].fit if i == 0 else steps[0].partial_fit)(X[rows[a:b]])
+    for a, b in _row_blocks(len(rows), X.shape[1]):
+        partial_fit_rows(steps[0], X, rows[a:b])
     if len(steps) > 1:
         steps[1].fit(steps[0].transform(X[rows]))
     return make_pipeline(*steps)
