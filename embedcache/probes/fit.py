@@ -32,6 +32,7 @@ from embedcache.errors import ConfigError, DataError
 from embedcache.probes.labels import CLASSIFICATION, REGRESSION, TileLabels
 from embedcache.probes.neighbours import CosineNeighbours, normalise
 from embedcache.probes.scaling import partial_fit_rows, standardise_rows
+from embedcache.threads import budget
 
 SMALL_PROBLEM = 1 << 20  # feature values below which fits run on one BLAS thread
 # A probe needs the ranking of strengths, not the last digit of the loss: a loose
@@ -447,13 +448,9 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     # Counted on what is fitted (not the variants only predicted), so a probe's threads, and so its digits,
     # do not depend on how many variants the features carry.
     with threadpool_limits(1 if len(X) * n_var * X.shape[2] < SMALL_PROBLEM else None):
-        for f in np.unique(folds):
-            model = fitted.get(int(f)) if fitted is not None else None
-            if model is None:
-                model = _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca,
-                                  1.0 if fraction is None else fraction, int(f))
-            if fitted is not None:
-                fitted[int(f)] = model
+        models = _fit_folds(X, y, folds, method, n_var, k, l2_grid, seed, groups, pca,
+                            1.0 if fraction is None else fraction, fitted)
+        for f, model in models:
             test = np.flatnonzero(folds == f)
             if proba is not None and isinstance(model, CosineNeighbours):  # votes and label from one search
                 labels, proba[np.ix_(test, model.classes_)] = model.predict_with_proba(X[test, 0])
@@ -488,6 +485,37 @@ def subsample(y: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np
     keep = [rng.choice(of, size=max(1, round(fraction * len(of))), replace=False)
             for c in np.unique(y[rows]) for of in [rows[y[rows] == c]]]
     return np.sort(np.concatenate(keep))
+
+
+def _fit_folds(X, y, folds, method, n_var, k, l2_grid, seed, groups, pca, fraction, fitted):
+    """``(fold, probe)`` of every fold in fold order (a generator): from ``fitted`` where it is there, else
+    fitted (and put in it).
+
+    Logistic fits on the identity rows without PCA run side by side, one a core of the thread budget
+    (:func:`embedcache.threads.budget`): each is one BLAS thread's (the sweep keeps to one) and NumPy's
+    own loops, so its digits are the same whatever runs beside it, and a fitted one is a few vectors.
+    The rest are fitted one fold at a time, each handed over before the next is fitted (a kNN holds its
+    training rows), with the caller's BLAS threads (the digits of ridge and PCA may follow them).
+    """
+    def fit(f):
+        return _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca, fraction, f)
+
+    ids = [int(f) for f in np.unique(folds)]
+    todo = [f for f in ids if fitted is None or f not in fitted]
+    done = dict(fitted) if fitted is not None else {}
+    side_by_side = method == "linear" and y.ndim == 1 and n_var == 1 and pca is None
+    workers = min(len(todo), budget()) if side_by_side else 1
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # One BLAS thread for all of them: a fit leaving its own limit must not lift another's.
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            done.update(zip(todo, pool.map(fit, todo)))
+    for f in ids:
+        model = done.pop(f) if f in done else fit(f)
+        if fitted is not None:
+            fitted[f] = model
+        yield f, model
 
 
 def _fit_fold(X, y, is_test, method, n_var, k, l2_grid, seed, groups, pca=None, fraction=1.0, fold=0):
