@@ -454,6 +454,9 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
             test = np.flatnonzero(folds == f)
             if proba is not None and isinstance(model, CosineNeighbours):  # votes and label from one search
                 labels, proba[np.ix_(test, model.classes_)] = model.predict_with_proba(X[test, 0])
+            elif proba is not None and hasattr(model, "steps"):  # a pipeline: the test rows standardised once
+                Z, final = model[:-1].transform(X[test, 0]), model[-1]
+                labels, proba[np.ix_(test, model.classes_)] = final.predict(Z), final.predict_proba(Z)
             else:
                 labels = model.predict(X[test, 0])
                 if proba is not None:
