@@ -56,8 +56,8 @@ inherit its parent's peak as ``ru_maxrss``). Memory is reported as:
 Thread settings (the BLAS and OpenMP pools threadpoolctl sees once the code
 measured is imported, torch, zarr, the thread budget) are printed first;
 ``--threads N`` sets OMP/OPENBLAS/MKL_NUM_THREADS and the thread budget
-(``EMBEDCACHE_THREADS``: how many folds the linear probe fits side by side)
-for every part. ``--work DIR`` keeps the stores and reuses them when the
+(``EMBEDCACHE_THREADS``: the linear probe fits up to that many folds side
+by side) for every part. ``--work DIR`` keeps the stores and reuses them when the
 sizes match; ``--profile`` prints a cProfile of the first build.
 """
 
@@ -579,7 +579,7 @@ def interval(s: dict) -> str:
 def print_info(r: dict) -> None:
     print(f"CPUs: {r['cpus']} ({r['usable']} usable by this process); load average {r['load']:.1f} at the start")
     print("thread env: " + ", ".join(f"{k}={v or 'unset'}" for k, v in r["env"].items()))
-    print(f"  thread budget {r['budget']}: the linear probe fits that many folds side by side")
+    print(f"  thread budget {r['budget']}: the linear probe fits up to that many folds side by side")
     for p in r["pools"]:
         print(f"  threadpoolctl: {p['api']:<6} {p['impl']:<9} {p['version'] or '':<13} {p['threads']} threads  "
               f"({p['lib']})")

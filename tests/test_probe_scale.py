@@ -241,3 +241,8 @@ def test_logistic_folds_fitted_side_by_side_give_the_probe_of_one_fold_at_a_time
         np.testing.assert_array_equal(got.proba, one.proba)
         assert got.params == one.params
     assert len(threads) == 5 and sorted(fitted) == list(range(5))  # the second call refitted nothing
+    threads.clear()
+    monkeypatch.setattr(probe_fit, "SIDE_BY_SIDE_BYTES", 4 * X.size - 1)  # not room for two folds' rows
+    alone = cross_validate(X, y, folds, "linear", groups=groups, fraction=0.5)
+    assert len(threads) == 5 and len(set(threads)) == 1
+    np.testing.assert_array_equal(alone.proba, one.proba)

@@ -41,6 +41,9 @@ LOGISTIC = {"max_iter": 500, "tol": 1e-3, "class_weight": "balanced"}
 # Training rows per block of the scaler's fit, as float64 bytes: blocks are merged as partial_fit merges them,
 # so the block size is part of the digits (the blocks are read in place; no buffer of this size is made).
 SCALER_BYTES = 512 << 20
+# Standardised training rows (float32) that folds fitted side by side may hold together: past this a probe of
+# millions of cells runs short of memory before it runs short of cores, so its folds are fitted one at a time.
+SIDE_BY_SIDE_BYTES = 1 << 30
 
 
 @dataclass
@@ -495,8 +498,9 @@ def _fit_folds(X, y, folds, method, n_var, k, l2_grid, seed, groups, pca, fracti
     fitted (and put in it).
 
     Logistic fits on the identity rows without PCA run side by side, one a core of the thread budget
-    (:func:`embedcache.threads.budget`): each is one BLAS thread's (the sweep keeps to one) and NumPy's
-    own loops, so its digits are the same whatever runs beside it, and a fitted one is a few vectors.
+    (:func:`embedcache.threads.budget`), as many as hold their standardised rows in ``SIDE_BY_SIDE_BYTES``:
+    each is one BLAS thread's (the sweep keeps to one) and NumPy's own loops, so its digits are the same
+    whatever runs beside it, and a fitted one is a few vectors.
     The rest are fitted one fold at a time, each handed over before the next is fitted (a kNN holds its
     training rows), with the caller's BLAS threads (the digits of ridge and PCA may follow them).
     """
@@ -507,7 +511,8 @@ def _fit_folds(X, y, folds, method, n_var, k, l2_grid, seed, groups, pca, fracti
     todo = [f for f in ids if fitted is None or f not in fitted]
     done = dict(fitted) if fitted is not None else {}
     side_by_side = method == "linear" and y.ndim == 1 and n_var == 1 and pca is None
-    workers = min(len(todo), budget()) if side_by_side else 1
+    rows_bytes = 4 * len(X) * X.shape[-1]  # a fold's standardised training rows hold fewer
+    workers = min(len(todo), budget(), max(1, SIDE_BY_SIDE_BYTES // rows_bytes)) if side_by_side else 1
     if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
