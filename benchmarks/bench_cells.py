@@ -61,10 +61,11 @@ inherit its parent's peak as ``ru_maxrss``). Memory is reported as:
   with ``--no-trace``), the build only with ``--trace-build``.
 
 Thread settings (the BLAS and OpenMP pools threadpoolctl sees once the code
-measured is imported, torch, zarr) are printed first; ``--threads N`` sets
-OMP/OPENBLAS/MKL_NUM_THREADS for every part. ``--work DIR`` keeps the
-stores and reuses them when the sizes match; ``--profile`` prints a cProfile
-of the first build.
+measured is imported, torch, zarr, the thread budget) are printed first;
+``--threads N`` sets OMP/OPENBLAS/MKL_NUM_THREADS and the thread budget
+(``EMBEDCACHE_THREADS``: the linear probe fits up to that many folds side
+by side) for every part. ``--work DIR`` keeps the stores and reuses them when the
+sizes match; ``--profile`` prints a cProfile of the first build.
 """
 
 from __future__ import annotations
@@ -593,13 +594,16 @@ def part_info(args) -> dict:
     import embedcache.cells.build
     import embedcache.probes.cell
     import embedcache.report.cells
+    from embedcache.threads import budget
 
     del embedcache, scipy, sklearn
     pools = [{"lib": Path(p["filepath"]).name, "api": p["user_api"], "impl": p["internal_api"],
               "version": p.get("version"), "threads": p["num_threads"]} for p in threadpool_info()]
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     out = {"cpus": os.cpu_count(), "usable": usable,
-           "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+           "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                  "EMBEDCACHE_THREADS")},
+           "budget": budget(),
            "pools": pools, "zarr": {"version": zarr.__version__,
                                     "threading.max_workers": zarr.config.get("threading.max_workers", None),
                                     "async.concurrency": zarr.config.get("async.concurrency", None)},
@@ -638,6 +642,7 @@ def interval(s: dict) -> str:
 def print_info(r: dict) -> None:
     print(f"CPUs: {r['cpus']} ({r['usable']} usable by this process); load average {r['load']:.1f} at the start")
     print("thread env: " + ", ".join(f"{k}={v or 'unset'}" for k, v in r["env"].items()))
+    print(f"  thread budget {r['budget']}: the linear probe fits up to that many folds side by side")
     for p in r["pools"]:
         print(f"  threadpoolctl: {p['api']:<6} {p['impl']:<9} {p['version'] or '':<13} {p['threads']} threads  "
               f"({p['lib']})")
@@ -724,7 +729,8 @@ def main():
     argv = [a for a in argv if not a.startswith("--work=")] + ["--work", str(work)]
     env = dict(os.environ)
     if args.threads:
-        env.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+        env.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                   "EMBEDCACHE_THREADS")})
     try:
         print_info(child("info", argv, env))
         if "kernel" in args.parts:

@@ -277,6 +277,30 @@ def test_the_label_efficiency_curve(probed):
     assert report.curve[-1]["balanced_accuracy"]["value"] > report.curve[0]["balanced_accuracy"]["value"]
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_the_curves_full_fraction_reuses_the_probes_fits_unless_the_probe_trained_on_variants(tmp_path, augment):
+    import embedcache.probes.fit as fit_module
+
+    rng, source, types, signal = planted()
+    layers = {"noise": rng.normal(size=signal.shape), "signal": signal}
+    path = fake_cells(tmp_path / "two.cells", layers, types, source)
+    config = ProbeConfig(level="cell", labels="type", layers="all", method="linear", fractions=(0.5, 1.0),
+                         augment=augment)
+    fitted, real = [], fit_module._fit_fold
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fit_module, "_fit_fold", lambda *a, **kw: fitted.append(a[10]) or real(*a, **kw))
+        result = run_cell_probes([path], config)
+    # 5 folds for each layer and for the half fraction; the full one again only when the probe fitted variants
+    assert fitted.count(1.0) == (15 if augment else 10)
+    assert fitted.count(0.5) == 5
+    full, probe = result.curve[-1], pred_of(result, "signal")
+    assert full.params["fraction"] == 1.0 and "train_sizes" not in probe.params
+    assert sum(full.params["train_sizes"]) == 4 * len(probe.y_true)  # every training row of the 5 folds
+    np.testing.assert_array_equal(full.y_pred, probe.y_pred)
+    np.testing.assert_array_equal(full.proba, probe.proba)
+    assert full.params["folds"] == probe.params["folds"]
+
+
 # ----------------------------------------------------------------------------
 # 5. Invariance
 # ----------------------------------------------------------------------------

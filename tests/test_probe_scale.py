@@ -286,3 +286,32 @@ def test_scaler_blocks_do_not_change_the_linear_probe(monkeypatch):
     np.testing.assert_allclose(got[0].scale_, ref[0].scale_, rtol=1e-12)
     assert got.best_params == ref.best_params
     np.testing.assert_array_equal(got.predict(X), ref.predict(X))
+
+
+def test_logistic_folds_fitted_side_by_side_give_the_probe_of_one_fold_at_a_time(monkeypatch):
+    import threading
+
+    X, y = blobs(n=1500, d=16, k=4, seed=21)
+    groups = np.arange(len(y)) // 3
+    folds = make_folds(y, 5, groups=groups)
+    threads, real = [], probe_fit._fit_fold
+    monkeypatch.setattr(probe_fit, "_fit_fold",
+                        lambda *a, **kw: threads.append(threading.get_ident()) or real(*a, **kw))
+    monkeypatch.setenv("EMBEDCACHE_THREADS", "1")
+    one = cross_validate(X, y, folds, "linear", groups=groups, fraction=0.5)
+    assert len(set(threads)) == 1
+    threads.clear()
+    monkeypatch.setenv("EMBEDCACHE_THREADS", "3")
+    fitted = {}
+    three = cross_validate(X, y, folds, "linear", groups=groups, fraction=0.5, fitted=fitted)
+    assert len(threads) == 5 and len(set(threads)) > 1  # fitted on the pool's threads
+    for got in (three, cross_validate(X, y, folds, "linear", groups=groups, fraction=0.5, fitted=fitted)):
+        np.testing.assert_array_equal(got.y_pred, one.y_pred)
+        np.testing.assert_array_equal(got.proba, one.proba)
+        assert got.params == one.params
+    assert len(threads) == 5 and sorted(fitted) == list(range(5))  # the second call refitted nothing
+    threads.clear()
+    monkeypatch.setattr(probe_fit, "SIDE_BY_SIDE_BYTES", 4 * X.size - 1)  # not room for two folds' rows
+    alone = cross_validate(X, y, folds, "linear", groups=groups, fraction=0.5)
+    assert len(threads) == 5 and len(set(threads)) == 1
+    np.testing.assert_array_equal(alone.proba, one.proba)

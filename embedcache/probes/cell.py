@@ -117,18 +117,19 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
         label = names[j] if names else store_label(s, stores)
         layers = s.select_layers(config.layers)
         shared = [s.variants.index(v) for v in variants]
-        best, best_score = None, -np.inf
+        best, best_score, best_fits = None, -np.inf, None
         for i, layer in enumerate(layers):
             X = None  # one layer's vectors in memory at a time
             X = read_cells(s, layer, shared, keep)
             for method in config.methods:
+                fits = {} if method == "linear" and not config.augment else None
                 pred = cross_validate(X, y, folds, method, k=config.k, l2_grid=config.l2_grid, augment=config.augment,
-                                      seed=config.seed, groups=groups, pca=config.pca, transfer=n_var > 1)
+                                      seed=config.seed, groups=groups, pca=config.pca, transfer=n_var > 1, fitted=fits)
                 _name(pred, label, s, layer, (i + 1) / len(layers), classes)
                 result.predictions.append(pred)
                 score = balanced_accuracy_score(y, pred.y_pred)
                 if method == "linear" and score > best_score:
-                    best, best_score = layer, score  # the curve refits on it
+                    best, best_score, best_fits = layer, score, fits  # the curve refits on it
                 if progress:
                     progress(f"{label} {layer} {method}")
             if n_var > 1:
@@ -139,8 +140,10 @@ def run_cell_probes(paths: Sequence, config: ProbeConfig = ProbeConfig(level="ce
         if best is not None and config.fractions:
             best_X = read_cells(s, best, shared[:1], keep)[:, 0]
             for f in config.fractions:
+                # The full fraction fits what the probe of the layer fitted (its identity rows, unless augmented):
+                # its fits are reused, not repeated.
                 pred = cross_validate(best_X, y, folds, "linear", l2_grid=config.l2_grid, seed=config.seed,
-                                      groups=groups, pca=config.pca, fraction=f)
+                                      groups=groups, pca=config.pca, fraction=f, fitted=best_fits if f == 1 else None)
                 _name(pred, label, s, best, 1.0, classes)
                 pred.params["fraction"] = f
                 result.curve.append(pred)

@@ -31,12 +31,19 @@ from embedcache.config import ProbeConfig
 from embedcache.errors import ConfigError, DataError
 from embedcache.probes.labels import CLASSIFICATION, REGRESSION, TileLabels
 from embedcache.probes.neighbours import CosineNeighbours, normalise
+from embedcache.probes.scaling import partial_fit_rows, standardise_rows
+from embedcache.threads import budget
 
 SMALL_PROBLEM = 1 << 20  # feature values below which fits run on one BLAS thread
 # A probe needs the ranking of strengths, not the last digit of the loss: a loose
 # tolerance halves the sweep's time at the same scores (benchmarks/bench_probe.py).
 LOGISTIC = {"max_iter": 500, "tol": 1e-3, "class_weight": "balanced"}
-SCALER_BYTES = 512 << 20  # float64 work buffers of the scaler's fit, per block of training rows
+# Training rows per block of the scaler's fit, as float64 bytes: blocks are merged as partial_fit merges them,
+# so the block size is part of the digits (the blocks are read in place; no buffer of this size is made).
+SCALER_BYTES = 512 << 20
+# Standardised training rows (float32) that folds fitted side by side may hold together: past this a probe of
+# millions of cells runs short of memory before it runs short of cores, so its folds are fitted one at a time.
+SIDE_BY_SIDE_BYTES = 1 << 30
 
 
 @dataclass
@@ -250,6 +257,8 @@ def fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
 def _standardised(steps, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``steps.transform(X[rows])`` as float32, a block of rows at a time: ``(len(rows), D')``."""
     out = np.empty((len(rows), steps.transform(X[rows[:1]]).shape[1]), dtype=np.float32)
+    if len(steps) == 1 and X.dtype == np.float32:  # the scaler alone: the same float32 steps, in place
+        return standardise_rows(steps[0], X, rows, out)
     for a, b in _row_blocks(len(rows), X.shape[1]):
         out[a:b] = steps.transform(X[rows[a:b]])
     return out
@@ -361,13 +370,14 @@ def _fit_scaler(X: np.ndarray, rows: np.ndarray, pca: int | None, seed: int):
     """The scaler of :func:`_scaler` fitted on ``X[rows]``, reading a block of rows at a time.
 
     One block (every set of fewer rows than ``SCALER_BYTES`` holds) fits exactly as ``fit`` on all rows
-    does; more are accumulated by ``partial_fit``, the same mean and variance to float64 rounding. PCA,
-    when asked for, is fitted on all standardised rows at once."""
+    does; more are accumulated as by ``partial_fit``, the same mean and variance to float64 rounding. Each
+    block is read in place (:func:`~embedcache.probes.scaling.partial_fit_rows`: ``partial_fit``'s digits
+    without its float64 copies). PCA, when asked for, is fitted on all standardised rows at once."""
     from sklearn.pipeline import make_pipeline
 
     steps = _scaler(len(rows), X.shape[1], pca, seed)
-    for i, (a, b) in enumerate(_row_blocks(len(rows), X.shape[1])):
-        (steps[0].fit if i == 0 else steps[0].partial_fit)(X[rows[a:b]])
+    for a, b in _row_blocks(len(rows), X.shape[1]):
+        partial_fit_rows(steps[0], X, rows[a:b])
     if len(steps) > 1:
         steps[1].fit(steps[0].transform(X[rows]))
     return make_pipeline(*steps)
@@ -385,7 +395,8 @@ def _as_variants(X: np.ndarray) -> np.ndarray:
 def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str = "linear", *,
                    k: int = 20, l2_grid: Sequence[float] = ProbeConfig.l2_grid, augment: bool = False,
                    seed: int = 0, groups: np.ndarray | None = None, pca: int | None = None,
-                   fraction: float | None = None, transfer: bool = False) -> ProbePrediction:
+                   fraction: float | None = None, transfer: bool = False,
+                   fitted: dict | None = None) -> ProbePrediction:
     """Out-of-fold predictions of one probe on one set of features.
 
     Parameters
@@ -409,6 +420,12 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
         point. The rows each fold trained on are recorded (``train_sizes``).
     transfer : bool
         Also predict every variant of the test rows (``variant_pred``).
+    fitted : dict, optional
+        Fitted probes by fold: a fold found in it is predicted without
+        refitting, and every fold fitted here is put in it. Share one dict
+        only between calls whose fits are the same (the same training rows
+        of the same features, labels, method and settings), as the
+        label-efficiency curve's full fraction and the probe itself are.
 
     Returns
     -------
@@ -435,12 +452,15 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str 
     # Counted on what is fitted (not the variants only predicted), so a probe's threads, and so its digits,
     # do not depend on how many variants the features carry.
     with threadpool_limits(1 if len(X) * n_var * X.shape[2] < SMALL_PROBLEM else None):
-        for f in np.unique(folds):
-            model = _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca,
-                              1.0 if fraction is None else fraction, int(f))
+        models = _fit_folds(X, y, folds, method, n_var, k, l2_grid, seed, groups, pca,
+                            1.0 if fraction is None else fraction, fitted)
+        for f, model in models:
             test = np.flatnonzero(folds == f)
             if proba is not None and isinstance(model, CosineNeighbours):  # votes and label from one search
                 labels, proba[np.ix_(test, model.classes_)] = model.predict_with_proba(X[test, 0])
+            elif proba is not None and hasattr(model, "steps"):  # a pipeline: the test rows standardised once
+                Z, final = model[:-1].transform(X[test, 0]), model[-1]
+                labels, proba[np.ix_(test, model.classes_)] = final.predict(Z), final.predict_proba(Z)
             else:
                 labels = model.predict(X[test, 0])
                 if proba is not None:
@@ -472,6 +492,39 @@ def subsample(y: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np
     keep = [rng.choice(of, size=max(1, round(fraction * len(of))), replace=False)
             for c in np.unique(y[rows]) for of in [rows[y[rows] == c]]]
     return np.sort(np.concatenate(keep))
+
+
+def _fit_folds(X, y, folds, method, n_var, k, l2_grid, seed, groups, pca, fraction, fitted):
+    """``(fold, probe)`` of every fold in fold order (a generator): from ``fitted`` where it is there, else
+    fitted (and put in it).
+
+    Logistic fits on the identity rows without PCA run side by side, one a core of the thread budget
+    (:func:`embedcache.threads.budget`), as many as hold their standardised rows in ``SIDE_BY_SIDE_BYTES``:
+    each is one BLAS thread's (the sweep keeps to one) and NumPy's own loops, so its digits are the same
+    whatever runs beside it, and a fitted one is a few vectors.
+    The rest are fitted one fold at a time, each handed over before the next is fitted (a kNN holds its
+    training rows), with the caller's BLAS threads (the digits of ridge and PCA may follow them).
+    """
+    def fit(f):
+        return _fit_fold(X, y, folds == f, method, n_var, k, l2_grid, seed, groups, pca, fraction, f)
+
+    ids = [int(f) for f in np.unique(folds)]
+    todo = [f for f in ids if fitted is None or f not in fitted]
+    done = dict(fitted) if fitted is not None else {}
+    side_by_side = method == "linear" and y.ndim == 1 and n_var == 1 and pca is None
+    rows_bytes = 4 * len(X) * X.shape[-1]  # a fold's standardised training rows hold fewer
+    workers = min(len(todo), budget(), max(1, SIDE_BY_SIDE_BYTES // rows_bytes)) if side_by_side else 1
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # One BLAS thread for all of them: a fit leaving its own limit must not lift another's.
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            done.update(zip(todo, pool.map(fit, todo)))
+    for f in ids:
+        model = done.pop(f) if f in done else fit(f)
+        if fitted is not None:
+            fitted[f] = model
+        yield f, model
 
 
 def _fit_fold(X, y, is_test, method, n_var, k, l2_grid, seed, groups, pca=None, fraction=1.0, fold=0):
