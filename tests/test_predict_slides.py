@@ -458,3 +458,19 @@ def test_a_slide_merged_but_not_swapped_in_is_swapped_in_by_the_next_process(set
     again = predict_slides(setup["run"], setup["slides"], tmp_path / "out", run_mpp=0.5, region=256, progress=False)
     assert again[0].status == "done by another process" and again[0].nuclei == one[0].nuclei
     assert _table(tmp_path / "out" / "a") == _table(tmp_path / "one" / "a") and not partial.exists()
+
+
+def test_claims_of_a_killed_process_on_finished_slides_are_cleared(setup, tmp_path):
+    """A process killed after its slide was done, before releasing the claim, leaves the claim behind; the next
+    process finding every slide done clears it, and the claims folder with it."""
+    from process_helpers import leave_dead_claims
+
+    from embedcache.claims import claims_place
+
+    out = tmp_path / "out"
+    first = predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=256, progress=False)
+    leave_dead_claims(claims_place(out), "predict-slides", ["a.slide", "a.r00000"])
+    assert claims_place(out).exists()
+    again = predict_slides(setup["run"], setup["slides"], out, run_mpp=0.5, region=256, progress=False)
+    assert [(r.status, r.nuclei) for r in again] == [("already done", first[0].nuclei)]
+    assert not claims_place(out).exists()
