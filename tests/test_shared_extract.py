@@ -94,6 +94,17 @@ def test_claims_of_a_dead_process_are_taken_over(data, reference, tmp_path):
     assert not claims_place(out).exists()
 
 
+def test_claims_left_on_a_complete_store_are_cleared_by_the_next_run(data, reference, tmp_path):
+    """A process killed after the store was complete (holding a unit's claim) leaves nothing for good."""
+    out = tmp_path / "done.zarr"
+    extract(data, out, CFG, progress=False)
+    leave_dead_claims(claims_place(out), ExtractionJob(data, CFG).store_id, ["unit-000003"])
+    assert claims_place(out).exists()
+    assert extract(data, out, CFG, progress=False).skipped
+    assert not claims_place(out).exists()
+    assert_same_store(open_store(out), reference)
+
+
 def test_another_configuration_at_work_on_the_same_out_is_refused(data, tmp_path):
     out = tmp_path / "other.zarr"
     other = Claims(claims_place(out), "a-store-of-other-settings")
