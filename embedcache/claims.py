@@ -521,6 +521,12 @@ class Claims:
                 if current is not None and self.judge(c.name, current[0]).state in ("stale", "corrupt"):
                     self.folder.delete(c.name + SUFFIX, current[1])
 
+    def job_done(self) -> None:
+        """The job is complete (here or by another process): delete the claims dead processes left on it,
+        which nobody will take over now, then the folder once it is empty."""
+        self.clear_stale()
+        self.remove_if_empty()
+
     def remove_if_empty(self) -> None:
         """Remove the claims folder once no claim is left in it (locally; a prefix vanishes by itself)."""
         if not self.folder.names():

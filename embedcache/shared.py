@@ -229,8 +229,7 @@ def work_through(claims: Claims, units: SharedUnits, run_pass, finished, finish,
         finally:
             claims.release(name)
             # A process killed between marking a unit done and releasing it left its claim: nobody needs it now.
-            claims.clear_stale()
-            claims.remove_if_empty()
+            claims.job_done()
     except FinishedElsewhere:
         return "another"
 

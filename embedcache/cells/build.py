@@ -168,8 +168,7 @@ def build_cells(store_path, out, config: CellsConfig = CellsConfig(), *, overwri
         opened = open_alone(claims, str(out), lambda joined: _open_cells(out, base, measure_all, dtype,
                                                                          overwrite and not joined))
         if opened is None:  # finished meanwhile by another process with these settings
-            claims.clear_stale()  # claims a killed process left on it are nobody's now
-            claims.remove_if_empty()
+            claims.job_done()
             built = _already_built(Path(out), settings, len(images), t0)
             built.finished_by = None
             return built

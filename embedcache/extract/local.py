@@ -93,9 +93,8 @@ def _extract_local(data, out, config: ExtractConfig, overwrite: bool, progress: 
             # command run N times joins the first one instead of wiping its work.
             writer = open_alone(claims, str(out), lambda joined: job.open_writer(out, overwrite and not joined,
                                                                                   repair))
-        if writer is None:  # complete: claims a killed process left on it are nobody's now
-            claims.clear_stale()
-            claims.remove_if_empty()
+        if writer is None:  # complete
+            claims.job_done()
             return ExtractResult(StoreLocation.parse(out).path, dataset.n_tiles, len(run.variants), 0, job.n_units,
                                  time.perf_counter() - t0, skipped=True, layers=job.layers)
         building = Path(str(writer.path)) if writer.location.is_local else None

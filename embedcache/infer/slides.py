@@ -357,10 +357,8 @@ def predict_slides(run, slides, out, *, mpp: float | None = None, run_mpp: float
                     results[k] = r
                 if table:
                     write_table(out, results, claims)
-            if all(r.status != LEFT for r in results):
-                # Every slide finished, here or by another: a process killed between finishing its work and
-                # releasing the claim left it, and nobody needs it now (nor the folder it keeps).
-                claims.clear_stale()
+            if all(r.status != LEFT for r in results):  # every slide finished, here or by another
+                claims.job_done()
         return results
 
 

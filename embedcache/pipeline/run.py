@@ -429,8 +429,7 @@ def execute(p: Plan, *, only: tuple[str, ...] = (), progress: bool = True,
                 report, report_reused = _report(p, echo)
             finally:
                 claims.release("report")
-        claims.clear_stale()  # every step settled: claims a killed process left on them are nobody's now
-    claims.remove_if_empty()
+    claims.job_done()  # every step settled
     return RunOutcome(ran, reused, skipped, failed, report, report_reused)
 
 

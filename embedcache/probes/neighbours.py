@@ -109,6 +109,11 @@ def _widen(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.int32) << 16).view(np.float32)
 
 
+def _row_starts(r: np.ndarray, m: int) -> np.ndarray:
+    """Where each of ``m`` rows begins among candidates sorted by row ``r``: ``(m,)``."""
+    return np.concatenate(([0], np.cumsum(np.bincount(r, minlength=m))[:-1]))
+
+
 def _norms(D: int):
     """Row norms of a float32 array, as float64 upper bounds: the float32 sum of squares and square root,
     enlarged by their error bound (``gamma_(D+2)``)."""
@@ -331,14 +336,12 @@ class CosineNeighbours:
         # The candidates hold every approximate similarity at or above the running bound, so the row's k-th
         # largest approximate one among them is the k-th of all: the tightest bound, applied once more.
         by_row = np.lexsort((-s, r))
-        starts = np.concatenate(([0], np.cumsum(np.bincount(r, minlength=m))[:-1]))
-        kth = s[by_row[starts + k - 1]]
+        kth = s[by_row[_row_starts(r, m) + k - 1]]
         final = by_row[s[by_row] >= self._threshold(kth, margin)[r[by_row]]]
         r, c = r[final], c[final]
         d = np.clip(np.float32(1) - exact_similarities(Q, T, r, c), 0, 2)  # scikit-learn's cosine distance
         order = np.lexsort((c, d, r))
-        starts = np.concatenate(([0], np.cumsum(np.bincount(r, minlength=m))[:-1]))
-        return c[order][starts[:, None] + np.arange(k)]
+        return c[order][_row_starts(r, m)[:, None] + np.arange(k)]
 
     def predict_with_proba(self, X: np.ndarray, normalised: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(labels (n,), probabilities (n, K) float64)`` from one neighbour search (classification).
