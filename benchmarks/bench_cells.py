@@ -710,6 +710,8 @@ def main():
         ap.error(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
     if args.images > args.cells:
         ap.error(f"--images {args.images} is more than --cells {args.cells}")
+    if args.knn_slice is not None and (args.knn_slice < 1 or args.method == "linear"):
+        ap.error("--knn-slice N times the kNN probe on N >= 1 test cells; give --method knn (or both)")
     if args.child:
         part = {"info": part_info, "kernel": part_kernel, "make": part_make, "build": part_build,
                 "probe": part_probe, "slice": part_slice}[args.child]
